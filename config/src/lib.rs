@@ -1,0 +1,44 @@
+//! faxgate-config: typed configuration for every faxgate process.
+//!
+//! # Layout
+//! - [`secret`]: [`Secret`], a wrapper that never prints its contents.
+//! - [`relay`]: [`RelayServerConfig`] for `faxgate relay` and
+//!   [`RelayClientConfig`] for devices that log in to a relay.
+//! - [`error`]: [`ConfigError`], naming the file and field that was wrong.
+//!
+//! Every config is TOML with `deny_unknown_fields`. Loading is three steps,
+//! so each can be tested alone: a pure `from_str`, then `validate()`, then
+//! `from_file` which does both. The files in `config/examples/` are parsed
+//! by a test, so they cannot rot.
+
+pub mod error;
+pub mod relay;
+pub mod secret;
+
+pub use error::ConfigError;
+pub use relay::{
+    AclConfig, AclDefault, AclRule, ClientTlsConfig, RateLimitConfig, RelayClientConfig,
+    RelayServerConfig, RelaySection, StatusSection, TlsServerConfig,
+};
+pub use secret::Secret;
+
+use std::path::Path;
+
+/// Parses a TOML document into `T`, naming `origin` in any error.
+pub(crate) fn parse_toml<T: serde::de::DeserializeOwned>(
+    text: &str,
+    origin: &str,
+) -> Result<T, ConfigError> {
+    toml::from_str(text).map_err(|source| ConfigError::Parse {
+        origin: origin.to_owned(),
+        message: source.to_string(),
+    })
+}
+
+/// Reads a whole config file, naming it in the error.
+pub(crate) fn read_file(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+        path: path.to_owned(),
+        source,
+    })
+}

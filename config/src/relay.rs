@@ -1,0 +1,448 @@
+//! Configuration of the relay server (`faxgate relay`) and of the relay
+//! client that devices use to log in to it.
+
+use crate::{ConfigError, Secret, parse_toml, read_file};
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The whole `relay.toml`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelayServerConfig {
+    /// The relay listener (seed 001).
+    pub relay: RelaySection,
+    /// The HTTP status and admin endpoint. Absent means no endpoint.
+    #[serde(default)]
+    pub status: Option<StatusSection>,
+}
+
+/// The relay listener and its protocol limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelaySection {
+    /// Plain TCP listener. Only for loopback, tests and trusted networks.
+    #[serde(default)]
+    pub listen: Option<SocketAddr>,
+    /// TLS listener: the one to expose to the Internet.
+    #[serde(default)]
+    pub listen_tls: Option<SocketAddr>,
+    /// Holds `users.db` and, when generated, `relay-cert.pem`/`relay-key.pem`.
+    pub state_dir: PathBuf,
+    /// Certificate and key. Absent: a self-signed pair is generated in
+    /// `state_dir` on first start and its fingerprint printed.
+    #[serde(default)]
+    pub tls: Option<TlsServerConfig>,
+    /// Interval announced at login; devices send HOLD this often.
+    #[serde(default = "defaults::hold_interval", with = "humantime_serde")]
+    pub hold_interval: Duration,
+    /// Deadline for the preamble and LOGIN/RESUME after TCP accept.
+    #[serde(default = "defaults::handshake_timeout", with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+    /// How long a target has to ACCEPT or REJECT a CONNECT-NOTIFY.
+    #[serde(default = "defaults::connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// How long a side has to answer the peer's TERMINATE with its own.
+    #[serde(default = "defaults::terminate_timeout", with = "humantime_serde")]
+    pub terminate_timeout: Duration,
+    /// Most connections one user may hold at once (all logins together).
+    #[serde(default = "defaults::max_connections_per_user")]
+    pub max_connections_per_user: u16,
+    /// Most connections that may be in the handshake at once.
+    #[serde(default = "defaults::max_pending_handshakes")]
+    pub max_pending_handshakes: usize,
+    /// Most handshaking connections from one source address.
+    #[serde(default = "defaults::max_pending_per_ip")]
+    pub max_pending_per_ip: usize,
+    /// Largest DATA frame payload the relay forwards.
+    #[serde(default = "defaults::max_data_frame")]
+    pub max_data_frame: u32,
+    /// Failed-login limits.
+    #[serde(default)]
+    pub rate_limit: RateLimitConfig,
+    /// Who may see and connect to whom.
+    #[serde(default)]
+    pub acl: AclConfig,
+    /// Argon2id cost for new password hashes (memory in KiB).
+    #[serde(default = "defaults::argon2_memory_kib")]
+    pub argon2_memory_kib: u32,
+    /// Argon2id iterations for new password hashes.
+    #[serde(default = "defaults::argon2_iterations")]
+    pub argon2_iterations: u32,
+}
+
+/// A configured certificate chain and key, both PEM.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsServerConfig {
+    /// PEM certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+}
+
+/// Failed-login rate limits, counted in a sliding window.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitConfig {
+    /// Failures from one source address before it is refused.
+    #[serde(default = "defaults::failures_per_ip")]
+    pub max_failures_per_ip: u32,
+    /// Failures for one user ID before it is refused.
+    #[serde(default = "defaults::failures_per_user")]
+    pub max_failures_per_user: u32,
+    /// The window over which failures are counted.
+    #[serde(default = "defaults::rate_window", with = "humantime_serde")]
+    pub window: Duration,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        Self {
+            max_failures_per_ip: defaults::failures_per_ip(),
+            max_failures_per_user: defaults::failures_per_user(),
+            window: defaults::rate_window(),
+        }
+    }
+}
+
+/// Who may see (LIST) and connect to (CONNECT) whom.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AclConfig {
+    /// The rule applied when no `allow` entry matches.
+    #[serde(default)]
+    pub default: AclDefault,
+    /// Extra directed permissions: members of `from` may reach members of `to`.
+    #[serde(default)]
+    pub allow: Vec<AclRule>,
+}
+
+/// The base ACL policy.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AclDefault {
+    /// Users may reach users that share at least one group with them.
+    #[default]
+    SameGroup,
+    /// Every user may reach every user.
+    All,
+    /// Only `allow` rules grant access.
+    None,
+}
+
+/// One directed group-to-group permission.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AclRule {
+    /// Group of the caller, or `*`.
+    pub from: String,
+    /// Group of the target, or `*`.
+    pub to: String,
+}
+
+/// The HTTP status endpoint (JSON and Prometheus) and admin actions.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatusSection {
+    /// Address to serve on; keep it on loopback or a management network.
+    pub listen: SocketAddr,
+    /// Bearer token for admin actions (kick). Absent: admin actions are off.
+    #[serde(default)]
+    pub admin_token: Option<Secret<String>>,
+}
+
+mod defaults {
+    use std::time::Duration;
+    pub fn hold_interval() -> Duration {
+        Duration::from_secs(30)
+    }
+    pub fn handshake_timeout() -> Duration {
+        Duration::from_secs(10)
+    }
+    pub fn connect_timeout() -> Duration {
+        Duration::from_secs(15)
+    }
+    pub fn terminate_timeout() -> Duration {
+        Duration::from_secs(30)
+    }
+    pub fn max_connections_per_user() -> u16 {
+        8
+    }
+    pub fn max_pending_handshakes() -> usize {
+        4096
+    }
+    pub fn max_pending_per_ip() -> usize {
+        64
+    }
+    pub fn max_data_frame() -> u32 {
+        1 << 20
+    }
+    pub fn failures_per_ip() -> u32 {
+        20
+    }
+    pub fn failures_per_user() -> u32 {
+        5
+    }
+    pub fn rate_window() -> Duration {
+        Duration::from_secs(300)
+    }
+    pub fn argon2_memory_kib() -> u32 {
+        19 * 1024
+    }
+    pub fn argon2_iterations() -> u32 {
+        2
+    }
+    pub fn spares() -> u16 {
+        1
+    }
+    pub fn max_client_connections() -> u16 {
+        4
+    }
+    pub fn reconnect_initial() -> Duration {
+        Duration::from_millis(500)
+    }
+    pub fn reconnect_max() -> Duration {
+        Duration::from_secs(60)
+    }
+    pub fn client_connect_timeout() -> Duration {
+        Duration::from_secs(20)
+    }
+}
+
+impl RelayServerConfig {
+    /// Parses without touching the filesystem.
+    pub fn from_str(text: &str) -> Result<Self, ConfigError> {
+        let config: Self = parse_toml(text, "<string>")?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reads, parses and validates a file.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = read_file(path)?;
+        let config: Self = parse_toml(&text, &path.display().to_string())?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks ranges and combinations that serde cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let r = &self.relay;
+        if r.listen.is_none() && r.listen_tls.is_none() {
+            return Err(invalid(
+                "relay.listen",
+                "set at least one of `listen` and `listen_tls`",
+            ));
+        }
+        if r.hold_interval < Duration::from_millis(100) || r.hold_interval > Duration::from_secs(3600)
+        {
+            return Err(invalid(
+                "relay.hold_interval",
+                format!("{:?} is outside 100ms..1h", r.hold_interval),
+            ));
+        }
+        for (field, value) in [
+            ("relay.handshake_timeout", r.handshake_timeout),
+            ("relay.connect_timeout", r.connect_timeout),
+            ("relay.terminate_timeout", r.terminate_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(invalid(field, "must be greater than zero"));
+            }
+        }
+        if r.max_connections_per_user == 0 {
+            return Err(invalid("relay.max_connections_per_user", "must be at least 1"));
+        }
+        if r.max_pending_handshakes == 0 || r.max_pending_per_ip == 0 {
+            return Err(invalid("relay.max_pending_handshakes", "must be at least 1"));
+        }
+        if !(1024..=16 << 20).contains(&r.max_data_frame) {
+            return Err(invalid(
+                "relay.max_data_frame",
+                format!("{} is outside 1 KiB..16 MiB", r.max_data_frame),
+            ));
+        }
+        if r.rate_limit.max_failures_per_ip == 0 || r.rate_limit.max_failures_per_user == 0 {
+            return Err(invalid("relay.rate_limit", "limits must be at least 1"));
+        }
+        if r.argon2_memory_kib < 8 || r.argon2_iterations == 0 {
+            return Err(invalid(
+                "relay.argon2_memory_kib",
+                "argon2 needs at least 8 KiB and 1 iteration",
+            ));
+        }
+        for rule in &r.acl.allow {
+            if rule.from.is_empty() || rule.to.is_empty() {
+                return Err(invalid("relay.acl.allow", "group names must not be empty"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// How a device logs in to a relay (the `[relay]` part of an appliance,
+/// or the whole file given to `faxgate relay-client --config`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelayClientConfig {
+    /// `host:port` of the relay.
+    pub server: String,
+    /// TLS settings; absent means plain TCP (loopback and tests only).
+    #[serde(default)]
+    pub tls: Option<ClientTlsConfig>,
+    /// The user ID to log in as.
+    pub user: String,
+    /// The password for `user`.
+    pub password: Secret<String>,
+    /// Vacant connections to keep ready for incoming demands.
+    #[serde(default = "defaults::spares")]
+    pub spares: u16,
+    /// Most connections this device opens.
+    #[serde(default = "defaults::max_client_connections")]
+    pub max_connections: u16,
+    /// First reconnect delay; doubles up to `reconnect_max`, with jitter.
+    #[serde(default = "defaults::reconnect_initial", with = "humantime_serde")]
+    pub reconnect_initial: Duration,
+    /// Largest reconnect delay.
+    #[serde(default = "defaults::reconnect_max", with = "humantime_serde")]
+    pub reconnect_max: Duration,
+    /// Deadline for a CONNECT to be answered, and for TCP/TLS/LOGIN.
+    #[serde(default = "defaults::client_connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+}
+
+/// How the client checks the relay's certificate.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientTlsConfig {
+    /// SHA-256 of the relay's leaf certificate (hex, colons allowed). When
+    /// set, only that certificate is accepted.
+    #[serde(default)]
+    pub pin_sha256: Option<String>,
+    /// PEM file of CA certificates to verify against when not pinning.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Name to send in SNI and to verify; defaults to the host of `server`.
+    #[serde(default)]
+    pub server_name: Option<String>,
+}
+
+impl RelayClientConfig {
+    /// Parses without touching the filesystem.
+    pub fn from_str(text: &str) -> Result<Self, ConfigError> {
+        let config: Self = parse_toml(text, "<string>")?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reads, parses and validates a file.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = read_file(path)?;
+        let config: Self = parse_toml(&text, &path.display().to_string())?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks ranges and combinations that serde cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.user.is_empty() || self.user.len() > 64 {
+            return Err(invalid("user", "must be 1..=64 bytes"));
+        }
+        if !self.server.contains(':') {
+            return Err(invalid("server", format!("`{}` is not host:port", self.server)));
+        }
+        if self.max_connections == 0 {
+            return Err(invalid("max_connections", "must be at least 1"));
+        }
+        if self.spares >= self.max_connections {
+            return Err(invalid(
+                "spares",
+                format!(
+                    "{} spares leave no room under max_connections = {}",
+                    self.spares, self.max_connections
+                ),
+            ));
+        }
+        if self.reconnect_initial.is_zero() || self.reconnect_max < self.reconnect_initial {
+            return Err(invalid(
+                "reconnect_initial",
+                "need 0 < reconnect_initial <= reconnect_max",
+            ));
+        }
+        if let Some(tls) = &self.tls {
+            if let Some(pin) = &tls.pin_sha256 {
+                let hex: String = pin.chars().filter(|c| *c != ':').collect();
+                if hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+                    return Err(invalid("tls.pin_sha256", "must be 64 hex digits"));
+                }
+            } else if tls.ca_file.is_none() {
+                return Err(invalid(
+                    "tls",
+                    "set `pin_sha256` (the relay prints it) or `ca_file`",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn invalid(field: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field,
+        reason: reason.into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+        [relay]
+        listen = "127.0.0.1:0"
+        state_dir = "/tmp/x"
+    "#;
+
+    #[test]
+    fn minimal_relay_config_gets_defaults() {
+        let c = RelayServerConfig::from_str(MINIMAL).unwrap();
+        assert_eq!(c.relay.hold_interval, Duration::from_secs(30));
+        assert_eq!(c.relay.acl.default, AclDefault::SameGroup);
+        assert!(c.status.is_none());
+    }
+
+    #[test]
+    fn unknown_field_is_named() {
+        let err = RelayServerConfig::from_str(&format!("{MINIMAL}\nholdinterval = 3")).unwrap_err();
+        assert!(err.to_string().contains("holdinterval"), "{err}");
+    }
+
+    #[test]
+    fn no_listener_is_rejected() {
+        let err = RelayServerConfig::from_str("[relay]\nstate_dir = \"/x\"").unwrap_err();
+        assert!(err.to_string().contains("relay.listen"), "{err}");
+    }
+
+    #[test]
+    fn client_tls_needs_a_pin_or_ca() {
+        let err = RelayClientConfig::from_str(
+            "server = \"r:1\"\nuser = \"a\"\npassword = \"p\"\n[tls]\n",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("pin_sha256"), "{err}");
+        let err = RelayClientConfig::from_str(
+            "server = \"r:1\"\nuser = \"a\"\npassword = \"p\"\n[tls]\npin_sha256 = \"zz\"\n",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("64 hex"), "{err}");
+    }
+
+    #[test]
+    fn client_password_is_masked() {
+        let c = RelayClientConfig::from_str("server = \"r:1\"\nuser = \"a\"\npassword = \"s3cr3t\"")
+            .unwrap();
+        assert!(!format!("{c:?}").contains("s3cr3t"));
+    }
+}

@@ -1,0 +1,495 @@
+//! The bridge: copies a session's bytes both ways between two
+//! connections, in one task, without changing them.
+//!
+//! The relay reads only frame headers. A DATA header and its payload are
+//! forwarded as they came, in as few writes as the buffer allows; the
+//! payload is never parsed. TERMINATE (7 bytes) is forwarded too and ends
+//! that direction; HOLD is swallowed (a device may keep the relay's idle
+//! timer happy during a long quiet session). Anything else inside a
+//! session is a protocol violation.
+//!
+//! Each direction has one bounded buffer (the source connection's read
+//! buffer, at most [`BRIDGE_BUF`]). It is read only when everything in it
+//! has been written, so a slow receiver stops the relay reading from the
+//! sender, whose TCP window then closes: backpressure end to end, and
+//! nothing is dropped.
+//!
+//! When a side dies (EOF, I/O error, violation, kick) the other side gets
+//! `TERMINATE(PEER_LOST)` (or the kick's code) if its stream is at a frame
+//! boundary; if the dead side stopped in the middle of a DATA frame the
+//! survivor's framing cannot be repaired and it is closed too. Bytes the
+//! survivor still sends are read and dropped until its own TERMINATE.
+
+use crate::connection::Connection;
+use crate::protocol::{self, Code, FrameError, FrameType, HEADER_LEN};
+use crate::transport::Stream;
+use bytes::Buf;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+use tokio::io::AsyncWrite;
+use tokio_util::sync::CancellationToken;
+
+/// Read buffer per direction while bridged.
+pub const BRIDGE_BUF: usize = 256 * 1024;
+
+/// How a side of the bridge came out of the session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SideEnd {
+    /// Both TERMINATEs were exchanged; the connection can be released.
+    Clean,
+    /// The connection is unusable and must be closed.
+    Dead(Code),
+}
+
+/// The result of a bridged session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BridgeOutcome {
+    /// The first side (the caller).
+    pub a: SideEnd,
+    /// The second side (the target).
+    pub b: SideEnd,
+}
+
+/// One side of the bridge.
+pub struct Side<'a> {
+    /// The connection.
+    pub conn: &'a mut Connection,
+    /// Cancelled to close this side (kick, logout, shutdown).
+    pub kill: &'a CancellationToken,
+    /// The code to report when `kill` fires (read only then).
+    pub kill_code: &'a (dyn Fn() -> Code + Sync),
+    /// Bytes forwarded from this side to the other.
+    pub sent: &'a AtomicU64,
+}
+
+impl std::fmt::Debug for Side<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Side")
+            .field("conn", &self.conn)
+            .field("sent", &self.sent)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a scan of buffered bytes found.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Scan {
+    /// Bytes at the front to forward as they are.
+    forward: usize,
+    /// The forwarded bytes end with a TERMINATE.
+    terminate: bool,
+    /// Bytes at the front to drop (a HOLD).
+    drop: usize,
+}
+
+/// Finds how much of `buf` can be forwarded. `in_data` carries the unread
+/// payload of a DATA frame across calls.
+fn scan(buf: &[u8], max_data: usize, in_data: &mut usize) -> Result<Scan, FrameError> {
+    let mut off = 0;
+    loop {
+        if *in_data > 0 {
+            let take = (*in_data).min(buf.len() - off);
+            off += take;
+            *in_data -= take;
+            if *in_data > 0 {
+                return Ok(Scan {
+                    forward: off,
+                    ..Scan::default()
+                });
+            }
+            continue;
+        }
+        let Some(h) = protocol::parse_header(&buf[off..], max_data)? else {
+            return Ok(Scan {
+                forward: off,
+                ..Scan::default()
+            });
+        };
+        match h.kind {
+            FrameType::Data => {
+                off += HEADER_LEN;
+                *in_data = h.len;
+            }
+            FrameType::Terminate => {
+                if h.len != 2 {
+                    return Err(FrameError::Malformed {
+                        kind: h.kind,
+                        what: "TERMINATE payload must be 2 bytes",
+                    });
+                }
+                if buf.len() - off < HEADER_LEN + 2 {
+                    return Ok(Scan {
+                        forward: off,
+                        ..Scan::default()
+                    });
+                }
+                return Ok(Scan {
+                    forward: off + HEADER_LEN + 2,
+                    terminate: true,
+                    drop: 0,
+                });
+            }
+            FrameType::Hold if off == 0 => {
+                return Ok(Scan {
+                    drop: if buf.len() >= HEADER_LEN + h.len {
+                        HEADER_LEN + h.len
+                    } else {
+                        0
+                    },
+                    ..Scan::default()
+                });
+            }
+            FrameType::Hold => {
+                return Ok(Scan {
+                    forward: off,
+                    ..Scan::default()
+                });
+            }
+            kind => {
+                return Err(FrameError::Malformed {
+                    kind,
+                    what: "only DATA, TERMINATE and HOLD may be sent inside a session",
+                });
+            }
+        }
+    }
+}
+
+/// Why a direction stopped.
+#[derive(Debug)]
+enum DirEnd {
+    /// Its TERMINATE was forwarded (or dropped, when discarding).
+    Terminated,
+    /// The source closed, failed or broke the protocol.
+    SourceDead(Code),
+    /// Writing to the destination failed.
+    DestDead,
+}
+
+#[derive(Debug, Default)]
+struct Dir {
+    fwd: usize,
+    in_data: usize,
+    terminating: bool,
+    dirty: bool,
+    done: bool,
+}
+
+impl Dir {
+    fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+        src: &mut Connection,
+        mut dst: Option<&mut Stream>,
+        sent: &AtomicU64,
+    ) -> Poll<DirEnd> {
+        loop {
+            if self.fwd > 0 {
+                match dst.as_deref_mut() {
+                    Some(d) => {
+                        match ready!(Pin::new(d).poll_write(cx, &src.rbuf[..self.fwd])) {
+                            Ok(0) | Err(_) => return Poll::Ready(DirEnd::DestDead),
+                            Ok(n) => {
+                                src.rbuf.advance(n);
+                                self.fwd -= n;
+                                self.dirty = true;
+                                sent.fetch_add(n as u64, Ordering::Relaxed);
+                            }
+                        }
+                    }
+                    None => {
+                        src.rbuf.advance(self.fwd);
+                        self.fwd = 0;
+                    }
+                }
+                continue;
+            }
+            if self.dirty {
+                if let Some(d) = dst.as_deref_mut() {
+                    if ready!(Pin::new(d).poll_flush(cx)).is_err() {
+                        return Poll::Ready(DirEnd::DestDead);
+                    }
+                }
+                self.dirty = false;
+            }
+            if self.terminating {
+                return Poll::Ready(DirEnd::Terminated);
+            }
+            match scan(&src.rbuf, src.max_data, &mut self.in_data) {
+                Err(e) => {
+                    tracing::warn!(error = %e, "Protocol violation inside a session; closing that side.");
+                    return Poll::Ready(DirEnd::SourceDead(e.code()));
+                }
+                Ok(s) if s.drop > 0 => {
+                    src.rbuf.advance(s.drop);
+                    continue;
+                }
+                Ok(s) if s.forward > 0 => {
+                    self.fwd = s.forward;
+                    self.terminating = s.terminate;
+                    continue;
+                }
+                Ok(_) => {}
+            }
+            if src.rbuf.capacity() - src.rbuf.len() < 4096 {
+                src.rbuf.reserve(BRIDGE_BUF - src.rbuf.len().min(BRIDGE_BUF / 2));
+            }
+            match ready!(tokio_util::io::poll_read_buf(
+                Pin::new(&mut src.stream),
+                cx,
+                &mut src.rbuf
+            )) {
+                Ok(0) | Err(_) => return Poll::Ready(DirEnd::SourceDead(Code::PeerLost)),
+                Ok(_) => {}
+            }
+        }
+    }
+}
+
+/// A TERMINATE the relay itself writes to a survivor.
+#[derive(Debug)]
+struct Inject {
+    bytes: [u8; HEADER_LEN + 2],
+    off: usize,
+}
+
+impl Inject {
+    fn new(code: Code) -> Self {
+        let c = code.to_u16().to_be_bytes();
+        Self {
+            bytes: [FrameType::Terminate as u8, 0, 0, 0, 2, c[0], c[1]],
+            off: 0,
+        }
+    }
+
+    fn poll(&mut self, cx: &mut Context<'_>, dst: &mut Stream) -> Poll<io::Result<()>> {
+        while self.off < self.bytes.len() {
+            let n = ready!(Pin::new(&mut *dst).poll_write(cx, &self.bytes[self.off..]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.off += n;
+        }
+        Pin::new(dst).poll_flush(cx)
+    }
+}
+
+struct SideState<'s, 'a> {
+    side: &'s mut Side<'a>,
+    dead: Option<Code>,
+    inject: Option<Inject>,
+}
+
+/// Bridges `a` and `b` until both have sent TERMINATE or died. A side
+/// that has not answered the other's TERMINATE within `terminate_timeout`
+/// is closed.
+pub async fn run<'a>(a: &mut Side<'a>, b: &mut Side<'a>, terminate_timeout: Duration) -> BridgeOutcome {
+    let mut sa = SideState {
+        side: a,
+        dead: None,
+        inject: None,
+    };
+    let mut sb = SideState {
+        side: b,
+        dead: None,
+        inject: None,
+    };
+    let mut ab = Dir::default();
+    let mut ba = Dir::default();
+    let kill_a = sa.side.kill.clone();
+    let kill_b = sb.side.kill.clone();
+    let mut killed_a = std::pin::pin!(kill_a.cancelled());
+    let mut killed_b = std::pin::pin!(kill_b.cancelled());
+    let mut deadline: Option<Pin<Box<tokio::time::Sleep>>> = None;
+
+    std::future::poll_fn(|cx| {
+        loop {
+            let mut progressed = false;
+            if sa.dead.is_none() && killed_a.as_mut().poll(cx).is_ready() {
+                sa.dead = Some((sa.side.kill_code)());
+                progressed = true;
+            }
+            if sb.dead.is_none() && killed_b.as_mut().poll(cx).is_ready() {
+                sb.dead = Some((sb.side.kill_code)());
+                progressed = true;
+            }
+            progressed |= step(cx, &mut sa, &mut sb, &mut ab);
+            progressed |= step(cx, &mut sb, &mut sa, &mut ba);
+            progressed |= settle(&mut sa, &mut sb, &mut ab);
+            progressed |= settle(&mut sb, &mut sa, &mut ba);
+            for s in [&mut sa, &mut sb] {
+                if let (None, Some(inj)) = (s.dead, s.inject.as_mut()) {
+                    match inj.poll(cx, &mut s.side.conn.stream) {
+                        Poll::Ready(Ok(())) => {
+                            s.inject = None;
+                            progressed = true;
+                        }
+                        Poll::Ready(Err(_)) => {
+                            s.inject = None;
+                            s.dead = Some(Code::PeerLost);
+                            progressed = true;
+                        }
+                        Poll::Pending => {}
+                    }
+                }
+            }
+            let finished = ab.done && ba.done && sa.inject.is_none() && sb.inject.is_none();
+            if finished {
+                return Poll::Ready(());
+            }
+            if (ab.done || ba.done) && deadline.is_none() {
+                deadline = Some(Box::pin(tokio::time::sleep(terminate_timeout)));
+                progressed = true;
+            }
+            if let Some(d) = deadline.as_mut() {
+                if d.as_mut().poll(cx).is_ready() {
+                    // Whoever still owes a TERMINATE is closed.
+                    if !ab.done && sa.dead.is_none() {
+                        sa.dead = Some(Code::Timeout);
+                    }
+                    if !ba.done && sb.dead.is_none() {
+                        sb.dead = Some(Code::Timeout);
+                    }
+                    settle(&mut sa, &mut sb, &mut ab);
+                    settle(&mut sb, &mut sa, &mut ba);
+                    // A survivor that cannot take its injected TERMINATE
+                    // in time is closed as well.
+                    for s in [&mut sa, &mut sb] {
+                        if s.inject.is_some() {
+                            s.inject = None;
+                            s.dead = Some(Code::Timeout);
+                        }
+                    }
+                    progressed = true;
+                }
+            }
+            if !progressed {
+                return Poll::Pending;
+            }
+        }
+    })
+    .await;
+
+    let end = |s: &SideState<'_, '_>| match s.dead {
+        None => SideEnd::Clean,
+        Some(code) => SideEnd::Dead(code),
+    };
+    BridgeOutcome {
+        a: end(&sa),
+        b: end(&sb),
+    }
+}
+
+/// Polls one direction `src -> dst`. Returns whether anything changed.
+fn step(cx: &mut Context<'_>, src: &mut SideState<'_, '_>, dst: &mut SideState<'_, '_>, dir: &mut Dir) -> bool {
+    if dir.done {
+        return false;
+    }
+    let dst_stream = if dst.dead.is_none() {
+        Some(&mut dst.side.conn.stream)
+    } else {
+        None
+    };
+    match dir.poll(cx, src.side.conn, dst_stream, src.side.sent) {
+        Poll::Pending => false,
+        Poll::Ready(DirEnd::Terminated) => {
+            dir.done = true;
+            true
+        }
+        Poll::Ready(DirEnd::SourceDead(code)) => {
+            src.dead = Some(code);
+            true
+        }
+        Poll::Ready(DirEnd::DestDead) => {
+            // From now on this direction drops what it reads.
+            dst.dead = Some(Code::PeerLost);
+            true
+        }
+    }
+}
+
+/// Once `src` is dead, its direction ends and `dst` is told. The other
+/// direction goes on reading `dst` and dropping the bytes (a dead
+/// destination means discard) until `dst`'s own TERMINATE.
+fn settle(src: &mut SideState<'_, '_>, dst: &mut SideState<'_, '_>, dir: &mut Dir) -> bool {
+    let Some(code) = src.dead else {
+        return false;
+    };
+    src.inject = None;
+    if dir.done {
+        return false;
+    }
+    dir.done = true;
+    let mid_frame = dir.in_data > 0 || dir.fwd > 0;
+    after_death(dst, mid_frame, code);
+    true
+}
+
+/// The peer of a dead side learns of it by an injected TERMINATE, unless
+/// its stream was left inside a DATA frame, in which case it is closed.
+fn after_death(survivor: &mut SideState<'_, '_>, mid_frame: bool, code: Code) {
+    if survivor.dead.is_some() {
+        return;
+    }
+    if mid_frame {
+        survivor.dead = Some(Code::PeerLost);
+    } else {
+        let code = if code == Code::Normal {
+            Code::PeerLost
+        } else {
+            code
+        };
+        survivor.inject = Some(Inject::new(code));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::data_header;
+
+    #[test]
+    fn scan_forwards_data_and_stops_after_terminate() {
+        let mut buf = Vec::new();
+        buf.extend_from_slice(&data_header(3));
+        buf.extend_from_slice(b"abc");
+        buf.extend_from_slice(&[0x81, 0, 0, 0, 2, 0, 0]);
+        buf.extend_from_slice(&[0x08, 0, 0, 0, 0]); // RELEASE, not forwarded
+        let mut in_data = 0;
+        let s = scan(&buf, 1024, &mut in_data).unwrap();
+        assert_eq!(s.forward, 15);
+        assert!(s.terminate);
+    }
+
+    #[test]
+    fn scan_handles_split_payload_and_partial_header() {
+        let mut in_data = 0;
+        let mut buf = Vec::new();
+        buf.extend_from_slice(&data_header(10));
+        buf.extend_from_slice(b"01234");
+        let s = scan(&buf, 1024, &mut in_data).unwrap();
+        assert_eq!((s.forward, in_data), (10, 5));
+        let rest = [b'5', b'6', b'7', b'8', b'9', 0x80, 0, 0];
+        let s = scan(&rest, 1024, &mut in_data).unwrap();
+        assert_eq!((s.forward, in_data), (5, 0), "partial header waits");
+    }
+
+    #[test]
+    fn scan_drops_hold_only_at_front_and_rejects_control_frames() {
+        let mut in_data = 0;
+        let hold = [0x03, 0, 0, 0, 4, 0, 0, 0, 1];
+        assert_eq!(scan(&hold, 1024, &mut in_data).unwrap().drop, 9);
+        let mut buf = data_header(1).to_vec();
+        buf.push(b'x');
+        buf.extend_from_slice(&hold);
+        assert_eq!(scan(&buf, 1024, &mut in_data).unwrap().forward, 6);
+        let list = [0x04, 0, 0, 0, 0];
+        assert!(scan(&list, 1024, &mut in_data).is_err());
+        let big = data_header(5000);
+        assert!(scan(&big, 1024, &mut in_data).is_err());
+    }
+}
