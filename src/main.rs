@@ -1,1 +1,90 @@
-fn main(){}
+//! `faxgate`: the Internet fax and print gateway.
+//!
+//! This file holds the command line and signal handling only. Each
+//! subcommand lives in `commands/`; the relay server itself is built by
+//! `faxgate_relay::RelayServer::start`.
+
+mod commands;
+
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+
+/// Internet fax and print gateway.
+#[derive(Debug, Parser)]
+#[command(name = "faxgate", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the relay server, or manage its users and sessions.
+    Relay(commands::relay::RelayArgs),
+    /// Log in to a relay by hand: login, list, connect, listen.
+    RelayClient(commands::relay_client::ClientArgs),
+    /// Run the demo: a relay with a generated certificate and two
+    /// branches, tokyo and osaka, exchanging a message through it.
+    Demo(commands::demo::DemoArgs),
+    /// Run the benchmarks and print ratios against same-run references.
+    Bench(commands::bench::BenchArgs),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    commands::raise_fd_limit();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("faxgate: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let shutdown = CancellationToken::new();
+    runtime.spawn(watch_signals(shutdown.clone()));
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Relay(a) => commands::relay::run(a, shutdown).await,
+            Command::RelayClient(a) => commands::relay_client::run(a, shutdown).await,
+            Command::Demo(a) => commands::demo::run(a, shutdown).await,
+            Command::Bench(a) => commands::bench::run(a, shutdown).await,
+        }
+    });
+    // Tasks still running (e.g. a relay client's pool) end with the runtime.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("faxgate: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// SIGINT and SIGTERM cancel the root token; every command shuts down
+/// from there.
+async fn watch_signals(token: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        tracing::error!("Cannot install signal handlers; Ctrl-C will not shut down cleanly.");
+        return;
+    };
+    tokio::select! {
+        _ = int.recv() => tracing::info!("SIGINT received; shutting down."),
+        _ = term.recv() => tracing::info!("SIGTERM received; shutting down."),
+    }
+    token.cancel();
+}

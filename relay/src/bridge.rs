@@ -17,8 +17,10 @@
 //! When a side dies (EOF, I/O error, violation, kick) the other side gets
 //! `TERMINATE(PEER_LOST)` (or the kick's code) if its stream is at a frame
 //! boundary; if the dead side stopped in the middle of a DATA frame the
-//! survivor's framing cannot be repaired and it is closed too. Bytes the
-//! survivor still sends are read and dropped until its own TERMINATE.
+//! survivor's framing cannot be repaired and it is closed too. The bridge
+//! then ends at once (so a kicked or logged-out connection is gone at
+//! once), leaving the survivor at a frame boundary; its own task drops
+//! whatever DATA it still sends until its TERMINATE and RELEASE.
 
 use crate::connection::Connection;
 use crate::protocol::{self, Code, FrameError, FrameType, HEADER_LEN};
@@ -337,8 +339,7 @@ pub async fn run<'a>(a: &mut Side<'a>, b: &mut Side<'a>, terminate_timeout: Dura
                     }
                 }
             }
-            let finished = ab.done && ba.done && sa.inject.is_none() && sb.inject.is_none();
-            if finished {
+            if finished(&sa, &ab) && finished(&sb, &ba) && (sa.dead.is_some() || sb.dead.is_some() || (ab.done && ba.done)) {
                 return Poll::Ready(());
             }
             if (ab.done || ba.done) && deadline.is_none() {
@@ -382,6 +383,16 @@ pub async fn run<'a>(a: &mut Side<'a>, b: &mut Side<'a>, terminate_timeout: Dura
         a: end(&sa),
         b: end(&sb),
     }
+}
+
+/// Whether `side` needs nothing more from the bridge: it is dead, or it
+/// has been told of its peer's end (if it had to be) and what it sends is
+/// at a frame boundary, so its own task can take over and drop the rest
+/// until RELEASE. With both sides alive the caller also waits for both
+/// TERMINATEs.
+fn finished(side: &SideState<'_, '_>, outgoing: &Dir) -> bool {
+    side.dead.is_some()
+        || (side.inject.is_none() && (outgoing.done || (outgoing.in_data == 0 && outgoing.fwd == 0)))
 }
 
 /// Polls one direction `src -> dst`. Returns whether anything changed.

@@ -125,6 +125,9 @@ struct Inner {
     changed: Notify,
     incoming: mpsc::Sender<IncomingDemand>,
     shutdown: CancellationToken,
+    /// Stops the supervisor from opening connections (logout), while the
+    /// workers still run the LOGOUT itself.
+    pool_stop: CancellationToken,
     next_slot: AtomicU64,
     /// Set after a kick: the next reconnect waits the longest backoff.
     kicked: AtomicBool,
@@ -179,6 +182,7 @@ impl RelayClient {
             slots: Mutex::new(Vec::new()),
             changed: Notify::new(),
             incoming: incoming_tx,
+            pool_stop: shutdown.child_token(),
             shutdown: shutdown.clone(),
             next_slot: AtomicU64::new(1),
             kicked: AtomicBool::new(false),
@@ -291,9 +295,9 @@ impl RelayClient {
     /// Seed (22)-(24): logs out; the relay closes every connection of
     /// this user, and the pool stops reconnecting.
     pub async fn logout(&self) -> Result<(), ClientError> {
-        let taken = self.take_vacant().await;
         // From here on the supervisor opens nothing new.
-        self.inner.shutdown.cancel();
+        self.inner.pool_stop.cancel();
+        let taken = self.take_vacant().await;
         let result = match taken {
             Ok((cmd, _busy)) => {
                 let (tx, rx) = oneshot::channel();
@@ -305,12 +309,19 @@ impl RelayClient {
             }
             Err(e) => Err(e),
         };
-        // Wait for the workers to see their connections close.
+        // Wait for the vacant workers to see their connections close;
+        // ones lent to sessions end when the application drops those.
         let deadline = Instant::now() + Duration::from_secs(5);
-        while !lock(&self.inner.slots).is_empty() && Instant::now() < deadline {
+        let vacant_left = |inner: &Inner| {
+            lock(&inner.slots)
+                .iter()
+                .any(|s| !s.busy.load(Ordering::Acquire))
+        };
+        while vacant_left(&self.inner) && Instant::now() < deadline {
             let notified = self.inner.changed.notified();
             let _ = timeout(Duration::from_millis(100), notified).await;
         }
+        self.inner.shutdown.cancel();
         result
     }
 }
@@ -440,7 +451,7 @@ async fn supervise(inner: Arc<Inner>) {
                 .count();
             (slots.len(), vacant)
         };
-        if inner.shutdown.is_cancelled() {
+        if inner.pool_stop.is_cancelled() {
             return;
         }
         if total < max && vacant < want_vacant {
@@ -449,7 +460,7 @@ async fn supervise(inner: Arc<Inner>) {
                 Ok((conn, hold)) => {
                     backoff = cfg.reconnect_initial;
                     inner.kicked.store(false, Ordering::Relaxed);
-                    if inner.shutdown.is_cancelled() {
+                    if inner.pool_stop.is_cancelled() {
                         return;
                     }
                     spawn_worker(&inner, conn, hold);
@@ -471,7 +482,7 @@ async fn supervise(inner: Arc<Inner>) {
                     warn!(error = %e, retry_ms = delay.as_millis() as u64, "Relay connection failed; retrying.");
                     backoff = (backoff * 2).min(cfg.reconnect_max);
                     tokio::select! {
-                        _ = inner.shutdown.cancelled() => return,
+                        _ = inner.pool_stop.cancelled() => return,
                         _ = sleep(delay) => {}
                     }
                     continue;
@@ -479,7 +490,7 @@ async fn supervise(inner: Arc<Inner>) {
             }
         }
         tokio::select! {
-            _ = inner.shutdown.cancelled() => return,
+            _ = inner.pool_stop.cancelled() => return,
             _ = notified => {}
         }
     }
@@ -856,6 +867,10 @@ pub struct Session {
     wbuf: BytesMut,
     we_terminated: bool,
     broken: bool,
+    /// Set on the copy that finishes a dropped session in the background:
+    /// if that task is itself dropped (runtime shutdown), give up instead
+    /// of spawning again.
+    detached: bool,
 }
 
 impl std::fmt::Debug for Session {
@@ -890,6 +905,7 @@ impl Session {
             wbuf: BytesMut::new(),
             we_terminated: false,
             broken: false,
+            detached: false,
         }
     }
 
@@ -985,7 +1001,7 @@ impl Drop for Session {
         let Some(back) = self.back.take() else {
             return;
         };
-        if self.broken || self.conn.is_none() {
+        if self.broken || self.conn.is_none() || self.detached {
             let _ = back.send(None);
             return;
         }
@@ -1003,6 +1019,7 @@ impl Drop for Session {
             wbuf: std::mem::take(&mut self.wbuf),
             we_terminated: self.we_terminated,
             broken: false,
+            detached: true,
         };
         handle.spawn(async move {
             if let Err(e) = rest.close().await {

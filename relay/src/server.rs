@@ -469,13 +469,17 @@ async fn serve_conn(
     };
     let user = ticket.user.clone();
     let id = ticket.id;
+    // Vacant before the device hears LOGIN-OK: a CONNECT that follows
+    // the login at once must find this connection.
+    let (demand_tx, demand_rx) = oneshot::channel();
+    shared.registry.set_vacant(&user, id, demand_tx);
     if send(&mut conn, &ok, limit).await.is_ok() {
         let task = ConnTask {
             shared: Arc::clone(&shared),
             ticket,
         };
         let span = info_span!("user", %user, conn_id = id);
-        task.run(conn).instrument(span).await;
+        task.run(conn, demand_rx).instrument(span).await;
     }
     let left = shared.registry.remove(&user, id);
     info!(%user, conn_id = id, connections_left = left, "Connection closed.");
@@ -551,8 +555,8 @@ impl ConnTask {
         self.shared.cfg.hold_interval * 5 / 2
     }
 
-    async fn run(self, mut conn: Connection) {
-        let mut demand_rx: Option<oneshot::Receiver<Demand>> = None;
+    async fn run(self, mut conn: Connection, demand_rx: oneshot::Receiver<Demand>) {
+        let mut demand_rx = Some(demand_rx);
         let mut released = true;
         let mut last_rx = Instant::now();
         let mut pending_frame: Option<Frame> = None;
@@ -628,7 +632,9 @@ impl ConnTask {
                     }
                     // The answer to a TERMINATE the relay sent for a peer
                     // that vanished; nothing more to do.
-                    Frame::Terminate { .. } if !released => Next::Draining(conn),
+                    // Likewise DATA the device sent before it read that
+                    // TERMINATE: the session is over, drop it.
+                    Frame::Terminate { .. } | Frame::Data(_) if !released => Next::Draining(conn),
                     // CONNECT on a draining connection implies RELEASE.
                     Frame::Connect { target } => {
                         Box::pin(self.connect(conn, &mut demand_rx, target)).await
