@@ -231,8 +231,9 @@ impl RelayClient {
         }
     }
 
-    /// Takes a vacant connection for a command, waiting for the
-    /// supervisor to open one if the pool may still grow.
+    /// Takes a vacant connection for a command, waiting (up to the
+    /// connect timeout) for the supervisor to open one or for a session
+    /// to release one.
     async fn take_vacant(&self) -> Result<(mpsc::Sender<WorkerCmd>, Arc<AtomicBool>), ClientError> {
         let deadline = Instant::now() + self.inner.cfg.connect_timeout;
         loop {
@@ -253,10 +254,11 @@ impl RelayClient {
                 }
                 slots.len()
             };
-            if total >= usize::from(self.inner.cfg.max_connections) {
-                return Err(ClientError::NoVacantConnection(total));
+            if total < usize::from(self.inner.cfg.max_connections) {
+                // Wake the supervisor: it may open another connection.
+                self.inner.changed.notify_waiters();
             }
-            self.inner.changed.notify_waiters();
+            // Otherwise a session will end and release its connection.
             tokio::select! {
                 _ = notified => {}
                 _ = sleep_until(deadline) => {

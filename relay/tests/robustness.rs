@@ -1,0 +1,280 @@
+//! Bad input and TLS: the relay answers garbage with clear errors, frees
+//! what it took, and keeps serving good clients; TLS works with the
+//! generated certificate and a wrong pin is refused.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::{PW, Raw, pattern, relay};
+use faxgate_config::{ClientTlsConfig, RelayServerConfig};
+use faxgate_relay::protocol::{Code, Frame};
+use faxgate_relay::{ClientError, RelayClient, RelayServer};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+async fn read_all(tcp: &mut TcpStream) -> Vec<u8> {
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut out))
+        .await
+        .expect("relay did not close")
+        .ok();
+    out
+}
+
+/// Parses the ERR frame a relay sent before closing.
+fn err_frame(bytes: &[u8]) -> (Code, String) {
+    match faxgate_relay::protocol::parse_frame(bytes, 1024).unwrap() {
+        Some((Frame::Err { code, message }, _)) => (code, message),
+        other => panic!("expected ERR, got {other:?} from {bytes:?}"),
+    }
+}
+
+/// A good client does a whole session; used after each abuse.
+async fn good_session(r: &common::Relay) {
+    let (a, _ai) = r.client("good-a", 0, 1).await;
+    let (_b, mut bi) = r.client("good-b", 0, 1).await;
+    let echo = tokio::spawn(async move {
+        let mut s = bi.recv().await.unwrap().accept().await.unwrap();
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await.unwrap();
+        s.write_all(&buf).await.unwrap();
+        s.shutdown().await.unwrap();
+        s.close().await.unwrap();
+    });
+    let mut s = a.connect("good-b").await.unwrap();
+    let data = pattern(50_000, 3);
+    s.write_all(&data).await.unwrap();
+    s.shutdown().await.unwrap();
+    let mut back = Vec::new();
+    s.read_to_end(&mut back).await.unwrap();
+    s.close().await.unwrap();
+    echo.await.unwrap();
+    assert!(back == data);
+    a.logout().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_oversized_and_cut_frames_get_clear_errors() {
+    let r = relay("handshake_timeout = \"500ms\"\n").await;
+    for u in ["good-a", "good-b", "tokyo"] {
+        r.add_user(u, &["g"]);
+    }
+
+    // Random bytes instead of the preamble.
+    let mut tcp = TcpStream::connect(r.addr).await.unwrap();
+    tcp.write_all(&pattern(4096, 9)).await.unwrap();
+    let (code, msg) = err_frame(&read_all(&mut tcp).await);
+    assert_eq!(code, Code::BadFrame);
+    assert!(msg.contains("preamble"), "{msg}");
+
+    // HTTP by mistake: also a preamble error, not a hang.
+    let mut tcp = TcpStream::connect(r.addr).await.unwrap();
+    tcp.write_all(b"GET / HTTP/1.1\r\nHost: relay\r\n\r\n").await.unwrap();
+    assert_eq!(err_frame(&read_all(&mut tcp).await).0, Code::BadFrame);
+
+    // A future protocol version.
+    let mut tcp = TcpStream::connect(r.addr).await.unwrap();
+    tcp.write_all(b"FGRL\x07").await.unwrap();
+    let (code, msg) = err_frame(&read_all(&mut tcp).await);
+    assert_eq!(code, Code::UnsupportedVersion);
+    assert!(msg.contains("version 7"), "{msg}");
+
+    // Random bytes after a valid preamble.
+    let mut tcp = TcpStream::connect(r.addr).await.unwrap();
+    tcp.write_all(b"FGRL\x01").await.unwrap();
+    tcp.write_all(&[0xee; 64]).await.unwrap();
+    let (code, msg) = err_frame(&read_all(&mut tcp).await);
+    assert_eq!(code, Code::BadFrame);
+    assert!(msg.contains("unknown frame type 0xee"), "{msg}");
+
+    // An oversized LOGIN: refused from the header, before the payload.
+    let mut tcp = TcpStream::connect(r.addr).await.unwrap();
+    tcp.write_all(b"FGRL\x01\x01\x10\x00\x00\x00").await.unwrap();
+    let (code, msg) = err_frame(&read_all(&mut tcp).await);
+    assert_eq!(code, Code::FrameTooLarge);
+    assert!(msg.contains("exceeds"), "{msg}");
+
+    // An oversized DATA frame from a logged-in device.
+    let (mut raw, _) = Raw::login(r.addr, "tokyo", PW).await;
+    raw.conn.stream.write_all(&[0x80, 0x7f, 0, 0, 0]).await.unwrap();
+    match raw.recv().await {
+        Some(Frame::Err { code, message }) => {
+            assert_eq!(code, Code::FrameTooLarge);
+            assert!(message.contains("Data"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(raw.recv().await.is_none());
+
+    // A frame cut off in the middle, then the connection closes.
+    let mut tcp = TcpStream::connect(r.addr).await.unwrap();
+    tcp.write_all(b"FGRL\x01\x01\x00\x00\x00\x40tok").await.unwrap();
+    tcp.shutdown().await.unwrap();
+    let _ = read_all(&mut tcp).await;
+
+    // A well-formed but malformed LOGIN (bad user ID).
+    let mut tcp = TcpStream::connect(r.addr).await.unwrap();
+    tcp.write_all(b"FGRL\x01\x01\x00\x00\x00\x09\x00\x03a b\x00\x00\x00\x00").await.unwrap();
+    let (code, msg) = err_frame(&read_all(&mut tcp).await);
+    assert_eq!(code, Code::BadFrame);
+    assert!(msg.contains("user ID"), "{msg}");
+
+    // A frame that is valid but not a login.
+    let mut tcp = TcpStream::connect(r.addr).await.unwrap();
+    tcp.write_all(b"FGRL\x01\x04\x00\x00\x00\x00").await.unwrap();
+    let (code, msg) = err_frame(&read_all(&mut tcp).await);
+    assert_eq!(code, Code::UnexpectedFrame);
+    assert!(msg.contains("LOGIN"), "{msg}");
+
+    // A login that never completes: HANDSHAKE_TIMEOUT after the deadline.
+    let mut tcp = TcpStream::connect(r.addr).await.unwrap();
+    tcp.write_all(b"FGRL\x01\x01\x00").await.unwrap();
+    let started = tokio::time::Instant::now();
+    let (code, _) = err_frame(&read_all(&mut tcp).await);
+    assert_eq!(code, Code::HandshakeTimeout);
+    assert!(started.elapsed() >= Duration::from_millis(400));
+
+    r.eventually("handshakes freed", |r| r.metric(|m| &m.pending) == 0).await;
+    good_session(&r).await;
+    assert!(r.metric(|m| &m.protocol_errors) >= 6);
+}
+
+/// Garbage inside a session closes the sender's connection; its peer is
+/// told with TERMINATE and its connection stays usable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_frame_inside_a_session_ends_only_that_side() {
+    let r = relay("").await;
+    r.add_user("tokyo", &["g"]);
+    r.add_user("osaka", &["g"]);
+    let (osaka, mut osaka_in) = r.client("osaka", 0, 1).await;
+    let (mut raw, _) = Raw::login(r.addr, "tokyo", PW).await;
+    raw.send(&Frame::Connect {
+        target: "osaka".into(),
+    })
+    .await;
+    let mut s = osaka_in.recv().await.unwrap().accept().await.unwrap();
+    assert!(matches!(raw.recv().await, Some(Frame::ConnectOk { .. })));
+    raw.send(&Frame::Data(bytes::Bytes::from_static(b"ok"))).await;
+    raw.send(&Frame::List).await; // not allowed inside a session
+    let mut buf = [0u8; 2];
+    s.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"ok");
+    let mut rest = Vec::new();
+    let e = s.read_to_end(&mut rest).await.unwrap_err();
+    assert!(e.to_string().contains("BAD_FRAME"), "{e}");
+    s.close().await.unwrap();
+    assert!(raw.recv().await.is_none(), "the violator's connection is closed");
+    osaka.wait_vacant(1, Duration::from_secs(5)).await.unwrap();
+    r.eventually("osaka vacant at the relay", |r| r.counts().2 == 1).await;
+}
+
+/// 1000 connections that never log in: each is closed at the handshake
+/// deadline, the per-address cap refuses the excess at once, and a good
+/// client from another address is served throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_idle_connections_do_not_stop_good_clients() {
+    let r = relay("handshake_timeout = \"1s\"\nmax_pending_per_ip = 800\n").await;
+    for u in ["good-a", "good-b"] {
+        r.add_user(u, &["g"]);
+    }
+    let flood_src = "127.0.0.2:0".parse().unwrap();
+    let mut flood = Vec::new();
+    for _ in 0..1000 {
+        let sock = TcpSocket::new_v4().unwrap();
+        sock.bind(flood_src).unwrap();
+        flood.push(sock.connect(r.addr).await.unwrap());
+    }
+    r.eventually("flood accepted", |r| r.metric(|m| &m.accepted) >= 1000).await;
+    // 800 wait in the handshake; 200 were refused at once with a reason.
+    assert!(r.metric(|m| &m.pending) <= 800);
+    assert_eq!(r.metric(|m| &m.pending_refused), 200);
+    // The good clients come from 127.0.0.1 and are served meanwhile.
+    good_session(&r).await;
+    let mut refused = 0;
+    let mut timed_out = 0;
+    for mut tcp in flood {
+        let bytes = read_all(&mut tcp).await;
+        match err_frame(&bytes).0 {
+            Code::TooManyPending => refused += 1,
+            Code::HandshakeTimeout => timed_out += 1,
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert_eq!((refused, timed_out), (200, 800));
+    r.eventually("all handshakes freed", |r| r.metric(|m| &m.pending) == 0).await;
+    good_session(&r).await;
+}
+
+async fn tls_relay() -> (RelayServer, tempfile::TempDir, [u8; 32]) {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = RelayServerConfig::from_str(&format!(
+        "[relay]\nlisten_tls = \"127.0.0.1:0\"\nstate_dir = {:?}\nargon2_memory_kib = 64\nargon2_iterations = 1\n",
+        dir.path().display().to_string()
+    ))
+    .unwrap();
+    let server = RelayServer::start(cfg, CancellationToken::new()).await.unwrap();
+    let fp = server.identity.as_ref().unwrap().fingerprint;
+    assert!(server.identity.as_ref().unwrap().generated);
+    for u in ["tokyo", "osaka"] {
+        server.shared.store().add_user(u, PW, &["g".into()]).unwrap();
+    }
+    (server, dir, fp)
+}
+
+fn tls_client(server: &RelayServer, user: &str, pin: &[u8; 32]) -> faxgate_config::RelayClientConfig {
+    let mut c = faxgate_config::RelayClientConfig::from_str(&format!(
+        "server = \"{}\"\nuser = \"{user}\"\npassword = \"{PW}\"\nspares = 0\nmax_connections = 2\n",
+        server.tls_addr.unwrap()
+    ))
+    .unwrap();
+    c.tls = Some(ClientTlsConfig {
+        pin_sha256: Some(faxgate_relay::tls::format_fingerprint(pin)),
+        ca_file: None,
+        server_name: Some("faxgate-relay".into()),
+    });
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_end_to_end_with_the_generated_certificate() {
+    let (server, _dir, fp) = tls_relay().await;
+    let (tokyo, _t) = RelayClient::start(tls_client(&server, "tokyo", &fp)).await.unwrap();
+    let (_osaka, mut osaka_in) = RelayClient::start(tls_client(&server, "osaka", &fp)).await.unwrap();
+    let data = pattern(2_000_000, 5);
+    let expect = data.clone();
+    let b = tokio::spawn(async move {
+        let mut s = osaka_in.recv().await.unwrap().accept().await.unwrap();
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).await.unwrap();
+        s.close().await.unwrap();
+        got
+    });
+    let mut s = tokyo.connect("osaka").await.unwrap();
+    s.write_all(&data).await.unwrap();
+    s.shutdown().await.unwrap();
+    let mut nothing = Vec::new();
+    s.read_to_end(&mut nothing).await.unwrap();
+    s.close().await.unwrap();
+    assert!(b.await.unwrap() == expect, "bytes through TLS differ");
+    let snap = server.shared.registry.snapshot();
+    assert!(snap.users.iter().flat_map(|u| &u.connections).all(|c| c.tls));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_pinned_to_the_wrong_fingerprint_is_refused() {
+    let (server, _dir, mut fp) = tls_relay().await;
+    fp[0] ^= 0x01;
+    let err = RelayClient::start(tls_client(&server, "tokyo", &fp)).await.unwrap_err();
+    match &err {
+        ClientError::Io(e) => {
+            assert!(
+                e.to_string().contains("invalid peer certificate"),
+                "expected a certificate error, got: {e}"
+            );
+        }
+        other => panic!("expected a TLS certificate error, got {other:?}"),
+    }
+    assert_eq!(server.shared.registry.counts().1, 0, "nobody logged in");
+}
