@@ -11,6 +11,8 @@
 //! `from_file` which does both. The files in `config/examples/` are parsed
 //! by a test, so they cannot rot.
 
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
+
 pub mod error;
 pub mod relay;
 pub mod secret;
@@ -18,7 +20,7 @@ pub mod secret;
 pub use error::ConfigError;
 pub use relay::{
     AclConfig, AclDefault, AclRule, ClientTlsConfig, RateLimitConfig, RelayClientConfig,
-    RelayServerConfig, RelaySection, StatusSection, TlsServerConfig,
+    RelaySection, RelayServerConfig, StatusSection, TlsServerConfig,
 };
 pub use secret::Secret;
 

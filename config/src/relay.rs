@@ -211,14 +211,18 @@ mod defaults {
     }
 }
 
-impl RelayServerConfig {
-    /// Parses without touching the filesystem.
-    pub fn from_str(text: &str) -> Result<Self, ConfigError> {
+impl std::str::FromStr for RelayServerConfig {
+    type Err = ConfigError;
+
+    /// Parses and validates without touching the filesystem.
+    fn from_str(text: &str) -> Result<Self, ConfigError> {
         let config: Self = parse_toml(text, "<string>")?;
         config.validate()?;
         Ok(config)
     }
+}
 
+impl RelayServerConfig {
     /// Reads, parses and validates a file.
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
         let text = read_file(path)?;
@@ -236,7 +240,8 @@ impl RelayServerConfig {
                 "set at least one of `listen` and `listen_tls`",
             ));
         }
-        if r.hold_interval < Duration::from_millis(100) || r.hold_interval > Duration::from_secs(3600)
+        if r.hold_interval < Duration::from_millis(100)
+            || r.hold_interval > Duration::from_secs(3600)
         {
             return Err(invalid(
                 "relay.hold_interval",
@@ -253,10 +258,16 @@ impl RelayServerConfig {
             }
         }
         if r.max_connections_per_user == 0 {
-            return Err(invalid("relay.max_connections_per_user", "must be at least 1"));
+            return Err(invalid(
+                "relay.max_connections_per_user",
+                "must be at least 1",
+            ));
         }
         if r.max_pending_handshakes == 0 || r.max_pending_per_ip == 0 {
-            return Err(invalid("relay.max_pending_handshakes", "must be at least 1"));
+            return Err(invalid(
+                "relay.max_pending_handshakes",
+                "must be at least 1",
+            ));
         }
         if !(1024..=16 << 20).contains(&r.max_data_frame) {
             return Err(invalid(
@@ -329,14 +340,18 @@ pub struct ClientTlsConfig {
     pub server_name: Option<String>,
 }
 
-impl RelayClientConfig {
-    /// Parses without touching the filesystem.
-    pub fn from_str(text: &str) -> Result<Self, ConfigError> {
+impl std::str::FromStr for RelayClientConfig {
+    type Err = ConfigError;
+
+    /// Parses and validates without touching the filesystem.
+    fn from_str(text: &str) -> Result<Self, ConfigError> {
         let config: Self = parse_toml(text, "<string>")?;
         config.validate()?;
         Ok(config)
     }
+}
 
+impl RelayClientConfig {
     /// Reads, parses and validates a file.
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
         let text = read_file(path)?;
@@ -351,7 +366,10 @@ impl RelayClientConfig {
             return Err(invalid("user", "must be 1..=64 bytes"));
         }
         if !self.server.contains(':') {
-            return Err(invalid("server", format!("`{}` is not host:port", self.server)));
+            return Err(invalid(
+                "server",
+                format!("`{}` is not host:port", self.server),
+            ));
         }
         if self.max_connections == 0 {
             return Err(invalid("max_connections", "must be at least 1"));
@@ -398,6 +416,7 @@ fn invalid(field: &'static str, reason: impl Into<String>) -> ConfigError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::str::FromStr as _;
 
     const MINIMAL: &str = r#"
         [relay]
@@ -441,8 +460,9 @@ mod tests {
 
     #[test]
     fn client_password_is_masked() {
-        let c = RelayClientConfig::from_str("server = \"r:1\"\nuser = \"a\"\npassword = \"s3cr3t\"")
-            .unwrap();
+        let c =
+            RelayClientConfig::from_str("server = \"r:1\"\nuser = \"a\"\npassword = \"s3cr3t\"")
+                .unwrap();
         assert!(!format!("{c:?}").contains("s3cr3t"));
     }
 }

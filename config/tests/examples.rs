@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 //! Every file in `config/examples/` must parse and validate, so the
 //! examples in the docs cannot drift from the code.
 
@@ -16,7 +17,9 @@ fn every_example_parses() {
         } else if name.starts_with("relay") {
             RelayServerConfig::from_file(&path).unwrap_or_else(|e| panic!("{name}: {e}"));
         } else {
-            panic!("{name}: no parser is known for this example; name it relay*.toml or relay-client*.toml");
+            panic!(
+                "{name}: no parser is known for this example; name it relay*.toml or relay-client*.toml"
+            );
         }
         seen += 1;
     }

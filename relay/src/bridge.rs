@@ -192,17 +192,15 @@ impl Dir {
         loop {
             if self.fwd > 0 {
                 match dst.as_deref_mut() {
-                    Some(d) => {
-                        match ready!(Pin::new(d).poll_write(cx, &src.rbuf[..self.fwd])) {
-                            Ok(0) | Err(_) => return Poll::Ready(DirEnd::DestDead),
-                            Ok(n) => {
-                                src.rbuf.advance(n);
-                                self.fwd -= n;
-                                self.dirty = true;
-                                sent.fetch_add(n as u64, Ordering::Relaxed);
-                            }
+                    Some(d) => match ready!(Pin::new(d).poll_write(cx, &src.rbuf[..self.fwd])) {
+                        Ok(0) | Err(_) => return Poll::Ready(DirEnd::DestDead),
+                        Ok(n) => {
+                            src.rbuf.advance(n);
+                            self.fwd -= n;
+                            self.dirty = true;
+                            sent.fetch_add(n as u64, Ordering::Relaxed);
                         }
-                    }
+                    },
                     None => {
                         src.rbuf.advance(self.fwd);
                         self.fwd = 0;
@@ -211,10 +209,10 @@ impl Dir {
                 continue;
             }
             if self.dirty {
-                if let Some(d) = dst.as_deref_mut() {
-                    if ready!(Pin::new(d).poll_flush(cx)).is_err() {
-                        return Poll::Ready(DirEnd::DestDead);
-                    }
+                if let Some(d) = dst.as_deref_mut()
+                    && ready!(Pin::new(d).poll_flush(cx)).is_err()
+                {
+                    return Poll::Ready(DirEnd::DestDead);
                 }
                 self.dirty = false;
             }
@@ -238,7 +236,8 @@ impl Dir {
                 Ok(_) => {}
             }
             if src.rbuf.capacity() - src.rbuf.len() < 4096 {
-                src.rbuf.reserve(BRIDGE_BUF - src.rbuf.len().min(BRIDGE_BUF / 2));
+                src.rbuf
+                    .reserve(BRIDGE_BUF - src.rbuf.len().min(BRIDGE_BUF / 2));
             }
             match ready!(tokio_util::io::poll_read_buf(
                 Pin::new(&mut src.stream),
@@ -289,7 +288,11 @@ struct SideState<'s, 'a> {
 /// Bridges `a` and `b` until both have sent TERMINATE or died. A side
 /// that has not answered the other's TERMINATE within `terminate_timeout`
 /// is closed.
-pub async fn run<'a>(a: &mut Side<'a>, b: &mut Side<'a>, terminate_timeout: Duration) -> BridgeOutcome {
+pub async fn run<'a>(
+    a: &mut Side<'a>,
+    b: &mut Side<'a>,
+    terminate_timeout: Duration,
+) -> BridgeOutcome {
     let mut sa = SideState {
         side: a,
         dead: None,
@@ -339,34 +342,37 @@ pub async fn run<'a>(a: &mut Side<'a>, b: &mut Side<'a>, terminate_timeout: Dura
                     }
                 }
             }
-            if finished(&sa, &ab) && finished(&sb, &ba) && (sa.dead.is_some() || sb.dead.is_some() || (ab.done && ba.done)) {
+            if finished(&sa, &ab)
+                && finished(&sb, &ba)
+                && (sa.dead.is_some() || sb.dead.is_some() || (ab.done && ba.done))
+            {
                 return Poll::Ready(());
             }
             if (ab.done || ba.done) && deadline.is_none() {
                 deadline = Some(Box::pin(tokio::time::sleep(terminate_timeout)));
                 progressed = true;
             }
-            if let Some(d) = deadline.as_mut() {
-                if d.as_mut().poll(cx).is_ready() {
-                    // Whoever still owes a TERMINATE is closed.
-                    if !ab.done && sa.dead.is_none() {
-                        sa.dead = Some(Code::Timeout);
-                    }
-                    if !ba.done && sb.dead.is_none() {
-                        sb.dead = Some(Code::Timeout);
-                    }
-                    settle(&mut sa, &mut sb, &mut ab);
-                    settle(&mut sb, &mut sa, &mut ba);
-                    // A survivor that cannot take its injected TERMINATE
-                    // in time is closed as well.
-                    for s in [&mut sa, &mut sb] {
-                        if s.inject.is_some() {
-                            s.inject = None;
-                            s.dead = Some(Code::Timeout);
-                        }
-                    }
-                    progressed = true;
+            if let Some(d) = deadline.as_mut()
+                && d.as_mut().poll(cx).is_ready()
+            {
+                // Whoever still owes a TERMINATE is closed.
+                if !ab.done && sa.dead.is_none() {
+                    sa.dead = Some(Code::Timeout);
                 }
+                if !ba.done && sb.dead.is_none() {
+                    sb.dead = Some(Code::Timeout);
+                }
+                settle(&mut sa, &mut sb, &mut ab);
+                settle(&mut sb, &mut sa, &mut ba);
+                // A survivor that cannot take its injected TERMINATE
+                // in time is closed as well.
+                for s in [&mut sa, &mut sb] {
+                    if s.inject.is_some() {
+                        s.inject = None;
+                        s.dead = Some(Code::Timeout);
+                    }
+                }
+                progressed = true;
             }
             if !progressed {
                 return Poll::Pending;
@@ -392,11 +398,17 @@ pub async fn run<'a>(a: &mut Side<'a>, b: &mut Side<'a>, terminate_timeout: Dura
 /// TERMINATEs.
 fn finished(side: &SideState<'_, '_>, outgoing: &Dir) -> bool {
     side.dead.is_some()
-        || (side.inject.is_none() && (outgoing.done || (outgoing.in_data == 0 && outgoing.fwd == 0)))
+        || (side.inject.is_none()
+            && (outgoing.done || (outgoing.in_data == 0 && outgoing.fwd == 0)))
 }
 
 /// Polls one direction `src -> dst`. Returns whether anything changed.
-fn step(cx: &mut Context<'_>, src: &mut SideState<'_, '_>, dst: &mut SideState<'_, '_>, dir: &mut Dir) -> bool {
+fn step(
+    cx: &mut Context<'_>,
+    src: &mut SideState<'_, '_>,
+    dst: &mut SideState<'_, '_>,
+    dir: &mut Dir,
+) -> bool {
     if dir.done {
         return false;
     }

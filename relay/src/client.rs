@@ -16,7 +16,9 @@
 //!   exponential backoff and full jitter.
 
 use crate::connection::{ConnError, Connection};
-use crate::protocol::{self, Code, Frame, FrameType, HEADER_LEN, PREAMBLE, PresenceEntry, TOKEN_LEN};
+use crate::protocol::{
+    self, Code, Frame, FrameType, HEADER_LEN, PREAMBLE, PresenceEntry, TOKEN_LEN,
+};
 use crate::tls;
 use crate::transport::{Stream, tune_socket};
 use bytes::{Buf, BufMut, BytesMut};
@@ -119,7 +121,10 @@ pub struct PoolStatus {
 
 struct Inner {
     cfg: RelayClientConfig,
-    tls: Option<(Arc<rustls::ClientConfig>, rustls::pki_types::ServerName<'static>)>,
+    tls: Option<(
+        Arc<rustls::ClientConfig>,
+        rustls::pki_types::ServerName<'static>,
+    )>,
     token: Mutex<Option<Secret<[u8; TOKEN_LEN]>>>,
     slots: Mutex<Vec<Slot>>,
     changed: Notify,
@@ -169,7 +174,10 @@ impl RelayClient {
                     (None, Some(ca)) => tls::ca_client_config(ca)?,
                     (None, None) => tls::pinned_client_config(tls::parse_fingerprint("")?),
                 };
-                let host = t.server_name.clone().unwrap_or_else(|| host_of(&cfg.server));
+                let host = t
+                    .server_name
+                    .clone()
+                    .unwrap_or_else(|| host_of(&cfg.server));
                 Some((config, tls::server_name(&host)?))
             }
         };
@@ -244,8 +252,7 @@ impl RelayClient {
             let total = {
                 let slots = lock(&self.inner.slots);
                 for s in slots.iter() {
-                    if s
-                        .busy
+                    if s.busy
                         .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
                         .is_ok()
                     {
@@ -334,7 +341,9 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 fn host_of(server: &str) -> String {
     let host = server.rsplit_once(':').map(|(h, _)| h).unwrap_or(server);
-    host.trim_start_matches('[').trim_end_matches(']').to_owned()
+    host.trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned()
 }
 
 /// Opens one connection and logs it in: RESUME when `resume` and a
@@ -394,7 +403,12 @@ async fn open(inner: &Arc<Inner>, resume: bool) -> Result<(Connection, Duration)
                 debug!(error = %e, "Could not tune the socket.");
             }
             inner.auth_failed.store(false, Ordering::Relaxed);
-            info!(conn_id, resume = is_resume, hold_ms = hold.as_millis() as u64, "Logged in to the relay.");
+            info!(
+                conn_id,
+                resume = is_resume,
+                hold_ms = hold.as_millis() as u64,
+                "Logged in to the relay."
+            );
             Ok((conn, hold))
         }
         Some(Frame::Err { code, message }) => {
@@ -476,7 +490,8 @@ async fn supervise(inner: Arc<Inner>) {
                             continue;
                         }
                     }
-                    if inner.kicked.load(Ordering::Relaxed) || inner.auth_failed.load(Ordering::Relaxed)
+                    if inner.kicked.load(Ordering::Relaxed)
+                        || inner.auth_failed.load(Ordering::Relaxed)
                     {
                         backoff = cfg.reconnect_max;
                     }
@@ -578,11 +593,17 @@ impl Worker {
                 WEvent::HoldDue => {
                     seq = seq.wrapping_add(1);
                     conn.write_frame(&Frame::Hold { seq }).await?;
-                    awaiting = Some((seq, Instant::now() + self.hold.max(Duration::from_millis(500))));
+                    awaiting = Some((
+                        seq,
+                        Instant::now() + self.hold.max(Duration::from_millis(500)),
+                    ));
                     next_hold = Instant::now() + self.hold;
                 }
                 WEvent::HoldLost => {
-                    warn!(hold_ms = self.hold.as_millis() as u64, "No HOLD-ACK from the relay; treating the connection as dead.");
+                    warn!(
+                        hold_ms = self.hold.as_millis() as u64,
+                        "No HOLD-ACK from the relay; treating the connection as dead."
+                    );
                     return Err(ClientError::Timeout("waiting for HOLD-ACK"));
                 }
                 WEvent::Cmd(Some(cmd)) => {
@@ -635,14 +656,24 @@ impl Worker {
                 .map_err(|_| ClientError::Timeout("waiting for the relay's answer"))??;
             match f {
                 None => return Err(ClientError::Io(io::ErrorKind::UnexpectedEof.into())),
-                Some(Frame::HoldAck { .. } | Frame::ConnectNotify { .. } | Frame::NotifyCancel { .. }) => {}
-                Some(Frame::Bye { code, message }) => return Err(ClientError::Closed { code, message }),
+                Some(
+                    Frame::HoldAck { .. }
+                    | Frame::ConnectNotify { .. }
+                    | Frame::NotifyCancel { .. },
+                ) => {}
+                Some(Frame::Bye { code, message }) => {
+                    return Err(ClientError::Closed { code, message });
+                }
                 Some(f) => return Ok(f),
             }
         }
     }
 
-    async fn command(&self, mut conn: Connection, cmd: WorkerCmd) -> Result<Connection, ClientError> {
+    async fn command(
+        &self,
+        mut conn: Connection,
+        cmd: WorkerCmd,
+    ) -> Result<Connection, ClientError> {
         let limit = self.inner.cfg.connect_timeout;
         match cmd {
             WorkerCmd::List { reply } => {
@@ -732,7 +763,12 @@ impl Worker {
 
     /// Seed (7)-(8) on the target: offer the demand to the application
     /// and pass its decision to the relay.
-    async fn incoming(&self, mut conn: Connection, session_id: u64, from: String) -> Result<Connection, ClientError> {
+    async fn incoming(
+        &self,
+        mut conn: Connection,
+        session_id: u64,
+        from: String,
+    ) -> Result<Connection, ClientError> {
         let (tx, rx) = oneshot::channel();
         let demand = IncomingDemand {
             from: from.clone(),
@@ -771,7 +807,10 @@ impl Worker {
             Some(Decision::Accept(reply)) => {
                 conn.write_frame(&Frame::Accept { session_id }).await?;
                 return match Self::answer(&mut conn, limit).await {
-                    Ok(Frame::ConnectOk { session_id: s, peer }) if s == session_id => {
+                    Ok(Frame::ConnectOk {
+                        session_id: s,
+                        peer,
+                    }) if s == session_id => {
                         info!(session_id, %peer, "Session bridged (incoming).");
                         self.lend(conn, session_id, peer, reply).await
                     }
@@ -794,7 +833,8 @@ impl Worker {
             Some(Decision::Reject(code)) => code,
             None => Code::Timeout,
         };
-        conn.write_frame(&Frame::Reject { session_id, code }).await?;
+        conn.write_frame(&Frame::Reject { session_id, code })
+            .await?;
         self.set_busy(false);
         Ok(conn)
     }
@@ -1032,7 +1072,11 @@ impl Drop for Session {
 }
 
 impl AsyncRead for Session {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         let this = &mut *self;
         loop {
             if let Some(code) = this.peer_end {
@@ -1119,7 +1163,11 @@ impl AsyncRead for Session {
             }
             // Need more bytes for a header or a control frame.
             conn.rbuf.reserve(4096);
-            match ready!(tokio_util::io::poll_read_buf(Pin::new(&mut conn.stream), cx, &mut conn.rbuf)) {
+            match ready!(tokio_util::io::poll_read_buf(
+                Pin::new(&mut conn.stream),
+                cx,
+                &mut conn.rbuf
+            )) {
                 Ok(0) => {
                     this.broken = true;
                     return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into()));
@@ -1135,7 +1183,11 @@ impl AsyncRead for Session {
 }
 
 impl AsyncWrite for Session {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
         if this.we_terminated {
             return Poll::Ready(Err(broken_pipe("the session was terminated (shutdown)")));

@@ -27,6 +27,8 @@
 //! connection for the caller's task to bridge and return. Kicks, logouts
 //! and shutdown reach tasks through per-connection `CancellationToken`s.
 
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
+
 pub mod auth;
 pub mod bridge;
 pub mod client;

@@ -93,7 +93,10 @@ impl Metrics {
                 ("{reason=\"disabled\"}", g(&self.fail_disabled)),
                 ("{reason=\"bad_token\"}", g(&self.fail_bad_token)),
                 ("{reason=\"rate_limited\"}", g(&self.fail_rate_limited)),
-                ("{reason=\"handshake_timeout\"}", g(&self.handshake_timeouts)),
+                (
+                    "{reason=\"handshake_timeout\"}",
+                    g(&self.handshake_timeouts),
+                ),
                 ("{reason=\"too_many_pending\"}", g(&self.pending_refused)),
             ],
         );

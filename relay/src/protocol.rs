@@ -349,10 +349,7 @@ pub enum FrameError {
     },
     /// The payload does not match the frame type's layout.
     #[error("malformed {kind:?} frame: {what}")]
-    Malformed {
-        kind: FrameType,
-        what: &'static str,
-    },
+    Malformed { kind: FrameType, what: &'static str },
 }
 
 impl FrameError {
@@ -545,7 +542,8 @@ impl Reader<'_> {
     fn string(&mut self, what: &'static str) -> Result<String, FrameError> {
         let len = usize::from(self.u16(what)?);
         self.need(len, what)?;
-        let s = std::str::from_utf8(&self.buf[..len]).map_err(|_| self.bad("string is not UTF-8"))?;
+        let s =
+            std::str::from_utf8(&self.buf[..len]).map_err(|_| self.bad("string is not UTF-8"))?;
         let s = s.to_owned();
         self.buf.advance(len);
         Ok(s)
@@ -572,8 +570,7 @@ impl Reader<'_> {
 pub fn valid_user_id(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= MAX_USER_LEN
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"._-@%".contains(&b))
 }
 

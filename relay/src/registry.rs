@@ -145,9 +145,10 @@ impl Acl {
             AclDefault::None => false,
             AclDefault::SameGroup => from.iter().any(|g| to.contains(g)),
         };
-        base || self.allow.iter().any(|(f, t)| {
-            (f == "*" || from.contains(f)) && (t == "*" || to.contains(t))
-        })
+        base || self
+            .allow
+            .iter()
+            .any(|(f, t)| (f == "*" || from.contains(f)) && (t == "*" || to.contains(t)))
     }
 }
 
@@ -586,18 +587,11 @@ mod tests {
 
     #[test]
     fn reserve_takes_one_vacant_connection_at_a_time() {
-        let reg = Registry::new(
-            Acl::new(&AclConfig::default()),
-            CancellationToken::new(),
-        );
+        let reg = Registry::new(Acl::new(&AclConfig::default()), CancellationToken::new());
         let peer: SocketAddr = "127.0.0.1:1".parse().unwrap();
         let tok = TokenHash::of(b"t");
-        let a = reg
-            .add_login("a", g(&["x"]), tok, peer, false, 4)
-            .unwrap();
-        let b = reg
-            .add_login("b", g(&["x"]), tok, peer, false, 4)
-            .unwrap();
+        let a = reg.add_login("a", g(&["x"]), tok, peer, false, 4).unwrap();
+        let b = reg.add_login("b", g(&["x"]), tok, peer, false, 4).unwrap();
         assert!(matches!(reg.reserve(&a, "b"), Reserve::Refused(Code::Busy)));
         let (tx, _rx) = oneshot::channel();
         reg.set_vacant("b", b.id, tx);
@@ -605,7 +599,10 @@ mod tests {
         assert!(matches!(reg.reserve(&a, "b"), Reserve::Ok { .. }));
         assert!(matches!(reg.reserve(&a, "b"), Reserve::Refused(Code::Busy)));
         assert!(matches!(reg.reserve(&a, "nobody"), Reserve::Absent));
-        assert!(reg.add_resume("b", &TokenHash::of(b"t"), peer, false, 4).is_ok());
+        assert!(
+            reg.add_resume("b", &TokenHash::of(b"t"), peer, false, 4)
+                .is_ok()
+        );
         assert!(matches!(
             reg.add_resume("b", &TokenHash::of(b"u"), peer, false, 4),
             Err(Code::AuthFailed)

@@ -18,8 +18,8 @@ use crate::store::UserStore;
 use crate::tls::{self, ServerIdentity};
 use crate::transport::{Stream, tune_socket};
 use anyhow::Context as _;
-use faxgate_config::{RelaySection, RelayServerConfig};
 use faxgate_config::Secret;
+use faxgate_config::{RelaySection, RelayServerConfig};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -151,7 +151,10 @@ impl RelayServer {
         );
         let identity = match cfg.listen_tls {
             Some(_) => {
-                let configured = cfg.tls.as_ref().map(|t| (t.cert.as_path(), t.key.as_path()));
+                let configured = cfg
+                    .tls
+                    .as_ref()
+                    .map(|t| (t.cert.as_path(), t.key.as_path()));
                 let id = tls::server_identity(configured, &cfg.state_dir)
                     .context("while loading the TLS certificate")?;
                 let fp = tls::format_fingerprint(&id.fingerprint);
@@ -345,7 +348,10 @@ async fn serve_conn(
             info!("Handshake did not complete in time; closing.");
             let _ = send(
                 &mut conn,
-                &err(Code::HandshakeTimeout, "no LOGIN within the handshake deadline"),
+                &err(
+                    Code::HandshakeTimeout,
+                    "no LOGIN within the handshake deadline",
+                ),
                 Duration::from_secs(1),
             )
             .await;
@@ -419,7 +425,10 @@ async fn serve_conn(
                 return;
             }
             let hash = TokenHash::of(token.expose());
-            match shared.registry.add_resume(&user, &hash, peer, tls_used, max) {
+            match shared
+                .registry
+                .add_resume(&user, &hash, peer, tls_used, max)
+            {
                 Ok(t) => {
                     Metrics::inc(&shared.metrics.resumes);
                     info!(%user, conn_id = t.id, "Spare connection logged in with resume token.");
@@ -612,8 +621,12 @@ impl ConnTask {
                     if let ConnError::Frame(fe) = &e {
                         Metrics::inc(&self.shared.metrics.protocol_errors);
                         info!(error = %fe, "Protocol violation; closing.");
-                        let _ = send(&mut conn, &err(fe.code(), fe.to_string()), self.write_limit())
-                            .await;
+                        let _ = send(
+                            &mut conn,
+                            &err(fe.code(), fe.to_string()),
+                            self.write_limit(),
+                        )
+                        .await;
                     } else {
                         debug!(error = %e, "Connection failed.");
                     }
@@ -655,9 +668,11 @@ impl ConnTask {
                     released = false;
                     // Not vacant: make sure no demand sender stays parked.
                     demand_rx = None;
-                    self.shared
-                        .registry
-                        .set_state(self.user(), self.ticket.id, ConnState::Draining);
+                    self.shared.registry.set_state(
+                        self.user(),
+                        self.ticket.id,
+                        ConnState::Draining,
+                    );
                     c
                 }
                 Next::Reprocess(c, f) => {
@@ -689,7 +704,10 @@ impl ConnTask {
                     .shared
                     .registry
                     .close_user(self.user(), Code::LoggedOut);
-                info!(connections = n, "Logged out; closing all of the user's connections.");
+                info!(
+                    connections = n,
+                    "Logged out; closing all of the user's connections."
+                );
                 let bye = Frame::Bye {
                     code: Code::LoggedOut,
                     message: "logged out".into(),
@@ -703,7 +721,10 @@ impl ConnTask {
             }
             other => err(
                 Code::UnexpectedFrame,
-                format!("{:?} is not allowed on a connection that is not in a session", other.frame_type()),
+                format!(
+                    "{:?} is not allowed on a connection that is not in a session",
+                    other.frame_type()
+                ),
             ),
         };
         match send(&mut conn, &reply, limit).await {
@@ -782,13 +803,19 @@ impl ConnTask {
                         Err(DemandOutcome::Rejected(_)) => return Next::Gone,
                     }
                 }
-                Wait::Frame(Ok(Some(Frame::Reject { session_id: s, code }))) if s == session_id => {
+                Wait::Frame(Ok(Some(Frame::Reject {
+                    session_id: s,
+                    code,
+                }))) if s == session_id => {
                     info!(session_id, %from, %code, "Demand rejected by the device.");
                     let _ = reply.send(DemandOutcome::Rejected(Code::Rejected));
                     return Next::Serve(conn);
                 }
                 Wait::Frame(Ok(Some(Frame::Hold { seq }))) => {
-                    if send(&mut conn, &Frame::HoldAck { seq }, limit).await.is_err() {
+                    if send(&mut conn, &Frame::HoldAck { seq }, limit)
+                        .await
+                        .is_err()
+                    {
                         let _ = reply.send(DemandOutcome::Rejected(Code::PeerLost));
                         return Next::Gone;
                     }
@@ -816,7 +843,10 @@ impl ConnTask {
                 Wait::Frame(Ok(Some(other))) => {
                     let e = err(
                         Code::UnexpectedFrame,
-                        format!("{:?} while a CONNECT-NOTIFY awaits ACCEPT or REJECT", other.frame_type()),
+                        format!(
+                            "{:?} while a CONNECT-NOTIFY awaits ACCEPT or REJECT",
+                            other.frame_type()
+                        ),
                     );
                     if send(&mut conn, &e, limit).await.is_err() {
                         let _ = reply.send(DemandOutcome::Rejected(Code::PeerLost));
@@ -851,10 +881,10 @@ impl ConnTask {
         let reserved = self.shared.registry.reserve(&self.ticket, &target);
         // A demand that reached us before the registry marked us busy
         // crossed our CONNECT: refuse it.
-        if let Some(mut rx) = demand_rx.take() {
-            if let Ok(d) = rx.try_recv() {
-                let _ = d.reply.send(DemandOutcome::Rejected(Code::Busy));
-            }
+        if let Some(mut rx) = demand_rx.take()
+            && let Ok(d) = rx.try_recv()
+        {
+            let _ = d.reply.send(DemandOutcome::Rejected(Code::Busy));
         }
         let limit = self.write_limit();
         let (session_id, demand) = match reserved {

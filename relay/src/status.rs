@@ -95,7 +95,10 @@ async fn metrics(State(s): State<AppState>) -> Response {
 
 async fn kick(State(s): State<AppState>, Path(user): Path<String>, headers: HeaderMap) -> Response {
     let Some(expected) = &s.admin_token else {
-        return (StatusCode::NOT_FOUND, "admin actions are disabled (no status.admin_token)\n")
+        return (
+            StatusCode::NOT_FOUND,
+            "admin actions are disabled (no status.admin_token)\n",
+        )
             .into_response();
     };
     let given = headers
@@ -103,10 +106,7 @@ async fn kick(State(s): State<AppState>, Path(user): Path<String>, headers: Head
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
-    let ok: bool = given
-        .as_bytes()
-        .ct_eq(expected.expose().as_bytes())
-        .into();
+    let ok: bool = given.as_bytes().ct_eq(expected.expose().as_bytes()).into();
     if !ok {
         tracing::warn!(%user, "Kick refused: bad admin token.");
         return (StatusCode::UNAUTHORIZED, "bad admin token\n").into_response();

@@ -125,7 +125,12 @@ impl UserStore {
     }
 
     /// Adds a user.
-    pub fn add_user(&self, name: &str, password: &str, groups: &[String]) -> Result<(), StoreError> {
+    pub fn add_user(
+        &self,
+        name: &str,
+        password: &str,
+        groups: &[String],
+    ) -> Result<(), StoreError> {
         check_user(name)?;
         for g in groups {
             check_group(g)?;
@@ -161,7 +166,10 @@ impl UserStore {
         let hash = self.hash_password(password)?;
         let n = self
             .lock()
-            .execute("UPDATE users SET hash = ?2 WHERE name = ?1", params![name, hash])
+            .execute(
+                "UPDATE users SET hash = ?2 WHERE name = ?1",
+                params![name, hash],
+            )
             .map_err(self.db())?;
         if n == 0 {
             return Err(StoreError::NoSuchUser(name.to_owned()));
@@ -229,7 +237,13 @@ impl UserStore {
             .query_row(
                 "SELECT name, hash, disabled FROM users WHERE name = ?1",
                 [name],
-                |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, bool>(2)?)),
+                |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, bool>(2)?,
+                    ))
+                },
             )
             .optional()
             .map_err(self.db())?;
@@ -334,7 +348,10 @@ mod tests {
             Err(StoreError::Exists(_))
         ));
         s.set_password("tokyo", "pw2").unwrap();
-        assert!(verify_password(&s.get("tokyo").unwrap().unwrap().hash, "pw2"));
+        assert!(verify_password(
+            &s.get("tokyo").unwrap().unwrap().hash,
+            "pw2"
+        ));
         s.set_disabled("tokyo", true).unwrap();
         assert!(s.get("tokyo").unwrap().unwrap().disabled);
         s.delete_user("tokyo").unwrap();

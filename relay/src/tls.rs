@@ -124,7 +124,8 @@ fn generate_self_signed(cert_path: &Path, key_path: &Path) -> Result<(), TlsErro
     };
     write_private(key_path, certified.signing_key.serialize_pem().as_bytes())
         .map_err(io("cannot write key", key_path))?;
-    std::fs::write(cert_path, certified.cert.pem()).map_err(io("cannot write certificate", cert_path))?;
+    std::fs::write(cert_path, certified.cert.pem())
+        .map_err(io("cannot write certificate", cert_path))?;
     Ok(())
 }
 

@@ -9,6 +9,7 @@ use common::{PW, Raw, pattern, relay};
 use faxgate_config::{ClientTlsConfig, RelayServerConfig};
 use faxgate_relay::protocol::{Code, Frame};
 use faxgate_relay::{ClientError, RelayClient, RelayServer};
+use std::str::FromStr as _;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
@@ -71,7 +72,9 @@ async fn garbage_oversized_and_cut_frames_get_clear_errors() {
 
     // HTTP by mistake: also a preamble error, not a hang.
     let mut tcp = TcpStream::connect(r.addr).await.unwrap();
-    tcp.write_all(b"GET / HTTP/1.1\r\nHost: relay\r\n\r\n").await.unwrap();
+    tcp.write_all(b"GET / HTTP/1.1\r\nHost: relay\r\n\r\n")
+        .await
+        .unwrap();
     assert_eq!(err_frame(&read_all(&mut tcp).await).0, Code::BadFrame);
 
     // A future protocol version.
@@ -91,14 +94,20 @@ async fn garbage_oversized_and_cut_frames_get_clear_errors() {
 
     // An oversized LOGIN: refused from the header, before the payload.
     let mut tcp = TcpStream::connect(r.addr).await.unwrap();
-    tcp.write_all(b"FGRL\x01\x01\x10\x00\x00\x00").await.unwrap();
+    tcp.write_all(b"FGRL\x01\x01\x10\x00\x00\x00")
+        .await
+        .unwrap();
     let (code, msg) = err_frame(&read_all(&mut tcp).await);
     assert_eq!(code, Code::FrameTooLarge);
     assert!(msg.contains("exceeds"), "{msg}");
 
     // An oversized DATA frame from a logged-in device.
     let (mut raw, _) = Raw::login(r.addr, "tokyo", PW).await;
-    raw.conn.stream.write_all(&[0x80, 0x7f, 0, 0, 0]).await.unwrap();
+    raw.conn
+        .stream
+        .write_all(&[0x80, 0x7f, 0, 0, 0])
+        .await
+        .unwrap();
     match raw.recv().await {
         Some(Frame::Err { code, message }) => {
             assert_eq!(code, Code::FrameTooLarge);
@@ -110,20 +119,26 @@ async fn garbage_oversized_and_cut_frames_get_clear_errors() {
 
     // A frame cut off in the middle, then the connection closes.
     let mut tcp = TcpStream::connect(r.addr).await.unwrap();
-    tcp.write_all(b"FGRL\x01\x01\x00\x00\x00\x40tok").await.unwrap();
+    tcp.write_all(b"FGRL\x01\x01\x00\x00\x00\x40tok")
+        .await
+        .unwrap();
     tcp.shutdown().await.unwrap();
     let _ = read_all(&mut tcp).await;
 
     // A well-formed but malformed LOGIN (bad user ID).
     let mut tcp = TcpStream::connect(r.addr).await.unwrap();
-    tcp.write_all(b"FGRL\x01\x01\x00\x00\x00\x09\x00\x03a b\x00\x00\x00\x00").await.unwrap();
+    tcp.write_all(b"FGRL\x01\x01\x00\x00\x00\x09\x00\x03a b\x00\x00\x00\x00")
+        .await
+        .unwrap();
     let (code, msg) = err_frame(&read_all(&mut tcp).await);
     assert_eq!(code, Code::BadFrame);
     assert!(msg.contains("user ID"), "{msg}");
 
     // A frame that is valid but not a login.
     let mut tcp = TcpStream::connect(r.addr).await.unwrap();
-    tcp.write_all(b"FGRL\x01\x04\x00\x00\x00\x00").await.unwrap();
+    tcp.write_all(b"FGRL\x01\x04\x00\x00\x00\x00")
+        .await
+        .unwrap();
     let (code, msg) = err_frame(&read_all(&mut tcp).await);
     assert_eq!(code, Code::UnexpectedFrame);
     assert!(msg.contains("LOGIN"), "{msg}");
@@ -136,7 +151,8 @@ async fn garbage_oversized_and_cut_frames_get_clear_errors() {
     assert_eq!(code, Code::HandshakeTimeout);
     assert!(started.elapsed() >= Duration::from_millis(400));
 
-    r.eventually("handshakes freed", |r| r.metric(|m| &m.pending) == 0).await;
+    r.eventually("handshakes freed", |r| r.metric(|m| &m.pending) == 0)
+        .await;
     good_session(&r).await;
     assert!(r.metric(|m| &m.protocol_errors) >= 6);
 }
@@ -156,7 +172,8 @@ async fn control_frame_inside_a_session_ends_only_that_side() {
     .await;
     let mut s = osaka_in.recv().await.unwrap().accept().await.unwrap();
     assert!(matches!(raw.recv().await, Some(Frame::ConnectOk { .. })));
-    raw.send(&Frame::Data(bytes::Bytes::from_static(b"ok"))).await;
+    raw.send(&Frame::Data(bytes::Bytes::from_static(b"ok")))
+        .await;
     raw.send(&Frame::List).await; // not allowed inside a session
     let mut buf = [0u8; 2];
     s.read_exact(&mut buf).await.unwrap();
@@ -165,9 +182,13 @@ async fn control_frame_inside_a_session_ends_only_that_side() {
     let e = s.read_to_end(&mut rest).await.unwrap_err();
     assert!(e.to_string().contains("BAD_FRAME"), "{e}");
     s.close().await.unwrap();
-    assert!(raw.recv().await.is_none(), "the violator's connection is closed");
+    assert!(
+        raw.recv().await.is_none(),
+        "the violator's connection is closed"
+    );
     osaka.wait_vacant(1, Duration::from_secs(5)).await.unwrap();
-    r.eventually("osaka vacant at the relay", |r| r.counts().2 == 1).await;
+    r.eventually("osaka vacant at the relay", |r| r.counts().2 == 1)
+        .await;
 }
 
 /// 1000 connections that never log in: each is closed at the handshake
@@ -186,7 +207,8 @@ async fn a_thousand_idle_connections_do_not_stop_good_clients() {
         sock.bind(flood_src).unwrap();
         flood.push(sock.connect(r.addr).await.unwrap());
     }
-    r.eventually("flood accepted", |r| r.metric(|m| &m.accepted) >= 1000).await;
+    r.eventually("flood accepted", |r| r.metric(|m| &m.accepted) >= 1000)
+        .await;
     // 800 wait in the handshake; 200 were refused at once with a reason.
     assert!(r.metric(|m| &m.pending) <= 800);
     assert_eq!(r.metric(|m| &m.pending_refused), 200);
@@ -203,7 +225,8 @@ async fn a_thousand_idle_connections_do_not_stop_good_clients() {
         }
     }
     assert_eq!((refused, timed_out), (200, 800));
-    r.eventually("all handshakes freed", |r| r.metric(|m| &m.pending) == 0).await;
+    r.eventually("all handshakes freed", |r| r.metric(|m| &m.pending) == 0)
+        .await;
     good_session(&r).await;
 }
 
@@ -214,16 +237,26 @@ async fn tls_relay() -> (RelayServer, tempfile::TempDir, [u8; 32]) {
         dir.path().display().to_string()
     ))
     .unwrap();
-    let server = RelayServer::start(cfg, CancellationToken::new()).await.unwrap();
+    let server = RelayServer::start(cfg, CancellationToken::new())
+        .await
+        .unwrap();
     let fp = server.identity.as_ref().unwrap().fingerprint;
     assert!(server.identity.as_ref().unwrap().generated);
     for u in ["tokyo", "osaka"] {
-        server.shared.store().add_user(u, PW, &["g".into()]).unwrap();
+        server
+            .shared
+            .store()
+            .add_user(u, PW, &["g".into()])
+            .unwrap();
     }
     (server, dir, fp)
 }
 
-fn tls_client(server: &RelayServer, user: &str, pin: &[u8; 32]) -> faxgate_config::RelayClientConfig {
+fn tls_client(
+    server: &RelayServer,
+    user: &str,
+    pin: &[u8; 32],
+) -> faxgate_config::RelayClientConfig {
     let mut c = faxgate_config::RelayClientConfig::from_str(&format!(
         "server = \"{}\"\nuser = \"{user}\"\npassword = \"{PW}\"\nspares = 0\nmax_connections = 2\n",
         server.tls_addr.unwrap()
@@ -240,8 +273,12 @@ fn tls_client(server: &RelayServer, user: &str, pin: &[u8; 32]) -> faxgate_confi
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_end_to_end_with_the_generated_certificate() {
     let (server, _dir, fp) = tls_relay().await;
-    let (tokyo, _t) = RelayClient::start(tls_client(&server, "tokyo", &fp)).await.unwrap();
-    let (_osaka, mut osaka_in) = RelayClient::start(tls_client(&server, "osaka", &fp)).await.unwrap();
+    let (tokyo, _t) = RelayClient::start(tls_client(&server, "tokyo", &fp))
+        .await
+        .unwrap();
+    let (_osaka, mut osaka_in) = RelayClient::start(tls_client(&server, "osaka", &fp))
+        .await
+        .unwrap();
     let data = pattern(2_000_000, 5);
     let expect = data.clone();
     let b = tokio::spawn(async move {
@@ -259,14 +296,21 @@ async fn tls_end_to_end_with_the_generated_certificate() {
     s.close().await.unwrap();
     assert!(b.await.unwrap() == expect, "bytes through TLS differ");
     let snap = server.shared.registry.snapshot();
-    assert!(snap.users.iter().flat_map(|u| &u.connections).all(|c| c.tls));
+    assert!(
+        snap.users
+            .iter()
+            .flat_map(|u| &u.connections)
+            .all(|c| c.tls)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_pinned_to_the_wrong_fingerprint_is_refused() {
     let (server, _dir, mut fp) = tls_relay().await;
     fp[0] ^= 0x01;
-    let err = RelayClient::start(tls_client(&server, "tokyo", &fp)).await.unwrap_err();
+    let err = RelayClient::start(tls_client(&server, "tokyo", &fp))
+        .await
+        .unwrap_err();
     match &err {
         ClientError::Io(e) => {
             assert!(

@@ -6,8 +6,9 @@ mod common;
 
 use common::{PW, Raw, pattern, relay, relay_with};
 use faxgate_config::Secret;
-use faxgate_relay::protocol::{Code, Frame};
 use faxgate_relay::RelayClient;
+use faxgate_relay::protocol::{Code, Frame};
+use std::str::FromStr as _;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -18,7 +19,11 @@ async fn login_success_and_each_failure() {
     let r = relay("").await;
     r.add_user("tokyo", &["branches"]);
     r.add_user("nagoya", &["branches"]);
-    r.server.shared.store().set_disabled("nagoya", true).unwrap();
+    r.server
+        .shared
+        .store()
+        .set_disabled("nagoya", true)
+        .unwrap();
 
     let (_ok, f) = Raw::login(r.addr, "tokyo", PW).await;
     match f {
@@ -27,7 +32,10 @@ async fn login_success_and_each_failure() {
             token,
             ..
         } => {
-            assert_eq!(hold_interval_ms, 30_000, "relay announces its hold interval");
+            assert_eq!(
+                hold_interval_ms, 30_000,
+                "relay announces its hold interval"
+            );
             assert!(token.is_some(), "a password login issues a resume token");
         }
         other => panic!("expected LOGIN-OK, got {other:?}"),
@@ -37,7 +45,10 @@ async fn login_success_and_each_failure() {
     for (user, pw) in [("tokyo", "wrong"), ("nobody", PW), ("nagoya", PW)] {
         let (mut raw, f) = Raw::login(r.addr, user, pw).await;
         answers.push(f);
-        assert!(raw.recv().await.is_none(), "{user}: relay closes after a failed login");
+        assert!(
+            raw.recv().await.is_none(),
+            "{user}: relay closes after a failed login"
+        );
     }
     for f in &answers {
         assert_eq!(
@@ -67,10 +78,28 @@ async fn failed_logins_are_rate_limited_per_user_and_per_address() {
     r.add_user("kobe", &["b"]);
     for _ in 0..3 {
         let (_, f) = Raw::login(r.addr, "osaka", "guess").await;
-        assert!(matches!(f, Frame::Err { code: Code::AuthFailed, .. }), "{f:?}");
+        assert!(
+            matches!(
+                f,
+                Frame::Err {
+                    code: Code::AuthFailed,
+                    ..
+                }
+            ),
+            "{f:?}"
+        );
     }
     let (_, f) = Raw::login(r.addr, "osaka", PW).await;
-    assert!(matches!(f, Frame::Err { code: Code::RateLimited, .. }), "{f:?}");
+    assert!(
+        matches!(
+            f,
+            Frame::Err {
+                code: Code::RateLimited,
+                ..
+            }
+        ),
+        "{f:?}"
+    );
     // kobe is not limited per user yet, but the address gathers failures.
     let (_, f) = Raw::login(r.addr, "kobe", PW).await;
     assert!(matches!(f, Frame::LoginOk { .. }), "{f:?}");
@@ -79,7 +108,16 @@ async fn failed_logins_are_rate_limited_per_user_and_per_address() {
         assert!(matches!(f, Frame::Err { .. }), "{f:?}");
     }
     let (_, f) = Raw::login(r.addr, "kobe", PW).await;
-    assert!(matches!(f, Frame::Err { code: Code::RateLimited, .. }), "per-address limit: {f:?}");
+    assert!(
+        matches!(
+            f,
+            Frame::Err {
+                code: Code::RateLimited,
+                ..
+            }
+        ),
+        "per-address limit: {f:?}"
+    );
     let mut cfg = r.client_config("osaka");
     cfg.password = Secret::new(PW.into());
     let err = RelayClient::start(cfg).await.unwrap_err();
@@ -94,7 +132,16 @@ async fn hold_is_answered_and_silent_connections_are_closed() {
     let r = relay("hold_interval = \"200ms\"\n").await;
     r.add_user("tokyo", &["b"]);
     let (mut raw, f) = Raw::login(r.addr, "tokyo", PW).await;
-    assert!(matches!(f, Frame::LoginOk { hold_interval_ms: 200, .. }), "{f:?}");
+    assert!(
+        matches!(
+            f,
+            Frame::LoginOk {
+                hold_interval_ms: 200,
+                ..
+            }
+        ),
+        "{f:?}"
+    );
     let start = tokio::time::Instant::now();
     let mut silent_from = start;
     for seq in 1..=4 {
@@ -108,7 +155,13 @@ async fn hold_is_answered_and_silent_connections_are_closed() {
     let bye = raw.recv().await;
     let waited = silent_from.elapsed();
     assert!(
-        matches!(bye, Some(Frame::Bye { code: Code::IdleTimeout, .. })),
+        matches!(
+            bye,
+            Some(Frame::Bye {
+                code: Code::IdleTimeout,
+                ..
+            })
+        ),
         "{bye:?}"
     );
     assert!(
@@ -116,7 +169,8 @@ async fn hold_is_answered_and_silent_connections_are_closed() {
         "closed {waited:?} after the last HOLD, before 2.5 intervals"
     );
     assert!(raw.recv().await.is_none(), "socket closed after BYE");
-    r.eventually("presence removed", |r| r.counts().0 == 0).await;
+    r.eventually("presence removed", |r| r.counts().0 == 0)
+        .await;
     assert_eq!(r.metric(|m| &m.hold_timeouts), 1);
     assert!(start.elapsed() > Duration::from_millis(600));
 }
@@ -161,7 +215,10 @@ async fn client_detects_a_relay_that_stops_answering_hold() {
     let (_client, _in) = RelayClient::start(cfg).await.unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     while accepted.load(std::sync::atomic::Ordering::SeqCst) < 3 {
-        assert!(tokio::time::Instant::now() < deadline, "client never gave up on the deaf relay");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "client never gave up on the deaf relay"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -202,9 +259,17 @@ async fn connect_failures_have_their_codes() {
     let e = tokyo.connect("offline").await.unwrap_err();
     assert_eq!(e.code(), Some(Code::NotLoggedIn), "{e}");
     let e = tokyo.connect("ghost").await.unwrap_err();
-    assert_eq!(e.code(), Some(Code::NotLoggedIn), "unknown users look offline: {e}");
+    assert_eq!(
+        e.code(),
+        Some(Code::NotLoggedIn),
+        "unknown users look offline: {e}"
+    );
     let e = tokyo.connect("paris").await.unwrap_err();
-    assert_eq!(e.code(), Some(Code::Forbidden), "not logged in but forbidden: {e}");
+    assert_eq!(
+        e.code(),
+        Some(Code::Forbidden),
+        "not logged in but forbidden: {e}"
+    );
     let (_paris, _p) = r.client("paris", 0, 1).await;
     let e = tokyo.connect("paris").await.unwrap_err();
     assert_eq!(e.code(), Some(Code::Forbidden), "{e}");
@@ -285,7 +350,10 @@ async fn ten_megabytes_each_way_arrive_byte_exact() {
     // Headers count too: 10 MiB of payload plus a few frame headers.
     r.eventually("session ended", |r| r.counts().3 == 0).await;
     let up_bytes = r.metric(|m| &m.bytes_up);
-    assert!(up_bytes >= N as u64 && up_bytes < N as u64 + 4096, "{up_bytes}");
+    assert!(
+        up_bytes >= N as u64 && up_bytes < N as u64 + 4096,
+        "{up_bytes}"
+    );
 }
 
 /// Writes `send` in odd-sized chunks while reading `expect` bytes, then
@@ -380,7 +448,11 @@ async fn spare_connections_carry_two_sessions_at_once() {
     }
     let (osaka, mut osaka_in) = r.client("osaka", 1, 2).await;
     assert_eq!(osaka.status().connections, 2);
-    assert_eq!(r.metric(|m| &m.resumes), 1, "the spare used the resume token");
+    assert_eq!(
+        r.metric(|m| &m.resumes),
+        1,
+        "the spare used the resume token"
+    );
     assert_eq!(r.metric(|m| &m.logins), 1, "only one password check");
     let (tokyo, _t) = r.client("tokyo", 0, 1).await;
     let (kyoto, _k) = r.client("kyoto", 0, 1).await;
@@ -426,9 +498,28 @@ async fn spare_connections_carry_two_sessions_at_once() {
         both_up.wait().await;
         let (_, conns, vacant, sessions) = r.counts();
         assert_eq!(sessions, 2, "two sessions bridged at once");
-        let osaka_conns = r.server.shared.registry.snapshot().users.into_iter().find(|u| u.user == "osaka").unwrap();
-        assert!(osaka_conns.connections.iter().filter(|c| c.state == faxgate_relay::registry::ConnState::InSession).count() == 2);
-        assert_eq!((conns, vacant), (4, 0), "osaka's two and the callers' one each, all busy");
+        let osaka_conns = r
+            .server
+            .shared
+            .registry
+            .snapshot()
+            .users
+            .into_iter()
+            .find(|u| u.user == "osaka")
+            .unwrap();
+        assert!(
+            osaka_conns
+                .connections
+                .iter()
+                .filter(|c| c.state == faxgate_relay::registry::ConnState::InSession)
+                .count()
+                == 2
+        );
+        assert_eq!(
+            (conns, vacant),
+            (4, 0),
+            "osaka's two and the callers' one each, all busy"
+        );
         checked.wait().await;
     };
     tokio::join!(call(tokyo, 7), call(kyoto, 8), watcher);
@@ -448,7 +539,8 @@ async fn logout_closes_everything() {
     let (tokyo, mut tokyo_in) = r.client("tokyo", 2, 4).await;
     let (osaka, _o) = r.client("osaka", 0, 2).await;
     // osaka is in a session with tokyo when tokyo logs out.
-    let accept = tokio::spawn(async move { tokyo_in.recv().await.unwrap().accept().await.unwrap() });
+    let accept =
+        tokio::spawn(async move { tokyo_in.recv().await.unwrap().accept().await.unwrap() });
     let mut tokyo_side = osaka.connect("tokyo").await.unwrap();
     let mut tokyo_session = accept.await.unwrap();
     // A second device logged in as tokyo, with its own token.
@@ -459,13 +551,22 @@ async fn logout_closes_everything() {
     let token = token.unwrap();
     tokyo.logout().await.unwrap();
     r.eventually("tokyo gone", |r| {
-        r.server.shared.registry.snapshot().users.iter().all(|u| u.user != "tokyo")
+        r.server
+            .shared
+            .registry
+            .snapshot()
+            .users
+            .iter()
+            .all(|u| u.user != "tokyo")
     })
     .await;
     // The raw extra connection got BYE(LOGGED_OUT), then the close.
     assert!(matches!(
         raw_spare.recv().await,
-        Some(Frame::Bye { code: Code::LoggedOut, .. })
+        Some(Frame::Bye {
+            code: Code::LoggedOut,
+            ..
+        })
     ));
     assert!(raw_spare.recv().await.is_none());
     // The session's peer learns why the session ended.
@@ -482,7 +583,10 @@ async fn logout_closes_everything() {
     .await;
     assert!(matches!(
         raw.recv().await,
-        Some(Frame::Err { code: Code::AuthFailed, .. })
+        Some(Frame::Err {
+            code: Code::AuthFailed,
+            ..
+        })
     ));
     // tokyo's own session sees its connection closed by the relay.
     let mut buf = Vec::new();
@@ -491,10 +595,20 @@ async fn logout_closes_everything() {
     tokyo.wait_vacant(0, Duration::from_secs(1)).await.unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     while tokyo.status().connections != 0 {
-        assert!(tokio::time::Instant::now() < deadline, "tokyo's pool did not empty");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "tokyo's pool did not empty"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert!(osaka.list().await.unwrap().iter().all(|u| u.user != "tokyo"));
+    assert!(
+        osaka
+            .list()
+            .await
+            .unwrap()
+            .iter()
+            .all(|u| u.user != "tokyo")
+    );
 }
 
 /// An admin kicks a user through the status endpoint; the metrics and
@@ -517,24 +631,55 @@ async fn status_metrics_and_admin_kick() {
     assert_eq!(v["users"][0]["connections"][0]["state"], "vacant");
     let (code, body) = http(status, "GET", "/metrics", None).await;
     assert_eq!(code, 200);
-    assert!(body.contains("faxgate_relay_logins_total{kind=\"password\"} 1"), "{body}");
-    assert!(body.contains("faxgate_relay_connections{state=\"logged_in\"} 1"), "{body}");
+    assert!(
+        body.contains("faxgate_relay_logins_total{kind=\"password\"} 1"),
+        "{body}"
+    );
+    assert!(
+        body.contains("faxgate_relay_connections{state=\"logged_in\"} 1"),
+        "{body}"
+    );
     let (code, _) = http(status, "POST", "/admin/kick/tokyo", Some("wrong")).await;
     assert_eq!(code, 401);
-    let (code, body) = http(status, "POST", "/admin/kick/tokyo", Some("letmein-0123456789")).await;
+    let (code, body) = http(
+        status,
+        "POST",
+        "/admin/kick/tokyo",
+        Some("letmein-0123456789"),
+    )
+    .await;
     assert_eq!(code, 200, "{body}");
-    assert!(matches!(raw.recv().await, Some(Frame::Bye { code: Code::Kicked, .. })));
-    r.eventually("kicked user gone", |r| r.counts().0 == 0).await;
+    assert!(matches!(
+        raw.recv().await,
+        Some(Frame::Bye {
+            code: Code::Kicked,
+            ..
+        })
+    ));
+    r.eventually("kicked user gone", |r| r.counts().0 == 0)
+        .await;
 }
 
-async fn http(addr: std::net::SocketAddr, method: &str, path: &str, bearer: Option<&str>) -> (u16, String) {
+async fn http(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    bearer: Option<&str>,
+) -> (u16, String) {
     let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let auth = bearer.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
-    let req = format!("{method} {path} HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n");
+    let auth = bearer
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
+    );
     tcp.write_all(req.as_bytes()).await.unwrap();
     let mut resp = String::new();
     tcp.read_to_string(&mut resp).await.unwrap();
     let code = resp[9..12].parse().unwrap();
-    let body = resp.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
     (code, body)
 }

@@ -9,6 +9,7 @@ use clap::Args;
 use faxgate_config::{ClientTlsConfig, RelayClientConfig, RelayServerConfig, Secret};
 use faxgate_relay::{RelayClient, RelayServer};
 use std::path::PathBuf;
+use std::str::FromStr as _;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
@@ -35,10 +36,18 @@ pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> anyhow::Result<
         state.display().to_string()
     ))?;
     let server = RelayServer::start(config, shutdown.child_token()).await?;
-    let id = server.identity.as_ref().context("the demo relay has no TLS identity")?;
+    let id = server
+        .identity
+        .as_ref()
+        .context("the demo relay has no TLS identity")?;
     let pin = faxgate_relay::tls::format_fingerprint(&id.fingerprint);
-    let tls_addr = server.tls_addr.context("the demo relay has no TLS listener")?;
-    println!("relay: TLS on {tls_addr}, certificate generated in {}", state.display());
+    let tls_addr = server
+        .tls_addr
+        .context("the demo relay has no TLS listener")?;
+    println!(
+        "relay: TLS on {tls_addr}, certificate generated in {}",
+        state.display()
+    );
     println!("relay: fingerprint {pin}");
 
     let store = std::sync::Arc::clone(server.shared.store());
@@ -67,7 +76,10 @@ pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> anyhow::Result<
     tokyo.wait_vacant(2, Duration::from_secs(10)).await?;
     osaka.wait_vacant(2, Duration::from_secs(10)).await?;
     for u in tokyo.list().await? {
-        println!("tokyo sees: {} ({} vacant of {} connections)", u.user, u.vacant, u.connections);
+        println!(
+            "tokyo sees: {} ({} vacant of {} connections)",
+            u.user, u.vacant, u.connections
+        );
     }
 
     let answer = tokio::spawn(async move {
@@ -83,7 +95,11 @@ pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> anyhow::Result<
         anyhow::Ok(got)
     });
     let mut session = tokyo.connect("osaka").await?;
-    println!("tokyo: bridged to {} (session {})", session.peer(), session.id());
+    println!(
+        "tokyo: bridged to {} (session {})",
+        session.peer(),
+        session.id()
+    );
     let message = b"Hello from Tokyo: this message crossed the relay unchanged.";
     session.write_all(message).await?;
     session.shutdown().await?;
@@ -92,7 +108,10 @@ pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> anyhow::Result<
     println!("tokyo: received {:?}", String::from_utf8_lossy(&reply));
     session.close().await?;
     let got = answer.await??;
-    ensure!(got == message, "osaka received different bytes than tokyo sent");
+    ensure!(
+        got == message,
+        "osaka received different bytes than tokyo sent"
+    );
 
     let transcript = state.join("transcript.txt");
     std::fs::write(

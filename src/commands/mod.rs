@@ -18,7 +18,8 @@ pub fn raise_fd_limit() {
 pub fn read_password(env: Option<&str>) -> anyhow::Result<String> {
     use anyhow::Context as _;
     if let Some(var) = env {
-        return std::env::var(var).with_context(|| format!("while reading the password from ${var}"));
+        return std::env::var(var)
+            .with_context(|| format!("while reading the password from ${var}"));
     }
     let mut line = String::new();
     std::io::stdin()

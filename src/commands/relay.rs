@@ -195,7 +195,9 @@ async fn http(
     let addr = status.listen;
     let tcp = tokio::net::TcpStream::connect(addr)
         .await
-        .with_context(|| format!("while connecting to the status endpoint at {addr}; is the relay running?"))?;
+        .with_context(|| {
+            format!("while connecting to the status endpoint at {addr}; is the relay running?")
+        })?;
     let (mut sender, conn) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await?;
     tokio::spawn(conn);

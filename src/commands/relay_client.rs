@@ -7,6 +7,7 @@ use clap::{Args, Subcommand};
 use faxgate_config::{ClientTlsConfig, RelayClientConfig, Secret};
 use faxgate_relay::{RelayClient, Session};
 use std::path::PathBuf;
+use std::str::FromStr as _;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
@@ -78,7 +79,8 @@ fn build_config(a: &ClientArgs) -> anyhow::Result<RelayClientConfig> {
         cfg.user = u.clone();
     }
     if let (Some(var), Some(_)) = (&a.password_env, &a.config) {
-        cfg.password = Secret::new(std::env::var(var).with_context(|| format!("while reading ${var}"))?);
+        cfg.password =
+            Secret::new(std::env::var(var).with_context(|| format!("while reading ${var}"))?);
     }
     if let Some(pin) = &a.pin {
         cfg.tls = Some(ClientTlsConfig {
@@ -129,7 +131,10 @@ pub async fn run(args: ClientArgs, shutdown: CancellationToken) -> anyhow::Resul
                 d = incoming.recv() => d.context("the client stopped")?,
                 _ = shutdown.cancelled() => break Ok(()),
             };
-            eprintln!("demand from {} (session {}); accepting", demand.from, demand.session_id);
+            eprintln!(
+                "demand from {} (session {}); accepting",
+                demand.from, demand.session_id
+            );
             let session = demand.accept().await?;
             let r = pipe(session, &shutdown).await;
             if once || r.is_err() || shutdown.is_cancelled() {

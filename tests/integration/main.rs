@@ -1,1 +1,6 @@
+//! Cross-crate integration tests that drive the real `faxgate` binary
+//! against real system parts (network namespaces, iptables).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+mod nat;

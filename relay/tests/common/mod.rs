@@ -9,6 +9,7 @@ use faxgate_relay::protocol::{self, Frame, PREAMBLE};
 use faxgate_relay::transport::Stream;
 use faxgate_relay::{RelayClient, RelayServer};
 use std::net::SocketAddr;
+use std::str::FromStr as _;
 use std::time::Duration;
 use tempfile::TempDir;
 use tokio::io::AsyncWriteExt;
@@ -55,7 +56,11 @@ pub async fn relay_with(extra: &str, tail: &str) -> Relay {
 impl Relay {
     pub fn add_user(&self, name: &str, groups: &[&str]) {
         let groups: Vec<String> = groups.iter().map(|s| s.to_string()).collect();
-        self.server.shared.store().add_user(name, PW, &groups).unwrap();
+        self.server
+            .shared
+            .store()
+            .add_user(name, PW, &groups)
+            .unwrap();
     }
 
     pub fn client_config(&self, user: &str) -> RelayClientConfig {
@@ -86,7 +91,10 @@ impl Relay {
         (client, incoming)
     }
 
-    pub fn metric(&self, f: impl Fn(&faxgate_relay::metrics::Metrics) -> &std::sync::atomic::AtomicU64) -> u64 {
+    pub fn metric(
+        &self,
+        f: impl Fn(&faxgate_relay::metrics::Metrics) -> &std::sync::atomic::AtomicU64,
+    ) -> u64 {
         f(&self.server.shared.metrics).load(std::sync::atomic::Ordering::Relaxed)
     }
 
@@ -130,7 +138,10 @@ impl Raw {
             client: "raw-test".into(),
         })
         .await;
-        let f = r.recv().await.expect("relay closed instead of answering LOGIN");
+        let f = r
+            .recv()
+            .await
+            .expect("relay closed instead of answering LOGIN");
         (r, f)
     }
 

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Runs every faxgate test: installs the Debian packages the tests use
+# (as real reference tools and network namespaces), then format, lint and
+# the whole workspace test suite. This is README's test command and what
+# .ci/run calls.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PKGS=(
+  iproute2 iptables                                   # NAT test: namespaces, MASQUERADE
+  libtiff-tools netpbm jbigkit-bin jbigkit-testdata   # fax codec reference tools and CCITT pages
+)
+missing=()
+for p in "${PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "test.sh: installing ${missing[*]}"
+  if [ "$(id -u)" -eq 0 ]; then SUDO=; else SUDO=sudo; fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+export CARGO_TERM_COLOR=never
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets -- -D warnings
+cargo test --workspace

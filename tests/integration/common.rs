@@ -1,0 +1,72 @@
+//! Helpers for tests that run the `faxgate` binary and system tools.
+
+use std::process::{Child, Command, Output};
+use std::time::{Duration, Instant};
+
+/// The `faxgate` binary built for this test run.
+pub fn faxgate() -> &'static str {
+    env!("CARGO_BIN_EXE_faxgate")
+}
+
+/// Runs a command to completion; panics with its output if it fails.
+pub fn run(cmd: &mut Command) -> Output {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// `sh -c` a line, panicking with its output on failure.
+pub fn sh(line: &str) -> Output {
+    run(Command::new("sh").arg("-c").arg(line))
+}
+
+/// Fails the test unless we are root and `tools` are on PATH.
+pub fn require_root_and(tools: &[(&str, &str)]) {
+    // SAFETY-free check: /proc/self/status has our effective UID.
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let euid = status
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .and_then(|l| l.split_whitespace().nth(2))
+        .unwrap_or("1");
+    assert_eq!(
+        euid, "0",
+        "this test builds network namespaces and needs root"
+    );
+    for (tool, package) in tools {
+        let found = Command::new("sh")
+            .arg("-c")
+            .arg(format!("command -v {tool}"))
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false);
+        assert!(found, "`{tool}` is missing: apt-get install {package}");
+    }
+}
+
+/// A child process killed (and reaped) when dropped.
+pub struct Proc(pub Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Polls `f` every 50 ms until it returns true or `limit` passes.
+pub fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -1,0 +1,325 @@
+//! Acceptance: two branches behind NAT routers (MASQUERADE, inbound
+//! dropped) cannot reach each other directly, but exchange data through
+//! a relay on a public address. Real namespaces, veths and iptables; the
+//! test removes everything it creates.
+//!
+//! ```text
+//!  ns a (10.1.0.2) -- ra [MASQUERADE, FORWARD/INPUT drop new inbound] --+
+//!                                                          192.0.2.2   |  192.0.2.1
+//!                                                                      pub (relay, "Internet")
+//!  ns b (10.2.0.2) -- rb [MASQUERADE, FORWARD/INPUT drop new inbound] --+  192.0.2.5
+//!                                                          192.0.2.6
+//! ```
+
+use crate::common::{Proc, faxgate, require_root_and, run, sh, wait_for};
+use std::process::Command;
+use std::time::Duration;
+
+/// The namespaces of one test run; deleting a namespace removes its
+/// veths, routes and iptables rules with it.
+struct Topology {
+    ns: Vec<String>,
+    tag: String,
+}
+
+impl Topology {
+    fn name(&self, short: &str) -> String {
+        format!("fg{}{short}", self.tag)
+    }
+
+    fn exec(&self, short: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name(short)]);
+        c
+    }
+
+    fn sh(&self, short: &str, line: &str) -> std::process::Output {
+        run(self.exec(short).args(["sh", "-c", line]))
+    }
+
+    fn build() -> Topology {
+        let tag = format!("{}", std::process::id() % 100_000);
+        let mut t = Topology {
+            ns: Vec::new(),
+            tag,
+        };
+        for short in ["a", "ra", "b", "rb", "pub"] {
+            let n = t.name(short);
+            let _ = Command::new("ip").args(["netns", "del", &n]).output();
+            sh(&format!("ip netns add {n}"));
+            t.ns.push(n.clone());
+            t.sh(short, "ip link set lo up");
+        }
+        let n = |s: &str| t.name(s);
+        // veth pairs, named inside their namespaces.
+        let link = |x: &str, xi: &str, y: &str, yi: &str| {
+            let (a, b) = (format!("v{}{xi}", t.tag), format!("v{}{yi}", t.tag));
+            sh(&format!(
+                "ip link add {a} netns {} type veth peer name {b} netns {}",
+                n(x),
+                n(y)
+            ));
+            t.sh(
+                x,
+                &format!("ip link set {a} name {xi} && ip link set {xi} up"),
+            );
+            t.sh(
+                y,
+                &format!("ip link set {b} name {yi} && ip link set {yi} up"),
+            );
+        };
+        link("a", "lan0", "ra", "lan");
+        link("b", "lan0", "rb", "lan");
+        link("ra", "wan", "pub", "toa");
+        link("rb", "wan", "pub", "tob");
+        t.sh(
+            "a",
+            "ip addr add 10.1.0.2/24 dev lan0 && ip route add default via 10.1.0.1",
+        );
+        t.sh(
+            "b",
+            "ip addr add 10.2.0.2/24 dev lan0 && ip route add default via 10.2.0.1",
+        );
+        t.sh(
+            "pub",
+            "ip addr add 192.0.2.1/30 dev toa && ip addr add 192.0.2.5/30 dev tob",
+        );
+        for (r, lan, wan, gw) in [
+            ("ra", "10.1.0.1/24", "192.0.2.2/30", "192.0.2.1"),
+            ("rb", "10.2.0.1/24", "192.0.2.6/30", "192.0.2.5"),
+        ] {
+            t.sh(
+                r,
+                &format!(
+                    "ip addr add {lan} dev lan && ip addr add {wan} dev wan && \
+                     ip route add default via {gw} && sysctl -qw net.ipv4.ip_forward=1 && \
+                     iptables -t nat -A POSTROUTING -o wan -j MASQUERADE && \
+                     iptables -P FORWARD DROP && \
+                     iptables -A FORWARD -i lan -o wan -j ACCEPT && \
+                     iptables -A FORWARD -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT && \
+                     iptables -P INPUT DROP && \
+                     iptables -A INPUT -i lo -j ACCEPT && \
+                     iptables -A INPUT -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT"
+                ),
+            );
+        }
+        // The "Internet" forwards between the two routers' public sides
+        // but knows nothing of the private 10.x networks.
+        t.sh("pub", "sysctl -qw net.ipv4.ip_forward=1");
+        t
+    }
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        for n in &self.ns {
+            let _ = Command::new("ip").args(["netns", "del", n]).output();
+        }
+    }
+}
+
+/// Whether a TCP connect from namespace `short` to `addr:port` succeeds
+/// within 2 s.
+fn can_connect(t: &Topology, short: &str, addr: &str, port: u16) -> bool {
+    let script = format!(
+        "import socket,sys\ns=socket.socket()\ns.settimeout(2)\n\
+         try:\n  s.connect(('{addr}',{port}))\nexcept Exception as e:\n  print(e); sys.exit(1)\n"
+    );
+    t.exec(short)
+        .args(["python3", "-c", &script])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+#[test]
+fn branches_behind_nat_talk_only_through_the_relay() {
+    require_root_and(&[
+        ("ip", "iproute2"),
+        ("iptables", "iptables"),
+        ("python3", "python3"),
+    ]);
+    let t = Topology::build();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+
+    // A TCP service on branch B, to prove that direct access fails for
+    // the NAT's sake and not for want of a listener.
+    let _b_service = Proc(
+        t.exec("b")
+            .args([
+                "python3",
+                "-c",
+                "import socket\ns=socket.socket()\ns.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n\
+                 s.bind(('0.0.0.0',9000))\ns.listen()\nwhile True:\n  c,_=s.accept(); c.close()\n",
+            ])
+            .spawn()
+            .unwrap(),
+    );
+    wait_for("B's own service", Duration::from_secs(5), || {
+        can_connect(&t, "b", "10.2.0.2", 9000)
+    });
+    assert!(
+        !can_connect(&t, "a", "10.2.0.2", 9000),
+        "A reached B's private address"
+    );
+    assert!(
+        !can_connect(&t, "a", "192.0.2.6", 9000),
+        "A got through B's NAT router"
+    );
+
+    // The relay on the public address.
+    let cfg = d.join("relay.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[relay]\nlisten_tls = \"0.0.0.0:4651\"\nstate_dir = {:?}\nhold_interval = \"5s\"\n\
+             [status]\nlisten = \"127.0.0.1:4652\"\n",
+            d.join("state").display().to_string()
+        ),
+    )
+    .unwrap();
+    let cfg = cfg.to_str().unwrap().to_owned();
+    for user in ["tokyo", "osaka"] {
+        run(Command::new(faxgate())
+            .args([
+                "relay", "--config", &cfg, "user", "add", user, "--group", "branches",
+            ])
+            .args(["--password-env", "FG_PW"])
+            .env("FG_PW", format!("pw-{user}-123")));
+    }
+    let relay_out = std::fs::File::create(d.join("relay.out")).unwrap();
+    let relay_err = std::fs::File::create(d.join("relay.log")).unwrap();
+    let relay = Proc(
+        t.exec("pub")
+            .args([faxgate(), "relay", "--config", &cfg])
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdout(relay_out)
+            .stderr(relay_err)
+            .spawn()
+            .unwrap(),
+    );
+    let mut pin = String::new();
+    wait_for("the relay's fingerprint", Duration::from_secs(20), || {
+        let out = std::fs::read_to_string(d.join("relay.out")).unwrap_or_default();
+        match out
+            .lines()
+            .find_map(|l| l.strip_prefix("relay TLS certificate fingerprint (SHA-256): "))
+        {
+            Some(p) => {
+                pin = p.trim().to_owned();
+                true
+            }
+            None => false,
+        }
+    });
+    wait_for("the relay port", Duration::from_secs(10), || {
+        can_connect(&t, "a", "192.0.2.1", 4651)
+    });
+
+    // B listens through the relay; A connects and sends 1 MB, B answers.
+    let to_b: Vec<u8> = (0..1_000_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let to_a: Vec<u8> = (0..300_000u32)
+        .map(|i| (i.wrapping_mul(40_503) >> 7) as u8)
+        .collect();
+    std::fs::write(d.join("to_b"), &to_b).unwrap();
+    std::fs::write(d.join("to_a"), &to_a).unwrap();
+    let client = |short: &str, user: &str, server: &str| {
+        let mut c = t.exec(short);
+        c.args([
+            faxgate(),
+            "relay-client",
+            "--server",
+            server,
+            "--pin",
+            &pin,
+            "--user",
+            user,
+        ])
+        .env("FAXGATE_PASSWORD", format!("pw-{user}-123"))
+        .env("RUST_LOG", "warn");
+        c
+    };
+    let mut b = client("b", "osaka", "192.0.2.5:4651");
+    b.args(["listen", "--once"])
+        .stdin(std::fs::File::open(d.join("to_a")).unwrap())
+        .stdout(std::fs::File::create(d.join("got_b")).unwrap());
+    let mut b = Proc(b.spawn().unwrap());
+    let status = || {
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &t.name("pub"),
+                faxgate(),
+                "relay",
+                "--config",
+                &cfg,
+                "status",
+                "--json",
+            ])
+            .output()
+            .unwrap();
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap_or_default()
+    };
+    wait_for("osaka logged in", Duration::from_secs(20), || {
+        status()["users"]
+            .as_array()
+            .is_some_and(|u| u.iter().any(|u| u["user"] == "osaka"))
+    });
+    let mut a = client("a", "tokyo", "192.0.2.1:4651");
+    a.args(["connect", "osaka"])
+        .stdin(std::fs::File::open(d.join("to_b")).unwrap())
+        .stdout(std::fs::File::create(d.join("got_a")).unwrap());
+    let a_out = a.output().unwrap();
+    assert!(
+        a_out.status.success(),
+        "tokyo's connect failed: {}",
+        String::from_utf8_lossy(&a_out.stderr)
+    );
+    let b_status = b.0.wait().unwrap();
+    assert!(b_status.success(), "osaka's listen failed");
+    assert!(
+        std::fs::read(d.join("got_b")).unwrap() == to_b,
+        "osaka received different bytes"
+    );
+    assert!(
+        std::fs::read(d.join("got_a")).unwrap() == to_a,
+        "tokyo received different bytes"
+    );
+
+    // The relay saw only the routers' public addresses: both branches
+    // were behind NAT, and neither private address reached the Internet.
+    let log = std::fs::read_to_string(d.join("relay.log")).unwrap();
+    let logins: Vec<&str> = log.lines().filter(|l| l.contains("Logged in.")).collect();
+    assert!(
+        logins
+            .iter()
+            .any(|l| l.contains("peer=192.0.2.2:") && l.contains("user=tokyo")),
+        "tokyo not seen from A's router: {logins:?}"
+    );
+    assert!(
+        logins
+            .iter()
+            .any(|l| l.contains("peer=192.0.2.6:") && l.contains("user=osaka")),
+        "osaka not seen from B's router: {logins:?}"
+    );
+    assert!(
+        !log.contains("10.1.0.2") && !log.contains("10.2.0.2"),
+        "a private address reached the relay"
+    );
+    assert_eq!(
+        status()["sessions_active"],
+        0,
+        "the session was not released"
+    );
+    drop(relay);
+    drop(_b_service);
+    let tag = format!("fg{}", t.tag);
+    drop(t);
+    let left = String::from_utf8(run(Command::new("ip").args(["netns", "list"])).stdout).unwrap();
+    assert!(!left.contains(&tag), "namespaces left behind: {left}");
+}
