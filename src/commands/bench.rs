@@ -1,14 +1,438 @@
-//! `faxgate bench`: benchmarks that report ratios against a reference
-//! measured in the same run (see BENCHMARKS.md).
+//! `faxgate bench relay`: relay benchmarks, each reported as a ratio to a
+//! reference measured in the same run (these machines are noisy):
+//!
+//! * bridged throughput vs. direct loopback TCP throughput;
+//! * connect-demand to bridged latency (p50, p99) vs. a loopback TCP
+//!   round trip;
+//! * relay memory per idle logged-in connection at N connections vs. a
+//!   minimal tokio server holding N idle sockets (both child processes,
+//!   measured by their RSS).
+//!
+//! BENCHMARKS.md records the results and this command.
 
-use clap::Args;
+use anyhow::{Context as _, bail};
+use clap::{Args, Subcommand};
+use faxgate_config::{RelayClientConfig, RelayServerConfig, Secret};
+use faxgate_relay::connection::Connection;
+use faxgate_relay::protocol::{self, Frame, PREAMBLE};
+use faxgate_relay::transport::Stream;
+use faxgate_relay::{RelayClient, RelayServer};
+use std::io::BufRead as _;
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::str::FromStr as _;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 /// Arguments of `faxgate bench`.
 #[derive(Debug, Args)]
-pub struct BenchArgs {}
+pub struct BenchArgs {
+    #[command(subcommand)]
+    which: BenchWhich,
+}
 
-/// Runs the benchmarks.
-pub async fn run(_args: BenchArgs, _shutdown: CancellationToken) -> anyhow::Result<()> {
-    anyhow::bail!("no benchmark is built yet")
+#[derive(Debug, Subcommand)]
+enum BenchWhich {
+    /// Relay throughput, latency and memory.
+    Relay {
+        /// MiB sent per throughput run.
+        #[arg(long, default_value_t = 512)]
+        mib: usize,
+        /// Throughput runs of each kind (the median is reported).
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// Connect-demand samples for the latency percentiles.
+        #[arg(long, default_value_t = 2000)]
+        samples: usize,
+        /// Idle logged-in connections for the memory measurement.
+        #[arg(long, default_value_t = 10_000)]
+        idle: usize,
+    },
+    /// (Internal) the memory reference: accept and hold idle sockets.
+    #[command(hide = true)]
+    IdleServer,
+}
+
+/// Runs a benchmark.
+pub async fn run(args: BenchArgs, _shutdown: CancellationToken) -> anyhow::Result<()> {
+    match args.which {
+        BenchWhich::IdleServer => idle_server().await,
+        BenchWhich::Relay {
+            mib,
+            rounds,
+            samples,
+            idle,
+        } => {
+            println!(
+                "faxgate bench relay: {mib} MiB x {rounds} rounds, {samples} samples, {idle} idle connections"
+            );
+            let (direct, bridged) = throughput(mib << 20, rounds).await?;
+            println!(
+                "throughput: direct loopback TCP {:.0} MiB/s, bridged through the relay {:.0} MiB/s, ratio {:.2}",
+                direct,
+                bridged,
+                bridged / direct
+            );
+            let (rtt, p50, p99) = latency(samples).await?;
+            println!(
+                "latency connect-demand -> bridged: p50 {:.0} us, p99 {:.0} us (loopback TCP round trip p50 {:.0} us; p50 ratio {:.1})",
+                p50,
+                p99,
+                rtt,
+                p50 / rtt
+            );
+            let (relay_per, floor_per) = memory(idle).await?;
+            println!(
+                "memory per idle logged-in connection at {idle}: relay {:.2} KiB, bare tokio socket {:.2} KiB (ratio {:.2})",
+                relay_per / 1024.0,
+                floor_per / 1024.0,
+                relay_per / floor_per
+            );
+            Ok(())
+        }
+    }
+}
+
+async fn bench_relay(
+    argon2_kib: u32,
+    max_per_user: u16,
+) -> anyhow::Result<(RelayServer, tempfile::TempDir)> {
+    let dir = tempfile::tempdir()?;
+    let cfg = RelayServerConfig::from_str(&format!(
+        "[relay]\nlisten = \"127.0.0.1:0\"\nstate_dir = {:?}\nargon2_memory_kib = {argon2_kib}\n\
+         argon2_iterations = 1\nmax_connections_per_user = {max_per_user}\nhold_interval = \"600s\"\n",
+        dir.path().display().to_string()
+    ))?;
+    let server = RelayServer::start(cfg, CancellationToken::new()).await?;
+    Ok((server, dir))
+}
+
+fn client_cfg(addr: SocketAddr, user: &str, spares: u16) -> anyhow::Result<RelayClientConfig> {
+    let mut c = RelayClientConfig::from_str(&format!(
+        "server = \"{addr}\"\nuser = \"{user}\"\npassword = \"x\"\nspares = {spares}\nmax_connections = {}\n",
+        spares + 2
+    ))?;
+    c.password = Secret::new("bench-password".into());
+    Ok(c)
+}
+
+/// Sends `n` bytes from a writer to a reader; returns MiB/s.
+async fn pump<W, R>(mut w: W, mut r: R, n: usize) -> anyhow::Result<(f64, W, R)>
+where
+    W: tokio::io::AsyncWrite + Unpin + Send + 'static,
+    R: tokio::io::AsyncRead + Unpin + Send + 'static,
+{
+    let chunk = vec![0x5au8; 256 * 1024];
+    let start = Instant::now();
+    let reader = tokio::spawn(async move {
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut got = 0usize;
+        loop {
+            let k = r.read(&mut buf).await?;
+            if k == 0 {
+                break;
+            }
+            got += k;
+        }
+        anyhow::Ok((got, r))
+    });
+    let mut sent = 0;
+    while sent < n {
+        let k = chunk.len().min(n - sent);
+        w.write_all(&chunk[..k]).await?;
+        sent += k;
+    }
+    w.shutdown().await?;
+    let (got, r) = reader.await??;
+    let secs = start.elapsed().as_secs_f64();
+    if got != n {
+        bail!("reader got {got} of {n} bytes");
+    }
+    Ok(((n as f64 / (1 << 20) as f64) / secs, w, r))
+}
+
+async fn throughput(n: usize, rounds: usize) -> anyhow::Result<(f64, f64)> {
+    let (server, _dir) = bench_relay(64, 4).await?;
+    let store = server.shared.store();
+    for u in ["bench-a", "bench-b"] {
+        store.add_user(u, "bench-password", &["bench".into()])?;
+    }
+    let addr = server.tcp_addr.context("no relay address")?;
+    let (a, _ai) = RelayClient::start(client_cfg(addr, "bench-a", 0)?).await?;
+    let (_b, mut bi) = RelayClient::start(client_cfg(addr, "bench-b", 0)?).await?;
+    let mut direct = Vec::new();
+    let mut bridged = Vec::new();
+    for _ in 0..rounds {
+        // Direct loopback TCP, same process, same runtime.
+        let l = TcpListener::bind("127.0.0.1:0").await?;
+        let la = l.local_addr()?;
+        let (w, accepted) = tokio::join!(TcpStream::connect(la), l.accept());
+        let (w, (r, _)) = (w?, accepted?);
+        w.set_nodelay(true)?;
+        let (mbs, _, _) = pump(w, r, n).await?;
+        direct.push(mbs);
+
+        // Bridged: client library -> relay -> client library.
+        let accept = tokio::spawn(async move {
+            let d = bi.recv().await.context("no demand")?;
+            let s = d.accept().await?;
+            anyhow::Ok((s, bi))
+        });
+        let sa = a.connect("bench-b").await?;
+        let (sb, back) = accept.await??;
+        bi = back;
+        let (mbs, sa, sb) = pump(sa, sb, n).await?;
+        bridged.push(mbs);
+        let (x, y) = tokio::join!(sa.close(), sb.close());
+        x?;
+        y?;
+        a.wait_vacant(1, Duration::from_secs(5)).await?;
+    }
+    Ok((median(&mut direct), median(&mut bridged)))
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn percentile(v: &mut [f64], p: f64) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
+    v[i]
+}
+
+async fn latency(samples: usize) -> anyhow::Result<(f64, f64, f64)> {
+    // Reference: a 1-byte ping-pong on a loopback TCP connection.
+    let l = TcpListener::bind("127.0.0.1:0").await?;
+    let la = l.local_addr()?;
+    let echo = tokio::spawn(async move {
+        let (mut s, _) = l.accept().await?;
+        s.set_nodelay(true)?;
+        let mut b = [0u8; 1];
+        while s.read_exact(&mut b).await.is_ok() {
+            s.write_all(&b).await?;
+        }
+        anyhow::Ok(())
+    });
+    let mut c = TcpStream::connect(la).await?;
+    c.set_nodelay(true)?;
+    let mut rtts = Vec::with_capacity(samples);
+    let mut b = [7u8; 1];
+    for _ in 0..samples {
+        let t = Instant::now();
+        c.write_all(&b).await?;
+        c.read_exact(&mut b).await?;
+        rtts.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    drop(c);
+    let _ = echo.await;
+
+    let (server, _dir) = bench_relay(64, 4).await?;
+    let store = server.shared.store();
+    for u in ["lat-a", "lat-b"] {
+        store.add_user(u, "bench-password", &["bench".into()])?;
+    }
+    let addr = server.tcp_addr.context("no relay address")?;
+    let (a, _ai) = RelayClient::start(client_cfg(addr, "lat-a", 1)?).await?;
+    let (b, mut bi) = RelayClient::start(client_cfg(addr, "lat-b", 1)?).await?;
+    a.wait_vacant(2, Duration::from_secs(5)).await?;
+    b.wait_vacant(2, Duration::from_secs(5)).await?;
+    // The target accepts every demand at once and ends the session when
+    // the caller does.
+    tokio::spawn(async move {
+        while let Some(d) = bi.recv().await {
+            tokio::spawn(async move {
+                if let Ok(mut s) = d.accept().await {
+                    let mut sink = Vec::new();
+                    let _ = s.read_to_end(&mut sink).await;
+                    let _ = s.close().await;
+                }
+            });
+        }
+    });
+    let mut lat = Vec::with_capacity(samples);
+    for _ in 0..samples {
+        a.wait_vacant(1, Duration::from_secs(5)).await?;
+        b.wait_vacant(1, Duration::from_secs(5)).await?;
+        let t = Instant::now();
+        let s = a.connect("lat-b").await?;
+        lat.push(t.elapsed().as_secs_f64() * 1e6);
+        s.close().await?;
+    }
+    Ok((
+        percentile(&mut rtts, 0.5),
+        percentile(&mut lat, 0.5),
+        percentile(&mut lat, 0.99),
+    ))
+}
+
+/// Reads VmRSS of a process, in bytes.
+fn rss(pid: u32) -> anyhow::Result<f64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kb: f64 = s
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .context("no VmRSS")?;
+    Ok(kb * 1024.0)
+}
+
+struct Killed(Child);
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `faxgate` with `args` and returns it with the address it
+/// prints on a line starting with `prefix`.
+fn spawn_child(args: &[&str], prefix: &str) -> anyhow::Result<(Killed, SocketAddr)> {
+    let exe = std::env::current_exe()?;
+    let mut child = Command::new(exe)
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let out = child.stdout.take().context("no stdout")?;
+    let child = Killed(child);
+    for line in std::io::BufReader::new(out).lines() {
+        let line = line?;
+        if let Some(a) = line.strip_prefix(prefix) {
+            return Ok((child, a.trim().parse()?));
+        }
+    }
+    bail!("child exited before printing `{prefix}`")
+}
+
+async fn open_idle(
+    addr: SocketAddr,
+    n: usize,
+    hello: impl Fn(usize) -> Option<Frame> + Clone + Send + 'static,
+) -> anyhow::Result<Vec<Connection>> {
+    let mut conns = Vec::with_capacity(n);
+    let mut i = 0;
+    while i < n {
+        let batch = (n - i).min(250);
+        let mut tasks = Vec::with_capacity(batch);
+        for k in i..i + batch {
+            let hello = hello.clone();
+            tasks.push(tokio::spawn(async move {
+                let tcp = TcpStream::connect(addr).await?;
+                let mut c = Connection::new(Stream::Plain(tcp), protocol::MAX_DATA_PAYLOAD);
+                if let Some(f) = hello(k) {
+                    c.stream.write_all(&PREAMBLE).await?;
+                    c.write_frame(&f).await?;
+                    match c.read_frame().await? {
+                        Some(Frame::LoginOk { .. }) => {}
+                        other => bail!("login {k} answered {other:?}"),
+                    }
+                }
+                anyhow::Ok(c)
+            }));
+        }
+        for t in tasks {
+            conns.push(t.await??);
+        }
+        i += batch;
+    }
+    Ok(conns)
+}
+
+/// Relay RSS per idle logged-in connection, and the same for a bare
+/// tokio server, both as child processes.
+async fn memory(n: usize) -> anyhow::Result<(f64, f64)> {
+    let users = n.div_ceil(100);
+    let per_user = n.div_ceil(users);
+    let dir = tempfile::tempdir()?;
+    let cfg_path = dir.path().join("relay.toml");
+    std::fs::write(
+        &cfg_path,
+        format!(
+            "[relay]\nlisten = \"127.0.0.1:0\"\nstate_dir = {:?}\nargon2_memory_kib = 256\nargon2_iterations = 1\n\
+             max_connections_per_user = {per_user}\nhold_interval = \"3600s\"\nmax_pending_per_ip = 4096\n",
+            dir.path().display().to_string()
+        ),
+    )?;
+    {
+        let cfg = RelayServerConfig::from_file(&cfg_path)?;
+        let store = faxgate_relay::store::UserStore::open(
+            &dir.path().join("users.db"),
+            cfg.relay.argon2_memory_kib,
+            cfg.relay.argon2_iterations,
+        )?;
+        for u in 0..users {
+            store.add_user(&format!("idle{u}"), "bench-password", &["bench".into()])?;
+        }
+    }
+    let cfg = cfg_path.display().to_string();
+    let (relay, addr) = spawn_child(&["relay", "--config", &cfg], "relay (tcp) listening on ")?;
+    let pid = relay.0.id();
+    // One password login per user first (their Argon2 runs and the
+    // user-store cache are not per-connection costs), then the baseline.
+    let mut first = Vec::new();
+    let mut tokens = Vec::new();
+    for u in 0..users {
+        let tcp = TcpStream::connect(addr).await?;
+        let mut c = Connection::new(Stream::Plain(tcp), protocol::MAX_DATA_PAYLOAD);
+        c.stream.write_all(&PREAMBLE).await?;
+        c.write_frame(&Frame::Login {
+            user: format!("idle{u}"),
+            password: Secret::new("bench-password".into()),
+            client: "bench".into(),
+        })
+        .await?;
+        match c.read_frame().await? {
+            Some(Frame::LoginOk { token: Some(t), .. }) => tokens.push(t),
+            other => bail!("login of idle{u} answered {other:?}"),
+        }
+        first.push(c);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let base = rss(pid)?;
+    let spares = n - users;
+    let tokens = std::sync::Arc::new(tokens);
+    let conns = open_idle(addr, spares, move |k| {
+        let u = k % users;
+        Some(Frame::Resume {
+            user: format!("idle{u}"),
+            token: tokens[u].clone(),
+        })
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let loaded = rss(pid)?;
+    let relay_per = (loaded - base) / spares as f64;
+    drop(conns);
+    drop(first);
+    drop(relay);
+
+    let (floor, faddr) = spawn_child(&["bench", "idle-server"], "idle server listening on ")?;
+    let fpid = floor.0.id();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let fbase = rss(fpid)?;
+    let fconns = open_idle(faddr, spares, |_| None).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let floaded = rss(fpid)?;
+    drop(fconns);
+    Ok((relay_per, (floaded - fbase) / spares as f64))
+}
+
+/// The memory reference: a tokio server with one task per accepted
+/// socket, parked in a read, the least any async server can hold.
+async fn idle_server() -> anyhow::Result<()> {
+    let l = TcpListener::bind("127.0.0.1:0").await?;
+    println!("idle server listening on {}", l.local_addr()?);
+    loop {
+        let (mut s, _) = l.accept().await?;
+        tokio::spawn(async move {
+            let mut b = [0u8; 1];
+            let _ = s.read(&mut b).await;
+        });
+    }
 }
