@@ -206,7 +206,7 @@ impl RelayServer {
             let addr = crate::status::serve(
                 Arc::clone(&shared),
                 status.listen,
-                status.admin_token.map(|t: Secret<String>| t),
+                status.admin_token,
                 shutdown.clone(),
                 &tracker,
             )
@@ -398,6 +398,12 @@ async fn serve_conn(
                     ) {
                         Ok(t) => {
                             Metrics::inc(&shared.metrics.logins);
+                            // Device-chosen text: log a bounded, printable prefix.
+                            let client: String = client
+                                .chars()
+                                .filter(|c| !c.is_control())
+                                .take(64)
+                                .collect();
                             info!(%user, conn_id = t.id, %client, "Logged in.");
                             (t, Some(token))
                         }
