@@ -348,12 +348,23 @@ fn host_of(server: &str) -> String {
 
 /// Opens one connection and logs it in: RESUME when `resume` and a
 /// token is known, LOGIN otherwise. Returns it with the hold interval.
-async fn open(inner: &Arc<Inner>, resume: bool) -> Result<(Connection, Duration), ClientError> {
-    let limit = inner.cfg.connect_timeout;
-    let tcp = timeout(limit, TcpStream::connect(&inner.cfg.server))
+/// TLS settings for [`dial`]: the rustls config and the server name.
+pub type TlsTarget = (
+    Arc<rustls::ClientConfig>,
+    rustls::pki_types::ServerName<'static>,
+);
+
+/// Opens TCP to the relay, and TLS over it when `tls` is given, each
+/// step within `limit`.
+pub async fn dial(
+    server: &str,
+    tls: Option<&TlsTarget>,
+    limit: Duration,
+) -> Result<Stream, ClientError> {
+    let tcp = timeout(limit, TcpStream::connect(server))
         .await
         .map_err(|_| ClientError::Timeout("connecting to the relay"))??;
-    let stream = match &inner.tls {
+    Ok(match tls {
         None => Stream::Plain(tcp),
         Some((config, name)) => {
             let connector = tokio_rustls::TlsConnector::from(Arc::clone(config));
@@ -362,7 +373,12 @@ async fn open(inner: &Arc<Inner>, resume: bool) -> Result<(Connection, Duration)
                 .map_err(|_| ClientError::Timeout("in the TLS handshake"))??;
             Stream::TlsClient(Box::new(s))
         }
-    };
+    })
+}
+
+async fn open(inner: &Arc<Inner>, resume: bool) -> Result<(Connection, Duration), ClientError> {
+    let limit = inner.cfg.connect_timeout;
+    let stream = dial(&inner.cfg.server, inner.tls.as_ref(), limit).await?;
     let mut conn = Connection::new(stream, protocol::MAX_DATA_PAYLOAD);
     let token = if resume {
         lock(&inner.token).clone()

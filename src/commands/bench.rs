@@ -15,7 +15,6 @@ use clap::{Args, Subcommand};
 use faxgate_config::{RelayClientConfig, RelayServerConfig, Secret};
 use faxgate_relay::connection::Connection;
 use faxgate_relay::protocol::{self, Frame, PREAMBLE};
-use faxgate_relay::transport::Stream;
 use faxgate_relay::{RelayClient, RelayServer};
 use std::io::BufRead as _;
 use std::net::SocketAddr;
@@ -49,6 +48,9 @@ enum BenchWhich {
         /// Idle logged-in connections for the memory measurement.
         #[arg(long, default_value_t = 10_000)]
         idle: usize,
+        /// Idle logged-in TLS connections for the TLS memory measurement.
+        #[arg(long, default_value_t = 2_000)]
+        tls_idle: usize,
     },
     /// (Internal) the memory reference: accept and hold idle sockets.
     #[command(hide = true)]
@@ -64,6 +66,7 @@ pub async fn run(args: BenchArgs, _shutdown: CancellationToken) -> anyhow::Resul
             rounds,
             samples,
             idle,
+            tls_idle,
         } => {
             println!(
                 "faxgate bench relay: {mib} MiB x {rounds} rounds, {samples} samples, {idle} idle connections"
@@ -83,12 +86,19 @@ pub async fn run(args: BenchArgs, _shutdown: CancellationToken) -> anyhow::Resul
                 rtt,
                 p50 / rtt
             );
-            let (relay_per, floor_per) = memory(idle).await?;
+            let (relay_per, floor_per) = memory(idle, false).await?;
             println!(
                 "memory per idle logged-in connection at {idle}: relay {:.2} KiB, bare tokio socket {:.2} KiB (ratio {:.2})",
                 relay_per / 1024.0,
                 floor_per / 1024.0,
                 relay_per / floor_per
+            );
+            let (tls_per, floor_per) = memory(tls_idle, true).await?;
+            println!(
+                "memory per idle logged-in TLS connection at {tls_idle}: relay {:.2} KiB, bare tokio socket {:.2} KiB (ratio {:.2})",
+                tls_per / 1024.0,
+                floor_per / 1024.0,
+                tls_per / floor_per
             );
             Ok(())
         }
@@ -313,6 +323,7 @@ fn spawn_child(args: &[&str], prefix: &str) -> anyhow::Result<(Killed, SocketAdd
 async fn open_idle(
     addr: SocketAddr,
     n: usize,
+    tls: Option<std::sync::Arc<faxgate_relay::client::TlsTarget>>,
     hello: impl Fn(usize) -> Option<Frame> + Clone + Send + 'static,
 ) -> anyhow::Result<Vec<Connection>> {
     let mut conns = Vec::with_capacity(n);
@@ -322,9 +333,15 @@ async fn open_idle(
         let mut tasks = Vec::with_capacity(batch);
         for k in i..i + batch {
             let hello = hello.clone();
+            let tls = tls.clone();
             tasks.push(tokio::spawn(async move {
-                let tcp = TcpStream::connect(addr).await?;
-                let mut c = Connection::new(Stream::Plain(tcp), protocol::MAX_DATA_PAYLOAD);
+                let stream = faxgate_relay::client::dial(
+                    &addr.to_string(),
+                    tls.as_deref(),
+                    Duration::from_secs(30),
+                )
+                .await?;
+                let mut c = Connection::new(stream, protocol::MAX_DATA_PAYLOAD);
                 if let Some(f) = hello(k) {
                     c.stream.write_all(&PREAMBLE).await?;
                     c.write_frame(&f).await?;
@@ -346,7 +363,7 @@ async fn open_idle(
 
 /// Relay RSS per idle logged-in connection, and the same for a bare
 /// tokio server, both as child processes.
-async fn memory(n: usize) -> anyhow::Result<(f64, f64)> {
+async fn memory(n: usize, tls: bool) -> anyhow::Result<(f64, f64)> {
     let users = n.div_ceil(100);
     let per_user = n.div_ceil(users);
     let dir = tempfile::tempdir()?;
@@ -354,8 +371,9 @@ async fn memory(n: usize) -> anyhow::Result<(f64, f64)> {
     std::fs::write(
         &cfg_path,
         format!(
-            "[relay]\nlisten = \"127.0.0.1:0\"\nstate_dir = {:?}\nargon2_memory_kib = 256\nargon2_iterations = 1\n\
+            "[relay]\n{} = \"127.0.0.1:0\"\nstate_dir = {:?}\nargon2_memory_kib = 256\nargon2_iterations = 1\n\
              max_connections_per_user = {per_user}\nhold_interval = \"3600s\"\nmax_pending_per_ip = 4096\n",
+            if tls { "listen_tls" } else { "listen" },
             dir.path().display().to_string()
         ),
     )?;
@@ -371,15 +389,32 @@ async fn memory(n: usize) -> anyhow::Result<(f64, f64)> {
         }
     }
     let cfg = cfg_path.display().to_string();
-    let (relay, addr) = spawn_child(&["relay", "--config", &cfg], "relay (tcp) listening on ")?;
+    let prefix = if tls {
+        "relay (tls) listening on "
+    } else {
+        "relay (tcp) listening on "
+    };
+    let (relay, addr) = spawn_child(&["relay", "--config", &cfg], prefix)?;
     let pid = relay.0.id();
+    let tls = if tls {
+        // The relay generated its certificate in state_dir; pin it.
+        let id = faxgate_relay::tls::server_identity(None, dir.path())?;
+        Some(std::sync::Arc::new((
+            faxgate_relay::tls::pinned_client_config(id.fingerprint),
+            faxgate_relay::tls::server_name("faxgate-relay")?,
+        )))
+    } else {
+        None
+    };
     // One password login per user first (their Argon2 runs and the
     // user-store cache are not per-connection costs), then the baseline.
     let mut first = Vec::new();
     let mut tokens = Vec::new();
     for u in 0..users {
-        let tcp = TcpStream::connect(addr).await?;
-        let mut c = Connection::new(Stream::Plain(tcp), protocol::MAX_DATA_PAYLOAD);
+        let stream =
+            faxgate_relay::client::dial(&addr.to_string(), tls.as_deref(), Duration::from_secs(30))
+                .await?;
+        let mut c = Connection::new(stream, protocol::MAX_DATA_PAYLOAD);
         c.stream.write_all(&PREAMBLE).await?;
         c.write_frame(&Frame::Login {
             user: format!("idle{u}"),
@@ -397,7 +432,7 @@ async fn memory(n: usize) -> anyhow::Result<(f64, f64)> {
     let base = rss(pid)?;
     let spares = n - users;
     let tokens = std::sync::Arc::new(tokens);
-    let conns = open_idle(addr, spares, move |k| {
+    let conns = open_idle(addr, spares, tls, move |k| {
         let u = k % users;
         Some(Frame::Resume {
             user: format!("idle{u}"),
@@ -416,7 +451,7 @@ async fn memory(n: usize) -> anyhow::Result<(f64, f64)> {
     let fpid = floor.0.id();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let fbase = rss(fpid)?;
-    let fconns = open_idle(faddr, spares, |_| None).await?;
+    let fconns = open_idle(faddr, spares, None, |_| None).await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let floaded = rss(fpid)?;
     drop(fconns);
