@@ -1,4 +1,61 @@
-//! faxgate-scanner: page sources (issue #3).
+//! faxgate-scanner: page sources and their conversion to bilevel fax pages.
 //!
-//! This crate will own the page sources (files, hot folder, SANE) and the
-//! conversion of scanned images to bilevel fax pages.
+//! This crate owns everything between paper (or a file standing in for
+//! it) and the fax encoder: it turns files, hot-folder drops and SANE
+//! scans into [`Document`]s whose pages are [`faxgate_fax::Bitmap`]s of
+//! exactly the fax line width (1 = black, rows packed MSB first), made for
+//! one [`faxgate_fax::Resolution`] and one [`Paper`] size. A multi-page
+//! source stays one document.
+//!
+//! # Layout
+//!
+//! - [`convert`] (pure): placement on the page (fax width for A4/Letter,
+//!   B4, A3; aspect ratio kept; source DPI used when known), box-filter
+//!   resampling, text mode (adaptive threshold) and photo mode
+//!   (Floyd-Steinberg), blank-page detection.
+//! - [`decode`] (pure): PNG, JPEG, TIFF (multipage, bilevel fax TIFFs via
+//!   [`faxgate_fax::tiff`]), netpbm; format sniffed from the bytes.
+//! - [`files`]: [`FileLoader`] reads a file with tokio and converts it on
+//!   the blocking pool; PDFs go through poppler's `pdftoppm`.
+//! - [`sane`]: [`SaneScanner`] scans through `scanimage` (sane-utils), one
+//!   page or a feeder batch.
+//! - [`hotfolder`]: the [`HotFolderHandle`] actor.
+//! - `error`: [`ScanError`], naming the file, page, device or tool (with
+//!   its stderr) that failed, and the Debian package of a missing tool.
+//!
+//! # Channels
+//!
+//! - In: [`HotFolderHandle`] takes `HotFolderMsg`s (status, rescan) on its
+//!   own bounded mpsc, with `oneshot` replies, and a `CancellationToken`
+//!   for shutdown. [`FileLoader::load`] and [`SaneScanner::scan`] are plain
+//!   async calls for whoever asks (the panel, the CLI).
+//! - Out: the hot folder sends each [`Document`] on a bounded
+//!   `mpsc::Sender<Document>` given to it by the topology (the fax send
+//!   queue); a full channel makes it wait, leaving files in the folder.
+//!
+//! # External tools
+//!
+//! `pdftoppm` and `pdfinfo` (poppler-utils) for PDF, `scanimage`
+//! (sane-utils) for SANE. A missing tool is [`ScanError::ToolMissing`]
+//! with the `apt-get install` line.
+
+#![forbid(unsafe_code)]
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
+
+pub mod convert;
+pub mod decode;
+mod document;
+mod error;
+pub mod files;
+pub mod hotfolder;
+pub mod sane;
+mod tool;
+
+pub use convert::{
+    BlankPolicy, ConvertOptions, GrayPage, Mode, Paper, SourcePage, ThresholdParams,
+};
+pub use document::{Document, Origin};
+pub use error::ScanError;
+pub use files::{FileLoader, load_file};
+pub use hotfolder::{HotFolderConfig, HotFolderHandle, HotFolderStatus};
+pub use sane::{SaneMode, SaneOptions, SaneScanner, ScanArea};

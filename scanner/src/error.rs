@@ -1,0 +1,123 @@
+//! The error type of the page sources and the conversion.
+//!
+//! Every variant names what was being read (a file, a page, a device) and,
+//! for external tools, the tool and what it said on stderr, so that an
+//! operator can act on the message alone.
+
+use std::path::PathBuf;
+
+/// What went wrong while reading, scanning or converting a document.
+#[derive(Debug, thiserror::Error)]
+pub enum ScanError {
+    /// A file or folder could not be read, written or moved.
+    #[error("{path}: {action}: {source}")]
+    Io {
+        /// The file or folder.
+        path: PathBuf,
+        /// What we were doing ("reading", "moving to done/", ...).
+        action: &'static str,
+        /// The operating system's error.
+        source: std::io::Error,
+    },
+    /// The bytes are none of the formats we read.
+    #[error(
+        "{name}: unknown image format (starts with {magic}); expected PNG, JPEG, TIFF, PBM/PGM/PPM or PDF"
+    )]
+    UnknownFormat {
+        /// The document's name.
+        name: String,
+        /// The first bytes, hex.
+        magic: String,
+    },
+    /// An image of a known format that could not be decoded.
+    #[error("{name}: page {page}: cannot decode {format}: {reason}")]
+    Decode {
+        /// The document's name.
+        name: String,
+        /// One-based page number.
+        page: usize,
+        /// The format ("PNG", "TIFF", ...).
+        format: &'static str,
+        /// The decoder's message.
+        reason: String,
+    },
+    /// An image whose size we refuse (zero, or absurdly large).
+    #[error("{name}: page {page}: unusable image size {width}x{height}: {reason}")]
+    Geometry {
+        /// The document's name.
+        name: String,
+        /// One-based page number.
+        page: usize,
+        /// Source width in pixels.
+        width: u64,
+        /// Source height in pixels.
+        height: u64,
+        /// Why it is refused.
+        reason: String,
+    },
+    /// An external program we need is not installed.
+    #[error(
+        "{tool} is not installed (needed for {purpose}): apt-get install -y --no-install-recommends {package}"
+    )]
+    ToolMissing {
+        /// The program.
+        tool: String,
+        /// What it is needed for.
+        purpose: &'static str,
+        /// The Debian package that has it.
+        package: &'static str,
+    },
+    /// An external program ran but failed.
+    #[error("{tool} failed on {subject} ({status}): {stderr}")]
+    ToolFailed {
+        /// The program.
+        tool: String,
+        /// The file or device it worked on.
+        subject: String,
+        /// Its exit status, or "timed out".
+        status: String,
+        /// What it wrote to stderr (trimmed).
+        stderr: String,
+    },
+    /// A document without any page.
+    #[error("{name}: the document has no pages")]
+    NoPages {
+        /// The document's name.
+        name: String,
+    },
+    /// Every page was blank and blank pages are dropped.
+    #[error("{name}: all {pages} pages are blank (blank-page drop is on)")]
+    AllBlank {
+        /// The document's name.
+        name: String,
+        /// How many pages there were.
+        pages: usize,
+    },
+    /// Options that cannot work.
+    #[error("invalid scanner options: {reason}")]
+    InvalidOptions {
+        /// Which option, and why.
+        reason: String,
+    },
+    /// The actor behind a handle has stopped.
+    #[error("the {actor} actor has stopped")]
+    ActorStopped {
+        /// Which actor.
+        actor: &'static str,
+    },
+}
+
+impl ScanError {
+    /// An I/O error with its path and action.
+    pub(crate) fn io(
+        path: impl Into<PathBuf>,
+        action: &'static str,
+        source: std::io::Error,
+    ) -> Self {
+        ScanError::Io {
+            path: path.into(),
+            action,
+            source,
+        }
+    }
+}
