@@ -9,6 +9,8 @@ cd "$(dirname "$0")/.."
 PKGS=(
   iproute2 iptables                                   # NAT test: namespaces, MASQUERADE
   libtiff-tools netpbm jbigkit-bin jbigkit-testdata   # fax codec reference tools and CCITT pages
+  sane-utils poppler-utils                            # scanner tests: scanimage -d test, pdftoppm/pdfinfo
+  poppler-utils cups-ipp-utils cups-client avahi-daemon dbus  # print stage: pdftoppm/pdfimages, ippeveprinter/ipptool, lp
 )
 missing=()
 for p in "${PKGS[@]}"; do

@@ -5,6 +5,7 @@
 //! `faxgate_relay::RelayServer::start`.
 
 mod commands;
+mod print;
 
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
@@ -29,6 +30,10 @@ enum Command {
     Demo(commands::demo::DemoArgs),
     /// Run the benchmarks and print ratios against same-run references.
     Bench(commands::bench::BenchArgs),
+    /// Convert fax documents between PBM, TIFF-F and PDF.
+    Convert(commands::convert::ConvertArgs),
+    /// Print a fax document (TIFF-F or PBM) on a printer given by URI.
+    Print(commands::print::PrintArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -59,6 +64,8 @@ fn main() -> std::process::ExitCode {
             Command::RelayClient(a) => commands::relay_client::run(a, shutdown).await,
             Command::Demo(a) => commands::demo::run(a, shutdown).await,
             Command::Bench(a) => commands::bench::run(a, shutdown).await,
+            Command::Convert(a) => commands::convert::run(a),
+            Command::Print(a) => commands::print::run(a, shutdown).await,
         }
     });
     // Tasks still running (e.g. a relay client's pool) end with the runtime.

@@ -1,7 +1,9 @@
 //! The subcommands of `faxgate`.
 
 pub mod bench;
+pub mod convert;
 pub mod demo;
+pub mod print;
 pub mod relay;
 pub mod relay_client;
 

@@ -1,0 +1,72 @@
+//! `faxgate print`: prints a fax document (TIFF-F or PBM) on a printer
+//! named by URI, and reports where it went.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::Args;
+use tokio_util::sync::CancellationToken;
+
+use crate::print::{Document, PrintError, Printer, page::DEFAULT_DPI};
+
+/// Arguments of `faxgate print`.
+#[derive(Debug, Args)]
+pub struct PrintArgs {
+    /// The document: TIFF-F (.tif, .tiff) or PBM.
+    pub file: PathBuf,
+    /// Printer URI: ipp://host[:port]/path, cups:QUEUE (or lp:QUEUE),
+    /// dir:/folder or file:///folder (?format=pdf|tiff|tiff-mmr),
+    /// device:/dev/... (?format=pdf|pwg&dpi=N).
+    #[arg(long, short)]
+    pub printer: String,
+    /// Job title (default: the file name).
+    #[arg(long)]
+    pub title: Option<String>,
+    /// Only show the printer's status.
+    #[arg(long)]
+    pub status: bool,
+    /// How long to watch an IPP job before giving up.
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    pub job_timeout: std::time::Duration,
+}
+
+/// Runs `faxgate print`.
+pub async fn run(args: PrintArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let printer = Printer::from_uri(&args.printer)?.with_job_timeout(args.job_timeout);
+    if args.status {
+        println!("{}", printer.status().await);
+        return Ok(());
+    }
+    let pages = super::convert::read_pages(&args.file, DEFAULT_DPI)?;
+    let title = args.title.unwrap_or_else(|| {
+        args.file
+            .file_name()
+            .map_or_else(|| "fax".into(), |s| s.to_string_lossy().into_owned())
+    });
+    let doc = Document { title, pages };
+    let report = tokio::select! {
+        r = printer.print(&doc) => r
+            .map_err(|e| anyhow::anyhow!("{e}{}", hint(&e)))
+            .with_context(|| format!("while printing {}", args.file.display()))?,
+        () = shutdown.cancelled() => anyhow::bail!("interrupted before the printer confirmed the job"),
+    };
+    println!(
+        "printed {} ({} pages, {} bytes of {}) to {}",
+        args.file.display(),
+        doc.pages.len(),
+        report.bytes,
+        report.format,
+        report.destination
+    );
+    Ok(())
+}
+
+/// What the operator can do about a failed job.
+fn hint(e: &PrintError) -> &'static str {
+    match e {
+        PrintError::Stopped { status, .. } if status.has("media-empty") => " (load paper)",
+        PrintError::Stopped { status, .. } if status.has("media-jam") => " (clear the paper jam)",
+        e if e.keeps_job() => " (nothing was printed; try again when the printer is ready)",
+        _ => "",
+    }
+}

@@ -1,0 +1,534 @@
+//! An IPP printer (RFC 8011) reached over HTTP: Get-Printer-Attributes to
+//! learn its state and formats, Print-Job, then Get-Job-Attributes until
+//! the job is completed, aborted or canceled.
+//!
+//! Messages are built and parsed by the `ipp` crate; the HTTP exchange is
+//! a one-shot hyper connection per request, and the document is streamed
+//! from the request's `AsyncRead` (futures-io, bridged to tokio with
+//! tokio-util's compat) rather than copied into one buffer.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt as _;
+use http_body_util::{BodyExt as _, Limited, StreamBody};
+use hyper::body::Frame;
+use hyper_util::rt::TokioIo;
+use ipp::operation::IppOperation as _;
+use ipp::parser::AsyncIppParser;
+use ipp::prelude::*;
+use tokio::net::TcpStream;
+use tokio_util::compat::FuturesAsyncReadCompatExt as _;
+use tokio_util::io::ReaderStream;
+
+use super::{Document, DocumentFormat, PrintError, PrintReport, PrinterState, PrinterStatus};
+use super::{PwgOptions, PwgType};
+
+/// How long to wait for a connection.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one request may take once sent (a large document included).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
+/// The largest IPP response we read.
+const MAX_RESPONSE: usize = 1 << 20;
+
+/// The printer attributes we ask for.
+const PRINTER_ATTRIBUTES: [&str; 6] = [
+    "printer-state",
+    "printer-state-reasons",
+    "printer-state-message",
+    "document-format-supported",
+    "pwg-raster-document-type-supported",
+    "pwg-raster-document-resolution-supported",
+];
+
+/// An IPP printer at an `ipp://` URI.
+#[derive(Debug, Clone)]
+pub struct IppPrinter {
+    uri: Uri,
+    host: String,
+    port: u16,
+    path: String,
+    poll: Duration,
+    job_timeout: Duration,
+}
+
+/// What Get-Printer-Attributes told us.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PrinterInfo {
+    /// printer-state and its reasons.
+    pub status: PrinterStatus,
+    /// document-format-supported.
+    pub formats: Vec<String>,
+    /// pwg-raster-document-type-supported.
+    pub pwg_types: Vec<String>,
+    /// pwg-raster-document-resolution-supported, in dpi.
+    pub pwg_resolutions: Vec<(u32, u32)>,
+}
+
+impl PrinterInfo {
+    /// The format to send: PDF if the printer takes it, else PWG raster
+    /// in the best 1-bit type and the nearest resolution at or above the
+    /// pages' own.
+    pub fn choose_format(&self, page_dpi: (u32, u32)) -> Option<DocumentFormat> {
+        let takes = |m: &str| self.formats.iter().any(|f| f.eq_ignore_ascii_case(m));
+        if takes("application/pdf") {
+            return Some(DocumentFormat::Pdf);
+        }
+        if !takes("image/pwg-raster") {
+            return None;
+        }
+        let kind = PwgType::PREFERENCE
+            .into_iter()
+            .find(|t| self.pwg_types.iter().any(|s| s == t.keyword()))
+            // A printer that lists no types still takes black_1 by spec.
+            .or(if self.pwg_types.is_empty() {
+                Some(PwgType::Black1)
+            } else {
+                None
+            })?;
+        let dpi = if self.pwg_resolutions.contains(&page_dpi) || self.pwg_resolutions.is_empty() {
+            page_dpi
+        } else {
+            let need = page_dpi.0.max(page_dpi.1);
+            let mut sorted = self.pwg_resolutions.clone();
+            sorted.sort_by_key(|r| r.0.min(r.1));
+            sorted
+                .iter()
+                .copied()
+                .find(|r| r.0.min(r.1) >= need)
+                .or_else(|| sorted.last().copied())
+                .unwrap_or(page_dpi)
+        };
+        Some(DocumentFormat::PwgRaster(PwgOptions {
+            kind,
+            dpi: Some(dpi),
+        }))
+    }
+}
+
+impl IppPrinter {
+    /// A printer at `ipp://host[:port]/path`; nothing is sent yet.
+    pub fn new(uri: &str) -> Result<Self, PrintError> {
+        let bad = |reason: String| PrintError::BadUri {
+            uri: uri.to_string(),
+            reason,
+        };
+        let parsed: Uri = uri
+            .parse()
+            .map_err(|e| bad(format!("not an ipp://host[:port]/path URI ({e})")))?;
+        if parsed.scheme_str() != Some("ipp") {
+            return Err(bad("not an ipp:// URI".into()));
+        }
+        let host = parsed
+            .host()
+            .filter(|h| !h.is_empty())
+            .ok_or_else(|| bad("no host".into()))?
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        let port = parsed.port_u16().unwrap_or(631);
+        let path = match parsed.path() {
+            "" => "/".to_string(),
+            p => p.to_string(),
+        };
+        Ok(IppPrinter {
+            uri: parsed,
+            host,
+            port,
+            path,
+            poll: Duration::from_millis(250),
+            job_timeout: Duration::from_secs(600),
+        })
+    }
+
+    /// Changes how often a job is polled and how long it is watched.
+    pub fn with_job_watch(mut self, poll: Duration, timeout: Duration) -> Self {
+        self.poll = poll;
+        self.job_timeout = timeout;
+        self
+    }
+
+    /// The printer URI.
+    pub fn uri(&self) -> String {
+        self.uri.to_string()
+    }
+
+    /// Get-Printer-Attributes.
+    pub async fn info(&self) -> Result<PrinterInfo, PrintError> {
+        let op = IppOperationBuilder::get_printer_attributes(self.uri.clone())
+            .attributes(PRINTER_ATTRIBUTES)
+            .build()
+            .map_err(|e| self.bad_request(&e))?;
+        let resp = self
+            .call("Get-Printer-Attributes", op.into_ipp_request(), None)
+            .await?;
+        let get = |name: &str| printer_attr(&resp, name);
+        let state = match get("printer-state") {
+            Some(IppValue::Enum(4)) => PrinterState::Processing,
+            Some(IppValue::Enum(5)) => PrinterState::Stopped,
+            _ => PrinterState::Idle,
+        };
+        let reasons = keywords(get("printer-state-reasons"))
+            .into_iter()
+            .filter(|r| r != "none")
+            .collect();
+        let message = get("printer-state-message")
+            .map(|v| v.to_string())
+            .filter(|m| !m.is_empty());
+        let pwg_resolutions = get("pwg-raster-document-resolution-supported")
+            .map(|v| {
+                v.into_iter()
+                    .filter_map(|r| match r {
+                        IppValue::Resolution {
+                            cross_feed,
+                            feed,
+                            units,
+                        } => {
+                            // units 3 = dots per inch, 4 = dots per cm.
+                            let f = if *units == 4 { 2.54 } else { 1.0 };
+                            Some((
+                                (f64::from(*cross_feed) * f).round() as u32,
+                                (f64::from(*feed) * f).round() as u32,
+                            ))
+                        }
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(PrinterInfo {
+            status: PrinterStatus::from_ipp(state, reasons, message),
+            formats: keywords(get("document-format-supported")),
+            pwg_types: keywords(get("pwg-raster-document-type-supported")),
+            pwg_resolutions,
+        })
+    }
+
+    /// The printer's status; unreachable or failing is `stopped` with
+    /// `offline-report`.
+    pub async fn status(&self) -> PrinterStatus {
+        match self.info().await {
+            Ok(info) => info.status,
+            Err(e) => PrinterStatus::stopped("offline-report", e.to_string()),
+        }
+    }
+
+    /// Prints a document and watches the job to its end.
+    pub async fn print(&self, doc: &Document) -> Result<PrintReport, PrintError> {
+        let info = self.info().await?;
+        if info.status.blocks_printing() {
+            return Err(PrintError::Stopped {
+                printer: self.uri(),
+                status: info.status,
+            });
+        }
+        let page_dpi = doc.pages.first().map_or((300, 300), |p| p.dpi());
+        let format = info
+            .choose_format(page_dpi)
+            .ok_or_else(|| PrintError::NoFormat {
+                printer: self.uri(),
+                offered: info.formats.join(", "),
+            })?;
+        let body = Bytes::from(format.render(doc)?);
+        let bytes = body.len();
+        let user = std::env::var("USER").unwrap_or_else(|_| "faxgate".into());
+        let op = IppOperationBuilder::print_job(self.uri.clone(), IppPayload::empty())
+            .user_name(&user)
+            .job_title(&doc.title)
+            .document_format(format.mime())
+            .build()
+            .map_err(|e| self.bad_request(&e))?;
+        let resp = self
+            .call("Print-Job", op.into_ipp_request(), Some(body))
+            .await?;
+        let job_id = match job_attr(&resp, "job-id") {
+            Some(IppValue::Integer(id)) => *id,
+            _ => {
+                return Err(PrintError::Ipp {
+                    printer: self.uri(),
+                    operation: "Print-Job",
+                    status: "no job-id in the response".into(),
+                    message: None,
+                });
+            }
+        };
+        tracing::info!(printer = %self.uri, job_id, format = format.mime(), bytes, "Print job accepted.");
+        self.watch_job(job_id, &user).await?;
+        Ok(PrintReport {
+            format: format.mime(),
+            bytes,
+            destination: format!("{} job {job_id}", self.uri),
+        })
+    }
+
+    /// Polls Get-Job-Attributes until the job ends.
+    async fn watch_job(&self, job_id: i32, user: &str) -> Result<(), PrintError> {
+        let start = tokio::time::Instant::now();
+        let mut state = 3;
+        loop {
+            let op = IppOperationBuilder::get_job_attributes(self.uri.clone(), job_id)
+                .user_name(user)
+                .build()
+                .map_err(|e| self.bad_request(&e))?;
+            let resp = self
+                .call("Get-Job-Attributes", op.into_ipp_request(), None)
+                .await?;
+            if let Some(IppValue::Enum(s)) = job_attr(&resp, "job-state") {
+                state = *s;
+            }
+            match state {
+                9 => {
+                    tracing::info!(printer = %self.uri, job_id, "Print job completed.");
+                    return Ok(());
+                }
+                7 | 8 => {
+                    return Err(PrintError::JobFailed {
+                        printer: self.uri(),
+                        job_id,
+                        state: job_state_name(state).into(),
+                        reasons: keywords(job_attr(&resp, "job-state-reasons")).join(", "),
+                        message: job_attr(&resp, "job-state-message")
+                            .map(|v| v.to_string())
+                            .filter(|m| !m.is_empty()),
+                    });
+                }
+                _ => {}
+            }
+            if start.elapsed() >= self.job_timeout {
+                return Err(PrintError::JobTimeout {
+                    printer: self.uri(),
+                    job_id,
+                    state: job_state_name(state).into(),
+                    waited: start.elapsed(),
+                });
+            }
+            tokio::time::sleep(self.poll).await;
+        }
+    }
+
+    fn bad_request(&self, e: &dyn std::fmt::Display) -> PrintError {
+        PrintError::BadUri {
+            uri: self.uri(),
+            reason: format!("cannot build an IPP request: {e}"),
+        }
+    }
+
+    /// One IPP request over a fresh HTTP/1.1 connection, with an optional
+    /// document after the attributes.
+    async fn call(
+        &self,
+        operation: &'static str,
+        mut req: IppRequestResponse,
+        document: Option<Bytes>,
+    ) -> Result<IppRequestResponse, PrintError> {
+        let unreachable = |reason: String| PrintError::Unreachable {
+            printer: self.uri(),
+            reason,
+        };
+        let length = req.to_bytes().len() + document.as_ref().map_or(0, Bytes::len);
+        if let Some(doc) = document {
+            *req.payload_mut() = IppPayload::new_async(futures_util::io::Cursor::new(doc));
+        }
+        let reader = req.into_async_read().compat();
+        let body = StreamBody::new(ReaderStream::new(reader).map(|r| r.map(Frame::data)));
+
+        let tcp = tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            TcpStream::connect((self.host.as_str(), self.port)),
+        )
+        .await
+        .map_err(|_| unreachable(format!("no connection within {CONNECT_TIMEOUT:?}")))?
+        .map_err(|e| unreachable(format!("{}:{}: {e}", self.host, self.port)))?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+            .await
+            .map_err(|e| unreachable(format!("HTTP handshake: {e}")))?;
+        let driver = tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "IPP connection ended with an error.");
+            }
+        });
+        let authority = if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        };
+        let request = hyper::Request::post(self.path.as_str())
+            .header(hyper::header::HOST, authority)
+            .header(hyper::header::CONTENT_TYPE, "application/ipp")
+            .header(hyper::header::CONTENT_LENGTH, length)
+            .body(body)
+            .map_err(|e| self.bad_request(&e))?;
+        let exchange = async {
+            let resp = sender
+                .send_request(request)
+                .await
+                .map_err(|e| unreachable(format!("{operation}: {e}")))?;
+            if !resp.status().is_success() {
+                return Err(PrintError::Ipp {
+                    printer: self.uri(),
+                    operation,
+                    status: format!("HTTP {}", resp.status()),
+                    message: None,
+                });
+            }
+            Limited::new(resp.into_body(), MAX_RESPONSE)
+                .collect()
+                .await
+                .map(|c| c.to_bytes())
+                .map_err(|e| unreachable(format!("{operation} response: {e}")))
+        };
+        let bytes = tokio::time::timeout(REQUEST_TIMEOUT, exchange)
+            .await
+            .map_err(|_| {
+                unreachable(format!(
+                    "{operation}: no response within {REQUEST_TIMEOUT:?}"
+                ))
+            });
+        driver.abort();
+        let bytes = bytes??;
+        let resp = AsyncIppParser::new(futures_util::io::Cursor::new(bytes))
+            .parse()
+            .await
+            .map_err(|e| PrintError::Ipp {
+                printer: self.uri(),
+                operation,
+                status: format!("unparsable response ({e})"),
+                message: None,
+            })?;
+        let status = resp.header().status_code();
+        if !status.is_success() {
+            return Err(PrintError::Ipp {
+                printer: self.uri(),
+                operation,
+                status: format!("{status} (0x{:04x})", resp.header().operation_or_status),
+                message: operation_attr(&resp, "status-message").map(|v| v.to_string()),
+            });
+        }
+        Ok(resp)
+    }
+}
+
+fn attr_in<'a>(
+    resp: &'a IppRequestResponse,
+    tag: DelimiterTag,
+    name: &str,
+) -> Option<&'a IppValue> {
+    resp.attributes()
+        .groups_of(tag)
+        .find_map(|g| g.get(name))
+        .map(IppAttribute::value)
+}
+
+fn printer_attr<'a>(resp: &'a IppRequestResponse, name: &str) -> Option<&'a IppValue> {
+    attr_in(resp, DelimiterTag::PrinterAttributes, name)
+}
+
+fn job_attr<'a>(resp: &'a IppRequestResponse, name: &str) -> Option<&'a IppValue> {
+    attr_in(resp, DelimiterTag::JobAttributes, name)
+}
+
+fn operation_attr<'a>(resp: &'a IppRequestResponse, name: &str) -> Option<&'a IppValue> {
+    attr_in(resp, DelimiterTag::OperationAttributes, name)
+}
+
+/// The values of a (possibly one-valued) keyword or string attribute.
+fn keywords(v: Option<&IppValue>) -> Vec<String> {
+    v.map(|v| v.into_iter().map(|k| k.to_string()).collect())
+        .unwrap_or_default()
+}
+
+fn job_state_name(state: i32) -> &'static str {
+    match state {
+        3 => "pending",
+        4 => "pending-held",
+        5 => "processing",
+        6 => "processing-stopped",
+        7 => "canceled",
+        8 => "aborted",
+        9 => "completed",
+        _ => "unknown",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(formats: &[&str], types: &[&str], res: &[(u32, u32)]) -> PrinterInfo {
+        PrinterInfo {
+            status: PrinterStatus::idle(),
+            formats: formats.iter().map(|s| s.to_string()).collect(),
+            pwg_types: types.iter().map(|s| s.to_string()).collect(),
+            pwg_resolutions: res.to_vec(),
+        }
+    }
+
+    #[test]
+    fn pdf_is_preferred_then_pwg_raster() {
+        let both = info(&["image/pwg-raster", "application/pdf"], &["black_1"], &[]);
+        assert_eq!(both.choose_format((204, 196)), Some(DocumentFormat::Pdf));
+        let pwg = info(
+            &["image/pwg-raster"],
+            &["srgb_8", "sgray_8", "black_1"],
+            &[(300, 300), (600, 600)],
+        );
+        assert_eq!(
+            pwg.choose_format((204, 196)),
+            Some(DocumentFormat::PwgRaster(PwgOptions {
+                kind: PwgType::Black1,
+                dpi: Some((300, 300)),
+            }))
+        );
+        let grey = info(&["image/pwg-raster"], &["sgray_8"], &[(150, 150)]);
+        assert_eq!(
+            grey.choose_format((400, 400)),
+            Some(DocumentFormat::PwgRaster(PwgOptions {
+                kind: PwgType::Sgray8,
+                dpi: Some((150, 150)),
+            }))
+        );
+        assert_eq!(
+            info(&["image/jpeg"], &[], &[]).choose_format((204, 98)),
+            None
+        );
+        assert_eq!(
+            info(&["image/pwg-raster"], &["srgb_8"], &[]).choose_format((204, 98)),
+            None
+        );
+    }
+
+    #[test]
+    fn uri_defaults() {
+        let p = IppPrinter::new("ipp://printer.local/ipp/print").unwrap();
+        assert_eq!(
+            (p.host.as_str(), p.port, p.path.as_str()),
+            ("printer.local", 631, "/ipp/print")
+        );
+        let p = IppPrinter::new("ipp://[::1]:8631").unwrap();
+        assert_eq!(
+            (p.host.as_str(), p.port, p.path.as_str()),
+            ("::1", 8631, "/")
+        );
+    }
+
+    #[tokio::test]
+    async fn unreachable_printer_is_stopped_offline() {
+        // Bind then drop a listener: its port is closed.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let p = IppPrinter::new(&format!("ipp://127.0.0.1:{port}/ipp/print")).unwrap();
+        let s = p.status().await;
+        assert_eq!(s.state, PrinterState::Stopped);
+        assert!(s.has("offline"), "{s}");
+        let doc = Document {
+            title: "t".into(),
+            pages: vec![],
+        };
+        let e = p.print(&doc).await.unwrap_err();
+        assert!(e.keeps_job(), "{e}");
+        assert!(e.to_string().contains("cannot reach"), "{e}");
+    }
+}

@@ -1,0 +1,439 @@
+//! Printers on this machine: a CUPS queue (through `lp`), a folder of
+//! PDF or TIFF-F files, and a raw device file.
+//!
+//! Their status is mapped onto IPP's: a folder or device that is missing
+//! or read-only is `stopped` (`offline-report` / `other-error`), one
+//! being written is `processing`; a CUPS queue reports what `lpstat -p`
+//! says.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use tokio::io::AsyncWriteExt as _;
+use tokio::process::Command;
+
+use super::{Document, DocumentFormat, PrintError, PrintReport, PrinterState, PrinterStatus};
+
+/// Counts jobs in progress; a printer with any is `processing`.
+#[derive(Debug, Default, Clone)]
+struct Busy(Arc<AtomicUsize>);
+
+/// Decrements the busy count when the job ends, however it ends.
+struct BusyGuard(Arc<AtomicUsize>);
+
+impl Busy {
+    fn enter(&self) -> BusyGuard {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        BusyGuard(self.0.clone())
+    }
+
+    fn is_busy(&self) -> bool {
+        self.0.load(Ordering::SeqCst) > 0
+    }
+}
+
+impl Drop for BusyGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Status of a path we write to: stopped if missing or read-only.
+fn path_status(path: &Path, want_dir: bool, busy: &Busy) -> PrinterStatus {
+    match std::fs::metadata(path) {
+        Err(e) => PrinterStatus::stopped("offline-report", format!("{}: {e}", path.display())),
+        Ok(m) if want_dir && !m.is_dir() => PrinterStatus::stopped(
+            "offline-report",
+            format!("{} is not a folder", path.display()),
+        ),
+        Ok(m) if m.permissions().readonly() => {
+            PrinterStatus::stopped("other-error", format!("{} is read-only", path.display()))
+        }
+        Ok(_) if busy.is_busy() => PrinterStatus {
+            state: PrinterState::Processing,
+            reasons: Vec::new(),
+            message: None,
+        },
+        Ok(_) => PrinterStatus::idle(),
+    }
+}
+
+fn refuse_if_stopped(printer: &str, status: PrinterStatus) -> Result<(), PrintError> {
+    if status.blocks_printing() {
+        return Err(PrintError::Stopped {
+            printer: printer.to_string(),
+            status,
+        });
+    }
+    Ok(())
+}
+
+/// A CUPS queue, printed to with `lp -d QUEUE` (PDF).
+#[derive(Debug, Clone)]
+pub struct CupsPrinter {
+    queue: String,
+}
+
+impl CupsPrinter {
+    /// The queue `queue` of the local CUPS server.
+    pub fn new(queue: &str) -> Self {
+        CupsPrinter {
+            queue: queue.to_string(),
+        }
+    }
+
+    fn name(&self) -> String {
+        format!("cups:{}", self.queue)
+    }
+
+    /// `lpstat -p QUEUE`: idle, printing, or disabled (with its reason).
+    pub async fn status(&self) -> PrinterStatus {
+        let out = Command::new("lpstat")
+            .arg("-p")
+            .arg(&self.queue)
+            .env("LC_ALL", "C")
+            .output()
+            .await;
+        match out {
+            Err(e) => PrinterStatus::stopped(
+                "offline-report",
+                format!("cannot run lpstat ({e}); apt-get install cups-client"),
+            ),
+            Ok(o) if !o.status.success() => PrinterStatus::stopped(
+                "offline-report",
+                String::from_utf8_lossy(&o.stderr).trim().to_string(),
+            ),
+            Ok(o) => parse_lpstat(&String::from_utf8_lossy(&o.stdout)),
+        }
+    }
+
+    /// Sends the document as PDF with `lp`; returns lp's request id.
+    pub async fn print(&self, doc: &Document) -> Result<PrintReport, PrintError> {
+        refuse_if_stopped(&self.name(), self.status().await)?;
+        let pdf = DocumentFormat::Pdf.render(doc)?;
+        let mut tmp = tempfile::Builder::new()
+            .prefix("faxgate-")
+            .suffix(".pdf")
+            .tempfile()
+            .map_err(|e| PrintError::Io {
+                what: "creating a temporary file for lp".into(),
+                source: e,
+            })?;
+        tmp.write_all(&pdf).map_err(|e| PrintError::Io {
+            what: format!("writing {}", tmp.path().display()),
+            source: e,
+        })?;
+        let command = format!(
+            "lp -d {} -t {:?} {}",
+            self.queue,
+            doc.title,
+            tmp.path().display()
+        );
+        let out = Command::new("lp")
+            .arg("-d")
+            .arg(&self.queue)
+            .arg("-t")
+            .arg(&doc.title)
+            .arg("--")
+            .arg(tmp.path())
+            .env("LC_ALL", "C")
+            .output()
+            .await
+            .map_err(|e| PrintError::Command {
+                command: command.clone(),
+                message: format!("{e} (apt-get install cups-client)"),
+            })?;
+        if !out.status.success() {
+            let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
+            return Err(PrintError::Command {
+                command,
+                message: if stderr.is_empty() {
+                    out.status.to_string()
+                } else {
+                    stderr
+                },
+            });
+        }
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        // "request id is QUEUE-12 (1 file(s))"
+        let request = stdout
+            .split_whitespace()
+            .skip_while(|w| *w != "is")
+            .nth(1)
+            .unwrap_or("")
+            .to_string();
+        Ok(PrintReport {
+            format: DocumentFormat::Pdf.mime(),
+            bytes: pdf.len(),
+            destination: format!("{} request {request}", self.name()),
+        })
+    }
+}
+
+/// Reads `lpstat -p` output for one queue.
+fn parse_lpstat(out: &str) -> PrinterStatus {
+    let first = out.lines().next().unwrap_or("");
+    // Lines after the first, indented, hold the reason a queue is
+    // disabled or what it is doing.
+    let detail: Vec<&str> = out
+        .lines()
+        .skip(1)
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let message = (!detail.is_empty()).then(|| detail.join(" "));
+    if first.contains(" disabled") {
+        PrinterStatus {
+            state: PrinterState::Stopped,
+            reasons: vec!["paused".into()],
+            message,
+        }
+    } else if first.contains("now printing") {
+        PrinterStatus {
+            state: PrinterState::Processing,
+            reasons: Vec::new(),
+            message,
+        }
+    } else {
+        PrinterStatus {
+            state: PrinterState::Idle,
+            reasons: Vec::new(),
+            message,
+        }
+    }
+}
+
+/// A folder that receives one file per document, for archives and tests.
+#[derive(Debug, Clone)]
+pub struct FolderPrinter {
+    dir: PathBuf,
+    format: DocumentFormat,
+    busy: Busy,
+}
+
+impl FolderPrinter {
+    /// Files in `format` go to `dir`.
+    pub fn new(dir: impl Into<PathBuf>, format: DocumentFormat) -> Self {
+        FolderPrinter {
+            dir: dir.into(),
+            format,
+            busy: Busy::default(),
+        }
+    }
+
+    fn name(&self) -> String {
+        format!("dir:{}", self.dir.display())
+    }
+
+    /// Stopped if the folder is missing or read-only.
+    pub fn status(&self) -> PrinterStatus {
+        path_status(&self.dir, true, &self.busy)
+    }
+
+    /// Writes the document as a new file: a temporary file in the folder
+    /// first, renamed (never over an existing file) when complete.
+    pub async fn print(&self, doc: &Document) -> Result<PrintReport, PrintError> {
+        refuse_if_stopped(&self.name(), self.status())?;
+        let _busy = self.busy.enter();
+        let bytes = self.format.render(doc)?;
+        let len = bytes.len();
+        let dir = self.dir.clone();
+        let stem = file_stem(&doc.title);
+        let ext = self.format.extension();
+        let path = tokio::task::spawn_blocking(move || write_new_file(&dir, &stem, ext, &bytes))
+            .await
+            .map_err(|e| PrintError::Io {
+                what: "writing the document".into(),
+                source: std::io::Error::other(e.to_string()),
+            })??;
+        tracing::info!(path = %path.display(), bytes = len, "Document written to the folder.");
+        Ok(PrintReport {
+            format: self.format.mime(),
+            bytes: len,
+            destination: path.display().to_string(),
+        })
+    }
+}
+
+/// A file name from a job title: letters, digits, `-` and `_` only.
+fn file_stem(title: &str) -> String {
+    let s: String = title
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(60)
+        .collect();
+    if s.is_empty() { "fax".into() } else { s }
+}
+
+/// Writes `bytes` to a fresh `STEM-SECONDS-N.EXT` in `dir`, atomically.
+fn write_new_file(dir: &Path, stem: &str, ext: &str, bytes: &[u8]) -> Result<PathBuf, PrintError> {
+    let io = |what: String| move |e: std::io::Error| PrintError::Io { what, source: e };
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".faxgate-")
+        .suffix(".part")
+        .tempfile_in(dir)
+        .map_err(io(format!("creating a file in {}", dir.display())))?;
+    tmp.write_all(bytes)
+        .and_then(|()| tmp.as_file().sync_all())
+        .map_err(io(format!("writing {}", tmp.path().display())))?;
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut n = 1u32;
+    loop {
+        let path = dir.join(format!("{stem}-{secs}-{n}.{ext}"));
+        match tmp.persist_noclobber(&path) {
+            Ok(_) => return Ok(path),
+            Err(e) if e.error.kind() == std::io::ErrorKind::AlreadyExists && n < 10_000 => {
+                tmp = e.file;
+                n += 1;
+            }
+            Err(e) => return Err(io(format!("renaming to {}", path.display()))(e.error)),
+        }
+    }
+}
+
+/// A device file (a USB printer's `/dev/usb/lp0`, a parallel port) that
+/// takes a printer language raw: PDF or PWG raster.
+#[derive(Debug, Clone)]
+pub struct DevicePrinter {
+    path: PathBuf,
+    format: DocumentFormat,
+    busy: Busy,
+}
+
+impl DevicePrinter {
+    /// Documents in `format` are written to `path`.
+    pub fn new(path: impl Into<PathBuf>, format: DocumentFormat) -> Self {
+        DevicePrinter {
+            path: path.into(),
+            format,
+            busy: Busy::default(),
+        }
+    }
+
+    fn name(&self) -> String {
+        format!("device:{}", self.path.display())
+    }
+
+    /// Stopped if the device is missing or read-only.
+    pub fn status(&self) -> PrinterStatus {
+        path_status(&self.path, false, &self.busy)
+    }
+
+    /// Writes the document to the device (appending, never creating it).
+    pub async fn print(&self, doc: &Document) -> Result<PrintReport, PrintError> {
+        refuse_if_stopped(&self.name(), self.status())?;
+        let _busy = self.busy.enter();
+        let bytes = self.format.render(doc)?;
+        let what = format!("writing to {}", self.path.display());
+        let mut dev = tokio::fs::OpenOptions::new()
+            .append(true)
+            .open(&self.path)
+            .await
+            .map_err(|e| PrintError::Io {
+                what: format!("opening {}", self.path.display()),
+                source: e,
+            })?;
+        dev.write_all(&bytes).await.map_err(|e| PrintError::Io {
+            what: what.clone(),
+            source: e,
+        })?;
+        dev.flush()
+            .await
+            .map_err(|e| PrintError::Io { what, source: e })?;
+        Ok(PrintReport {
+            format: self.format.mime(),
+            bytes: bytes.len(),
+            destination: self.path.display().to_string(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::print::FaxPage;
+    use faxgate_fax::{Bitmap, Coding};
+
+    fn doc() -> Document {
+        let mut b = Bitmap::new(1728, 20);
+        b.set_pixel(5, 5, true);
+        Document {
+            title: "Fax from +81 3/1234".into(),
+            pages: vec![FaxPage::from_bitmap(&b, (204, 98), Coding::Mh).unwrap()],
+        }
+    }
+
+    #[test]
+    fn lpstat_output_maps_to_states() {
+        let s = parse_lpstat("printer office is idle.  enabled since Mon 01 Jan\n");
+        assert_eq!(s.state, PrinterState::Idle);
+        let s = parse_lpstat("printer office now printing office-3.  enabled since x\n");
+        assert_eq!(s.state, PrinterState::Processing);
+        let s = parse_lpstat("printer office disabled since x -\n\tPaper jam in tray 2\n");
+        assert_eq!(s.state, PrinterState::Stopped);
+        assert_eq!(s.message.as_deref(), Some("Paper jam in tray 2"));
+    }
+
+    #[tokio::test]
+    async fn folder_writes_unique_files_atomically() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = FolderPrinter::new(dir.path(), DocumentFormat::Pdf);
+        assert_eq!(p.status(), PrinterStatus::idle());
+        let a = p.print(&doc()).await.unwrap();
+        let b = p.print(&doc()).await.unwrap();
+        assert_ne!(a.destination, b.destination);
+        let names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names.len(), 2, "no temporary files left: {names:?}");
+        assert!(
+            names
+                .iter()
+                .all(|n| n.starts_with("Fax_from__81_3_1234-") && n.ends_with(".pdf"))
+        );
+        assert!(std::fs::read(&a.destination).unwrap().starts_with(b"%PDF-"));
+    }
+
+    #[tokio::test]
+    async fn missing_folder_or_device_is_stopped_and_keeps_the_job() {
+        let p = FolderPrinter::new("/nonexistent/faxgate", DocumentFormat::Pdf);
+        assert_eq!(p.status().state, PrinterState::Stopped);
+        let e = p.print(&doc()).await.unwrap_err();
+        assert!(
+            matches!(e, PrintError::Stopped { .. }) && e.keeps_job(),
+            "{e}"
+        );
+        let d = DevicePrinter::new("/nonexistent/lp0", DocumentFormat::Pdf);
+        assert!(d.status().has("offline"));
+        assert!(d.print(&doc()).await.unwrap_err().keeps_job());
+    }
+
+    #[tokio::test]
+    async fn device_gets_the_bytes_appended() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("lp0");
+        std::fs::write(&path, b"").unwrap();
+        // PWG raster is byte-for-byte reproducible (a PDF has a fresh ID).
+        let format = DocumentFormat::PwgRaster(crate::print::PwgOptions {
+            kind: crate::print::PwgType::Black1,
+            dpi: None,
+        });
+        let d = DevicePrinter::new(&path, format);
+        let r1 = d.print(&doc()).await.unwrap();
+        let r2 = d.print(&doc()).await.unwrap();
+        let written = std::fs::read(&path).unwrap();
+        assert_eq!(written.len(), r1.bytes + r2.bytes);
+        assert_eq!(written, format.render(&doc()).unwrap().repeat(2));
+    }
+}

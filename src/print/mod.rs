@@ -1,0 +1,615 @@
+//! The output stage: fax pages to paper (issue #3).
+//!
+//! Pages arrive coded ([`FaxPage`]: CCITT data plus resolution) and leave
+//! as a document a printer takes: PDF with the CCITT data passed straight
+//! through, PWG raster, or TIFF-F for archive folders.
+//!
+//! # Layout
+//!
+//! - [`page`]: [`FaxPage`], loading TIFF-F and bitmaps, resampling.
+//! - [`pdf`]: pages to PDF (printpdf; /CCITTFaxDecode image XObjects).
+//! - [`pwg`]: pages to PWG raster (PWG 5102.4), and a parser for tests.
+//! - [`ipp`]: an IPP printer: Get-Printer-Attributes, Print-Job, then
+//!   Get-Job-Attributes until the job ends.
+//! - [`local`]: a CUPS queue (`lp`), a folder, a device file.
+//! - This file: [`Printer`] (built from a URI), [`PrinterStatus`],
+//!   [`DocumentFormat`] and [`PrintError`].
+//!
+//! Rendering is pure; only the printers do I/O.
+
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
+
+pub mod ipp;
+pub mod local;
+pub mod page;
+pub mod pdf;
+pub mod pwg;
+
+use std::fmt;
+
+use faxgate_fax::tiff::{EncodedPage, TiffWriter, TiffWriterOptions};
+use faxgate_fax::{Coding, FaxError};
+
+pub use page::{FaxPage, PageCoding};
+pub use pwg::{PwgOptions, PwgType};
+
+/// A document to print: its pages and a title for the job.
+#[derive(Clone, Debug)]
+pub struct Document {
+    /// Job name shown by the printer.
+    pub title: String,
+    /// The pages, in order.
+    pub pages: Vec<FaxPage>,
+}
+
+/// What bytes a printer is sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DocumentFormat {
+    /// `application/pdf`.
+    Pdf,
+    /// `image/pwg-raster`.
+    PwgRaster(PwgOptions),
+    /// `image/tiff` as TIFF-F, in the given coding (folders only).
+    Tiff(Coding),
+}
+
+impl DocumentFormat {
+    /// The MIME type.
+    pub fn mime(&self) -> &'static str {
+        match self {
+            DocumentFormat::Pdf => "application/pdf",
+            DocumentFormat::PwgRaster(_) => "image/pwg-raster",
+            DocumentFormat::Tiff(_) => "image/tiff",
+        }
+    }
+
+    /// The usual file name extension.
+    pub fn extension(&self) -> &'static str {
+        match self {
+            DocumentFormat::Pdf => "pdf",
+            DocumentFormat::PwgRaster(_) => "pwg",
+            DocumentFormat::Tiff(_) => "tif",
+        }
+    }
+
+    /// Renders a document in this format.
+    pub fn render(&self, doc: &Document) -> Result<Vec<u8>, FaxError> {
+        match self {
+            DocumentFormat::Pdf => Ok(pdf::render_pdf(&doc.pages, &doc.title)),
+            DocumentFormat::PwgRaster(o) => pwg::render_pwg(&doc.pages, *o),
+            DocumentFormat::Tiff(coding) => render_tiff(&doc.pages, *coding),
+        }
+    }
+}
+
+/// Pages as a TIFF-F file. Pages already in `coding` keep their bytes;
+/// pages at a resolution TIFF-F does not have are refused.
+pub fn render_tiff(pages: &[FaxPage], coding: Coding) -> Result<Vec<u8>, FaxError> {
+    let mut w = TiffWriter::new(TiffWriterOptions {
+        software: Some(format!("faxgate {}", env!("CARGO_PKG_VERSION"))),
+        date_time: None,
+        total_pages: u16::try_from(pages.len()).ok(),
+    })?;
+    let mut out = Vec::new();
+    for (i, p) in pages.iter().enumerate() {
+        let resolution = p.resolution().ok_or_else(|| FaxError::Geometry {
+            reason: format!(
+                "page {} is {}x{} dpi, which is no TIFF-F resolution",
+                i + 1,
+                p.dpi().0,
+                p.dpi().1
+            ),
+        })?;
+        let same = match (p.coding(), coding) {
+            (PageCoding::Mh { .. }, Coding::Mh) | (PageCoding::Mmr, Coding::Mmr) => true,
+            (PageCoding::Mr { .. }, Coding::Mr { k }) => k == 0,
+            _ => false,
+        };
+        let page = if same {
+            let fill = matches!(
+                p.coding(),
+                PageCoding::Mh { fill: true } | PageCoding::Mr { fill: true, .. }
+            );
+            EncodedPage {
+                width: p.width(),
+                height: p.height(),
+                coding: p.coding().coding(),
+                fill_bits: fill,
+                rle: false,
+                resolution,
+                data: p.data().to_vec(),
+                damage: None,
+            }
+        } else {
+            EncodedPage::from_bitmap(&p.to_bitmap()?, coding, resolution)?
+        };
+        out.extend_from_slice(&w.add_page(page)?);
+    }
+    out.extend_from_slice(&w.finish()?);
+    Ok(out)
+}
+
+/// Whether a printer can take work.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PrinterState {
+    /// Ready for a job (IPP printer-state 3).
+    Idle,
+    /// Printing (IPP printer-state 4).
+    Processing,
+    /// Cannot print until someone acts (IPP printer-state 5).
+    Stopped,
+}
+
+impl fmt::Display for PrinterState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            PrinterState::Idle => "idle",
+            PrinterState::Processing => "processing",
+            PrinterState::Stopped => "stopped",
+        })
+    }
+}
+
+/// A printer's status as the rest of the daemon reads it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PrinterStatus {
+    /// Idle, processing or stopped.
+    pub state: PrinterState,
+    /// IPP printer-state-reasons keywords (`media-empty-error`,
+    /// `media-jam`, `offline-report`...), without `none`.
+    pub reasons: Vec<String>,
+    /// A human-readable message, if the printer gave one.
+    pub message: Option<String>,
+}
+
+impl PrinterStatus {
+    /// Idle with no reasons.
+    pub fn idle() -> Self {
+        PrinterStatus {
+            state: PrinterState::Idle,
+            reasons: Vec::new(),
+            message: None,
+        }
+    }
+
+    /// Builds a status from IPP's printer-state and reasons. A printer
+    /// that reports a reason that stops printing is `stopped`, whatever
+    /// its printer-state says.
+    pub fn from_ipp(state: PrinterState, reasons: Vec<String>, message: Option<String>) -> Self {
+        let state = if reasons.iter().any(|r| reason_stops_printing(r)) {
+            PrinterState::Stopped
+        } else {
+            state
+        };
+        PrinterStatus {
+            state,
+            reasons,
+            message,
+        }
+    }
+
+    /// Stopped for one reason.
+    pub fn stopped(reason: &str, message: impl Into<String>) -> Self {
+        PrinterStatus {
+            state: PrinterState::Stopped,
+            reasons: vec![reason.to_string()],
+            message: Some(message.into()),
+        }
+    }
+
+    /// Whether a reason keyword is present, with or without its
+    /// `-error`/`-warning`/`-report` suffix (`has("media-empty")`).
+    pub fn has(&self, reason: &str) -> bool {
+        self.reasons.iter().any(|r| {
+            r == reason
+                || r.strip_prefix(reason)
+                    .is_some_and(|rest| matches!(rest, "-error" | "-warning" | "-report"))
+        })
+    }
+
+    /// Whether a job sent now would be refused or stall: the printer is
+    /// stopped, or reports a reason that stops printing.
+    pub fn blocks_printing(&self) -> bool {
+        self.state == PrinterState::Stopped || self.reasons.iter().any(|r| reason_stops_printing(r))
+    }
+}
+
+/// printer-state-reasons that mean nothing can print until someone acts.
+const STOPPING_REASONS: [&str; 13] = [
+    "media-empty",
+    "media-needed",
+    "media-jam",
+    "door-open",
+    "cover-open",
+    "interlock-open",
+    "input-tray-missing",
+    "output-area-full",
+    "marker-supply-empty",
+    "toner-empty",
+    "offline",
+    "paused",
+    "shutdown",
+];
+
+/// Whether one printer-state-reasons keyword stops printing: any
+/// `-error`, or one of [`STOPPING_REASONS`] unless it is only a
+/// `-warning`. Printers differ in the suffix they use for the same
+/// condition (ippeveprinter reports an empty tray as
+/// `media-empty-report` while it stays `idle`), so the condition counts.
+pub fn reason_stops_printing(reason: &str) -> bool {
+    if reason.ends_with("-error") {
+        return true;
+    }
+    if reason.ends_with("-warning") {
+        return false;
+    }
+    let base = reason.strip_suffix("-report").unwrap_or(reason);
+    STOPPING_REASONS.contains(&base)
+}
+
+impl fmt::Display for PrinterStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.state)?;
+        if !self.reasons.is_empty() {
+            write!(f, " ({})", self.reasons.join(", "))?;
+        }
+        if let Some(m) = &self.message {
+            write!(f, ": {m}")?;
+        }
+        Ok(())
+    }
+}
+
+/// What a successful print did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PrintReport {
+    /// The MIME type sent.
+    pub format: &'static str,
+    /// Bytes sent or written.
+    pub bytes: usize,
+    /// Where it went: the IPP job URI or id, the `lp` request id, the
+    /// file written.
+    pub destination: String,
+}
+
+/// Why printing failed. [`PrintError::keeps_job`] says whether the
+/// document should stay queued for another try.
+#[derive(Debug, thiserror::Error)]
+pub enum PrintError {
+    /// The printer URI cannot be used.
+    #[error("printer URI {uri:?}: {reason}")]
+    BadUri {
+        /// The URI as given.
+        uri: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The printer is stopped; nothing was sent.
+    #[error("printer {printer} is {status}; the job is kept")]
+    Stopped {
+        /// The printer URI.
+        printer: String,
+        /// Its status.
+        status: PrinterStatus,
+    },
+    /// The printer could not be reached.
+    #[error("cannot reach printer {printer}: {reason}")]
+    Unreachable {
+        /// The printer URI.
+        printer: String,
+        /// The connection or HTTP error.
+        reason: String,
+    },
+    /// An IPP operation was refused.
+    #[error("printer {printer}: {operation} failed with {status}{}", message.as_deref().map(|m| format!(": {m}")).unwrap_or_default())]
+    Ipp {
+        /// The printer URI.
+        printer: String,
+        /// The operation, e.g. `Print-Job`.
+        operation: &'static str,
+        /// The IPP status code.
+        status: String,
+        /// status-message, if any.
+        message: Option<String>,
+    },
+    /// The printer takes none of the formats we write.
+    #[error(
+        "printer {printer} takes none of application/pdf, image/pwg-raster (it takes {offered})"
+    )]
+    NoFormat {
+        /// The printer URI.
+        printer: String,
+        /// Its document-format-supported.
+        offered: String,
+    },
+    /// The job was accepted but ended aborted or canceled.
+    #[error("printer {printer}: job {job_id} was {state} ({reasons}){}", message.as_deref().map(|m| format!(": {m}")).unwrap_or_default())]
+    JobFailed {
+        /// The printer URI.
+        printer: String,
+        /// The printer's job id.
+        job_id: i32,
+        /// `aborted` or `canceled`.
+        state: String,
+        /// job-state-reasons.
+        reasons: String,
+        /// job-state-message, if any.
+        message: Option<String>,
+    },
+    /// The job did not finish in time.
+    #[error("printer {printer}: job {job_id} still {state} after {waited:?}")]
+    JobTimeout {
+        /// The printer URI.
+        printer: String,
+        /// The printer's job id.
+        job_id: i32,
+        /// The last job-state seen.
+        state: String,
+        /// How long we watched.
+        waited: std::time::Duration,
+    },
+    /// A helper command (`lp`) failed.
+    #[error("`{command}` failed: {message}")]
+    Command {
+        /// The command line.
+        command: String,
+        /// Its error output, or why it could not run.
+        message: String,
+    },
+    /// A local file operation failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done, naming the path.
+        what: String,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The document could not be rendered.
+    #[error("cannot render the document: {0}")]
+    Render(#[from] FaxError),
+}
+
+impl PrintError {
+    /// Whether the document should stay queued and be tried again later:
+    /// true when the printer was stopped, unreachable, or timed out, false
+    /// when the document or the configuration is at fault.
+    pub fn keeps_job(&self) -> bool {
+        matches!(
+            self,
+            PrintError::Stopped { .. }
+                | PrintError::Unreachable { .. }
+                | PrintError::JobTimeout { .. }
+                | PrintError::Command { .. }
+                | PrintError::Io { .. }
+        )
+    }
+}
+
+/// A printer, built from a URI:
+///
+/// - `ipp://host[:port]/path`: an IPP printer (port 631 by default).
+/// - `cups:QUEUE` or `lp:QUEUE`: a CUPS queue, through `lp -d QUEUE`.
+/// - `dir:/path` or `file:///path`: a folder; `?format=pdf` (default) or
+///   `?format=tiff` (TIFF-F, MH; `tiff-mmr` for MMR).
+/// - `device:/dev/...`: a device file that takes the bytes raw;
+///   `?format=pdf` (default) or `?format=pwg` (black_1, `&dpi=300` to
+///   resample).
+#[derive(Debug)]
+pub enum Printer {
+    /// An IPP printer.
+    Ipp(ipp::IppPrinter),
+    /// A CUPS queue.
+    Cups(local::CupsPrinter),
+    /// A folder of files.
+    Folder(local::FolderPrinter),
+    /// A raw device file.
+    Device(local::DevicePrinter),
+}
+
+impl Printer {
+    /// Parses a printer URI (see the type's documentation).
+    pub fn from_uri(uri: &str) -> Result<Printer, PrintError> {
+        let bad = |reason: &str| PrintError::BadUri {
+            uri: uri.to_string(),
+            reason: reason.to_string(),
+        };
+        let (scheme, rest) = uri
+            .split_once(':')
+            .ok_or_else(|| bad("no scheme (use ipp://, cups:, dir:, file:// or device:)"))?;
+        let (rest, query) = match rest.split_once('?') {
+            Some((r, q)) => (r, q),
+            None => (rest, ""),
+        };
+        let params: Vec<(&str, &str)> = query
+            .split('&')
+            .filter(|p| !p.is_empty())
+            .map(|p| p.split_once('=').unwrap_or((p, "")))
+            .collect();
+        let param = |k: &str| params.iter().find(|(n, _)| *n == k).map(|(_, v)| *v);
+        match scheme.to_ascii_lowercase().as_str() {
+            "ipp" => Ok(Printer::Ipp(ipp::IppPrinter::new(uri)?)),
+            "ipps" => Err(bad(
+                "ipps:// (IPP over TLS) is not supported yet; use ipp:// or a CUPS queue",
+            )),
+            "cups" | "lp" => {
+                let queue = rest.trim_start_matches('/');
+                if queue.is_empty() || queue.contains(char::is_whitespace) {
+                    return Err(bad("needs a queue name, e.g. cups:office"));
+                }
+                Ok(Printer::Cups(local::CupsPrinter::new(queue)))
+            }
+            "dir" | "file" => {
+                let path = if scheme.eq_ignore_ascii_case("file") {
+                    rest.strip_prefix("//")
+                        .filter(|p| p.starts_with('/'))
+                        .ok_or_else(|| bad("file URIs are file:///absolute/path (no host)"))?
+                } else {
+                    rest
+                };
+                if !path.starts_with('/') {
+                    return Err(bad("the folder must be an absolute path"));
+                }
+                let format = match param("format").unwrap_or("pdf") {
+                    "pdf" => DocumentFormat::Pdf,
+                    "tiff" | "tif" => DocumentFormat::Tiff(Coding::Mh),
+                    "tiff-mmr" => DocumentFormat::Tiff(Coding::Mmr),
+                    other => {
+                        return Err(bad(&format!(
+                            "format {other:?}: folders take pdf, tiff or tiff-mmr"
+                        )));
+                    }
+                };
+                Ok(Printer::Folder(local::FolderPrinter::new(path, format)))
+            }
+            "device" => {
+                if !rest.starts_with('/') {
+                    return Err(bad(
+                        "the device must be an absolute path, e.g. device:/dev/usb/lp0",
+                    ));
+                }
+                let dpi = match param("dpi") {
+                    None => None,
+                    Some(v) => Some(
+                        v.parse::<u32>()
+                            .ok()
+                            .filter(|d| (72..=2400).contains(d))
+                            .ok_or_else(|| bad("dpi must be a number from 72 to 2400"))?,
+                    ),
+                };
+                let format = match param("format").unwrap_or("pdf") {
+                    "pdf" => DocumentFormat::Pdf,
+                    "pwg" => DocumentFormat::PwgRaster(PwgOptions {
+                        kind: PwgType::Black1,
+                        dpi: dpi.map(|d| (d, d)),
+                    }),
+                    other => {
+                        return Err(bad(&format!("format {other:?}: devices take pdf or pwg")));
+                    }
+                };
+                Ok(Printer::Device(local::DevicePrinter::new(rest, format)))
+            }
+            other => Err(bad(&format!(
+                "unknown scheme {other:?} (use ipp://, cups:, dir:, file:// or device:)"
+            ))),
+        }
+    }
+
+    /// The printer's current status. An unreachable printer is reported
+    /// as stopped with `offline-report`, never as an error.
+    pub async fn status(&self) -> PrinterStatus {
+        match self {
+            Printer::Ipp(p) => p.status().await,
+            Printer::Cups(p) => p.status().await,
+            Printer::Folder(p) => p.status(),
+            Printer::Device(p) => p.status(),
+        }
+    }
+
+    /// Sets how long an IPP job is watched before giving up (other
+    /// printers finish when the bytes are written).
+    pub fn with_job_timeout(self, timeout: std::time::Duration) -> Self {
+        match self {
+            Printer::Ipp(p) => {
+                Printer::Ipp(p.with_job_watch(std::time::Duration::from_millis(250), timeout))
+            }
+            other => other,
+        }
+    }
+
+    /// Prints a document and waits until the printer has it (IPP: until
+    /// the job is completed). A stopped printer gets nothing and the
+    /// error says so ([`PrintError::keeps_job`]).
+    pub async fn print(&self, doc: &Document) -> Result<PrintReport, PrintError> {
+        if doc.pages.is_empty() {
+            return Err(PrintError::Render(FaxError::Geometry {
+                reason: "the document has no pages".into(),
+            }));
+        }
+        match self {
+            Printer::Ipp(p) => p.print(doc).await,
+            Printer::Cups(p) => p.print(doc).await,
+            Printer::Folder(p) => p.print(doc).await,
+            Printer::Device(p) => p.print(doc).await,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uris_parse_and_errors_name_the_problem() {
+        assert!(matches!(
+            Printer::from_uri("ipp://localhost:8631/ipp/print"),
+            Ok(Printer::Ipp(_))
+        ));
+        assert!(matches!(
+            Printer::from_uri("cups:office"),
+            Ok(Printer::Cups(_))
+        ));
+        assert!(matches!(
+            Printer::from_uri("lp:office"),
+            Ok(Printer::Cups(_))
+        ));
+        assert!(matches!(
+            Printer::from_uri("file:///var/spool/fax"),
+            Ok(Printer::Folder(_))
+        ));
+        assert!(matches!(
+            Printer::from_uri("dir:/tmp/x?format=tiff"),
+            Ok(Printer::Folder(_))
+        ));
+        assert!(matches!(
+            Printer::from_uri("device:/dev/usb/lp0?format=pwg&dpi=300"),
+            Ok(Printer::Device(_))
+        ));
+        for (uri, needle) in [
+            ("nothing", "no scheme"),
+            ("gopher://x", "unknown scheme"),
+            ("cups:", "queue name"),
+            ("dir:relative", "absolute"),
+            ("file://host/x", "file:///"),
+            ("dir:/x?format=png", "format"),
+            ("device:/dev/x?dpi=5", "dpi"),
+            ("ipp://", "host"),
+            ("ipps://printer/ipp", "not supported"),
+        ] {
+            let e = Printer::from_uri(uri).expect_err(uri).to_string();
+            assert!(e.contains(needle), "{uri}: {e}");
+        }
+    }
+
+    #[test]
+    fn status_reasons_match_with_suffixes() {
+        let s = PrinterStatus {
+            state: PrinterState::Stopped,
+            reasons: vec!["media-empty-error".into(), "toner-low-report".into()],
+            message: None,
+        };
+        assert!(s.has("media-empty"));
+        assert!(s.has("toner-low"));
+        assert!(!s.has("media-jam"));
+        assert!(s.blocks_printing());
+        assert_eq!(
+            s.to_string(),
+            "stopped (media-empty-error, toner-low-report)"
+        );
+        let s = PrinterStatus::from_ipp(
+            PrinterState::Idle,
+            vec!["media-empty-report".into()],
+            Some("Idle.".into()),
+        );
+        assert_eq!(s.state, PrinterState::Stopped);
+        let s = PrinterStatus::from_ipp(PrinterState::Idle, vec!["toner-low-warning".into()], None);
+        assert_eq!(s.state, PrinterState::Idle);
+        assert!(!s.blocks_printing());
+        let s = PrinterStatus::from_ipp(
+            PrinterState::Processing,
+            vec!["media-jam-warning".into()],
+            None,
+        );
+        assert!(!s.blocks_printing());
+    }
+}

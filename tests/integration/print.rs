@@ -1,0 +1,647 @@
+//! The output stage against real parts: poppler renders the PDFs we write
+//! (`pdftoppm`, `pdfimages`), and `ippeveprinter` (CUPS) receives our IPP
+//! jobs and keeps each document in its spool folder byte for byte.
+
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::common::{Proc, faxgate, run, wait_for};
+
+/// Fails (never skips) unless `tool` is on PATH, naming the package.
+fn need(tool: &str, package: &str) {
+    let found = Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool}"))
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    assert!(
+        found,
+        "`{tool}` is missing: apt-get install -y --no-install-recommends {package}"
+    );
+}
+
+/// A bilevel test page (1 = black, rows packed MSB first): diagonal
+/// stripes, a solid box, isolated dots and a ragged right edge, so every
+/// run-length code and both colours at both edges occur.
+fn test_page(width: u32, height: u32) -> Vec<u8> {
+    let stride = width.div_ceil(8) as usize;
+    let mut data = vec![0u8; stride * height as usize];
+    for y in 0..height {
+        for x in 0..width {
+            let black = (x + 2 * y) % 53 < 6
+                || (x > 200 && x < 700 && y > height / 4 && y < height / 3)
+                || (x % 101 == 0 && y % 7 == 0)
+                || x + (y % 9) >= width - 3;
+            if black {
+                data[y as usize * stride + (x / 8) as usize] |= 0x80 >> (x % 8);
+            }
+        }
+    }
+    data
+}
+
+fn write_pbm(path: &Path, width: u32, height: u32, data: &[u8]) {
+    let mut out = format!("P4\n{width} {height}\n").into_bytes();
+    out.extend_from_slice(data);
+    std::fs::write(path, out).unwrap();
+}
+
+/// Reads a raw PBM (P4) as (width, height, rows).
+fn read_pbm(path: &Path) -> (u32, u32, Vec<u8>) {
+    let data = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut fields = Vec::new();
+    let mut pos = 0;
+    while fields.len() < 3 {
+        while data[pos].is_ascii_whitespace() {
+            pos += 1;
+        }
+        if data[pos] == b'#' {
+            while data[pos] != b'\n' {
+                pos += 1;
+            }
+            continue;
+        }
+        let start = pos;
+        while !data[pos].is_ascii_whitespace() {
+            pos += 1;
+        }
+        fields.push(String::from_utf8_lossy(&data[start..pos]).into_owned());
+    }
+    assert_eq!(fields[0], "P4", "{}", path.display());
+    let w: u32 = fields[1].parse().unwrap();
+    let h: u32 = fields[2].parse().unwrap();
+    (w, h, data[pos + 1..].to_vec())
+}
+
+fn convert(args: &[&str]) {
+    run(Command::new(faxgate()).arg("convert").args(args));
+}
+
+/// Renders page 1 of a PDF with pdftoppm at (x, y) dpi, in black and white.
+fn render(pdf: &Path, dpi: (u32, u32)) -> (u32, u32, Vec<u8>) {
+    let prefix = pdf.with_extension("render");
+    run(Command::new("pdftoppm")
+        .args(["-mono", "-f", "1", "-l", "1", "-singlefile"])
+        .args(["-rx", &dpi.0.to_string(), "-ry", &dpi.1.to_string()])
+        .arg(pdf)
+        .arg(&prefix));
+    read_pbm(Path::new(&format!("{}.pbm", prefix.display())))
+}
+
+/// `pdfimages -list` rows: (width, height, color, bpc, encoding).
+fn pdf_images(pdf: &Path) -> Vec<(u32, u32, String, u32, String)> {
+    let out = run(Command::new("pdfimages").arg("-list").arg(pdf));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .skip(2)
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (
+                f[3].parse().unwrap(),
+                f[4].parse().unwrap(),
+                f[5].to_string(),
+                f[7].parse().unwrap(),
+                f[8].to_string(),
+            )
+        })
+        .collect()
+}
+
+const RESOLUTIONS: [(&str, (u32, u32)); 5] = [
+    ("standard", (204, 98)),
+    ("fine", (204, 196)),
+    ("superfine", (204, 391)),
+    ("300", (300, 300)),
+    ("400", (400, 400)),
+];
+
+#[test]
+fn pdf_renders_to_the_fax_page_exactly_in_every_coding_and_resolution() {
+    need("pdftoppm", "poppler-utils");
+    need("pdfimages", "poppler-utils");
+    let dir = tempfile::tempdir().unwrap();
+    let (w, h) = (1728, 150);
+    let page = test_page(w, h);
+    let pbm = dir.path().join("page.pbm");
+    write_pbm(&pbm, w, h, &page);
+    for (res, dpi) in RESOLUTIONS {
+        for coding in ["mh", "mr", "mmr"] {
+            let pdf = dir.path().join(format!("{res}-{coding}.pdf"));
+            convert(&[
+                pbm.to_str().unwrap(),
+                "-o",
+                pdf.to_str().unwrap(),
+                "--resolution",
+                res,
+                "--coding",
+                coding,
+            ]);
+            let (rw, rh, rendered) = render(&pdf, dpi);
+            assert_eq!((rw, rh), (w, h), "{res} {coding}: page size");
+            if rendered != page {
+                let stride = w.div_ceil(8) as usize;
+                let bad = (0..h as usize * stride)
+                    .filter(|&i| rendered[i] != page[i])
+                    .count();
+                panic!("{res} {coding}: {bad} bytes of the rendered bitmap differ");
+            }
+            let images = pdf_images(&pdf);
+            assert_eq!(
+                images,
+                vec![(w, h, "gray".to_string(), 1, "ccitt".to_string())],
+                "{res} {coding}"
+            );
+        }
+    }
+}
+
+#[test]
+fn tiff_pages_keep_their_coding_in_the_pdf_and_round_trip() {
+    need("pdftoppm", "poppler-utils");
+    need("pdfimages", "poppler-utils");
+    let dir = tempfile::tempdir().unwrap();
+    let (w, h) = (2048, 120);
+    let page = test_page(w, h);
+    let pbm = dir.path().join("page.pbm");
+    write_pbm(&pbm, w, h, &page);
+    let p = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
+    for coding in ["mh", "mr", "mmr"] {
+        let tiff = p(&format!("{coding}.tiff"));
+        convert(&[
+            &p("page.pbm"),
+            "-o",
+            &tiff,
+            "--resolution",
+            "fine",
+            "--coding",
+            coding,
+        ]);
+        // TIFF-F back to PBM is the identical page.
+        let back = p(&format!("{coding}.pbm"));
+        convert(&[&tiff, "-o", &back]);
+        assert_eq!(read_pbm(Path::new(&back)), (w, h, page.clone()), "{coding}");
+        // The same coding into PDF keeps the TIFF strip (no re-coding).
+        let pdf = PathBuf::from(p(&format!("{coding}.pdf")));
+        convert(&[&tiff, "-o", pdf.to_str().unwrap(), "--coding", coding]);
+        let (rw, rh, rendered) = render(&pdf, (204, 196));
+        assert_eq!((rw, rh), (w, h), "{coding}");
+        assert!(rendered == page, "{coding}: rendered bitmap differs");
+        assert_eq!(pdf_images(&pdf)[0].4, "ccitt");
+    }
+    // Two inputs make a two-page document.
+    convert(&[
+        &p("mh.tiff"),
+        &p("page.pbm"),
+        "-o",
+        &p("two.pdf"),
+        "--resolution",
+        "fine",
+    ]);
+    assert_eq!(pdf_images(Path::new(&p("two.pdf"))).len(), 2);
+}
+
+#[test]
+fn convert_errors_name_what_was_wrong() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nope.pbm");
+    let out = Command::new(faxgate())
+        .args(["convert", missing.to_str().unwrap(), "-o"])
+        .arg(dir.path().join("x.pdf"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nope.pbm"));
+    let pbm = dir.path().join("p.pbm");
+    write_pbm(&pbm, 16, 2, &[0; 4]);
+    let out = Command::new(faxgate())
+        .arg("convert")
+        .arg(&pbm)
+        .arg("-o")
+        .arg(dir.path().join("x.png"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains(".tiff, .tif, .pdf or .pbm"));
+}
+
+/// An `ippeveprinter` on a free port, killed by PID when dropped.
+struct EvePrinter {
+    _proc: Proc,
+    uri: String,
+    spool: tempfile::TempDir,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Starts D-Bus and Avahi if they are not running: ippeveprinter will not
+/// start without DNS-SD. They are system services shared by every test.
+fn start_dns_sd() {
+    need("dbus-daemon", "dbus");
+    need("avahi-daemon", "avahi-daemon");
+    if !Path::new("/run/dbus/system_bus_socket").exists() {
+        std::fs::create_dir_all("/run/dbus").unwrap();
+        run(Command::new("dbus-daemon").args(["--system", "--fork"]));
+    }
+    let running = Command::new("avahi-daemon")
+        .arg("--check")
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !running {
+        run(Command::new("avahi-daemon").args(["--daemonize", "--no-drop-root", "--no-chroot"]));
+    }
+}
+
+fn start_ippeveprinter(formats: &str, command: &str) -> EvePrinter {
+    need("ippeveprinter", "cups-ipp-utils avahi-daemon");
+    start_dns_sd();
+    let spool = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let name = format!("faxgate-test-{port}");
+    let child = Command::new("ippeveprinter")
+        .arg("-k")
+        .arg("-d")
+        .arg(spool.path())
+        .args(["-c", command, "-f", formats, "-p", &port.to_string()])
+        .args(["-n", "localhost", &name])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start ippeveprinter");
+    let proc = Proc(child);
+    wait_for("ippeveprinter's port", Duration::from_secs(15), || {
+        TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    EvePrinter {
+        _proc: proc,
+        uri: format!("ipp://localhost:{port}/ipp/print"),
+        spool,
+    }
+}
+
+/// Every file ippeveprinter kept, as (name, bytes).
+fn spooled(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push((p.display().to_string(), std::fs::read(&p).unwrap()));
+            }
+        }
+    }
+    out
+}
+
+/// Asks the printer (with ipptool, not our client) for a job's state.
+fn ipptool_job_state(uri: &str, job_id: &str, dir: &Path) -> String {
+    need("ipptool", "cups-ipp-utils");
+    let test = dir.join("job.test");
+    std::fs::write(
+        &test,
+        format!(
+            "{{\n NAME \"job state\"\n OPERATION Get-Job-Attributes\n GROUP operation-attributes-tag\n \
+             ATTR charset attributes-charset utf-8\n ATTR naturalLanguage attributes-natural-language en\n \
+             ATTR uri printer-uri $uri\n ATTR integer job-id {job_id}\n \
+             ATTR name requesting-user-name faxgate\n STATUS successful-ok\n \
+             DISPLAY job-state\n}}\n"
+        ),
+    )
+    .unwrap();
+    let out = Command::new("ipptool")
+        .arg("-t")
+        .arg(uri)
+        .arg(&test)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(!text.contains("[FAIL]"), "ipptool: {text}");
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix("job-state (enum) = "))
+        .unwrap_or_else(|| panic!("no job-state in {text}"))
+        .trim()
+        .to_string()
+}
+
+fn print_cmd(file: &Path, printer: &str, title: &str) -> std::process::Output {
+    Command::new(faxgate())
+        .arg("print")
+        .arg(file)
+        .args(["--printer", printer, "--title", title])
+        .output()
+        .unwrap()
+}
+
+/// A two-page MMR TIFF-F at fine resolution; returns (path, pages).
+fn tiff_document(dir: &Path) -> (PathBuf, Vec<u8>) {
+    let page = test_page(1728, 200);
+    let pbm = dir.join("in.pbm");
+    write_pbm(&pbm, 1728, 200, &page);
+    let tiff = dir.join("in.tiff");
+    convert(&[
+        pbm.to_str().unwrap(),
+        pbm.to_str().unwrap(),
+        "-o",
+        tiff.to_str().unwrap(),
+        "--resolution",
+        "fine",
+        "--coding",
+        "mmr",
+    ]);
+    (tiff, page)
+}
+
+#[test]
+fn ippeveprinter_receives_our_pdf_byte_for_byte_and_the_job_completes() {
+    let printer = start_ippeveprinter(
+        "application/pdf,image/pwg-raster,image/urf,application/octet-stream",
+        "/bin/true",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let (tiff, _) = tiff_document(dir.path());
+    // What we expect to be sent: the same pages as PDF, same title.
+    let expected = dir.path().join("faxjob.pdf");
+    convert(&[tiff.to_str().unwrap(), "-o", expected.to_str().unwrap()]);
+    let expected = std::fs::read(&expected).unwrap();
+
+    let out = print_cmd(&tiff, &printer.uri, "faxjob");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "print failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("application/pdf"), "{stdout}");
+    let job_id = stdout
+        .split_whitespace()
+        .skip_while(|w| *w != "job")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no job id in {stdout:?}"))
+        .to_string();
+
+    let files = spooled(printer.spool.path());
+    let pdfs: Vec<_> = files.iter().filter(|(n, _)| n.ends_with(".pdf")).collect();
+    assert_eq!(
+        pdfs.len(),
+        1,
+        "spool: {:?}",
+        files.iter().map(|f| &f.0).collect::<Vec<_>>()
+    );
+    assert!(
+        pdfs[0].1 == expected,
+        "the spooled PDF differs from what we rendered"
+    );
+    assert_eq!(
+        ipptool_job_state(&printer.uri, &job_id, dir.path()),
+        "completed"
+    );
+}
+
+/// (offset) -> big-endian u32 of a PWG header.
+fn be(h: &[u8], off: usize) -> u32 {
+    u32::from_be_bytes([h[off], h[off + 1], h[off + 2], h[off + 3]])
+}
+
+fn cstr(h: &[u8], off: usize) -> String {
+    let b = &h[off..off + 64];
+    String::from_utf8_lossy(&b[..b.iter().position(|&c| c == 0).unwrap_or(64)]).into_owned()
+}
+
+#[test]
+fn ippeveprinter_without_pdf_gets_pwg_raster_per_pwg_5102_4() {
+    let printer = start_ippeveprinter("image/pwg-raster", "/bin/true");
+    let dir = tempfile::tempdir().unwrap();
+    let (tiff, page) = tiff_document(dir.path());
+    let out = print_cmd(&tiff, &printer.uri, "raster");
+    assert!(
+        out.status.success(),
+        "print failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // ippeveprinter keeps the document (.pwg) and its command's output (.prn).
+    let files: Vec<_> = spooled(printer.spool.path())
+        .into_iter()
+        .filter(|(n, _)| n.ends_with(".pwg"))
+        .collect();
+    assert_eq!(
+        files.len(),
+        1,
+        "{:?}",
+        files.iter().map(|f| &f.0).collect::<Vec<_>>()
+    );
+    let data = &files[0].1;
+    assert_eq!(&data[..4], b"RaS2", "sync word");
+    // ippeveprinter offers black_1 and sgray_8 at 300 and 600 dpi: we pick
+    // black_1 at 300 dpi, the lowest at or above the page's 204x196.
+    let (sw, sh) = (1728u32, 200u32);
+    let (w, h) = ((sw * 300).div_ceil(204), (sh * 300).div_ceil(196));
+    let mut pos = 4;
+    for page_no in 1..=2 {
+        let hdr = &data[pos..pos + 1796];
+        pos += 1796;
+        assert_eq!(cstr(hdr, 0), "PwgRaster");
+        assert_eq!((be(hdr, 276), be(hdr, 280)), (300, 300), "HWResolution");
+        assert_eq!(be(hdr, 340), 1, "NumCopies");
+        // PageSize: the fax page's, rounded: 1728/204 in = 609.9 pt,
+        // 200/196 in = 73.5 pt.
+        assert_eq!((be(hdr, 352), be(hdr, 356)), (610, 73), "PageSize");
+        assert_eq!((be(hdr, 372), be(hdr, 376)), (w, h), "Width, Height");
+        assert_eq!((be(hdr, 384), be(hdr, 388)), (1, 1), "BitsPerColor/Pixel");
+        assert_eq!(be(hdr, 392), w.div_ceil(8), "BytesPerLine");
+        assert_eq!(be(hdr, 396), 0, "ColorOrder chunky");
+        assert_eq!(be(hdr, 400), 3, "ColorSpace black");
+        assert_eq!(be(hdr, 420), 1, "NumColors");
+        assert_eq!(be(hdr, 452), 2, "TotalPageCount");
+        assert_eq!((be(hdr, 456), be(hdr, 460)), (1, 1), "transforms");
+        assert_eq!(be(hdr, 480), 0x00FF_FFFF, "AlternatePrimary");
+        // Decode the PackBits-style lines and compare every pixel with a
+        // nearest-neighbour resampling of the fax page.
+        let bpl = w.div_ceil(8) as usize;
+        let mut lines: Vec<Vec<u8>> = Vec::new();
+        while lines.len() < h as usize {
+            let repeat = data[pos];
+            pos += 1;
+            let mut line = Vec::new();
+            while line.len() < bpl {
+                let n = data[pos] as usize;
+                pos += 1;
+                if n < 128 {
+                    line.extend(std::iter::repeat_n(data[pos], n + 1));
+                    pos += 1;
+                } else {
+                    assert_ne!(n, 128, "code 128 is not PWG");
+                    line.extend_from_slice(&data[pos..pos + 257 - n]);
+                    pos += 257 - n;
+                }
+            }
+            assert_eq!(line.len(), bpl);
+            for _ in 0..=repeat {
+                lines.push(line.clone());
+            }
+        }
+        assert_eq!(lines.len(), h as usize, "page {page_no} height");
+        let stride = sw.div_ceil(8) as usize;
+        for y in 0..h {
+            let sy = (y * 196 / 300) as usize;
+            for x in 0..w {
+                let sx = ((x * 204) / 300) as usize;
+                let want = page[sy * stride + sx / 8] & (0x80 >> (sx % 8)) != 0;
+                let got = lines[y as usize][(x / 8) as usize] & (0x80 >> (x % 8)) != 0;
+                assert_eq!(got, want, "page {page_no} pixel ({x},{y})");
+            }
+        }
+    }
+    assert_eq!(pos, data.len(), "trailing bytes");
+}
+
+#[test]
+fn printer_out_of_paper_is_reported_and_the_job_is_refused() {
+    // The print command tells ippeveprinter, as a real driver would,
+    // that the paper ran out.
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("no-paper.sh");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\necho 'STATE: +media-empty-error' >&2\nexit 0\n",
+    )
+    .unwrap();
+    run(Command::new("chmod").arg("+x").arg(&script));
+    let printer = start_ippeveprinter("application/pdf", script.to_str().unwrap());
+    let (tiff, _) = tiff_document(dir.path());
+    let out = print_cmd(&tiff, &printer.uri, "first");
+    assert!(
+        out.status.success(),
+        "first job: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status = Command::new(faxgate())
+        .arg("print")
+        .arg(&tiff)
+        .args(["--printer", &printer.uri, "--status"])
+        .output()
+        .unwrap();
+    let status = String::from_utf8_lossy(&status.stdout).into_owned();
+    // ippeveprinter reports the condition as media-empty-report and stays
+    // idle; faxgate counts the condition and calls the printer stopped.
+    assert!(
+        status.starts_with("stopped") && status.contains("media-empty"),
+        "status: {status}"
+    );
+    let before = spooled(printer.spool.path()).len();
+    let out = print_cmd(&tiff, &printer.uri, "second");
+    assert!(
+        !out.status.success(),
+        "printing to an empty printer must fail"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("media-empty")
+            && err.contains("the job is kept")
+            && err.contains("load paper"),
+        "{err}"
+    );
+    assert_eq!(
+        spooled(printer.spool.path()).len(),
+        before,
+        "nothing was sent"
+    );
+}
+
+#[test]
+fn folder_and_device_printers_write_the_document() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tiff, page) = tiff_document(dir.path());
+    let expected = dir.path().join("archive.pdf");
+    convert(&[tiff.to_str().unwrap(), "-o", expected.to_str().unwrap()]);
+
+    let out_dir = dir.path().join("out");
+    std::fs::create_dir(&out_dir).unwrap();
+    let uri = format!("dir:{}", out_dir.display());
+    let out = print_cmd(&tiff, &uri, "archive");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let files: Vec<PathBuf> = std::fs::read_dir(&out_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    assert_eq!(
+        std::fs::read(&files[0]).unwrap(),
+        std::fs::read(&expected).unwrap()
+    );
+
+    // TIFF-F into a folder given as a file:// URI; it reads back to the page.
+    let tiff_dir = dir.path().join("tiffs");
+    std::fs::create_dir(&tiff_dir).unwrap();
+    let uri = format!("file://{}?format=tiff", tiff_dir.display());
+    assert!(print_cmd(&tiff, &uri, "t").status.success());
+    let written = std::fs::read_dir(&tiff_dir)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    assert_eq!(written.extension().unwrap(), "tif");
+    let back = dir.path().join("back.pbm");
+    convert(&[written.to_str().unwrap(), "-o", back.to_str().unwrap()]);
+    // Two PBM images in a row, one per page.
+    let one = [b"P4\n1728 200\n".as_slice(), &page].concat();
+    assert!(
+        std::fs::read(&back).unwrap() == one.repeat(2),
+        "TIFF-F pages differ"
+    );
+
+    // A device file gets raw PWG raster.
+    let dev = dir.path().join("lp0");
+    std::fs::write(&dev, b"").unwrap();
+    let uri = format!("device:{}?format=pwg", dev.display());
+    assert!(print_cmd(&tiff, &uri, "d").status.success());
+    let raw = std::fs::read(&dev).unwrap();
+    assert_eq!(&raw[..4], b"RaS2");
+    assert_eq!(cstr(&raw[4..], 0), "PwgRaster");
+
+    // A folder that is gone is a stopped printer: an error, job kept.
+    let out = print_cmd(&tiff, &format!("dir:{}/missing", dir.path().display()), "x");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("stopped") && err.contains("the job is kept"),
+        "{err}"
+    );
+}
+
+#[test]
+fn cups_queue_errors_carry_the_cups_tools_message() {
+    need("lp", "cups-client");
+    let dir = tempfile::tempdir().unwrap();
+    let (tiff, _) = tiff_document(dir.path());
+    // No such queue (and, on a test machine, usually no scheduler): the
+    // error names the queue and repeats what lpstat said.
+    let out = print_cmd(&tiff, "cups:faxgate-no-such-queue", "x");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cups:faxgate-no-such-queue"), "{err}");
+    let lpstat = Command::new("lpstat")
+        .args(["-p", "faxgate-no-such-queue"])
+        .env("LC_ALL", "C")
+        .output()
+        .unwrap();
+    let msg = String::from_utf8_lossy(&lpstat.stderr);
+    let first = msg.lines().next().unwrap_or("").trim();
+    assert!(!first.is_empty() && err.contains(first), "{err} vs {msg}");
+}
