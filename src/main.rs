@@ -64,7 +64,7 @@ fn main() -> std::process::ExitCode {
             Command::RelayClient(a) => commands::relay_client::run(a, shutdown).await,
             Command::Demo(a) => commands::demo::run(a, shutdown).await,
             Command::Bench(a) => commands::bench::run(a, shutdown).await,
-            Command::Convert(a) => commands::convert::run(a),
+            Command::Convert(a) => commands::convert::run(a).await,
             Command::Print(a) => commands::print::run(a, shutdown).await,
         }
     });

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
 use clap::{Args, ValueEnum};
-use faxgate_fax::{Coding, pbm};
+use faxgate_fax::{Coding, Resolution, pbm};
 
 use crate::print::{Document, DocumentFormat, FaxPage, page::DEFAULT_DPI, page::rescale};
 
@@ -83,9 +83,11 @@ impl CodingArg {
     }
 }
 
-/// Reads fax pages from a PBM or TIFF file, by content (magic bytes),
-/// so a misnamed file still reads. `dpi` is for PBM, which has none.
-pub fn read_pages(path: &Path, dpi: (u32, u32)) -> anyhow::Result<Vec<FaxPage>> {
+/// Reads fax pages from a file, by content (magic bytes), so a misnamed
+/// file still reads. PBM and TIFF-F are read as fax pages (`dpi` is for
+/// PBM, which has none); PNG, JPEG, other TIFFs, PNM and PDF go through
+/// the scanner's file source (scaled to A4 fax width, text-mode bilevel).
+pub async fn read_pages(path: &Path, dpi: (u32, u32)) -> anyhow::Result<Vec<FaxPage>> {
     let data = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     let pages = if data.starts_with(b"II*\0") || data.starts_with(b"MM\0*") {
         FaxPage::from_tiff(&data)
@@ -98,17 +100,27 @@ pub fn read_pages(path: &Path, dpi: (u32, u32)) -> anyhow::Result<Vec<FaxPage>> 
             .collect::<Result<_, _>>()
             .with_context(|| format!("while coding the pages of {}", path.display()))?
     } else {
-        bail!(
-            "{}: unknown input format (faxgate reads PBM and TIFF-F; convert other images first)",
-            path.display()
-        );
+        let resolution =
+            Resolution::from_dpi(f64::from(dpi.0), f64::from(dpi.1)).unwrap_or(Resolution::Fine);
+        let opts = faxgate_scanner::ConvertOptions {
+            resolution,
+            ..Default::default()
+        };
+        let doc = faxgate_scanner::load_file(path, &opts)
+            .await
+            .with_context(|| format!("while reading {} as an image or PDF", path.display()))?;
+        doc.pages
+            .iter()
+            .map(|b| FaxPage::from_bitmap(b, resolution.dpi(), Coding::Mmr))
+            .collect::<Result<_, _>>()
+            .with_context(|| format!("while coding the pages of {}", path.display()))?
     };
     anyhow::ensure!(!pages.is_empty(), "{} has no pages", path.display());
     Ok(pages)
 }
 
 /// Runs `faxgate convert`.
-pub fn run(args: ConvertArgs) -> anyhow::Result<()> {
+pub async fn run(args: ConvertArgs) -> anyhow::Result<()> {
     let ext = args
         .output
         .extension()
@@ -127,7 +139,7 @@ pub fn run(args: ConvertArgs) -> anyhow::Result<()> {
     let pbm_dpi = args.resolution.map_or(DEFAULT_DPI, ResolutionArg::dpi);
     let mut pages = Vec::new();
     for input in &args.inputs {
-        pages.extend(read_pages(input, pbm_dpi)?);
+        pages.extend(read_pages(input, pbm_dpi).await?);
     }
     let default_coding = if format == "pdf" {
         Coding::Mmr

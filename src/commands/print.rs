@@ -37,7 +37,7 @@ pub async fn run(args: PrintArgs, shutdown: CancellationToken) -> anyhow::Result
         println!("{}", printer.status().await);
         return Ok(());
     }
-    let pages = super::convert::read_pages(&args.file, DEFAULT_DPI)?;
+    let pages = super::convert::read_pages(&args.file, DEFAULT_DPI).await?;
     let title = args.title.unwrap_or_else(|| {
         args.file
             .file_name()
