@@ -324,6 +324,15 @@ impl Decoder {
     }
 
     /// True when the data is complete and only zero bits are left.
+    /// The data ended: consume everything and emit the last line.
+    fn end_of_data(&mut self, bad: bool) -> Step {
+        self.bit = self.buf.len() * 8;
+        Step::Line {
+            bad,
+            then_end: Some(PageEndReason::EndOfData),
+        }
+    }
+
     fn only_zeros_left(&self) -> bool {
         if !self.finished {
             return false;
@@ -425,11 +434,7 @@ impl Decoder {
                     if !finished {
                         return Step::Need;
                     }
-                    self.bit = self.buf.len() * 8;
-                    return Step::Line {
-                        bad: false,
-                        then_end: Some(PageEndReason::EndOfData),
-                    };
+                    return self.end_of_data(false);
                 }
                 if zeros >= 11 {
                     r.consume(1);
@@ -438,11 +443,7 @@ impl Decoder {
                     // Junk between the line and the EOL: the line is suspect.
                     true
                 } else if finished {
-                    self.bit = self.buf.len() * 8;
-                    return Step::Line {
-                        bad: true,
-                        then_end: Some(PageEndReason::EndOfData),
-                    };
+                    return self.end_of_data(true);
                 } else {
                     return Step::Need;
                 }
@@ -451,11 +452,7 @@ impl Decoder {
                 if !finished {
                     return Step::Need;
                 }
-                self.bit = self.buf.len() * 8;
-                return Step::Line {
-                    bad: true,
-                    then_end: Some(PageEndReason::EndOfData),
-                };
+                return self.end_of_data(true);
             }
             Err(LineErr::Invalid) => {
                 // Resync at the first EOL after the start of the bad line.
@@ -464,11 +461,7 @@ impl Decoder {
                     if !finished {
                         return Step::Need;
                     }
-                    self.bit = self.buf.len() * 8;
-                    return Step::Line {
-                        bad: true,
-                        then_end: Some(PageEndReason::EndOfData),
-                    };
+                    return self.end_of_data(true);
                 }
                 true
             }
