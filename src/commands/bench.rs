@@ -52,6 +52,14 @@ enum BenchWhich {
         #[arg(long, default_value_t = 2_000)]
         tls_idle: usize,
     },
+    /// Fax codec speed on the eight CCITT test pages against libtiff's
+    /// tiffcp, both timed in this run.
+    Codec {
+        /// Copies of the eight pages per timed run (amortises tiffcp's
+        /// process start-up).
+        #[arg(long, default_value_t = 20)]
+        copies: usize,
+    },
     /// (Internal) the memory reference: accept and hold idle sockets.
     #[command(hide = true)]
     IdleServer,
@@ -61,6 +69,7 @@ enum BenchWhich {
 pub async fn run(args: BenchArgs, _shutdown: CancellationToken) -> anyhow::Result<()> {
     match args.which {
         BenchWhich::IdleServer => idle_server().await,
+        BenchWhich::Codec { copies } => tokio::task::spawn_blocking(move || codec(copies)).await?,
         BenchWhich::Relay {
             mib,
             rounds,
@@ -470,4 +479,150 @@ async fn idle_server() -> anyhow::Result<()> {
             let _ = s.read(&mut b).await;
         });
     }
+}
+
+/// Runs a tool, failing with its stderr (and the package to install).
+fn tool(program: &str, package: &str, args: &[&std::ffi::OsStr]) -> anyhow::Result<()> {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .with_context(|| format!("cannot run {program}: apt-get install {package}"))?;
+    if !out.status.success() {
+        bail!("{program} failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
+}
+
+/// Our encode/decode of the CCITT pages vs. `tiffcp` doing the same on a
+/// multi-page TIFF of the same pages (one process for all of them, so
+/// its start-up is amortised; its file I/O goes to the page cache).
+fn codec(copies: usize) -> anyhow::Result<()> {
+    use faxgate_fax::{Bitmap, Coding, DecoderOptions, EncoderOptions};
+    use std::ffi::OsStr;
+    let dir = tempfile::tempdir()?;
+    let d = dir.path();
+    let mut pages = Vec::new();
+    let mut tiffs = Vec::new();
+    for i in 1..=8 {
+        let jbg = format!("/usr/share/jbigkit-testdata/ccitt{i}.jbg");
+        anyhow::ensure!(
+            std::path::Path::new(&jbg).is_file(),
+            "{jbg} is missing: apt-get install jbigkit-testdata"
+        );
+        let pbm = d.join(format!("p{i}.pbm"));
+        tool(
+            "jbgtopbm",
+            "jbigkit-bin",
+            &[OsStr::new(&jbg), pbm.as_os_str()],
+        )?;
+        pages.push(faxgate_fax::pbm::read_pbm(&std::fs::read(&pbm)?)?);
+        let tif = d.join(format!("p{i}.tif"));
+        // min-is-white, as fax pages are: otherwise libtiff codes the
+        // inverted page and the sizes are not comparable.
+        let out = Command::new("pnmtotiff")
+            .arg("-miniswhite")
+            // Fine resolution, so libtiff picks K = 4 for MR as we do.
+            .args(["-xresolution", "204", "-yresolution", "196"])
+            .arg(&pbm)
+            .output()
+            .context("cannot run pnmtotiff: apt-get install netpbm")?;
+        anyhow::ensure!(out.status.success(), "pnmtotiff failed");
+        std::fs::write(&tif, out.stdout)?;
+        tiffs.push(tif);
+    }
+    // One uncompressed multi-page TIFF with `copies` x 8 pages.
+    let raw = d.join("all-none.tif");
+    let mut args: Vec<&OsStr> = vec![OsStr::new("-c"), OsStr::new("none")];
+    for _ in 0..copies {
+        args.extend(tiffs.iter().map(|t| t.as_os_str()));
+    }
+    args.push(raw.as_os_str());
+    tool("tiffcp", "libtiff-tools", &args)?;
+    let n = (copies * pages.len()) as f64;
+    println!("faxgate bench codec: 8 CCITT pages x {copies} copies, ms per page");
+    println!(
+        "| coding | our encode | tiffcp encode | ratio | our decode | tiffcp decode | ratio | our bytes / libtiff bytes |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    for (coding, name, flag) in [
+        (Coding::Mh, "MH", "g3:1d"),
+        (Coding::Mr { k: 4 }, "MR", "g3:2d"),
+        (Coding::Mmr, "MMR", "g4"),
+    ] {
+        // Ours, from memory.
+        let opts = EncoderOptions::tiff(coding, pages[0].width());
+        let t = Instant::now();
+        let mut coded = Vec::new();
+        for _ in 0..copies {
+            coded = pages
+                .iter()
+                .map(|p| p.encode(opts.clone()))
+                .collect::<Result<Vec<_>, _>>()?;
+        }
+        let ours_enc = t.elapsed().as_secs_f64() * 1e3 / n;
+        let t = Instant::now();
+        let mut last = None;
+        for _ in 0..copies {
+            for (p, c) in pages.iter().zip(&coded) {
+                last = Some(Bitmap::decode(
+                    c,
+                    DecoderOptions::tiff(coding, p.width(), u64::from(p.height())),
+                )?);
+            }
+        }
+        let ours_dec = t.elapsed().as_secs_f64() * 1e3 / n;
+        // The decoded pages must be the originals, or the timing is moot.
+        for (p, c) in pages.iter().zip(&coded) {
+            let (b, _) = Bitmap::decode(
+                c,
+                DecoderOptions::tiff(coding, p.width(), u64::from(p.height())),
+            )?;
+            anyhow::ensure!(&b == p, "{name}: our round trip changed a page");
+        }
+        drop(last);
+        let our_bytes: usize = coded.iter().map(Vec::len).sum();
+        // libtiff: encode the raw file, then decode its output.
+        let enc_out = d.join(format!("all-{name}.tif"));
+        let t = Instant::now();
+        // One strip per page, as we write it.
+        tool(
+            "tiffcp",
+            "libtiff-tools",
+            &[
+                OsStr::new("-c"),
+                OsStr::new(flag),
+                OsStr::new("-r"),
+                OsStr::new("100000"),
+                raw.as_os_str(),
+                enc_out.as_os_str(),
+            ],
+        )?;
+        let lib_enc = t.elapsed().as_secs_f64() * 1e3 / n;
+        let dec_out = d.join(format!("back-{name}.tif"));
+        let t = Instant::now();
+        tool(
+            "tiffcp",
+            "libtiff-tools",
+            &[
+                OsStr::new("-c"),
+                OsStr::new("none"),
+                enc_out.as_os_str(),
+                dec_out.as_os_str(),
+            ],
+        )?;
+        let lib_dec = t.elapsed().as_secs_f64() * 1e3 / n;
+        // The first copy of the eight pages, strip bytes only.
+        let enc_file = std::fs::read(&enc_out)?;
+        let reader = faxgate_fax::tiff::TiffReader::new(&enc_file)?;
+        let lib_bytes: usize = (0..pages.len())
+            .map(|i| reader.strips(i).iter().map(|s| s.len()).sum::<usize>())
+            .sum();
+        println!(
+            "| {name} | {ours_enc:.3} | {lib_enc:.3} | {:.1}x | {ours_dec:.3} | {lib_dec:.3} | {:.1}x | {:.3} |",
+            lib_enc / ours_enc,
+            lib_dec / ours_dec,
+            our_bytes as f64 / lib_bytes as f64
+        );
+    }
+    Ok(())
 }
