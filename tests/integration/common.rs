@@ -42,14 +42,22 @@ pub fn require_root_and(tools: &[(&str, &str)]) {
         "this test builds network namespaces and needs root"
     );
     for (tool, package) in tools {
-        let found = Command::new("sh")
-            .arg("-c")
-            .arg(format!("command -v {tool}"))
-            .output()
-            .map(|o| o.status.success())
-            .unwrap_or(false);
-        assert!(found, "`{tool}` is missing: apt-get install {package}");
+        need(tool, package);
     }
+}
+
+/// Fails (never skips) unless `tool` is on PATH, naming the package.
+pub fn need(tool: &str, package: &str) {
+    let found = Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool}"))
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    assert!(
+        found,
+        "`{tool}` is missing: apt-get install -y --no-install-recommends {package}"
+    );
 }
 
 /// A child process killed (and reaped) when dropped.

@@ -1,7 +1,7 @@
 //! `faxgate convert` on images that are not fax pages yet: they go
 //! through the scanner's file source and come out as CCITT fax pages.
 
-use crate::common::{faxgate, run};
+use crate::common::{faxgate, need, run};
 use std::process::Command;
 
 #[test]
@@ -11,14 +11,7 @@ fn png_becomes_a_fax_page_in_pdf_and_tiff() {
         ("pdfimages", "poppler-utils"),
         ("tifftopnm", "libtiff-tools"),
     ] {
-        let ok = Command::new("sh")
-            .arg("-c")
-            .arg(format!("command -v {tool}"))
-            .output()
-            .unwrap()
-            .status
-            .success();
-        assert!(ok, "`{tool}` is missing: apt-get install {pkg}");
+        need(tool, pkg);
     }
     let d = tempfile::tempdir().unwrap();
     // 80x40 image: left half black, right half white.

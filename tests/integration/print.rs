@@ -7,21 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::common::{Proc, faxgate, run, wait_for};
-
-/// Fails (never skips) unless `tool` is on PATH, naming the package.
-fn need(tool: &str, package: &str) {
-    let found = Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {tool}"))
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    assert!(
-        found,
-        "`{tool}` is missing: apt-get install -y --no-install-recommends {package}"
-    );
-}
+use crate::common::{Proc, faxgate, need, run, wait_for};
 
 /// A bilevel test page (1 = black, rows packed MSB first): diagonal
 /// stripes, a solid box, isolated dots and a ragged right edge, so every
