@@ -229,21 +229,47 @@ fn free_port() -> u16 {
 }
 
 /// Starts D-Bus and Avahi if they are not running: ippeveprinter will not
-/// start without DNS-SD. They are system services shared by every test.
+/// start without DNS-SD. They are system services shared by every test, so
+/// one test at a time (a process-wide lock) checks and starts them; a stale
+/// PID file left by an earlier run is removed first.
 fn start_dns_sd() {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
     need("dbus-daemon", "dbus");
     need("avahi-daemon", "avahi-daemon");
-    if !Path::new("/run/dbus/system_bus_socket").exists() {
+    // A socket file left by a bus that died refuses connections: clear it.
+    let bus = Path::new("/run/dbus/system_bus_socket");
+    if std::os::unix::net::UnixStream::connect(bus).is_err() {
+        let _ = std::fs::remove_file(bus);
+        let _ = std::fs::remove_file("/run/dbus/pid");
         std::fs::create_dir_all("/run/dbus").unwrap();
         run(Command::new("dbus-daemon").args(["--system", "--fork"]));
     }
-    let running = Command::new("avahi-daemon")
-        .arg("--check")
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if !running {
-        run(Command::new("avahi-daemon").args(["--daemonize", "--no-drop-root", "--no-chroot"]));
+    let avahi_running = || {
+        Command::new("avahi-daemon")
+            .arg("--check")
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
+    };
+    if !avahi_running() {
+        let _ = std::fs::remove_file("/run/avahi-daemon/pid");
+        let out = Command::new("avahi-daemon")
+            .args(["--daemonize", "--no-drop-root", "--no-chroot"])
+            .output()
+            .unwrap();
+        // Another test binary may have won the race; only a daemon that is
+        // still not running is a failure.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !avahi_running() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "avahi-daemon did not start: {}\n{}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 }
 
