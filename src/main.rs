@@ -4,8 +4,12 @@
 //! subcommand lives in `commands/`; the relay server itself is built by
 //! `faxgate_relay::RelayServer::start`.
 
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
+
+mod appliance;
 mod commands;
 mod print;
+mod topology;
 
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
@@ -34,6 +38,20 @@ enum Command {
     Convert(commands::convert::ConvertArgs),
     /// Print a fax document (TIFF-F or PBM) on a printer given by URI.
     Print(commands::print::PrintArgs),
+    /// Run the appliance daemon: relay login, fax sessions, print, panel.
+    Appliance(commands::appliance::DaemonArgs),
+    /// Send files to a relay user through the running appliance.
+    Send(commands::appliance::SendArgs),
+    /// Scan with the appliance's scanner and send to a relay user.
+    ScanSend(commands::appliance::ScanSendArgs),
+    /// The relay directory: who is logged in and reachable.
+    Users(commands::appliance::ListArgs),
+    /// The appliance's outbox jobs.
+    Jobs(commands::appliance::ListArgs),
+    /// Cancel an outbox job.
+    Cancel(commands::appliance::CancelArgs),
+    /// Received documents; `inbox release ID` prints a held one.
+    Inbox(commands::appliance::InboxArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -66,6 +84,13 @@ fn main() -> std::process::ExitCode {
             Command::Bench(a) => commands::bench::run(a, shutdown).await,
             Command::Convert(a) => commands::convert::run(a).await,
             Command::Print(a) => commands::print::run(a, shutdown).await,
+            Command::Appliance(a) => commands::appliance::daemon(a, shutdown).await,
+            Command::Send(a) => commands::appliance::send(a).await,
+            Command::ScanSend(a) => commands::appliance::scan_send(a).await,
+            Command::Users(a) => commands::appliance::users(a).await,
+            Command::Jobs(a) => commands::appliance::jobs(a).await,
+            Command::Cancel(a) => commands::appliance::cancel(a).await,
+            Command::Inbox(a) => commands::appliance::inbox(a).await,
         }
     });
     // Tasks still running (e.g. a relay client's pool) end with the runtime.

@@ -4,6 +4,8 @@
 //! - [`secret`]: [`Secret`], a wrapper that never prints its contents.
 //! - [`relay`]: [`RelayServerConfig`] for `faxgate relay` and
 //!   [`RelayClientConfig`] for devices that log in to a relay.
+//! - [`appliance`]: [`ApplianceConfig`] for `faxgate appliance`, one
+//!   section per actor.
 //! - [`error`]: [`ConfigError`], naming the file and field that was wrong.
 //!
 //! Every config is TOML with `deny_unknown_fields`. Loading is three steps,
@@ -13,10 +15,15 @@
 
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod appliance;
 pub mod error;
 pub mod relay;
 pub mod secret;
 
+pub use appliance::{
+    ApplianceConfig, FaxCoding, FaxResolution, FaxSection, InboxSection, PanelSection, PaperName,
+    PrinterSection, ScannerSection, TimerSection,
+};
 pub use error::ConfigError;
 pub use relay::{
     AclConfig, AclDefault, AclRule, ClientTlsConfig, RateLimitConfig, RelayClientConfig,

@@ -18,6 +18,8 @@
 //!   multipage, both fill orders and any strip layout on reading.
 //! - [`pbm`]: PBM import and export for tests and tools.
 //! - [`Bitmap`]: a whole page in memory, with one-shot encode and decode.
+//! - [`t30`]: the T.30 fax procedure (DIS/DCS, pages, ECM, timers), sans-io.
+//! - [`t38`]: T.38 IFP packets (ASN.1 aligned PER) and TPKT framing.
 //!
 //! Scan lines are packed MSB first with 1 = black (the PBM convention).
 //!
@@ -38,6 +40,8 @@ mod encoder;
 mod error;
 pub mod pbm;
 mod runs;
+pub mod t30;
+pub mod t38;
 mod tables;
 pub mod tiff;
 

@@ -60,14 +60,26 @@ enum BenchWhich {
         #[arg(long, default_value_t = 20)]
         copies: usize,
     },
+    /// Fax through the relay between two appliances on loopback: pages
+    /// per second, time to first page and to printed, against a 14.4
+    /// kbit/s line.
+    Fax {
+        /// Pages in the document.
+        #[arg(long, default_value_t = 10)]
+        pages: usize,
+        /// Rounds (the median is reported).
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+    },
     /// (Internal) the memory reference: accept and hold idle sockets.
     #[command(hide = true)]
     IdleServer,
 }
 
 /// Runs a benchmark.
-pub async fn run(args: BenchArgs, _shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(args: BenchArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
     match args.which {
+        BenchWhich::Fax { pages, rounds } => super::bench_fax::run(pages, rounds, shutdown).await,
         BenchWhich::IdleServer => idle_server().await,
         BenchWhich::Codec { copies } => tokio::task::spawn_blocking(move || codec(copies)).await?,
         BenchWhich::Relay {

@@ -1,6 +1,8 @@
 //! The subcommands of `faxgate`.
 
+pub mod appliance;
 pub mod bench;
+pub mod bench_fax;
 pub mod convert;
 pub mod demo;
 pub mod print;

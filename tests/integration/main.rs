@@ -4,5 +4,7 @@
 
 mod common;
 mod convert;
+mod fax;
 mod nat;
+mod netns;
 mod print;

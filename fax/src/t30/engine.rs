@@ -1,0 +1,1197 @@
+//! The T.30 state machine for one call, on either side.
+//!
+//! The phases follow T.30 (and spandsp's `t30.c`): B (NSF/CSI/DIS, then
+//! NSS/TSI/DCS and CFR), C (page data, or ECM blocks), D (MPS/EOP/EOM or
+//! PPS, answered by MCF/RTP/RTN or PPR/RNR) and E (DCN). Every wait has a
+//! timer, every command is repeated on T4 up to `retries` times, and the
+//! receiver answers a repeated command with its last response instead of
+//! acting on it twice (as T.30's flow diagrams and spandsp do), so a lost
+//! response never duplicates a page.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use super::ecm::{EcmRx, EcmTx};
+use super::frame::{self, EcmFrame, Fcf, Frame, FrameError, PageLength, Pps, fcf};
+use super::{
+    Action, Capabilities, Config, Event, Failure, Outcome, Params, Role, T30Error, negotiate,
+};
+use crate::{Bitmap, DecoderOptions, Resolution};
+
+/// The most coded data one page may hold before the receiver gives up:
+/// a bound on memory against a peer that never ends its page. A 400 dpi
+/// A3 page coded as badly as MH can be is far below this.
+const MAX_PAGE_BYTES: usize = 64 << 20;
+
+/// A post-page message; the PRI variants are treated as the plain ones.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Ppm {
+    Mps,
+    Eop,
+    Eom,
+}
+
+impl Ppm {
+    fn from_fcf(f: Fcf) -> Option<Ppm> {
+        match f {
+            Fcf::Mps | Fcf::PriMps => Some(Ppm::Mps),
+            Fcf::Eop | Fcf::PriEop => Some(Ppm::Eop),
+            Fcf::Eom | Fcf::PriEom => Some(Ppm::Eom),
+            _ => None,
+        }
+    }
+
+    fn fcf(self) -> u8 {
+        match self {
+            Ppm::Mps => fcf::MPS,
+            Ppm::Eop => fcf::EOP,
+            Ppm::Eom => fcf::EOM,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Ppm::Mps => "MPS",
+            Ppm::Eop => "EOP",
+            Ppm::Eom => "EOM",
+        }
+    }
+}
+
+/// What the one-shot timer is for (T1 and T5 run beside it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Timer {
+    /// T2: waiting for a command or page data; the text says for what.
+    T2(String),
+    /// T4: waiting for a response (answerer in phase B: repeat DIS).
+    T4,
+    /// Caller after RNR: time to ask again with RR.
+    RrPause,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    /// Answerer: DIS (or, after a bad page, RTN) sent; waiting for DCS.
+    AnsWaitDcs { after_rtn: bool },
+    /// Answerer: CFR or MCF sent; receiving a page.
+    AnsPage,
+    /// Answerer: PageReceived emitted; waiting for PageStored.
+    AnsStoring { ppm: Ppm },
+    /// Answerer: MCF to EOP sent; waiting for DCN.
+    AnsWaitDcn,
+    /// Caller: waiting for DIS.
+    CallWaitDis,
+    /// Caller: DCS sent; waiting for CFR.
+    CallWaitCfr,
+    /// Caller: NeedPage emitted; waiting for Event::Page.
+    CallNeedPage,
+    /// Caller: a post-page command, PPS or RR sent; waiting for the answer.
+    CallWaitResp,
+    /// Finished was queued.
+    Done,
+}
+
+/// What the caller does once CFR confirms a DCS.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum AfterCfr {
+    NextPage,
+    ResendPage,
+}
+
+/// How the remote went away while the answerer was storing a page.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Gone {
+    Dcn,
+    Closed,
+}
+
+/// One T.30 call, sans I/O.
+///
+/// Create it with [`T30::new`], then drain [`T30::poll_action`] after
+/// `new` and after every [`T30::handle`]; call `handle(Event::Timeout,
+/// now)` once [`T30::poll_timeout`] has passed. [`Action::Finished`] is
+/// the last action; after it every event is ignored.
+#[derive(Debug)]
+pub struct T30 {
+    cfg: Config,
+    /// Answerer: our capabilities as our DIS expresses them, the yardstick
+    /// for the caller's DCS.
+    offered: Capabilities,
+    actions: VecDeque<Action>,
+    state: State,
+    timer: Option<(Instant, Timer)>,
+    t1: Option<Instant>,
+    t5: Option<Instant>,
+    /// We received a valid DIS, so our FCFs carry the X bit.
+    dis_received: bool,
+    params: Option<Params>,
+    /// The parameters last reported with Action::Negotiated.
+    announced: Option<Params>,
+    remote_ident: Option<String>,
+    remote_ns: Option<Vec<u8>>,
+    /// CSI/TSI and NSF/NSS seen in the current burst.
+    pending_ident: Option<String>,
+    pending_ns: Option<Vec<u8>>,
+    /// Pages delivered (caller) or stored (answerer).
+    pages: u32,
+    /// The page being sent or received (0-based).
+    page_index: u32,
+    remote_ended_early: bool,
+    finished: bool,
+
+    // Caller.
+    total_pages: u32,
+    doc_res: Resolution,
+    doc_width: u32,
+    length: PageLength,
+    /// The current page, kept for a resend after RTN.
+    page_data: Vec<u8>,
+    ppm: Ppm,
+    rtn_count: u32,
+    ecm_tx: Option<EcmTx>,
+    after_cfr: AfterCfr,
+    cancel: bool,
+    /// The last command burst, repeated on T4 and CRP.
+    command: Vec<Vec<u8>>,
+    command_name: String,
+    tries: u32,
+
+    // Answerer.
+    rx_data: Vec<u8>,
+    /// Page data arrived since our last response (so a PPM is new).
+    rx_fresh: bool,
+    ecm_rx: EcmRx,
+    last_response: Vec<Vec<u8>>,
+    last_response_fcf: Option<Fcf>,
+    /// A command is waiting for our response (sent once the page is stored).
+    owe_response: bool,
+    gone: Option<Gone>,
+    /// The last confirmed post-page message (EOM/EOP end a document).
+    last_ppm: Option<Ppm>,
+}
+
+fn validate(cfg: &Config) -> Result<(), T30Error> {
+    let bad = |reason: String| Err(T30Error::InvalidConfig { reason });
+    if let Err(reason) = frame::validate_ident(&cfg.ident) {
+        return Err(T30Error::InvalidIdent {
+            ident: cfg.ident.clone(),
+            reason,
+        });
+    }
+    if let Some(ns) = &cfg.non_standard
+        && ns.len() > frame::MAX_NON_STANDARD
+    {
+        return bad(format!(
+            "non_standard payload is {} octets; at most {} fit in one NSF/NSS frame",
+            ns.len(),
+            frame::MAX_NON_STANDARD
+        ));
+    }
+    if cfg.max_bad_percent > 100 {
+        return bad(format!(
+            "max_bad_percent is {}; it is a percentage",
+            cfg.max_bad_percent
+        ));
+    }
+    if cfg.timers.retries == 0 {
+        return bad("timers.retries must be at least 1".into());
+    }
+    let r8 = frame::line_widths(Resolution::Standard);
+    if let Some(w) = cfg.caps.widths.iter().find(|w| !r8.contains(w)) {
+        return bad(format!(
+            "capability width {w} is not one of {r8:?} (widths are given at 8 pels/mm)"
+        ));
+    }
+    if let Role::Caller {
+        pages,
+        document_resolution,
+        document_width,
+    } = cfg.role
+    {
+        if pages == 0 {
+            return bad("a caller needs at least one page".into());
+        }
+        if frame::width_class(document_width, document_resolution).is_none() {
+            return bad(format!(
+                "document width {document_width} is not a T.4 scan line at {document_resolution:?} \
+                 (one of {:?})",
+                frame::line_widths(document_resolution)
+            ));
+        }
+    }
+    Ok(())
+}
+
+impl T30 {
+    /// Starts a call. An answerer queues its first NSF/CSI/DIS burst at
+    /// once; a caller waits for DIS. Fails for a configuration T.30 cannot
+    /// carry (bad identity, oversized NSF payload, zero pages, ...).
+    pub fn new(config: Config, now: Instant) -> Result<T30, T30Error> {
+        validate(&config)?;
+        let offered = Capabilities::from_dis_fif(&config.caps.to_dis_fif())
+            .unwrap_or_else(|_| Capabilities::minimal());
+        let (total_pages, doc_res, doc_width, caller) = match config.role {
+            Role::Caller {
+                pages,
+                document_resolution,
+                document_width,
+            } => (pages, document_resolution, document_width, true),
+            Role::Answerer => (0, Resolution::Standard, crate::width::A4, false),
+        };
+        let t1 = now.checked_add(config.timers.t1);
+        let mut t = T30 {
+            cfg: config,
+            offered,
+            actions: VecDeque::new(),
+            state: State::CallWaitDis,
+            timer: None,
+            t1,
+            t5: None,
+            dis_received: false,
+            params: None,
+            announced: None,
+            remote_ident: None,
+            remote_ns: None,
+            pending_ident: None,
+            pending_ns: None,
+            pages: 0,
+            page_index: 0,
+            remote_ended_early: false,
+            finished: false,
+            total_pages,
+            doc_res,
+            doc_width,
+            length: PageLength::A4,
+            page_data: Vec::new(),
+            ppm: Ppm::Eop,
+            rtn_count: 0,
+            ecm_tx: None,
+            after_cfr: AfterCfr::NextPage,
+            cancel: false,
+            command: Vec::new(),
+            command_name: String::new(),
+            tries: 0,
+            rx_data: Vec::new(),
+            rx_fresh: false,
+            ecm_rx: EcmRx::new(),
+            last_response: Vec::new(),
+            last_response_fcf: None,
+            owe_response: false,
+            gone: None,
+            last_ppm: None,
+        };
+        if !caller {
+            t.state = State::AnsWaitDcs { after_rtn: false };
+            t.send_dis(now);
+        }
+        Ok(t)
+    }
+
+    /// Feeds one event. `now` is the current time, used for the timers.
+    pub fn handle(&mut self, event: Event, now: Instant) {
+        if self.finished {
+            return;
+        }
+        match event {
+            Event::Frame { bytes, fcs_ok } => {
+                if fcs_ok {
+                    self.on_frame(&bytes, now);
+                }
+            }
+            Event::ImageData(data) => self.on_image_data(&data, now),
+            Event::ImageEnd => self.on_image_end(now),
+            Event::EcmFrame { bytes, fcs_ok } => {
+                if fcs_ok {
+                    self.on_ecm_frame(&bytes, now);
+                }
+            }
+            Event::Page(data) => self.on_page(data, now),
+            Event::PageStored => self.on_page_stored(now),
+            Event::Cancel => self.on_cancel(),
+            Event::Timeout => self.on_timeout(now),
+            Event::Closed => self.on_closed(),
+        }
+    }
+
+    /// The next deadline, if any: call `handle(Event::Timeout, now)` when
+    /// it has passed. None once finished.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.finished {
+            return None;
+        }
+        [self.t1, self.t5, self.timer.as_ref().map(|(at, _)| *at)]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// The next action to carry out, in order.
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// Whether [`Action::Finished`] has been queued (drain the actions
+    /// to get it).
+    pub fn is_finished(&self) -> bool {
+        self.finished
+    }
+
+    // -----------------------------------------------------------------
+    // Plumbing.
+
+    fn is_caller(&self) -> bool {
+        matches!(self.cfg.role, Role::Caller { .. })
+    }
+
+    /// The X bit for our FCFs (T.30 5.3.6.1).
+    fn x(&self) -> u8 {
+        if self.dis_received { frame::X_BIT } else { 0 }
+    }
+
+    fn simple(&self, fcf_value: u8) -> Vec<u8> {
+        frame::build(fcf_value | self.x(), &[], true)
+    }
+
+    fn set_timer(&mut self, now: Instant, after: Duration, kind: Timer) {
+        self.timer = now.checked_add(after).map(|at| (at, kind));
+    }
+
+    fn set_t2(&mut self, now: Instant, waiting_for: String) {
+        self.set_timer(now, self.cfg.timers.t2, Timer::T2(waiting_for));
+    }
+
+    /// Restarts T2 with its current meaning (a command or data arrived).
+    fn rearm_t2(&mut self, now: Instant) {
+        if let Some((_, Timer::T2(what))) = self.timer.take() {
+            self.set_t2(now, what);
+        }
+    }
+
+    fn send_frames(&mut self, mut frames: Vec<Vec<u8>>) {
+        frame::seal_burst(&mut frames);
+        self.actions.push_back(Action::SendFrames(frames));
+    }
+
+    /// Sends a response and remembers it for repeats.
+    fn respond(&mut self, fcf_value: u8, fif: &[u8]) {
+        let f = vec![frame::build(fcf_value | self.x(), fif, true)];
+        self.last_response = f.clone();
+        self.last_response_fcf = Some(Fcf::from_byte(fcf_value));
+        self.owe_response = false;
+        self.send_frames(f);
+    }
+
+    /// T.30: a repeated command gets the last response again.
+    fn resend_last_response(&mut self, now: Instant) {
+        if !self.last_response.is_empty() {
+            let f = self.last_response.clone();
+            self.owe_response = false;
+            self.send_frames(f);
+        }
+        self.rearm_t2(now);
+    }
+
+    /// Sends a command and starts T4 for its response.
+    fn command(&mut self, frames: Vec<Vec<u8>>, name: String, now: Instant) {
+        let mut frames = frames;
+        frame::seal_burst(&mut frames);
+        self.command = frames.clone();
+        self.command_name = name;
+        self.tries = 1;
+        self.actions.push_back(Action::SendFrames(frames));
+        self.set_timer(now, self.cfg.timers.t4, Timer::T4);
+    }
+
+    /// Repeats the last command if tries are left; false when exhausted.
+    fn repeat_command(&mut self, now: Instant) -> bool {
+        if self.tries >= self.cfg.timers.retries || self.command.is_empty() {
+            return false;
+        }
+        self.tries += 1;
+        self.actions
+            .push_back(Action::SendFrames(self.command.clone()));
+        self.set_timer(now, self.cfg.timers.t4, Timer::T4);
+        true
+    }
+
+    /// Repeats the last command, or ends the call with T4Expired when the
+    /// tries are used up.
+    fn repeat_or_give_up(&mut self, now: Instant) {
+        if !self.repeat_command(now) {
+            let failure = Failure::T4Expired {
+                command: self.command_name.clone(),
+                tries: self.tries,
+            };
+            self.fail(failure);
+        }
+    }
+
+    fn finish(&mut self, result: Result<(), Failure>, send_dcn: bool) {
+        if self.finished {
+            return;
+        }
+        if send_dcn {
+            let f = vec![self.simple(fcf::DCN)];
+            self.send_frames(f);
+        }
+        self.timer = None;
+        self.t1 = None;
+        self.t5 = None;
+        self.state = State::Done;
+        self.finished = true;
+        self.actions.push_back(Action::Finished(Outcome {
+            result,
+            pages: self.pages,
+            remote_ident: self.remote_ident.clone(),
+            remote_ended_early: self.remote_ended_early,
+        }));
+    }
+
+    /// Ends the call with DCN (T.30 phase E) and a failure.
+    fn fail(&mut self, failure: Failure) {
+        self.finish(Err(failure), true);
+    }
+
+    fn doing(&self) -> &'static str {
+        match self.state {
+            State::AnsWaitDcs { after_rtn: false } => "waiting for DCS",
+            State::AnsWaitDcs { after_rtn: true } => "waiting for DCS after RTN",
+            State::AnsPage => "receiving a page",
+            State::AnsStoring { .. } => "storing a page",
+            State::AnsWaitDcn => "waiting for DCN after EOP",
+            State::CallWaitDis => "waiting for DIS",
+            State::CallWaitCfr => "waiting for CFR",
+            State::CallNeedPage => "preparing a page",
+            State::CallWaitResp => "waiting for a post-page response",
+            State::Done => "finished",
+        }
+    }
+
+    fn unexpected(&mut self, f: &Frame<'_>) {
+        let what = match f.fcf {
+            Fcf::Unknown(b) => format!("unknown FCF 0x{b:02X}"),
+            _ => f.describe(),
+        };
+        let msg = format!("{what} while {}", self.doing());
+        self.fail(Failure::UnexpectedFrame(msg));
+    }
+
+    fn invalid(&mut self, f: &Frame<'_>, e: FrameError) {
+        self.fail(Failure::InvalidFrame(format!("{}: {e}", f.describe())));
+    }
+
+    /// Reports the identity and non-standard payload of the last burst,
+    /// each only when new.
+    fn take_remote_info(&mut self) {
+        if let Some(id) = self.pending_ident.take()
+            && !id.is_empty()
+            && self.remote_ident.as_deref() != Some(id.as_str())
+        {
+            self.remote_ident = Some(id.clone());
+            self.actions.push_back(Action::RemoteIdent(id));
+        }
+        if let Some(ns) = self.pending_ns.take()
+            && self.remote_ns.as_ref() != Some(&ns)
+        {
+            self.remote_ns = Some(ns.clone());
+            self.actions.push_back(Action::RemoteNonStandard(ns));
+        }
+    }
+
+    fn announce(&mut self, params: Params) {
+        if self.announced != Some(params) {
+            self.announced = Some(params);
+            self.actions.push_back(Action::Negotiated(params));
+        }
+    }
+
+    fn on_frame(&mut self, bytes: &[u8], now: Instant) {
+        let f = match Frame::parse(bytes) {
+            Ok(f) => f,
+            Err(e) => {
+                let fcf_note = bytes
+                    .get(2)
+                    .map(|b| format!(" (FCF 0x{b:02X})"))
+                    .unwrap_or_default();
+                self.fail(Failure::InvalidFrame(format!("{e}{fcf_note}")));
+                return;
+            }
+        };
+        if self.is_caller() {
+            self.caller_frame(&f, now);
+        } else {
+            self.answerer_frame(&f, now);
+        }
+    }
+
+    fn on_timeout(&mut self, now: Instant) {
+        if self.t1.is_some_and(|t| now >= t) {
+            // Nobody is there to hear a DCN.
+            self.finish(Err(Failure::T1Expired), false);
+            return;
+        }
+        if self.t5.is_some_and(|t| now >= t) {
+            self.fail(Failure::T5Expired);
+            return;
+        }
+        if self.timer.as_ref().is_none_or(|(at, _)| now < *at) {
+            return;
+        }
+        let Some((_, kind)) = self.timer.take() else {
+            return;
+        };
+        match (self.state, kind) {
+            (State::AnsWaitDcs { after_rtn: false }, Timer::T4) => self.send_dis(now),
+            // The document is complete; a missing DCN is no failure.
+            (State::AnsWaitDcn, Timer::T2(_)) => self.finish(Ok(()), true),
+            (_, Timer::T2(waiting_for)) => self.fail(Failure::T2Expired { waiting_for }),
+            (State::CallWaitCfr | State::CallWaitResp, Timer::T4) => self.repeat_or_give_up(now),
+            (State::CallWaitResp, Timer::RrPause) => {
+                let rr = vec![self.simple(fcf::RR)];
+                self.command(rr, "RR".into(), now);
+            }
+            _ => {}
+        }
+    }
+
+    fn on_cancel(&mut self) {
+        match self.state {
+            // A page is on its way: wait for its response, so that the
+            // receiver keeps whole pages only.
+            State::CallWaitResp => self.cancel = true,
+            State::AnsWaitDcn => self.finish(Ok(()), true),
+            _ => self.fail(Failure::Cancelled),
+        }
+    }
+
+    fn on_closed(&mut self) {
+        match self.state {
+            State::AnsWaitDcn => self.finish(Ok(()), false),
+            State::AnsStoring { .. } => self.gone = Some(Gone::Closed),
+            _ => {
+                if !self.is_caller() && self.pages > 0 {
+                    self.remote_ended_early = true;
+                }
+                self.finish(Err(Failure::TransportClosed), false);
+            }
+        }
+    }
+
+    // -----------------------------------------------------------------
+    // Answerer.
+
+    fn send_dis(&mut self, now: Instant) {
+        let mut frames = Vec::new();
+        if let Some(ns) = &self.cfg.non_standard {
+            frames.push(frame::build(fcf::NSF, &frame::non_standard_fif(ns), false));
+        }
+        if !self.cfg.ident.is_empty() {
+            frames.push(frame::build(
+                fcf::CSI,
+                &frame::ident_fif(&self.cfg.ident),
+                false,
+            ));
+        }
+        frames.push(frame::build(fcf::DIS, &self.cfg.caps.to_dis_fif(), true));
+        self.send_frames(frames);
+        self.set_timer(now, self.cfg.timers.t4, Timer::T4);
+    }
+
+    fn answerer_frame(&mut self, f: &Frame<'_>, now: Instant) {
+        match f.fcf {
+            Fcf::Tsi => self.pending_ident = Some(frame::parse_ident(f.fif)),
+            Fcf::Nss => self.pending_ns = frame::parse_non_standard(f.fif).map(<[u8]>::to_vec),
+            // Optional phase B frames we have no use for.
+            Fcf::Sub | Fcf::Sid | Fcf::Pwd | Fcf::Tsa | Fcf::Ira => {}
+            Fcf::Dcs => self.ans_dcs(f, now),
+            Fcf::Mps | Fcf::Eop | Fcf::Eom | Fcf::PriMps | Fcf::PriEop | Fcf::PriEom => {
+                self.ans_ppm(f, now);
+            }
+            Fcf::Pps => self.ans_pps(f, now),
+            Fcf::Rr => self.ans_rr(f, now),
+            Fcf::Ctc => self.ans_ctc(f, now),
+            Fcf::Crp => self.resend_last_response(now),
+            Fcf::Dcn => self.ans_dcn(),
+            _ => self.unexpected(f),
+        }
+    }
+
+    fn ans_dcs(&mut self, f: &Frame<'_>, now: Instant) {
+        if !matches!(self.state, State::AnsWaitDcs { .. } | State::AnsPage) {
+            self.unexpected(f);
+            return;
+        }
+        let params = match Params::from_dcs_fif(f.fif) {
+            Ok(p) => p,
+            Err(e) => return self.invalid(f, e),
+        };
+        if let Err(what) = self.offered.check_dcs(&params) {
+            let msg = format!("{what} in {}", f.describe());
+            self.fail(Failure::DcsNotOffered(msg));
+            return;
+        }
+        self.t1 = None;
+        self.announce(params);
+        self.take_remote_info();
+        self.params = Some(params);
+        self.rx_data.clear();
+        self.rx_fresh = false;
+        self.ecm_rx.reset();
+        self.respond(fcf::CFR, &[]);
+        self.state = State::AnsPage;
+        let what = format!("page {} after CFR", self.page_index + 1);
+        self.set_t2(now, what);
+    }
+
+    fn on_image_data(&mut self, data: &[u8], now: Instant) {
+        if self.state != State::AnsPage || self.params.is_none_or(|p| p.ecm) {
+            return;
+        }
+        if self.rx_data.len() + data.len() > MAX_PAGE_BYTES {
+            self.fail(Failure::InvalidFrame(format!(
+                "page {} has more than {MAX_PAGE_BYTES} octets of image data",
+                self.page_index + 1
+            )));
+            return;
+        }
+        self.rx_data.extend_from_slice(data);
+        self.rx_fresh = true;
+        self.rearm_t2(now);
+    }
+
+    fn on_image_end(&mut self, now: Instant) {
+        if self.state != State::AnsPage || self.params.is_none_or(|p| p.ecm) {
+            return;
+        }
+        self.rx_fresh = true;
+        let what = format!("the post-page command after page {}", self.page_index + 1);
+        self.set_t2(now, what);
+    }
+
+    fn on_ecm_frame(&mut self, bytes: &[u8], now: Instant) {
+        if self.state != State::AnsPage || !self.params.is_some_and(|p| p.ecm) {
+            return;
+        }
+        match frame::parse_ecm_frame(bytes) {
+            Ok(EcmFrame::Fcd { number, data }) => {
+                self.ecm_rx.store(number, data);
+                self.rearm_t2(now);
+            }
+            Ok(EcmFrame::Rcp) => {
+                let what = format!("PPS after page {} data", self.page_index + 1);
+                self.set_t2(now, what);
+            }
+            // A broken frame is a missing frame: PPR will ask for it.
+            Err(_) => {}
+        }
+    }
+
+    fn ans_ppm(&mut self, f: &Frame<'_>, now: Instant) {
+        let Some(ppm) = Ppm::from_fcf(f.fcf) else {
+            return;
+        };
+        match self.state {
+            State::AnsPage => {
+                let Some(params) = self.params.filter(|p| !p.ecm) else {
+                    // In ECM a page ends with PPS, not a bare PPM.
+                    self.unexpected(f);
+                    return;
+                };
+                if !self.rx_fresh && self.last_response_fcf == Some(Fcf::Mcf) {
+                    // No new page since our MCF: the sender missed it.
+                    self.resend_last_response(now);
+                    return;
+                }
+                let data = std::mem::take(&mut self.rx_data);
+                self.rx_fresh = false;
+                self.end_of_page(ppm, data, params, now);
+            }
+            // Our RTN, or our MCF to EOP, was lost: say it again.
+            State::AnsWaitDcs { after_rtn: true } => self.resend_last_response(now),
+            State::AnsWaitDcn if ppm == Ppm::Eop => self.resend_last_response(now),
+            // MCF waits for PageStored; non-ECM has no RNR to say so.
+            State::AnsStoring { .. } => {}
+            _ => self.unexpected(f),
+        }
+    }
+
+    /// A whole page is in: decode it and decide between MCF and RTN.
+    fn end_of_page(&mut self, ppm: Ppm, data: Vec<u8>, params: Params, now: Instant) {
+        let index = self.page_index;
+        let decoded = Bitmap::decode(&data, DecoderOptions::wire(params.coding, params.width));
+        match decoded {
+            Ok((page, s))
+                if s.lines > 0
+                    && s.acceptable(self.cfg.max_bad_percent, self.cfg.max_consecutive_bad) =>
+            {
+                self.actions.push_back(Action::PageReceived {
+                    index,
+                    params,
+                    page,
+                    bad_lines: s.bad_lines,
+                    lines: s.lines,
+                });
+                self.owe_response = true;
+                self.state = State::AnsStoring { ppm };
+                self.timer = None;
+            }
+            other => {
+                let (bad_lines, lines) = match other {
+                    Ok((_, s)) => (s.bad_lines, s.lines),
+                    Err(_) => (0, 0),
+                };
+                self.actions.push_back(Action::PageDiscarded {
+                    index,
+                    bad_lines,
+                    lines,
+                });
+                self.respond(fcf::RTN, &[]);
+                self.state = State::AnsWaitDcs { after_rtn: true };
+                self.set_t2(now, "DCS after RTN".into());
+            }
+        }
+    }
+
+    fn on_page_stored(&mut self, now: Instant) {
+        let State::AnsStoring { ppm } = self.state else {
+            return;
+        };
+        self.pages += 1;
+        self.page_index += 1;
+        if let Some(gone) = self.gone {
+            let complete = ppm == Ppm::Eop;
+            self.remote_ended_early = !complete;
+            let result = match gone {
+                Gone::Dcn => Ok(()),
+                Gone::Closed if complete => Ok(()),
+                Gone::Closed => Err(Failure::TransportClosed),
+            };
+            self.finish(result, false);
+            return;
+        }
+        if self.owe_response {
+            self.respond(fcf::MCF, &[]);
+        } else {
+            // We said RNR; the next RR (or repeated PPS) gets this MCF.
+            self.last_response = vec![self.simple(fcf::MCF)];
+            self.last_response_fcf = Some(Fcf::Mcf);
+        }
+        self.last_ppm = Some(ppm);
+        self.rx_fresh = false;
+        self.ecm_rx.fresh = false;
+        match ppm {
+            Ppm::Mps => {
+                self.state = State::AnsPage;
+                let what = format!("page {}", self.page_index + 1);
+                self.set_t2(now, what);
+            }
+            Ppm::Eop => {
+                self.state = State::AnsWaitDcn;
+                self.set_t2(now, "DCN after EOP".into());
+            }
+            Ppm::Eom => {
+                // Back to phase B for the next document.
+                self.state = State::AnsWaitDcs { after_rtn: false };
+                self.t1 = now.checked_add(self.cfg.timers.t1);
+                self.send_dis(now);
+            }
+        }
+    }
+
+    fn ans_pps(&mut self, f: &Frame<'_>, now: Instant) {
+        match self.state {
+            State::AnsPage => {}
+            // Still storing the page this PPS ended: ask the sender to wait.
+            State::AnsStoring { .. } => return self.send_rnr(),
+            State::AnsWaitDcn => return self.resend_last_response(now),
+            _ => return self.unexpected(f),
+        }
+        let Some(params) = self.params.filter(|p| p.ecm) else {
+            self.unexpected(f);
+            return;
+        };
+        let pps = match Pps::parse(f.fif) {
+            Ok(p) => p,
+            Err(e) => return self.invalid(f, e),
+        };
+        let ppm = if pps.ppm == fcf::NULL {
+            None
+        } else {
+            match Ppm::from_fcf(Fcf::from_byte(pps.ppm)) {
+                Some(p) => Some(p),
+                None => {
+                    let msg = format!(
+                        "{}: post-page FCF 0x{:02X} is not NULL, MPS, EOP or EOM",
+                        f.describe(),
+                        pps.ppm
+                    );
+                    self.fail(Failure::InvalidFrame(msg));
+                    return;
+                }
+            }
+        };
+        if !self.ecm_rx.fresh
+            && self.ecm_rx.last_confirmed == Some((pps.page, pps.block))
+            && self.last_response_fcf == Some(Fcf::Mcf)
+        {
+            // A block we confirmed already: our MCF was lost.
+            self.resend_last_response(now);
+            return;
+        }
+        self.ecm_rx.fresh = false;
+        let missing = self.ecm_rx.missing(pps.frames);
+        if !missing.is_empty() {
+            self.respond(fcf::PPR, &frame::ppr_fif(missing));
+            let what = format!("the frames PPR asked for (page {})", self.page_index + 1);
+            self.set_t2(now, what);
+            return;
+        }
+        self.ecm_rx.commit_block();
+        self.ecm_rx.last_confirmed = Some((pps.page, pps.block));
+        match ppm {
+            None => {
+                self.respond(fcf::MCF, &[]);
+                let what = format!("the next block of page {}", self.page_index + 1);
+                self.set_t2(now, what);
+            }
+            Some(ppm) => {
+                let data = self.ecm_rx.take_page();
+                self.end_of_page(ppm, data, params, now);
+            }
+        }
+    }
+
+    fn send_rnr(&mut self) {
+        let f = vec![self.simple(fcf::RNR)];
+        self.owe_response = false;
+        self.send_frames(f);
+    }
+
+    fn ans_rr(&mut self, f: &Frame<'_>, now: Instant) {
+        match self.state {
+            State::AnsStoring { .. } => self.send_rnr(),
+            State::AnsPage | State::AnsWaitDcn | State::AnsWaitDcs { .. }
+                if self.last_response_fcf.is_some() =>
+            {
+                self.resend_last_response(now);
+            }
+            _ => self.unexpected(f),
+        }
+    }
+
+    fn ans_ctc(&mut self, f: &Frame<'_>, now: Instant) {
+        if self.state == State::AnsPage && self.params.is_some_and(|p| p.ecm) {
+            // Continue to correct: the sender goes on resending the block.
+            self.respond(fcf::CTR, &[]);
+            self.rearm_t2(now);
+        } else {
+            self.unexpected(f);
+        }
+    }
+
+    fn ans_dcn(&mut self) {
+        match self.state {
+            State::AnsWaitDcn => self.finish(Ok(()), false),
+            State::AnsStoring { .. } => self.gone = Some(Gone::Dcn),
+            // After EOM + MCF the document was complete.
+            State::AnsWaitDcs { after_rtn: false } if self.last_ppm == Some(Ppm::Eom) => {
+                self.finish(Ok(()), false);
+            }
+            _ => {
+                self.remote_ended_early = true;
+                let result = if self.pages > 0 {
+                    Ok(())
+                } else {
+                    Err(Failure::RemoteDisconnected)
+                };
+                self.finish(result, false);
+            }
+        }
+    }
+
+    // -----------------------------------------------------------------
+    // Caller.
+
+    fn caller_frame(&mut self, f: &Frame<'_>, now: Instant) {
+        match f.fcf {
+            Fcf::Nsf if self.state == State::CallWaitDis => {
+                self.pending_ns = frame::parse_non_standard(f.fif).map(<[u8]>::to_vec);
+            }
+            Fcf::Csi if self.state == State::CallWaitDis => {
+                self.pending_ident = Some(frame::parse_ident(f.fif));
+            }
+            Fcf::Dis if self.state == State::CallWaitDis => self.call_dis(f, now),
+            // A DIS repeat that crossed our DCS, or a CFR we already acted
+            // on: T4 and the receiver's repeat rule cover any loss.
+            Fcf::Nsf | Fcf::Csi | Fcf::Dis => {}
+            Fcf::Cfr if self.state == State::CallWaitCfr => self.call_cfr(now),
+            Fcf::Cfr => {}
+            Fcf::Ftt if self.state == State::CallWaitCfr => {
+                if !self.repeat_command(now) {
+                    let msg = format!("training failed (FTT) {} times", self.tries);
+                    self.fail(Failure::Incompatible(msg));
+                }
+            }
+            Fcf::Mcf | Fcf::Pip | Fcf::Rtp | Fcf::Rtn | Fcf::Pin | Fcf::Ppr | Fcf::Rnr => {
+                match self.state {
+                    State::CallWaitResp => self.call_response(f, now),
+                    // Nothing is outstanding: a late duplicate response.
+                    State::CallNeedPage => {}
+                    _ => self.unexpected(f),
+                }
+            }
+            Fcf::Crp if matches!(self.state, State::CallWaitCfr | State::CallWaitResp) => {
+                self.repeat_or_give_up(now);
+            }
+            Fcf::Crp => {}
+            Fcf::Dcn => self.finish(Err(Failure::RemoteDisconnected), false),
+            _ => self.unexpected(f),
+        }
+    }
+
+    fn call_dis(&mut self, f: &Frame<'_>, now: Instant) {
+        let remote = match Capabilities::from_dis_fif(f.fif) {
+            Ok(c) => c,
+            Err(e) => return self.invalid(f, e),
+        };
+        self.dis_received = true;
+        self.t1 = None;
+        self.take_remote_info();
+        if !frame::dis_ready_to_receive(f.fif) {
+            self.fail(Failure::Incompatible(
+                "the remote fax is not ready to receive (DIS bit 10 is clear)".into(),
+            ));
+            return;
+        }
+        let params = match negotiate(&self.cfg.caps, &remote, self.doc_res, self.doc_width) {
+            Ok(p) => p,
+            Err(e) => return self.fail(e),
+        };
+        self.params = Some(params);
+        self.length = frame::dis_page_length(f.fif);
+        self.after_cfr = AfterCfr::NextPage;
+        self.send_dcs(now);
+        self.announce(params);
+    }
+
+    fn send_dcs(&mut self, now: Instant) {
+        let Some(params) = self.params else {
+            return;
+        };
+        let x = self.x();
+        let mut frames = Vec::new();
+        if let Some(ns) = &self.cfg.non_standard {
+            frames.push(frame::build(
+                fcf::NSS | x,
+                &frame::non_standard_fif(ns),
+                false,
+            ));
+        }
+        if !self.cfg.ident.is_empty() {
+            frames.push(frame::build(
+                fcf::TSI | x,
+                &frame::ident_fif(&self.cfg.ident),
+                false,
+            ));
+        }
+        frames.push(frame::build(
+            fcf::DCS | x,
+            &params.to_dcs_fif_with_length(self.length),
+            true,
+        ));
+        self.command(frames, "DCS".into(), now);
+        self.state = State::CallWaitCfr;
+    }
+
+    fn call_cfr(&mut self, now: Instant) {
+        self.timer = None;
+        match self.after_cfr {
+            AfterCfr::NextPage => self.need_page(),
+            AfterCfr::ResendPage => self.send_page(now),
+        }
+    }
+
+    fn need_page(&mut self) {
+        let Some(params) = self.params else {
+            return;
+        };
+        self.timer = None;
+        self.state = State::CallNeedPage;
+        self.actions.push_back(Action::NeedPage {
+            index: self.page_index,
+            params,
+        });
+    }
+
+    fn on_page(&mut self, data: Vec<u8>, now: Instant) {
+        if self.state != State::CallNeedPage {
+            return;
+        }
+        self.page_data = data;
+        self.rtn_count = 0;
+        self.send_page(now);
+    }
+
+    fn send_page(&mut self, now: Instant) {
+        let Some(params) = self.params else {
+            return;
+        };
+        self.ppm = if self.page_index + 1 >= self.total_pages {
+            Ppm::Eop
+        } else {
+            Ppm::Mps
+        };
+        if params.ecm {
+            self.ecm_tx = Some(EcmTx::new(&self.page_data));
+            self.send_ecm_block(None, now);
+        } else {
+            self.actions
+                .push_back(Action::SendImage(self.page_data.clone()));
+            let ppm = vec![self.simple(self.ppm.fcf())];
+            self.command(ppm, self.ppm.name().into(), now);
+            self.state = State::CallWaitResp;
+        }
+    }
+
+    /// Sends the current ECM block (all frames, or those a PPR named),
+    /// then PPS.
+    fn send_ecm_block(&mut self, only: Option<&[usize]>, now: Instant) {
+        let x = self.x();
+        let Some(tx) = &self.ecm_tx else {
+            return;
+        };
+        let burst = tx.burst(only);
+        let last = tx.is_last_block();
+        let pps = Pps {
+            ppm: if last { self.ppm.fcf() | x } else { fcf::NULL },
+            page: self.page_index as u8,
+            block: tx.block() as u8,
+            frames: tx.frame_count() as u16,
+        };
+        let name = if last {
+            format!("PPS-{}", self.ppm.name())
+        } else {
+            "PPS-NULL".to_string()
+        };
+        self.actions.push_back(Action::SendEcmFrames(burst));
+        let f = vec![frame::build(fcf::PPS | x, &pps.to_fif(), true)];
+        self.command(f, name, now);
+        self.state = State::CallWaitResp;
+    }
+
+    fn call_response(&mut self, f: &Frame<'_>, now: Instant) {
+        let ecm = self.params.is_some_and(|p| p.ecm);
+        match f.fcf {
+            Fcf::Mcf | Fcf::Pip => {
+                self.t5 = None;
+                let more_blocks = self.ecm_tx.as_ref().is_some_and(|t| !t.is_last_block());
+                if ecm && more_blocks {
+                    if self.cancel {
+                        // The page is incomplete; the receiver drops it.
+                        self.fail(Failure::Cancelled);
+                        return;
+                    }
+                    if let Some(tx) = self.ecm_tx.as_mut() {
+                        tx.next_block();
+                    }
+                    self.send_ecm_block(None, now);
+                } else {
+                    self.page_sent(false, now);
+                }
+            }
+            Fcf::Rtp => {
+                self.t5 = None;
+                self.page_sent(true, now);
+            }
+            Fcf::Rtn | Fcf::Pin => self.page_rtn(now),
+            Fcf::Ppr if ecm => self.page_ppr(f, now),
+            Fcf::Rnr if ecm => self.page_rnr(now),
+            _ => self.unexpected(f),
+        }
+    }
+
+    fn page_sent(&mut self, retrain: bool, now: Instant) {
+        let index = self.page_index;
+        self.actions.push_back(Action::PageSent { index });
+        self.pages += 1;
+        self.page_index += 1;
+        self.rtn_count = 0;
+        self.ecm_tx = None;
+        self.timer = None;
+        if self.page_index >= self.total_pages {
+            self.finish(Ok(()), true);
+        } else if self.cancel {
+            self.fail(Failure::Cancelled);
+        } else if retrain {
+            self.after_cfr = AfterCfr::NextPage;
+            self.send_dcs(now);
+        } else {
+            self.need_page();
+        }
+    }
+
+    fn page_rtn(&mut self, now: Instant) {
+        self.t5 = None;
+        self.rtn_count += 1;
+        let index = self.page_index;
+        let retries = self.cfg.timers.retries;
+        if self.cancel {
+            self.fail(Failure::Cancelled);
+        } else if self.rtn_count >= retries {
+            let tries = self.rtn_count;
+            self.fail(Failure::PageRejected { index, tries });
+        } else {
+            let reason = format!(
+                "the receiver rejected page {} (RTN); sending it again (try {} of {retries})",
+                index + 1,
+                self.rtn_count + 1
+            );
+            self.actions.push_back(Action::PageRetry { index, reason });
+            self.after_cfr = AfterCfr::ResendPage;
+            self.send_dcs(now);
+        }
+    }
+
+    fn page_ppr(&mut self, f: &Frame<'_>, now: Instant) {
+        let asked = match frame::parse_ppr(f.fif) {
+            Ok(v) => v,
+            Err(e) => return self.invalid(f, e),
+        };
+        self.t5 = None;
+        if self.cancel {
+            self.fail(Failure::Cancelled);
+            return;
+        }
+        let Some(tx) = self.ecm_tx.as_mut() else {
+            return;
+        };
+        tx.ppr_count += 1;
+        let count = tx.ppr_count;
+        let frames = tx.frame_count();
+        if count > self.cfg.timers.retries {
+            // T.30 would now try CTC/EOR; we give up on the page.
+            let index = self.page_index;
+            self.fail(Failure::PageRejected {
+                index,
+                tries: count,
+            });
+            return;
+        }
+        let only: Vec<usize> = asked.into_iter().filter(|&n| n < frames).collect();
+        self.send_ecm_block(Some(&only), now);
+    }
+
+    fn page_rnr(&mut self, now: Instant) {
+        if self.cancel {
+            self.fail(Failure::Cancelled);
+            return;
+        }
+        if self.t5.is_none() {
+            self.t5 = now.checked_add(self.cfg.timers.t5);
+        }
+        // Over TCP an immediate RR would bounce straight back as RNR: wait
+        // a third of T4 (at most a second), about a modem's turnaround.
+        let pause = (self.cfg.timers.t4 / 3).min(Duration::from_secs(1));
+        self.set_timer(now, pause, Timer::RrPause);
+    }
+}

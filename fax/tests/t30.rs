@@ -1,0 +1,1776 @@
+//! T.30 engine tests: two `T30`s back to back on a fake clock, with fault
+//! injection between them, plus single-engine tests for bad input.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::cell::Cell;
+use std::collections::VecDeque;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use faxgate_fax::t30::{
+    self, Action, Capabilities, Config, Event, Failure, Outcome, Params, Role, T30, Timers, frame,
+};
+use faxgate_fax::{Bitmap, Coding, Resolution};
+
+// ---------------------------------------------------------------------------
+// Pages and configs.
+
+/// A page with content on most lines: a border and a few runs per line.
+fn page(width: u32, height: u32, seed: u32) -> Bitmap {
+    let mut b = Bitmap::new(width, height);
+    let mut x = seed.wrapping_mul(2_654_435_761) | 1;
+    for y in 0..height {
+        for _ in 0..(y % 7) {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            let start = x % width;
+            let len = (x >> 20) % 40 + 1;
+            for px in start..(start + len).min(width) {
+                b.set_pixel(px, y, true);
+            }
+        }
+        b.set_pixel(0, y, true);
+        b.set_pixel(width - 1, y, true);
+    }
+    b
+}
+
+/// Dense noise: codes to many ECM frames (several blocks).
+fn noise_page(width: u32, height: u32, seed: u64) -> Bitmap {
+    let stride = width.div_ceil(8) as usize;
+    let mut x = seed | 1;
+    let data: Vec<u8> = (0..stride * height as usize)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect();
+    Bitmap::from_packed(width, height, data).unwrap()
+}
+
+fn caps(res: &[Resolution], widths: &[u32], mr: bool, mmr: bool, ecm: bool) -> Capabilities {
+    Capabilities {
+        resolutions: res.to_vec(),
+        widths: widths.to_vec(),
+        mr,
+        mmr,
+        ecm,
+    }
+}
+
+fn caller_config(pages: u32, res: Resolution, width: u32, caps: Capabilities) -> Config {
+    Config {
+        role: Role::Caller {
+            pages,
+            document_resolution: res,
+            document_width: width,
+        },
+        ident: "+49 30 555 0101".into(),
+        caps,
+        timers: Timers::default(),
+        non_standard: Some(b"caller-hello".to_vec()),
+        max_bad_percent: 5,
+        max_consecutive_bad: 8,
+    }
+}
+
+fn answerer_config(caps: Capabilities) -> Config {
+    Config {
+        role: Role::Answerer,
+        ident: "+33 1 555 0202".into(),
+        caps,
+        timers: Timers::default(),
+        non_standard: Some(b"answerer-hello".to_vec()),
+        max_bad_percent: 5,
+        max_consecutive_bad: 8,
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The back-to-back harness.
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Side {
+    Caller,
+    Answerer,
+}
+
+impl Side {
+    fn other(self) -> Side {
+        match self {
+            Side::Caller => Side::Answerer,
+            Side::Answerer => Side::Caller,
+        }
+    }
+    fn idx(self) -> usize {
+        self as usize
+    }
+}
+
+type Fault = Box<dyn FnMut(Side, &mut Event) -> bool>;
+/// A predicate on the failure a bad-input case must produce.
+type Check = Box<dyn Fn(&Failure) -> bool>;
+type Hook = Box<dyn FnMut(Side, &Action) -> Vec<(Side, Event)>>;
+
+struct Harness {
+    start: Instant,
+    now: Instant,
+    engines: [T30; 2],
+    doc: Vec<Bitmap>,
+    doc_res: Resolution,
+    queue: VecDeque<(Side, Event)>,
+    timed: Vec<(Instant, Side, Event)>,
+    /// How long "storage" takes before PageStored.
+    store_delay: Duration,
+    /// Whether NeedPage is answered.
+    answer_need_page: bool,
+    /// Decides the fate of each event on the wire (from the sender's
+    /// side): false drops it; it may also be changed.
+    fault: Fault,
+    /// Extra events to inject after an action.
+    hook: Hook,
+    log: Vec<(Duration, Side, Action)>,
+    /// V.21 frames sent, by sender.
+    wire: Vec<(Duration, Side, Vec<u8>)>,
+    received: Vec<(u32, Params, Bitmap)>,
+    outcomes: [Option<Outcome>; 2],
+}
+
+impl Harness {
+    fn new(caller: Config, answerer: Config, doc: Vec<Bitmap>, doc_res: Resolution) -> Self {
+        let start = Instant::now();
+        Harness {
+            start,
+            now: start,
+            engines: [
+                T30::new(caller, start).unwrap(),
+                T30::new(answerer, start).unwrap(),
+            ],
+            doc,
+            doc_res,
+            queue: VecDeque::new(),
+            timed: Vec::new(),
+            store_delay: Duration::ZERO,
+            answer_need_page: true,
+            fault: Box::new(|_, _| true),
+            hook: Box::new(|_, _| Vec::new()),
+            log: Vec::new(),
+            wire: Vec::new(),
+            received: Vec::new(),
+            outcomes: [None, None],
+        }
+    }
+
+    /// The usual pair: a `pages`-page document of `page()`s.
+    fn pair(
+        pages: u32,
+        res: Resolution,
+        width: u32,
+        ccaps: Capabilities,
+        acaps: Capabilities,
+    ) -> Self {
+        let doc = (0..pages)
+            .map(|i| page(width, 60 + 13 * i, i + 1))
+            .collect();
+        Harness::new(
+            caller_config(pages, res, width, ccaps),
+            answerer_config(acaps),
+            doc,
+            res,
+        )
+    }
+
+    fn elapsed(&self) -> Duration {
+        self.now - self.start
+    }
+
+    fn send(&mut self, from: Side, mut ev: Event) {
+        if (self.fault)(from, &mut ev) {
+            self.queue.push_back((from.other(), ev));
+        }
+    }
+
+    fn route(&mut self, from: Side, action: Action) {
+        let t = self.elapsed();
+        self.log.push((t, from, action.clone()));
+        let injected = (self.hook)(from, &action);
+        match action {
+            Action::SendFrames(frames) => {
+                for f in frames {
+                    self.wire.push((t, from, f.clone()));
+                    self.send(
+                        from,
+                        Event::Frame {
+                            bytes: f,
+                            fcs_ok: true,
+                        },
+                    );
+                }
+            }
+            Action::SendImage(data) => {
+                for c in data.chunks(1000) {
+                    self.send(from, Event::ImageData(c.to_vec()));
+                }
+                self.send(from, Event::ImageEnd);
+            }
+            Action::SendEcmFrames(frames) => {
+                for f in frames {
+                    self.send(
+                        from,
+                        Event::EcmFrame {
+                            bytes: f,
+                            fcs_ok: true,
+                        },
+                    );
+                }
+            }
+            Action::NeedPage { index, params } if self.answer_need_page => {
+                let fitted = t30::fit_page(&self.doc[index as usize], self.doc_res, &params);
+                let data = t30::encode_page(&fitted, &params).unwrap();
+                self.queue.push_back((from, Event::Page(data)));
+            }
+            Action::PageReceived {
+                index,
+                params,
+                page,
+                ..
+            } => {
+                self.received.push((index, params, page));
+                let at = self.now + self.store_delay;
+                self.timed.push((at, from, Event::PageStored));
+            }
+            Action::Finished(o) => self.outcomes[from.idx()] = Some(o),
+            _ => {}
+        }
+        self.queue.extend(injected);
+    }
+
+    fn step(&mut self) -> bool {
+        let mut progress = false;
+        for side in [Side::Caller, Side::Answerer] {
+            while let Some(a) = self.engines[side.idx()].poll_action() {
+                progress = true;
+                self.route(side, a);
+            }
+        }
+        let now = self.now;
+        if let Some(i) = self.timed.iter().position(|(at, _, _)| *at <= now) {
+            let (_, to, ev) = self.timed.remove(i);
+            self.engines[to.idx()].handle(ev, now);
+            return true;
+        }
+        if let Some((to, ev)) = self.queue.pop_front() {
+            self.engines[to.idx()].handle(ev, now);
+            progress = true;
+        }
+        progress
+    }
+
+    fn run(&mut self) -> &mut Self {
+        for _ in 0..1_000_000 {
+            if self.step() {
+                continue;
+            }
+            if self.outcomes.iter().all(Option::is_some) {
+                return self;
+            }
+            let next = [
+                self.engines[0].poll_timeout(),
+                self.engines[1].poll_timeout(),
+                self.timed.iter().map(|(at, _, _)| *at).min(),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
+            let Some(next) = next else {
+                return self;
+            };
+            self.now = self.now.max(next);
+            let now = self.now;
+            for e in &mut self.engines {
+                if e.poll_timeout().is_some_and(|t| t <= now) {
+                    e.handle(Event::Timeout, now);
+                }
+            }
+        }
+        panic!("the session did not end");
+    }
+
+    fn outcome(&self, side: Side) -> &Outcome {
+        self.outcomes[side.idx()]
+            .as_ref()
+            .unwrap_or_else(|| panic!("{side:?} did not finish; log: {:#?}", self.summary()))
+    }
+
+    /// Action names for failure messages.
+    fn summary(&self) -> Vec<String> {
+        self.log
+            .iter()
+            .map(|(t, s, a)| {
+                let a = match a {
+                    Action::SendFrames(f) => format!(
+                        "SendFrames({})",
+                        f.iter()
+                            .map(|f| frame::Frame::parse(f)
+                                .map(|f| f.describe())
+                                .unwrap_or_default())
+                            .collect::<Vec<_>>()
+                            .join(" ")
+                    ),
+                    Action::SendImage(d) => format!("SendImage({} bytes)", d.len()),
+                    Action::SendEcmFrames(f) => format!("SendEcmFrames({} frames)", f.len()),
+                    Action::PageReceived { index, .. } => format!("PageReceived({index})"),
+                    other => format!("{other:?}"),
+                };
+                format!("{:>6.1}s {s:?}: {a}", t.as_secs_f64())
+            })
+            .collect()
+    }
+
+    fn actions(&self, side: Side) -> impl Iterator<Item = &Action> {
+        self.log
+            .iter()
+            .filter(move |(_, s, _)| *s == side)
+            .map(|(_, _, a)| a)
+    }
+
+    /// FCFs (X bit masked) of the frames `side` sent, in order.
+    fn sent_fcfs(&self, side: Side) -> Vec<frame::Fcf> {
+        self.wire
+            .iter()
+            .filter(|(_, s, _)| *s == side)
+            .map(|(_, _, f)| frame::Frame::parse(f).unwrap().fcf)
+            .collect()
+    }
+
+    fn count_sent(&self, side: Side, fcf: frame::Fcf) -> usize {
+        self.sent_fcfs(side).iter().filter(|f| **f == fcf).count()
+    }
+
+    fn negotiated(&self, side: Side) -> Vec<Params> {
+        self.actions(side)
+            .filter_map(|a| match a {
+                Action::Negotiated(p) => Some(*p),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Every page arrived once, in order, equal to the document page fitted
+    /// to the parameters it was sent with.
+    fn assert_pages_identical(&self) {
+        let indices: Vec<u32> = self.received.iter().map(|(i, _, _)| *i).collect();
+        let want: Vec<u32> = (0..self.doc.len() as u32).collect();
+        assert_eq!(indices, want, "pages received: {:#?}", self.summary());
+        for (i, params, got) in &self.received {
+            let expect = t30::fit_page(&self.doc[*i as usize], self.doc_res, params);
+            assert_eq!(got.width(), expect.width(), "page {i} width");
+            assert_eq!(got.height(), expect.height(), "page {i} height");
+            assert!(got == &expect, "page {i} differs");
+        }
+    }
+}
+
+fn assert_ok(o: &Outcome, pages: u32) {
+    assert_eq!(o.result, Ok(()), "{o:?}");
+    assert_eq!(o.pages, pages, "{o:?}");
+}
+
+// ---------------------------------------------------------------------------
+// Whole sessions.
+
+#[test]
+fn sessions_deliver_pages_pixel_identical() {
+    use Resolution::*;
+    let cases: &[(
+        &str,
+        Capabilities,
+        Capabilities,
+        Resolution,
+        u32,
+        Coding,
+        bool,
+    )] = &[
+        (
+            "all",
+            Capabilities::all(),
+            Capabilities::all(),
+            Fine,
+            1728,
+            Coding::Mmr,
+            true,
+        ),
+        (
+            "minimal",
+            Capabilities::minimal(),
+            Capabilities::minimal(),
+            Standard,
+            1728,
+            Coding::Mh,
+            false,
+        ),
+        (
+            "mr",
+            caps(&[Fine], &[2048], true, false, false),
+            caps(&[Fine], &[2048], true, false, false),
+            Fine,
+            2048,
+            Coding::Mr { k: 4 },
+            false,
+        ),
+        (
+            "ecm mh",
+            caps(&[SuperFine], &[], false, false, true),
+            caps(&[SuperFine], &[], false, false, true),
+            SuperFine,
+            1728,
+            Coding::Mh,
+            true,
+        ),
+        (
+            "ecm mr r400 a3",
+            caps(&[R400], &[2048, 2432], true, false, true),
+            Capabilities::all(),
+            R400,
+            4864,
+            Coding::Mr { k: 4 },
+            true,
+        ),
+    ];
+    for (name, ccaps, acaps, res, width, coding, ecm) in cases {
+        let mut h = Harness::pair(3, *res, *width, ccaps.clone(), acaps.clone());
+        h.run();
+        assert_ok(h.outcome(Side::Caller), 3);
+        assert_ok(h.outcome(Side::Answerer), 3);
+        assert!(!h.outcome(Side::Answerer).remote_ended_early, "{name}");
+        h.assert_pages_identical();
+        let want = Params {
+            resolution: *res,
+            width: *width,
+            coding: *coding,
+            ecm: *ecm,
+        };
+        assert_eq!(h.negotiated(Side::Caller), vec![want], "{name}");
+        assert_eq!(h.negotiated(Side::Answerer), vec![want], "{name}");
+        assert_eq!(
+            h.outcome(Side::Caller).remote_ident.as_deref(),
+            Some("+33 1 555 0202"),
+            "{name}"
+        );
+        assert_eq!(
+            h.outcome(Side::Answerer).remote_ident.as_deref(),
+            Some("+49 30 555 0101"),
+            "{name}"
+        );
+        assert!(
+            h.actions(Side::Caller)
+                .any(|a| *a == Action::RemoteNonStandard(b"answerer-hello".to_vec())),
+            "{name}"
+        );
+        assert!(
+            h.actions(Side::Answerer)
+                .any(|a| *a == Action::RemoteNonStandard(b"caller-hello".to_vec())),
+            "{name}"
+        );
+        let sent: Vec<u32> = h
+            .actions(Side::Caller)
+            .filter_map(|a| match a {
+                Action::PageSent { index } => Some(*index),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(sent, vec![0, 1, 2], "{name}");
+        // The whole exchange is immediate: no timer ever fired.
+        assert_eq!(h.elapsed(), Duration::ZERO, "{name}: {:#?}", h.summary());
+    }
+}
+
+/// The X bit (T.30 5.3.6.1): frames from the station that received DIS
+/// (the caller) have it set, the answerer's frames do not; DIS, CSI and
+/// NSF never do. Checked on the octets, against spandsp's FCF values.
+#[test]
+fn wire_octets_follow_the_x_bit_rule() {
+    for ecm in [false, true] {
+        let c = if ecm {
+            Capabilities::all()
+        } else {
+            Capabilities::minimal()
+        };
+        let mut h = Harness::pair(2, Resolution::Standard, 1728, c.clone(), c);
+        h.run();
+        let fcfs = |side| -> Vec<u8> {
+            h.wire
+                .iter()
+                .filter(|(_, s, _)| *s == side)
+                .map(|(_, _, f)| f[2])
+                .collect()
+        };
+        let (caller, answerer) = (fcfs(Side::Caller), fcfs(Side::Answerer));
+        // NSF, CSI, DIS, CFR, MCF, MCF.
+        let answerer_want: Vec<u8> = vec![0x20, 0x40, 0x80, 0x84, 0x8C, 0x8C];
+        // NSS, TSI, DCS, then MPS/EOP (or PPS twice), then DCN.
+        let caller_want: Vec<u8> = if ecm {
+            vec![0x23, 0x43, 0x83, 0xBF, 0xBF, 0xFB]
+        } else {
+            vec![0x23, 0x43, 0x83, 0x4F, 0x2F, 0xFB]
+        };
+        assert_eq!(answerer, answerer_want, "answerer, ecm {ecm}");
+        assert_eq!(caller, caller_want, "caller, ecm {ecm}");
+        // Control octets: only the last frame of each burst is final.
+        let dis_burst = &h.wire[..3];
+        assert_eq!(
+            dis_burst.iter().map(|(_, _, f)| f[1]).collect::<Vec<_>>(),
+            vec![0x03, 0x03, 0x13]
+        );
+        if ecm {
+            // PPS-MPS then PPS-EOP, both with X set in the post-page octet.
+            let pps: Vec<&Vec<u8>> = h
+                .wire
+                .iter()
+                .filter(|(_, s, f)| *s == Side::Caller && f[2] == 0xBF)
+                .map(|(_, _, f)| f)
+                .collect();
+            assert_eq!(pps[0][3..5], [0x4F, 0]);
+            assert_eq!(pps[1][3..5], [0x2F, 1]);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Negotiation matrix.
+
+#[test]
+fn negotiation_matrix_completes_with_the_right_params() {
+    use Resolution::*;
+    // (name, mr, mmr, ecm)
+    let codings: &[(&str, bool, bool, bool)] = &[
+        ("mh", false, false, false),
+        ("mh+mr", true, false, false),
+        ("mh+mr+mmr+ecm", true, true, true),
+    ];
+    let res_sets: &[&[Resolution]] = &[&[Standard], &[Standard, Fine], &Resolution::ALL];
+    let width_sets: &[&[u32]] = &[&[1728], &[1728, 2048, 2432]];
+    let mut sets = Vec::new();
+    for &(cn, mr, mmr, ecm) in codings {
+        for rs in res_sets {
+            for ws in width_sets {
+                sets.push((cn, caps(rs, ws, mr, mmr, ecm)));
+            }
+        }
+    }
+    // (document resolution, width, paper class)
+    let docs: &[(Resolution, u32, usize)] = &[(Fine, 2048, 1), (R400, 4864, 2)];
+    let mut sessions = 0;
+    for (cn, cc) in &sets {
+        for (an, ac) in &sets {
+            for &(doc_res, doc_width, doc_class) in docs {
+                let both = |r: Resolution| {
+                    r == Standard || (cc.resolutions.contains(&r) && ac.resolutions.contains(&r))
+                };
+                // The sets are nested, so the finest common resolution not
+                // finer than the document is the answer.
+                let resolution = if both(doc_res) {
+                    doc_res
+                } else if doc_res == R400 && both(R300) {
+                    R300
+                } else if doc_res == R400 && both(SuperFine) {
+                    SuperFine
+                } else if both(Fine) {
+                    Fine
+                } else {
+                    Standard
+                };
+                let wide = cc.widths.len() == 3 && ac.widths.len() == 3;
+                let class = if wide { doc_class } else { 0 };
+                let width = match resolution {
+                    R300 => [2592, 3072, 3648][class],
+                    R400 => [3456, 4096, 4864][class],
+                    _ => [1728, 2048, 2432][class],
+                };
+                let ecm = cc.ecm && ac.ecm;
+                let coding = if ecm && cc.mmr && ac.mmr {
+                    Coding::Mmr
+                } else if cc.mr && ac.mr {
+                    Coding::Mr {
+                        k: if resolution == Standard { 2 } else { 4 },
+                    }
+                } else {
+                    Coding::Mh
+                };
+                let want = Params {
+                    resolution,
+                    width,
+                    coding,
+                    ecm,
+                };
+                let name = format!("caller {cn} {cc:?} / answerer {an} {ac:?} / doc {doc_res:?}");
+                let doc = vec![page(doc_width, 40, 7)];
+                let mut h = Harness::new(
+                    caller_config(1, doc_res, doc_width, cc.clone()),
+                    answerer_config(ac.clone()),
+                    doc,
+                    doc_res,
+                );
+                h.run();
+                assert_eq!(h.negotiated(Side::Caller), vec![want], "{name}");
+                assert_eq!(h.negotiated(Side::Answerer), vec![want], "{name}");
+                assert_ok(h.outcome(Side::Caller), 1);
+                assert_ok(h.outcome(Side::Answerer), 1);
+                h.assert_pages_identical();
+                sessions += 1;
+            }
+        }
+    }
+    assert_eq!(sessions, 18 * 18 * 2);
+}
+
+#[test]
+fn minimal_answerer_gets_a_standard_mh_a4_page() {
+    let mut h = Harness::pair(
+        1,
+        Resolution::SuperFine,
+        2432,
+        Capabilities::all(),
+        Capabilities::minimal(),
+    );
+    h.run();
+    let want = Params {
+        resolution: Resolution::Standard,
+        width: 1728,
+        coding: Coding::Mh,
+        ecm: false,
+    };
+    assert_eq!(h.negotiated(Side::Answerer), vec![want]);
+    assert_ok(h.outcome(Side::Answerer), 1);
+    let (_, _, got) = &h.received[0];
+    // A3 at 391 lpi reduced to A4 at 98 lpi: a quarter of the lines, times
+    // the 1728/2432 paper reduction.
+    let src = &h.doc[0];
+    let expect_h = (src.height() as f64 * 98.0 / 391.0 * 1728.0 / 2432.0).round() as u32;
+    assert!(
+        got.height().abs_diff(expect_h) <= 1,
+        "{} vs {expect_h}",
+        got.height()
+    );
+    h.assert_pages_identical();
+}
+
+// ---------------------------------------------------------------------------
+// RTN and repeated commands.
+
+fn corrupt(data: &mut [u8]) {
+    for (i, b) in data.iter_mut().enumerate() {
+        if i % 8 == 3 {
+            *b ^= 0x5A;
+        }
+    }
+}
+
+#[test]
+fn rtn_makes_the_caller_resend_and_the_page_arrives_once() {
+    for coding_caps in [Capabilities::minimal(), caps(&[], &[], true, false, false)] {
+        let mut h = Harness::pair(
+            2,
+            Resolution::Standard,
+            1728,
+            coding_caps.clone(),
+            coding_caps,
+        );
+        let ends = Rc::new(Cell::new(0));
+        let e = ends.clone();
+        // Damage the first transmission of page 0 only.
+        h.fault = Box::new(move |from, ev| {
+            if from == Side::Caller {
+                match ev {
+                    Event::ImageData(d) if e.get() == 0 => corrupt(d),
+                    Event::ImageEnd => e.set(e.get() + 1),
+                    _ => {}
+                }
+            }
+            true
+        });
+        h.run();
+        assert_ok(h.outcome(Side::Caller), 2);
+        assert_ok(h.outcome(Side::Answerer), 2);
+        h.assert_pages_identical();
+        let discarded: Vec<&Action> = h
+            .actions(Side::Answerer)
+            .filter(|a| matches!(a, Action::PageDiscarded { .. }))
+            .collect();
+        assert_eq!(discarded.len(), 1, "{:#?}", h.summary());
+        assert!(
+            matches!(discarded[0], Action::PageDiscarded { index: 0, bad_lines, lines } if *bad_lines * 20 > *lines)
+        );
+        let retries: Vec<&Action> = h
+            .actions(Side::Caller)
+            .filter(|a| matches!(a, Action::PageRetry { index: 0, .. }))
+            .collect();
+        assert_eq!(retries.len(), 1);
+        assert_eq!(h.count_sent(Side::Answerer, frame::Fcf::Rtn), 1);
+        // Retrain: DCS went twice, and the page data three times in all.
+        assert_eq!(h.count_sent(Side::Caller, frame::Fcf::Dcs), 2);
+        assert_eq!(ends.get(), 3);
+    }
+}
+
+#[test]
+fn rtn_limit_rejects_the_page() {
+    let mut h = Harness::pair(
+        1,
+        Resolution::Standard,
+        1728,
+        Capabilities::minimal(),
+        Capabilities::minimal(),
+    );
+    h.fault = Box::new(|from, ev| {
+        if let (Side::Caller, Event::ImageData(d)) = (from, ev) {
+            corrupt(d);
+        }
+        true
+    });
+    h.run();
+    let c = h.outcome(Side::Caller);
+    assert_eq!(
+        c.result,
+        Err(Failure::PageRejected { index: 0, tries: 3 }),
+        "{:#?}",
+        h.summary()
+    );
+    assert_eq!(c.pages, 0);
+    assert_eq!(h.count_sent(Side::Answerer, frame::Fcf::Rtn), 3);
+    assert_eq!(h.sent_fcfs(Side::Caller).last(), Some(&frame::Fcf::Dcn));
+    let a = h.outcome(Side::Answerer);
+    assert_eq!(a.result, Err(Failure::RemoteDisconnected));
+    assert!(a.remote_ended_early);
+    assert!(h.received.is_empty());
+}
+
+/// The receiver's MCF is lost: the caller repeats the post-page command
+/// after T4 and the receiver repeats MCF without taking the page twice.
+#[test]
+fn lost_mcf_repeats_the_command_not_the_page() {
+    for (lose, ecm) in [
+        (0, false), // MCF to MPS
+        (1, false), // MCF to EOP
+        (0, true),  // MCF to PPS-MPS
+        (1, true),  // MCF to PPS-EOP
+    ] {
+        let c = if ecm {
+            Capabilities::all()
+        } else {
+            Capabilities::minimal()
+        };
+        let mut h = Harness::pair(2, Resolution::Standard, 1728, c.clone(), c);
+        let mcfs = Rc::new(Cell::new(0));
+        let m = mcfs.clone();
+        h.fault = Box::new(move |from, ev| {
+            if let (Side::Answerer, Event::Frame { bytes, .. }) = (from, &*ev)
+                && frame::Frame::parse(bytes).unwrap().fcf == frame::Fcf::Mcf
+            {
+                m.set(m.get() + 1);
+                return m.get() != lose + 1;
+            }
+            true
+        });
+        h.run();
+        let name = format!("lose MCF #{lose}, ecm {ecm}: {:#?}", h.summary());
+        assert_ok(h.outcome(Side::Caller), 2);
+        assert_ok(h.outcome(Side::Answerer), 2);
+        h.assert_pages_identical();
+        assert_eq!(h.received.len(), 2, "{name}");
+        let cmd = match (lose, ecm) {
+            (0, false) => frame::Fcf::Mps,
+            (1, false) => frame::Fcf::Eop,
+            _ => frame::Fcf::Pps,
+        };
+        // The command whose MCF was lost went twice (ECM: three PPS in all).
+        let want = if ecm { 3 } else { 2 };
+        assert_eq!(h.count_sent(Side::Caller, cmd), want, "{name}");
+        assert_eq!(h.count_sent(Side::Answerer, frame::Fcf::Mcf), 3, "{name}");
+        // The repeat came after one T4.
+        assert_eq!(h.elapsed(), Timers::default().t4, "{name}");
+    }
+}
+
+/// A repeated DCS (its CFR lost) is answered again; a frame with a bad
+/// FCS is ignored and the sender's repeat gets through.
+#[test]
+fn lost_cfr_and_bad_fcs_frames_are_recovered_by_repeats() {
+    let mut h = Harness::pair(
+        1,
+        Resolution::Fine,
+        1728,
+        Capabilities::all(),
+        Capabilities::all(),
+    );
+    let seen = Rc::new(Cell::new(0));
+    let s = seen.clone();
+    h.fault = Box::new(move |from, ev| {
+        if let Event::Frame { bytes, fcs_ok } = ev {
+            let fcf = frame::Frame::parse(bytes).unwrap().fcf;
+            if from == Side::Caller && fcf == frame::Fcf::Dcs {
+                s.set(s.get() + 1);
+                // First DCS arrives damaged; the second one's CFR is lost.
+                if s.get() == 1 {
+                    *fcs_ok = false;
+                }
+            }
+            if from == Side::Answerer && fcf == frame::Fcf::Cfr && s.get() == 2 {
+                return false;
+            }
+        }
+        true
+    });
+    h.run();
+    assert_ok(h.outcome(Side::Caller), 1);
+    assert_ok(h.outcome(Side::Answerer), 1);
+    h.assert_pages_identical();
+    assert_eq!(h.count_sent(Side::Caller, frame::Fcf::Dcs), 3);
+    assert_eq!(h.count_sent(Side::Answerer, frame::Fcf::Cfr), 2);
+    assert_eq!(h.elapsed(), Timers::default().t4 * 2);
+}
+
+// ---------------------------------------------------------------------------
+// Timers.
+
+fn drive_alone(
+    t: &mut T30,
+    start: Instant,
+    limit: Duration,
+) -> (Vec<(Duration, Action)>, Duration) {
+    let mut now = start;
+    let mut out = Vec::new();
+    loop {
+        while let Some(a) = t.poll_action() {
+            out.push((now - start, a));
+        }
+        if t.is_finished() {
+            return (out, now - start);
+        }
+        let next = t.poll_timeout().expect("a timer while not finished");
+        assert!(next - start <= limit, "ran past {limit:?}");
+        now = next;
+        t.handle(Event::Timeout, now);
+    }
+}
+
+fn finished(actions: &[(Duration, Action)]) -> &Outcome {
+    match actions.last() {
+        Some((_, Action::Finished(o))) => o,
+        other => panic!("last action is not Finished: {other:?}"),
+    }
+}
+
+#[test]
+fn t1_answerer_repeats_dis_then_gives_up() {
+    let start = Instant::now();
+    let mut a = T30::new(answerer_config(Capabilities::all()), start).unwrap();
+    let (actions, at) = drive_alone(&mut a, start, Duration::from_secs(40));
+    assert_eq!(at, Duration::from_secs(35));
+    assert_eq!(finished(&actions).result, Err(Failure::T1Expired));
+    let dis_times: Vec<u64> = actions
+        .iter()
+        .filter(|(_, a)| matches!(a, Action::SendFrames(f) if f.last().unwrap()[2] == 0x80))
+        .map(|(t, _)| t.as_secs())
+        .collect();
+    // At 0 s and every T4 (3 s) until T1 (35 s).
+    assert_eq!(dis_times, (0..=33).step_by(3).collect::<Vec<u64>>());
+}
+
+#[test]
+fn t1_caller_never_hears_dis() {
+    let start = Instant::now();
+    let cfg = caller_config(1, Resolution::Fine, 1728, Capabilities::all());
+    let mut c = T30::new(cfg, start).unwrap();
+    let (actions, at) = drive_alone(&mut c, start, Duration::from_secs(40));
+    assert_eq!(at, Duration::from_secs(35));
+    assert_eq!(actions.len(), 1, "nothing but Finished: {actions:?}");
+    assert_eq!(finished(&actions).result, Err(Failure::T1Expired));
+}
+
+#[test]
+fn t1_both_sides_when_the_answerer_is_deaf() {
+    let mut h = Harness::pair(
+        1,
+        Resolution::Fine,
+        1728,
+        Capabilities::all(),
+        Capabilities::all(),
+    );
+    // Nothing from the answerer reaches the caller.
+    h.fault = Box::new(|from, _| from == Side::Caller);
+    h.run();
+    assert_eq!(h.outcome(Side::Caller).result, Err(Failure::T1Expired));
+    assert_eq!(h.outcome(Side::Answerer).result, Err(Failure::T1Expired));
+    assert_eq!(h.elapsed(), Duration::from_secs(35));
+}
+
+#[test]
+fn t2_answerer_waits_for_a_page_that_never_comes() {
+    let mut h = Harness::pair(
+        1,
+        Resolution::Fine,
+        1728,
+        Capabilities::all(),
+        Capabilities::all(),
+    );
+    h.answer_need_page = false;
+    h.run();
+    let a = h.outcome(Side::Answerer);
+    match &a.result {
+        Err(Failure::T2Expired { waiting_for }) => {
+            assert!(waiting_for.contains("page 1"), "{waiting_for}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(h.elapsed(), Timers::default().t2);
+    assert_eq!(h.sent_fcfs(Side::Answerer).last(), Some(&frame::Fcf::Dcn));
+    assert_eq!(
+        h.outcome(Side::Caller).result,
+        Err(Failure::RemoteDisconnected)
+    );
+}
+
+#[test]
+fn t4_retries_are_counted() {
+    // (what to lose, expected command, expected time)
+    let cases: &[(frame::Fcf, &str, bool)] = &[
+        (frame::Fcf::Cfr, "DCS", false),
+        (frame::Fcf::Mcf, "EOP", false),
+        (frame::Fcf::Mcf, "PPS-EOP", true),
+    ];
+    for &(lose, command, ecm) in cases {
+        let c = if ecm {
+            Capabilities::all()
+        } else {
+            Capabilities::minimal()
+        };
+        let mut h = Harness::pair(1, Resolution::Standard, 1728, c.clone(), c);
+        h.fault = Box::new(move |from, ev| match (from, &*ev) {
+            (Side::Answerer, Event::Frame { bytes, .. }) => {
+                frame::Frame::parse(bytes).unwrap().fcf != lose
+            }
+            _ => true,
+        });
+        h.run();
+        let name = format!("{command}: {:#?}", h.summary());
+        assert_eq!(
+            h.outcome(Side::Caller).result,
+            Err(Failure::T4Expired {
+                command: command.into(),
+                tries: 3
+            }),
+            "{name}"
+        );
+        assert_eq!(h.elapsed(), Timers::default().t4 * 3, "{name}");
+        assert_eq!(h.sent_fcfs(Side::Caller).last(), Some(&frame::Fcf::Dcn));
+        let a = h.outcome(Side::Answerer);
+        if lose == frame::Fcf::Cfr {
+            assert_eq!(a.result, Err(Failure::RemoteDisconnected), "{name}");
+        } else {
+            // The page was stored; the sender gave up on the confirmation.
+            assert_eq!(a.result, Ok(()), "{name}");
+            assert_eq!(a.pages, 1, "{name}");
+        }
+    }
+}
+
+#[test]
+fn t4_with_short_timers_and_more_retries() {
+    let timers = Timers {
+        t1: Duration::from_millis(500),
+        t2: Duration::from_millis(200),
+        t4: Duration::from_millis(100),
+        t5: Duration::from_secs(1),
+        retries: 5,
+    };
+    let mut h = Harness::pair(
+        1,
+        Resolution::Standard,
+        1728,
+        Capabilities::minimal(),
+        Capabilities::minimal(),
+    );
+    let mut cc = caller_config(1, Resolution::Standard, 1728, Capabilities::minimal());
+    cc.timers = timers;
+    let mut ac = answerer_config(Capabilities::minimal());
+    ac.timers = timers;
+    h.engines = [
+        T30::new(cc, h.start).unwrap(),
+        T30::new(ac, h.start).unwrap(),
+    ];
+    h.fault = Box::new(|from, ev| match (from, &*ev) {
+        (Side::Answerer, Event::Frame { bytes, .. }) => {
+            frame::Frame::parse(bytes).unwrap().fcf != frame::Fcf::Cfr
+        }
+        _ => true,
+    });
+    h.run();
+    assert_eq!(
+        h.outcome(Side::Caller).result,
+        Err(Failure::T4Expired {
+            command: "DCS".into(),
+            tries: 5
+        })
+    );
+    assert_eq!(h.elapsed(), Duration::from_millis(500));
+    assert_eq!(h.count_sent(Side::Caller, frame::Fcf::Dcs), 5);
+}
+
+/// ECM receiver slower than T4: the repeated PPS gets RNR, the caller
+/// polls with RR until the page is stored, then gets MCF.
+#[test]
+fn rnr_while_storing_then_mcf() {
+    let mut h = Harness::pair(
+        2,
+        Resolution::Fine,
+        1728,
+        Capabilities::all(),
+        Capabilities::all(),
+    );
+    h.store_delay = Duration::from_secs(5);
+    h.run();
+    assert_ok(h.outcome(Side::Caller), 2);
+    assert_ok(h.outcome(Side::Answerer), 2);
+    h.assert_pages_identical();
+    assert!(
+        h.count_sent(Side::Answerer, frame::Fcf::Rnr) >= 2,
+        "{:#?}",
+        h.summary()
+    );
+    assert!(h.count_sent(Side::Caller, frame::Fcf::Rr) >= 2);
+    assert_eq!(h.received.len(), 2);
+}
+
+#[test]
+fn t5_expires_when_the_receiver_stays_busy() {
+    let mut h = Harness::pair(
+        1,
+        Resolution::Fine,
+        1728,
+        Capabilities::all(),
+        Capabilities::all(),
+    );
+    h.store_delay = Duration::from_secs(300);
+    h.run();
+    assert_eq!(
+        h.outcome(Side::Caller).result,
+        Err(Failure::T5Expired),
+        "{:#?}",
+        h.summary()
+    );
+    // First RNR answers the PPS repeated after T4; T5 runs from there.
+    let t = Timers::default();
+    assert_eq!(h.outcome(Side::Caller).pages, 0);
+    assert!(h.count_sent(Side::Caller, frame::Fcf::Rr) > 10);
+    // The answerer had the whole page (EOP) and stores it after the DCN.
+    let a = h.outcome(Side::Answerer);
+    assert_eq!(
+        (a.result.clone(), a.pages, a.remote_ended_early),
+        (Ok(()), 1, false)
+    );
+    let caller_end = h
+        .log
+        .iter()
+        .find(|(_, s, a)| *s == Side::Caller && matches!(a, Action::Finished(_)))
+        .map(|(t, _, _)| *t)
+        .unwrap();
+    assert_eq!(caller_end, t.t4 + t.t5);
+}
+
+// ---------------------------------------------------------------------------
+// Bad input, one engine at a time.
+
+fn drain(t: &mut T30) -> Vec<Action> {
+    std::iter::from_fn(|| t.poll_action()).collect()
+}
+
+fn last_frames(actions: &[Action]) -> Vec<Vec<u8>> {
+    actions
+        .iter()
+        .rev()
+        .find_map(|a| match a {
+            Action::SendFrames(f) => Some(f.clone()),
+            _ => None,
+        })
+        .unwrap_or_default()
+}
+
+fn outcome_of(actions: &[Action]) -> Outcome {
+    match actions.last() {
+        Some(Action::Finished(o)) => o.clone(),
+        other => panic!("not finished: {other:?}"),
+    }
+}
+
+fn frame_ev(bytes: Vec<u8>) -> Event {
+    Event::Frame {
+        bytes,
+        fcs_ok: true,
+    }
+}
+
+fn dcs_frame(p: &Params) -> Vec<u8> {
+    frame::build(frame::fcf::DCS | 1, &p.to_dcs_fif(), true)
+}
+
+#[test]
+fn answerer_rejects_bad_commands_with_dcn() {
+    let std_mh = Params {
+        resolution: Resolution::Standard,
+        width: 1728,
+        coding: Coding::Mh,
+        ecm: false,
+    };
+    let cases: Vec<(&str, Capabilities, Vec<u8>, Check)> = vec![
+        (
+            "unknown FCF",
+            Capabilities::all(),
+            vec![0xFF, 0x13, 0x56],
+            Box::new(|f| matches!(f, Failure::UnexpectedFrame(s) if s.contains("0x56"))),
+        ),
+        (
+            "DTC (polling)",
+            Capabilities::all(),
+            frame::build(frame::fcf::DTC, &[0, 0x2E, 0x78], true),
+            Box::new(
+                |f| matches!(f, Failure::UnexpectedFrame(s) if s.contains("DTC") && s.contains("0x81")),
+            ),
+        ),
+        (
+            "bad address",
+            Capabilities::all(),
+            vec![0x00, 0x13, 0x83, 0, 0, 0],
+            Box::new(
+                |f| matches!(f, Failure::InvalidFrame(s) if s.contains("0x83") && s.contains("address")),
+            ),
+        ),
+        (
+            "truncated DCS",
+            Capabilities::all(),
+            vec![0xFF, 0x13, 0x83, 0x00, 0x22],
+            Box::new(
+                |f| matches!(f, Failure::InvalidFrame(s) if s.contains("DCS") && s.contains("0x83")),
+            ),
+        ),
+        (
+            "DCS resolution not offered",
+            Capabilities::minimal(),
+            dcs_frame(&Params {
+                resolution: Resolution::Fine,
+                ..std_mh
+            }),
+            Box::new(|f| matches!(f, Failure::DcsNotOffered(s) if s.contains("resolution Fine"))),
+        ),
+        (
+            "DCS width not offered",
+            caps(&[Resolution::Fine], &[2048], true, false, false),
+            dcs_frame(&Params {
+                width: 2432,
+                ..std_mh
+            }),
+            Box::new(|f| matches!(f, Failure::DcsNotOffered(s) if s.contains("2432"))),
+        ),
+        (
+            "DCS MR not offered",
+            Capabilities::minimal(),
+            dcs_frame(&Params {
+                coding: Coding::Mr { k: 2 },
+                ..std_mh
+            }),
+            Box::new(|f| matches!(f, Failure::DcsNotOffered(s) if s.contains("MR"))),
+        ),
+        (
+            "DCS MMR not offered",
+            caps(&[], &[], true, false, true),
+            dcs_frame(&Params {
+                coding: Coding::Mmr,
+                ecm: true,
+                ..std_mh
+            }),
+            Box::new(|f| matches!(f, Failure::DcsNotOffered(s) if s.contains("MMR"))),
+        ),
+        (
+            "DCS ECM not offered",
+            caps(&[], &[], true, false, false),
+            dcs_frame(&Params {
+                ecm: true,
+                ..std_mh
+            }),
+            Box::new(|f| matches!(f, Failure::DcsNotOffered(s) if s.contains("ECM"))),
+        ),
+        (
+            // MMR is offered only with ECM, whatever the caps say.
+            "DCS MMR when ECM is off",
+            caps(&[], &[], true, true, false),
+            dcs_frame(&Params {
+                coding: Coding::Mmr,
+                ecm: true,
+                ..std_mh
+            }),
+            Box::new(|f| matches!(f, Failure::DcsNotOffered(_))),
+        ),
+        (
+            "page command before DCS",
+            Capabilities::all(),
+            frame::build(frame::fcf::MPS | 1, &[], true),
+            Box::new(
+                |f| matches!(f, Failure::UnexpectedFrame(s) if s.contains("MPS") && s.contains("0x4F")),
+            ),
+        ),
+    ];
+    for (name, c, bytes, check) in cases {
+        let now = Instant::now();
+        let mut a = T30::new(answerer_config(c), now).unwrap();
+        drain(&mut a);
+        a.handle(frame_ev(bytes), now);
+        let actions = drain(&mut a);
+        let o = outcome_of(&actions);
+        let failure = o.result.clone().unwrap_err();
+        assert!(check(&failure), "{name}: {failure}");
+        // DCN from the answerer: X bit clear.
+        assert_eq!(
+            last_frames(&actions),
+            vec![vec![0xFF, 0x13, 0xFA]],
+            "{name}"
+        );
+        assert!(a.is_finished());
+        // Nothing happens after Finished.
+        a.handle(Event::Timeout, now + Duration::from_secs(100));
+        assert!(a.poll_action().is_none());
+        assert!(a.poll_timeout().is_none());
+    }
+}
+
+#[test]
+fn answerer_ignores_frames_with_bad_fcs() {
+    let now = Instant::now();
+    let mut a = T30::new(answerer_config(Capabilities::all()), now).unwrap();
+    drain(&mut a);
+    a.handle(
+        Event::Frame {
+            bytes: vec![0xFF, 0x13, 0x56],
+            fcs_ok: false,
+        },
+        now,
+    );
+    assert!(drain(&mut a).is_empty());
+    assert!(!a.is_finished());
+}
+
+#[test]
+fn caller_rejects_bad_dis() {
+    let cases: Vec<(&str, Vec<Vec<u8>>, Check, u8)> = vec![
+        (
+            "truncated DIS",
+            vec![vec![0xFF, 0x13, 0x80, 0x00, 0x2E]],
+            Box::new(
+                |f| matches!(f, Failure::InvalidFrame(s) if s.contains("DIS") && s.contains("0x80")),
+            ),
+            0xFA,
+        ),
+        (
+            "not ready to receive",
+            vec![frame::build(frame::fcf::DIS, &[0x00, 0x2C, 0x78], true)],
+            Box::new(|f| matches!(f, Failure::Incompatible(s) if s.contains("bit 10"))),
+            0xFB,
+        ),
+        (
+            "unknown FCF",
+            vec![vec![0xFF, 0x13, 0x0F]],
+            Box::new(|f| matches!(f, Failure::UnexpectedFrame(s) if s.contains("0x0F"))),
+            0xFA,
+        ),
+        (
+            "MCF before anything",
+            vec![vec![0xFF, 0x13, 0x8C]],
+            Box::new(|f| matches!(f, Failure::UnexpectedFrame(s) if s.contains("MCF"))),
+            0xFA,
+        ),
+    ];
+    for (name, frames, check, dcn) in cases {
+        let now = Instant::now();
+        let mut c = T30::new(
+            caller_config(1, Resolution::Fine, 1728, Capabilities::all()),
+            now,
+        )
+        .unwrap();
+        for f in frames {
+            c.handle(frame_ev(f), now);
+        }
+        let actions = drain(&mut c);
+        let o = outcome_of(&actions);
+        assert!(
+            check(o.result.as_ref().unwrap_err()),
+            "{name}: {:?}",
+            o.result
+        );
+        // DCN; X set once a valid DIS was received.
+        assert_eq!(last_frames(&actions), vec![vec![0xFF, 0x13, dcn]], "{name}");
+    }
+}
+
+#[test]
+fn config_is_validated() {
+    let now = Instant::now();
+    let good = caller_config(1, Resolution::Fine, 1728, Capabilities::all());
+    assert!(T30::new(good.clone(), now).is_ok());
+    let bad: Vec<(&str, Config)> = vec![
+        (
+            "ident too long",
+            Config {
+                ident: "1".repeat(21),
+                ..good.clone()
+            },
+        ),
+        (
+            "ident letters",
+            Config {
+                ident: "ACME".into(),
+                ..good.clone()
+            },
+        ),
+        (
+            "nsf too long",
+            Config {
+                non_standard: Some(vec![0; 201]),
+                ..good.clone()
+            },
+        ),
+        (
+            "percent",
+            Config {
+                max_bad_percent: 101,
+                ..good.clone()
+            },
+        ),
+        (
+            "no retries",
+            Config {
+                timers: Timers {
+                    retries: 0,
+                    ..Timers::default()
+                },
+                ..good.clone()
+            },
+        ),
+        (
+            "zero pages",
+            caller_config(0, Resolution::Fine, 1728, Capabilities::all()),
+        ),
+        (
+            "odd width",
+            caller_config(1, Resolution::R300, 1728, Capabilities::all()),
+        ),
+        (
+            "caps width",
+            Config {
+                caps: caps(&[], &[2592], false, false, false),
+                ..good.clone()
+            },
+        ),
+    ];
+    for (name, cfg) in bad {
+        let err = T30::new(cfg, now).unwrap_err();
+        assert!(!err.to_string().is_empty(), "{name}");
+    }
+    assert!(matches!(
+        T30::new(
+            Config {
+                ident: "x".into(),
+                ..good
+            },
+            now
+        ),
+        Err(t30::T30Error::InvalidIdent { .. })
+    ));
+}
+
+// ---------------------------------------------------------------------------
+// Cancel and transport loss.
+
+#[test]
+fn cancel_mid_document_keeps_whole_pages() {
+    for ecm in [false, true] {
+        let c = if ecm {
+            Capabilities::all()
+        } else {
+            Capabilities::minimal()
+        };
+        let mut h = Harness::pair(3, Resolution::Standard, 1728, c.clone(), c);
+        // The user cancels while page 2 (index 1) is on its way.
+        let needed = Rc::new(Cell::new(0u32));
+        let n = needed.clone();
+        h.hook = Box::new(move |from, a| match (from, a) {
+            (Side::Caller, Action::NeedPage { index, .. }) => {
+                n.set(*index);
+                Vec::new()
+            }
+            (Side::Caller, Action::SendImage(_) | Action::SendEcmFrames(_)) if n.get() == 1 => {
+                vec![(Side::Caller, Event::Cancel)]
+            }
+            _ => Vec::new(),
+        });
+        h.run();
+        let name = format!("ecm {ecm}: {:#?}", h.summary());
+        let c = h.outcome(Side::Caller);
+        assert_eq!(c.result, Err(Failure::Cancelled), "{name}");
+        assert_eq!(c.pages, 2, "{name}");
+        let a = h.outcome(Side::Answerer);
+        assert_eq!(a.result, Ok(()), "{name}");
+        assert!(a.remote_ended_early, "{name}");
+        assert_eq!(a.pages, 2, "{name}");
+        assert_eq!(h.received.len(), 2);
+        assert_eq!(h.sent_fcfs(Side::Caller).last(), Some(&frame::Fcf::Dcn));
+    }
+}
+
+#[test]
+fn cancel_before_any_page() {
+    let mut h = Harness::pair(
+        2,
+        Resolution::Standard,
+        1728,
+        Capabilities::all(),
+        Capabilities::all(),
+    );
+    h.hook = Box::new(|from, a| match (from, a) {
+        (Side::Caller, Action::Negotiated(_)) => vec![(Side::Caller, Event::Cancel)],
+        _ => Vec::new(),
+    });
+    h.run();
+    assert_eq!(h.outcome(Side::Caller).result, Err(Failure::Cancelled));
+    assert_eq!(h.outcome(Side::Caller).pages, 0);
+    let a = h.outcome(Side::Answerer);
+    assert_eq!(a.result, Err(Failure::RemoteDisconnected));
+    assert_eq!(a.pages, 0);
+}
+
+#[test]
+fn closed_transport() {
+    // Close both sides after the first page is stored.
+    let mut h = Harness::pair(
+        3,
+        Resolution::Standard,
+        1728,
+        Capabilities::minimal(),
+        Capabilities::minimal(),
+    );
+    h.hook = Box::new(|from, a| match (from, a) {
+        (Side::Caller, Action::PageSent { index: 0 }) => {
+            vec![
+                (Side::Caller, Event::Closed),
+                (Side::Answerer, Event::Closed),
+            ]
+        }
+        _ => Vec::new(),
+    });
+    h.run();
+    let c = h.outcome(Side::Caller);
+    assert_eq!(
+        (c.result.clone(), c.pages),
+        (Err(Failure::TransportClosed), 1)
+    );
+    let a = h.outcome(Side::Answerer);
+    assert_eq!(
+        (a.result.clone(), a.pages),
+        (Err(Failure::TransportClosed), 1)
+    );
+    assert!(a.remote_ended_early);
+}
+
+// ---------------------------------------------------------------------------
+// ECM.
+
+/// Frames lost or damaged in the first burst of each block come back
+/// through PPR; the page is pixel-identical and crosses several blocks.
+#[test]
+fn ecm_ppr_resends_only_the_missing_frames() {
+    let c = caps(&[Resolution::Fine], &[], true, true, true);
+    let doc = vec![noise_page(1728, 400, 99), page(1728, 120, 5)];
+    let mut h = Harness::new(
+        caller_config(2, Resolution::Fine, 1728, c.clone()),
+        answerer_config(c),
+        doc,
+        Resolution::Fine,
+    );
+    let rcps = Rc::new(Cell::new(0u32));
+    let r = rcps.clone();
+    h.fault = Box::new(move |from, ev| {
+        if from != Side::Caller {
+            return true;
+        }
+        if let Event::EcmFrame { bytes, fcs_ok } = ev {
+            match frame::parse_ecm_frame(bytes) {
+                Ok(frame::EcmFrame::Rcp) => r.set(r.get() + 1),
+                Ok(frame::EcmFrame::Fcd { number, .. }) => {
+                    // Bursts 0 (block 0), 2 (block 1) ... are first sends.
+                    let burst = r.get() / 3;
+                    if burst.is_multiple_of(2) {
+                        if number % 5 == 2 {
+                            *fcs_ok = false;
+                        }
+                        if number == 7 {
+                            return false;
+                        }
+                    }
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        true
+    });
+    h.run();
+    assert_ok(h.outcome(Side::Caller), 2);
+    assert_ok(h.outcome(Side::Answerer), 2);
+    h.assert_pages_identical();
+    let bursts: Vec<usize> = h
+        .actions(Side::Caller)
+        .filter_map(|a| match a {
+            Action::SendEcmFrames(f) => Some(f.len() - 3),
+            _ => None,
+        })
+        .collect();
+    // Page 0 spans several blocks; every block is followed by a resend of
+    // exactly its damaged frames: n%5==2 plus frame 7.
+    let missing = |n: usize| (0..n).filter(|i| i % 5 == 2 || *i == 7).count();
+    assert!(bursts.len() >= 6, "{bursts:?}");
+    for pair in bursts.chunks(2) {
+        assert_eq!(pair[1], missing(pair[0]), "{bursts:?}");
+    }
+    assert!(bursts[0] == 256, "the first block is full: {bursts:?}");
+    assert_eq!(
+        h.count_sent(Side::Answerer, frame::Fcf::Ppr),
+        bursts.len() / 2
+    );
+    // The PPR map names the right frames.
+    let ppr = h
+        .wire
+        .iter()
+        .find(|(_, s, f)| *s == Side::Answerer && f[2] == frame::fcf::PPR)
+        .map(|(_, _, f)| f.clone())
+        .unwrap();
+    let asked = frame::parse_ppr(&ppr[3..]).unwrap();
+    assert_eq!(
+        asked,
+        (0..256)
+            .filter(|i| i % 5 == 2 || *i == 7)
+            .collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn ecm_ppr_limit_rejects_the_page() {
+    let mut h = Harness::pair(
+        1,
+        Resolution::Fine,
+        1728,
+        Capabilities::all(),
+        Capabilities::all(),
+    );
+    // Frame 0 never arrives intact.
+    h.fault = Box::new(|from, ev| {
+        if let (Side::Caller, Event::EcmFrame { bytes, fcs_ok }) = (from, ev)
+            && bytes[2] == frame::fcf::FCD
+            && bytes[3] == 0
+        {
+            *fcs_ok = false;
+        }
+        true
+    });
+    h.run();
+    assert_eq!(
+        h.outcome(Side::Caller).result,
+        Err(Failure::PageRejected { index: 0, tries: 4 }),
+        "{:#?}",
+        h.summary()
+    );
+    assert_eq!(h.count_sent(Side::Answerer, frame::Fcf::Ppr), 4);
+    assert_eq!(
+        h.outcome(Side::Answerer).result,
+        Err(Failure::RemoteDisconnected)
+    );
+}
+
+// ---------------------------------------------------------------------------
+// EOM (another document follows) on the receiving side, scripted by hand.
+
+#[test]
+fn answerer_returns_to_phase_b_after_eom() {
+    let now = Instant::now();
+    let mut a = T30::new(answerer_config(Capabilities::minimal()), now).unwrap();
+    drain(&mut a);
+    let p = Params {
+        resolution: Resolution::Standard,
+        width: 1728,
+        coding: Coding::Mh,
+        ecm: false,
+    };
+    let img = page(1728, 30, 3);
+    let data = t30::encode_page(&img, &p).unwrap();
+    a.handle(frame_ev(dcs_frame(&p)), now);
+    a.handle(Event::ImageData(data), now);
+    a.handle(Event::ImageEnd, now);
+    a.handle(frame_ev(frame::build(frame::fcf::EOM | 1, &[], true)), now);
+    let actions = drain(&mut a);
+    assert!(
+        actions
+            .iter()
+            .any(|x| matches!(x, Action::PageReceived { index: 0, page, .. } if *page == img))
+    );
+    a.handle(Event::PageStored, now);
+    let actions = drain(&mut a);
+    // MCF, then a fresh NSF/CSI/DIS burst for the next document.
+    let bursts: Vec<Vec<u8>> = actions
+        .iter()
+        .filter_map(|x| match x {
+            Action::SendFrames(f) => Some(f.iter().map(|f| f[2]).collect()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(bursts, vec![vec![0x8C], vec![0x20, 0x40, 0x80]]);
+    // T1 runs again: with no second DCS the call ends there, but the first
+    // document was complete.
+    a.handle(frame_ev(vec![0xFF, 0x13, 0xFB]), now);
+    let o = outcome_of(&drain(&mut a));
+    assert_eq!(
+        (o.result, o.pages, o.remote_ended_early),
+        (Ok(()), 1, false)
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Robustness: arbitrary input never panics and the action stream stays
+// well formed (for the session layer and the fuzzers built on it).
+
+mod arbitrary_input {
+    use super::*;
+    use proptest::prelude::*;
+
+    const FCFS: &[u8] = &[
+        0x80, 0x40, 0x20, 0x81, 0x82, 0x83, 0x42, 0x43, 0x22, 0x23, 0x84, 0x85, 0x44, 0x4E, 0x4F,
+        0x2E, 0x2F, 0x8E, 0x8F, 0x5E, 0x3F, 0xBE, 0xBF, 0x6E, 0x6F, 0x8C, 0x8D, 0xCC, 0x4C, 0x4D,
+        0xAC, 0x2C, 0xBC, 0xBD, 0xEC, 0xED, 0xFA, 0xFB, 0x1A, 0x12, 0xCE, 0x00, 0x06, 0x86, 0x56,
+    ];
+
+    fn event() -> impl Strategy<Value = Event> {
+        let frame = (
+            prop::sample::select(FCFS),
+            any::<bool>(),
+            prop::collection::vec(any::<u8>(), 0..40),
+            any::<bool>(),
+        )
+            .prop_map(|(fcf, fin, fif, fcs_ok)| Event::Frame {
+                bytes: frame::build(fcf, &fif, fin),
+                fcs_ok,
+            });
+        let raw = (prop::collection::vec(any::<u8>(), 0..8), any::<bool>())
+            .prop_map(|(bytes, fcs_ok)| Event::Frame { bytes, fcs_ok });
+        let fcd = (
+            any::<u8>(),
+            prop::collection::vec(any::<u8>(), 0..300),
+            any::<bool>(),
+        )
+            .prop_map(|(n, d, fcs_ok)| Event::EcmFrame {
+                bytes: frame::fcd_frame(n, &d),
+                fcs_ok,
+            });
+        prop_oneof![
+            6 => frame,
+            1 => raw,
+            2 => fcd,
+            1 => Just(Event::EcmFrame { bytes: frame::rcp_frame(), fcs_ok: true }),
+            2 => prop::collection::vec(any::<u8>(), 0..200).prop_map(Event::ImageData),
+            1 => Just(Event::ImageEnd),
+            1 => prop::collection::vec(any::<u8>(), 0..200).prop_map(Event::Page),
+            1 => Just(Event::PageStored),
+            1 => Just(Event::Timeout),
+            1 => Just(Event::Cancel),
+        ]
+    }
+
+    fn check_stream(actions: &[Action], finished_before: bool) {
+        if finished_before {
+            assert!(actions.is_empty(), "actions after Finished: {actions:?}");
+        }
+        let finals = actions
+            .iter()
+            .filter(|a| matches!(a, Action::Finished(_)))
+            .count();
+        assert!(finals <= 1);
+        if finals == 1 {
+            assert!(matches!(actions.last(), Some(Action::Finished(_))));
+        }
+        for a in actions {
+            if let Action::SendFrames(frames) = a {
+                assert!(!frames.is_empty());
+                for (i, f) in frames.iter().enumerate() {
+                    let p = frame::Frame::parse(f).unwrap();
+                    assert_eq!(p.final_frame, i + 1 == frames.len(), "{frames:?}");
+                }
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+
+        #[test]
+        fn engines_survive_arbitrary_events(
+            caller in any::<bool>(),
+            prime in any::<bool>(),
+            ecm in any::<bool>(),
+            events in prop::collection::vec((event(), 0u64..4000), 0..60),
+        ) {
+            let start = Instant::now();
+            let c = if ecm { Capabilities::all() } else { Capabilities::minimal() };
+            let cfg = if caller {
+                caller_config(2, Resolution::Standard, 1728, c.clone())
+            } else {
+                answerer_config(c.clone())
+            };
+            let mut t = T30::new(cfg, start).unwrap();
+            let mut now = start;
+            let mut finished = false;
+            let first = drain(&mut t);
+            check_stream(&first, false);
+            // Optionally get past phase B so that random input reaches
+            // the later states.
+            if prime {
+                let f = if caller {
+                    frame::build(frame::fcf::DIS, &c.to_dis_fif(), true)
+                } else {
+                    let p = Params {
+                        resolution: Resolution::Standard,
+                        width: 1728,
+                        coding: Coding::Mh,
+                        ecm,
+                    };
+                    dcs_frame(&p)
+                };
+                t.handle(frame_ev(f), now);
+                if caller {
+                    t.handle(frame_ev(vec![0xFF, 0x13, 0x84]), now);
+                }
+                let a = drain(&mut t);
+                check_stream(&a, false);
+                finished = a.iter().any(|x| matches!(x, Action::Finished(_)));
+            }
+            for (ev, dt) in events {
+                now += Duration::from_millis(dt);
+                t.handle(ev, now);
+                let a = drain(&mut t);
+                check_stream(&a, finished);
+                finished |= a.iter().any(|x| matches!(x, Action::Finished(_)));
+                prop_assert_eq!(finished, t.is_finished());
+                if finished {
+                    prop_assert!(t.poll_timeout().is_none());
+                }
+            }
+        }
+    }
+}

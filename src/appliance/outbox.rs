@@ -1,0 +1,465 @@
+//! The outbox actor: runs each due job through a fax session over the
+//! relay, records every delivered page, and schedules retries with
+//! exponential backoff and jitter.
+//!
+//! A page counts as delivered only after its MCF ([`Hooks::page_sent`]),
+//! and a new session resumes at the first undelivered page, telling the
+//! receiver the job id and page index in its NSS so that the receiver can
+//! recognise a page it already has.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use faxgate_config::FaxSection;
+use faxgate_fax::t30::{self, Failure, Params, Role, T30};
+use faxgate_relay::{ClientError, RelayClient};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
+
+use super::session::{self, Hooks, JobTag, SessionEnd};
+use super::store::{JobInfo, JobState, Store, now_ms, parse_resolution};
+use super::{Bus, BusEvent, fax_caps};
+
+/// Messages to the outbox actor.
+#[derive(Debug)]
+enum OutboxMsg {
+    /// A job was added or became due: look at the queue now.
+    Wake,
+    /// Cancel a job (DCN if it is in a session).
+    Cancel {
+        id: String,
+        reply: oneshot::Sender<anyhow::Result<JobInfo>>,
+    },
+}
+
+/// Handle to the outbox actor.
+#[derive(Clone, Debug)]
+pub struct OutboxHandle {
+    tx: mpsc::Sender<OutboxMsg>,
+}
+
+impl OutboxHandle {
+    /// Starts the actor.
+    pub fn spawn(
+        store: Store,
+        relay: RelayClient,
+        fax: FaxSection,
+        bus: Bus,
+        shutdown: CancellationToken,
+        tracker: &tokio_util::task::TaskTracker,
+    ) -> OutboxHandle {
+        let (tx, rx) = mpsc::channel(64);
+        let actor = OutboxActor {
+            store,
+            relay,
+            fax,
+            bus,
+            rx,
+            running: HashMap::new(),
+            tasks: JoinSet::new(),
+            shutdown,
+        };
+        tracker.spawn(actor.run().instrument(tracing::info_span!("outbox")));
+        OutboxHandle { tx }
+    }
+
+    /// Looks at the queue now (after a job was added).
+    pub async fn wake(&self) {
+        let _ = self.tx.send(OutboxMsg::Wake).await;
+    }
+
+    /// Cancels a job.
+    pub async fn cancel(&self, id: &str) -> anyhow::Result<JobInfo> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(OutboxMsg::Cancel {
+                id: id.to_owned(),
+                reply,
+            })
+            .await
+            .ok()
+            .context("the outbox is shutting down")?;
+        rx.await.context("the outbox is shutting down")?
+    }
+}
+
+struct RunningJob {
+    cancel: CancellationToken,
+}
+
+struct OutboxActor {
+    store: Store,
+    relay: RelayClient,
+    fax: FaxSection,
+    bus: Bus,
+    rx: mpsc::Receiver<OutboxMsg>,
+    running: HashMap<String, RunningJob>,
+    tasks: JoinSet<String>,
+    shutdown: CancellationToken,
+}
+
+impl OutboxActor {
+    async fn run(mut self) {
+        match self.store.recover().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(jobs = n, "Jobs interrupted by a restart will resume."),
+            Err(e) => tracing::error!(error = format!("{e:#}"), "Cannot recover the outbox."),
+        }
+        loop {
+            if let Err(e) = self.start_due().await {
+                tracing::error!(error = format!("{e:#}"), "Cannot read the outbox.");
+            }
+            let next = match self.store.next_due().await {
+                Ok(Some(ms)) => Duration::from_millis(u64::try_from(ms - now_ms()).unwrap_or(0)),
+                _ => Duration::from_secs(60),
+            }
+            .clamp(Duration::from_millis(50), Duration::from_secs(60));
+            tokio::select! {
+                msg = self.rx.recv() => match msg {
+                    Some(OutboxMsg::Wake) => {}
+                    Some(OutboxMsg::Cancel { id, reply }) => {
+                        let _ = reply.send(self.cancel(&id).await);
+                    }
+                    None => break,
+                },
+                Some(done) = self.tasks.join_next(), if !self.tasks.is_empty() => {
+                    if let Ok(id) = done {
+                        self.running.remove(&id);
+                    }
+                }
+                () = tokio::time::sleep(next) => {}
+                () = self.shutdown.cancelled() => break,
+            }
+        }
+        // Shutdown: sessions park at their next page boundary (their
+        // `park` token is a child of `shutdown`); wait for them.
+        while self.tasks.join_next().await.is_some() {}
+        tracing::info!("Outbox stopped.");
+    }
+
+    async fn start_due(&mut self) -> anyhow::Result<()> {
+        if self.running.len() >= self.fax.concurrent_sends {
+            return Ok(());
+        }
+        for job in self.store.due_jobs(now_ms()).await? {
+            if self.running.len() >= self.fax.concurrent_sends {
+                break;
+            }
+            if self.running.contains_key(&job.id) {
+                continue;
+            }
+            let cancel = CancellationToken::new();
+            self.running.insert(
+                job.id.clone(),
+                RunningJob {
+                    cancel: cancel.clone(),
+                },
+            );
+            let ctx = SendCtx {
+                store: self.store.clone(),
+                relay: self.relay.clone(),
+                fax: self.fax.clone(),
+                bus: self.bus.clone(),
+                cancel,
+                park: self.shutdown.child_token(),
+            };
+            let span = tracing::info_span!("job", job_id = %job.id, to = %job.to);
+            self.tasks.spawn(
+                async move {
+                    let id = job.id.clone();
+                    if let Err(e) = attempt(&ctx, job).await {
+                        tracing::error!(error = format!("{e:#}"), "Job attempt failed locally.");
+                    }
+                    id
+                }
+                .instrument(span),
+            );
+        }
+        Ok(())
+    }
+
+    async fn cancel(&mut self, id: &str) -> anyhow::Result<JobInfo> {
+        let job = self.store.request_cancel(id).await?;
+        if let Some(r) = self.running.get(id) {
+            r.cancel.cancel();
+        } else {
+            self.bus.publish(BusEvent::Job(job.clone()));
+        }
+        Ok(job)
+    }
+}
+
+struct SendCtx {
+    store: Store,
+    relay: RelayClient,
+    fax: FaxSection,
+    bus: Bus,
+    cancel: CancellationToken,
+    park: CancellationToken,
+}
+
+impl SendCtx {
+    async fn set(
+        &self,
+        id: &str,
+        state: JobState,
+        reason: Option<String>,
+        next: Option<i64>,
+    ) -> anyhow::Result<JobInfo> {
+        let job = self.store.set_job_state(id, state, reason, next).await?;
+        self.bus.publish(BusEvent::Job(job.clone()));
+        Ok(job)
+    }
+
+    /// Retry later, or fail once the attempts are used up.
+    async fn retry(&self, job: &JobInfo, reason: String) -> anyhow::Result<()> {
+        let attempts = self
+            .store
+            .job(&job.id)
+            .await?
+            .map_or(job.attempts, |j| j.attempts);
+        if attempts >= self.fax.max_attempts {
+            tracing::warn!(attempts, %reason, "Job failed: no attempts left.");
+            self.set(
+                &job.id,
+                JobState::Failed,
+                Some(format!("gave up after {attempts} attempts; last: {reason}")),
+                None,
+            )
+            .await?;
+            return Ok(());
+        }
+        let delay = backoff(
+            self.fax.retry_initial,
+            self.fax.retry_max,
+            attempts.saturating_sub(1),
+        );
+        let at = now_ms() + i64::try_from(delay.as_millis()).unwrap_or(i64::MAX / 2);
+        tracing::info!(%reason, retry_in = ?delay, "Job will be retried.");
+        self.set(&job.id, JobState::Retrying, Some(reason), Some(at))
+            .await?;
+        Ok(())
+    }
+}
+
+/// The delay before attempt `n + 1`: `initial * 2^n`, capped, then a
+/// random 50-100% of it so that many jobs do not retry in step.
+pub fn backoff(initial: Duration, max: Duration, n: u32) -> Duration {
+    use rand::Rng as _;
+    let full = initial.saturating_mul(1u32 << n.min(20)).min(max);
+    full.mul_f64(rand::thread_rng().gen_range(0.5..=1.0))
+}
+
+/// One attempt of one job: connect, run T.30, record the outcome.
+async fn attempt(ctx: &SendCtx, job: JobInfo) -> anyhow::Result<()> {
+    if job.cancel_requested {
+        ctx.set(
+            &job.id,
+            JobState::Cancelled,
+            Some("cancelled by the user".into()),
+            None,
+        )
+        .await?;
+        return Ok(());
+    }
+    ctx.set(&job.id, JobState::Connecting, job.reason.clone(), None)
+        .await?;
+    let mut stream = match ctx.relay.connect(&job.to).await {
+        Ok(s) => s,
+        Err(e) => {
+            let permanent = matches!(&e, ClientError::Refused { code, .. }
+                if *code == faxgate_relay::protocol::Code::Forbidden);
+            let reason = format!("relay: {e}");
+            if permanent {
+                ctx.set(&job.id, JobState::Failed, Some(reason), None)
+                    .await?;
+            } else {
+                ctx.retry(&job, reason).await?;
+            }
+            return Ok(());
+        }
+    };
+    tracing::info!(session = stream.id(), "Bridged; starting T.30.");
+    let first = job.delivered;
+    let resolution = parse_resolution(&job.resolution)?;
+    let config = t30::Config {
+        role: Role::Caller {
+            pages: job.pages - first,
+            document_resolution: resolution,
+            document_width: job.width,
+        },
+        ident: ctx.fax.ident.clone(),
+        caps: fax_caps(&ctx.fax),
+        timers: super::timers(&ctx.fax),
+        non_standard: Some(
+            JobTag {
+                job_id: job.id.clone(),
+                first_page: first,
+                total_pages: job.pages,
+            }
+            .to_bytes(),
+        ),
+        max_bad_percent: ctx.fax.max_bad_percent,
+        max_consecutive_bad: ctx.fax.max_consecutive_bad,
+    };
+    let engine = match T30::new(config, std::time::Instant::now()) {
+        Ok(e) => e,
+        Err(e) => {
+            ctx.set(
+                &job.id,
+                JobState::Failed,
+                Some(format!("bad fax settings: {e}")),
+                None,
+            )
+            .await?;
+            return Ok(());
+        }
+    };
+    ctx.set(&job.id, JobState::Sending, None, None).await?;
+    let mut hooks = SenderHooks {
+        ctx,
+        job: &job,
+        first,
+    };
+    let end = session::run(
+        &mut stream,
+        engine,
+        true,
+        &mut hooks,
+        ctx.cancel.clone(),
+        ctx.park.clone(),
+    )
+    .await;
+    // TERMINATE, drain, RELEASE: the connection goes back to vacant.
+    if let Err(e) = stream.close().await {
+        tracing::debug!(error = %e, "Session close was not clean.");
+    }
+    let now = ctx.store.job(&job.id).await?.context("the job vanished")?;
+    match end {
+        SessionEnd::T30(outcome) => match outcome.result {
+            Ok(()) if now.delivered >= now.pages => {
+                tracing::info!(pages = now.delivered, "Job done.");
+                ctx.set(&job.id, JobState::Done, None, None).await?;
+            }
+            Ok(()) => {
+                ctx.retry(
+                    &now,
+                    format!(
+                        "session ended after {} of {} pages",
+                        now.delivered, now.pages
+                    ),
+                )
+                .await?;
+            }
+            Err(Failure::Cancelled) => {
+                ctx.set(
+                    &job.id,
+                    JobState::Cancelled,
+                    Some(format!(
+                        "cancelled by the user after {} of {} pages",
+                        now.delivered, now.pages
+                    )),
+                    None,
+                )
+                .await?;
+            }
+            Err(f @ (Failure::Incompatible(_) | Failure::DcsNotOffered(_))) => {
+                ctx.set(&job.id, JobState::Failed, Some(format!("T.30: {f}")), None)
+                    .await?;
+            }
+            Err(f) => ctx.retry(&now, format!("T.30: {f}")).await?,
+        },
+        SessionEnd::Parked => {
+            tracing::info!(delivered = now.delivered, "Job parked for shutdown.");
+            ctx.set(
+                &job.id,
+                JobState::Retrying,
+                Some("parked by a shutdown".into()),
+                Some(now_ms()),
+            )
+            .await?;
+        }
+        SessionEnd::Error(e) => ctx.retry(&now, format!("{e:#}")).await?,
+    }
+    Ok(())
+}
+
+struct SenderHooks<'a> {
+    ctx: &'a SendCtx,
+    job: &'a JobInfo,
+    first: u32,
+}
+
+impl Hooks for SenderHooks<'_> {
+    async fn need_page(&mut self, index: u32, params: Params) -> anyhow::Result<Vec<u8>> {
+        let doc_index = self.first + index;
+        let (page, resolution) = self.ctx.store.job_page(&self.job.id, doc_index).await?;
+        let page = t30::fit_page(&page, resolution, &params);
+        tokio::task::spawn_blocking(move || t30::encode_page(&page, &params))
+            .await
+            .context("the page encoder panicked")?
+            .with_context(|| format!("while coding page {}", doc_index + 1))
+    }
+
+    async fn page_sent(&mut self, index: u32) -> anyhow::Result<()> {
+        let job = self
+            .ctx
+            .store
+            .page_delivered(&self.job.id, self.first + index)
+            .await?;
+        tracing::info!(
+            page = self.first + index + 1,
+            of = job.pages,
+            "Page delivered."
+        );
+        self.ctx.bus.publish(BusEvent::Job(job));
+        Ok(())
+    }
+
+    async fn peer(
+        &mut self,
+        ident: Option<String>,
+        _nonstandard: Option<Vec<u8>>,
+    ) -> anyhow::Result<()> {
+        if let Some(ident) = ident {
+            tracing::info!(csi = %ident, "Receiver identified.");
+        }
+        Ok(())
+    }
+
+    async fn page_received(
+        &mut self,
+        index: u32,
+        _params: Params,
+        _page: faxgate_fax::Bitmap,
+    ) -> anyhow::Result<()> {
+        anyhow::bail!(
+            "the receiver sent us page {} although we are the caller",
+            index + 1
+        )
+    }
+
+    fn negotiated(&mut self, params: Params) {
+        tracing::info!(?params, "Negotiated.");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_caps_and_jitters_within_half() {
+        let (i, m) = (Duration::from_secs(1), Duration::from_secs(10));
+        for n in 0..8 {
+            let full = Duration::from_secs(1 << n).min(m);
+            for _ in 0..50 {
+                let d = backoff(i, m, n);
+                assert!(d >= full / 2 && d <= full, "n={n}: {d:?} vs {full:?}");
+            }
+        }
+    }
+}

@@ -1,0 +1,1075 @@
+//! The appliance's durable state: outbox jobs, inbox documents and their
+//! history in SQLite, and every page as a TIFF-F file beside it.
+//!
+//! Durability rules, which the fax sessions rely on:
+//! - A job's pages are on disk (fsynced, then renamed) before the job row
+//!   is committed, so an accepted `send` is never lost.
+//! - A received page is written and fsynced, then counted in the same
+//!   transaction that records it, before the session may answer MCF.
+//! - An inbox document is keyed by (sender, job id): a resumed job finds
+//!   the pages it already delivered, and a page that arrives twice (MCF
+//!   lost on the way back) is recognised by its index and not stored again.
+//!
+//! SQLite calls block, so every method runs on the blocking pool behind a
+//! mutex: the store is one writer, like an actor with a queue.
+
+use std::fmt;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context as _, anyhow, bail};
+use faxgate_fax::tiff::{TiffWriterOptions, write_tiff};
+use faxgate_fax::{Bitmap, Coding, Resolution};
+use rusqlite::{Connection, OptionalExtension as _, params};
+use serde::Serialize;
+
+use crate::print::FaxPage;
+
+/// The states of an outbox job. `Done`, `Failed` and `Cancelled` are final.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobState {
+    /// Waiting for its first attempt.
+    Queued,
+    /// Asking the relay for a session with the destination.
+    Connecting,
+    /// In a session, sending page `delivered + 1`.
+    Sending,
+    /// Waiting until `next_attempt` after a failure.
+    Retrying,
+    /// Every page delivered (MCF for each).
+    Done,
+    /// Given up; `reason` says why.
+    Failed,
+    /// Cancelled by the user; pages already delivered stay delivered.
+    Cancelled,
+}
+
+impl JobState {
+    fn as_str(self) -> &'static str {
+        match self {
+            JobState::Queued => "queued",
+            JobState::Connecting => "connecting",
+            JobState::Sending => "sending",
+            JobState::Retrying => "retrying",
+            JobState::Done => "done",
+            JobState::Failed => "failed",
+            JobState::Cancelled => "cancelled",
+        }
+    }
+
+    fn parse(s: &str) -> anyhow::Result<JobState> {
+        Ok(match s {
+            "queued" => JobState::Queued,
+            "connecting" => JobState::Connecting,
+            "sending" => JobState::Sending,
+            "retrying" => JobState::Retrying,
+            "done" => JobState::Done,
+            "failed" => JobState::Failed,
+            "cancelled" => JobState::Cancelled,
+            other => bail!("unknown job state {other:?} in the store"),
+        })
+    }
+
+    /// Whether nothing more will happen to the job.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            JobState::Done | JobState::Failed | JobState::Cancelled
+        )
+    }
+}
+
+/// An outbox job as the panel shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct JobInfo {
+    /// The job id: 16 hex digits, also sent to the receiver so that a
+    /// resumed job is recognised.
+    pub id: String,
+    /// The relay user it goes to.
+    pub to: String,
+    /// A title for lists (the file name, or "scan").
+    pub title: String,
+    /// Pages in the document.
+    pub pages: u32,
+    /// Pages delivered (MCF received).
+    pub delivered: u32,
+    /// Where the job is.
+    pub state: JobState,
+    /// Why it is retrying, failed or cancelled.
+    pub reason: Option<String>,
+    /// Attempts made so far.
+    pub attempts: u32,
+    /// When the next attempt is due (Unix ms), while retrying.
+    pub next_attempt_ms: Option<i64>,
+    /// The document's resolution.
+    pub resolution: String,
+    /// The document's width in pels.
+    pub width: u32,
+    /// When the job was accepted (Unix ms).
+    pub created_ms: i64,
+    /// When it last changed (Unix ms).
+    pub updated_ms: i64,
+    /// The user asked to cancel it.
+    pub cancel_requested: bool,
+}
+
+impl fmt::Display for JobInfo {
+    /// One line: `sending page 3 of 10`, `retrying at ... (reason)`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.state {
+            JobState::Sending => write!(
+                f,
+                "sending page {} of {}",
+                (self.delivered + 1).min(self.pages),
+                self.pages
+            ),
+            JobState::Retrying => {
+                let at = self
+                    .next_attempt_ms
+                    .map(format_ms)
+                    .unwrap_or_else(|| "?".into());
+                write!(
+                    f,
+                    "retrying at {at} ({}; {} of {} pages delivered)",
+                    self.reason.as_deref().unwrap_or("no reason"),
+                    self.delivered,
+                    self.pages
+                )
+            }
+            JobState::Done => write!(f, "done, {} pages", self.delivered),
+            JobState::Failed | JobState::Cancelled => write!(
+                f,
+                "{}: {} ({} of {} pages delivered)",
+                self.state.as_str(),
+                self.reason.as_deref().unwrap_or("no reason"),
+                self.delivered,
+                self.pages
+            ),
+            JobState::Queued | JobState::Connecting => f.write_str(self.state.as_str()),
+        }
+    }
+}
+
+/// Where a received document is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InboxState {
+    /// A session is delivering pages now.
+    Receiving,
+    /// The session broke off; the sender will resume it.
+    Interrupted,
+    /// Every page arrived (EOP).
+    Complete,
+    /// The sender ended early (a cancel): only the complete pages are kept.
+    Partial,
+}
+
+impl InboxState {
+    fn as_str(self) -> &'static str {
+        match self {
+            InboxState::Receiving => "receiving",
+            InboxState::Interrupted => "interrupted",
+            InboxState::Complete => "complete",
+            InboxState::Partial => "partial",
+        }
+    }
+
+    fn parse(s: &str) -> anyhow::Result<InboxState> {
+        Ok(match s {
+            "receiving" => InboxState::Receiving,
+            "interrupted" => InboxState::Interrupted,
+            "complete" => InboxState::Complete,
+            "partial" => InboxState::Partial,
+            other => bail!("unknown inbox state {other:?} in the store"),
+        })
+    }
+}
+
+/// What the output stage has done with a received document.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PrintState {
+    /// Not complete yet, or waiting for the printer.
+    Pending,
+    /// Held for release (`inbox.print = false`).
+    Held,
+    /// Printed.
+    Printed,
+    /// The printer refused it for good; `print_reason` says why.
+    Failed,
+}
+
+impl PrintState {
+    fn as_str(self) -> &'static str {
+        match self {
+            PrintState::Pending => "pending",
+            PrintState::Held => "held",
+            PrintState::Printed => "printed",
+            PrintState::Failed => "failed",
+        }
+    }
+
+    fn parse(s: &str) -> anyhow::Result<PrintState> {
+        Ok(match s {
+            "pending" => PrintState::Pending,
+            "held" => PrintState::Held,
+            "printed" => PrintState::Printed,
+            "failed" => PrintState::Failed,
+            other => bail!("unknown print state {other:?} in the store"),
+        })
+    }
+}
+
+/// A received document as the panel shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct InboxDoc {
+    /// Local document number.
+    pub id: i64,
+    /// The relay user that sent it.
+    pub from: String,
+    /// The sender's job id.
+    pub job_id: String,
+    /// The sender's TSI.
+    pub remote_ident: Option<String>,
+    /// Pages the sender announced.
+    pub pages_expected: Option<u32>,
+    /// Pages stored (always a prefix of the document).
+    pub pages: u32,
+    /// Reception state.
+    pub state: InboxState,
+    /// Output state.
+    pub print: PrintState,
+    /// Why printing failed or is waiting; once printed, where it went
+    /// (the file, the IPP job).
+    pub print_reason: Option<String>,
+    /// The resolution of the stored pages.
+    pub resolution: Option<String>,
+    /// Where the archived PDF is, once archived.
+    pub archived: Option<String>,
+    /// When the first page arrived (Unix ms).
+    pub created_ms: i64,
+    /// When it last changed (Unix ms).
+    pub updated_ms: i64,
+}
+
+/// One line of history.
+#[derive(Clone, Debug, Serialize)]
+pub struct HistoryEntry {
+    /// When (Unix ms).
+    pub at_ms: i64,
+    /// The job id or `inbox:N`.
+    pub subject: String,
+    /// What happened.
+    pub message: String,
+}
+
+/// The store. Cheap to clone; all clones share one connection.
+#[derive(Clone, Debug)]
+pub struct Store {
+    inner: Arc<Mutex<Inner>>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    conn: Connection,
+    dir: PathBuf,
+}
+
+const SCHEMA: &str = "
+PRAGMA journal_mode = WAL;
+PRAGMA synchronous = FULL;
+CREATE TABLE IF NOT EXISTS outbox (
+    id TEXT PRIMARY KEY,
+    to_user TEXT NOT NULL,
+    title TEXT NOT NULL,
+    pages INTEGER NOT NULL,
+    delivered INTEGER NOT NULL DEFAULT 0,
+    state TEXT NOT NULL,
+    reason TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt INTEGER,
+    resolution TEXT NOT NULL,
+    width INTEGER NOT NULL,
+    created INTEGER NOT NULL,
+    updated INTEGER NOT NULL,
+    cancel_requested INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS inbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    from_user TEXT NOT NULL,
+    job_id TEXT NOT NULL,
+    remote_ident TEXT,
+    pages_expected INTEGER,
+    pages INTEGER NOT NULL DEFAULT 0,
+    state TEXT NOT NULL,
+    print_state TEXT NOT NULL,
+    print_reason TEXT,
+    resolution TEXT,
+    archived TEXT,
+    created INTEGER NOT NULL,
+    updated INTEGER NOT NULL,
+    UNIQUE (from_user, job_id)
+);
+CREATE TABLE IF NOT EXISTS history (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at INTEGER NOT NULL,
+    subject TEXT NOT NULL,
+    message TEXT NOT NULL
+);
+";
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// A Unix-ms time as RFC 3339 (UTC, seconds).
+pub fn format_ms(ms: i64) -> String {
+    let t = UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0));
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+/// The name of a resolution in the store and the API.
+pub fn resolution_name(r: Resolution) -> &'static str {
+    match r {
+        Resolution::Standard => "standard",
+        Resolution::Fine => "fine",
+        Resolution::SuperFine => "superfine",
+        Resolution::R300 => "300",
+        Resolution::R400 => "400",
+    }
+}
+
+/// The inverse of [`resolution_name`].
+pub fn parse_resolution(s: &str) -> anyhow::Result<Resolution> {
+    Ok(match s {
+        "standard" => Resolution::Standard,
+        "fine" => Resolution::Fine,
+        "superfine" => Resolution::SuperFine,
+        "300" => Resolution::R300,
+        "400" => Resolution::R400,
+        other => bail!("unknown resolution {other:?}"),
+    })
+}
+
+fn new_job_id() -> String {
+    use rand::Rng as _;
+    format!("{:016x}", rand::thread_rng().r#gen::<u64>())
+}
+
+/// Writes a file so that it survives a crash: temp file, fsync, rename,
+/// fsync of the directory.
+fn write_durable(path: &Path, data: &[u8]) -> anyhow::Result<()> {
+    let dir = path.parent().context("a page file has no folder")?;
+    std::fs::create_dir_all(dir).with_context(|| format!("while creating {}", dir.display()))?;
+    let tmp = path.with_extension("tmp");
+    let mut f =
+        std::fs::File::create(&tmp).with_context(|| format!("while creating {}", tmp.display()))?;
+    f.write_all(data)
+        .and_then(|()| f.sync_all())
+        .with_context(|| format!("while writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("while renaming to {}", path.display()))?;
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("while syncing {}", dir.display()))?;
+    Ok(())
+}
+
+fn page_tiff(page: &Bitmap, resolution: Resolution) -> anyhow::Result<Vec<u8>> {
+    write_tiff(
+        std::slice::from_ref(page),
+        Coding::Mmr,
+        resolution,
+        TiffWriterOptions {
+            software: Some(format!("faxgate {}", env!("CARGO_PKG_VERSION"))),
+            date_time: None,
+            total_pages: Some(1),
+        },
+    )
+    .context("while coding a page for the store")
+}
+
+impl Store {
+    /// Opens (or creates) the store in `dir`.
+    pub fn open(dir: &Path) -> anyhow::Result<Store> {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("while creating {}", dir.display()))?;
+        let path = dir.join("store.db");
+        let conn = Connection::open(&path)
+            .with_context(|| format!("while opening the store {}", path.display()))?;
+        conn.execute_batch(SCHEMA)
+            .context("while creating the store's tables")?;
+        conn.busy_timeout(Duration::from_secs(5))?;
+        Ok(Store {
+            inner: Arc::new(Mutex::new(Inner {
+                conn,
+                dir: dir.to_owned(),
+            })),
+        })
+    }
+
+    /// Runs `f` with the connection on the blocking pool.
+    async fn with<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Inner) -> anyhow::Result<T> + Send + 'static,
+    ) -> anyhow::Result<T> {
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || {
+            let mut guard = inner
+                .lock()
+                .map_err(|_| anyhow!("the store lock is poisoned"))?;
+            f(&mut guard)
+        })
+        .await
+        .context("the store task panicked")?
+    }
+
+    /// Accepts a new job: its pages are durable before this returns.
+    pub async fn add_job(
+        &self,
+        to: &str,
+        title: &str,
+        pages: Vec<Bitmap>,
+        resolution: Resolution,
+    ) -> anyhow::Result<JobInfo> {
+        anyhow::ensure!(!pages.is_empty(), "the document has no pages");
+        let width = pages[0].width();
+        if let Some((i, p)) = pages.iter().enumerate().find(|(_, p)| p.width() != width) {
+            bail!(
+                "page {} is {} pels wide but page 1 is {width}; a fax document has one width",
+                i + 1,
+                p.width()
+            );
+        }
+        let (to, title) = (to.to_owned(), title.to_owned());
+        self.with(move |s| {
+            let id = new_job_id();
+            let dir = s.dir.join("outbox").join(&id);
+            for (i, p) in pages.iter().enumerate() {
+                write_durable(&dir.join(format!("{i:04}.tif")), &page_tiff(p, resolution)?)?;
+            }
+            let now = now_ms();
+            s.conn.execute(
+                "INSERT INTO outbox (id, to_user, title, pages, state, resolution, width, created, updated)
+                 VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?6, ?7, ?7)",
+                params![id, to, title, pages.len(), resolution_name(resolution), width, now],
+            )?;
+            history(&s.conn, &id, &format!("accepted {} pages for {to}", pages.len()))?;
+            job_row(&s.conn, &id)?.context("the new job vanished")
+        })
+        .await
+    }
+
+    /// One job.
+    pub async fn job(&self, id: &str) -> anyhow::Result<Option<JobInfo>> {
+        let id = id.to_owned();
+        self.with(move |s| job_row(&s.conn, &id)).await
+    }
+
+    /// The newest jobs first.
+    pub async fn jobs(&self, limit: usize) -> anyhow::Result<Vec<JobInfo>> {
+        self.with(move |s| {
+            let mut st = s
+                .conn
+                .prepare("SELECT id FROM outbox ORDER BY created DESC, id LIMIT ?1")?;
+            let ids: Vec<String> = st
+                .query_map([limit], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            ids.iter()
+                .filter_map(|id| job_row(&s.conn, id).transpose())
+                .collect()
+        })
+        .await
+    }
+
+    /// Jobs whose next attempt is due at `now`, oldest first.
+    pub async fn due_jobs(&self, now: i64) -> anyhow::Result<Vec<JobInfo>> {
+        self.with(move |s| {
+            let mut st = s.conn.prepare(
+                "SELECT id FROM outbox WHERE (state = 'queued' OR
+                   (state = 'retrying' AND COALESCE(next_attempt, 0) <= ?1))
+                 ORDER BY created, id",
+            )?;
+            let ids: Vec<String> = st
+                .query_map([now], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            ids.iter()
+                .filter_map(|id| job_row(&s.conn, id).transpose())
+                .collect()
+        })
+        .await
+    }
+
+    /// The earliest `next_attempt` of a retrying job.
+    pub async fn next_due(&self) -> anyhow::Result<Option<i64>> {
+        self.with(|s| {
+            Ok(s.conn.query_row(
+                "SELECT MIN(next_attempt) FROM outbox WHERE state = 'retrying'",
+                [],
+                |r| r.get::<_, Option<i64>>(0),
+            )?)
+        })
+        .await
+    }
+
+    /// After a restart, jobs that were in a session go back to retrying
+    /// at once, and receptions that were open become interrupted.
+    pub async fn recover(&self) -> anyhow::Result<usize> {
+        self.with(|s| {
+            let now = now_ms();
+            let n = s.conn.execute(
+                "UPDATE outbox SET state = 'retrying', next_attempt = ?1, updated = ?1,
+                   reason = 'interrupted by a restart'
+                 WHERE state IN ('connecting', 'sending')",
+                [now],
+            )?;
+            s.conn.execute(
+                "UPDATE inbox SET state = 'interrupted', updated = ?1 WHERE state = 'receiving'",
+                [now],
+            )?;
+            Ok(n)
+        })
+        .await
+    }
+
+    /// Moves a job to `state` with an optional reason. `attempt` counts
+    /// one more attempt (on `Connecting`).
+    pub async fn set_job_state(
+        &self,
+        id: &str,
+        state: JobState,
+        reason: Option<String>,
+        next_attempt: Option<i64>,
+    ) -> anyhow::Result<JobInfo> {
+        let id = id.to_owned();
+        self.with(move |s| {
+            let now = now_ms();
+            let bump = i64::from(state == JobState::Connecting);
+            let n = s.conn.execute(
+                "UPDATE outbox SET state = ?2, reason = ?3, next_attempt = ?4, updated = ?5,
+                   attempts = attempts + ?6
+                 WHERE id = ?1",
+                params![id, state.as_str(), reason, next_attempt, now, bump],
+            )?;
+            anyhow::ensure!(n == 1, "no job {id}");
+            if state != JobState::Connecting && state != JobState::Sending {
+                let text = match &reason {
+                    Some(r) => format!("{}: {r}", state.as_str()),
+                    None => state.as_str().to_owned(),
+                };
+                history(&s.conn, &id, &text)?;
+            }
+            job_row(&s.conn, &id)?.context("the job vanished")
+        })
+        .await
+    }
+
+    /// Records that page `index` (0-based, whole document) got MCF.
+    pub async fn page_delivered(&self, id: &str, index: u32) -> anyhow::Result<JobInfo> {
+        let id = id.to_owned();
+        self.with(move |s| {
+            s.conn.execute(
+                "UPDATE outbox SET delivered = MAX(delivered, ?2), state = 'sending', updated = ?3
+                 WHERE id = ?1",
+                params![id, index + 1, now_ms()],
+            )?;
+            job_row(&s.conn, &id)?.context("the job vanished")
+        })
+        .await
+    }
+
+    /// Marks a job for cancelling. A job not in a session is cancelled
+    /// at once; a job in a session is cancelled by its session (DCN).
+    pub async fn request_cancel(&self, id: &str) -> anyhow::Result<JobInfo> {
+        let id = id.to_owned();
+        self.with(move |s| {
+            let job = job_row(&s.conn, &id)?.with_context(|| format!("no job {id}"))?;
+            anyhow::ensure!(
+                !job.state.is_final(),
+                "job {id} is already {}",
+                job.state.as_str()
+            );
+            let now = now_ms();
+            s.conn.execute(
+                "UPDATE outbox SET cancel_requested = 1, updated = ?2 WHERE id = ?1",
+                params![id, now],
+            )?;
+            if matches!(job.state, JobState::Queued | JobState::Retrying) {
+                s.conn.execute(
+                    "UPDATE outbox SET state = 'cancelled', reason = 'cancelled by the user'
+                     WHERE id = ?1",
+                    [&id],
+                )?;
+                history(&s.conn, &id, "cancelled by the user before its session")?;
+            }
+            job_row(&s.conn, &id)?.context("the job vanished")
+        })
+        .await
+    }
+
+    /// Page `index` of a job, as a bitmap with its resolution.
+    pub async fn job_page(&self, id: &str, index: u32) -> anyhow::Result<(Bitmap, Resolution)> {
+        let id = id.to_owned();
+        self.with(move |s| {
+            let path = s
+                .dir
+                .join("outbox")
+                .join(&id)
+                .join(format!("{index:04}.tif"));
+            read_page(&path)
+        })
+        .await
+    }
+
+    /// Opens the reception of a job from `from`: a new document, or the
+    /// one a previous session of the same job left.
+    pub async fn begin_receive(
+        &self,
+        from: &str,
+        job_id: &str,
+        remote_ident: Option<String>,
+        pages_expected: Option<u32>,
+    ) -> anyhow::Result<InboxDoc> {
+        let (from, job_id) = (from.to_owned(), job_id.to_owned());
+        self.with(move |s| {
+            let now = now_ms();
+            s.conn.execute(
+                "INSERT INTO inbox (from_user, job_id, remote_ident, pages_expected, state,
+                   print_state, created, updated)
+                 VALUES (?1, ?2, ?3, ?4, 'receiving', 'pending', ?5, ?5)
+                 ON CONFLICT (from_user, job_id) DO UPDATE SET
+                   state = CASE WHEN state IN ('complete', 'partial') THEN state ELSE 'receiving' END,
+                   remote_ident = COALESCE(excluded.remote_ident, remote_ident),
+                   pages_expected = COALESCE(excluded.pages_expected, pages_expected),
+                   updated = ?5",
+                params![from, job_id, remote_ident, pages_expected, now],
+            )?;
+            let id: i64 = s.conn.query_row(
+                "SELECT id FROM inbox WHERE from_user = ?1 AND job_id = ?2",
+                params![from, job_id],
+                |r| r.get(0),
+            )?;
+            inbox_row(&s.conn, id)?.context("the inbox document vanished")
+        })
+        .await
+    }
+
+    /// Makes page `index` of document `doc` durable. Returns `false` when
+    /// that page was already stored (a repeated page after a lost MCF).
+    pub async fn store_page(
+        &self,
+        doc: i64,
+        index: u32,
+        page: Bitmap,
+        resolution: Resolution,
+    ) -> anyhow::Result<bool> {
+        self.with(move |s| {
+            let stored: u32 =
+                s.conn
+                    .query_row("SELECT pages FROM inbox WHERE id = ?1", [doc], |r| r.get(0))?;
+            if index < stored {
+                return Ok(false);
+            }
+            anyhow::ensure!(
+                index == stored,
+                "page {} arrived but only {stored} pages are stored; pages must arrive in order",
+                index + 1
+            );
+            let path = s
+                .dir
+                .join("inbox")
+                .join(doc.to_string())
+                .join(format!("{index:04}.tif"));
+            write_durable(&path, &page_tiff(&page, resolution)?)?;
+            let tx = s.conn.transaction()?;
+            tx.execute(
+                "UPDATE inbox SET pages = ?2, resolution = ?3, updated = ?4 WHERE id = ?1",
+                params![doc, index + 1, resolution_name(resolution), now_ms()],
+            )?;
+            tx.commit()?;
+            Ok(true)
+        })
+        .await
+    }
+
+    /// Ends a reception in `state`; complete and partial documents go to
+    /// the output stage as `print` says (pending or held).
+    pub async fn finish_receive(
+        &self,
+        doc: i64,
+        state: InboxState,
+        hold: bool,
+    ) -> anyhow::Result<InboxDoc> {
+        self.with(move |s| {
+            let now = now_ms();
+            s.conn.execute(
+                "UPDATE inbox SET state = ?2, updated = ?3,
+                   print_state = CASE WHEN print_state = 'pending' AND ?4 THEN 'held' ELSE print_state END
+                 WHERE id = ?1 AND state NOT IN ('complete', 'partial')",
+                params![doc, state.as_str(), now, hold && matches!(state, InboxState::Complete | InboxState::Partial)],
+            )?;
+            let d = inbox_row(&s.conn, doc)?.context("the inbox document vanished")?;
+            history(
+                &s.conn,
+                &format!("inbox:{doc}"),
+                &format!("{} from {} ({} pages)", d.state.as_str(), d.from, d.pages),
+            )?;
+            Ok(d)
+        })
+        .await
+    }
+
+    /// Received documents, newest first.
+    pub async fn inbox(&self, limit: usize) -> anyhow::Result<Vec<InboxDoc>> {
+        self.with(move |s| {
+            let mut st = s
+                .conn
+                .prepare("SELECT id FROM inbox ORDER BY id DESC LIMIT ?1")?;
+            let ids: Vec<i64> = st
+                .query_map([limit], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            ids.iter()
+                .filter_map(|id| inbox_row(&s.conn, *id).transpose())
+                .collect()
+        })
+        .await
+    }
+
+    /// One received document.
+    pub async fn inbox_doc(&self, id: i64) -> anyhow::Result<Option<InboxDoc>> {
+        self.with(move |s| inbox_row(&s.conn, id)).await
+    }
+
+    /// Documents complete (or partial) and waiting for the printer.
+    pub async fn print_queue(&self) -> anyhow::Result<Vec<InboxDoc>> {
+        self.with(|s| {
+            let mut st = s.conn.prepare(
+                "SELECT id FROM inbox WHERE state IN ('complete', 'partial')
+                   AND print_state = 'pending' ORDER BY id",
+            )?;
+            let ids: Vec<i64> = st.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
+            ids.iter()
+                .filter_map(|id| inbox_row(&s.conn, *id).transpose())
+                .collect()
+        })
+        .await
+    }
+
+    /// Documents held for release (count), for the "inbox full" check.
+    pub async fn held_count(&self) -> anyhow::Result<usize> {
+        self.with(|s| {
+            Ok(s.conn.query_row(
+                "SELECT COUNT(*) FROM inbox WHERE print_state IN ('held', 'pending')
+                   AND state IN ('complete', 'partial')",
+                [],
+                |r| r.get::<_, i64>(0),
+            )? as usize)
+        })
+        .await
+    }
+
+    /// Sets what the output stage did with a document.
+    pub async fn set_print_state(
+        &self,
+        id: i64,
+        state: PrintState,
+        reason: Option<String>,
+        archived: Option<String>,
+    ) -> anyhow::Result<()> {
+        self.with(move |s| {
+            s.conn.execute(
+                "UPDATE inbox SET print_state = ?2, print_reason = ?3,
+                   archived = COALESCE(?4, archived), updated = ?5 WHERE id = ?1",
+                params![id, state.as_str(), reason, archived, now_ms()],
+            )?;
+            history(
+                &s.conn,
+                &format!("inbox:{id}"),
+                &match &reason {
+                    Some(r) => format!("{}: {r}", state.as_str()),
+                    None => state.as_str().to_owned(),
+                },
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Releases a held document to the printer.
+    pub async fn release(&self, id: i64) -> anyhow::Result<InboxDoc> {
+        self.with(move |s| {
+            let d = inbox_row(&s.conn, id)?.with_context(|| format!("no inbox document {id}"))?;
+            anyhow::ensure!(
+                d.print == PrintState::Held || d.print == PrintState::Failed,
+                "inbox document {id} is {}, not held",
+                d.print.as_str()
+            );
+            s.conn.execute(
+                "UPDATE inbox SET print_state = 'pending', print_reason = NULL, updated = ?2
+                 WHERE id = ?1",
+                params![id, now_ms()],
+            )?;
+            inbox_row(&s.conn, id)?.context("the inbox document vanished")
+        })
+        .await
+    }
+
+    /// The stored pages of a received document, for the output stage and
+    /// for tests.
+    pub async fn inbox_pages(&self, id: i64) -> anyhow::Result<Vec<FaxPage>> {
+        self.with(move |s| {
+            let pages: u32 =
+                s.conn
+                    .query_row("SELECT pages FROM inbox WHERE id = ?1", [id], |r| r.get(0))?;
+            let dir = s.dir.join("inbox").join(id.to_string());
+            (0..pages)
+                .map(|i| {
+                    let path = dir.join(format!("{i:04}.tif"));
+                    let data = std::fs::read(&path)
+                        .with_context(|| format!("while reading {}", path.display()))?;
+                    let mut v = FaxPage::from_tiff(&data)
+                        .with_context(|| format!("while reading {}", path.display()))?;
+                    anyhow::ensure!(v.len() == 1, "{} has {} pages", path.display(), v.len());
+                    Ok(v.remove(0))
+                })
+                .collect()
+        })
+        .await
+    }
+
+    /// The newest history entries for a subject (a job id or `inbox:N`),
+    /// or for everything.
+    pub async fn history(
+        &self,
+        subject: Option<String>,
+        limit: usize,
+    ) -> anyhow::Result<Vec<HistoryEntry>> {
+        self.with(move |s| {
+            let mut st = s.conn.prepare(
+                "SELECT at, subject, message FROM history
+                 WHERE ?1 IS NULL OR subject = ?1 ORDER BY id DESC LIMIT ?2",
+            )?;
+            let rows = st
+                .query_map(params![subject, limit], |r| {
+                    Ok(HistoryEntry {
+                        at_ms: r.get(0)?,
+                        subject: r.get(1)?,
+                        message: r.get(2)?,
+                    })
+                })?
+                .collect::<Result<_, _>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+}
+
+fn read_page(path: &Path) -> anyhow::Result<(Bitmap, Resolution)> {
+    let data = std::fs::read(path).with_context(|| format!("while reading {}", path.display()))?;
+    let pages =
+        FaxPage::from_tiff(&data).with_context(|| format!("while reading {}", path.display()))?;
+    let page = pages
+        .first()
+        .with_context(|| format!("{} has no page", path.display()))?;
+    let resolution = page
+        .resolution()
+        .with_context(|| format!("{} has no fax resolution", path.display()))?;
+    let bmp = page
+        .to_bitmap()
+        .with_context(|| format!("while decoding {}", path.display()))?;
+    Ok((bmp, resolution))
+}
+
+fn history(conn: &Connection, subject: &str, message: &str) -> rusqlite::Result<()> {
+    conn.execute(
+        "INSERT INTO history (at, subject, message) VALUES (?1, ?2, ?3)",
+        params![now_ms(), subject, message],
+    )?;
+    Ok(())
+}
+
+fn job_row(conn: &Connection, id: &str) -> anyhow::Result<Option<JobInfo>> {
+    let row = conn
+        .query_row(
+            "SELECT id, to_user, title, pages, delivered, state, reason, attempts, next_attempt,
+               resolution, width, created, updated, cancel_requested
+             FROM outbox WHERE id = ?1",
+            [id],
+            |r| {
+                Ok((
+                    JobInfo {
+                        id: r.get(0)?,
+                        to: r.get(1)?,
+                        title: r.get(2)?,
+                        pages: r.get(3)?,
+                        delivered: r.get(4)?,
+                        state: JobState::Queued,
+                        reason: r.get(6)?,
+                        attempts: r.get(7)?,
+                        next_attempt_ms: r.get(8)?,
+                        resolution: r.get(9)?,
+                        width: r.get(10)?,
+                        created_ms: r.get(11)?,
+                        updated_ms: r.get(12)?,
+                        cancel_requested: r.get::<_, i64>(13)? != 0,
+                    },
+                    r.get::<_, String>(5)?,
+                ))
+            },
+        )
+        .optional()?;
+    row.map(|(mut job, state)| {
+        job.state = JobState::parse(&state)?;
+        if job.state != JobState::Retrying {
+            job.next_attempt_ms = None;
+        }
+        Ok(job)
+    })
+    .transpose()
+}
+
+fn inbox_row(conn: &Connection, id: i64) -> anyhow::Result<Option<InboxDoc>> {
+    let row = conn
+        .query_row(
+            "SELECT id, from_user, job_id, remote_ident, pages_expected, pages, state,
+               print_state, print_reason, resolution, archived, created, updated
+             FROM inbox WHERE id = ?1",
+            [id],
+            |r| {
+                Ok((
+                    InboxDoc {
+                        id: r.get(0)?,
+                        from: r.get(1)?,
+                        job_id: r.get(2)?,
+                        remote_ident: r.get(3)?,
+                        pages_expected: r.get(4)?,
+                        pages: r.get(5)?,
+                        state: InboxState::Receiving,
+                        print: PrintState::Pending,
+                        print_reason: r.get(8)?,
+                        resolution: r.get(9)?,
+                        archived: r.get(10)?,
+                        created_ms: r.get(11)?,
+                        updated_ms: r.get(12)?,
+                    },
+                    r.get::<_, String>(6)?,
+                    r.get::<_, String>(7)?,
+                ))
+            },
+        )
+        .optional()?;
+    row.map(|(mut d, state, print)| {
+        d.state = InboxState::parse(&state)?;
+        d.print = PrintState::parse(&print)?;
+        Ok(d)
+    })
+    .transpose()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn page(seed: u32) -> Bitmap {
+        let mut b = Bitmap::new(1728, 40);
+        for y in 0..40 {
+            for x in (seed..1728).step_by(7) {
+                b.set_pixel(x, y, (x + y) % 3 == 0);
+            }
+        }
+        b
+    }
+
+    #[tokio::test]
+    async fn jobs_keep_their_pages_and_states_across_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let job = store
+            .add_job("osaka", "t", vec![page(1), page(2)], Resolution::Fine)
+            .await
+            .unwrap();
+        assert_eq!(job.state, JobState::Queued);
+        store
+            .set_job_state(&job.id, JobState::Connecting, None, None)
+            .await
+            .unwrap();
+        store.page_delivered(&job.id, 0).await.unwrap();
+        drop(store);
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.recover().await.unwrap(), 1);
+        let j = store.job(&job.id).await.unwrap().unwrap();
+        assert_eq!(
+            (j.state, j.delivered, j.attempts),
+            (JobState::Retrying, 1, 1)
+        );
+        assert_eq!(store.due_jobs(now_ms()).await.unwrap().len(), 1);
+        let (bmp, res) = store.job_page(&job.id, 1).await.unwrap();
+        assert_eq!((bmp, res), (page(2), Resolution::Fine));
+        assert!(j.to_string().contains("1 of 2 pages delivered"), "{j}");
+    }
+
+    #[tokio::test]
+    async fn a_repeated_page_is_not_stored_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let doc = store
+            .begin_receive("tokyo", "00ff", None, Some(3))
+            .await
+            .unwrap();
+        assert!(
+            store
+                .store_page(doc.id, 0, page(1), Resolution::Fine)
+                .await
+                .unwrap()
+        );
+        assert!(
+            !store
+                .store_page(doc.id, 0, page(1), Resolution::Fine)
+                .await
+                .unwrap()
+        );
+        let err = store
+            .store_page(doc.id, 2, page(3), Resolution::Fine)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("in order"), "{err}");
+        // The same job resumes into the same document.
+        store
+            .finish_receive(doc.id, InboxState::Interrupted, false)
+            .await
+            .unwrap();
+        let again = store
+            .begin_receive("tokyo", "00ff", None, Some(3))
+            .await
+            .unwrap();
+        assert_eq!((again.id, again.pages), (doc.id, 1));
+        // Another sender with the same job id is another document.
+        let other = store
+            .begin_receive("kyoto", "00ff", None, None)
+            .await
+            .unwrap();
+        assert_ne!(other.id, doc.id);
+        let pages = store.inbox_pages(doc.id).await.unwrap();
+        assert_eq!(pages[0].to_bitmap().unwrap(), page(1));
+    }
+
+    #[tokio::test]
+    async fn cancel_of_a_waiting_job_is_immediate() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let job = store
+            .add_job("osaka", "t", vec![page(1)], Resolution::Standard)
+            .await
+            .unwrap();
+        let j = store.request_cancel(&job.id).await.unwrap();
+        assert_eq!(j.state, JobState::Cancelled);
+        assert!(store.request_cancel(&job.id).await.is_err());
+        assert!(store.due_jobs(now_ms()).await.unwrap().is_empty());
+    }
+}

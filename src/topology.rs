@@ -1,0 +1,192 @@
+//! The one place where the appliance's actors are built from config and
+//! wired together (see ARCHITECTURE.md for the picture).
+//!
+//! ```text
+//!  panel API ──mpsc──▶ outbox ──relay CONNECT──▶ session (T.30/T.38) ──▶ store
+//!      │                  ▲                                              │
+//!      │ scan (SANE)      └──────────── store (due jobs) ◀───────────────┘
+//!      ▼
+//!  relay client ──Incoming demands──▶ inbound ──session──▶ store ──wake──▶ print ──▶ printer/archive
+//!                                   all actors ──BusEvent──▶ bus (broadcast)
+//! ```
+//!
+//! Shutdown: the root token is cancelled (SIGTERM); the panel stops
+//! taking requests, sessions park at their next page boundary (a page in
+//! flight is finished and made durable, or resent after restart), the
+//! print actor finishes the document it is printing, then the relay
+//! client logs out. [`Appliance::stop`] waits with a deadline.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use faxgate_config::{ApplianceConfig, PaperName};
+use faxgate_relay::{ClientError, RelayClient};
+use faxgate_scanner::{ConvertOptions, Mode, Paper, SaneOptions, SaneScanner};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument as _;
+
+use crate::appliance::inbound::Inbound;
+use crate::appliance::panel::{self, PanelState};
+use crate::appliance::store::Store;
+use crate::appliance::{Bus, OutboxHandle, PrintHandle, resolution_of};
+use crate::print::Printer;
+
+/// A running appliance.
+#[derive(Debug)]
+pub struct Appliance {
+    /// Where the panel API listens.
+    pub panel_addr: SocketAddr,
+    /// The relay client (for tests and the demo).
+    pub relay: RelayClient,
+    /// The event bus.
+    pub bus: Bus,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+}
+
+impl Appliance {
+    /// Builds and starts every actor. Keeps trying to log in to the relay
+    /// (with backoff) until it succeeds or `shutdown` fires; a wrong
+    /// password is an error at once.
+    pub async fn start(cfg: ApplianceConfig, shutdown: CancellationToken) -> anyhow::Result<Self> {
+        let store = Store::open(&cfg.state_dir)?;
+        let bus = Bus::default();
+        let tracker = TaskTracker::new();
+
+        let (relay, incoming) = login(&cfg, &shutdown).await?;
+        tracing::info!(user = %relay.user(), "Logged in to the relay.");
+
+        let printer = match &cfg.printer {
+            Some(p) => Some(
+                Printer::from_uri(&p.uri)
+                    .with_context(|| format!("while setting up printer {}", p.uri))?
+                    .with_job_timeout(p.job_timeout),
+            ),
+            None => None,
+        };
+        let retry = cfg
+            .printer
+            .as_ref()
+            .map_or(Duration::from_secs(30), |p| p.retry);
+        let print = PrintHandle::spawn(
+            store.clone(),
+            printer,
+            cfg.inbox.archive_dir.clone(),
+            retry,
+            bus.clone(),
+            shutdown.child_token(),
+            &tracker,
+        );
+        let outbox = OutboxHandle::spawn(
+            store.clone(),
+            relay.clone(),
+            cfg.fax.clone(),
+            bus.clone(),
+            shutdown.child_token(),
+            &tracker,
+        );
+        Inbound {
+            store: store.clone(),
+            fax: cfg.fax.clone(),
+            inbox: cfg.inbox.clone(),
+            print: print.clone(),
+            bus: bus.clone(),
+        }
+        .spawn(relay.clone(), incoming, shutdown.child_token(), &tracker);
+
+        let scanner = cfg.scanner.as_ref().map(|s| {
+            let resolution = resolution_of(s.resolution);
+            let mut sane = SaneOptions::new(&s.device);
+            sane.pages = s.pages;
+            sane.resolution_dpi = resolution.dpi().1.max(200);
+            Arc::new(SaneScanner::new(
+                sane,
+                ConvertOptions {
+                    paper: match s.paper {
+                        PaperName::A4 => Paper::A4,
+                        PaperName::Letter => Paper::Letter,
+                        PaperName::B4 => Paper::B4,
+                        PaperName::A3 => Paper::A3,
+                    },
+                    resolution,
+                    mode: if s.mode == "photo" {
+                        Mode::Photo
+                    } else {
+                        Mode::Text
+                    },
+                    ..ConvertOptions::default()
+                },
+            ))
+        });
+        let panel_addr = panel::spawn(
+            cfg.panel.listen,
+            PanelState {
+                store: store.clone(),
+                outbox,
+                relay: relay.clone(),
+                print,
+                scanner,
+            },
+            shutdown.child_token(),
+            &tracker,
+        )
+        .await?;
+        Ok(Appliance {
+            panel_addr,
+            relay,
+            bus,
+            tracker,
+            shutdown,
+        })
+    }
+
+    /// Stops every actor (if `shutdown` has not already) and waits up to
+    /// `deadline` for them to reach their safe points, then logs out.
+    pub async fn stop(self, deadline: Duration) {
+        self.shutdown.cancel();
+        self.tracker.close();
+        if tokio::time::timeout(deadline, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(?deadline, "Some actors did not stop in time.");
+        }
+        if let Err(e) = self.relay.logout().await {
+            tracing::debug!(error = %e, "Logout was not clean.");
+        }
+    }
+}
+
+/// Logs in, retrying with backoff while the relay is unreachable.
+async fn login(
+    cfg: &ApplianceConfig,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<(RelayClient, faxgate_relay::client::Incoming)> {
+    let mut n = 0;
+    loop {
+        let attempt = RelayClient::start(cfg.relay.clone())
+            .instrument(tracing::info_span!("login", user = %cfg.relay.user));
+        match attempt.await {
+            Ok(r) => return Ok(r),
+            Err(e @ ClientError::Refused { .. }) => {
+                return Err(e).context("the relay refused the login");
+            }
+            Err(e) => {
+                let delay = crate::appliance::outbox::backoff(
+                    cfg.relay.reconnect_initial,
+                    cfg.relay.reconnect_max,
+                    n,
+                );
+                n += 1;
+                tracing::warn!(error = %e, retry_in = ?delay, "Cannot reach the relay; will retry.");
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = shutdown.cancelled() => anyhow::bail!("shut down before the relay answered"),
+                }
+            }
+        }
+    }
+}
