@@ -26,6 +26,7 @@ use std::time::Instant;
 
 use anyhow::{Context as _, anyhow};
 use faxgate_fax::Bitmap;
+use faxgate_fax::t30::frame::Frame;
 use faxgate_fax::t30::{Action, Event, Outcome, Params, T30};
 use faxgate_fax::t38::{
     DataType, Field, FieldType, Ifp, Indicator, TpktDecoder, reverse_bits, tpkt_frame,
@@ -185,6 +186,7 @@ where
             let now = Instant::now();
             match action {
                 Action::SendFrames(frames) => {
+                    log_frames("T.30 out.", &frames);
                     write_ifp(&mut out, &Ifp::Indicator(Indicator::V21Preamble));
                     write_hdlc(&mut out, DataType::V21, &frames);
                 }
@@ -280,6 +282,9 @@ where
                         .map_err(|e| anyhow!("malformed T.38 IFP packet from the peer: {e}"))?;
                     tracing::trace!(?ifp, "T.38 in.");
                     for event in rx.events(ifp) {
+                        if let Event::Frame { bytes, .. } = &event {
+                            log_frames("T.30 in.", std::slice::from_ref(bytes));
+                        }
                         t30.handle(event, now);
                     }
                 }
@@ -291,6 +296,20 @@ where
             }
             () = park.cancelled(), if page_boundary => return Ok(SessionEnd::Parked),
         }
+    }
+}
+
+/// Logs control frames by name (DIS, DCS, MCF, DCN...) at debug level.
+fn log_frames(what: &'static str, frames: &[Vec<u8>]) {
+    if tracing::enabled!(tracing::Level::DEBUG) {
+        let names: Vec<String> = frames
+            .iter()
+            .map(|f| match Frame::parse(f) {
+                Ok(f) => f.fcf.name().to_owned(),
+                Err(e) => format!("unparsable ({e})"),
+            })
+            .collect();
+        tracing::debug!(frames = %names.join(" "), "{what}");
     }
 }
 

@@ -535,6 +535,17 @@ fn survives(fault: impl FnOnce(&mut Site)) {
     fault(&mut site);
     let job = site.wait_state(&id, "done", Duration::from_secs(180));
     assert_eq!(job["delivered"], 10);
+    assert!(
+        job["attempts"].as_u64().unwrap() >= 2,
+        "the fault did not interrupt the session: {job}"
+    );
+    assert!(
+        std::fs::read_to_string(site.d().join("b.log"))
+            .unwrap()
+            .contains("Job resumes."),
+        "B never saw the job resume:\n{}",
+        site.tail("b.log")
+    );
     assert_same_pages(&site.printed_pages(&id, Duration::from_secs(60)), &pages);
     assert_eq!(site.printed().len(), 1, "printed exactly once");
     let doc = site.inbox_doc(&id);
