@@ -52,13 +52,22 @@ enum Command {
     Cancel(commands::appliance::CancelArgs),
     /// Received documents; `inbox release ID` prints a held one.
     Inbox(commands::appliance::InboxArgs),
+    /// The appliance's history: jobs, receptions, refused demands.
+    History(commands::appliance::HistoryArgs),
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+            // The demo prints its own story; its logs stay quiet unless asked.
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                EnvFilter::new(if matches!(cli.command, Command::Demo(_)) {
+                    "warn"
+                } else {
+                    "info"
+                })
+            }),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -91,6 +100,7 @@ fn main() -> std::process::ExitCode {
             Command::Jobs(a) => commands::appliance::jobs(a).await,
             Command::Cancel(a) => commands::appliance::cancel(a).await,
             Command::Inbox(a) => commands::appliance::inbox(a).await,
+            Command::History(a) => commands::appliance::history(a).await,
         }
     });
     // Tasks still running (e.g. a relay client's pool) end with the runtime.

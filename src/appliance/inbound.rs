@@ -72,13 +72,29 @@ impl Inbound {
     async fn answer(self, demand: IncomingDemand, park: CancellationToken) {
         if !self.fax.answer {
             tracing::info!("Demand rejected: set not to answer.");
+            let from = demand.from.clone();
             demand.reject();
+            let _ = self
+                .store
+                .note(
+                    format!("session:{from}"),
+                    format!("demand from {from} rejected: set not to answer"),
+                )
+                .await;
             return;
         }
         match self.store.held_count().await {
             Ok(n) if n >= self.inbox.max_held => {
                 tracing::warn!(held = n, "Demand rejected: the inbox is full.");
+                let from = demand.from.clone();
                 demand.reject();
+                let _ = self
+                    .store
+                    .note(
+                        format!("session:{from}"),
+                        format!("demand from {from} rejected: the inbox is full ({n} held)"),
+                    )
+                    .await;
                 return;
             }
             Ok(_) => {}
@@ -135,12 +151,17 @@ impl Inbound {
             tracing::debug!(error = %e, "Session close was not clean.");
         }
         let doc = hooks.doc.take();
-        if let Err(e) = self.finish(doc, end).await {
+        if let Err(e) = self.finish(&from, doc, end).await {
             tracing::error!(error = format!("{e:#}"), "Cannot record the reception.");
         }
     }
 
-    async fn finish(&self, doc: Option<InboxDoc>, end: SessionEnd) -> anyhow::Result<()> {
+    async fn finish(
+        &self,
+        from: &str,
+        doc: Option<InboxDoc>,
+        end: SessionEnd,
+    ) -> anyhow::Result<()> {
         let (state, reason) = match &end {
             SessionEnd::T30(o) => match &o.result {
                 Ok(()) if o.remote_ended_early => (InboxState::Partial, None),
@@ -151,12 +172,24 @@ impl Inbound {
             SessionEnd::Error(e) => (InboxState::Interrupted, Some(format!("{e:#}"))),
         };
         let Some(doc) = doc else {
-            tracing::info!(
-                reason = reason.as_deref().unwrap_or("no pages"),
-                "Session ended before any document."
-            );
+            let why = reason.as_deref().unwrap_or("no pages");
+            tracing::warn!(reason = why, "Session ended before any document.");
+            self.store
+                .note(
+                    format!("session:{from}"),
+                    format!("session from {from} ended before any page: {why}"),
+                )
+                .await?;
             return Ok(());
         };
+        if let Some(why) = &reason {
+            self.store
+                .note(
+                    format!("inbox:{}", doc.id),
+                    format!("session from {from} ended: {why}"),
+                )
+                .await?;
+        }
         let fresh = self
             .store
             .inbox_doc(doc.id)

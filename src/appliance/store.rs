@@ -843,6 +843,13 @@ impl Store {
         .await
     }
 
+    /// Adds a line to the history (a session that ended without a
+    /// document, a refused demand).
+    pub async fn note(&self, subject: String, message: String) -> anyhow::Result<()> {
+        self.with(move |s| Ok(history(&s.conn, &subject, &message)?))
+            .await
+    }
+
     /// The newest history entries for a subject (a job id or `inbox:N`),
     /// or for everything.
     pub async fn history(

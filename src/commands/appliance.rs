@@ -135,6 +135,40 @@ pub enum InboxAction {
     },
 }
 
+/// Arguments of `faxgate history`.
+#[derive(Debug, Args)]
+pub struct HistoryArgs {
+    #[command(flatten)]
+    target: PanelTarget,
+    /// Only this subject: a job id, `inbox:N` or `session:USER`.
+    subject: Option<String>,
+    /// Print the API's JSON instead of lines.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `faxgate history`.
+pub async fn history(args: HistoryArgs) -> anyhow::Result<()> {
+    let path = match &args.subject {
+        Some(s) => format!("/api/history?subject={}", urlencode(s)),
+        None => "/api/history".to_owned(),
+    };
+    let v = api(args.target.addr()?, "GET", &path, None).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    for e in v.as_array().into_iter().flatten().rev() {
+        println!(
+            "{}  {:<20}  {}",
+            crate::appliance::store::format_ms(e["at_ms"].as_i64().unwrap_or(0)),
+            e["subject"].as_str().unwrap_or(""),
+            e["message"].as_str().unwrap_or("")
+        );
+    }
+    Ok(())
+}
+
 /// `faxgate send`.
 pub async fn send(args: SendArgs) -> anyhow::Result<()> {
     let addr = args.target.addr()?;

@@ -591,6 +591,24 @@ fn sender_killed_and_restarted() {
     });
 }
 
+#[test]
+fn sender_stopped_with_sigterm_parks_and_resumes() {
+    survives(|site| {
+        let pid = site.a.as_ref().unwrap().0.id();
+        run(Command::new("kill").args(["-TERM", &pid.to_string()]));
+        let status = site.a.as_mut().unwrap().0.wait().unwrap();
+        assert!(status.success(), "SIGTERM exit: {status}");
+        site.a = None;
+        let log = std::fs::read_to_string(site.d().join("a.log")).unwrap();
+        assert!(
+            log.contains("Job parked for shutdown."),
+            "{}",
+            site.tail("a.log")
+        );
+        site.start_appliance("a");
+    });
+}
+
 /// A cancel mid-document ends the session with DCN; B keeps the complete
 /// pages as a partial document.
 #[test]
@@ -765,12 +783,15 @@ fn bad_peers_end_sessions_with_a_reason_and_the_daemon_goes_on() {
     let mut dcs = vec![0xff, 0x13, faxgate_fax::t30::frame::fcf::DCS | 0x01];
     dcs.extend_from_slice(&params.to_dcs_fif());
     let _ = mallory_calls_b(&site, v21(&dcs));
-    let log = std::fs::read_to_string(site.d().join("b.log")).unwrap();
-    for reason in ["malformed", "0x7E", "not offered"] {
+    // Each ended with its reason in B's history (`faxgate history`).
+    let history = site
+        .json("b", &["history", "--json"])
+        .to_string()
+        .to_ascii_lowercase();
+    for reason in ["malformed t.38", "0x7e", "not offered"] {
         assert!(
-            log.to_ascii_lowercase()
-                .contains(&reason.to_ascii_lowercase()),
-            "B's log has no reason mentioning {reason:?}:\n{}",
+            history.contains(reason),
+            "B's history has no reason mentioning {reason:?}: {history}\n{}",
             site.tail("b.log")
         );
     }

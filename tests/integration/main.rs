@@ -4,6 +4,7 @@
 
 mod common;
 mod convert;
+mod demo;
 mod fax;
 mod nat;
 mod netns;
