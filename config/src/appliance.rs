@@ -1,8 +1,8 @@
 //! Configuration of the appliance daemon (`faxgate appliance`): one
 //! section per actor, so each actor gets only its own part.
 
+use crate::ConfigError;
 use crate::relay::RelayClientConfig;
-use crate::{ConfigError, parse_toml, read_file};
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -261,19 +261,20 @@ impl std::str::FromStr for ApplianceConfig {
 
     /// Parses and validates without touching the filesystem.
     fn from_str(text: &str) -> Result<Self, ConfigError> {
-        let config: Self = parse_toml(text, "<string>")?;
-        config.validate()?;
-        Ok(config)
+        crate::load_str(text)
+    }
+}
+
+impl crate::Validate for ApplianceConfig {
+    fn check(&self) -> Result<(), ConfigError> {
+        self.validate()
     }
 }
 
 impl ApplianceConfig {
     /// Reads, parses and validates a file.
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let text = read_file(path)?;
-        let config: Self = parse_toml(&text, &path.display().to_string())?;
-        config.validate()?;
-        Ok(config)
+        crate::load_file(path)
     }
 
     /// Checks ranges and combinations that serde cannot.

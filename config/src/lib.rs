@@ -44,6 +44,27 @@ pub(crate) fn parse_toml<T: serde::de::DeserializeOwned>(
     })
 }
 
+/// A config type that can check itself after parsing.
+pub(crate) trait Validate: serde::de::DeserializeOwned {
+    /// Checks ranges and combinations that serde cannot.
+    fn check(&self) -> Result<(), ConfigError>;
+}
+
+/// The pure half of loading: parse, then validate.
+pub(crate) fn load_str<T: Validate>(text: &str) -> Result<T, ConfigError> {
+    let config: T = parse_toml(text, "<string>")?;
+    config.check()?;
+    Ok(config)
+}
+
+/// Loading from a file: read, parse and validate, naming the file.
+pub(crate) fn load_file<T: Validate>(path: &Path) -> Result<T, ConfigError> {
+    let text = read_file(path)?;
+    let config: T = parse_toml(&text, &path.display().to_string())?;
+    config.check()?;
+    Ok(config)
+}
+
 /// Reads a whole config file, naming it in the error.
 pub(crate) fn read_file(path: &Path) -> Result<String, ConfigError> {
     std::fs::read_to_string(path).map_err(|source| ConfigError::Io {

@@ -1,7 +1,7 @@
 //! Configuration of the relay server (`faxgate relay`) and of the relay
 //! client that devices use to log in to it.
 
-use crate::{ConfigError, Secret, parse_toml, read_file};
+use crate::{ConfigError, Secret};
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -216,19 +216,20 @@ impl std::str::FromStr for RelayServerConfig {
 
     /// Parses and validates without touching the filesystem.
     fn from_str(text: &str) -> Result<Self, ConfigError> {
-        let config: Self = parse_toml(text, "<string>")?;
-        config.validate()?;
-        Ok(config)
+        crate::load_str(text)
+    }
+}
+
+impl crate::Validate for RelayServerConfig {
+    fn check(&self) -> Result<(), ConfigError> {
+        self.validate()
     }
 }
 
 impl RelayServerConfig {
     /// Reads, parses and validates a file.
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let text = read_file(path)?;
-        let config: Self = parse_toml(&text, &path.display().to_string())?;
-        config.validate()?;
-        Ok(config)
+        crate::load_file(path)
     }
 
     /// Checks ranges and combinations that serde cannot.
@@ -345,19 +346,20 @@ impl std::str::FromStr for RelayClientConfig {
 
     /// Parses and validates without touching the filesystem.
     fn from_str(text: &str) -> Result<Self, ConfigError> {
-        let config: Self = parse_toml(text, "<string>")?;
-        config.validate()?;
-        Ok(config)
+        crate::load_str(text)
+    }
+}
+
+impl crate::Validate for RelayClientConfig {
+    fn check(&self) -> Result<(), ConfigError> {
+        self.validate()
     }
 }
 
 impl RelayClientConfig {
     /// Reads, parses and validates a file.
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let text = read_file(path)?;
-        let config: Self = parse_toml(&text, &path.display().to_string())?;
-        config.validate()?;
-        Ok(config)
+        crate::load_file(path)
     }
 
     /// Checks ranges and combinations that serde cannot.

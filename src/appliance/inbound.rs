@@ -68,32 +68,33 @@ impl Inbound {
         );
     }
 
+    /// Rejects a demand (the caller gets REJECTED) and records why.
+    async fn reject(&self, demand: IncomingDemand, why: String) {
+        let from = demand.from.clone();
+        demand.reject();
+        let noted = self
+            .store
+            .note(
+                format!("session:{from}"),
+                format!("demand from {from} rejected: {why}"),
+            )
+            .await;
+        if let Err(e) = noted {
+            tracing::warn!(error = format!("{e:#}"), "Cannot record a rejected demand.");
+        }
+    }
+
     /// Accepts or rejects one demand, then receives.
     async fn answer(self, demand: IncomingDemand, park: CancellationToken) {
         if !self.fax.answer {
             tracing::info!("Demand rejected: set not to answer.");
-            let from = demand.from.clone();
-            demand.reject();
-            let _ = self
-                .store
-                .note(
-                    format!("session:{from}"),
-                    format!("demand from {from} rejected: set not to answer"),
-                )
-                .await;
+            self.reject(demand, "set not to answer".into()).await;
             return;
         }
         match self.store.held_count().await {
             Ok(n) if n >= self.inbox.max_held => {
                 tracing::warn!(held = n, "Demand rejected: the inbox is full.");
-                let from = demand.from.clone();
-                demand.reject();
-                let _ = self
-                    .store
-                    .note(
-                        format!("session:{from}"),
-                        format!("demand from {from} rejected: the inbox is full ({n} held)"),
-                    )
+                self.reject(demand, format!("the inbox is full ({n} held)"))
                     .await;
                 return;
             }

@@ -349,9 +349,14 @@ impl Site {
             .unwrap_or(Value::Null)
     }
 
-    /// Sends PBM files from A; returns the job id.
+    /// Sends PBM files from A to B; returns the job id.
     fn send(&self, files: &[PathBuf]) -> String {
-        let mut args = vec!["send", "--to", "osaka", "--no-wait", "--resolution", "fine"];
+        self.send_to(files, "osaka")
+    }
+
+    /// Sends PBM files from A to a relay user; returns the job id.
+    fn send_to(&self, files: &[PathBuf], to: &str) -> String {
+        let mut args = vec!["send", "--to", to, "--no-wait", "--resolution", "fine"];
         let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
         args.extend(names.iter().map(String::as_str));
         let out = self.cli("a", &args);
@@ -798,25 +803,7 @@ fn bad_peers_end_sessions_with_a_reason_and_the_daemon_goes_on() {
 
     // Silence from a "receiver": A's job ends with T1.
     let silent = mallory_answers(&site, &[]);
-    let id = {
-        let out = site.cli(
-            "a",
-            &[
-                "send",
-                "--to",
-                "mallory",
-                "--no-wait",
-                &files[0].display().to_string(),
-            ],
-        );
-        assert!(out.status.success());
-        String::from_utf8_lossy(&out.stdout)
-            .split_whitespace()
-            .nth(1)
-            .unwrap()
-            .trim_end_matches(':')
-            .to_owned()
-    };
+    let id = site.send_to(&files[..1], "mallory");
     let job = site.wait_state(&id, "failed", Duration::from_secs(30));
     assert!(
         job["reason"].as_str().unwrap_or("").contains("T1"),
@@ -827,23 +814,7 @@ fn bad_peers_end_sessions_with_a_reason_and_the_daemon_goes_on() {
 
     // Garbage from a "receiver": A's job names it.
     let garbage = mallory_answers(&site, &[0x03, 0x00, 0x00, 0x06, 0x99, 0x99]);
-    let out = site.cli(
-        "a",
-        &[
-            "send",
-            "--to",
-            "mallory",
-            "--no-wait",
-            &files[0].display().to_string(),
-        ],
-    );
-    assert!(out.status.success());
-    let id = String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .nth(1)
-        .unwrap()
-        .trim_end_matches(':')
-        .to_owned();
+    let id = site.send_to(&files[..1], "mallory");
     let job = site.wait_state(&id, "failed", Duration::from_secs(30));
     assert!(
         job["reason"].as_str().unwrap_or("").contains("malformed"),
