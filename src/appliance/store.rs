@@ -1067,6 +1067,73 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn held_documents_wait_for_release_and_partial_ones_print_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let held = store
+            .begin_receive("tokyo", "0001", None, Some(1))
+            .await
+            .unwrap();
+        store
+            .store_page(held.id, 0, page(1), Resolution::Fine)
+            .await
+            .unwrap();
+        let d = store
+            .finish_receive(held.id, InboxState::Complete, true)
+            .await
+            .unwrap();
+        assert_eq!((d.state, d.print), (InboxState::Complete, PrintState::Held));
+        let partial = store
+            .begin_receive("tokyo", "0002", None, Some(3))
+            .await
+            .unwrap();
+        store
+            .store_page(partial.id, 0, page(2), Resolution::Fine)
+            .await
+            .unwrap();
+        store
+            .finish_receive(partial.id, InboxState::Partial, false)
+            .await
+            .unwrap();
+        let open = store
+            .begin_receive("tokyo", "0003", None, Some(3))
+            .await
+            .unwrap();
+        store
+            .finish_receive(open.id, InboxState::Interrupted, false)
+            .await
+            .unwrap();
+        let queue: Vec<i64> = store
+            .print_queue()
+            .await
+            .unwrap()
+            .iter()
+            .map(|d| d.id)
+            .collect();
+        assert_eq!(queue, vec![partial.id], "only the partial document is due");
+        assert_eq!(store.held_count().await.unwrap(), 2);
+        store.release(held.id).await.unwrap();
+        let queue: Vec<i64> = store
+            .print_queue()
+            .await
+            .unwrap()
+            .iter()
+            .map(|d| d.id)
+            .collect();
+        assert_eq!(queue, vec![held.id, partial.id]);
+        assert!(
+            store.release(open.id).await.is_err(),
+            "an open document is not held"
+        );
+        // A finished document is not reopened by a late session.
+        let again = store
+            .begin_receive("tokyo", "0001", None, Some(1))
+            .await
+            .unwrap();
+        assert_eq!(again.state, InboxState::Complete);
+    }
+
+    #[tokio::test]
     async fn cancel_of_a_waiting_job_is_immediate() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
