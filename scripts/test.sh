@@ -11,6 +11,7 @@ PKGS=(
   libtiff-tools netpbm jbigkit-bin jbigkit-testdata   # fax codec reference tools and CCITT pages
   sane-utils poppler-utils                            # scanner tests: scanimage -d test, pdftoppm/pdfinfo
   poppler-utils cups-ipp-utils cups-client avahi-daemon dbus  # print stage: pdftoppm/pdfimages, ippeveprinter/ipptool, lp
+  dovecot-imapd dovecot-lmtpd opensmtpd swaks         # command mail: IMAP IDLE watcher, SMTP -> LMTP delivery
 )
 missing=()
 for p in "${PKGS[@]}"; do
@@ -21,6 +22,11 @@ if ((${#missing[@]})); then
   if [ "$(id -u)" -eq 0 ]; then SUDO=; else SUDO=sudo; fi
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  # The mail tests run their own OpenSMTPD (its queue folder is fixed, so
+  # only one may run) and Dovecot on free ports: stop what the packages
+  # may have started.
+  $SUDO pkill -x smtpd || true
+  $SUDO pkill -x dovecot || true
 fi
 
 export CARGO_TERM_COLOR=never

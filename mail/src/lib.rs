@@ -1,4 +1,46 @@
-//! faxgate-mail: command mail (issue #5).
+//! faxgate-mail: command mail, the wake-up path of printing through a
+//! firewall (seed 000; PWG 5100.18 INFRA agents behind NAT).
 //!
-//! This crate will own the command-mail format, its signing and
-//! verification, the IMAP IDLE watcher and the SMTP sender.
+//! When a job waits at the relay for a printer agent that is not
+//! connected, the relay's mailer sends the printer's mail address a signed
+//! *command mail*; the agent, which can only make outbound connections,
+//! watches its mailbox over IMAP and connects to the proxy when a valid
+//! command arrives. A *cancel mail* in the same format withdraws it.
+//!
+//! # Layout
+//!
+//! - [`command`]: the format of `COMMAND-MAIL.md`. Pure (no I/O, no clock):
+//!   [`Command`], [`Signer`] and [`Verifier`] (HMAC-SHA256 or Ed25519),
+//!   [`Command::to_message`], [`parse_and_verify`] and the replay
+//!   [`NonceCache`].
+//! - [`watcher`]: the IMAP watcher actor ([`WatcherHandle`]): IDLE or
+//!   polling, reconnects with backoff, files each mail into a processed or
+//!   quarantine folder.
+//! - [`smtp`]: [`SmtpSender`], which submits command mails.
+//! - [`tls`]: the [`Tls`] mode and [`Trust`] settings both share.
+//! - [`error`]: one error enum per job.
+//!
+//! # Channels
+//!
+//! In: the IMAP server (the watcher's only input) and a
+//! `CancellationToken` for shutdown. Out: a bounded
+//! `mpsc::Receiver<`[`Incoming`]`>` to the owner (the agent), each carrying
+//! a verified [`Command`] and a `oneshot` ack; the mail is moved to the
+//! processed folder only after the ack. Status goes out on a `watch`
+//! channel ([`WatcherHandle::subscribe`]). The sender side has no channels:
+//! [`SmtpSender::send_command`] is a plain async call.
+
+#![warn(missing_docs)]
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
+
+pub mod command;
+pub mod error;
+pub mod smtp;
+pub mod tls;
+pub mod watcher;
+
+pub use command::{Command, Kind, NonceCache, Scheme, Signer, Verifier, parse_and_verify};
+pub use error::{CommandError, ConfigError, KeyError, SmtpError, WatcherError};
+pub use smtp::{SmtpConfig, SmtpSender};
+pub use tls::{Tls, Trust};
+pub use watcher::{Incoming, WatcherConfig, WatcherHandle, WatcherState, WatcherStatus};
