@@ -475,15 +475,8 @@ impl Store {
     /// The newest jobs first.
     pub async fn jobs(&self, limit: usize) -> anyhow::Result<Vec<JobInfo>> {
         self.with(move |s| {
-            let mut st = s
-                .conn
-                .prepare("SELECT id FROM outbox ORDER BY created DESC, id LIMIT ?1")?;
-            let ids: Vec<String> = st
-                .query_map([limit], |r| r.get(0))?
-                .collect::<Result<_, _>>()?;
-            ids.iter()
-                .filter_map(|id| job_row(&s.conn, id).transpose())
-                .collect()
+            let sql = "SELECT id FROM outbox ORDER BY created DESC, id LIMIT ?1";
+            jobs_where(&s.conn, sql, [limit])
         })
         .await
     }
@@ -491,17 +484,10 @@ impl Store {
     /// Jobs whose next attempt is due at `now`, oldest first.
     pub async fn due_jobs(&self, now: i64) -> anyhow::Result<Vec<JobInfo>> {
         self.with(move |s| {
-            let mut st = s.conn.prepare(
-                "SELECT id FROM outbox WHERE (state = 'queued' OR
+            let sql = "SELECT id FROM outbox WHERE (state = 'queued' OR
                    (state = 'retrying' AND COALESCE(next_attempt, 0) <= ?1))
-                 ORDER BY created, id",
-            )?;
-            let ids: Vec<String> = st
-                .query_map([now], |r| r.get(0))?
-                .collect::<Result<_, _>>()?;
-            ids.iter()
-                .filter_map(|id| job_row(&s.conn, id).transpose())
-                .collect()
+                 ORDER BY created, id";
+            jobs_where(&s.conn, sql, [now])
         })
         .await
     }
@@ -728,15 +714,8 @@ impl Store {
     /// Received documents, newest first.
     pub async fn inbox(&self, limit: usize) -> anyhow::Result<Vec<InboxDoc>> {
         self.with(move |s| {
-            let mut st = s
-                .conn
-                .prepare("SELECT id FROM inbox ORDER BY id DESC LIMIT ?1")?;
-            let ids: Vec<i64> = st
-                .query_map([limit], |r| r.get(0))?
-                .collect::<Result<_, _>>()?;
-            ids.iter()
-                .filter_map(|id| inbox_row(&s.conn, *id).transpose())
-                .collect()
+            let sql = "SELECT id FROM inbox ORDER BY id DESC LIMIT ?1";
+            docs_where(&s.conn, sql, [limit])
         })
         .await
     }
@@ -749,14 +728,9 @@ impl Store {
     /// Documents complete (or partial) and waiting for the printer.
     pub async fn print_queue(&self) -> anyhow::Result<Vec<InboxDoc>> {
         self.with(|s| {
-            let mut st = s.conn.prepare(
-                "SELECT id FROM inbox WHERE state IN ('complete', 'partial')
-                   AND print_state = 'pending' ORDER BY id",
-            )?;
-            let ids: Vec<i64> = st.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
-            ids.iter()
-                .filter_map(|id| inbox_row(&s.conn, *id).transpose())
-                .collect()
+            let sql = "SELECT id FROM inbox WHERE state IN ('complete', 'partial')
+                   AND print_state = 'pending' ORDER BY id";
+            docs_where(&s.conn, sql, [])
         })
         .await
     }
@@ -891,6 +865,36 @@ fn read_page(path: &Path) -> anyhow::Result<(Bitmap, Resolution)> {
         .to_bitmap()
         .with_context(|| format!("while decoding {}", path.display()))?;
     Ok((bmp, resolution))
+}
+
+/// The jobs whose ids `sql` selects, in its order.
+fn jobs_where(
+    conn: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+) -> anyhow::Result<Vec<JobInfo>> {
+    let ids: Vec<String> = conn
+        .prepare(sql)?
+        .query_map(params, |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    ids.iter()
+        .filter_map(|id| job_row(conn, id).transpose())
+        .collect()
+}
+
+/// The inbox documents whose ids `sql` selects, in its order.
+fn docs_where(
+    conn: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+) -> anyhow::Result<Vec<InboxDoc>> {
+    let ids: Vec<i64> = conn
+        .prepare(sql)?
+        .query_map(params, |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    ids.iter()
+        .filter_map(|id| inbox_row(conn, *id).transpose())
+        .collect()
 }
 
 fn history(conn: &Connection, subject: &str, message: &str) -> rusqlite::Result<()> {

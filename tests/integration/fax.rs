@@ -10,7 +10,7 @@
 //! DROP.
 
 use crate::common::{Proc, faxgate, require_root_and, run, wait_for};
-use crate::netns::{Topology, can_connect};
+use crate::netns::{Topology, start_relay};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -215,46 +215,8 @@ impl Site {
 
     fn start_relay(&mut self) {
         let d = self.d().to_owned();
-        let out = std::fs::File::options()
-            .create(true)
-            .append(true)
-            .open(d.join("relay.out"))
-            .unwrap();
-        let err = std::fs::File::options()
-            .create(true)
-            .append(true)
-            .open(d.join("relay.log"))
-            .unwrap();
-        self.relay = Some(Proc(
-            self.t
-                .exec("pub")
-                .arg(faxgate())
-                .args(["relay", "--config"])
-                .arg(d.join("relay.toml"))
-                .env("RUST_LOG", "info")
-                .env("NO_COLOR", "1")
-                .stdout(out)
-                .stderr(err)
-                .spawn()
-                .unwrap(),
-        ));
-        let mut pin = String::new();
-        wait_for("the relay's fingerprint", Duration::from_secs(20), || {
-            let out = std::fs::read_to_string(d.join("relay.out")).unwrap_or_default();
-            match out
-                .lines()
-                .find_map(|l| l.strip_prefix("relay TLS certificate fingerprint (SHA-256): "))
-            {
-                Some(p) => {
-                    pin = p.trim().to_owned();
-                    true
-                }
-                None => false,
-            }
-        });
-        wait_for("the relay port", Duration::from_secs(10), || {
-            can_connect(&self.t, "pub", "192.0.2.1", 4651)
-        });
+        let (relay, pin) = start_relay(&self.t, &d, &d.join("relay.toml"));
+        self.relay = Some(relay);
         self.pin = pin;
     }
 

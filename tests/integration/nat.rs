@@ -12,7 +12,7 @@
 //! ```
 
 use crate::common::{Proc, faxgate, require_root_and, run, wait_for};
-use crate::netns::{Topology, can_connect};
+use crate::netns::{Topology, can_connect, start_relay};
 use std::process::Command;
 use std::time::Duration;
 
@@ -72,35 +72,7 @@ fn branches_behind_nat_talk_only_through_the_relay() {
             .args(["--password-env", "FG_PW"])
             .env("FG_PW", format!("pw-{user}-123")));
     }
-    let relay_out = std::fs::File::create(d.join("relay.out")).unwrap();
-    let relay_err = std::fs::File::create(d.join("relay.log")).unwrap();
-    let relay = Proc(
-        t.exec("pub")
-            .args([faxgate(), "relay", "--config", &cfg])
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdout(relay_out)
-            .stderr(relay_err)
-            .spawn()
-            .unwrap(),
-    );
-    let mut pin = String::new();
-    wait_for("the relay's fingerprint", Duration::from_secs(20), || {
-        let out = std::fs::read_to_string(d.join("relay.out")).unwrap_or_default();
-        match out
-            .lines()
-            .find_map(|l| l.strip_prefix("relay TLS certificate fingerprint (SHA-256): "))
-        {
-            Some(p) => {
-                pin = p.trim().to_owned();
-                true
-            }
-            None => false,
-        }
-    });
-    wait_for("the relay port", Duration::from_secs(10), || {
-        can_connect(&t, "a", "192.0.2.1", 4651)
-    });
+    let (relay, pin) = start_relay(&t, d, std::path::Path::new(&cfg));
 
     // B listens through the relay; A connects and sends 1 MB, B answers.
     let to_b: Vec<u8> = (0..1_000_000u32)

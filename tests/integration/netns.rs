@@ -11,8 +11,55 @@
 //!                                                          192.0.2.6
 //! ```
 
-use crate::common::{run, sh};
+use crate::common::{Proc, faxgate, run, sh, wait_for};
+use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
+
+/// Starts `faxgate relay --config cfg` in the `pub` namespace, logging to
+/// `dir/relay.out` and `dir/relay.log` (appended, so a restarted relay
+/// keeps the earlier run's lines), and waits for its certificate
+/// fingerprint and its TLS port 4651 on 192.0.2.1. Returns the process
+/// and the fingerprint.
+pub fn start_relay(t: &Topology, dir: &Path, cfg: &Path) -> (Proc, String) {
+    let append = |name: &str| {
+        std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(dir.join(name))
+            .unwrap()
+    };
+    let relay = Proc(
+        t.exec("pub")
+            .arg(faxgate())
+            .args(["relay", "--config"])
+            .arg(cfg)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdout(append("relay.out"))
+            .stderr(append("relay.log"))
+            .spawn()
+            .unwrap(),
+    );
+    let mut pin = String::new();
+    wait_for("the relay's fingerprint", Duration::from_secs(20), || {
+        let out = std::fs::read_to_string(dir.join("relay.out")).unwrap_or_default();
+        match out
+            .lines()
+            .find_map(|l| l.strip_prefix("relay TLS certificate fingerprint (SHA-256): "))
+        {
+            Some(p) => {
+                pin = p.trim().to_owned();
+                true
+            }
+            None => false,
+        }
+    });
+    wait_for("the relay port", Duration::from_secs(10), || {
+        can_connect(t, "pub", "192.0.2.1", 4651)
+    });
+    (relay, pin)
+}
 
 /// The namespaces of one test run; deleting a namespace removes its
 /// veths, routes and iptables rules with it.
