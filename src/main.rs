@@ -9,6 +9,7 @@
 mod appliance;
 mod commands;
 mod print;
+mod relay_topology;
 mod topology;
 
 use clap::{Parser, Subcommand};

@@ -26,8 +26,9 @@ pub use appliance::{
 };
 pub use error::ConfigError;
 pub use relay::{
-    AclConfig, AclDefault, AclRule, ClientTlsConfig, RateLimitConfig, RelayClientConfig,
-    RelaySection, RelayServerConfig, StatusSection, TlsServerConfig,
+    AclConfig, AclDefault, AclRule, ClientTlsConfig, IppFrontSection, MailerSection,
+    RateLimitConfig, RelayClientConfig, RelaySection, RelayServerConfig, SiteConfig, StatusSection,
+    TlsServerConfig, WakeConfig, WakeTimeout,
 };
 pub use secret::Secret;
 

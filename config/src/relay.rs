@@ -16,6 +16,139 @@ pub struct RelayServerConfig {
     /// The HTTP status and admin endpoint. Absent means no endpoint.
     #[serde(default)]
     pub status: Option<StatusSection>,
+    /// The IPP front: public server sites for printers behind firewalls
+    /// (seed 000, PWG 5100.18). Absent means no IPP listener.
+    #[serde(default)]
+    pub ipp: Option<IppFrontSection>,
+    /// The mailer that sends wake-up and cancel mails (extension 1).
+    /// Needed when a site has a `wake` section.
+    #[serde(default)]
+    pub mailer: Option<MailerSection>,
+}
+
+/// The IPP front's listeners, limits and sites.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IppFrontSection {
+    /// Plain HTTP (`ipp://`): loopback, tests and trusted networks.
+    #[serde(default)]
+    pub listen: Option<SocketAddr>,
+    /// HTTPS (`ipps://`), with the relay's certificate: the one to expose.
+    #[serde(default)]
+    pub listen_tls: Option<SocketAddr>,
+    /// Host name put in printer and job URIs. Absent: the request's `Host`.
+    #[serde(default)]
+    pub public_host: Option<String>,
+    /// Longest a Get-Notifications with notify-wait is held open.
+    #[serde(default = "defaults::notify_wait", with = "humantime_serde")]
+    pub notify_wait: Duration,
+    /// An attached device not heard from for this long is detached and
+    /// its unfinished jobs are offered again.
+    #[serde(default = "defaults::agent_lease", with = "humantime_serde")]
+    pub agent_lease: Duration,
+    /// Shortest polling interval an agent may use (advertised).
+    #[serde(default = "defaults::poll_interval_min", with = "humantime_serde")]
+    pub poll_interval_min: Duration,
+    /// Deadline for the TLS handshake and for a request's headers.
+    #[serde(default = "defaults::handshake_timeout", with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+    /// Largest document accepted, in bytes.
+    #[serde(default = "defaults::max_document")]
+    pub max_document: u64,
+    /// How long finished jobs stay visible (Get-Jobs which-jobs=completed).
+    #[serde(default = "defaults::job_retention", with = "humantime_serde")]
+    pub job_retention: Duration,
+    /// The sites, one logical printer each.
+    #[serde(default)]
+    pub sites: Vec<SiteConfig>,
+}
+
+/// One server site: `/ipp/print/NAME` (and `/ipp/print/ACCOUNT%DOMAIN`
+/// when `mail` is set).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SiteConfig {
+    /// The site name in the URI path: letters, digits, `-`, `_`, `.`, `%`.
+    pub name: String,
+    /// The relay user whose agent serves this site (HTTP Basic).
+    pub agent: String,
+    /// The printer's mail address; also gives the `account%domain` alias.
+    #[serde(default)]
+    pub mail: Option<String>,
+    /// printer-info.
+    #[serde(default)]
+    pub info: Option<String>,
+    /// printer-location.
+    #[serde(default)]
+    pub location: Option<String>,
+    /// Accept INFRA calls over plain HTTP (loopback demos only).
+    #[serde(default)]
+    pub allow_plain_agents: bool,
+    /// Wake the agent with a command mail when a job waits (extension 1).
+    #[serde(default)]
+    pub wake: Option<WakeConfig>,
+}
+
+/// Wake-up by command mail for one site.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WakeConfig {
+    /// HMAC-SHA256 shared secret (hex) or Ed25519 seed (hex, 32 bytes),
+    /// per `scheme`.
+    pub key: Secret<String>,
+    /// `hmac-sha256` or `ed25519`.
+    #[serde(default = "defaults::wake_scheme")]
+    pub scheme: String,
+    /// How long the agent has to attach after the mail is sent.
+    #[serde(default = "defaults::wake_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// What happens to the jobs when it does not: abort or hold.
+    #[serde(default)]
+    pub on_timeout: WakeTimeout,
+}
+
+/// What a wake-up timeout does to the waiting jobs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum WakeTimeout {
+    /// job-state aborted, reason aborted-by-system.
+    #[default]
+    Abort,
+    /// job-state pending-held, reason job-hold-until-specified.
+    Hold,
+}
+
+/// The SMTP submission server the relay's mailer uses.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MailerSection {
+    /// Submission server host.
+    pub host: String,
+    /// Its port.
+    pub port: u16,
+    /// `starttls`, `implicit` or `none` (loopback only).
+    #[serde(default = "defaults::mail_tls")]
+    pub tls: String,
+    /// PEM CA file to trust instead of the system roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// SMTP login.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// SMTP password.
+    #[serde(default)]
+    pub password: Secret<String>,
+    /// The From address of command mails.
+    pub from: String,
+    /// First retry delay after an SMTP failure.
+    #[serde(default = "defaults::reconnect_initial", with = "humantime_serde")]
+    pub retry_initial: Duration,
+    /// Longest retry delay.
+    #[serde(default = "defaults::reconnect_max", with = "humantime_serde")]
+    pub retry_max: Duration,
+    /// Attempts before giving up on one mail.
+    #[serde(default = "defaults::mail_attempts")]
+    pub max_attempts: u32,
 }
 
 /// The relay listener and its protocol limits.
@@ -209,6 +342,33 @@ mod defaults {
     pub fn client_connect_timeout() -> Duration {
         Duration::from_secs(20)
     }
+    pub fn notify_wait() -> Duration {
+        Duration::from_secs(30)
+    }
+    pub fn agent_lease() -> Duration {
+        Duration::from_secs(90)
+    }
+    pub fn poll_interval_min() -> Duration {
+        Duration::from_secs(1)
+    }
+    pub fn max_document() -> u64 {
+        256 << 20
+    }
+    pub fn job_retention() -> Duration {
+        Duration::from_secs(24 * 3600)
+    }
+    pub fn wake_scheme() -> String {
+        "hmac-sha256".into()
+    }
+    pub fn wake_timeout() -> Duration {
+        Duration::from_secs(120)
+    }
+    pub fn mail_tls() -> String {
+        "starttls".into()
+    }
+    pub fn mail_attempts() -> u32 {
+        10
+    }
 }
 
 impl std::str::FromStr for RelayServerConfig {
@@ -288,6 +448,129 @@ impl RelayServerConfig {
         for rule in &r.acl.allow {
             if rule.from.is_empty() || rule.to.is_empty() {
                 return Err(invalid("relay.acl.allow", "group names must not be empty"));
+            }
+        }
+        if let Some(ipp) = &self.ipp {
+            self.validate_ipp(ipp)?;
+        }
+        if let Some(m) = &self.mailer {
+            if !matches!(m.tls.as_str(), "starttls" | "implicit" | "none") {
+                return Err(invalid(
+                    "mailer.tls",
+                    format!("`{}` is not starttls, implicit or none", m.tls),
+                ));
+            }
+            if m.max_attempts == 0 || m.retry_initial.is_zero() || m.retry_max < m.retry_initial {
+                return Err(invalid(
+                    "mailer",
+                    "need max_attempts >= 1 and 0 < retry_initial <= retry_max",
+                ));
+            }
+            if !m.from.contains('@') {
+                return Err(invalid(
+                    "mailer.from",
+                    format!("`{}` is not an address", m.from),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_ipp(&self, ipp: &IppFrontSection) -> Result<(), ConfigError> {
+        if ipp.listen.is_none() && ipp.listen_tls.is_none() {
+            return Err(invalid(
+                "ipp.listen",
+                "set at least one of `listen` and `listen_tls`",
+            ));
+        }
+        if ipp.notify_wait.is_zero() || ipp.notify_wait > Duration::from_secs(300) {
+            return Err(invalid("ipp.notify_wait", "must be within 1ms..5m"));
+        }
+        if ipp.agent_lease <= ipp.notify_wait {
+            return Err(invalid(
+                "ipp.agent_lease",
+                "must be longer than notify_wait, or every long poll would detach",
+            ));
+        }
+        if ipp.handshake_timeout.is_zero() || ipp.max_document == 0 {
+            return Err(invalid(
+                "ipp.handshake_timeout",
+                "handshake_timeout and max_document must be greater than zero",
+            ));
+        }
+        let mut names = std::collections::HashSet::new();
+        for site in &ipp.sites {
+            let ok = !site.name.is_empty()
+                && site.name.len() <= 127
+                && site
+                    .name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.%".contains(&b));
+            if !ok {
+                return Err(invalid(
+                    "ipp.sites.name",
+                    format!(
+                        "`{}` must be 1..=127 of letters, digits, `-`, `_`, `.`, `%`",
+                        site.name
+                    ),
+                ));
+            }
+            if !names.insert(site.name.clone()) {
+                return Err(invalid(
+                    "ipp.sites.name",
+                    format!("`{}` is configured twice", site.name),
+                ));
+            }
+            if let Some(mail) = &site.mail {
+                let alias = mail.replacen('@', "%", 1);
+                if !mail.contains('@') || (alias != site.name && !names.insert(alias)) {
+                    return Err(invalid(
+                        "ipp.sites.mail",
+                        format!("`{mail}` is not an address or its alias is taken"),
+                    ));
+                }
+            }
+            if site.agent.is_empty() {
+                return Err(invalid("ipp.sites.agent", "must name a relay user"));
+            }
+            if let Some(w) = &site.wake {
+                if site.mail.is_none() {
+                    return Err(invalid(
+                        "ipp.sites.wake",
+                        format!(
+                            "site `{}` has a wake section but no mail address",
+                            site.name
+                        ),
+                    ));
+                }
+                if self.mailer.is_none() {
+                    return Err(invalid(
+                        "mailer",
+                        "a site wakes by mail but [mailer] is missing",
+                    ));
+                }
+                if !matches!(w.scheme.as_str(), "hmac-sha256" | "ed25519") {
+                    return Err(invalid(
+                        "ipp.sites.wake.scheme",
+                        format!("`{}` is not hmac-sha256 or ed25519", w.scheme),
+                    ));
+                }
+                let key = w.key.expose();
+                if key.len() < 32
+                    || key.len() % 2 != 0
+                    || !key.bytes().all(|b| b.is_ascii_hexdigit())
+                {
+                    return Err(invalid(
+                        "ipp.sites.wake.key",
+                        "must be hex, at least 16 bytes (32 hex digits)",
+                    ));
+                }
+                if w.timeout.is_zero() {
+                    return Err(invalid(
+                        "ipp.sites.wake.timeout",
+                        "must be greater than zero",
+                    ));
+                }
             }
         }
         Ok(())

@@ -4,9 +4,10 @@
 //! Pure: no sockets, no files, no clock. The time is always an argument
 //! (`now`, `date`), and the replay cache is a value the caller owns.
 //! The only outside input is [`random_nonce`], which draws from the
-//! operating system's random source.
+//! operating system's random source, and the one outside effect is the
+//! caller's: a durable [`NonceCache`] (`crate::nonces`) appends each
+//! accepted nonce to its file.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -17,6 +18,7 @@ use ring::hmac;
 use ring::signature::{self, KeyPair as _};
 
 use crate::error::{CommandError, KeyError};
+pub use crate::nonces::NonceCache;
 
 /// The first signed line; it names the format and its version, and keeps
 /// signatures over command mails apart from signatures over anything else.
@@ -36,7 +38,7 @@ pub const NONCE_BYTES: usize = 16;
 
 const MAX_PROXY_LEN: usize = 512;
 const MAX_PRINTER_LEN: usize = 255;
-const MAX_NONCE_HEX: usize = 128;
+pub(crate) const MAX_NONCE_HEX: usize = 128;
 const MAX_ADDRESS_LEN: usize = 254;
 /// 9999-12-31T23:59:59Z + 1 s: the end of what RFC 3339 can write.
 const END_OF_YEAR_9999: u64 = 253_402_300_800;
@@ -419,75 +421,6 @@ fn hmac_key(secret: &[u8]) -> Result<hmac::Key, KeyError> {
         });
     }
     Ok(hmac::Key::new(hmac::HMAC_SHA256, secret))
-}
-
-/// Nonces of accepted commands, each kept until its command expires, so a
-/// replayed copy is refused. Bounded: when full of unexpired nonces it
-/// refuses new commands ([`CommandError::ReplayCacheFull`]) rather than
-/// forget one early. Pure: the time is an argument.
-#[derive(Debug, Clone)]
-pub struct NonceCache {
-    seen: HashMap<String, SystemTime>,
-    capacity: usize,
-}
-
-impl NonceCache {
-    /// The capacity [`NonceCache::default`] uses.
-    pub const DEFAULT_CAPACITY: usize = 16_384;
-
-    /// An empty cache holding at most `capacity` unexpired nonces.
-    pub fn new(capacity: usize) -> Self {
-        Self {
-            seen: HashMap::new(),
-            capacity,
-        }
-    }
-
-    /// Records `nonce` until `expires`, or fails if it is already there.
-    /// Expired entries are dropped first.
-    pub fn remember(
-        &mut self,
-        nonce: &str,
-        expires: SystemTime,
-        now: SystemTime,
-    ) -> Result<(), CommandError> {
-        self.seen.retain(|_, exp| *exp > now);
-        if self.seen.contains_key(nonce) {
-            return Err(CommandError::Replayed {
-                nonce: nonce.to_owned(),
-            });
-        }
-        if self.seen.len() >= self.capacity {
-            return Err(CommandError::ReplayCacheFull {
-                capacity: self.capacity,
-            });
-        }
-        self.seen.insert(nonce.to_owned(), expires);
-        Ok(())
-    }
-
-    /// Forgets a nonce whose command was not acted on after all, so the
-    /// same mail can be accepted again later.
-    pub fn forget(&mut self, nonce: &str) {
-        self.seen.remove(nonce);
-    }
-
-    /// How many nonces are held (expired ones included until the next
-    /// [`NonceCache::remember`]).
-    pub fn len(&self) -> usize {
-        self.seen.len()
-    }
-
-    /// Whether no nonce is held.
-    pub fn is_empty(&self) -> bool {
-        self.seen.is_empty()
-    }
-}
-
-impl Default for NonceCache {
-    fn default() -> Self {
-        Self::new(Self::DEFAULT_CAPACITY)
-    }
 }
 
 /// Reads a raw RFC 5322 message, checks its signature with `verifier`,
@@ -1030,23 +963,8 @@ Printer: expp1%abc.com\nJobs: 17,18\nExpires: 2026-11-05T10:10:00Z\nNonce: 00112
             Err(CommandError::BadSignature)
         );
         assert_eq!(seen.len(), 1);
-        seen.forget(&command().nonce);
+        seen.forget(&command().nonce).unwrap();
         assert!(parse_and_verify(&raw, &verifier, PRINTER, at(T0 + 2), &mut seen).is_ok());
-    }
-
-    #[test]
-    fn nonce_cache_is_bounded_and_expires_entries() {
-        let mut cache = NonceCache::new(2);
-        assert!(cache.remember("a", at(10), at(0)).is_ok());
-        assert!(cache.remember("b", at(20), at(0)).is_ok());
-        assert_eq!(
-            cache.remember("c", at(20), at(5)),
-            Err(CommandError::ReplayCacheFull { capacity: 2 })
-        );
-        // "a" expires at 10: from then on it no longer counts.
-        assert!(cache.remember("c", at(20), at(10)).is_ok());
-        assert!(cache.remember("a", at(30), at(21)).is_ok());
-        assert_eq!(cache.len(), 1);
     }
 
     #[test]

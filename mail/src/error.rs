@@ -1,13 +1,16 @@
 //! Errors of the mail crate: one enum per job, each variant with the
 //! context an operator needs (which field, which folder, which step).
 
+use std::path::PathBuf;
 use std::time::SystemTime;
 
 /// Why a mail was not accepted as a command. Every variant except
-/// [`CommandError::NotACommand`] means "someone sent a command mail that
-/// must not be acted on"; the watcher quarantines the mail and logs
-/// [`CommandError::code`]. Reasons never quote the mail body, so they are
-/// safe to log.
+/// [`CommandError::NotACommand`] and [`CommandError::NonceNotRecorded`]
+/// means "someone sent a command mail that must not be acted on"; the
+/// watcher quarantines the mail and logs [`CommandError::code`]. (Not a
+/// command: quarantined too. Nonce not recorded: a local failure, so the
+/// mail is left for another try.) Reasons never quote the mail body, so
+/// they are safe to log.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CommandError {
     /// The mail has no text/plain part with a `faxgate-command:` line
@@ -84,6 +87,20 @@ pub enum CommandError {
         /// The cache's capacity.
         capacity: usize,
     },
+    /// A valid command whose nonce could not be written to the nonce file
+    /// (disk full, permissions, the file replaced by a directory). Unlike
+    /// the other reasons this says nothing about the mail: the watcher
+    /// leaves it in the mailbox and tries again, and an operator must act.
+    #[error(
+        "cannot record the nonce in {}: {reason}; the command is not acted on",
+        path.display()
+    )]
+    NonceNotRecorded {
+        /// The nonce file.
+        path: PathBuf,
+        /// The step that failed and the operating system's error.
+        reason: String,
+    },
 }
 
 impl CommandError {
@@ -101,6 +118,7 @@ impl CommandError {
             Self::ExpiryTooFar { .. } => "expiry-too-far",
             Self::Replayed { .. } => "replayed",
             Self::ReplayCacheFull { .. } => "replay-cache-full",
+            Self::NonceNotRecorded { .. } => "nonce-not-recorded",
         }
     }
 }
@@ -145,6 +163,43 @@ pub enum ConfigError {
     /// lettre refused the SMTP settings.
     #[error("mail config: SMTP: {0}")]
     Smtp(#[from] lettre::transport::smtp::Error),
+    /// The nonce file cannot be read, written or parsed.
+    #[error("mail config: {0}")]
+    NonceFile(#[from] NonceFileError),
+}
+
+/// The nonce file of a durable replay cache
+/// ([`crate::NonceCache::open`]) cannot be used. The agent must not start
+/// without it: it would forget which commands it has already acted on.
+#[derive(Debug, thiserror::Error)]
+pub enum NonceFileError {
+    /// Reading, writing, syncing or renaming failed.
+    #[error("nonce file {}: cannot {during}: {source}", path.display())]
+    Io {
+        /// The nonce file (or its temporary copy or folder).
+        path: PathBuf,
+        /// The step, e.g. `read`, `rename the compacted copy into place`.
+        during: &'static str,
+        /// The operating system's error.
+        source: std::io::Error,
+    },
+    /// A line is not `nonce expiry_unix`. Only a last line without its
+    /// line end (a write cut short by a crash) is skipped; any other bad
+    /// line stops the load, because skipping it could forget a nonce and
+    /// let a replay through.
+    #[error(
+        "nonce file {}, line {line}: {reason}; fix or delete the line (deleting a line \
+         lets a replay of its command through until the command expires)",
+        path.display()
+    )]
+    Corrupt {
+        /// The nonce file.
+        path: PathBuf,
+        /// The line number, from 1.
+        line: usize,
+        /// What is wrong with it.
+        reason: String,
+    },
 }
 
 /// Why an IMAP session ended; the watcher logs it and reconnects.
@@ -197,6 +252,16 @@ pub enum WatcherError {
         /// What happened.
         what: String,
     },
+    /// A valid command's nonce could not be recorded in the nonce file, so
+    /// the command was not handed over. The session ends, the mail stays
+    /// in the mailbox, and it is tried again after a growing delay.
+    #[error("command mail UID {uid} left in the mailbox: {source}")]
+    NonceNotRecorded {
+        /// The mail's UID.
+        uid: u32,
+        /// [`CommandError::NonceNotRecorded`].
+        source: CommandError,
+    },
 }
 
 /// Sending a command mail failed.
@@ -218,3 +283,9 @@ pub enum SmtpError {
     #[error("SMTP send failed: {0}")]
     Send(#[from] lettre::transport::smtp::Error),
 }
+
+/// The mailer has stopped (cancelled, or its task ended), so an order
+/// could not be taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the mailer has stopped; the mail order was not taken")]
+pub struct MailerClosed;

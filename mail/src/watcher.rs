@@ -6,13 +6,25 @@
 //! in the mailbox until the owner acknowledges it; only then is it moved to
 //! the processed folder. Anything else is moved to the quarantine folder
 //! with an IMAP keyword naming the reason (`$faxgate-bad-signature`, ...).
-//! Mails are never deleted. Delivery is at least once across restarts: a
-//! command acknowledged just before a crash can come again, so the owner
-//! should treat a repeated wake as harmless (it is: the agent is already
-//! connected).
+//! Mails are never deleted.
+//!
+//! Replays: each accepted command's nonce is remembered until the command
+//! expires, before the command is handed over. With
+//! [`WatcherConfig::nonce_file`] the nonces are on disk
+//! ([`NonceCache::open`]), so a restarted agent refuses a command it has
+//! already been handed: a command is handed over at most once. (A crash
+//! between the hand-over and the acknowledgement thus files that mail as
+//! a replay after the restart.) If the nonce cannot be written, the
+//! command is not handed over: the session ends with
+//! [`WatcherError::NonceNotRecorded`], the mail stays in the mailbox, and
+//! it is tried again after a growing delay. A command the owner drops
+//! unacknowledged has its nonce forgotten, also on disk, and is offered
+//! again. Without a nonce file the nonces live in memory, and a command
+//! acknowledged just before a crash can come again after the restart.
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 use async_imap::extensions::idle::IdleResponse;
@@ -73,6 +85,9 @@ pub struct WatcherConfig {
     pub backoff_max: Duration,
     /// How many unexpired nonces are remembered against replays.
     pub nonce_capacity: usize,
+    /// Where the nonces are kept across restarts (see [`NonceCache::open`]);
+    /// `None` keeps them in memory only, so a restart forgets them.
+    pub nonce_file: Option<PathBuf>,
 }
 
 impl WatcherConfig {
@@ -105,6 +120,7 @@ impl WatcherConfig {
             backoff_min: Duration::from_secs(1),
             backoff_max: Duration::from_secs(300),
             nonce_capacity: NonceCache::DEFAULT_CAPACITY,
+            nonce_file: None,
         }
     }
 
@@ -154,6 +170,13 @@ impl WatcherConfig {
         }
         if self.nonce_capacity == 0 {
             return invalid("nonce_capacity", "must be more than 0");
+        }
+        if self
+            .nonce_file
+            .as_ref()
+            .is_some_and(|p| p.file_name().is_none())
+        {
+            return invalid("nonce_file", "must name a file");
         }
         Ok(())
     }
@@ -225,9 +248,10 @@ pub struct WatcherHandle {
 }
 
 impl WatcherHandle {
-    /// Validates `config`, builds its TLS settings and spawns the watcher
-    /// on the current tokio runtime (so it must be called inside one; it
-    /// panics otherwise, like `tokio::spawn`). The watcher stops when
+    /// Validates `config`, builds its TLS settings, loads the nonce file
+    /// if there is one (blocking file I/O, at start-up) and spawns the
+    /// watcher on the current tokio runtime (so it must be called inside
+    /// one; it panics otherwise, like `tokio::spawn`). The watcher stops when
     /// `cancel` (or [`WatcherHandle::shutdown`]) fires, or when the
     /// returned receiver is dropped.
     pub fn spawn(
@@ -243,6 +267,10 @@ impl WatcherHandle {
                 name: faxgate_relay::tls::server_name(&config.host)?,
             }),
         };
+        let nonces = match &config.nonce_file {
+            Some(path) => NonceCache::open(path, config.nonce_capacity, SystemTime::now())?,
+            None => NonceCache::new(config.nonce_capacity),
+        };
         let (tx, rx) = mpsc::channel(4);
         let (status_tx, status_rx) = watch::channel(WatcherStatus::default());
         let cancel = cancel.child_token();
@@ -253,7 +281,8 @@ impl WatcherHandle {
             user = %config.user,
         );
         let actor = WatcherActor {
-            nonces: NonceCache::new(config.nonce_capacity),
+            nonces,
+            store_failures: 0,
             config,
             verifier,
             tls,
@@ -345,6 +374,9 @@ struct WatcherActor {
     status: watch::Sender<WatcherStatus>,
     cancel: CancellationToken,
     nonces: NonceCache,
+    /// Nonce-file failures in a row; they back off like failed sessions
+    /// (a session that fails on one still counts as established).
+    store_failures: u32,
     /// Keyed by (UIDVALIDITY, UID).
     decided: HashMap<(u32, u32), Decision>,
 }
@@ -360,17 +392,27 @@ impl WatcherActor {
                     break;
                 }
                 Err(e) => {
-                    if matches!(e, WatcherError::Login { .. }) {
-                        error!(error = %e, "IMAP login refused; check the mail account settings.");
-                    } else {
-                        warn!(error = %e, "IMAP session failed; reconnecting.");
+                    match e {
+                        WatcherError::Login { .. } => {
+                            error!(error = %e, "IMAP login refused; check the mail account settings.");
+                        }
+                        WatcherError::NonceNotRecorded { uid, .. } => {
+                            self.store_failures = self.store_failures.saturating_add(1);
+                            error!(
+                                uid,
+                                error = %e,
+                                "Cannot record a command's nonce; the mail stays in the mailbox \
+                                 and is tried again."
+                            );
+                        }
+                        _ => warn!(error = %e, "IMAP session failed; reconnecting."),
                     }
                     let text = e.to_string();
                     self.status.send_modify(|s| s.last_error = Some(text));
                 }
             }
             let delay = backoff_delay(
-                failures,
+                failures.max(self.store_failures.saturating_sub(1)),
                 self.config.backoff_min,
                 self.config.backoff_max,
                 rand::random::<f64>(),
@@ -597,7 +639,12 @@ impl WatcherActor {
                 ),
             };
             match verdict {
+                Err(source @ CommandError::NonceNotRecorded { .. }) => {
+                    // Not the mail's fault: leave it for the next session.
+                    return Err(WatcherError::NonceNotRecorded { uid, source });
+                }
                 Ok(cmd) => {
+                    self.store_failures = 0;
                     let nonce = cmd.nonce.clone();
                     info!(
                         uid,
@@ -614,14 +661,14 @@ impl WatcherActor {
                             self.status.send_modify(|s| s.delivered += 1);
                         }
                         Delivery::Dropped => {
-                            self.nonces.forget(&nonce);
+                            self.forget(uid, &nonce);
                             warn!(
                                 uid,
                                 "Command was not acknowledged; the mail stays in the mailbox."
                             );
                         }
                         Delivery::Stopped(stop) => {
-                            self.nonces.forget(&nonce);
+                            self.forget(uid, &nonce);
                             return Ok(Some(stop));
                         }
                     }
@@ -640,6 +687,19 @@ impl WatcherActor {
             }
         }
         Ok(None)
+    }
+
+    /// Forgets the nonce of a command that was not acknowledged, so its
+    /// mail is offered again.
+    fn forget(&mut self, uid: u32, nonce: &str) {
+        if let Err(e) = self.nonces.forget(nonce) {
+            error!(
+                uid,
+                error = %e,
+                "Cannot forget an unacknowledged command's nonce in the nonce file; after a \
+                 restart its mail would be filed as a replay."
+            );
+        }
     }
 
     /// Hands a command to the owner and waits for the acknowledgement.
@@ -900,10 +960,32 @@ mod tests {
         c.backoff_min = Duration::from_secs(10);
         c.backoff_max = Duration::from_secs(1);
         assert!(c.validate().is_err());
+        let mut c = config();
+        c.nonce_file = Some("/".into());
+        assert!(c.validate().is_err());
         let shown = format!("{:?}", config());
         assert!(
             shown.contains("MASKED") && !shown.contains("\"pw\""),
             "{shown}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_corrupt_nonce_file_stops_the_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nonces");
+        std::fs::write(&path, "00112233445566778899aabbccddeeff someday\n").unwrap();
+        let mut c = config();
+        c.tls = Tls::None;
+        c.nonce_file = Some(path.clone());
+        let verifier = Verifier::hmac(b"a secret of 16+ bytes").unwrap();
+        match WatcherHandle::spawn(c, verifier, CancellationToken::new()) {
+            Err(e @ ConfigError::NonceFile(_)) => {
+                let shown = e.to_string();
+                assert!(shown.contains(&path.display().to_string()), "{shown}");
+                assert!(shown.contains("line 1"), "{shown}");
+            }
+            other => panic!("expected a nonce-file error, got {:?}", other.err()),
+        }
     }
 }

@@ -7,16 +7,19 @@
 
 mod common;
 
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use common::{
-    Dovecot, DovecotOptions, OpenSmtpd, PASSWORD, USER, append, eventually, init_tracing, keywords,
+    Dovecot, DovecotOptions, OpenSmtpd, PASSWORD, USER, append, eventually, free_port,
+    init_tracing, keywords, messages,
 };
 use faxgate_config::Secret;
 use faxgate_mail::command::random_nonce;
 use faxgate_mail::{
-    Command, Incoming, Kind, Signer, SmtpConfig, SmtpSender, Tls, Trust, WatcherConfig,
-    WatcherHandle, WatcherState, WatcherStatus,
+    Command, Incoming, Kind, MailOrder, MailReport, Mailer, MailerConfig, NonceCache, Signer,
+    SignerLookup, SmtpConfig, SmtpSender, Tls, Trust, WatcherConfig, WatcherHandle, WatcherState,
+    WatcherStatus, parse_and_verify,
 };
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -24,19 +27,13 @@ use tokio_util::sync::CancellationToken;
 const PRINTER: &str = "expp1%abc.com";
 const SECRET: &[u8] = b"expp1 shared secret, test only!";
 const FROM: &str = "mailer@relay.faxgate.test";
+const PROXY: &str = "ipps://relay.faxgate.test/ipp/print/expp1%abc.com";
 const PROCESSED: &str = "faxgate-processed";
 const QUARANTINE: &str = "faxgate-quarantine";
 
 /// A wake command for `jobs`, expiring at `expires`.
 fn wake_until(expires: SystemTime, jobs: Vec<u64>) -> Command {
-    Command::new(
-        Kind::Wake,
-        "ipps://relay.faxgate.test/ipp/print/expp1%abc.com",
-        PRINTER,
-        jobs,
-        expires,
-        random_nonce(),
-    )
+    Command::new(Kind::Wake, PROXY, PRINTER, jobs, expires, random_nonce())
 }
 
 /// A wake command for `jobs`, valid for ten minutes.
@@ -360,4 +357,264 @@ async fn implicit_tls_with_pin_and_starttls_with_ca_file() {
     );
     assert_eq!(status.sessions, 0);
     stop(handle).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durable_nonces_survive_a_restart_and_an_unwritable_file_keeps_the_mail() {
+    init_tracing();
+    let dovecot = Dovecot::start(DovecotOptions::default());
+    let dir = tempfile::tempdir().unwrap();
+    let nonce_file = dir.path().join("nonces");
+    let mut config = watcher_config(dovecot.imap_port);
+    config.nonce_file = Some(nonce_file.clone());
+    let signer = Signer::hmac(SECRET).unwrap();
+    let (handle, mut rx) =
+        WatcherHandle::spawn(config.clone(), signer.verifier(), CancellationToken::new()).unwrap();
+    wait_status(&handle, "IDLE", |s| s.state == WatcherState::Idling).await;
+    assert!(nonce_file.is_file(), "the nonce file is created at start");
+
+    // A folder where the file was: no nonce can be written, so the
+    // command must not be handed over, nor the mail filed.
+    std::fs::remove_file(&nonce_file).unwrap();
+    std::fs::create_dir(&nonce_file).unwrap();
+    let cmd = wake(vec![31]);
+    let raw = cmd
+        .to_message(&signer, FROM, USER, SystemTime::now())
+        .unwrap();
+    append(dovecot.imap_port, &raw).await;
+    let status = wait_status(&handle, "a nonce-file error", |s| {
+        s.last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("cannot record the nonce"))
+    })
+    .await;
+    let shown = status.last_error.unwrap_or_default();
+    assert!(shown.contains(&nonce_file.display().to_string()), "{shown}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        rx.try_recv().is_err(),
+        "a command was handed over unrecorded"
+    );
+    assert_eq!((dovecot.count("INBOX"), dovecot.count(QUARANTINE)), (1, 0));
+
+    // Once the file can be written again, the mail is tried again.
+    std::fs::remove_dir(&nonce_file).unwrap();
+    let incoming = next(&mut rx).await;
+    assert_eq!(incoming.command, cmd);
+    incoming.ack();
+    eventually(
+        "the mail in the processed folder",
+        Duration::from_secs(5),
+        || dovecot.count(PROCESSED) == 1,
+    )
+    .await;
+    let stored = std::fs::read_to_string(&nonce_file).unwrap();
+    assert!(stored.contains(&cmd.nonce), "{stored}");
+    stop(handle).await;
+
+    // A restarted watcher (a fresh cache, loaded from the file) refuses a
+    // replayed copy and still takes a new command.
+    let (handle, mut rx) =
+        WatcherHandle::spawn(config, signer.verifier(), CancellationToken::new()).unwrap();
+    wait_status(&handle, "IDLE after the restart", |s| {
+        s.state == WatcherState::Idling
+    })
+    .await;
+    append(dovecot.imap_port, &raw).await;
+    eventually("the replay in quarantine", Duration::from_secs(10), || {
+        dovecot.count(QUARANTINE) == 1
+    })
+    .await;
+    assert_eq!(
+        keywords(dovecot.imap_port, QUARANTINE).await,
+        [["$faxgate-replayed"]]
+    );
+    let fresh = wake(vec![32]);
+    let raw = fresh
+        .to_message(&signer, FROM, USER, SystemTime::now())
+        .unwrap();
+    append(dovecot.imap_port, &raw).await;
+    let incoming = next(&mut rx).await;
+    assert_eq!(
+        incoming.command, fresh,
+        "the replay must not be handed over"
+    );
+    incoming.ack();
+    eventually("two mails processed", Duration::from_secs(5), || {
+        dovecot.count(PROCESSED) == 2
+    })
+    .await;
+    stop(handle).await;
+}
+
+/// A mailer submitting to `port` without TLS, with the printer's key.
+fn mailer(port: u16, config: MailerConfig) -> (Mailer, mpsc::Receiver<MailReport>) {
+    let mut smtp = SmtpConfig::new("127.0.0.1", port);
+    smtp.tls = Tls::None;
+    smtp.timeout = Duration::from_secs(10);
+    let signers: SignerLookup =
+        Arc::new(|printer: &str| (printer == PRINTER).then(|| Signer::hmac(SECRET).unwrap()));
+    Mailer::spawn(
+        SmtpSender::new(&smtp).unwrap(),
+        signers,
+        config,
+        CancellationToken::new(),
+    )
+}
+
+fn order(kind: Kind, jobs: Vec<u64>) -> MailOrder {
+    MailOrder {
+        kind,
+        printer: PRINTER.to_owned(),
+        to: USER.to_owned(),
+        from: FROM.to_owned(),
+        proxy_uri: PROXY.to_owned(),
+        jobs,
+        ttl: Duration::from_secs(600),
+    }
+}
+
+async fn report(rx: &mut mpsc::Receiver<MailReport>) -> MailReport {
+    tokio::time::timeout(Duration::from_secs(60), rx.recv())
+        .await
+        .expect("timed out waiting for a mail report")
+        .expect("the mailer stopped")
+}
+
+/// The commands in INBOX, each verified with the printer's verifier.
+async fn received(dovecot: &Dovecot) -> Vec<Command> {
+    let verifier = Signer::hmac(SECRET).unwrap().verifier();
+    messages(dovecot.imap_port, "INBOX")
+        .await
+        .iter()
+        .map(|raw| {
+            parse_and_verify(
+                raw,
+                &verifier,
+                PRINTER,
+                SystemTime::now(),
+                &mut NonceCache::default(),
+            )
+            .unwrap()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mailer_orders_arrive_through_opensmtpd_signed_for_the_printer() {
+    init_tracing();
+    let dovecot = Dovecot::start(DovecotOptions::default());
+    let smtpd = OpenSmtpd::start(&dovecot.lmtp);
+    let (mailer, mut reports) = mailer(smtpd.port, MailerConfig::default());
+    let wake = order(Kind::Wake, vec![21, 22]);
+    let cancel = order(Kind::Cancel, vec![]);
+    let ordered_at = SystemTime::now();
+    mailer.send(wake.clone()).await.unwrap();
+    mailer.send(cancel.clone()).await.unwrap();
+    let mut sent = Vec::new();
+    for _ in 0..2 {
+        match report(&mut reports).await {
+            MailReport::Sent { order, attempts: 1 } => sent.push(order),
+            other => panic!("expected Sent after one attempt, got {other:?}"),
+        }
+    }
+    sent.sort_by_key(|o| o.kind == Kind::Cancel);
+    assert_eq!(sent, [wake, cancel]);
+    eventually("both mails in the Maildir", Duration::from_secs(10), || {
+        dovecot.count("INBOX") == 2
+    })
+    .await;
+    let mut commands = received(&dovecot).await;
+    commands.sort_by_key(|c| c.kind == Kind::Cancel);
+    let shape: Vec<_> = commands
+        .iter()
+        .map(|c| {
+            (
+                c.kind,
+                c.printer.as_str(),
+                c.proxy_uri.as_str(),
+                c.job_ids.clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        shape,
+        [
+            (Kind::Wake, PRINTER, PROXY, vec![21, 22]),
+            (Kind::Cancel, PRINTER, PROXY, vec![])
+        ]
+    );
+    for c in &commands {
+        // `expires` is now + ttl, cut to whole seconds.
+        let lead = c.expires.duration_since(ordered_at).unwrap_or_default();
+        assert!(
+            lead > Duration::from_secs(590) && lead <= Duration::from_secs(600),
+            "{lead:?}"
+        );
+    }
+    assert_ne!(
+        commands[0].nonce, commands[1].nonce,
+        "each order has its own nonce"
+    );
+    assert!(smtpd.log().contains("result=Ok"), "{}", smtpd.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mailer_retries_until_opensmtpd_listens_then_sends() {
+    init_tracing();
+    let dovecot = Dovecot::start(DovecotOptions::default());
+    // Nothing listens on this port until OpenSMTPD is started on it.
+    let port = free_port();
+    let config = MailerConfig {
+        retry_initial: Duration::from_millis(100),
+        retry_max: Duration::from_millis(400),
+        max_attempts: 1000,
+    };
+    let (mailer, mut reports) = mailer(port, config);
+    let wake = order(Kind::Wake, vec![7]);
+    mailer.send(wake.clone()).await.unwrap();
+    for n in 1..=3 {
+        match report(&mut reports).await {
+            MailReport::Retrying {
+                order,
+                attempt,
+                error,
+                next_in,
+            } => {
+                assert_eq!((&order, attempt), (&wake, n));
+                assert!(error.contains("SMTP send failed"), "{error}");
+                assert!(next_in <= Duration::from_millis(400), "{next_in:?}");
+            }
+            other => panic!("expected Retrying {n}, got {other:?}"),
+        }
+    }
+    // Blocks this worker until no other test holds OpenSMTPD's lock; the
+    // mailer keeps retrying on the other one.
+    let smtpd = OpenSmtpd::start_on(&dovecot.lmtp, Some(port));
+    let mut last = 3;
+    let attempts = loop {
+        match report(&mut reports).await {
+            MailReport::Retrying { attempt, .. } => {
+                assert_eq!(attempt, last + 1, "attempts count up one by one");
+                last = attempt;
+            }
+            MailReport::Sent { order, attempts } => {
+                assert_eq!(order, wake);
+                break attempts;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    assert_eq!(attempts, last + 1);
+    eventually("the mail in the Maildir", Duration::from_secs(10), || {
+        dovecot.count("INBOX") == 1
+    })
+    .await;
+    let commands = received(&dovecot).await;
+    assert_eq!(commands.len(), 1);
+    assert_eq!(
+        (commands[0].kind, commands[0].job_ids.clone()),
+        (Kind::Wake, vec![7])
+    );
+    assert!(smtpd.log().contains("result=Ok"), "{}", smtpd.log());
 }

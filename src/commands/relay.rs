@@ -102,7 +102,37 @@ pub async fn run(args: RelayArgs, shutdown: CancellationToken) -> anyhow::Result
 }
 
 async fn serve(config: RelayServerConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let ipp_cfg = config.ipp.clone();
+    let mailer_cfg = config.mailer.clone();
+    let state_dir = config.relay.state_dir.clone();
+    let tls_files = config
+        .relay
+        .tls
+        .as_ref()
+        .map(|t| (t.cert.clone(), t.key.clone()));
     let server = RelayServer::start(config, shutdown.clone()).await?;
+    let front = match ipp_cfg {
+        None => None,
+        Some(ipp_cfg) => Some(
+            crate::relay_topology::start_ipp_front(
+                ipp_cfg,
+                mailer_cfg,
+                &state_dir,
+                tls_files,
+                &server,
+                shutdown.clone(),
+            )
+            .await
+            .context("while starting the IPP front")?,
+        ),
+    };
+    if let Some(front) = &front {
+        for (what, addr) in [("ipp (http)", front.addr), ("ipp (https)", front.tls_addr)] {
+            if let Some(a) = addr {
+                println!("{what} listening on {a}");
+            }
+        }
+    }
     if let Some(id) = &server.identity {
         println!(
             "relay TLS certificate fingerprint (SHA-256): {}",
@@ -119,6 +149,11 @@ async fn serve(config: RelayServerConfig, shutdown: CancellationToken) -> anyhow
         }
     }
     shutdown.cancelled().await;
+    if let Some(front) = front
+        && !front.shutdown(Duration::from_secs(10)).await
+    {
+        tracing::warn!("Some IPP connections did not close within 10 s.");
+    }
     if !server.shutdown(Duration::from_secs(10)).await {
         tracing::warn!("Some connections did not close within 10 s.");
     }

@@ -355,8 +355,15 @@ const SMTPD_CONTROL: &str = "/var/run/smtpd.sock";
 
 impl OpenSmtpd {
     /// Takes the machine-wide lock, then starts OpenSMTPD in the
-    /// foreground (`-d`), delivering everything to `lmtp`.
+    /// foreground (`-d`) on a free port, delivering everything to `lmtp`.
     pub fn start(lmtp: &Path) -> Self {
+        Self::start_on(lmtp, None)
+    }
+
+    /// As [`OpenSmtpd::start`], on `port` if given (a port picked with
+    /// [`free_port`] and left closed until now, for tests of clients that
+    /// retry), else on a free one.
+    pub fn start_on(lmtp: &Path, port: Option<u16>) -> Self {
         need_root();
         let smtpd = need("smtpd", "opensmtpd");
         // The tests submit some mails with swaks; check it up front.
@@ -393,7 +400,7 @@ impl OpenSmtpd {
             .prefix("faxgate-smtpd-")
             .tempdir()
             .unwrap();
-        let port = free_port();
+        let port = port.unwrap_or_else(free_port);
         let conf = format!(
             "listen on 127.0.0.1 port {port}\n\
              action \"lmtp\" lmtp \"{}\" rcpt-to virtual {{ \"@\" = \"nobody\" }}\n\
@@ -497,6 +504,26 @@ pub async fn keywords(port: u16, folder: &str) -> Vec<Vec<String>> {
             kws.sort();
             out.push(kws);
         }
+    }
+    s.logout().await.unwrap();
+    out
+}
+
+/// The raw messages in `folder`, in UID order.
+pub async fn messages(port: u16, folder: &str) -> Vec<Vec<u8>> {
+    use futures_util::TryStreamExt as _;
+    let mut s = imap(port).await;
+    let mailbox = s.select(folder).await.unwrap();
+    let mut out = Vec::new();
+    if mailbox.exists > 0 {
+        let fetches: Vec<_> = s
+            .fetch("1:*", "BODY.PEEK[]")
+            .await
+            .unwrap()
+            .try_collect()
+            .await
+            .unwrap();
+        out.extend(fetches.iter().filter_map(|f| f.body().map(<[u8]>::to_vec)));
     }
     s.logout().await.unwrap();
     out

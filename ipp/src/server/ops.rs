@@ -1,0 +1,1859 @@
+//! The operations: RFC 8011 for clients, PWG 5100.18 for agents, RFC
+//! 3995/3996 subscriptions and ippget notifications, PWG 5100.22
+//! Get-Printers. Each handler checks its request and answers; state
+//! changes go through the store first, then to the site's subscribers.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ipp::model::DelimiterTag;
+use ipp::prelude::*;
+use tokio::io::{AsyncRead, AsyncWriteExt as _};
+use tracing::{debug, info, warn};
+
+use super::attrs::{self, JobView, PrinterView, Requested};
+use super::store::{JobRow, NewJob};
+use super::{
+    Answer, Attached, Conn, Event, Front, Site, Subscription, Target, Wake, WakeKind, WakeOutcome,
+    WakeRequest, unix_now,
+};
+use crate::codes::{job_state, op, status};
+use crate::message::{
+    self, Attrs as _, Parsed, Refusal, as_bool, as_int, as_str, attribute, keyword, op_attr,
+};
+use faxgate_config::WakeTimeout;
+
+/// What a handler sees of its request.
+pub(crate) struct Ctx<'a> {
+    pub(crate) front: &'a Arc<Front>,
+    pub(crate) conn: &'a Arc<Conn>,
+    pub(crate) host: Option<&'a str>,
+    pub(crate) authorization: Option<&'a str>,
+    pub(crate) target: Target,
+    #[allow(dead_code)]
+    pub(crate) path: &'a str,
+}
+
+type Doc<'a> = &'a mut (dyn AsyncRead + Unpin + Send);
+
+type OpResult = Result<Answer, Refusal>;
+
+/// A request with no requested-attributes, to get a handler's defaults.
+static BLANK: std::sync::LazyLock<Parsed> = std::sync::LazyLock::new(|| {
+    let r = message::request(0, "", "", 1);
+    Parsed {
+        header: *r.header(),
+        attributes: r.attributes().clone(),
+    }
+});
+
+/// Runs one request and builds its answer.
+pub(crate) async fn dispatch(ctx: Ctx<'_>, req: Parsed, doc: Doc<'_>) -> Answer {
+    let version = req.header().version;
+    let request_id = req.header().request_id;
+    let code = req.header().operation_or_status as u16;
+    let result = run(&ctx, &req, code, doc).await;
+    match result {
+        Ok(answer) => answer,
+        Err(refusal) => {
+            debug!(op = op::name(code), status = %refusal, "IPP request refused.");
+            let mut answer = Answer::ok(message::response(
+                if matches!(version.0 >> 8, 1 | 2) {
+                    version
+                } else {
+                    IppVersion::v1_1()
+                },
+                request_id,
+                refusal.status,
+                Some(&refusal.message),
+            ));
+            if refusal.status == status::NOT_AUTHENTICATED {
+                answer.http = hyper::StatusCode::UNAUTHORIZED;
+            }
+            answer
+        }
+    }
+}
+
+async fn run(ctx: &Ctx<'_>, req: &Parsed, code: u16, doc: Doc<'_>) -> OpResult {
+    message::check_request(req)?;
+    let site = match &ctx.target {
+        Target::List => {
+            return match code {
+                op::GET_PRINTERS | op::CUPS_GET_PRINTERS => get_printers(ctx, req),
+                _ => Err(Refusal::new(
+                    status::NOT_FOUND,
+                    format!("{} needs a site URI (/ipp/print/NAME)", op::name(code)),
+                )),
+            };
+        }
+        Target::Unknown(name) => {
+            return Err(Refusal::new(
+                status::NOT_FOUND,
+                format!("there is no printer site `{name}` here"),
+            ));
+        }
+        Target::Site(site) => Arc::clone(site),
+    };
+    if code != op::GET_PRINTERS && code != op::CUPS_GET_PRINTERS {
+        match op_attr(req, "printer-uri").and_then(as_str) {
+            Some(_) => {}
+            None if op_attr(req, "job-uri").is_some() => {}
+            None => {
+                return Err(Refusal::new(
+                    status::BAD_REQUEST,
+                    "missing printer-uri operation attribute",
+                ));
+            }
+        }
+    }
+    let s = &site;
+    match code {
+        op::GET_PRINTER_ATTRIBUTES => get_printer_attributes(ctx, s, req),
+        op::VALIDATE_JOB => validate_job(ctx, s, req).map(|_| ok(req)),
+        op::PRINT_JOB => print_job(ctx, s, req, doc).await,
+        op::CREATE_JOB => create_job(ctx, s, req),
+        op::SEND_DOCUMENT => send_document(ctx, s, req, doc).await,
+        op::CLOSE_JOB => close_job(ctx, s, req),
+        op::CANCEL_JOB => cancel_job(ctx, s, req).await,
+        op::RELEASE_JOB => release_job(ctx, s, req),
+        op::GET_JOB_ATTRIBUTES => get_job_attributes(ctx, s, req).await,
+        op::GET_JOBS => get_jobs(ctx, s, req).await,
+        op::GET_PRINTERS | op::CUPS_GET_PRINTERS => get_printers(ctx, req),
+        op::PAUSE_PRINTER | op::RESUME_PRINTER => {
+            agent(ctx, s).await?;
+            pause(ctx, s, req, code == op::PAUSE_PRINTER)
+        }
+        op::UPDATE_OUTPUT_DEVICE_ATTRIBUTES => update_device(ctx, s, req).await,
+        op::CREATE_PRINTER_SUBSCRIPTIONS => create_subscriptions(ctx, s, req).await,
+        op::GET_NOTIFICATIONS => get_notifications(ctx, s, req).await,
+        op::CANCEL_SUBSCRIPTION => cancel_subscription(ctx, s, req).await,
+        op::FETCH_JOB => fetch_job(ctx, s, req).await,
+        op::ACKNOWLEDGE_JOB => acknowledge_job(ctx, s, req).await,
+        op::FETCH_DOCUMENT => fetch_document(ctx, s, req).await,
+        op::ACKNOWLEDGE_DOCUMENT => acknowledge_document(ctx, s, req).await,
+        op::UPDATE_JOB_STATUS => update_job_status(ctx, s, req).await,
+        op::UPDATE_DOCUMENT_STATUS => update_document_status(ctx, s, req).await,
+        op::DEREGISTER_OUTPUT_DEVICE => deregister(ctx, s, req).await,
+        other => Err(Refusal::new(
+            status::OPERATION_NOT_SUPPORTED,
+            format!(
+                "operation 0x{other:04x} ({}) is not supported",
+                op::name(other)
+            ),
+        )),
+    }
+}
+
+fn ok(req: &Parsed) -> Answer {
+    Answer::ok(message::response(
+        req.header().version,
+        req.header().request_id,
+        status::OK,
+        None,
+    ))
+}
+
+fn store_err(e: super::StoreError) -> Refusal {
+    warn!(error = %e, "IPP job store failed.");
+    Refusal::new(status::INTERNAL_ERROR, "the job store failed; try again")
+}
+
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(f)
+}
+
+impl Front {
+    fn printer_view<'a>(
+        &'a self,
+        ctx: &Ctx<'_>,
+        site: &'a Site,
+        device: &'a [IppAttribute],
+    ) -> PrinterView<'a> {
+        let st = site.lock();
+        let attached = st.device.is_some();
+        let wake_note = st.wake.as_ref().map(|w| match (&w.sent, &w.error) {
+            (_, Some(e)) => format!("wake-up mail not sent yet ({e}); retrying"),
+            (Some(_), None) => "wake-up mail sent; waiting for the agent".to_owned(),
+            (None, None) => "sending a wake-up mail".to_owned(),
+        });
+        drop(st);
+        PrinterView {
+            name: &site.cfg.name,
+            info: site.cfg.info.as_deref(),
+            location: site.cfg.location.as_deref(),
+            uris: self.site_uris(&site.cfg.name, ctx.host, ctx.conn.tls),
+            device,
+            attached,
+            paused: self.store.is_paused(&site.cfg.name).unwrap_or(false),
+            queued: self
+                .store
+                .jobs(&site.cfg.name, Some(false))
+                .map(|j| j.len())
+                .unwrap_or(0),
+            now: unix_now(),
+            wake_note,
+        }
+    }
+
+    fn job_view<'a>(
+        &self,
+        ctx: &Ctx<'_>,
+        site: &Site,
+        printer_uri: &'a str,
+        job: &JobRow,
+    ) -> JobView<'a> {
+        let _ = ctx;
+        let intervening = if job.is_final() {
+            0
+        } else {
+            self.store
+                .jobs(&site.cfg.name, Some(false))
+                .map(|j| j.iter().filter(|o| o.id < job.id).count())
+                .unwrap_or(0)
+        };
+        JobView {
+            job_uri: format!("{printer_uri}/{}", job.id),
+            printer_uri,
+            now: unix_now(),
+            intervening,
+        }
+    }
+
+    /// Detaches a device: its unfinished jobs are offered again, or
+    /// canceled if a cancel was waiting for it.
+    pub(crate) fn detach(&self, site: &Arc<Site>, uuid: &str) {
+        let now = unix_now();
+        let jobs = blocking(|| {
+            let _ = self.store.detach_device(uuid);
+            self.store.unfinished_of_device(uuid)
+        });
+        let jobs = match jobs {
+            Ok(j) => j,
+            Err(e) => {
+                warn!(error = %e, "Could not list a detached device's jobs.");
+                return;
+            }
+        };
+        for job in jobs {
+            let (state, reasons, msg, kind) = if job.has_reason("processing-to-stop-point") {
+                (
+                    job_state::CANCELED,
+                    vec!["job-canceled-by-user".to_owned()],
+                    "canceled; the printer agent left before confirming".to_owned(),
+                    "job-state-changed",
+                )
+            } else {
+                (
+                    job_state::PENDING,
+                    vec!["job-fetchable".to_owned()],
+                    "the printer agent left before finishing; offered again".to_owned(),
+                    "job-fetchable",
+                )
+            };
+            let r = blocking(|| {
+                self.store.set_device(job.id, "")?;
+                self.store.set_state(job.id, state, &reasons, &msg, now)?;
+                self.store.job(job.id)
+            });
+            match r {
+                Ok(Some(j)) => {
+                    info!(site = %site.cfg.name, job_id = j.id, state = job_state::name(j.state), "Job handed back from a detached device.");
+                    site.publish(kind, &j);
+                }
+                Ok(None) => {}
+                Err(e) => warn!(error = %e, job_id = job.id, "Could not hand a job back."),
+            }
+        }
+        self.maybe_wake(site);
+    }
+
+    /// Starts a wake-up when jobs wait, no device is attached, the site
+    /// wakes by mail, and no wake-up is under way.
+    pub(crate) fn maybe_wake(&self, site: &Arc<Site>) {
+        let (Some(wake_cfg), Some(to), Some(tx)) = (&site.cfg.wake, &site.cfg.mail, &self.wake)
+        else {
+            return;
+        };
+        if self.store.is_paused(&site.cfg.name).unwrap_or(false) {
+            return;
+        }
+        let waiting: Vec<i32> = match self.store.jobs(&site.cfg.name, Some(false)) {
+            Ok(jobs) => jobs
+                .iter()
+                .filter(|j| j.is_fetchable())
+                .map(|j| j.id)
+                .collect(),
+            Err(e) => {
+                warn!(error = %e, "Could not list jobs for a wake-up.");
+                return;
+            }
+        };
+        if waiting.is_empty() {
+            return;
+        }
+        {
+            let mut st = site.lock();
+            if st.device.is_some() || st.wake.is_some() {
+                return;
+            }
+            st.wake = Some(Wake {
+                jobs: waiting.clone(),
+                sent: None,
+                error: None,
+            });
+        }
+        info!(site = %site.cfg.name, jobs = ?waiting, "No printer agent attached; asking the mailer for a wake-up mail.");
+        let request = WakeRequest {
+            kind: WakeKind::Wake,
+            site: site.cfg.name.clone(),
+            to: to.clone(),
+            proxy_uri: self.proxy_uri(&site.cfg.name),
+            jobs: waiting.iter().map(|j| *j as u64).collect(),
+            ttl: wake_cfg.timeout,
+        };
+        if tx.send(request).is_err() {
+            warn!(site = %site.cfg.name, "The mailer is gone; cannot wake the printer agent.");
+        }
+        self.note_waiting(site);
+    }
+
+    /// Writes the wake-up state into the waiting jobs' messages.
+    fn note_waiting(&self, site: &Site) {
+        let (jobs, note) = {
+            let st = site.lock();
+            let Some(w) = &st.wake else { return };
+            let note = match (&w.sent, &w.error) {
+                (_, Some(e)) => format!(
+                    "waiting for the printer agent: wake-up mail not sent yet ({e}); retrying"
+                ),
+                (Some(_), None) => "waiting for the printer agent: wake-up mail sent".to_owned(),
+                (None, None) => "waiting for the printer agent: sending a wake-up mail".to_owned(),
+            };
+            (w.jobs.clone(), note)
+        };
+        let now = unix_now();
+        for id in jobs {
+            let _ = blocking(|| -> Result<(), super::StoreError> {
+                if let Some(j) = self.store.job(id)?
+                    && j.state == job_state::PENDING
+                {
+                    self.store.set_state(id, j.state, &j.reasons, &note, now)?;
+                }
+                Ok(())
+            });
+        }
+    }
+
+    pub(crate) fn wake_outcome(&self, site_name: &str, kind: WakeKind, outcome: WakeOutcome) {
+        let Some(site) = self.sites.get(site_name).cloned() else {
+            return;
+        };
+        if kind == WakeKind::Cancel {
+            match outcome {
+                WakeOutcome::Sent => info!(site = %site_name, "Cancel mail sent."),
+                WakeOutcome::Retrying { error } => {
+                    info!(site = %site_name, %error, "Cancel mail not sent yet; the mailer retries.");
+                }
+                WakeOutcome::GaveUp { error } => {
+                    warn!(site = %site_name, %error, "Cancel mail could not be sent.");
+                }
+            }
+            return;
+        }
+        let give_up = {
+            let mut st = site.lock();
+            let Some(w) = st.wake.as_mut() else { return };
+            match outcome {
+                WakeOutcome::Sent => {
+                    info!(site = %site_name, "Wake-up mail sent; waiting for the agent to attach.");
+                    w.sent = Some(Instant::now());
+                    w.error = None;
+                    None
+                }
+                WakeOutcome::Retrying { error } => {
+                    info!(site = %site_name, %error, "Wake-up mail not sent yet; the mailer retries.");
+                    w.error = Some(error);
+                    None
+                }
+                WakeOutcome::GaveUp { error } => st.wake.take().map(|w| (w, error)),
+            }
+        };
+        match give_up {
+            None => self.note_waiting(&site),
+            Some((w, error)) => {
+                warn!(site = %site_name, %error, "Wake-up mail could not be sent; giving up on the waiting jobs.");
+                self.end_wake(
+                    &site,
+                    &w.jobs,
+                    &format!("the wake-up mail could not be sent: {error}"),
+                );
+            }
+        }
+    }
+
+    /// Ends the waiting jobs after a failed wake-up: aborted, or held.
+    fn end_wake(&self, site: &Arc<Site>, jobs: &[i32], why: &str) {
+        let hold = site
+            .cfg
+            .wake
+            .as_ref()
+            .is_some_and(|w| w.on_timeout == WakeTimeout::Hold);
+        let now = unix_now();
+        for &id in jobs {
+            let r = blocking(|| -> Result<Option<JobRow>, super::StoreError> {
+                let Some(j) = self.store.job(id)? else {
+                    return Ok(None);
+                };
+                if !j.is_fetchable() {
+                    return Ok(None);
+                }
+                if hold {
+                    self.store.set_state(
+                        id,
+                        job_state::PENDING_HELD,
+                        &["job-hold-until-specified".to_owned()],
+                        &format!("held: {why}; Release-Job sends it again"),
+                        now,
+                    )?;
+                } else {
+                    self.store.set_state(
+                        id,
+                        job_state::ABORTED,
+                        &["aborted-by-system".to_owned()],
+                        &format!("aborted: {why}"),
+                        now,
+                    )?;
+                }
+                self.store.job(id)
+            });
+            if let Ok(Some(j)) = r {
+                info!(site = %site.cfg.name, job_id = id, state = job_state::name(j.state), %why, "Job ended after a failed wake-up.");
+                site.publish("job-state-changed", &j);
+            }
+        }
+    }
+
+    pub(crate) fn check_wake_deadline(&self, site: &Arc<Site>, now: Instant) {
+        let Some(wake_cfg) = &site.cfg.wake else {
+            return;
+        };
+        let expired = {
+            let mut st = site.lock();
+            match &st.wake {
+                Some(w)
+                    if st.device.is_none()
+                        && w.sent
+                            .is_some_and(|t| now.duration_since(t) >= wake_cfg.timeout) =>
+                {
+                    st.wake.take()
+                }
+                _ => None,
+            }
+        };
+        let Some(w) = expired else { return };
+        warn!(site = %site.cfg.name, timeout = ?wake_cfg.timeout, "The printer agent did not attach after the wake-up mail; sending a cancel mail.");
+        if let (Some(tx), Some(to)) = (&self.wake, &site.cfg.mail) {
+            let _ = tx.send(WakeRequest {
+                kind: WakeKind::Cancel,
+                site: site.cfg.name.clone(),
+                to: to.clone(),
+                proxy_uri: self.proxy_uri(&site.cfg.name),
+                jobs: w.jobs.iter().map(|j| *j as u64).collect(),
+                ttl: wake_cfg.timeout,
+            });
+        }
+        let why = format!(
+            "the printer agent did not attach within {} after the wake-up mail",
+            humantime_like(wake_cfg.timeout)
+        );
+        self.end_wake(site, &w.jobs, &why);
+    }
+
+    /// Jobs created but never closed: closed after the multiple-operation
+    /// time-out when they have documents, aborted when they have none.
+    pub(crate) fn expire_open_jobs(&self, site: &Arc<Site>) {
+        let cutoff = unix_now() - 300;
+        let Ok(jobs) = self.store.jobs(&site.cfg.name, Some(false)) else {
+            return;
+        };
+        for j in jobs.into_iter().filter(|j| !j.closed && j.created < cutoff) {
+            let r = blocking(|| -> Result<Option<JobRow>, super::StoreError> {
+                if j.documents > 0 {
+                    self.store.close_job(j.id)?;
+                } else {
+                    self.store.set_state(
+                        j.id,
+                        job_state::ABORTED,
+                        &["aborted-by-system".to_owned()],
+                        "no document arrived within the multiple-operation time-out (300 s)",
+                        unix_now(),
+                    )?;
+                }
+                self.store.job(j.id)
+            });
+            if let Ok(Some(j)) = r {
+                site.publish(
+                    if j.is_fetchable() {
+                        "job-fetchable"
+                    } else {
+                        "job-state-changed"
+                    },
+                    &j,
+                );
+            }
+        }
+    }
+}
+
+fn humantime_like(d: Duration) -> String {
+    let s = d.as_secs();
+    if s >= 60 && s.is_multiple_of(60) {
+        format!("{} min", s / 60)
+    } else if s > 0 {
+        format!("{s} s")
+    } else {
+        format!("{} ms", d.as_millis())
+    }
+}
+
+// ---------------------------------------------------------------- printer
+
+fn printer_uri_of(ctx: &Ctx<'_>, site: &Site) -> String {
+    ctx.front
+        .site_uris(&site.cfg.name, ctx.host, ctx.conn.tls)
+        .into_iter()
+        .next()
+        .map(|(u, _)| u)
+        .unwrap_or_default()
+}
+
+fn device_attrs(site: &Site) -> Vec<IppAttribute> {
+    site.lock().attrs.clone()
+}
+
+fn get_printer_attributes(ctx: &Ctx<'_>, site: &Arc<Site>, req: &Parsed) -> OpResult {
+    if let Some(f) = op_attr(req, "document-format").and_then(as_str) {
+        check_format(site, f)?;
+    }
+    let device = device_attrs(site);
+    let view = ctx.front.printer_view(ctx, site, &device);
+    let want = Requested::from_request(req, &["all"]);
+    let mut answer = ok(req);
+    for a in attrs::printer_attributes(&view, &want) {
+        answer
+            .resp
+            .attributes_mut()
+            .add(DelimiterTag::PrinterAttributes, a);
+    }
+    if answer
+        .resp
+        .attributes()
+        .groups_of(DelimiterTag::PrinterAttributes)
+        .next()
+        .is_none()
+    {
+        answer
+            .resp
+            .attributes_mut()
+            .groups_mut()
+            .push(IppAttributeGroup::new(DelimiterTag::PrinterAttributes));
+    }
+    Ok(answer)
+}
+
+fn get_printers(ctx: &Ctx<'_>, req: &Parsed) -> OpResult {
+    let want = Requested::from_request(
+        req,
+        &[
+            "printer-uri-supported",
+            "printer-name",
+            "printer-state",
+            "printer-state-reasons",
+            "printer-state-message",
+            "printer-info",
+            "printer-location",
+            "printer-is-accepting-jobs",
+            "queued-job-count",
+            "printer-uuid",
+        ],
+    );
+    let limit = op_attr(req, "limit")
+        .and_then(as_int)
+        .unwrap_or(i32::MAX)
+        .max(0) as usize;
+    let mut answer = ok(req);
+    for site in ctx.front.list.iter().take(limit) {
+        let device = device_attrs(site);
+        let view = ctx.front.printer_view(ctx, site, &device);
+        let mut group = IppAttributeGroup::new(DelimiterTag::PrinterAttributes);
+        group
+            .attributes_mut()
+            .extend(attrs::printer_attributes(&view, &want));
+        answer.resp.attributes_mut().groups_mut().push(group);
+    }
+    Ok(answer)
+}
+
+fn pause(ctx: &Ctx<'_>, site: &Arc<Site>, req: &Parsed, paused: bool) -> OpResult {
+    blocking(|| ctx.front.store.set_paused(&site.cfg.name, paused)).map_err(store_err)?;
+    info!(site = %site.cfg.name, paused, "Site paused or resumed.");
+    if !paused {
+        if let Ok(jobs) = ctx.front.store.jobs(&site.cfg.name, Some(false)) {
+            for j in jobs.iter().filter(|j| j.is_fetchable()) {
+                site.publish("job-fetchable", j);
+            }
+        }
+        ctx.front.maybe_wake(site);
+    }
+    Ok(ok(req))
+}
+
+// ---------------------------------------------------------------- jobs
+
+fn supported_formats(site: &Site) -> Vec<String> {
+    let st = site.lock();
+    let device = st
+        .attrs
+        .iter()
+        .find(|a| a.name().as_str() == "document-format-supported")
+        .map(|a| message::strings(Some(a.value())))
+        .unwrap_or_default();
+    drop(st);
+    let mut formats = if device.is_empty() {
+        attrs::DEFAULT_FORMATS
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect()
+    } else {
+        device
+    };
+    if !formats.iter().any(|f| f == "application/octet-stream") {
+        formats.push("application/octet-stream".into());
+    }
+    formats
+}
+
+fn check_format(site: &Site, format: &str) -> Result<(), Refusal> {
+    if supported_formats(site)
+        .iter()
+        .any(|f| f.eq_ignore_ascii_case(format))
+    {
+        Ok(())
+    } else {
+        Err(Refusal::new(
+            status::DOCUMENT_FORMAT_NOT_SUPPORTED,
+            format!("document-format {format} is not supported by this printer"),
+        ))
+    }
+}
+
+/// The checks Validate-Job, Print-Job and Create-Job share. Returns the
+/// document format.
+fn validate_job(_ctx: &Ctx<'_>, site: &Arc<Site>, req: &Parsed) -> Result<String, Refusal> {
+    if let Some(c) = op_attr(req, "compression") {
+        match as_str(c) {
+            Some("none") => {}
+            Some(other) => {
+                return Err(Refusal::new(
+                    status::COMPRESSION_NOT_SUPPORTED,
+                    format!("compression {other} is not supported (none is)"),
+                ));
+            }
+            None => {
+                return Err(Refusal::new(
+                    status::BAD_REQUEST,
+                    "compression must be a keyword",
+                ));
+            }
+        }
+    }
+    let format = match op_attr(req, "document-format") {
+        None => "application/octet-stream".to_owned(),
+        Some(v) => match v {
+            IppValue::MimeMediaType(m) => m.as_str().to_owned(),
+            _ => {
+                return Err(Refusal::new(
+                    status::BAD_REQUEST,
+                    "document-format must be a mimeMediaType",
+                ));
+            }
+        },
+    };
+    check_format(site, &format)?;
+    for n in ["job-name", "requesting-user-name", "document-name"] {
+        if let Some(v) = op_attr(req, n)
+            && !matches!(
+                v,
+                IppValue::NameWithoutLanguage(_) | IppValue::NameWithLanguage { .. }
+            )
+        {
+            return Err(Refusal::new(
+                status::BAD_REQUEST,
+                format!("{n} must have the name syntax"),
+            ));
+        }
+    }
+    if let Some(v) = op_attr(req, "ipp-attribute-fidelity")
+        && as_bool(v).is_none()
+    {
+        return Err(Refusal::new(
+            status::BAD_REQUEST,
+            "ipp-attribute-fidelity must be a boolean",
+        ));
+    }
+    if let Some(c) = message::attr(req, DelimiterTag::JobAttributes, "copies") {
+        match as_int(c) {
+            Some(n) if (1..=999).contains(&n) => {}
+            _ => {
+                return Err(Refusal::new(
+                    status::ATTRIBUTES_OR_VALUES_NOT_SUPPORTED,
+                    "copies must be an integer in 1..999",
+                ));
+            }
+        }
+    }
+    Ok(format)
+}
+
+fn requesting_user(req: &Parsed) -> String {
+    op_attr(req, "requesting-user-name")
+        .and_then(as_str)
+        .filter(|s| !s.is_empty())
+        .unwrap_or("anonymous")
+        .to_owned()
+}
+
+/// Streams the document into a temporary spool file and fsyncs it.
+async fn spool_document(ctx: &Ctx<'_>, doc: Doc<'_>) -> Result<(std::path::PathBuf, i64), Refusal> {
+    let path = ctx.front.store.temp_path();
+    let io_err = |what: &str, e: std::io::Error| {
+        warn!(error = %e, path = %path.display(), "Spooling a document failed.");
+        Refusal::new(
+            status::INTERNAL_ERROR,
+            format!("cannot spool the document ({what})"),
+        )
+    };
+    let mut file = tokio::fs::File::create(&path)
+        .await
+        .map_err(|e| io_err("create", e))?;
+    let max = ctx.front.cfg.max_document;
+    let mut limited = tokio::io::AsyncReadExt::take(doc, max + 1);
+    let copied = tokio::io::copy(&mut limited, &mut file).await;
+    let n = match copied {
+        Ok(n) => n,
+        Err(e) => {
+            let _ = tokio::fs::remove_file(&path).await;
+            return Err(Refusal::new(
+                status::BAD_REQUEST,
+                format!("the document was cut off: {e}"),
+            ));
+        }
+    };
+    if n > max {
+        let _ = tokio::fs::remove_file(&path).await;
+        return Err(Refusal::new(
+            status::REQUEST_ENTITY_TOO_LARGE,
+            format!("the document is larger than {max} bytes"),
+        ));
+    }
+    file.flush().await.map_err(|e| io_err("flush", e))?;
+    file.sync_all().await.map_err(|e| io_err("fsync", e))?;
+    Ok((path, n as i64))
+}
+
+fn job_response(ctx: &Ctx<'_>, site: &Site, req: &Parsed, job: &JobRow) -> Answer {
+    let printer_uri = printer_uri_of(ctx, site);
+    let view = ctx.front.job_view(ctx, site, &printer_uri, job);
+    let mut answer = ok(req);
+    let want = Requested::from_request(
+        req,
+        &[
+            "job-id",
+            "job-uri",
+            "job-state",
+            "job-state-reasons",
+            "job-state-message",
+            "number-of-intervening-jobs",
+        ],
+    );
+    // Print-Job and friends answer with these regardless of
+    // requested-attributes.
+    let want = if op_attr(req, "requested-attributes").is_some() {
+        Requested::from_request(
+            &*BLANK,
+            &[
+                "job-id",
+                "job-uri",
+                "job-state",
+                "job-state-reasons",
+                "job-state-message",
+                "number-of-intervening-jobs",
+            ],
+        )
+    } else {
+        want
+    };
+    let mut group = IppAttributeGroup::new(DelimiterTag::JobAttributes);
+    group
+        .attributes_mut()
+        .extend(attrs::job_attributes(job, &view, &want));
+    answer.resp.attributes_mut().groups_mut().push(group);
+    answer
+}
+
+fn new_job_uuid() -> String {
+    let b: [u8; 16] = rand::random();
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "urn:uuid:{}-{}-4{}-a{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[13..16],
+        &h[17..20],
+        &h[20..32]
+    )
+}
+
+fn initial_reasons(ctx: &Ctx<'_>, site: &Site) -> (Vec<&'static str>, String) {
+    if ctx.front.store.is_paused(&site.cfg.name).unwrap_or(false) {
+        return (vec!["printer-stopped"], "the printer is paused".into());
+    }
+    if site.attached() {
+        (vec!["job-fetchable"], String::new())
+    } else {
+        (
+            vec!["job-fetchable"],
+            "waiting for the printer agent to attach".into(),
+        )
+    }
+}
+
+async fn print_job(ctx: &Ctx<'_>, site: &Arc<Site>, req: &Parsed, doc: Doc<'_>) -> OpResult {
+    let format = validate_job(ctx, site, req)?;
+    let (temp, size) = spool_document(ctx, doc).await?;
+    let user = requesting_user(req);
+    let name = op_attr(req, "job-name")
+        .or_else(|| op_attr(req, "document-name"))
+        .and_then(as_str)
+        .unwrap_or("untitled")
+        .to_owned();
+    let doc_name = op_attr(req, "document-name")
+        .and_then(as_str)
+        .unwrap_or(&name)
+        .to_owned();
+    let template = attrs::encode(&attrs::template_of(req));
+    let uuid = new_job_uuid();
+    let addr = ctx.conn.peer.ip().to_canonical().to_string();
+    let new = NewJob {
+        site: &site.cfg.name,
+        uuid: &uuid,
+        name: &name,
+        user: &user,
+        client_addr: &addr,
+        client_port: ctx.conn.peer.port(),
+        format: &format,
+        template: &template,
+        now: unix_now(),
+    };
+    let (reasons, msg) = initial_reasons(ctx, site);
+    let job = blocking(|| {
+        let j = ctx.front.store.create_job(
+            &new,
+            job_state::PENDING,
+            &reasons,
+            Some((&temp, &doc_name, size)),
+        )?;
+        if !msg.is_empty() {
+            ctx.front
+                .store
+                .set_state(j.id, j.state, &j.reasons, &msg, new.now)?;
+        }
+        ctx.front.store.job(j.id).map(|o| o.unwrap_or(j))
+    });
+    let job = match job {
+        Ok(j) => j,
+        Err(e) => {
+            let _ = std::fs::remove_file(&temp);
+            return Err(store_err(e));
+        }
+    };
+    info!(site = %site.cfg.name, job_id = job.id, bytes = size, %format, client = %ctx.conn.peer, "Job accepted and spooled.");
+    site.publish("job-fetchable", &job);
+    ctx.front.maybe_wake(site);
+    let job = ctx.front.store.job(job.id).ok().flatten().unwrap_or(job);
+    Ok(job_response(ctx, site, req, &job))
+}
+
+fn create_job(ctx: &Ctx<'_>, site: &Arc<Site>, req: &Parsed) -> OpResult {
+    let format = validate_job(ctx, site, req)?;
+    let user = requesting_user(req);
+    let name = op_attr(req, "job-name")
+        .and_then(as_str)
+        .unwrap_or("untitled")
+        .to_owned();
+    let template = attrs::encode(&attrs::template_of(req));
+    let uuid = new_job_uuid();
+    let addr = ctx.conn.peer.ip().to_canonical().to_string();
+    let new = NewJob {
+        site: &site.cfg.name,
+        uuid: &uuid,
+        name: &name,
+        user: &user,
+        client_addr: &addr,
+        client_port: ctx.conn.peer.port(),
+        format: &format,
+        template: &template,
+        now: unix_now(),
+    };
+    let job = blocking(|| {
+        ctx.front
+            .store
+            .create_job(&new, job_state::PENDING, &["job-incoming"], None)
+    })
+    .map_err(store_err)?;
+    info!(site = %site.cfg.name, job_id = job.id, client = %ctx.conn.peer, "Job created; waiting for its documents.");
+    Ok(job_response(ctx, site, req, &job))
+}
+
+/// The job a request names (job-id, or job-uri), on this site.
+fn job_of(ctx: &Ctx<'_>, site: &Site, req: &Parsed) -> Result<JobRow, Refusal> {
+    let id = match op_attr(req, "job-id") {
+        Some(v) => as_int(v)
+            .ok_or_else(|| Refusal::new(status::BAD_REQUEST, "job-id must be an integer"))?,
+        None => match op_attr(req, "job-uri").and_then(as_str) {
+            Some(u) => u
+                .rsplit('/')
+                .next()
+                .and_then(|s| s.parse().ok())
+                .ok_or_else(|| {
+                    Refusal::new(status::BAD_REQUEST, format!("job-uri {u} names no job"))
+                })?,
+            None => {
+                return Err(Refusal::new(
+                    status::BAD_REQUEST,
+                    "missing job-id (or job-uri) operation attribute",
+                ));
+            }
+        },
+    };
+    match ctx.front.store.job(id).map_err(store_err)? {
+        Some(j) if j.site == site.cfg.name => Ok(j),
+        _ => Err(Refusal::new(
+            status::NOT_FOUND,
+            format!("job {id} does not exist on this printer"),
+        )),
+    }
+}
+
+async fn send_document(ctx: &Ctx<'_>, site: &Arc<Site>, req: &Parsed, doc: Doc<'_>) -> OpResult {
+    let job = job_of(ctx, site, req)?;
+    let last = match op_attr(req, "last-document") {
+        Some(v) => as_bool(v)
+            .ok_or_else(|| Refusal::new(status::BAD_REQUEST, "last-document must be a boolean"))?,
+        None => {
+            return Err(Refusal::new(
+                status::BAD_REQUEST,
+                "missing last-document operation attribute",
+            ));
+        }
+    };
+    if job.is_final() || job.closed {
+        return Err(Refusal::new(
+            status::NOT_POSSIBLE,
+            format!(
+                "job {} takes no more documents ({})",
+                job.id,
+                job_state::name(job.state)
+            ),
+        ));
+    }
+    let format = validate_job(ctx, site, req)?;
+    let (temp, size) = spool_document(ctx, doc).await?;
+    let name = op_attr(req, "document-name")
+        .and_then(as_str)
+        .unwrap_or(&job.name)
+        .to_owned();
+    let job = if size == 0 && last && job.documents > 0 {
+        let _ = std::fs::remove_file(&temp);
+        blocking(|| {
+            ctx.front.store.close_job(job.id)?;
+            ctx.front.store.job(job.id)
+        })
+        .map_err(store_err)?
+        .unwrap_or(job)
+    } else {
+        blocking(|| {
+            ctx.front
+                .store
+                .add_document(job.id, &temp, &format, &name, size, last)
+        })
+        .map_err(store_err)?
+    };
+    if last {
+        let (reasons, msg) = initial_reasons(ctx, site);
+        let reasons: Vec<String> = reasons.iter().map(|s| (*s).to_owned()).collect();
+        blocking(|| {
+            ctx.front
+                .store
+                .set_state(job.id, job.state, &reasons, &msg, unix_now())
+        })
+        .map_err(store_err)?;
+    }
+    let job = ctx
+        .front
+        .store
+        .job(job.id)
+        .map_err(store_err)?
+        .unwrap_or(job);
+    info!(site = %site.cfg.name, job_id = job.id, document = job.documents, bytes = size, last, "Document spooled.");
+    if job.is_fetchable() {
+        site.publish("job-fetchable", &job);
+        ctx.front.maybe_wake(site);
+    }
+    Ok(job_response(ctx, site, req, &job))
+}
+
+fn close_job(ctx: &Ctx<'_>, site: &Arc<Site>, req: &Parsed) -> OpResult {
+    let job = job_of(ctx, site, req)?;
+    if job.is_final() || job.closed {
+        return Ok(job_response(ctx, site, req, &job));
+    }
+    if job.documents == 0 {
+        return Err(Refusal::new(
+            status::NOT_POSSIBLE,
+            format!("job {} has no document yet", job.id),
+        ));
+    }
+    let (reasons, msg) = initial_reasons(ctx, site);
+    let reasons: Vec<String> = reasons.iter().map(|s| (*s).to_owned()).collect();
+    let job = blocking(|| {
+        ctx.front.store.close_job(job.id)?;
+        ctx.front
+            .store
+            .set_state(job.id, job.state, &reasons, &msg, unix_now())?;
+        ctx.front.store.job(job.id)
+    })
+    .map_err(store_err)?
+    .unwrap_or(job);
+    site.publish("job-fetchable", &job);
+    ctx.front.maybe_wake(site);
+    Ok(job_response(ctx, site, req, &job))
+}
+
+/// Whether the requester may change this job: its owner, or the site's
+/// agent (checked through Basic credentials when given).
+async fn may_change(ctx: &Ctx<'_>, site: &Site, req: &Parsed, job: &JobRow) -> Result<(), Refusal> {
+    if requesting_user(req) == job.user {
+        return Ok(());
+    }
+    if ctx.authorization.is_some() && agent(ctx, site).await.is_ok() {
+        return Ok(());
+    }
+    Err(Refusal::new(
+        status::NOT_AUTHORIZED,
+        format!("job {} belongs to another user", job.id),
+    ))
+}
+
+async fn cancel_job(ctx: &Ctx<'_>, site: &Arc<Site>, req: &Parsed) -> OpResult {
+    let job = job_of(ctx, site, req)?;
+    may_change(ctx, site, req, &job).await?;
+    if job.is_final() {
+        return Err(Refusal::new(
+            status::NOT_POSSIBLE,
+            format!("job {} is already {}", job.id, job_state::name(job.state)),
+        ));
+    }
+    let now = unix_now();
+    let by = requesting_user(req);
+    let job = if job.device.is_empty() {
+        blocking(|| {
+            ctx.front.store.set_state(
+                job.id,
+                job_state::CANCELED,
+                &["job-canceled-by-user".to_owned()],
+                &format!("canceled by {by} before the printer fetched it"),
+                now,
+            )?;
+            ctx.front.store.job(job.id)
+        })
+    } else {
+        let mut reasons = job.reasons.clone();
+        if !job.has_reason("processing-to-stop-point") {
+            reasons.push("processing-to-stop-point".into());
+        }
+        blocking(|| {
+            ctx.front.store.set_state(
+                job.id,
+                job_state::PROCESSING,
+                &reasons,
+                &format!("cancel requested by {by}; waiting for the printer agent to stop it"),
+                now,
+            )?;
+            ctx.front.store.job(job.id)
+        })
+    }
+    .map_err(store_err)?
+    .unwrap_or(job);
+    info!(site = %site.cfg.name, job_id = job.id, state = job_state::name(job.state), "Cancel-Job.");
+    site.publish("job-state-changed", &job);
+    Ok(ok(req))
+}
+
+fn release_job(ctx: &Ctx<'_>, site: &Arc<Site>, req: &Parsed) -> OpResult {
+    let job = job_of(ctx, site, req)?;
+    if job.user != requesting_user(req) {
+        return Err(Refusal::new(
+            status::NOT_AUTHORIZED,
+            format!("job {} belongs to another user", job.id),
+        ));
+    }
+    if job.state != job_state::PENDING_HELD {
+        return Err(Refusal::new(
+            status::NOT_POSSIBLE,
+            format!("job {} is not held", job.id),
+        ));
+    }
+    let job = blocking(|| {
+        ctx.front.store.set_state(
+            job.id,
+            job_state::PENDING,
+            &["job-fetchable".to_owned()],
+            "released; waiting for the printer agent",
+            unix_now(),
+        )?;
+        ctx.front.store.job(job.id)
+    })
+    .map_err(store_err)?
+    .unwrap_or(job);
+    site.publish("job-fetchable", &job);
+    ctx.front.maybe_wake(site);
+    Ok(ok(req))
+}
+
+async fn get_job_attributes(ctx: &Ctx<'_>, site: &Arc<Site>, req: &Parsed) -> OpResult {
+    let job = job_of(ctx, site, req)?;
+    if ctx.authorization.is_some() {
+        // An agent polling the jobs it holds renews its lease.
+        if agent(ctx, site).await.is_ok() {
+            touch(site, req);
+        }
+    }
+    let printer_uri = printer_uri_of(ctx, site);
+    let view = ctx.front.job_view(ctx, site, &printer_uri, &job);
+    let want = Requested::from_request(req, &["all"]);
+    let mut answer = ok(req);
+    let mut group = IppAttributeGroup::new(DelimiterTag::JobAttributes);
+    group
+        .attributes_mut()
+        .extend(attrs::job_attributes(&job, &view, &want));
+    answer.resp.attributes_mut().groups_mut().push(group);
+    Ok(answer)
+}
+
+async fn get_jobs(ctx: &Ctx<'_>, site: &Arc<Site>, req: &Parsed) -> OpResult {
+    let which = op_attr(req, "which-jobs")
+        .and_then(as_str)
+        .unwrap_or("not-completed")
+        .to_owned();
+    let paused = ctx.front.store.is_paused(&site.cfg.name).unwrap_or(false);
+    let jobs = match which.as_str() {
+        "fetchable" => {
+            agent(ctx, site).await?;
+            touch(site, req);
+            if paused {
+                Vec::new()
+            } else {
+                ctx.front
+                    .store
+                    .jobs(&site.cfg.name, Some(false))
+                    .map_err(store_err)?
+                    .into_iter()
+                    .filter(JobRow::is_fetchable)
+                    .collect()
+            }
+        }
+        "not-completed" => ctx
+            .front
+            .store
+            .jobs(&site.cfg.name, Some(false))
+            .map_err(store_err)?,
+        "completed" => {
+            let mut j = ctx
+                .front
+                .store
+                .jobs(&site.cfg.name, Some(true))
+                .map_err(store_err)?;
+            j.reverse();
+            j
+        }
+        "all" => ctx
+            .front
+            .store
+            .jobs(&site.cfg.name, None)
+            .map_err(store_err)?,
+        other => {
+            let mut answer = Answer::ok(message::response(
+                req.header().version,
+                req.header().request_id,
+                status::ATTRIBUTES_OR_VALUES_NOT_SUPPORTED,
+                Some(&format!("which-jobs {other} is not supported")),
+            ));
+            answer.resp.attributes_mut().add(
+                DelimiterTag::UnsupportedAttributes,
+                attribute("which-jobs", keyword(other)),
+            );
+            return Ok(answer);
+        }
+    };
+    let my_jobs = op_attr(req, "my-jobs").and_then(as_bool).unwrap_or(false);
+    let user = requesting_user(req);
+    let limit = match op_attr(req, "limit") {
+        Some(v) => match as_int(v) {
+            Some(n) if n > 0 => n as usize,
+            _ => {
+                return Err(Refusal::new(
+                    status::BAD_REQUEST,
+                    "limit must be a positive integer",
+                ));
+            }
+        },
+        None => usize::MAX,
+    };
+    let want = Requested::from_request(req, &["job-id", "job-uri"]);
+    let printer_uri = printer_uri_of(ctx, site);
+    let mut answer = ok(req);
+    for job in jobs
+        .iter()
+        .filter(|j| !my_jobs || j.user == user)
+        .take(limit)
+    {
+        let view = ctx.front.job_view(ctx, site, &printer_uri, job);
+        let mut group = IppAttributeGroup::new(DelimiterTag::JobAttributes);
+        group
+            .attributes_mut()
+            .extend(attrs::job_attributes(job, &view, &want));
+        answer.resp.attributes_mut().groups_mut().push(group);
+    }
+    Ok(answer)
+}
+
+// ---------------------------------------------------------------- INFRA
+
+/// Checks the request comes from the site's agent: over TLS (unless the
+/// site allows plain), with valid Basic credentials of the site's agent
+/// user. Returns the user.
+async fn agent(ctx: &Ctx<'_>, site: &Site) -> Result<String, Refusal> {
+    use base64::Engine as _;
+    use sha2::Digest as _;
+    if !ctx.conn.tls && !site.cfg.allow_plain_agents {
+        return Err(Refusal::new(
+            status::FORBIDDEN,
+            "printer agent operations need TLS (ipps://)",
+        ));
+    }
+    let unauthenticated = || {
+        Refusal::new(
+            status::NOT_AUTHENTICATED,
+            "printer agent operations need HTTP Basic credentials of the site's agent",
+        )
+    };
+    let header = ctx.authorization.ok_or_else(unauthenticated)?;
+    let encoded = header
+        .strip_prefix("Basic ")
+        .or_else(|| header.strip_prefix("basic "))
+        .ok_or_else(unauthenticated)?;
+    let hash: [u8; 32] = sha2::Sha256::digest(encoded.trim().as_bytes()).into();
+    let cached = match ctx.conn.verified.lock() {
+        Ok(g) => g.clone(),
+        Err(p) => p.into_inner().clone(),
+    };
+    let user = match cached {
+        Some((user, h)) if subtle::ConstantTimeEq::ct_eq(&h[..], &hash[..]).into() => user,
+        _ => {
+            let decoded = base64::engine::general_purpose::STANDARD
+                .decode(encoded.trim())
+                .map_err(|_| unauthenticated())?;
+            let text = String::from_utf8(decoded).map_err(|_| unauthenticated())?;
+            let (user, password) = text.split_once(':').ok_or_else(unauthenticated)?;
+            let ip = ctx.conn.peer.ip().to_canonical();
+            match ctx
+                .front
+                .auth
+                .check_password(ip, user, password.to_owned())
+                .await
+            {
+                Ok(record) => {
+                    let mut g = match ctx.conn.verified.lock() {
+                        Ok(g) => g,
+                        Err(p) => p.into_inner(),
+                    };
+                    *g = Some((record.name.clone(), hash));
+                    record.name
+                }
+                Err(failure) => {
+                    info!(%user, peer = %ctx.conn.peer, reason = failure.as_str(), "IPP agent authentication failed.");
+                    return Err(unauthenticated());
+                }
+            }
+        }
+    };
+    if user != site.cfg.agent {
+        info!(%user, site = %site.cfg.name, "A user tried to act as another site's printer agent.");
+        return Err(Refusal::new(
+            status::NOT_AUTHORIZED,
+            format!("user {user} is not the printer agent of this site"),
+        ));
+    }
+    Ok(user)
+}
+
+fn device_uuid(req: &Parsed) -> Result<String, Refusal> {
+    op_attr(req, "output-device-uuid")
+        .and_then(as_str)
+        .filter(|u| u.starts_with("urn:uuid:") && u.len() <= 45)
+        .map(str::to_owned)
+        .ok_or_else(|| {
+            Refusal::new(
+                status::BAD_REQUEST,
+                "missing or malformed output-device-uuid (urn:uuid:...)",
+            )
+        })
+}
+
+/// Renews the lease of the device named in the request, when it is the
+/// attached one; re-attaches it when it was detached by lease expiry.
+fn touch(site: &Site, req: &Parsed) {
+    let Ok(uuid) = device_uuid(req) else { return };
+    let mut st = site.lock();
+    match &mut st.device {
+        Some(d) if d.uuid == uuid => d.last_seen = Instant::now(),
+        Some(_) => {}
+        None => {
+            st.device = Some(Attached {
+                uuid,
+                last_seen: Instant::now(),
+            });
+            st.wake = None;
+        }
+    }
+}
+
+/// The request's device must be the attached one.
+fn attached_device(site: &Site, req: &Parsed) -> Result<String, Refusal> {
+    let uuid = device_uuid(req)?;
+    touch(site, req);
+    let st = site.lock();
+    match &st.device {
+        Some(d) if d.uuid == uuid => Ok(uuid),
+        _ => Err(Refusal::new(
+            status::NOT_POSSIBLE,
+            "this output device is not registered; send Update-Output-Device-Attributes first",
+        )),
+    }
+}
+
+async fn update_device(ctx: &Ctx<'_>, site: &Arc<Site>, req: &Parsed) -> OpResult {
+    let user = agent(ctx, site).await?;
+    let uuid = device_uuid(req)?;
+    let incoming: Vec<IppAttribute> = req
+        .attributes()
+        .groups_of(DelimiterTag::PrinterAttributes)
+        .flat_map(|g| g.attributes().iter().cloned())
+        .collect();
+    let (previous, merged) = {
+        let mut st = site.lock();
+        let previous = st.device.as_ref().map(|d| d.uuid.clone());
+        let mut merged = if previous.as_deref() == Some(uuid.as_str()) {
+            st.attrs.clone()
+        } else {
+            Vec::new()
+        };
+        for a in incoming {
+            if let Some(slot) = merged.iter_mut().find(|m| m.name() == a.name()) {
+                *slot = a;
+            } else {
+                merged.push(a);
+            }
+        }
+        if merged.is_empty() {
+            merged = st.attrs.clone();
+        }
+        st.attrs = merged.clone();
+        st.device = Some(Attached {
+            uuid: uuid.clone(),
+            last_seen: Instant::now(),
+        });
+        st.wake = None;
+        (previous, merged)
+    };
+    let encoded = attrs::encode(&merged);
+    blocking(|| {
+        ctx.front
+            .store
+            .upsert_device(&uuid, &site.cfg.name, &user, &encoded, unix_now())
+    })
+    .map_err(store_err)?;
+    if previous.as_deref() != Some(uuid.as_str()) {
+        info!(site = %site.cfg.name, device = %uuid, %user, "Printer agent attached.");
+        // Every other device of this site is gone: hand its jobs back.
+        let others: Vec<String> = ctx
+            .front
+            .store
+            .devices(&site.cfg.name)
+            .map_err(store_err)?
+            .into_iter()
+            .filter(|d| d.uuid != uuid)
+            .map(|d| d.uuid)
+            .collect();
+        for other in others {
+            ctx.front.detach(site, &other);
+        }
+        if let Ok(jobs) = ctx.front.store.jobs(&site.cfg.name, Some(false)) {
+            for j in jobs.iter().filter(|j| j.is_fetchable()) {
+                let _ = blocking(|| {
+                    ctx.front
+                        .store
+                        .set_state(j.id, j.state, &j.reasons, "", unix_now())
+                });
+                site.publish("job-fetchable", j);
+            }
+        }
+    } else {
+        debug!(site = %site.cfg.name, device = %uuid, "Output device attributes updated.");
+    }
+    Ok(ok(req))
+}
+
+async fn deregister(ctx: &Ctx<'_>, site: &Arc<Site>, req: &Parsed) -> OpResult {
+    agent(ctx, site).await?;
+    let uuid = device_uuid(req)?;
+    let was = {
+        let mut st = site.lock();
+        if st.device.as_ref().is_some_and(|d| d.uuid == uuid) {
+            st.device = None;
+            true
+        } else {
+            false
+        }
+    };
+    info!(site = %site.cfg.name, device = %uuid, was_attached = was, "Printer agent deregistered.");
+    ctx.front.detach(site, &uuid);
+    Ok(ok(req))
+}
+
+async fn create_subscriptions(ctx: &Ctx<'_>, site: &Arc<Site>, req: &Parsed) -> OpResult {
+    agent(ctx, site).await?;
+    touch(site, req);
+    let groups: Vec<&IppAttributeGroup> = req
+        .attributes()
+        .groups_of(DelimiterTag::SubscriptionAttributes)
+        .collect();
+    if groups.is_empty() {
+        return Err(Refusal::new(
+            status::BAD_REQUEST,
+            "missing subscription attributes group",
+        ));
+    }
+    let mut answer = ok(req);
+    for g in groups {
+        let method = g
+            .get("notify-pull-method")
+            .map(IppAttribute::value)
+            .and_then(as_str);
+        let mut out = IppAttributeGroup::new(DelimiterTag::SubscriptionAttributes);
+        if method != Some("ippget") {
+            out.attributes_mut().push(attribute(
+                "notify-status-code",
+                IppValue::Enum(i32::from(status::ATTRIBUTES_OR_VALUES_NOT_SUPPORTED)),
+            ));
+            answer.resp.attributes_mut().groups_mut().push(out);
+            answer.resp.header_mut().operation_or_status = status::OK_IGNORED_OR_SUBSTITUTED as i16;
+            continue;
+        }
+        let events = message::strings(g.get("notify-events").map(IppAttribute::value));
+        let events = if events.is_empty() {
+            vec!["job-fetchable".to_owned(), "job-state-changed".to_owned()]
+        } else {
+            events
+        };
+        let lease = g
+            .get("notify-lease-duration")
+            .map(IppAttribute::value)
+            .and_then(as_int)
+            .filter(|n| *n > 0)
+            .unwrap_or(3600)
+            .min(86_400);
+        let lease = Duration::from_secs(lease as u64);
+        let id = ctx.front.next_subscription_id();
+        {
+            let mut st = site.lock();
+            if st.subscriptions.len() >= super::MAX_SUBSCRIPTIONS
+                && let Some(oldest) = st.subscriptions.keys().min().copied()
+            {
+                st.subscriptions.remove(&oldest);
+            }
+            st.subscriptions.insert(
+                id,
+                Subscription {
+                    events,
+                    lease_until: Instant::now() + lease,
+                    lease,
+                    next_seq: 1,
+                    queue: Default::default(),
+                },
+            );
+        }
+        out.attributes_mut()
+            .push(attribute("notify-subscription-id", IppValue::Integer(id)));
+        out.attributes_mut().push(attribute(
+            "notify-lease-duration",
+            IppValue::Integer(lease.as_secs() as i32),
+        ));
+        answer.resp.attributes_mut().groups_mut().push(out);
+    }
+    Ok(answer)
+}
+
+async fn cancel_subscription(ctx: &Ctx<'_>, site: &Arc<Site>, req: &Parsed) -> OpResult {
+    agent(ctx, site).await?;
+    let id = op_attr(req, "notify-subscription-id")
+        .and_then(as_int)
+        .ok_or_else(|| Refusal::new(status::BAD_REQUEST, "missing notify-subscription-id"))?;
+    if site.lock().subscriptions.remove(&id).is_none() {
+        return Err(Refusal::new(
+            status::NOT_FOUND,
+            format!("no subscription {id}"),
+        ));
+    }
+    Ok(ok(req))
+}
+
+async fn get_notifications(ctx: &Ctx<'_>, site: &Arc<Site>, req: &Parsed) -> OpResult {
+    agent(ctx, site).await?;
+    let ids = message::ints(op_attr(req, "notify-subscription-ids"));
+    if ids.is_empty() {
+        return Err(Refusal::new(
+            status::BAD_REQUEST,
+            "missing notify-subscription-ids",
+        ));
+    }
+    let seqs = message::ints(op_attr(req, "notify-sequence-numbers"));
+    let wait = op_attr(req, "notify-wait")
+        .and_then(as_bool)
+        .unwrap_or(false);
+    let mut changes = site.events.subscribe();
+    let deadline = tokio::time::Instant::now() + ctx.front.cfg.notify_wait;
+    loop {
+        touch(site, req);
+        let events = {
+            let mut st = site.lock();
+            let mut out = Vec::new();
+            for (i, id) in ids.iter().enumerate() {
+                let Some(sub) = st.subscriptions.get_mut(id) else {
+                    return Err(Refusal::new(
+                        status::NOT_FOUND,
+                        format!(
+                            "subscription {id} is unknown (the server may have restarted); subscribe again"
+                        ),
+                    ));
+                };
+                sub.lease_until = Instant::now() + sub.lease;
+                let from = seqs.get(i).copied().unwrap_or(1);
+                while sub.queue.front().is_some_and(|e| e.seq < from) {
+                    sub.queue.pop_front();
+                }
+                out.extend(sub.queue.iter().cloned().map(|e| (*id, e)));
+            }
+            out
+        };
+        if !events.is_empty() || !wait || tokio::time::Instant::now() >= deadline {
+            return Ok(notifications_answer(ctx, req, events));
+        }
+        changes.borrow_and_update();
+        tokio::select! {
+            _ = changes.changed() => {}
+            () = tokio::time::sleep_until(deadline) => {}
+        }
+    }
+}
+
+fn notifications_answer(ctx: &Ctx<'_>, req: &Parsed, events: Vec<(i32, Event)>) -> Answer {
+    let mut answer = ok(req);
+    let interval = ctx.front.cfg.notify_wait.as_secs().max(1) as i32;
+    let ops = DelimiterTag::OperationAttributes;
+    answer.resp.attributes_mut().add(
+        ops,
+        attribute("notify-get-interval", IppValue::Integer(interval)),
+    );
+    answer.resp.attributes_mut().add(
+        ops,
+        attribute(
+            "printer-up-time",
+            IppValue::Integer(unix_now().clamp(1, i64::from(i32::MAX)) as i32),
+        ),
+    );
+    for (id, e) in events {
+        let mut g = IppAttributeGroup::new(DelimiterTag::EventNotificationAttributes);
+        let a = g.attributes_mut();
+        a.push(attribute("notify-subscription-id", IppValue::Integer(id)));
+        a.push(attribute(
+            "notify-sequence-number",
+            IppValue::Integer(e.seq),
+        ));
+        a.push(attribute("notify-subscribed-event", keyword(e.kind)));
+        a.push(attribute(
+            "notify-charset",
+            IppValue::Charset(ipp::value::IppCharset::new_truncated("utf-8".to_owned())),
+        ));
+        a.push(attribute(
+            "notify-natural-language",
+            IppValue::NaturalLanguage(ipp::value::IppLanguage::new_truncated("en".to_owned())),
+        ));
+        a.push(attribute("job-id", IppValue::Integer(e.job_id)));
+        a.push(attribute("job-state", IppValue::Enum(e.job_state)));
+        a.push(attribute(
+            "job-state-reasons",
+            if e.reasons.is_empty() {
+                keyword("none")
+            } else {
+                message::keywords(&e.reasons)
+            },
+        ));
+        answer.resp.attributes_mut().groups_mut().push(g);
+    }
+    answer
+}
+
+async fn fetch_job(ctx: &Ctx<'_>, site: &Arc<Site>, req: &Parsed) -> OpResult {
+    agent(ctx, site).await?;
+    let uuid = attached_device(site, req)?;
+    let job = job_of(ctx, site, req)?;
+    if !(job.is_fetchable() || job.device == uuid) || job.is_final() {
+        return Err(Refusal::new(
+            status::NOT_FETCHABLE,
+            format!(
+                "job {} is not fetchable ({})",
+                job.id,
+                job_state::name(job.state)
+            ),
+        ));
+    }
+    let printer_uri = printer_uri_of(ctx, site);
+    let view = ctx.front.job_view(ctx, site, &printer_uri, &job);
+    let want = Requested::from_request(&*BLANK, &["all"]);
+    let mut answer = ok(req);
+    let mut group = IppAttributeGroup::new(DelimiterTag::JobAttributes);
+    group
+        .attributes_mut()
+        .extend(attrs::job_attributes(&job, &view, &want));
+    answer.resp.attributes_mut().groups_mut().push(group);
+    Ok(answer)
+}
+
+async fn acknowledge_job(ctx: &Ctx<'_>, site: &Arc<Site>, req: &Parsed) -> OpResult {
+    agent(ctx, site).await?;
+    let uuid = attached_device(site, req)?;
+    let job = job_of(ctx, site, req)?;
+    if job.device == uuid {
+        return Ok(ok(req));
+    }
+    if !job.is_fetchable() {
+        return Err(Refusal::new(
+            status::NOT_FETCHABLE,
+            format!(
+                "job {} is not fetchable ({})",
+                job.id,
+                job_state::name(job.state)
+            ),
+        ));
+    }
+    let job = blocking(|| {
+        ctx.front.store.set_device(job.id, &uuid)?;
+        ctx.front.store.set_state(
+            job.id,
+            job_state::PROCESSING,
+            &["job-fetched".to_owned()],
+            "fetched by the printer agent",
+            unix_now(),
+        )?;
+        ctx.front.store.job(job.id)
+    })
+    .map_err(store_err)?
+    .unwrap_or(job);
+    info!(site = %site.cfg.name, job_id = job.id, device = %uuid, "Job fetched by the printer agent.");
+    site.publish("job-state-changed", &job);
+    Ok(ok(req))
+}
+
+fn owned_job(ctx: &Ctx<'_>, site: &Site, req: &Parsed, uuid: &str) -> Result<JobRow, Refusal> {
+    let job = job_of(ctx, site, req)?;
+    if job.device != uuid {
+        return Err(Refusal::new(
+            status::NOT_POSSIBLE,
+            format!("job {} was not acknowledged by this output device", job.id),
+        ));
+    }
+    Ok(job)
+}
+
+fn document_number(req: &Parsed) -> Result<i32, Refusal> {
+    op_attr(req, "document-number")
+        .and_then(as_int)
+        .filter(|n| *n >= 1)
+        .ok_or_else(|| Refusal::new(status::BAD_REQUEST, "missing or bad document-number"))
+}
+
+async fn fetch_document(ctx: &Ctx<'_>, site: &Arc<Site>, req: &Parsed) -> OpResult {
+    agent(ctx, site).await?;
+    let uuid = attached_device(site, req)?;
+    let job = job_of(ctx, site, req)?;
+    if !(job.device == uuid || job.is_fetchable()) || job.is_final() {
+        return Err(Refusal::new(
+            status::NOT_FETCHABLE,
+            format!(
+                "job {} is not fetchable ({})",
+                job.id,
+                job_state::name(job.state)
+            ),
+        ));
+    }
+    let number = document_number(req)?;
+    if let Some(c) = op_attr(req, "compression-accepted") {
+        let accepted = message::strings(Some(c));
+        if !accepted.is_empty() && !accepted.iter().any(|a| a == "none") {
+            return Err(Refusal::new(
+                status::COMPRESSION_NOT_SUPPORTED,
+                "documents are sent uncompressed; compression-accepted must include none",
+            ));
+        }
+    }
+    let docs = ctx.front.store.documents(job.id).map_err(store_err)?;
+    let Some(d) = docs.into_iter().find(|d| d.number == number) else {
+        return Err(Refusal::new(
+            status::NOT_FOUND,
+            format!("job {} has no document {number}", job.id),
+        ));
+    };
+    let mut answer = ok(req);
+    let ops = DelimiterTag::OperationAttributes;
+    answer
+        .resp
+        .attributes_mut()
+        .add(ops, attribute("document-format", message::mime(&d.format)));
+    answer
+        .resp
+        .attributes_mut()
+        .add(ops, attribute("document-number", IppValue::Integer(number)));
+    answer
+        .resp
+        .attributes_mut()
+        .add(ops, attribute("compression", keyword("none")));
+    let mut g = IppAttributeGroup::new(DelimiterTag::DocumentAttributes);
+    g.attributes_mut()
+        .push(attribute("document-name", message::name(&d.name)));
+    g.attributes_mut()
+        .push(attribute("document-format", message::mime(&d.format)));
+    g.attributes_mut()
+        .push(attribute("document-number", IppValue::Integer(number)));
+    g.attributes_mut().push(attribute(
+        "k-octets",
+        IppValue::Integer(((d.size + 1023) / 1024) as i32),
+    ));
+    answer.resp.attributes_mut().groups_mut().push(g);
+    answer.document = Some(d.path);
+    Ok(answer)
+}
+
+async fn acknowledge_document(ctx: &Ctx<'_>, site: &Arc<Site>, req: &Parsed) -> OpResult {
+    agent(ctx, site).await?;
+    let uuid = attached_device(site, req)?;
+    let job = owned_job(ctx, site, req, &uuid)?;
+    let number = document_number(req)?;
+    blocking(|| {
+        ctx.front
+            .store
+            .set_document_state(job.id, number, job_state::PROCESSING)
+    })
+    .map_err(store_err)?;
+    Ok(ok(req))
+}
+
+async fn update_job_status(ctx: &Ctx<'_>, site: &Arc<Site>, req: &Parsed) -> OpResult {
+    agent(ctx, site).await?;
+    let uuid = attached_device(site, req)?;
+    let job = owned_job(ctx, site, req, &uuid)?;
+    let get = |n: &str| message::attr(req, DelimiterTag::JobAttributes, n);
+    let Some(state) = get("output-device-job-state").and_then(as_int) else {
+        return Err(Refusal::new(
+            status::BAD_REQUEST,
+            "missing output-device-job-state in the job attributes",
+        ));
+    };
+    if !(3..=9).contains(&state) {
+        return Err(Refusal::new(
+            status::BAD_REQUEST,
+            format!("output-device-job-state {state} is not a job state"),
+        ));
+    }
+    if job.is_final() {
+        return Ok(ok(req));
+    }
+    let mut reasons: Vec<String> = message::strings(get("output-device-job-state-reasons"))
+        .into_iter()
+        .filter(|r| r != "none")
+        .collect();
+    if job_state::is_final(state) && reasons.is_empty() {
+        reasons.push(attrs::final_reason(state).to_owned());
+    }
+    if !job_state::is_final(state) && job.has_reason("processing-to-stop-point") {
+        reasons.push("processing-to-stop-point".into());
+    }
+    let msg = get("output-device-job-state-message")
+        .and_then(as_str)
+        .map(str::to_owned)
+        .unwrap_or_else(|| {
+            if job_state::is_final(state) {
+                String::new()
+            } else {
+                job.message.clone()
+            }
+        });
+    let impressions = get("job-impressions-completed").and_then(as_int);
+    let job = blocking(|| {
+        ctx.front
+            .store
+            .set_state(job.id, state, &reasons, &msg, unix_now())?;
+        if let Some(n) = impressions {
+            ctx.front.store.set_impressions(job.id, n)?;
+        }
+        ctx.front.store.job(job.id)
+    })
+    .map_err(store_err)?
+    .unwrap_or(job);
+    info!(site = %site.cfg.name, job_id = job.id, state = job_state::name(job.state), reasons = ?job.reasons, "Job state from the printer agent.");
+    site.publish("job-state-changed", &job);
+    Ok(ok(req))
+}
+
+async fn update_document_status(ctx: &Ctx<'_>, site: &Arc<Site>, req: &Parsed) -> OpResult {
+    agent(ctx, site).await?;
+    let uuid = attached_device(site, req)?;
+    let job = owned_job(ctx, site, req, &uuid)?;
+    let number = document_number(req)?;
+    let state = message::attr(
+        req,
+        DelimiterTag::DocumentAttributes,
+        "output-device-document-state",
+    )
+    .and_then(as_int)
+    .ok_or_else(|| {
+        Refusal::new(
+            status::BAD_REQUEST,
+            "missing output-device-document-state in the document attributes",
+        )
+    })?;
+    blocking(|| ctx.front.store.set_document_state(job.id, number, state)).map_err(store_err)?;
+    Ok(ok(req))
+}
