@@ -35,7 +35,7 @@ pub mod op {
     pub const UPDATE_DOCUMENT_STATUS: u16 = 0x0047;
     pub const UPDATE_JOB_STATUS: u16 = 0x0048;
     pub const UPDATE_OUTPUT_DEVICE_ATTRIBUTES: u16 = 0x0049;
-    pub const GET_PRINTERS: u16 = 0x0052;
+    pub const GET_PRINTERS: u16 = 0x004F;
     pub const CUPS_GET_DEFAULT: u16 = 0x4001;
     pub const CUPS_GET_PRINTERS: u16 = 0x4002;
 

@@ -6,6 +6,7 @@ pub mod bench_fax;
 pub mod convert;
 pub mod demo;
 pub mod print;
+pub mod print_mail;
 pub mod relay;
 pub mod relay_client;
 

@@ -16,8 +16,8 @@ pub struct PrintArgs {
     pub file: PathBuf,
     /// Printer URI: ipp://host[:port]/path, cups:QUEUE (or lp:QUEUE),
     /// dir:/folder or file:///folder (?format=pdf|tiff|tiff-mmr),
-    /// device:/dev/... (?format=pdf|pwg&dpi=N).
-    #[arg(long, short)]
+    /// device:/dev/... (?format=pdf|pwg&dpi=N). Not used with --via-mail.
+    #[arg(long, short, required_unless_present = "via_mail", default_value = "")]
     pub printer: String,
     /// Job title (default: the file name).
     #[arg(long)]
@@ -28,10 +28,16 @@ pub struct PrintArgs {
     /// How long to watch an IPP job before giving up.
     #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
     pub job_timeout: std::time::Duration,
+    /// Printing through a firewall, basic model (seed 000).
+    #[command(flatten)]
+    pub via: super::print_mail::ViaMailArgs,
 }
 
 /// Runs `faxgate print`.
 pub async fn run(args: PrintArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
+    if args.via.via_mail.is_some() {
+        return super::print_mail::run(&args.via, &args.file, args.title, shutdown).await;
+    }
     let printer = Printer::from_uri(&args.printer)?.with_job_timeout(args.job_timeout);
     if args.status {
         println!("{}", printer.status().await);

@@ -274,8 +274,13 @@ pub fn printer_attributes(v: &PrinterView<'_>, want: &Requested) -> Vec<IppAttri
     );
     put("printer-name", name(v.name));
     put("printer-info", text(v.info.unwrap_or(v.name)));
-    if let Some(l) = v.location {
-        put("printer-location", text(l));
+    put("printer-location", text(v.location.unwrap_or("")));
+    if let Some((u, _)) = v.uris.first() {
+        // The site's status page: same host and port, over HTTP(S).
+        let more = u
+            .replacen("ipps://", "https://", 1)
+            .replacen("ipp://", "http://", 1);
+        put("printer-more-info", uri(&more));
     }
     put("printer-uuid", uri(&site_uuid(v.name)));
     put("printer-state", IppValue::Enum(state));

@@ -615,6 +615,28 @@ impl Front {
         })
     }
 
+    /// The site's status page (printer-more-info): JSON a person or a
+    /// script can read.
+    fn site_status(&self, site: &Site) -> serde_json::Value {
+        let jobs = self
+            .store
+            .jobs(&site.cfg.name, Some(false))
+            .unwrap_or_default();
+        let st = site.lock();
+        serde_json::json!({
+            "site": site.cfg.name,
+            "attached": st.device.is_some(),
+            "paused": self.store.is_paused(&site.cfg.name).unwrap_or(false),
+            "waking": st.wake.is_some(),
+            "jobs": jobs.iter().map(|j| serde_json::json!({
+                "id": j.id,
+                "state": crate::codes::job_state::name(j.state),
+                "reasons": j.reasons,
+                "message": j.message,
+            })).collect::<Vec<_>>(),
+        })
+    }
+
     fn next_subscription_id(&self) -> i32 {
         let mut n = match self.next_subscription.lock() {
             Ok(g) => g,
@@ -699,6 +721,14 @@ async fn handle(front: Arc<Front>, conn: Arc<Conn>, req: Request<Incoming>) -> R
     if req.method() == hyper::Method::GET {
         if path == DESCRIPTION_PATH {
             let mut r = Response::new(full(front.description().to_string()));
+            r.headers_mut().insert(
+                hyper::header::CONTENT_TYPE,
+                hyper::header::HeaderValue::from_static("application/json"),
+            );
+            return r;
+        }
+        if let Target::Site(site) = front.target(&path) {
+            let mut r = Response::new(full(front.site_status(&site).to_string()));
             r.headers_mut().insert(
                 hyper::header::CONTENT_TYPE,
                 hyper::header::HeaderValue::from_static("application/json"),
