@@ -12,6 +12,7 @@ PKGS=(
   sane-utils poppler-utils                            # scanner tests: scanimage -d test, pdftoppm/pdfinfo
   poppler-utils cups-ipp-utils cups-client avahi-daemon dbus  # print stage: pdftoppm/pdfimages, ippeveprinter/ipptool, lp
   dovecot-imapd dovecot-lmtpd opensmtpd swaks         # command mail: IMAP IDLE watcher, SMTP -> LMTP delivery
+  cups-daemon curl                                    # printing through a firewall: a client-side cupsd, the site status page
 )
 missing=()
 for p in "${PKGS[@]}"; do

@@ -38,7 +38,7 @@ enum Command {
     /// Convert fax documents between PBM, TIFF-F and PDF.
     Convert(commands::convert::ConvertArgs),
     /// Print a fax document (TIFF-F or PBM) on a printer given by URI.
-    Print(commands::print::PrintArgs),
+    Print(Box<commands::print::PrintArgs>),
     /// Run the appliance daemon: relay login, fax sessions, print, panel.
     Appliance(commands::appliance::DaemonArgs),
     /// Send files to a relay user through the running appliance.
@@ -93,7 +93,7 @@ fn main() -> std::process::ExitCode {
             Command::Demo(a) => commands::demo::run(a, shutdown).await,
             Command::Bench(a) => commands::bench::run(a, shutdown).await,
             Command::Convert(a) => commands::convert::run(a).await,
-            Command::Print(a) => commands::print::run(a, shutdown).await,
+            Command::Print(a) => commands::print::run(*a, shutdown).await,
             Command::Appliance(a) => commands::appliance::daemon(a, shutdown).await,
             Command::Send(a) => commands::appliance::send(a).await,
             Command::ScanSend(a) => commands::appliance::scan_send(a).await,

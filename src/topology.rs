@@ -8,13 +8,21 @@
 //!      ▼
 //!  relay client ──Incoming demands──▶ inbound ──session──▶ store ──wake──▶ print ──▶ printer/archive
 //!                                   all actors ──BusEvent──▶ bus (broadcast)
+//!
+//!  IMAP watcher ──Incoming commands──▶ agent ──INFRA (outbound)──▶ relay's IPP front
+//!                                        └──Print-Job──▶ printer (the same [printer])
 //! ```
+//!
+//! The print agent (`[agent]`) starts before the relay login, so the
+//! printer serves its site even while the fax relay is unreachable.
 //!
 //! Shutdown: the root token is cancelled (SIGTERM); the panel stops
 //! taking requests, sessions park at their next page boundary (a page in
 //! flight is finished and made durable, or resent after restart), the
-//! print actor finishes the document it is printing, then the relay
-//! client logs out. [`Appliance::stop`] waits with a deadline.
+//! print actor finishes the document it is printing, the agent finishes
+//! the document at the printer (or hands its job back unreported) and
+//! deregisters, then the relay client logs out. [`Appliance::stop`] waits
+//! with a deadline.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -31,7 +39,7 @@ use tracing::Instrument as _;
 use crate::appliance::inbound::Inbound;
 use crate::appliance::panel::{self, PanelState};
 use crate::appliance::store::Store;
-use crate::appliance::{Bus, OutboxHandle, PrintHandle, resolution_of};
+use crate::appliance::{AgentHandle, Bus, OutboxHandle, PrintHandle, resolution_of};
 use crate::print::Printer;
 
 /// A running appliance.
@@ -43,6 +51,8 @@ pub struct Appliance {
     pub relay: RelayClient,
     /// The event bus.
     pub bus: Bus,
+    /// The print agent, when `[agent]` is configured.
+    pub agent: Option<AgentHandle>,
     tracker: TaskTracker,
     shutdown: CancellationToken,
 }
@@ -56,7 +66,33 @@ impl Appliance {
         let bus = Bus::default();
         let tracker = TaskTracker::new();
 
-        let (relay, incoming) = login(&cfg, &shutdown).await?;
+        // The print agent needs only the printer and the IPP front, not
+        // the fax relay, so it starts first.
+        let agent_shutdown = shutdown.child_token();
+        let agent = match (&cfg.agent, &cfg.printer) {
+            (Some(a), Some(p)) => Some(
+                AgentHandle::spawn(
+                    a.clone(),
+                    &p.uri,
+                    &cfg.state_dir,
+                    agent_shutdown.clone(),
+                    &tracker,
+                )
+                .context("while starting the print agent")?,
+            ),
+            _ => None,
+        };
+
+        let (relay, incoming) = match login(&cfg, &shutdown).await {
+            Ok(r) => r,
+            Err(e) => {
+                // Let the agent deregister before the error ends the process.
+                agent_shutdown.cancel();
+                tracker.close();
+                let _ = tokio::time::timeout(Duration::from_secs(10), tracker.wait()).await;
+                return Err(e);
+            }
+        };
         tracing::info!(user = %relay.user(), "Logged in to the relay.");
 
         let printer = match &cfg.printer {
@@ -138,6 +174,7 @@ impl Appliance {
             panel_addr,
             relay,
             bus,
+            agent,
             tracker,
             shutdown,
         })
@@ -153,6 +190,16 @@ impl Appliance {
             .is_err()
         {
             tracing::warn!(?deadline, "Some actors did not stop in time.");
+        }
+        if let Some(agent) = &self.agent {
+            let s = agent.status();
+            tracing::info!(
+                site = %s.site,
+                printed = s.jobs_printed,
+                canceled = s.jobs_canceled,
+                failed = s.jobs_failed,
+                "Print agent summary."
+            );
         }
         if let Err(e) = self.relay.logout().await {
             tracing::debug!(error = %e, "Logout was not clean.");

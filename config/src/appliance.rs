@@ -1,8 +1,8 @@
 //! Configuration of the appliance daemon (`faxgate appliance`): one
 //! section per actor, so each actor gets only its own part.
 
-use crate::ConfigError;
-use crate::relay::RelayClientConfig;
+use crate::relay::{ClientTlsConfig, RelayClientConfig};
+use crate::{ConfigError, Secret};
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -33,6 +33,10 @@ pub struct ApplianceConfig {
     /// The front-panel API the `faxgate send|jobs|...` commands talk to.
     #[serde(default)]
     pub panel: PanelSection,
+    /// The print agent that serves `[printer]` at the relay's IPP front
+    /// (seed 000). Absent: no agent.
+    #[serde(default)]
+    pub agent: Option<AgentSection>,
 }
 
 /// A fax resolution by its T.30 name.
@@ -256,6 +260,432 @@ impl Default for PanelSection {
     }
 }
 
+/// The print agent (seed 000): the PWG 5100.18 *Proxy* that connects out
+/// to a server site at the relay's IPP front, registers the `[printer]`
+/// as its output device, fetches the site's jobs and prints them there,
+/// byte for byte. `ipp/INFRA.md` is the protocol.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentSection {
+    /// The site URI at the relay, e.g.
+    /// `ipps://relay.example.net:8632/ipp/print/osaka-printer`.
+    pub site: String,
+    /// The relay user the site names as its agent (HTTP Basic).
+    pub user: String,
+    /// That user's password.
+    pub password: Secret<String>,
+    /// How the relay's certificate is checked (`pin_sha256` or
+    /// `ca_file`); required for `ipps://` and `https://`.
+    #[serde(default)]
+    pub tls: Option<ClientTlsConfig>,
+    /// Allow a plain `ipp://` site on a host that is not loopback (the
+    /// password then crosses the network in clear; the front must also
+    /// allow plain agents).
+    #[serde(default)]
+    pub allow_plain: bool,
+    /// When to be attached: `always`, or `on-mail` (on a signed wake-up
+    /// command mail, until `idle_detach` passes without jobs).
+    #[serde(default)]
+    pub attach: AttachMode,
+    /// `auto` (what the front's description offers, long poll first),
+    /// `long-poll` or `poll`.
+    #[serde(default)]
+    pub transport: AgentTransport,
+    /// How often to ask for jobs when polling (raised to the front's
+    /// minimum), and how often the state of a job being printed is
+    /// checked at the front.
+    #[serde(default = "defaults::agent_poll_interval", with = "humantime_serde")]
+    pub poll_interval: Duration,
+    /// How often the real printer's state is read; a change is passed on
+    /// to the site at once.
+    #[serde(default = "defaults::agent_status_interval", with = "humantime_serde")]
+    pub status_interval: Duration,
+    /// With `attach = "on-mail"`: detach after this long without jobs.
+    #[serde(default = "defaults::agent_idle_detach", with = "humantime_serde")]
+    pub idle_detach: Duration,
+    /// How often a job printing on the real printer is looked at.
+    #[serde(default = "defaults::agent_job_poll", with = "humantime_serde")]
+    pub job_poll_interval: Duration,
+    /// First delay before attaching again after a failure; doubles up to
+    /// `reconnect_max`, with jitter.
+    #[serde(
+        default = "defaults::agent_reconnect_initial",
+        with = "humantime_serde"
+    )]
+    pub reconnect_initial: Duration,
+    /// Longest delay between attempts.
+    #[serde(default = "defaults::agent_reconnect_max", with = "humantime_serde")]
+    pub reconnect_max: Duration,
+    /// Deadline for a TCP connection plus the TLS handshake.
+    #[serde(default = "defaults::agent_connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Deadline for one request (a long poll gets the front's wait on
+    /// top).
+    #[serde(default = "defaults::agent_request_timeout", with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// On shutdown, how long a document already sent to the printer may
+    /// take to finish before the job is handed back unfinished.
+    #[serde(default = "defaults::agent_shutdown_grace", with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+    /// The mailbox wake-up commands arrive in; required with
+    /// `attach = "on-mail"`.
+    #[serde(default)]
+    pub mail: Option<AgentMailSection>,
+}
+
+/// When the agent is attached to its site.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AttachMode {
+    /// Attach at start and stay attached (the seed's constant connection).
+    #[default]
+    Always,
+    /// Attach when a signed wake-up mail arrives; detach when idle.
+    OnMail,
+}
+
+/// How the agent learns about new jobs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AgentTransport {
+    /// What the front's description offers, long poll first.
+    #[default]
+    Auto,
+    /// Get-Notifications with notify-wait (the seed's blocking system).
+    LongPoll,
+    /// Get-Jobs every `poll_interval` (the seed's non-blocking system).
+    Poll,
+}
+
+/// How the IMAP connection of the agent's mailbox is protected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MailTls {
+    /// TLS from the first byte (port 993).
+    #[default]
+    Implicit,
+    /// STARTTLS before login (port 143).
+    Starttls,
+    /// No TLS: only to a loopback host.
+    None,
+}
+
+/// The signature scheme of command mails (`mail/COMMAND-MAIL.md`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MailScheme {
+    /// HMAC-SHA256; `key` is the shared secret in hex (16 bytes or more).
+    #[default]
+    HmacSha256,
+    /// Ed25519; `key` is the relay's public key in hex (32 bytes).
+    Ed25519,
+}
+
+/// The agent's mailbox for wake-up and cancel command mails.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentMailSection {
+    /// IMAP server host.
+    pub host: String,
+    /// IMAP port; 993 for `implicit`, else 143.
+    #[serde(default)]
+    pub port: Option<u16>,
+    /// `implicit`, `starttls` or `none` (loopback only).
+    #[serde(default)]
+    pub tls: MailTls,
+    /// SHA-256 of the IMAP server's certificate (hex, colons allowed);
+    /// else `ca_file`, else the system roots.
+    #[serde(default)]
+    pub pin_sha256: Option<String>,
+    /// PEM file of CA certificates for the IMAP server.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// IMAP login.
+    pub user: String,
+    /// IMAP password.
+    pub password: Secret<String>,
+    /// The mailbox commands arrive in.
+    #[serde(default = "defaults::mailbox")]
+    pub mailbox: String,
+    /// Where handled commands are moved.
+    #[serde(default = "defaults::processed_folder")]
+    pub processed_folder: String,
+    /// Where refused mails are moved.
+    #[serde(default = "defaults::quarantine_folder")]
+    pub quarantine_folder: String,
+    /// The printer name command mails carry; default: the site name (the
+    /// last segment of `site`, `%25` read as `%`).
+    #[serde(default)]
+    pub printer: Option<String>,
+    /// `hmac-sha256` or `ed25519`, as the relay signs.
+    #[serde(default)]
+    pub scheme: MailScheme,
+    /// The verifying key in hex: the shared secret, or the relay's
+    /// Ed25519 public key.
+    pub key: Secret<String>,
+    /// Use IMAP IDLE where the server has it; else poll.
+    #[serde(default = "defaults::yes")]
+    pub use_idle: bool,
+    /// How often to look for mail without IDLE.
+    #[serde(default = "defaults::mail_poll_interval", with = "humantime_serde")]
+    pub poll_interval: Duration,
+}
+
+/// A site URI taken apart: what the agent and its config checks need.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SiteUri {
+    /// `ipps`/`https` (true) or `ipp`/`http`.
+    pub secure: bool,
+    /// The host, without brackets.
+    pub host: String,
+    /// The site name: the path segment after `/ipp/print/`, `%25` read
+    /// as `%`.
+    pub name: String,
+}
+
+impl SiteUri {
+    /// Parses `scheme://host[:port]/ipp/print/NAME`.
+    pub fn parse(uri: &str) -> Result<SiteUri, String> {
+        let (scheme, rest) = uri
+            .split_once("://")
+            .ok_or("not a scheme://host/path URI")?;
+        let secure = match scheme.to_ascii_lowercase().as_str() {
+            "ipps" | "https" => true,
+            "ipp" | "http" => false,
+            _ => return Err("the scheme must be ipps, https, ipp or http".into()),
+        };
+        let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+        let host = if let Some(v6) = authority.strip_prefix('[') {
+            v6.split(']').next().unwrap_or("")
+        } else {
+            authority.split(':').next().unwrap_or("")
+        };
+        if host.is_empty() {
+            return Err("no host".into());
+        }
+        let name = path
+            .strip_prefix("/ipp/print/")
+            .map(|n| n.trim_end_matches('/'))
+            .filter(|n| !n.is_empty() && !n.contains('/'))
+            .ok_or("the path must be /ipp/print/NAME")?;
+        Ok(SiteUri {
+            secure,
+            host: host.to_owned(),
+            name: name.replace("%25", "%"),
+        })
+    }
+}
+
+/// True for `localhost` and loopback IP literals.
+fn is_loopback_host(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Decodes hex (colons allowed between bytes).
+pub fn decode_hex(s: &str) -> Option<Vec<u8>> {
+    let digits: Vec<u8> = s.bytes().filter(|b| *b != b':').collect();
+    if !digits.len().is_multiple_of(2) {
+        return None;
+    }
+    digits
+        .chunks(2)
+        .map(|pair| {
+            let hi = char::from(pair[0]).to_digit(16)?;
+            let lo = char::from(pair[1]).to_digit(16)?;
+            u8::try_from(hi * 16 + lo).ok()
+        })
+        .collect()
+}
+
+fn check_pin(field: &'static str, pin: &str) -> Result<(), ConfigError> {
+    match decode_hex(pin) {
+        Some(bytes) if bytes.len() == 32 => Ok(()),
+        _ => Err(invalid(field, "must be 64 hex digits (colons allowed)")),
+    }
+}
+
+impl AgentSection {
+    /// Checks ranges and combinations that serde cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let site = SiteUri::parse(&self.site)
+            .map_err(|reason| invalid("agent.site", format!("`{}`: {reason}", self.site)))?;
+        if self.user.is_empty() || self.user.len() > 64 || self.user.contains(':') {
+            return Err(invalid("agent.user", "must be 1..=64 bytes without `:`"));
+        }
+        if self.password.expose().is_empty() {
+            return Err(invalid("agent.password", "must not be empty"));
+        }
+        match (&self.tls, site.secure) {
+            (Some(tls), true) => {
+                if let Some(pin) = &tls.pin_sha256 {
+                    check_pin("agent.tls.pin_sha256", pin)?;
+                } else if tls.ca_file.is_none() {
+                    return Err(invalid(
+                        "agent.tls",
+                        "set `pin_sha256` (the relay prints it) or `ca_file`",
+                    ));
+                }
+            }
+            (None, true) => {
+                return Err(invalid(
+                    "agent.tls",
+                    "an ipps:// or https:// site needs [agent.tls] with `pin_sha256` or `ca_file`",
+                ));
+            }
+            (Some(_), false) => {
+                return Err(invalid(
+                    "agent.tls",
+                    "the site is plain ipp:// or http://; use ipps:// to use TLS",
+                ));
+            }
+            (None, false) => {
+                if !self.allow_plain && !is_loopback_host(&site.host) {
+                    return Err(invalid(
+                        "agent.site",
+                        format!(
+                            "plain ipp:// to `{}` would send the password in clear; use ipps:// \
+                             (or set allow_plain = true on a trusted network)",
+                            site.host
+                        ),
+                    ));
+                }
+            }
+        }
+        for (field, d) in [
+            ("agent.poll_interval", self.poll_interval),
+            ("agent.status_interval", self.status_interval),
+            ("agent.idle_detach", self.idle_detach),
+            ("agent.job_poll_interval", self.job_poll_interval),
+            ("agent.connect_timeout", self.connect_timeout),
+            ("agent.request_timeout", self.request_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(invalid(field, "must be longer than zero"));
+            }
+        }
+        if self.reconnect_initial.is_zero() || self.reconnect_max < self.reconnect_initial {
+            return Err(invalid(
+                "agent.reconnect_initial",
+                "need 0 < reconnect_initial <= reconnect_max",
+            ));
+        }
+        match (self.attach, &self.mail) {
+            (AttachMode::OnMail, None) => {
+                return Err(invalid(
+                    "agent.mail",
+                    "attach = \"on-mail\" needs an [agent.mail] section",
+                ));
+            }
+            (AttachMode::Always, Some(_)) => {
+                return Err(invalid(
+                    "agent.mail",
+                    "[agent.mail] is only used with attach = \"on-mail\"",
+                ));
+            }
+            (_, Some(m)) => m.validate()?,
+            (_, None) => {}
+        }
+        Ok(())
+    }
+
+    /// The site name command mails must carry.
+    pub fn printer_name(&self) -> String {
+        self.mail
+            .as_ref()
+            .and_then(|m| m.printer.clone())
+            .or_else(|| SiteUri::parse(&self.site).ok().map(|s| s.name))
+            .unwrap_or_default()
+    }
+}
+
+impl AgentMailSection {
+    /// The IMAP port: configured, or the scheme's usual one.
+    pub fn port(&self) -> u16 {
+        self.port.unwrap_or(match self.tls {
+            MailTls::Implicit => 993,
+            MailTls::Starttls | MailTls::None => 143,
+        })
+    }
+
+    /// Checks ranges and combinations that serde cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.host.is_empty() {
+            return Err(invalid("agent.mail.host", "must not be empty"));
+        }
+        if self.tls == MailTls::None && !is_loopback_host(&self.host) {
+            return Err(invalid(
+                "agent.mail.tls",
+                format!(
+                    "plain IMAP (tls = \"none\") is only allowed to a loopback host, not `{}`",
+                    self.host
+                ),
+            ));
+        }
+        if self.port == Some(0) {
+            return Err(invalid("agent.mail.port", "must be 1..=65535"));
+        }
+        if let Some(pin) = &self.pin_sha256 {
+            check_pin("agent.mail.pin_sha256", pin)?;
+            if self.ca_file.is_some() {
+                return Err(invalid(
+                    "agent.mail.ca_file",
+                    "set `pin_sha256` or `ca_file`, not both",
+                ));
+            }
+        }
+        if self.user.is_empty() {
+            return Err(invalid("agent.mail.user", "must not be empty"));
+        }
+        let folders = [
+            &self.mailbox,
+            &self.processed_folder,
+            &self.quarantine_folder,
+        ];
+        if folders.iter().any(|f| f.is_empty())
+            || folders[0] == folders[1]
+            || folders[0] == folders[2]
+            || folders[1] == folders[2]
+        {
+            return Err(invalid(
+                "agent.mail.processed_folder",
+                "mailbox, processed_folder and quarantine_folder must be set and differ",
+            ));
+        }
+        if self.printer.as_ref().is_some_and(|p| p.is_empty()) {
+            return Err(invalid("agent.mail.printer", "must not be empty"));
+        }
+        let key = decode_hex(self.key.expose());
+        match (self.scheme, key) {
+            (_, None) => return Err(invalid("agent.mail.key", "must be hex")),
+            (MailScheme::HmacSha256, Some(k)) if k.len() < 16 => {
+                return Err(invalid(
+                    "agent.mail.key",
+                    "an hmac-sha256 secret needs at least 16 bytes (32 hex digits)",
+                ));
+            }
+            (MailScheme::Ed25519, Some(k)) if k.len() != 32 => {
+                return Err(invalid(
+                    "agent.mail.key",
+                    "an ed25519 public key is 32 bytes (64 hex digits)",
+                ));
+            }
+            _ => {}
+        }
+        if self.poll_interval.is_zero() {
+            return Err(invalid(
+                "agent.mail.poll_interval",
+                "must be longer than zero",
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl std::str::FromStr for ApplianceConfig {
     type Err = ConfigError;
 
@@ -356,6 +786,19 @@ impl ApplianceConfig {
         {
             return Err(invalid("printer.uri", "must not be empty"));
         }
+        if let Some(agent) = &self.agent {
+            agent.validate()?;
+            let takes_ipp = self.printer.as_ref().is_some_and(|p| {
+                let uri = p.uri.to_ascii_lowercase();
+                uri.starts_with("ipp://") || uri.starts_with("http://")
+            });
+            if !takes_ipp {
+                return Err(invalid(
+                    "agent",
+                    "the print agent passes jobs to [printer], which must be an ipp:// printer",
+                ));
+            }
+        }
         Ok(())
     }
 }
@@ -444,6 +887,45 @@ mod defaults {
     pub fn panel_listen() -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], 4680))
     }
+    pub fn agent_poll_interval() -> Duration {
+        Duration::from_secs(5)
+    }
+    pub fn agent_status_interval() -> Duration {
+        Duration::from_secs(10)
+    }
+    pub fn agent_idle_detach() -> Duration {
+        Duration::from_secs(300)
+    }
+    pub fn agent_job_poll() -> Duration {
+        Duration::from_secs(1)
+    }
+    pub fn agent_reconnect_initial() -> Duration {
+        Duration::from_secs(1)
+    }
+    pub fn agent_reconnect_max() -> Duration {
+        Duration::from_secs(300)
+    }
+    pub fn agent_connect_timeout() -> Duration {
+        Duration::from_secs(10)
+    }
+    pub fn agent_request_timeout() -> Duration {
+        Duration::from_secs(60)
+    }
+    pub fn agent_shutdown_grace() -> Duration {
+        Duration::from_secs(10)
+    }
+    pub fn mailbox() -> String {
+        "INBOX".into()
+    }
+    pub fn processed_folder() -> String {
+        "faxgate-processed".into()
+    }
+    pub fn quarantine_folder() -> String {
+        "faxgate-quarantine".into()
+    }
+    pub fn mail_poll_interval() -> Duration {
+        Duration::from_secs(60)
+    }
 }
 
 #[cfg(test)]
@@ -481,5 +963,143 @@ mod tests {
         }
         let err = ApplianceConfig::from_str(&format!("{BASE}[fax]\ncolour = true\n")).unwrap_err();
         assert!(err.to_string().contains("colour"), "{err}");
+    }
+
+    const PRINTER: &str = "[printer]\nuri = \"ipp://127.0.0.1:8631/ipp/print/local\"\n";
+    const PIN: &str = "5f3a9c00112233445566778899aabbccddeeff00112233445566778899aabbcc";
+
+    fn agent(extra: &str) -> Result<ApplianceConfig, ConfigError> {
+        ApplianceConfig::from_str(&format!(
+            "{BASE}{PRINTER}[agent]\nuser = \"osaka\"\npassword = \"pw\"\n{extra}"
+        ))
+    }
+
+    #[test]
+    fn agent_defaults_and_a_tls_site() {
+        let c = agent(&format!(
+            "site = \"ipps://relay.example.net:8632/ipp/print/expp1%25abc.com\"\n[agent.tls]\npin_sha256 = \"{PIN}\"\n"
+        ))
+        .unwrap();
+        let a = c.agent.unwrap();
+        assert_eq!(a.attach, AttachMode::Always);
+        assert_eq!(a.transport, AgentTransport::Auto);
+        assert_eq!(a.poll_interval, Duration::from_secs(5));
+        assert_eq!(a.printer_name(), "expp1%abc.com");
+        assert!(format!("{a:?}").contains("MASKED") && !format!("{a:?}").contains("\"pw\""));
+    }
+
+    #[test]
+    fn agent_on_mail_needs_a_mailbox_and_a_good_key() {
+        let site = "site = \"ipp://127.0.0.1:8631/ipp/print/osaka\"\n";
+        let mail = "[agent.mail]\nhost = \"127.0.0.1\"\ntls = \"none\"\nuser = \"osaka\"\npassword = \"m\"\n";
+        let c = agent(&format!(
+            "{site}attach = \"on-mail\"\ntransport = \"poll\"\n{mail}key = \"00112233445566778899aabbccddeeff\"\n"
+        ))
+        .unwrap();
+        let a = c.agent.unwrap();
+        let m = a.mail.as_ref().unwrap();
+        assert_eq!((m.port(), m.scheme), (143, MailScheme::HmacSha256));
+        assert_eq!(a.printer_name(), "osaka");
+        for (extra, field) in [
+            (format!("{site}attach = \"on-mail\"\n"), "agent.mail"),
+            (
+                format!("{site}{mail}key = \"00112233445566778899aabbccddeeff\"\n"),
+                "agent.mail",
+            ),
+            (
+                format!("{site}attach = \"on-mail\"\n{mail}key = \"0011\"\n"),
+                "agent.mail.key",
+            ),
+            (
+                format!("{site}attach = \"on-mail\"\n{mail}key = \"zz\"\n"),
+                "agent.mail.key",
+            ),
+            (
+                format!(
+                    "{site}attach = \"on-mail\"\n{mail}scheme = \"ed25519\"\nkey = \"00112233445566778899aabbccddeeff\"\n"
+                ),
+                "agent.mail.key",
+            ),
+            (
+                format!(
+                    "{site}attach = \"on-mail\"\n[agent.mail]\nhost = \"mail.example.net\"\ntls = \"none\"\nuser = \"u\"\npassword = \"p\"\nkey = \"00112233445566778899aabbccddeeff\"\n"
+                ),
+                "agent.mail.tls",
+            ),
+        ] {
+            let err = agent(&extra).unwrap_err();
+            assert!(err.to_string().contains(field), "{extra}: {err}");
+        }
+    }
+
+    #[test]
+    fn agent_bad_values_name_their_field() {
+        let tls_site = "site = \"ipps://relay.example.net/ipp/print/x\"\n";
+        for (extra, field) in [
+            (
+                "site = \"ipps://relay.example.net/ipp/print/x\"\n".to_owned(),
+                "agent.tls",
+            ),
+            (
+                "site = \"ipp://relay.example.net/ipp/print/x\"\n".to_owned(),
+                "agent.site",
+            ),
+            (
+                "site = \"ipp://127.0.0.1/printers/x\"\n".to_owned(),
+                "agent.site",
+            ),
+            (
+                "site = \"lpd://127.0.0.1/ipp/print/x\"\n".to_owned(),
+                "agent.site",
+            ),
+            (
+                format!("{tls_site}[agent.tls]\npin_sha256 = \"abc\"\n"),
+                "agent.tls.pin_sha256",
+            ),
+            (format!("{tls_site}[agent.tls]\n"), "agent.tls"),
+            (
+                format!(
+                    "site = \"ipp://127.0.0.1/ipp/print/x\"\n[agent.tls]\npin_sha256 = \"{PIN}\"\n"
+                ),
+                "agent.tls",
+            ),
+            (
+                "site = \"ipp://127.0.0.1/ipp/print/x\"\npoll_interval = \"0s\"\n".to_owned(),
+                "agent.poll_interval",
+            ),
+            (
+                "site = \"ipp://127.0.0.1/ipp/print/x\"\ntransport = \"carrier-pigeon\"\n"
+                    .to_owned(),
+                "transport",
+            ),
+        ] {
+            let err = agent(&extra).unwrap_err();
+            assert!(err.to_string().contains(field), "{extra}: {err}");
+        }
+        assert!(
+            agent("site = \"ipp://relay.example.net/ipp/print/x\"\nallow_plain = true\n").is_ok()
+        );
+        // The agent needs an IPP printer to pass jobs to.
+        let err = ApplianceConfig::from_str(&format!(
+            "{BASE}[printer]\nuri = \"cups:office\"\n[agent]\nsite = \"ipp://127.0.0.1/ipp/print/x\"\nuser = \"u\"\npassword = \"p\"\n"
+        ))
+        .unwrap_err();
+        assert!(err.to_string().contains("ipp://"), "{err}");
+    }
+
+    #[test]
+    fn site_uris_parse() {
+        let s = SiteUri::parse("ipps://[::1]:8632/ipp/print/expp1%25abc.com/").unwrap();
+        assert_eq!(
+            s,
+            SiteUri {
+                secure: true,
+                host: "::1".into(),
+                name: "expp1%abc.com".into()
+            }
+        );
+        assert_eq!(decode_hex("0a:FF"), Some(vec![10, 255]));
+        assert_eq!(decode_hex("0g"), None);
+        assert_eq!(decode_hex("abc"), None);
     }
 }

@@ -15,9 +15,12 @@
 //!   PDF and printer).
 //! - [`panel`]: the front-panel API (HTTP+JSON on loopback) that the
 //!   `faxgate send|jobs|cancel|users|inbox` commands call.
+//! - [`agent`]: the print agent (seed 000), an INFRA Proxy that serves
+//!   the printer at a site on the relay's IPP front.
 //! - This file: the event [`Bus`], and the conversions between config and
 //!   the fax engine.
 
+pub mod agent;
 pub mod inbound;
 pub mod outbox;
 pub mod panel;
@@ -30,6 +33,7 @@ use faxgate_fax::Resolution;
 use faxgate_fax::t30::{Capabilities, Timers};
 use tokio::sync::broadcast;
 
+pub use agent::AgentHandle;
 pub use outbox::OutboxHandle;
 pub use printer::PrintHandle;
 

@@ -3,7 +3,7 @@
 //! printer's agent, prints to the server site as a standard IPP client,
 //! follows the job, and sends a cancel mail if the agent never attaches.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context as _, bail};
@@ -82,7 +82,7 @@ fn guess_format(file: &Path) -> &'static str {
 /// Runs the basic model for `file`.
 pub async fn run(
     args: &ViaMailArgs,
-    file: &PathBuf,
+    file: &Path,
     title: Option<String>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -140,7 +140,7 @@ pub async fn run(
     req.attributes_mut()
         .add(ops, attribute("document-format", message::mime(&format)));
     let resp = client
-        .call(req, Some(Document::File(file.clone())))
+        .call(req, Some(Document::File(file.to_path_buf())))
         .await
         .with_context(|| format!("while sending {} to {proxy}", file.display()))?;
     let job_id = message::attr(&resp, DelimiterTag::JobAttributes, "job-id")

@@ -6,6 +6,7 @@ mod common;
 mod convert;
 mod demo;
 mod fax;
+mod infra;
 mod nat;
 mod netns;
 mod print;

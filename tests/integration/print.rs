@@ -214,10 +214,10 @@ fn convert_errors_name_what_was_wrong() {
 }
 
 /// An `ippeveprinter` on a free port, killed by PID when dropped.
-struct EvePrinter {
-    _proc: Proc,
-    uri: String,
-    spool: tempfile::TempDir,
+pub(crate) struct EvePrinter {
+    pub(crate) _proc: Proc,
+    pub(crate) uri: String,
+    pub(crate) spool: tempfile::TempDir,
 }
 
 fn free_port() -> u16 {
@@ -232,7 +232,7 @@ fn free_port() -> u16 {
 /// start without DNS-SD. They are system services shared by every test, so
 /// one test at a time (a process-wide lock) checks and starts them; a stale
 /// PID file left by an earlier run is removed first.
-fn start_dns_sd() {
+pub(crate) fn start_dns_sd() {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
     need("dbus-daemon", "dbus");
@@ -273,7 +273,7 @@ fn start_dns_sd() {
     }
 }
 
-fn start_ippeveprinter(formats: &str, command: &str) -> EvePrinter {
+pub(crate) fn start_ippeveprinter(formats: &str, command: &str) -> EvePrinter {
     need("ippeveprinter", "cups-ipp-utils avahi-daemon");
     start_dns_sd();
     let spool = tempfile::tempdir().unwrap();
@@ -301,7 +301,7 @@ fn start_ippeveprinter(formats: &str, command: &str) -> EvePrinter {
 }
 
 /// Every file ippeveprinter kept, as (name, bytes).
-fn spooled(dir: &Path) -> Vec<(String, Vec<u8>)> {
+pub(crate) fn spooled(dir: &Path) -> Vec<(String, Vec<u8>)> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
