@@ -71,6 +71,16 @@ enum BenchWhich {
         #[arg(long, default_value_t = 5)]
         rounds: usize,
     },
+    /// Printing through the relay's IPP front: Print-Job to the agent's
+    /// Fetch-Job latency and jobs per second, against ippeveprinter.
+    Ipp {
+        /// Latency samples.
+        #[arg(long, default_value_t = 500)]
+        samples: usize,
+        /// Jobs for the throughput run.
+        #[arg(long, default_value_t = 500)]
+        jobs: usize,
+    },
     /// (Internal) the memory reference: accept and hold idle sockets.
     #[command(hide = true)]
     IdleServer,
@@ -80,6 +90,7 @@ enum BenchWhich {
 pub async fn run(args: BenchArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
     match args.which {
         BenchWhich::Fax { pages, rounds } => super::bench_fax::run(pages, rounds, shutdown).await,
+        BenchWhich::Ipp { samples, jobs } => super::bench_ipp::run(samples, jobs, shutdown).await,
         BenchWhich::IdleServer => idle_server().await,
         BenchWhich::Codec { copies } => tokio::task::spawn_blocking(move || codec(copies)).await?,
         BenchWhich::Relay {

@@ -3,6 +3,7 @@
 pub mod appliance;
 pub mod bench;
 pub mod bench_fax;
+pub mod bench_ipp;
 pub mod convert;
 pub mod demo;
 pub mod print;
