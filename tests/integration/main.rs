@@ -7,6 +7,7 @@ mod convert;
 mod demo;
 mod fax;
 mod infra;
+mod infra_mail;
 mod nat;
 mod netns;
 mod print;

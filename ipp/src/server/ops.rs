@@ -1547,6 +1547,10 @@ async fn get_notifications(ctx: &Ctx<'_>, site: &Arc<Site>, req: &Parsed) -> OpR
     let deadline = tokio::time::Instant::now() + ctx.front.cfg.notify_wait;
     loop {
         touch(site, req);
+        // Mark the current version seen *before* reading the queues: an
+        // event published after this point wakes the wait below, so none
+        // is missed between the read and the wait.
+        changes.borrow_and_update();
         let events = {
             let mut st = site.lock();
             let mut out = Vec::new();
@@ -1571,7 +1575,6 @@ async fn get_notifications(ctx: &Ctx<'_>, site: &Arc<Site>, req: &Parsed) -> OpR
         if !events.is_empty() || !wait || tokio::time::Instant::now() >= deadline {
             return Ok(notifications_answer(ctx, req, events));
         }
-        changes.borrow_and_update();
         tokio::select! {
             _ = changes.changed() => {}
             () = tokio::time::sleep_until(deadline) => {}
