@@ -201,8 +201,12 @@ impl Appliance {
                 "Print agent summary."
             );
         }
-        if let Err(e) = self.relay.logout().await {
-            tracing::debug!(error = %e, "Logout was not clean.");
+        // The relay may be gone (that may be why we stop): a logout gets
+        // a few seconds, not forever.
+        match tokio::time::timeout(Duration::from_secs(5), self.relay.logout()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::debug!(error = %e, "Logout was not clean."),
+            Err(_) => tracing::info!("The relay did not answer the logout within 5 s; leaving."),
         }
     }
 }
