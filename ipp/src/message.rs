@@ -169,6 +169,135 @@ pub fn check_request(req: &impl Attrs) -> Result<(), Refusal> {
     Ok(())
 }
 
+/// Parses a whole request held in memory (the fuzz target and tests use
+/// it; the front streams its requests through the `ipp` crate's async
+/// twin of this parser): the header and attribute groups with the `ipp`
+/// crate's sync parser, then [`check_request`]. Returns
+/// the request and the offset of the first document byte, which is the
+/// length of the IPP part.
+///
+/// Every failure to parse is a `client-error-bad-request` whose message
+/// names what was wrong; the checks keep their own status codes (e.g.
+/// `server-error-version-not-supported`). The bytes are copied once,
+/// because the parser needs an owned reader.
+pub fn parse(bytes: &[u8]) -> Result<(Parsed, usize), Refusal> {
+    if bytes.len() < 8 {
+        return Err(Refusal::new(
+            status::BAD_REQUEST,
+            format!(
+                "truncated IPP header: {} of 8 octets (version, operation, request-id)",
+                bytes.len()
+            ),
+        ));
+    }
+    check_with_language(bytes)?;
+    let reader = ipp::reader::IppReader::new(std::io::Cursor::new(bytes.to_vec()));
+    let (header, attributes, rest) = ipp::parser::IppParser::new(reader)
+        .parse_parts()
+        .map_err(|e| Refusal::new(status::BAD_REQUEST, parse_error_message(&e)))?;
+    // The cursor never moves past the end of `bytes`.
+    let offset = usize::try_from(rest.into_inner().position())
+        .unwrap_or(bytes.len())
+        .min(bytes.len());
+    let parsed = Parsed { header, attributes };
+    check_request(&parsed)?;
+    Ok((parsed, offset))
+}
+
+/// The `ipp` crate (8.0.0, `value.rs` `get_len_string`) panics on a
+/// textWithLanguage or nameWithLanguage value whose inner language or
+/// text length runs past the value: it slices without a bounds check. So
+/// [`parse`] walks the attribute framing first and refuses such values.
+/// Any other framing problem is left to the parser, which reports it.
+fn check_with_language(bytes: &[u8]) -> Result<(), Refusal> {
+    let u16_at = |at: usize| {
+        bytes
+            .get(at..at.checked_add(2)?)
+            .map(|b| usize::from(u16::from_be_bytes([b[0], b[1]])))
+    };
+    let mut at = 8;
+    loop {
+        let Some(&tag) = bytes.get(at) else {
+            return Ok(());
+        };
+        at += 1;
+        match tag {
+            0x03 => return Ok(()),
+            0x01..=0x0a => {}
+            0x10..=0x4a => {
+                let Some(name_len) = u16_at(at) else {
+                    return Ok(());
+                };
+                at += 2 + name_len;
+                let Some(value_len) = u16_at(at) else {
+                    return Ok(());
+                };
+                at += 2;
+                let Some(value) = bytes.get(at..at + value_len) else {
+                    return Ok(());
+                };
+                at += value_len;
+                if matches!(tag, 0x35 | 0x36) && !with_language_fits(value) {
+                    return Err(Refusal::new(
+                        status::BAD_REQUEST,
+                        format!(
+                            "malformed IPP request: a {} value's language or text length runs \
+                             past the value",
+                            if tag == 0x35 {
+                                "textWithLanguage"
+                            } else {
+                                "nameWithLanguage"
+                            }
+                        ),
+                    ));
+                }
+            }
+            _ => return Ok(()),
+        }
+    }
+}
+
+/// Whether the two length-prefixed strings of a textWithLanguage or
+/// nameWithLanguage value stay inside it (RFC 8010 section 3.9). A value
+/// too short for a length field is fine here: the parser refuses it.
+fn with_language_fits(value: &[u8]) -> bool {
+    let mut rest = value;
+    for _ in 0..2 {
+        let [hi, lo, tail @ ..] = rest else {
+            return true;
+        };
+        let len = usize::from(u16::from_be_bytes([*hi, *lo]));
+        let Some(after) = tail.get(len..) else {
+            return false;
+        };
+        rest = after;
+    }
+    true
+}
+
+/// What a parse error means for the sender, as a `status-message`.
+fn parse_error_message(e: &ipp::parser::IppParseError) -> String {
+    use ipp::parser::IppParseError as E;
+    match e {
+        E::IoError(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
+            "malformed IPP request: the data ends inside the attributes (a length runs past \
+             the end, or the end-of-attributes tag is missing)"
+                .to_owned()
+        }
+        E::InvalidTag(tag) => format!("malformed IPP request: unknown tag 0x{tag:02x}"),
+        E::InvalidStringLength { len, max } => format!(
+            "malformed IPP request: a {len}-octet value is longer than its syntax allows ({max})"
+        ),
+        E::InvalidValueLength(_) => {
+            "malformed IPP request: a value is shorter than its syntax needs".to_owned()
+        }
+        E::InvalidCollection => {
+            "malformed IPP request: a collection delimiter carries a value".to_owned()
+        }
+        other => format!("malformed IPP request: {other}"),
+    }
+}
+
 /// The value of an attribute in the first group with this tag.
 pub fn attr<'a>(msg: &'a impl Attrs, tag: DelimiterTag, name: &str) -> Option<&'a IppValue> {
     msg.attributes()
@@ -406,5 +535,178 @@ mod tests {
     fn truncate_respects_char_boundaries() {
         assert_eq!(truncate("héllo", 2), "h");
         assert_eq!(truncate("abc", 5), "abc");
+    }
+}
+
+#[cfg(test)]
+mod parse_tests {
+    use super::*;
+    use crate::codes::op;
+
+    /// A valid Print-Job: header, operation group, end tag, document.
+    fn print_job(doc: &[u8]) -> (Vec<u8>, usize) {
+        let mut bytes = request(op::PRINT_JOB, "ipp://h/ipp/print/a", "alice", 9)
+            .to_bytes()
+            .to_vec();
+        let head = bytes.len();
+        bytes.extend_from_slice(doc);
+        (bytes, head)
+    }
+
+    /// The header and the operation group up to the language value, with
+    /// the given version and request-id.
+    fn head(version: [u8; 2], request_id: i32) -> Vec<u8> {
+        let mut raw = vec![version[0], version[1], 0x00, 0x0b];
+        raw.extend(request_id.to_be_bytes());
+        raw.push(0x01);
+        raw.extend([0x47, 0, 18]);
+        raw.extend(b"attributes-charset");
+        raw.extend([0, 5]);
+        raw.extend(b"utf-8");
+        raw.extend([0x48, 0, 27]);
+        raw.extend(b"attributes-natural-language");
+        raw.extend([0, 2]);
+        raw.extend(b"en");
+        raw
+    }
+
+    #[test]
+    fn a_valid_request_parses_and_the_document_offset_is_exact() {
+        let (bytes, head_len) = print_job(b"%PDF-1.7 body");
+        let (req, offset) = parse(&bytes).unwrap();
+        assert_eq!(offset, head_len);
+        assert_eq!(&bytes[offset..], b"%PDF-1.7 body");
+        assert_eq!(req.header().request_id, 9);
+        assert_eq!(req.header().operation_or_status as u16, op::PRINT_JOB);
+        assert_eq!(
+            op_attr(&req, "requesting-user-name").and_then(as_str),
+            Some("alice")
+        );
+        let (_, offset) = parse(&print_job(b"").0).unwrap();
+        assert_eq!(offset, head_len);
+    }
+
+    #[test]
+    fn with_language_values_parse_when_their_lengths_fit() {
+        let mut raw = head([2, 0], 5);
+        // textWithLanguage: language "en", text "hi".
+        raw.extend([0x35, 0, 1, b't', 0, 8, 0, 2, b'e', b'n', 0, 2, b'h', b'i']);
+        raw.push(0x03);
+        let (req, offset) = parse(&raw).unwrap();
+        assert_eq!(offset, raw.len());
+        assert_eq!(op_attr(&req, "t").and_then(as_str), Some("hi"));
+        assert!(with_language_fits(&[]));
+        assert!(with_language_fits(&[0, 0, 0, 0]));
+        assert!(!with_language_fits(&[0, 1]));
+        assert!(!with_language_fits(&[0, 0, 0, 3, b'a']));
+    }
+
+    #[test]
+    fn malformed_requests_are_bad_requests_naming_the_problem() {
+        let good = head([2, 0], 1);
+        let with = |tail: &[u8]| {
+            let mut v = good.clone();
+            v.extend_from_slice(tail);
+            v
+        };
+        // (case, bytes, status, words the message must contain)
+        let cases: Vec<(&str, Vec<u8>, u16, &str)> = vec![
+            ("empty", vec![], status::BAD_REQUEST, "header"),
+            (
+                "short header",
+                vec![2, 0, 0, 0x0b, 0],
+                status::BAD_REQUEST,
+                "header",
+            ),
+            (
+                "no end tag",
+                good.clone(),
+                status::BAD_REQUEST,
+                "ends inside",
+            ),
+            (
+                "cut mid value",
+                with(&[
+                    0x45, 0, 11, b'p', b'r', b'i', b'n', b't', b'e', b'r', b'-', b'u', b'r', b'i',
+                    0, 20, b'i', b'p',
+                ]),
+                status::BAD_REQUEST,
+                "ends inside",
+            ),
+            (
+                "length 0xffff with few bytes",
+                with(&[0x45, 0, 1, b'x', 0xff, 0xff, b'a', b'b', 0x03]),
+                status::BAD_REQUEST,
+                "ends inside",
+            ),
+            (
+                "value tag 0x7f",
+                with(&[0x7f, 0, 1, b'x', 0, 0, 0x03]),
+                status::BAD_REQUEST,
+                "0x7f",
+            ),
+            ("tag 0xff", with(&[0xff, 0x03]), status::BAD_REQUEST, "0xff"),
+            ("tag 0x0b", with(&[0x0b, 0x03]), status::BAD_REQUEST, "0x0b"),
+            (
+                "integer of 2 octets",
+                with(&[0x21, 0, 1, b'n', 0, 2, 0, 1, 0x03]),
+                status::BAD_REQUEST,
+                "shorter",
+            ),
+            (
+                "keyword of 300 octets",
+                {
+                    let mut t = vec![0x44, 0, 1, b'k', 0x01, 0x2c];
+                    t.extend([b'a'; 300]);
+                    t.push(0x03);
+                    with(&t)
+                },
+                status::BAD_REQUEST,
+                "longer",
+            ),
+            (
+                "textWithLanguage with a language length past the value",
+                with(&[0x35, 0, 1, b't', 0, 4, 0x1e, 0x1e, b'e', b'n', 0x03]),
+                status::BAD_REQUEST,
+                "textWithLanguage",
+            ),
+            (
+                "nameWithLanguage with a name length past the value",
+                with(&[0x36, 0, 1, b'n', 0, 7, 0, 2, b'e', b'n', 0, 9, b'x', 0x03]),
+                status::BAD_REQUEST,
+                "nameWithLanguage",
+            ),
+            (
+                "version 0.0",
+                {
+                    let mut v = head([0, 0], 3);
+                    v.push(0x03);
+                    v
+                },
+                status::VERSION_NOT_SUPPORTED,
+                "version",
+            ),
+            (
+                "request-id 0",
+                {
+                    let mut v = head([1, 1], 0);
+                    v.push(0x03);
+                    v
+                },
+                status::BAD_REQUEST,
+                "request-id",
+            ),
+            (
+                "no charset",
+                vec![2, 0, 0, 0x0b, 0, 0, 0, 1, 0x01, 0x03],
+                status::BAD_REQUEST,
+                "attributes-charset",
+            ),
+        ];
+        for (case, bytes, code, words) in cases {
+            let err = parse(&bytes).expect_err(case);
+            assert_eq!(err.status, code, "{case}: {err}");
+            assert!(err.message.contains(words), "{case}: {err}");
+        }
     }
 }

@@ -351,6 +351,8 @@ fn field(report: &str, name: &str) -> Option<String> {
 /// When the agent attaches.
 enum Attach {
     Always,
+    /// Always attached, asking for jobs by polling (no long poll).
+    AlwaysPolling,
     /// On a wake-up mail in the Dovecot account on this IMAP port.
     OnMail {
         imap_port: u16,
@@ -369,6 +371,7 @@ impl Appliance {
         std::fs::create_dir_all(&dir).unwrap();
         let (mode, mail) = match attach {
             Attach::Always => ("always", String::new()),
+            Attach::AlwaysPolling => ("always\"\ntransport = \"poll", String::new()),
             Attach::OnMail { imap_port } => (
                 "on-mail",
                 format!(
@@ -928,5 +931,72 @@ fn mail_server_down_is_retried_and_the_job_waits_with_a_reason() {
         Duration::from_secs(10),
         diag,
         || dovecot.count(PROCESSED) == 1,
+    );
+}
+
+/// The seed's non-blocking system: an agent that polls. It mirrors the
+/// real printer's jam to the site, and a client's cancel of a job being
+/// printed reaches the printer; the client sees the job canceled.
+#[test]
+fn polling_agent_mirrors_a_jam_and_a_cancel_reaches_the_printer() {
+    let dir = tempfile::tempdir().unwrap();
+    // The print command reports a jam, as a driver would, and takes 3 s.
+    let script = dir.path().join("jam.sh");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\necho 'STATE: +media-jam-error' >&2\nsleep 3\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let printer = start_ippeveprinter(
+        "application/pdf,application/octet-stream",
+        script.to_str().unwrap(),
+    );
+    let relay = Relay::start(dir.path(), &Wake::None);
+    let app = Appliance::start(dir.path(), &relay, &printer, &Attach::AlwaysPolling);
+    let diag = || logs(&relay, Some(&app));
+    until("the agent to attach", Duration::from_secs(20), diag, || {
+        relay.attached()
+    });
+    let doc = pdf("polled and canceled");
+    let job = relay.print(&doc, "polled");
+    until(
+        "the job to be fetched",
+        Duration::from_secs(20),
+        diag,
+        || relay.job(job).0 == "processing",
+    );
+    let out = ipptool(
+        &relay.site_uri(),
+        &relay.dir,
+        &format!("OPERATION Cancel-Job\nATTR integer job-id {job}\nSTATUS successful-ok\n"),
+        None,
+    );
+    assert!(out.contains("[PASS]"), "Cancel-Job: {out}");
+    until(
+        "the client to see the job canceled",
+        Duration::from_secs(20),
+        diag,
+        || relay.job(job).0 == "canceled",
+    );
+    // The jam the printer reported reaches the site's clients.
+    until(
+        "media-jam in the site's printer-state-reasons",
+        Duration::from_secs(20),
+        diag,
+        || {
+            let out = ipptool(
+                &relay.site_uri(),
+                &relay.dir,
+                "OPERATION Get-Printer-Attributes\nSTATUS successful-ok\nDISPLAY printer-state-reasons\n",
+                None,
+            );
+            field(&out, "printer-state-reasons").is_some_and(|r| r.contains("media-jam"))
+        },
+    );
+    assert!(
+        read(&app.dir.join("appliance.log")).contains("transport=\"poll\""),
+        "{}",
+        diag()
     );
 }

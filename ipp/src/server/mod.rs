@@ -40,7 +40,6 @@ use ipp::prelude::*;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio_rustls::TlsAcceptor;
-use tokio_util::compat::TokioAsyncReadCompatExt as _;
 use tokio_util::io::{ReaderStream, StreamReader};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -291,6 +290,9 @@ struct SiteState {
     attrs: Vec<IppAttribute>,
     subscriptions: HashMap<i32, Subscription>,
     wake: Option<Wake>,
+    /// Devices that deregistered (bounded): only a new registration
+    /// brings them back.
+    deregistered: std::collections::HashSet<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -789,37 +791,26 @@ async fn handle(front: Arc<Front>, conn: Arc<Conn>, req: Request<Incoming>) -> R
     } else {
         IppVersion::v1_1()
     };
-    // The attributes may take at most MAX_ATTRIBUTE_BYTES.
-    let phase = tokio::io::AsyncReadExt::take(
-        tokio::io::AsyncReadExt::chain(std::io::Cursor::new(head.to_vec()), &mut reader),
-        MAX_ATTRIBUTE_BYTES,
-    );
-    let parsed = ipp::parser::AsyncIppParser::new(phase.compat())
-        .parse_parts()
-        .await;
-    let (header, attributes, rest) = match parsed {
-        Ok(x) => x,
-        Err(e) => {
-            debug!(error = %e, "Unparsable IPP request.");
-            return ipp_response(Answer::ok(message::response(
-                answer_version,
-                request_id,
-                status::BAD_REQUEST,
-                Some(&format!("malformed IPP request: {e}")),
-            )));
-        }
-    };
-    let phase = rest.into_inner().into_inner();
-    if phase.limit() == 0 {
-        return ipp_response(Answer::ok(message::response(
+    // The attributes (at most MAX_ATTRIBUTE_BYTES) are read into memory
+    // and parsed there; what follows them is the document, streamed.
+    let refused = |r: message::Refusal| {
+        debug!(status = %r, "IPP request refused before its operation.");
+        ipp_response(Answer::ok(message::response(
             answer_version,
             request_id,
-            status::REQUEST_ENTITY_TOO_LARGE,
-            Some("the request's attributes exceed 1 MiB"),
-        )));
-    }
-    let (_, document) = phase.into_inner().into_inner();
-    let msg = message::Parsed { header, attributes };
+            r.status,
+            Some(&r.message),
+        )))
+    };
+    let bytes = match read_attributes(&mut reader, head).await {
+        Ok(b) => b,
+        Err(r) => return refused(r),
+    };
+    let msg = match message::parse(&bytes) {
+        Ok((msg, _)) => msg,
+        Err(r) => return refused(r),
+    };
+    let document = &mut reader;
     let ctx = ops::Ctx {
         front: &front,
         conn: &conn,
@@ -830,6 +821,52 @@ async fn handle(front: Arc<Front>, conn: Arc<Conn>, req: Request<Incoming>) -> R
     };
     let answer = ops::dispatch(ctx, msg, document).await;
     ipp_response(answer)
+}
+
+/// Reads a request's attribute section, header included, by walking its
+/// framing (tag; name length, name; value length, value) up to the
+/// end-of-attributes tag, so that nothing past it is consumed. Refuses a
+/// section over [`MAX_ATTRIBUTE_BYTES`] or one cut short.
+async fn read_attributes<R: tokio::io::AsyncRead + Unpin>(
+    r: &mut R,
+    head: [u8; 8],
+) -> Result<Vec<u8>, message::Refusal> {
+    use tokio::io::AsyncReadExt as _;
+    let cut = |what: &str| {
+        message::Refusal::new(
+            status::BAD_REQUEST,
+            format!("malformed IPP request: the attributes end inside {what}"),
+        )
+    };
+    let mut buf = head.to_vec();
+    loop {
+        if buf.len() as u64 > MAX_ATTRIBUTE_BYTES {
+            return Err(message::Refusal::new(
+                status::REQUEST_ENTITY_TOO_LARGE,
+                "the request's attributes exceed 1 MiB",
+            ));
+        }
+        let tag = r
+            .read_u8()
+            .await
+            .map_err(|_| cut("the attribute list (no end-of-attributes-tag)"))?;
+        buf.push(tag);
+        if tag == 0x03 {
+            return Ok(buf);
+        }
+        if tag < 0x10 {
+            continue;
+        }
+        for what in ["an attribute name", "an attribute value"] {
+            let n = r.read_u16().await.map_err(|_| cut(what))?;
+            buf.extend_from_slice(&n.to_be_bytes());
+            let start = buf.len();
+            buf.resize(start + usize::from(n), 0);
+            r.read_exact(&mut buf[start..])
+                .await
+                .map_err(|_| cut(what))?;
+        }
+    }
 }
 
 fn ipp_response(answer: Answer) -> Response<Body> {

@@ -294,7 +294,19 @@ impl Front {
         }
         {
             let mut st = site.lock();
-            if st.device.is_some() || st.wake.is_some() {
+            if st.device.is_some() {
+                return;
+            }
+            if let Some(w) = st.wake.as_mut() {
+                // A wake-up is under way: the new jobs wait with it (and
+                // end with it if the agent never comes).
+                for id in &waiting {
+                    if !w.jobs.contains(id) {
+                        w.jobs.push(*id);
+                    }
+                }
+                drop(st);
+                self.note_waiting(site);
                 return;
             }
             st.wake = Some(Wake {
@@ -1327,9 +1339,13 @@ fn device_uuid(req: &Parsed) -> Result<String, Refusal> {
 fn touch(site: &Site, req: &Parsed) {
     let Ok(uuid) = device_uuid(req) else { return };
     let mut st = site.lock();
+    // A device that deregistered stays gone until it registers again (a
+    // long poll still open at its Deregister must not undo it).
+    let gone = st.deregistered.contains(&uuid);
     match &mut st.device {
         Some(d) if d.uuid == uuid => d.last_seen = Instant::now(),
         Some(_) => {}
+        None if gone => {}
         None => {
             st.device = Some(Attached {
                 uuid,
@@ -1381,6 +1397,7 @@ async fn update_device(ctx: &Ctx<'_>, site: &Arc<Site>, req: &Parsed) -> OpResul
             merged = st.attrs.clone();
         }
         st.attrs = merged.clone();
+        st.deregistered.remove(&uuid);
         st.device = Some(Attached {
             uuid: uuid.clone(),
             last_seen: Instant::now(),
@@ -1431,6 +1448,10 @@ async fn deregister(ctx: &Ctx<'_>, site: &Arc<Site>, req: &Parsed) -> OpResult {
     let uuid = device_uuid(req)?;
     let was = {
         let mut st = site.lock();
+        if st.deregistered.len() >= 64 {
+            st.deregistered.clear();
+        }
+        st.deregistered.insert(uuid.clone());
         if st.device.as_ref().is_some_and(|d| d.uuid == uuid) {
             st.device = None;
             true

@@ -1,0 +1,31 @@
+//! Integration tests of the relay's IPP front (`ipp/INFRA.md`): real
+//! listeners on `127.0.0.1:0`, state in a temporary directory, requests
+//! over HTTP/1.1 and HTTPS as an IPP client and as a printer agent would
+//! send them.
+//!
+//! - `bad_input`: malformed requests get the right status, and the front
+//!   keeps serving.
+//! - `auth`: INFRA operations need TLS and the site's agent.
+//! - `infra`: the agent's session end to end, printer state, cancel,
+//!   deregistration.
+//! - `durability`: jobs across a restart and across a new device.
+//! - `wake`: wake-up requests, mailer outcomes and the wake timeout.
+//! - `parse`: property tests of `message::parse` (what CI runs instead
+//!   of the fuzzer in `ipp/fuzz`).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+#[path = "front/auth.rs"]
+mod auth;
+#[path = "front/bad_input.rs"]
+mod bad_input;
+#[path = "front/durability.rs"]
+mod durability;
+#[path = "front/infra.rs"]
+mod infra;
+#[path = "front/parse.rs"]
+mod parse;
+#[path = "front/wake.rs"]
+mod wake;

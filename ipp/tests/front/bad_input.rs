@@ -1,0 +1,339 @@
+//! Malformed requests: each gets its status code (with the request-id
+//! echoed when the header was readable), and the front keeps serving.
+
+use faxgate_ipp::codes::{op, status};
+use ipp::model::DelimiterTag;
+
+use crate::common::{TWO_SITES, TestFront, Via, config, post, request, try_post};
+
+/// A header and operation attributes up to and including `printer-uri`,
+/// without the end tag. `charset` / `language` leave those out when
+/// false.
+fn prefix(version: [u8; 2], request_id: i32, charset: bool, language: bool) -> Vec<u8> {
+    let mut raw = vec![version[0], version[1]];
+    raw.extend(op::GET_PRINTER_ATTRIBUTES.to_be_bytes());
+    raw.extend(request_id.to_be_bytes());
+    raw.push(0x01);
+    if charset {
+        value(&mut raw, 0x47, "attributes-charset", b"utf-8");
+    }
+    if language {
+        value(&mut raw, 0x48, "attributes-natural-language", b"en");
+    }
+    value(
+        &mut raw,
+        0x45,
+        "printer-uri",
+        b"ipp://127.0.0.1/ipp/print/osaka",
+    );
+    raw
+}
+
+/// Appends one attribute: tag, name, value (lengths from the slices).
+fn value(raw: &mut Vec<u8>, tag: u8, name: &str, v: &[u8]) {
+    raw.push(tag);
+    raw.extend((name.len() as u16).to_be_bytes());
+    raw.extend(name.as_bytes());
+    raw.extend((v.len() as u16).to_be_bytes());
+    raw.extend(v);
+}
+
+fn with(mut raw: Vec<u8>, tail: &[u8]) -> Vec<u8> {
+    raw.extend_from_slice(tail);
+    raw
+}
+
+/// The front answers a well-formed request normally.
+async fn still_serving(t: &TestFront) {
+    let req = t.req(op::GET_PRINTER_ATTRIBUTES, "osaka", "tester");
+    let resp = t.client("osaka", &req, b"").await;
+    assert_eq!(resp.status(), status::OK, "{}", resp.message());
+    assert_eq!(
+        resp.printer_strings("printer-name"),
+        ["osaka"],
+        "the healthy request is answered in full"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_requests_get_their_status_and_the_front_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = TestFront::start(config("1s", "5s", TWO_SITES), dir.path()).await;
+    let good = |id| prefix([2, 0], id, true, true);
+    // (case, body, status, request-id the answer must carry)
+    let cases: Vec<(&str, Vec<u8>, u16, i32)> = vec![
+        (
+            "version 0.0",
+            with(prefix([0, 0], 4242, true, true), &[0x03]),
+            status::VERSION_NOT_SUPPORTED,
+            4242,
+        ),
+        (
+            "version 3.0",
+            with(prefix([3, 0], 4243, true, true), &[0x03]),
+            status::VERSION_NOT_SUPPORTED,
+            4243,
+        ),
+        (
+            "no attributes-charset",
+            with(prefix([2, 0], 11, false, true), &[0x03]),
+            status::BAD_REQUEST,
+            11,
+        ),
+        (
+            "no attributes-natural-language",
+            with(prefix([2, 0], 12, true, false), &[0x03]),
+            status::BAD_REQUEST,
+            12,
+        ),
+        (
+            "no operation group at all",
+            vec![2, 0, 0, 0x0b, 0, 0, 0, 13, 0x03],
+            status::BAD_REQUEST,
+            13,
+        ),
+        (
+            "cut inside a value",
+            {
+                let mut raw = good(14);
+                raw.push(0x42);
+                raw.extend(8u16.to_be_bytes());
+                raw.extend(b"job-name");
+                raw.extend(20u16.to_be_bytes());
+                raw.extend(b"only5");
+                raw
+            },
+            status::BAD_REQUEST,
+            14,
+        ),
+        (
+            "cut inside a name",
+            with(good(15), &[0x44, 0x00, 0x10, b'w', b'h']),
+            status::BAD_REQUEST,
+            15,
+        ),
+        (
+            "no end-of-attributes tag",
+            good(16),
+            status::BAD_REQUEST,
+            16,
+        ),
+        (
+            "value length 0xffff with three bytes",
+            with(
+                good(17),
+                &[0x44, 0, 1, b'x', 0xff, 0xff, b'a', b'b', b'c', 0x03],
+            ),
+            status::BAD_REQUEST,
+            17,
+        ),
+        (
+            "name length 0xffff with two bytes",
+            with(good(18), &[0x44, 0xff, 0xff, b'a', b'b']),
+            status::BAD_REQUEST,
+            18,
+        ),
+        (
+            "value tag 0x7f",
+            with(good(19), &[0x7f, 0, 1, b'x', 0, 1, b'y', 0x03]),
+            status::BAD_REQUEST,
+            19,
+        ),
+        (
+            "tag 0xff",
+            with(good(20), &[0xff, 0, 1, b'x', 0, 0, 0x03]),
+            status::BAD_REQUEST,
+            20,
+        ),
+        (
+            "delimiter tag 0x0f",
+            with(good(21), &[0x0f, 0x03]),
+            status::BAD_REQUEST,
+            21,
+        ),
+        (
+            "keyword longer than 255 octets",
+            {
+                let mut raw = good(22);
+                value(&mut raw, 0x44, "which-jobs", &[b'a'; 300]);
+                raw.push(0x03);
+                raw
+            },
+            status::BAD_REQUEST,
+            22,
+        ),
+        (
+            "request-id 0",
+            with(prefix([1, 1], 0, true, true), &[0x03]),
+            status::BAD_REQUEST,
+            0,
+        ),
+        (
+            "request-id negative",
+            with(prefix([1, 1], -5, true, true), &[0x03]),
+            status::BAD_REQUEST,
+            -5,
+        ),
+    ];
+    for (case, body, code, id) in cases {
+        let reply = post(t.plain, None, "/ipp/print/osaka", body, None).await;
+        assert_eq!(reply.http, 200, "{case}: HTTP status");
+        assert_eq!(
+            reply.content_type.as_deref(),
+            Some("application/ipp"),
+            "{case}"
+        );
+        let resp = reply.ipp();
+        assert_eq!(
+            resp.status(),
+            code,
+            "{case}: status 0x{:04x} ({})",
+            resp.status(),
+            resp.message()
+        );
+        assert_eq!(resp.header.request_id, id, "{case}: request-id echoed");
+        assert!(!resp.message().is_empty(), "{case}: a status-message");
+        assert!(
+            matches!(resp.header.version.0, 0x0101 | 0x0200),
+            "{case}: answered in a version the front speaks, not 0x{:04x}",
+            resp.header.version.0
+        );
+        still_serving(&t).await;
+    }
+    // A header cut short: nothing to echo, but still an IPP answer.
+    for short in [vec![], vec![0x02, 0x00, 0x00]] {
+        let reply = post(t.plain, None, "/ipp/print/osaka", short.clone(), None).await;
+        assert_eq!(reply.http, 200);
+        assert_eq!(reply.ipp().status(), status::BAD_REQUEST, "{short:?}");
+        still_serving(&t).await;
+    }
+    // The same over TLS.
+    let reply = post(
+        t.tls,
+        Some(&t.client_tls),
+        "/ipp/print/osaka",
+        with(good(30), &[0x7f, 0x03]),
+        None,
+    )
+    .await;
+    assert_eq!(reply.ipp().status(), status::BAD_REQUEST);
+    assert_eq!(reply.ipp().header.request_id, 30);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attributes_over_one_mib_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = TestFront::start(config("1s", "5s", TWO_SITES), dir.path()).await;
+    let mut raw = prefix([2, 0], 77, true, true);
+    raw.push(0x02);
+    let mut n = 0;
+    // octetString values have no length limit of their own: only the
+    // 1 MiB bound on the attributes stops this request.
+    while raw.len() < (1 << 20) + 100 {
+        value(&mut raw, 0x30, &format!("x-pad-{n}"), &[0x5a; 60_000]);
+        n += 1;
+    }
+    raw.push(0x03);
+    let reply = post(t.plain, None, "/ipp/print/osaka", raw, None).await;
+    assert_eq!(reply.http, 200);
+    let resp = reply.ipp();
+    assert!(
+        matches!(
+            resp.status(),
+            status::REQUEST_ENTITY_TOO_LARGE | status::BAD_REQUEST
+        ),
+        "status 0x{:04x} ({})",
+        resp.status(),
+        resp.message()
+    );
+    assert_eq!(resp.header.request_id, 77);
+    still_serving(&t).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_is_not_application_ipp_is_http_415() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = TestFront::start(config("1s", "5s", TWO_SITES), dir.path()).await;
+    let body = t.req(op::GET_PRINTER_ATTRIBUTES, "osaka", "tester").bytes();
+    for ct in [Some("text/plain"), Some("application/json"), None] {
+        let reply = request(
+            t.plain,
+            None,
+            "POST",
+            "/ipp/print/osaka",
+            ct,
+            body.clone(),
+            None,
+        )
+        .await;
+        assert_eq!(reply.http, 415, "Content-Type {ct:?}");
+    }
+    still_serving(&t).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_description_document_offers_long_poll_and_poll() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = TestFront::start(config("2s", "5s", TWO_SITES), dir.path()).await;
+    for via in [Via::Plain, Via::Tls] {
+        let reply = request(
+            t.addr(via),
+            t.tls_for(via),
+            "GET",
+            "/.well-known/faxgate-infra.json",
+            None,
+            Vec::new(),
+            None,
+        )
+        .await;
+        assert_eq!(reply.http, 200, "{via:?}");
+        assert_eq!(reply.content_type.as_deref(), Some("application/json"));
+        let doc: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
+        assert_eq!(doc["version"], 1);
+        assert_eq!(doc["printers_path"], "/ipp/print/");
+        assert_eq!(doc["transports"], serde_json::json!(["long-poll", "poll"]));
+        assert_eq!(
+            doc["wake_up"],
+            serde_json::json!(["command-mail", "always-attached"])
+        );
+        assert_eq!(doc["notify_wait_seconds"], 2);
+        assert_eq!(doc["agent_lease_seconds"], 5);
+        assert_eq!(doc["poll_interval_min_seconds"], 1);
+        assert_eq!(doc["tls_required_for_agents"], true);
+    }
+    // A GET of anything else the front does not know is a 404.
+    let reply = request(t.plain, None, "GET", "/favicon.ico", None, vec![], None).await;
+    assert_eq!(reply.http, 404);
+    // An unknown site is an IPP not-found.
+    let req = t.req(op::GET_PRINTER_ATTRIBUTES, "nara", "tester");
+    let resp = t.client("nara", &req, b"").await;
+    assert_eq!(resp.status(), status::NOT_FOUND);
+    assert!(resp.groups(DelimiterTag::PrinterAttributes).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_with_language_value_with_a_bad_inner_length_is_a_bad_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = TestFront::start(config("1s", "5s", TWO_SITES), dir.path()).await;
+    // textWithLanguage (0x35) and nameWithLanguage (0x36) values hold two
+    // length-prefixed strings; here the first length (0x1e1e) runs past
+    // the 4-octet value. Found by the fuzzer (ipp/fuzz).
+    for (tag, id) in [(0x35u8, 91), (0x36, 92)] {
+        let mut raw = prefix([2, 0], id, true, true);
+        value(&mut raw, tag, "job-name", &[0x1e, 0x1e, b'e', b'n']);
+        raw.push(0x03);
+        let reply = try_post(t.plain, "/ipp/print/osaka", raw).await;
+        let reply = match reply {
+            Ok(r) => r,
+            Err(e) => panic!(
+                "tag 0x{tag:02x}: the front dropped the connection instead of answering \
+                 client-error-bad-request ({e})"
+            ),
+        };
+        assert_eq!(reply.http, 200);
+        let resp = reply.ipp();
+        assert_eq!(resp.status(), status::BAD_REQUEST, "{}", resp.message());
+        assert_eq!(resp.header.request_id, id);
+    }
+    still_serving(&t).await;
+}

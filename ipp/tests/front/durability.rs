@@ -1,0 +1,160 @@
+//! Jobs outlive the front and the agent: a restart keeps them, and a new
+//! device (or an expired lease) takes back what the old one left.
+
+use std::time::Duration;
+
+use faxgate_ipp::codes::{job_state, op, status};
+use ipp::prelude::*;
+
+use crate::common::{DEVICE_A, DEVICE_B, OSAKA, TWO_SITES, TestFront, config, eventually, pdf};
+use crate::infra::{
+    acknowledge, fetch_document, fetchable, infra, printer_attrs, report, subscribe,
+};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let waiting_doc = pdf(30_000);
+    let printing_doc = pdf(7_000);
+    let (waiting, printing, sub) = {
+        let t = TestFront::start(config("1s", "10s", TWO_SITES), dir.path()).await;
+        t.register("osaka", OSAKA, DEVICE_A, printer_attrs()).await;
+        let sub = subscribe(&t).await;
+        let waiting = t.print("osaka", "alice", &waiting_doc).await;
+        let printing = t.print("osaka", "bob", &printing_doc).await;
+        acknowledge(&t, DEVICE_A, printing).await;
+        report(
+            &t,
+            printing,
+            job_state::PROCESSING,
+            &["job-printing"],
+            "printing",
+        )
+        .await;
+        t.stop().await;
+        (waiting, printing, sub)
+    };
+
+    let t = TestFront::start(config("1s", "10s", TWO_SITES), dir.path()).await;
+    // Both jobs are still there, as they were.
+    let j = t.job("osaka", waiting).await;
+    assert_eq!(j.job_int("job-state"), Some(job_state::PENDING));
+    assert_eq!(
+        j.job_str("job-originating-user-name").as_deref(),
+        Some("alice")
+    );
+    let j = t.job("osaka", printing).await;
+    assert_eq!(j.job_int("job-state"), Some(job_state::PROCESSING));
+    // Subscriptions do not survive: the agent is told to subscribe again.
+    let req = infra(&t, op::GET_NOTIFICATIONS, DEVICE_A)
+        .op("notify-subscription-ids", IppValue::Integer(sub))
+        .op("notify-sequence-numbers", IppValue::Integer(1))
+        .op("notify-wait", IppValue::Boolean(true));
+    let resp = t.agent("osaka", OSAKA, &req).await;
+    assert_eq!(resp.status(), status::NOT_FOUND, "{}", resp.message());
+    // The agent comes back as a new process: a new UUID.
+    let resp = t.register("osaka", OSAKA, DEVICE_B, printer_attrs()).await;
+    assert_eq!(resp.status(), status::OK, "{}", resp.message());
+    // The job the old process was printing is offered again, oldest first.
+    let tr = &t;
+    let ids = eventually(
+        Duration::from_secs(2),
+        "both jobs fetchable",
+        || async move {
+            let ids = fetchable(tr, DEVICE_B).await;
+            (ids.len() == 2).then_some(ids)
+        },
+    )
+    .await;
+    assert_eq!(ids, [waiting, printing]);
+    for (job, doc) in [(waiting, &waiting_doc), (printing, &printing_doc)] {
+        let req = infra(&t, op::FETCH_JOB, DEVICE_B).op("job-id", IppValue::Integer(job));
+        let fetched = t.agent("osaka", OSAKA, &req).await;
+        assert_eq!(fetched.status(), status::OK, "{}", fetched.message());
+        assert_eq!(fetched.job_int("job-state"), Some(job_state::PENDING));
+        acknowledge(&t, DEVICE_B, job).await;
+        let d = fetch_document(&t, DEVICE_B, job).await;
+        assert_eq!(d.status(), status::OK, "{}", d.message());
+        assert!(d.doc == *doc, "job {job}: the same bytes after a restart");
+    }
+    t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_device_takes_back_the_old_devices_jobs() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = TestFront::start(config("1s", "10s", TWO_SITES), dir.path()).await;
+    t.register("osaka", OSAKA, DEVICE_A, printer_attrs()).await;
+    let doc = pdf(4_000);
+    let job = t.print("osaka", "alice", &doc).await;
+    acknowledge(&t, DEVICE_A, job).await;
+    report(
+        &t,
+        job,
+        job_state::PROCESSING,
+        &["job-printing"],
+        "printing",
+    )
+    .await;
+    assert!(fetchable(&t, DEVICE_A).await.is_empty());
+
+    // The agent was killed while printing and starts again.
+    let resp = t.register("osaka", OSAKA, DEVICE_B, printer_attrs()).await;
+    assert_eq!(resp.status(), status::OK, "{}", resp.message());
+    let j = t.job("osaka", job).await;
+    assert_eq!(j.job_int("job-state"), Some(job_state::PENDING));
+    assert!(
+        j.job_strings("job-state-reasons")
+            .contains(&"job-fetchable".to_owned())
+    );
+    assert_eq!(fetchable(&t, DEVICE_B).await, [job]);
+    acknowledge(&t, DEVICE_B, job).await;
+    let d = fetch_document(&t, DEVICE_B, job).await;
+    assert!(d.doc == doc);
+
+    // The old device cannot report on it any more.
+    let req = infra(&t, op::UPDATE_JOB_STATUS, DEVICE_A)
+        .op("job-id", IppValue::Integer(job))
+        .add(
+            ipp::model::DelimiterTag::JobAttributes,
+            "output-device-job-state",
+            IppValue::Enum(job_state::COMPLETED),
+        );
+    let resp = t.agent("osaka", OSAKA, &req).await;
+    assert_eq!(resp.status(), status::NOT_POSSIBLE, "{}", resp.message());
+    assert_eq!(
+        t.job("osaka", job).await.job_int("job-state"),
+        Some(job_state::PROCESSING)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_lease_detaches_the_device_and_hands_its_job_back() {
+    let dir = tempfile::tempdir().unwrap();
+    // A short lease; the reaper looks every lease/8 (at least 50 ms).
+    let t = TestFront::start(config("200ms", "600ms", TWO_SITES), dir.path()).await;
+    t.register("osaka", OSAKA, DEVICE_A, printer_attrs()).await;
+    let job = t.print("osaka", "alice", &pdf(10)).await;
+    acknowledge(&t, DEVICE_A, job).await;
+    // The agent goes silent.
+    let tr = &t;
+    let j = eventually(
+        Duration::from_secs(3),
+        "the job handed back",
+        || async move {
+            let j = tr.job("osaka", job).await;
+            (j.job_int("job-state") == Some(job_state::PENDING)).then_some(j)
+        },
+    )
+    .await;
+    assert!(
+        j.job_strings("job-state-reasons")
+            .contains(&"job-fetchable".to_owned())
+    );
+    assert!(
+        t.printer("osaka")
+            .await
+            .printer_strings("printer-state-reasons")
+            .contains(&"offline-report".to_owned())
+    );
+}

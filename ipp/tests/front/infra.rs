@@ -1,0 +1,664 @@
+//! The agent's session (INFRA.md steps 1 to 8) with raw requests, and
+//! what a client sees of it.
+
+use std::time::{Duration, Instant};
+
+use faxgate_ipp::codes::{job_state, op, status};
+use faxgate_ipp::message::{self, keyword, keywords, mime, uri};
+use ipp::model::DelimiterTag;
+use ipp::prelude::*;
+
+use crate::common::{DEVICE_A, Ipp, OSAKA, TWO_SITES, TestFront, config, eventually, pdf};
+
+/// What the agent read from the real printer.
+pub fn printer_attrs() -> Vec<(&'static str, IppValue)> {
+    vec![
+        (
+            "document-format-supported",
+            message::one_or_many(vec![
+                mime("application/pdf"),
+                mime("image/urf"),
+                mime("image/pwg-raster"),
+            ]),
+        ),
+        ("document-format-default", mime("application/pdf")),
+        ("printer-state", IppValue::Enum(3)),
+        ("printer-state-reasons", keyword("none")),
+        (
+            "printer-make-and-model",
+            message::text("Brother HL-L2350DW"),
+        ),
+        (
+            "media-supported",
+            keywords(&["iso_a4_210x297mm", "na_letter_8.5x11in"]),
+        ),
+        (
+            "sides-supported",
+            keywords(&["one-sided", "two-sided-long-edge"]),
+        ),
+    ]
+}
+
+/// An agent request on `site` naming `device`.
+pub fn infra(t: &TestFront, op: u16, device: &str) -> crate::common::Req {
+    t.req(op, "osaka", "osaka")
+        .op("output-device-uuid", uri(device))
+}
+
+/// Subscribes to job-fetchable and job-state-changed; returns the id.
+pub async fn subscribe(t: &TestFront) -> i32 {
+    let req = infra(t, op::CREATE_PRINTER_SUBSCRIPTIONS, DEVICE_A)
+        .add(
+            DelimiterTag::SubscriptionAttributes,
+            "notify-pull-method",
+            keyword("ippget"),
+        )
+        .add(
+            DelimiterTag::SubscriptionAttributes,
+            "notify-events",
+            keywords(&["job-fetchable", "job-state-changed"]),
+        )
+        .add(
+            DelimiterTag::SubscriptionAttributes,
+            "notify-lease-duration",
+            IppValue::Integer(60),
+        );
+    let resp = t.agent("osaka", OSAKA, &req).await;
+    assert_eq!(resp.status(), status::OK, "{}", resp.message());
+    resp.get(
+        DelimiterTag::SubscriptionAttributes,
+        "notify-subscription-id",
+    )
+    .and_then(message::as_int)
+    .expect("notify-subscription-id")
+}
+
+/// Get-Notifications with notify-wait from sequence number `seq`.
+pub async fn long_poll(t: &TestFront, sub: i32, seq: i32) -> Ipp {
+    let req = infra(t, op::GET_NOTIFICATIONS, DEVICE_A)
+        .op("notify-subscription-ids", IppValue::Integer(sub))
+        .op("notify-sequence-numbers", IppValue::Integer(seq))
+        .op("notify-wait", IppValue::Boolean(true));
+    let resp = t.agent("osaka", OSAKA, &req).await;
+    assert_eq!(resp.status(), status::OK, "{}", resp.message());
+    assert!(
+        resp.op("notify-get-interval")
+            .and_then(message::as_int)
+            .is_some_and(|n| n > 0),
+        "notify-get-interval in the operation group"
+    );
+    resp
+}
+
+/// The events of a Get-Notifications answer: (seq, event, job, state).
+pub fn events(resp: &Ipp) -> Vec<(i32, String, i32, i32)> {
+    resp.groups(DelimiterTag::EventNotificationAttributes)
+        .into_iter()
+        .map(|g| {
+            let int = |n: &str| {
+                g.get(n)
+                    .map(IppAttribute::value)
+                    .and_then(message::as_int)
+                    .unwrap_or(-1)
+            };
+            let event = g
+                .get("notify-subscribed-event")
+                .map(IppAttribute::value)
+                .and_then(message::as_str)
+                .unwrap_or("")
+                .to_owned();
+            (
+                int("notify-sequence-number"),
+                event,
+                int("job-id"),
+                int("job-state"),
+            )
+        })
+        .collect()
+}
+
+/// Get-Jobs which-jobs=fetchable: the job ids.
+pub async fn fetchable(t: &TestFront, device: &str) -> Vec<i32> {
+    let req = infra(t, op::GET_JOBS, device).op("which-jobs", keyword("fetchable"));
+    let resp = t.agent("osaka", OSAKA, &req).await;
+    assert_eq!(resp.status(), status::OK, "{}", resp.message());
+    resp.groups(DelimiterTag::JobAttributes)
+        .into_iter()
+        .filter_map(|g| {
+            g.get("job-id")
+                .map(IppAttribute::value)
+                .and_then(message::as_int)
+        })
+        .collect()
+}
+
+/// Fetch-Document 1 of `job`.
+pub async fn fetch_document(t: &TestFront, device: &str, job: i32) -> Ipp {
+    let req = infra(t, op::FETCH_DOCUMENT, device)
+        .op("job-id", IppValue::Integer(job))
+        .op("document-number", IppValue::Integer(1))
+        .op("compression-accepted", keyword("none"));
+    t.agent("osaka", OSAKA, &req).await
+}
+
+/// Acknowledge-Job; expects OK.
+pub async fn acknowledge(t: &TestFront, device: &str, job: i32) {
+    let req = infra(t, op::ACKNOWLEDGE_JOB, device).op("job-id", IppValue::Integer(job));
+    let resp = t.agent("osaka", OSAKA, &req).await;
+    assert_eq!(
+        resp.status(),
+        status::OK,
+        "Acknowledge-Job: {}",
+        resp.message()
+    );
+}
+
+/// Update-Job-Status with a state, reasons and message; expects OK.
+pub async fn report(t: &TestFront, job: i32, state: i32, reasons: &[&str], msg: &str) {
+    let req = infra(t, op::UPDATE_JOB_STATUS, DEVICE_A)
+        .op("job-id", IppValue::Integer(job))
+        .add(
+            DelimiterTag::JobAttributes,
+            "output-device-job-state",
+            IppValue::Enum(state),
+        )
+        .add(
+            DelimiterTag::JobAttributes,
+            "output-device-job-state-reasons",
+            keywords(reasons),
+        )
+        .add(
+            DelimiterTag::JobAttributes,
+            "output-device-job-state-message",
+            message::text(msg),
+        )
+        .add(
+            DelimiterTag::JobAttributes,
+            "job-impressions-completed",
+            IppValue::Integer(1),
+        );
+    let resp = t.agent("osaka", OSAKA, &req).await;
+    assert_eq!(
+        resp.status(),
+        status::OK,
+        "Update-Job-Status: {}",
+        resp.message()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agents_session_end_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = TestFront::start(config("3s", "10s", TWO_SITES), dir.path()).await;
+
+    // 1. Register.
+    let resp = t.register("osaka", OSAKA, DEVICE_A, printer_attrs()).await;
+    assert_eq!(resp.status(), status::OK, "{}", resp.message());
+    let printer = t.printer("osaka").await;
+    assert_eq!(printer.printer_strings("printer-state-reasons"), ["none"]);
+    assert_eq!(printer.printer_int("printer-state"), Some(3));
+    assert_eq!(
+        printer.printer_strings("printer-make-and-model"),
+        ["Brother HL-L2350DW"]
+    );
+    assert!(
+        printer
+            .printer_strings("document-format-supported")
+            .contains(&"application/pdf".to_owned())
+    );
+
+    // The site now takes what the device prints, and nothing else.
+    let req = t
+        .req(op::VALIDATE_JOB, "osaka", "alice")
+        .op("document-format", mime("image/jpeg"));
+    let resp = t.client("osaka", &req, b"").await;
+    assert_eq!(
+        resp.status(),
+        status::DOCUMENT_FORMAT_NOT_SUPPORTED,
+        "{}",
+        resp.message()
+    );
+
+    // 2. Subscribe, then a long poll that a client's Print-Job wakes.
+    let sub = subscribe(&t).await;
+    let doc = pdf(50_000);
+    let print = t
+        .req(op::PRINT_JOB, "osaka", "alice")
+        .op("job-name", message::name("quarterly report"))
+        .op("document-format", mime("application/pdf"))
+        .add(DelimiterTag::JobAttributes, "copies", IppValue::Integer(2))
+        .add(
+            DelimiterTag::JobAttributes,
+            "sides",
+            keyword("two-sided-long-edge"),
+        );
+    let started = Instant::now();
+    let (notes, printed) = tokio::join!(long_poll(&t, sub, 1), async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        t.client("osaka", &print, &doc).await
+    });
+    assert!(
+        started.elapsed() < Duration::from_millis(2500),
+        "the long poll returned on the event, not after notify_wait"
+    );
+    assert_eq!(printed.status(), status::OK, "{}", printed.message());
+    let job = printed.job_int("job-id").unwrap();
+    assert_eq!(printed.job_int("job-state"), Some(job_state::PENDING));
+    let evs = events(&notes);
+    assert_eq!(
+        evs,
+        [(1, "job-fetchable".to_owned(), job, job_state::PENDING)],
+        "one job-fetchable event"
+    );
+    let g = notes.groups(DelimiterTag::EventNotificationAttributes)[0];
+    assert_eq!(
+        g.get("notify-subscription-id").map(|a| a.value().clone()),
+        Some(IppValue::Integer(sub))
+    );
+    assert!(
+        message::strings(g.get("job-state-reasons").map(IppAttribute::value))
+            .contains(&"job-fetchable".to_owned())
+    );
+
+    // 3. Poll: the job is fetchable.
+    assert_eq!(fetchable(&t, DEVICE_A).await, [job]);
+
+    // 4. Fetch-Job: the whole job, with the client's address and port.
+    let req = infra(&t, op::FETCH_JOB, DEVICE_A).op("job-id", IppValue::Integer(job));
+    let fetched = t.agent("osaka", OSAKA, &req).await;
+    assert_eq!(fetched.status(), status::OK, "{}", fetched.message());
+    assert_eq!(fetched.job_int("job-id"), Some(job));
+    assert!(
+        fetched
+            .job_str("job-uuid")
+            .is_some_and(|u| u.starts_with("urn:uuid:"))
+    );
+    assert_eq!(
+        fetched.job_str("job-name").as_deref(),
+        Some("quarterly report")
+    );
+    assert_eq!(
+        fetched.job_str("job-originating-user-name").as_deref(),
+        Some("alice")
+    );
+    assert_eq!(
+        fetched.job_str("document-format").as_deref(),
+        Some("application/pdf")
+    );
+    assert_eq!(fetched.job_int("number-of-documents"), Some(1));
+    assert_eq!(fetched.job_int("copies"), Some(2));
+    assert_eq!(
+        fetched.job_str("sides").as_deref(),
+        Some("two-sided-long-edge")
+    );
+    assert_eq!(
+        fetched.job_str("job-client-addr").as_deref(),
+        Some("127.0.0.1")
+    );
+    assert!(
+        fetched
+            .job_int("job-client-port")
+            .is_some_and(|p| (1..=65535).contains(&p)),
+        "job-client-port {:?}",
+        fetched.job_attr("job-client-port")
+    );
+
+    // Acknowledge-Job: the device's now.
+    acknowledge(&t, DEVICE_A, job).await;
+    let j = t.job("osaka", job).await;
+    assert_eq!(j.job_int("job-state"), Some(job_state::PROCESSING));
+    assert!(
+        j.job_strings("job-state-reasons")
+            .contains(&"job-fetched".to_owned())
+    );
+    assert!(fetchable(&t, DEVICE_A).await.is_empty());
+    // The holder may repeat Fetch-Job and Acknowledge-Job (a resume).
+    let again = t.agent("osaka", OSAKA, &req).await;
+    assert_eq!(again.status(), status::OK, "{}", again.message());
+    assert_eq!(again.job_int("job-id"), Some(job));
+    acknowledge(&t, DEVICE_A, job).await;
+
+    // 5. Fetch-Document: the bytes after the attributes, unchanged.
+    let d = fetch_document(&t, DEVICE_A, job).await;
+    assert_eq!(d.status(), status::OK, "{}", d.message());
+    assert_eq!(
+        d.op("document-format").and_then(message::as_str),
+        Some("application/pdf")
+    );
+    assert_eq!(d.op("document-number").and_then(message::as_int), Some(1));
+    assert_eq!(d.doc.len(), doc.len());
+    assert!(d.doc == doc, "the document comes back byte for byte");
+    let req = infra(&t, op::ACKNOWLEDGE_DOCUMENT, DEVICE_A)
+        .op("job-id", IppValue::Integer(job))
+        .op("document-number", IppValue::Integer(1));
+    let resp = t.agent("osaka", OSAKA, &req).await;
+    assert_eq!(resp.status(), status::OK, "{}", resp.message());
+
+    // 6. Update-Job-Status: printing, then completed.
+    report(
+        &t,
+        job,
+        job_state::PROCESSING,
+        &["job-printing"],
+        "printing page 1",
+    )
+    .await;
+    let j = t.job("osaka", job).await;
+    assert_eq!(j.job_int("job-state"), Some(job_state::PROCESSING));
+    assert_eq!(
+        j.job_str("job-state-message").as_deref(),
+        Some("printing page 1")
+    );
+    report(
+        &t,
+        job,
+        job_state::COMPLETED,
+        &["job-completed-successfully"],
+        "done",
+    )
+    .await;
+    let j = t.job("osaka", job).await;
+    assert_eq!(j.job_int("job-state"), Some(job_state::COMPLETED));
+    assert_eq!(
+        j.job_strings("job-state-reasons"),
+        ["job-completed-successfully"]
+    );
+    assert_eq!(j.job_int("job-impressions-completed"), Some(1));
+
+    // The state changes reached the subscription, in order.
+    let notes = long_poll(&t, sub, 2).await;
+    let evs = events(&notes);
+    assert!(
+        evs.iter().all(|e| e.1 == "job-state-changed" && e.2 == job),
+        "{evs:?}"
+    );
+    let seqs: Vec<i32> = evs.iter().map(|e| e.0).collect();
+    assert_eq!(seqs, (2..2 + evs.len() as i32).collect::<Vec<_>>());
+    assert_eq!(
+        evs.last().map(|e| e.3),
+        Some(job_state::COMPLETED),
+        "{evs:?}"
+    );
+
+    // The client sees it among the completed jobs.
+    let req = t
+        .req(op::GET_JOBS, "osaka", "alice")
+        .op("which-jobs", keyword("completed"));
+    let resp = t.client("osaka", &req, b"").await;
+    assert_eq!(resp.status(), status::OK);
+    assert_eq!(resp.job_int("job-id"), Some(job));
+    // A finished job is not fetchable any more.
+    let d = fetch_document(&t, DEVICE_A, job).await;
+    assert_eq!(d.status(), status::NOT_FETCHABLE, "{}", d.message());
+    assert!(d.doc.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn printer_state_follows_the_device() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = TestFront::start(config("1s", "10s", TWO_SITES), dir.path()).await;
+    let resp = t.register("osaka", OSAKA, DEVICE_A, printer_attrs()).await;
+    assert_eq!(resp.status(), status::OK);
+    assert_eq!(
+        t.printer("osaka")
+            .await
+            .printer_strings("printer-state-reasons"),
+        ["none"]
+    );
+
+    // The printer jams: the agent sends only what changed.
+    let resp = t
+        .register(
+            "osaka",
+            OSAKA,
+            DEVICE_A,
+            vec![
+                ("printer-state", IppValue::Enum(5)),
+                ("printer-state-reasons", keyword("media-jam")),
+                (
+                    "printer-state-message",
+                    message::text("Paper jam in tray 2"),
+                ),
+                // Attributes the front owns are not taken from the device.
+                ("printer-name", message::name("not-osaka")),
+                ("printer-is-accepting-jobs", IppValue::Boolean(false)),
+            ],
+        )
+        .await;
+    assert_eq!(resp.status(), status::OK, "{}", resp.message());
+    let p = t.printer("osaka").await;
+    assert_eq!(p.printer_strings("printer-state-reasons"), ["media-jam"]);
+    assert_eq!(p.printer_int("printer-state"), Some(5));
+    assert_eq!(
+        p.printer_strings("printer-state-message"),
+        ["Paper jam in tray 2"]
+    );
+    assert_eq!(p.printer_strings("printer-name"), ["osaka"]);
+    assert_eq!(
+        p.get(DelimiterTag::PrinterAttributes, "printer-is-accepting-jobs"),
+        Some(&IppValue::Boolean(true))
+    );
+    // What the first registration said is kept.
+    assert_eq!(
+        p.printer_strings("printer-make-and-model"),
+        ["Brother HL-L2350DW"]
+    );
+    // Also in the printer list.
+    let req = crate::common::Req::new(
+        op::GET_PRINTERS,
+        &format!("ipp://127.0.0.1:{}/ipp/print", t.plain.port()),
+        "tester",
+    );
+    let reply = crate::common::post(t.plain, None, "/ipp/print", req.bytes(), None).await;
+    let list = reply.ipp_for(&req);
+    assert_eq!(list.status(), status::OK);
+    let osaka = list
+        .groups(DelimiterTag::PrinterAttributes)
+        .into_iter()
+        .find(|g| {
+            g.get("printer-name")
+                .and_then(|a| message::as_str(a.value()))
+                == Some("osaka")
+        })
+        .expect("osaka in Get-Printers");
+    assert_eq!(
+        message::strings(osaka.get("printer-state-reasons").map(IppAttribute::value)),
+        ["media-jam"]
+    );
+
+    // Cleared.
+    t.register(
+        "osaka",
+        OSAKA,
+        DEVICE_A,
+        vec![
+            ("printer-state", IppValue::Enum(3)),
+            ("printer-state-reasons", keyword("none")),
+            ("printer-state-message", message::text("")),
+        ],
+    )
+    .await;
+    let p = t.printer("osaka").await;
+    assert_eq!(p.printer_strings("printer-state-reasons"), ["none"]);
+    assert_eq!(p.printer_int("printer-state"), Some(3));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_of_a_fetched_job_waits_for_the_agent() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = TestFront::start(config("1s", "10s", TWO_SITES), dir.path()).await;
+    t.register("osaka", OSAKA, DEVICE_A, printer_attrs()).await;
+    let sub = subscribe(&t).await;
+
+    // Not fetched yet: canceled at once.
+    let early = t.print("osaka", "alice", &pdf(10)).await;
+    let cancel = |id: i32, user: &str| {
+        t.req(op::CANCEL_JOB, "osaka", user)
+            .op("job-id", IppValue::Integer(id))
+    };
+    let resp = t.client("osaka", &cancel(early, "alice"), b"").await;
+    assert_eq!(resp.status(), status::OK, "{}", resp.message());
+    assert_eq!(
+        t.job("osaka", early).await.job_int("job-state"),
+        Some(job_state::CANCELED)
+    );
+
+    // Fetched: processing with processing-to-stop-point until the agent
+    // reports.
+    let job = t.print("osaka", "alice", &pdf(10)).await;
+    acknowledge(&t, DEVICE_A, job).await;
+    report(
+        &t,
+        job,
+        job_state::PROCESSING,
+        &["job-printing"],
+        "printing",
+    )
+    .await;
+    // Someone else may not cancel it.
+    let resp = t.client("osaka", &cancel(job, "mallory"), b"").await;
+    assert_eq!(resp.status(), status::NOT_AUTHORIZED, "{}", resp.message());
+    let resp = t.client("osaka", &cancel(job, "alice"), b"").await;
+    assert_eq!(resp.status(), status::OK, "{}", resp.message());
+    let j = t.job("osaka", job).await;
+    assert_eq!(j.job_int("job-state"), Some(job_state::PROCESSING));
+    assert!(
+        j.job_strings("job-state-reasons")
+            .contains(&"processing-to-stop-point".to_owned()),
+        "{:?}",
+        j.job_strings("job-state-reasons")
+    );
+    // The long-polling agent hears of it...
+    let evs = events(&long_poll(&t, sub, 1).await);
+    assert!(
+        evs.iter()
+            .any(|e| e.1 == "job-state-changed" && e.2 == job && e.3 == job_state::PROCESSING),
+        "{evs:?}"
+    );
+    // ...and a polling agent through Get-Job-Attributes.
+    let req = infra(&t, op::GET_JOB_ATTRIBUTES, DEVICE_A).op("job-id", IppValue::Integer(job));
+    let seen = t.agent("osaka", OSAKA, &req).await;
+    assert!(
+        seen.job_strings("job-state-reasons")
+            .contains(&"processing-to-stop-point".to_owned())
+    );
+    // A progress report does not lose the cancel request.
+    report(
+        &t,
+        job,
+        job_state::PROCESSING,
+        &["job-printing"],
+        "stopping",
+    )
+    .await;
+    let j = t.job("osaka", job).await;
+    assert_eq!(j.job_int("job-state"), Some(job_state::PROCESSING));
+    assert!(
+        j.job_strings("job-state-reasons")
+            .contains(&"processing-to-stop-point".to_owned())
+    );
+    // Canceled only when the agent says so.
+    report(
+        &t,
+        job,
+        job_state::CANCELED,
+        &["job-canceled-by-user"],
+        "canceled",
+    )
+    .await;
+    let j = t.job("osaka", job).await;
+    assert_eq!(j.job_int("job-state"), Some(job_state::CANCELED));
+    assert!(
+        !j.job_strings("job-state-reasons")
+            .contains(&"processing-to-stop-point".to_owned())
+    );
+    // A final job cannot be canceled again.
+    let resp = t.client("osaka", &cancel(job, "alice"), b"").await;
+    assert_eq!(resp.status(), status::NOT_POSSIBLE, "{}", resp.message());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deregistering_shows_offline_and_hands_jobs_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = TestFront::start(config("1s", "10s", TWO_SITES), dir.path()).await;
+    t.register("osaka", OSAKA, DEVICE_A, printer_attrs()).await;
+    let job = t.print("osaka", "alice", &pdf(10)).await;
+    acknowledge(&t, DEVICE_A, job).await;
+    // A second job with a cancel the agent never confirmed.
+    let stopping = t.print("osaka", "alice", &pdf(10)).await;
+    acknowledge(&t, DEVICE_A, stopping).await;
+    let cancel = t
+        .req(op::CANCEL_JOB, "osaka", "alice")
+        .op("job-id", IppValue::Integer(stopping));
+    assert_eq!(t.client("osaka", &cancel, b"").await.status(), status::OK);
+    assert!(
+        !t.printer("osaka")
+            .await
+            .printer_strings("printer-state-reasons")
+            .contains(&"offline-report".to_owned())
+    );
+
+    let req = infra(&t, op::DEREGISTER_OUTPUT_DEVICE, DEVICE_A);
+    let resp = t.agent("osaka", OSAKA, &req).await;
+    assert_eq!(resp.status(), status::OK, "{}", resp.message());
+
+    let p = t.printer("osaka").await;
+    assert!(
+        p.printer_strings("printer-state-reasons")
+            .contains(&"offline-report".to_owned()),
+        "{:?}",
+        p.printer_strings("printer-state-reasons")
+    );
+    assert!(
+        p.printer_strings("printer-state-message")
+            .first()
+            .is_some_and(|m| m.contains("No printer agent attached")),
+        "{:?}",
+        p.printer_strings("printer-state-message")
+    );
+    // The unfinished job waits for the next device.
+    let tr = &t;
+    let j = eventually(Duration::from_secs(2), "job handed back", || async move {
+        let j = tr.job("osaka", job).await;
+        (j.job_int("job-state") == Some(job_state::PENDING)).then_some(j)
+    })
+    .await;
+    assert!(
+        j.job_strings("job-state-reasons")
+            .contains(&"job-fetchable".to_owned())
+    );
+    // The one with a pending cancel is canceled.
+    let j = t.job("osaka", stopping).await;
+    assert_eq!(j.job_int("job-state"), Some(job_state::CANCELED));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_poll_in_flight_does_not_undo_a_deregistration() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = TestFront::start(config("1s", "10s", TWO_SITES), dir.path()).await;
+    t.register("osaka", OSAKA, DEVICE_A, printer_attrs()).await;
+    let sub = subscribe(&t).await;
+    // The agent shuts down: its long poll is still open when it
+    // deregisters (INFRA.md step 8).
+    // Whatever the long poll answers (no events, or a refusal now that
+    // the device is gone), it must not attach the device again.
+    let poll = infra(&t, op::GET_NOTIFICATIONS, DEVICE_A)
+        .op("notify-subscription-ids", IppValue::Integer(sub))
+        .op("notify-sequence-numbers", IppValue::Integer(1))
+        .op("notify-wait", IppValue::Boolean(true));
+    let (notes, resp) = tokio::join!(t.agent("osaka", OSAKA, &poll), async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let req = infra(&t, op::DEREGISTER_OUTPUT_DEVICE, DEVICE_A);
+        t.agent("osaka", OSAKA, &req).await
+    });
+    assert_eq!(resp.status(), status::OK, "{}", resp.message());
+    assert!(events(&notes).is_empty());
+    let p = t.printer("osaka").await;
+    assert!(
+        p.printer_strings("printer-state-reasons")
+            .contains(&"offline-report".to_owned()),
+        "the site must stay offline after Deregister-Output-Device, but the long poll that \
+         ended after it re-attached the device: printer-state-reasons {:?}",
+        p.printer_strings("printer-state-reasons")
+    );
+}
