@@ -814,6 +814,50 @@ fn job_response(ctx: &Ctx<'_>, site: &Site, req: &Parsed, job: &JobRow) -> Answe
     answer
 }
 
+/// A new job's fields from the request and its connection (the seed's
+/// client address and port among them).
+struct JobFields {
+    name: String,
+    user: String,
+    uuid: String,
+    addr: String,
+    port: u16,
+    template: Vec<u8>,
+    now: i64,
+}
+
+impl JobFields {
+    fn of(ctx: &Ctx<'_>, req: &Parsed) -> Self {
+        Self {
+            name: op_attr(req, "job-name")
+                .or_else(|| op_attr(req, "document-name"))
+                .and_then(as_str)
+                .unwrap_or("untitled")
+                .to_owned(),
+            user: requesting_user(req),
+            uuid: new_job_uuid(),
+            addr: ctx.conn.peer.ip().to_canonical().to_string(),
+            port: ctx.conn.peer.port(),
+            template: attrs::encode(&attrs::template_of(req)),
+            now: unix_now(),
+        }
+    }
+
+    fn new_job<'a>(&'a self, site: &'a str, format: &'a str) -> NewJob<'a> {
+        NewJob {
+            site,
+            uuid: &self.uuid,
+            name: &self.name,
+            user: &self.user,
+            client_addr: &self.addr,
+            client_port: self.port,
+            format,
+            template: &self.template,
+            now: self.now,
+        }
+    }
+}
+
 fn new_job_uuid() -> String {
     let b: [u8; 16] = rand::random();
     let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
@@ -844,30 +888,12 @@ fn initial_reasons(ctx: &Ctx<'_>, site: &Site) -> (Vec<&'static str>, String) {
 async fn print_job(ctx: &Ctx<'_>, site: &Arc<Site>, req: &Parsed, doc: Doc<'_>) -> OpResult {
     let format = validate_job(ctx, site, req)?;
     let (temp, size) = spool_document(ctx, doc).await?;
-    let user = requesting_user(req);
-    let name = op_attr(req, "job-name")
-        .or_else(|| op_attr(req, "document-name"))
-        .and_then(as_str)
-        .unwrap_or("untitled")
-        .to_owned();
+    let fields = JobFields::of(ctx, req);
     let doc_name = op_attr(req, "document-name")
         .and_then(as_str)
-        .unwrap_or(&name)
+        .unwrap_or(&fields.name)
         .to_owned();
-    let template = attrs::encode(&attrs::template_of(req));
-    let uuid = new_job_uuid();
-    let addr = ctx.conn.peer.ip().to_canonical().to_string();
-    let new = NewJob {
-        site: &site.cfg.name,
-        uuid: &uuid,
-        name: &name,
-        user: &user,
-        client_addr: &addr,
-        client_port: ctx.conn.peer.port(),
-        format: &format,
-        template: &template,
-        now: unix_now(),
-    };
+    let new = fields.new_job(&site.cfg.name, &format);
     let (reasons, msg) = initial_reasons(ctx, site);
     let job = blocking(|| {
         let j = ctx.front.store.create_job(
@@ -899,25 +925,8 @@ async fn print_job(ctx: &Ctx<'_>, site: &Arc<Site>, req: &Parsed, doc: Doc<'_>) 
 
 fn create_job(ctx: &Ctx<'_>, site: &Arc<Site>, req: &Parsed) -> OpResult {
     let format = validate_job(ctx, site, req)?;
-    let user = requesting_user(req);
-    let name = op_attr(req, "job-name")
-        .and_then(as_str)
-        .unwrap_or("untitled")
-        .to_owned();
-    let template = attrs::encode(&attrs::template_of(req));
-    let uuid = new_job_uuid();
-    let addr = ctx.conn.peer.ip().to_canonical().to_string();
-    let new = NewJob {
-        site: &site.cfg.name,
-        uuid: &uuid,
-        name: &name,
-        user: &user,
-        client_addr: &addr,
-        client_port: ctx.conn.peer.port(),
-        format: &format,
-        template: &template,
-        now: unix_now(),
-    };
+    let fields = JobFields::of(ctx, req);
+    let new = fields.new_job(&site.cfg.name, &format);
     let job = blocking(|| {
         ctx.front
             .store
