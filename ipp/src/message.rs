@@ -54,6 +54,9 @@ impl Attrs for Parsed {
 pub struct Refusal {
     /// The IPP status code.
     pub status: u16,
+    /// Attributes to return in the unsupported-attributes group, as
+    /// `(name, requested value)`.
+    pub unsupported: Vec<(String, IppValue)>,
     /// The `status-message` (at most 255 octets).
     pub message: String,
 }
@@ -63,6 +66,7 @@ impl Refusal {
     pub fn new(status: u16, message: impl Into<String>) -> Self {
         Self {
             status,
+            unsupported: Vec::new(),
             message: message.into(),
         }
     }

@@ -489,6 +489,48 @@ pub fn final_reason(state: i32) -> &'static str {
     }
 }
 
+/// Whether `value` is among the device's `supported` values: members of
+/// a 1setOf, or inside a rangeOfInteger. Collections are not checked.
+pub fn value_supported(value: &IppValue, supported: &IppValue) -> bool {
+    if matches!(value, IppValue::Collection(_)) {
+        return true;
+    }
+    message::values(value).into_iter().all(|v| {
+        message::values(supported)
+            .into_iter()
+            .any(|s| match (v, s) {
+                (IppValue::Integer(i), IppValue::RangeOfInteger { min, max }) => {
+                    (*min..=*max).contains(i)
+                }
+                (IppValue::Collection(_), _) => true,
+                (a, b) => match (message::as_str(a), message::as_str(b)) {
+                    (Some(x), Some(y)) => x == y,
+                    _ => a == b,
+                },
+            })
+    })
+}
+
+/// The template attributes whose values the device does not support
+/// (`NAME-supported` known and not matching), as `(name, value)`.
+pub fn unsupported(template: &[IppAttribute], device: &[IppAttribute]) -> Vec<(String, IppValue)> {
+    template
+        .iter()
+        .filter(|a| {
+            let n = format!("{}-supported", a.name().as_str());
+            device_attr(device, &n).is_some_and(|s| {
+                // A boolean -supported (e.g. page-ranges-supported) says
+                // whether the attribute is supported at all.
+                match s {
+                    IppValue::Boolean(b) => !b,
+                    s => !value_supported(a.value(), s),
+                }
+            })
+        })
+        .map(|a| (a.name().as_str().to_owned(), a.value().clone()))
+        .collect()
+}
+
 /// The job template attributes of a request's job group, for storage.
 pub fn template_of(req: &impl message::Attrs) -> Vec<IppAttribute> {
     message::Attrs::attributes(req)
@@ -552,6 +594,34 @@ mod tests {
         let one = Requested::from_request(&req, &["all"]);
         assert!(one.wants("printer-uri-supported", false));
         assert!(!one.wants("printer-name", false));
+    }
+
+    #[test]
+    fn template_values_are_checked_against_the_device() {
+        let device = vec![
+            attribute("sides-supported", keyword("one-sided")),
+            attribute(
+                "copies-supported",
+                IppValue::RangeOfInteger { min: 1, max: 9 },
+            ),
+            attribute(
+                "print-quality-supported",
+                one_or_many(vec![IppValue::Enum(4), IppValue::Enum(5)]),
+            ),
+        ];
+        let template = vec![
+            attribute("sides", keyword("two-sided-long-edge")),
+            attribute("copies", IppValue::Integer(3)),
+            attribute("print-quality", IppValue::Enum(3)),
+            attribute("media", keyword("iso_a4_210x297mm")),
+        ];
+        let bad: Vec<String> = unsupported(&template, &device)
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        assert_eq!(bad, ["sides", "print-quality"]);
+        let ok = vec![attribute("copies", IppValue::Integer(10))];
+        assert_eq!(unsupported(&ok, &device).len(), 1, "10 is outside 1..=9");
     }
 
     #[test]

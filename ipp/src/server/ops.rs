@@ -70,6 +70,12 @@ pub(crate) async fn dispatch(ctx: Ctx<'_>, req: Parsed, doc: Doc<'_>) -> Answer 
             if refusal.status == status::NOT_AUTHENTICATED {
                 answer.http = hyper::StatusCode::UNAUTHORIZED;
             }
+            for (name, value) in refusal.unsupported {
+                answer
+                    .resp
+                    .attributes_mut()
+                    .add(DelimiterTag::UnsupportedAttributes, attribute(&name, value));
+            }
             answer
         }
     }
@@ -110,7 +116,7 @@ async fn run(ctx: &Ctx<'_>, req: &Parsed, code: u16, doc: Doc<'_>) -> OpResult {
     let s = &site;
     match code {
         op::GET_PRINTER_ATTRIBUTES => get_printer_attributes(ctx, s, req),
-        op::VALIDATE_JOB => validate_job(ctx, s, req).map(|_| ok(req)),
+        op::VALIDATE_JOB => validate_job(ctx, s, req).map(|c| with_ignored(ok(req), c.ignored)),
         op::PRINT_JOB => print_job(ctx, s, req, doc).await,
         op::CREATE_JOB => create_job(ctx, s, req),
         op::SEND_DOCUMENT => send_document(ctx, s, req, doc).await,
@@ -662,7 +668,67 @@ fn check_format(site: &Site, format: &str) -> Result<(), Refusal> {
 
 /// The checks Validate-Job, Print-Job and Create-Job share. Returns the
 /// document format.
-fn validate_job(_ctx: &Ctx<'_>, site: &Arc<Site>, req: &Parsed) -> Result<String, Refusal> {
+/// A job request that passed the checks.
+struct Checked {
+    format: String,
+    /// The template attributes to keep (unsupported ones dropped when
+    /// ipp-attribute-fidelity is false).
+    template: Vec<u8>,
+    /// What was dropped, for the unsupported-attributes group.
+    ignored: Vec<(String, IppValue)>,
+}
+
+/// [`check_job`] plus the template against what the device supports:
+/// with ipp-attribute-fidelity true an unsupported value refuses the job
+/// (0x040B), otherwise it is dropped and reported (0x0001).
+fn validate_job(ctx: &Ctx<'_>, site: &Arc<Site>, req: &Parsed) -> Result<Checked, Refusal> {
+    let format = check_job(ctx, site, req)?;
+    let template = attrs::template_of(req);
+    let device = device_attrs(site);
+    let ignored = attrs::unsupported(&template, &device);
+    let fidelity = op_attr(req, "ipp-attribute-fidelity")
+        .and_then(as_bool)
+        .unwrap_or(false);
+    if fidelity && !ignored.is_empty() {
+        let names: Vec<&str> = ignored.iter().map(|(n, _)| n.as_str()).collect();
+        let mut r = Refusal::new(
+            status::ATTRIBUTES_OR_VALUES_NOT_SUPPORTED,
+            format!(
+                "the printer does not support the requested {}",
+                names.join(", ")
+            ),
+        );
+        r.unsupported = ignored;
+        return Err(r);
+    }
+    let kept: Vec<IppAttribute> = template
+        .into_iter()
+        .filter(|a| !ignored.iter().any(|(n, _)| n == a.name().as_str()))
+        .collect();
+    Ok(Checked {
+        format,
+        template: attrs::encode(&kept),
+        ignored,
+    })
+}
+
+/// Adds what was dropped from the template to a job answer (0x0001).
+fn with_ignored(mut answer: Answer, ignored: Vec<(String, IppValue)>) -> Answer {
+    if !ignored.is_empty() {
+        answer.resp.header_mut().operation_or_status = status::OK_IGNORED_OR_SUBSTITUTED as i16;
+        for (name, value) in ignored {
+            answer
+                .resp
+                .attributes_mut()
+                .add(DelimiterTag::UnsupportedAttributes, attribute(&name, value));
+        }
+    }
+    answer
+}
+
+/// The checks Validate-Job, Print-Job, Create-Job and Send-Document share.
+/// Returns the document format.
+fn check_job(_ctx: &Ctx<'_>, site: &Arc<Site>, req: &Parsed) -> Result<String, Refusal> {
     if let Some(c) = op_attr(req, "compression") {
         match as_str(c) {
             Some("none") => {}
@@ -827,7 +893,7 @@ struct JobFields {
 }
 
 impl JobFields {
-    fn of(ctx: &Ctx<'_>, req: &Parsed) -> Self {
+    fn of(ctx: &Ctx<'_>, req: &Parsed, template: Vec<u8>) -> Self {
         Self {
             name: op_attr(req, "job-name")
                 .or_else(|| op_attr(req, "document-name"))
@@ -838,7 +904,7 @@ impl JobFields {
             uuid: new_job_uuid(),
             addr: ctx.conn.peer.ip().to_canonical().to_string(),
             port: ctx.conn.peer.port(),
-            template: attrs::encode(&attrs::template_of(req)),
+            template,
             now: unix_now(),
         }
     }
@@ -886,9 +952,13 @@ fn initial_reasons(ctx: &Ctx<'_>, site: &Site) -> (Vec<&'static str>, String) {
 }
 
 async fn print_job(ctx: &Ctx<'_>, site: &Arc<Site>, req: &Parsed, doc: Doc<'_>) -> OpResult {
-    let format = validate_job(ctx, site, req)?;
+    let Checked {
+        format,
+        template,
+        ignored,
+    } = validate_job(ctx, site, req)?;
     let (temp, size) = spool_document(ctx, doc).await?;
-    let fields = JobFields::of(ctx, req);
+    let fields = JobFields::of(ctx, req, template);
     let doc_name = op_attr(req, "document-name")
         .and_then(as_str)
         .unwrap_or(&fields.name)
@@ -920,12 +990,16 @@ async fn print_job(ctx: &Ctx<'_>, site: &Arc<Site>, req: &Parsed, doc: Doc<'_>) 
     site.publish("job-fetchable", &job);
     ctx.front.maybe_wake(site);
     let job = ctx.front.store.job(job.id).ok().flatten().unwrap_or(job);
-    Ok(job_response(ctx, site, req, &job))
+    Ok(with_ignored(job_response(ctx, site, req, &job), ignored))
 }
 
 fn create_job(ctx: &Ctx<'_>, site: &Arc<Site>, req: &Parsed) -> OpResult {
-    let format = validate_job(ctx, site, req)?;
-    let fields = JobFields::of(ctx, req);
+    let Checked {
+        format,
+        template,
+        ignored,
+    } = validate_job(ctx, site, req)?;
+    let fields = JobFields::of(ctx, req, template);
     let new = fields.new_job(&site.cfg.name, &format);
     let job = blocking(|| {
         ctx.front
@@ -934,7 +1008,7 @@ fn create_job(ctx: &Ctx<'_>, site: &Arc<Site>, req: &Parsed) -> OpResult {
     })
     .map_err(store_err)?;
     info!(site = %site.cfg.name, job_id = job.id, client = %ctx.conn.peer, "Job created; waiting for its documents.");
-    Ok(job_response(ctx, site, req, &job))
+    Ok(with_ignored(job_response(ctx, site, req, &job), ignored))
 }
 
 /// The job a request names (job-id, or job-uri), on this site.
@@ -989,7 +1063,7 @@ async fn send_document(ctx: &Ctx<'_>, site: &Arc<Site>, req: &Parsed, doc: Doc<'
             ),
         ));
     }
-    let format = validate_job(ctx, site, req)?;
+    let format = check_job(ctx, site, req)?;
     let (temp, size) = spool_document(ctx, doc).await?;
     let name = op_attr(req, "document-name")
         .and_then(as_str)

@@ -662,3 +662,61 @@ async fn a_long_poll_in_flight_does_not_undo_a_deregistration() {
         p.printer_strings("printer-state-reasons")
     );
 }
+
+/// Template values the real printer does not support: with
+/// ipp-attribute-fidelity true the job is refused (0x040B) naming them;
+/// with false it is accepted without them (0x0001) and the agent never
+/// sees them.
+#[tokio::test(flavor = "multi_thread")]
+async fn unsupported_template_values_follow_ipp_attribute_fidelity() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = TestFront::start(config("1s", "10s", TWO_SITES), dir.path()).await;
+    let mut attrs = printer_attrs();
+    attrs.retain(|(n, _)| *n != "sides-supported");
+    attrs.push(("sides-supported", keyword("one-sided")));
+    assert_eq!(
+        t.register("osaka", OSAKA, DEVICE_A, attrs).await.status(),
+        status::OK
+    );
+    let job = |fidelity: bool| {
+        t.req(op::PRINT_JOB, "osaka", "tester")
+            .op("document-format", mime("application/pdf"))
+            .op("ipp-attribute-fidelity", IppValue::Boolean(fidelity))
+            .add(
+                DelimiterTag::JobAttributes,
+                "sides",
+                keyword("two-sided-long-edge"),
+            )
+            .add(DelimiterTag::JobAttributes, "copies", IppValue::Integer(2))
+    };
+    let strict = t.client("osaka", &job(true), b"%PDF-1.4 strict").await;
+    assert_eq!(
+        strict.status(),
+        status::ATTRIBUTES_OR_VALUES_NOT_SUPPORTED,
+        "{}",
+        strict.message()
+    );
+    assert!(strict.message().contains("sides"), "{}", strict.message());
+    assert!(
+        strict
+            .get(DelimiterTag::UnsupportedAttributes, "sides")
+            .is_some()
+    );
+
+    let lenient = t.client("osaka", &job(false), b"%PDF-1.4 lenient").await;
+    assert_eq!(
+        lenient.status(),
+        status::OK_IGNORED_OR_SUBSTITUTED,
+        "{}",
+        lenient.message()
+    );
+    assert!(
+        lenient
+            .get(DelimiterTag::UnsupportedAttributes, "sides")
+            .is_some()
+    );
+    let id = lenient.job_int("job-id").unwrap();
+    let kept = t.job("osaka", id).await;
+    assert_eq!(kept.job_int("copies"), Some(2));
+    assert!(kept.job_attr("sides").is_none(), "sides was dropped");
+}
