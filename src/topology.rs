@@ -165,6 +165,7 @@ impl Appliance {
                 relay: relay.clone(),
                 print,
                 scanner,
+                agent: agent.clone(),
             },
             shutdown.child_token(),
             &tracker,

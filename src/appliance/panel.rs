@@ -6,7 +6,7 @@
 //!
 //! | method | path | what |
 //! |---|---|---|
-//! | GET | `/api/status` | relay pool, printer status, counts |
+//! | GET | `/api/status` | relay pool, printer status, counts, print agent |
 //! | GET | `/api/users` | the relay directory (LIST) |
 //! | POST | `/api/jobs?to=USER&title=T` | body: TIFF-F; queues a job |
 //! | POST | `/api/scan-send?to=USER` | scans and queues a job |
@@ -51,6 +51,8 @@ pub struct PanelState {
     pub print: PrintHandle,
     /// The scanner, when configured.
     pub scanner: Option<Arc<SaneScanner>>,
+    /// The print agent, when `[agent]` is configured.
+    pub agent: Option<super::AgentHandle>,
 }
 
 /// The largest document `POST /api/jobs` takes.
@@ -129,6 +131,20 @@ async fn status(State(s): State<PanelState>) -> ApiResult {
         "printer": printer.to_string(),
         "active_jobs": active,
         "scanner": s.scanner.is_some(),
+        "print_agent": s.agent.as_ref().map(|a| {
+            let st = a.status();
+            json!({
+                "site": st.site,
+                "attached": st.attached,
+                "transport": st.transport,
+                "current_job": st.current_job,
+                "printed": st.jobs_printed,
+                "canceled": st.jobs_canceled,
+                "failed": st.jobs_failed,
+                "printer": st.printer,
+                "last_error": st.last_error,
+            })
+        }),
     }))
 }
 
