@@ -720,3 +720,74 @@ async fn unsupported_template_values_follow_ipp_attribute_fidelity() {
     assert_eq!(kept.job_int("copies"), Some(2));
     assert!(kept.job_attr("sides").is_none(), "sides was dropped");
 }
+
+/// The seed's printer on/off line: Pause-Printer (by the site's agent
+/// only) stops the site and keeps new jobs from being fetched;
+/// Resume-Printer offers them again. CUPS-Get-Printers and Get-Printers
+/// list both sites with their state.
+#[tokio::test(flavor = "multi_thread")]
+async fn pause_and_resume_and_the_printer_lists() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = TestFront::start(config("1s", "10s", TWO_SITES), dir.path()).await;
+    assert_eq!(
+        t.register("osaka", OSAKA, DEVICE_A, printer_attrs())
+            .await
+            .status(),
+        status::OK
+    );
+    // A client cannot pause the site.
+    let pause = t.req(op::PAUSE_PRINTER, "osaka", "tester");
+    let reply = t
+        .send(crate::common::Via::Tls, "osaka", &pause, b"", None)
+        .await;
+    assert_eq!(reply.ipp_for(&pause).status(), status::NOT_AUTHENTICATED);
+    // The agent can.
+    let pause = t.req(op::PAUSE_PRINTER, "osaka", "osaka");
+    assert_eq!(t.agent("osaka", OSAKA, &pause).await.status(), status::OK);
+    let p = t.printer("osaka").await;
+    assert_eq!(p.printer_int("printer-state"), Some(5));
+    assert!(
+        p.printer_strings("printer-state-reasons")
+            .contains(&"paused".to_owned())
+    );
+    let id = t.print("osaka", "tester", &pdf(2000)).await;
+    assert_eq!(
+        t.job("osaka", id).await.job_int("job-state"),
+        Some(job_state::PENDING)
+    );
+    assert!(
+        fetchable(&t, DEVICE_A).await.is_empty(),
+        "nothing is fetchable while paused"
+    );
+
+    let resume = t.req(op::RESUME_PRINTER, "osaka", "osaka");
+    assert_eq!(t.agent("osaka", OSAKA, &resume).await.status(), status::OK);
+    assert_eq!(fetchable(&t, DEVICE_A).await, [id]);
+    assert_eq!(
+        t.printer("osaka").await.printer_int("printer-state"),
+        Some(3)
+    );
+
+    for code in [op::CUPS_GET_PRINTERS, op::GET_PRINTERS] {
+        let req = crate::common::Req::new(
+            code,
+            &format!("ipp://127.0.0.1:{}/ipp/print", t.plain.port()),
+            "tester",
+        );
+        let reply = crate::common::post(t.plain, None, "/ipp/print", req.bytes(), None).await;
+        let list = reply.ipp_for(&req);
+        assert_eq!(list.status(), status::OK, "{}", list.message());
+        let names: Vec<String> = list
+            .groups(DelimiterTag::PrinterAttributes)
+            .into_iter()
+            .filter_map(|g| {
+                g.get("printer-name")
+                    .map(IppAttribute::value)
+                    .and_then(message::as_str)
+                    .map(str::to_owned)
+            })
+            .collect();
+        assert_eq!(names.len(), 2, "{}: {names:?}", op::name(code));
+        assert!(names.contains(&"osaka".to_owned()));
+    }
+}
