@@ -226,6 +226,25 @@ impl Front {
         }
     }
 
+    /// Moves a job to `state` with `reasons` and `message`, durably, and
+    /// returns the row as stored (the old one if it vanished meanwhile).
+    fn set_job_state(
+        &self,
+        job: JobRow,
+        state: i32,
+        reasons: &[&str],
+        message: &str,
+    ) -> Result<JobRow, Refusal> {
+        let reasons: Vec<String> = reasons.iter().map(|r| (*r).to_owned()).collect();
+        blocking(|| {
+            self.store
+                .set_state(job.id, state, &reasons, message, unix_now())?;
+            self.store.job(job.id)
+        })
+        .map(|row| row.unwrap_or(job))
+        .map_err(store_err)
+    }
+
     /// Detaches a device: its unfinished jobs are offered again, or
     /// canceled if a cancel was waiting for it.
     pub(crate) fn detach(&self, site: &Arc<Site>, uuid: &str) {
@@ -1160,37 +1179,21 @@ async fn cancel_job(ctx: &Ctx<'_>, site: &Arc<Site>, req: &Parsed) -> OpResult {
             format!("job {} is already {}", job.id, job_state::name(job.state)),
         ));
     }
-    let now = unix_now();
     let by = requesting_user(req);
     let job = if job.device.is_empty() {
-        blocking(|| {
-            ctx.front.store.set_state(
-                job.id,
-                job_state::CANCELED,
-                &["job-canceled-by-user".to_owned()],
-                &format!("canceled by {by} before the printer fetched it"),
-                now,
-            )?;
-            ctx.front.store.job(job.id)
-        })
+        let msg = format!("canceled by {by} before the printer fetched it");
+        ctx.front
+            .set_job_state(job, job_state::CANCELED, &["job-canceled-by-user"], &msg)?
     } else {
         let mut reasons = job.reasons.clone();
         if !job.has_reason("processing-to-stop-point") {
             reasons.push("processing-to-stop-point".into());
         }
-        blocking(|| {
-            ctx.front.store.set_state(
-                job.id,
-                job_state::PROCESSING,
-                &reasons,
-                &format!("cancel requested by {by}; waiting for the printer agent to stop it"),
-                now,
-            )?;
-            ctx.front.store.job(job.id)
-        })
-    }
-    .map_err(store_err)?
-    .unwrap_or(job);
+        let reasons: Vec<&str> = reasons.iter().map(String::as_str).collect();
+        let msg = format!("cancel requested by {by}; waiting for the printer agent to stop it");
+        ctx.front
+            .set_job_state(job, job_state::PROCESSING, &reasons, &msg)?
+    };
     info!(site = %site.cfg.name, job_id = job.id, state = job_state::name(job.state), "Cancel-Job.");
     site.publish("job-state-changed", &job);
     Ok(ok(req))
@@ -1210,18 +1213,12 @@ fn release_job(ctx: &Ctx<'_>, site: &Arc<Site>, req: &Parsed) -> OpResult {
             format!("job {} is not held", job.id),
         ));
     }
-    let job = blocking(|| {
-        ctx.front.store.set_state(
-            job.id,
-            job_state::PENDING,
-            &["job-fetchable".to_owned()],
-            "released; waiting for the printer agent",
-            unix_now(),
-        )?;
-        ctx.front.store.job(job.id)
-    })
-    .map_err(store_err)?
-    .unwrap_or(job);
+    let job = ctx.front.set_job_state(
+        job,
+        job_state::PENDING,
+        &["job-fetchable"],
+        "released; waiting for the printer agent",
+    )?;
     site.publish("job-fetchable", &job);
     ctx.front.maybe_wake(site);
     Ok(ok(req))
