@@ -863,8 +863,10 @@ fn job_response(ctx: &Ctx<'_>, site: &Site, req: &Parsed, job: &JobRow) -> Answe
     let printer_uri = printer_uri_of(ctx, site);
     let view = ctx.front.job_view(ctx, site, &printer_uri, job);
     let mut answer = ok(req);
+    // Print-Job and friends answer with these whatever
+    // requested-attributes says.
     let want = Requested::from_request(
-        req,
+        &*BLANK,
         &[
             "job-id",
             "job-uri",
@@ -874,28 +876,11 @@ fn job_response(ctx: &Ctx<'_>, site: &Site, req: &Parsed, job: &JobRow) -> Answe
             "number-of-intervening-jobs",
         ],
     );
-    // Print-Job and friends answer with these regardless of
-    // requested-attributes.
-    let want = if op_attr(req, "requested-attributes").is_some() {
-        Requested::from_request(
-            &*BLANK,
-            &[
-                "job-id",
-                "job-uri",
-                "job-state",
-                "job-state-reasons",
-                "job-state-message",
-                "number-of-intervening-jobs",
-            ],
-        )
-    } else {
-        want
-    };
-    let mut group = IppAttributeGroup::new(DelimiterTag::JobAttributes);
-    group
+    answer
+        .resp
         .attributes_mut()
-        .extend(attrs::job_attributes(job, &view, &want));
-    answer.resp.attributes_mut().groups_mut().push(group);
+        .groups_mut()
+        .push(job_group(job, &view, &want));
     answer
 }
 
@@ -941,6 +926,15 @@ impl JobFields {
             now: self.now,
         }
     }
+}
+
+/// One job's attributes group, filtered by `want`.
+fn job_group(job: &JobRow, view: &JobView<'_>, want: &Requested) -> IppAttributeGroup {
+    let mut group = IppAttributeGroup::new(DelimiterTag::JobAttributes);
+    group
+        .attributes_mut()
+        .extend(attrs::job_attributes(job, view, want));
+    group
 }
 
 fn new_job_uuid() -> String {
@@ -1236,11 +1230,11 @@ async fn get_job_attributes(ctx: &Ctx<'_>, site: &Arc<Site>, req: &Parsed) -> Op
     let view = ctx.front.job_view(ctx, site, &printer_uri, &job);
     let want = Requested::from_request(req, &["all"]);
     let mut answer = ok(req);
-    let mut group = IppAttributeGroup::new(DelimiterTag::JobAttributes);
-    group
+    answer
+        .resp
         .attributes_mut()
-        .extend(attrs::job_attributes(&job, &view, &want));
-    answer.resp.attributes_mut().groups_mut().push(group);
+        .groups_mut()
+        .push(job_group(&job, &view, &want));
     Ok(answer)
 }
 
@@ -1322,11 +1316,11 @@ async fn get_jobs(ctx: &Ctx<'_>, site: &Arc<Site>, req: &Parsed) -> OpResult {
         .take(limit)
     {
         let view = ctx.front.job_view(ctx, site, &printer_uri, job);
-        let mut group = IppAttributeGroup::new(DelimiterTag::JobAttributes);
-        group
+        answer
+            .resp
             .attributes_mut()
-            .extend(attrs::job_attributes(job, &view, &want));
-        answer.resp.attributes_mut().groups_mut().push(group);
+            .groups_mut()
+            .push(job_group(job, &view, &want));
     }
     Ok(answer)
 }
@@ -1748,11 +1742,11 @@ async fn fetch_job(ctx: &Ctx<'_>, site: &Arc<Site>, req: &Parsed) -> OpResult {
     let view = ctx.front.job_view(ctx, site, &printer_uri, &job);
     let want = Requested::from_request(&*BLANK, &["all"]);
     let mut answer = ok(req);
-    let mut group = IppAttributeGroup::new(DelimiterTag::JobAttributes);
-    group
+    answer
+        .resp
         .attributes_mut()
-        .extend(attrs::job_attributes(&job, &view, &want));
-    answer.resp.attributes_mut().groups_mut().push(group);
+        .groups_mut()
+        .push(job_group(&job, &view, &want));
     Ok(answer)
 }
 
