@@ -49,8 +49,11 @@ enum BenchWhich {
         #[arg(long, default_value_t = 10_000)]
         idle: usize,
         /// Idle logged-in TLS connections for the TLS memory measurement.
-        #[arg(long, default_value_t = 2_000)]
+        #[arg(long, default_value_t = 10_000)]
         tls_idle: usize,
+        /// Run only these parts (default: all).
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<RelayPart>,
     },
     /// Fax codec speed on the eight CCITT test pages against libtiff's
     /// tiffcp, both timed in this run.
@@ -86,6 +89,17 @@ enum BenchWhich {
     IdleServer,
 }
 
+/// A part of `faxgate bench relay`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum RelayPart {
+    /// Bridged against direct throughput.
+    Throughput,
+    /// Connect-demand to bridged latency.
+    Latency,
+    /// Memory per idle logged-in connection.
+    Memory,
+}
+
 /// Runs a benchmark.
 pub async fn run(args: BenchArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
     match args.which {
@@ -99,39 +113,58 @@ pub async fn run(args: BenchArgs, shutdown: CancellationToken) -> anyhow::Result
             samples,
             idle,
             tls_idle,
+            only,
         } => {
+            let part = |p: RelayPart| only.is_empty() || only.contains(&p);
             println!(
                 "faxgate bench relay: {mib} MiB x {rounds} rounds, {samples} samples, {idle} idle connections"
             );
-            let (direct, bridged) = throughput(mib << 20, rounds).await?;
-            println!(
-                "throughput: direct loopback TCP {:.0} MiB/s, bridged through the relay {:.0} MiB/s, ratio {:.2}",
-                direct,
-                bridged,
-                bridged / direct
-            );
-            let (rtt, p50, p99) = latency(samples).await?;
-            println!(
-                "latency connect-demand -> bridged: p50 {:.0} us, p99 {:.0} us (loopback TCP round trip p50 {:.0} us; p50 ratio {:.1})",
-                p50,
-                p99,
-                rtt,
-                p50 / rtt
-            );
-            let (relay_per, floor_per) = memory(idle, false).await?;
-            println!(
-                "memory per idle logged-in connection at {idle}: relay {:.2} KiB, bare tokio socket {:.2} KiB (ratio {:.2})",
-                relay_per / 1024.0,
-                floor_per / 1024.0,
-                relay_per / floor_per
-            );
-            let (tls_per, floor_per) = memory(tls_idle, true).await?;
-            println!(
-                "memory per idle logged-in TLS connection at {tls_idle}: relay {:.2} KiB, bare tokio socket {:.2} KiB (ratio {:.2})",
-                tls_per / 1024.0,
-                floor_per / 1024.0,
-                tls_per / floor_per
-            );
+            if part(RelayPart::Throughput) {
+                let (direct, bridged) = throughput(mib << 20, rounds).await?;
+                println!(
+                    "throughput, relay and both endpoints sharing every CPU: direct loopback TCP {:.0} MiB/s, bridged through the relay {:.0} MiB/s, ratio {:.2}",
+                    direct,
+                    bridged,
+                    bridged / direct
+                );
+                match throughput_isolated(mib << 20, rounds).await? {
+                    Some((direct, bridged)) => println!(
+                        "throughput, relay on its own CPU, endpoints on another: direct loopback TCP {:.0} MiB/s, bridged through the relay {:.0} MiB/s, ratio {:.2}",
+                        direct,
+                        bridged,
+                        bridged / direct
+                    ),
+                    None => {
+                        println!("throughput, relay on its own CPU: skipped (fewer than two CPUs)")
+                    }
+                }
+            }
+            if part(RelayPart::Latency) {
+                let (rtt, p50, p99) = latency(samples).await?;
+                println!(
+                    "latency connect-demand -> bridged: p50 {:.0} us, p99 {:.0} us (loopback TCP round trip p50 {:.0} us; p50 ratio {:.1})",
+                    p50,
+                    p99,
+                    rtt,
+                    p50 / rtt
+                );
+            }
+            if part(RelayPart::Memory) {
+                let (relay_per, floor_per) = memory(idle, false).await?;
+                println!(
+                    "memory per idle logged-in connection at {idle}: relay {:.2} KiB, bare tokio socket {:.2} KiB (ratio {:.2})",
+                    relay_per / 1024.0,
+                    floor_per / 1024.0,
+                    relay_per / floor_per
+                );
+                let (tls_per, floor_per) = memory(tls_idle, true).await?;
+                println!(
+                    "memory per idle logged-in TLS connection at {tls_idle}: relay {:.2} KiB, bare tokio socket {:.2} KiB (ratio {:.2})",
+                    tls_per / 1024.0,
+                    floor_per / 1024.0,
+                    tls_per / floor_per
+                );
+            }
             Ok(())
         }
     }
@@ -195,6 +228,9 @@ where
     Ok(((n as f64 / (1 << 20) as f64) / secs, w, r))
 }
 
+/// Bridged throughput with the relay in this process, on the same two
+/// CPUs as both endpoints, against direct loopback TCP in the same
+/// runtime: returns (direct, bridged) MiB/s.
 async fn throughput(n: usize, rounds: usize) -> anyhow::Result<(f64, f64)> {
     let (server, _dir) = bench_relay(64, 4).await?;
     let store = server.shared.store();
@@ -202,12 +238,107 @@ async fn throughput(n: usize, rounds: usize) -> anyhow::Result<(f64, f64)> {
         store.add_user(u, "bench-password", &["bench".into()])?;
     }
     let addr = server.tcp_addr.context("no relay address")?;
+    throughput_rounds(addr, n, rounds).await
+}
+
+/// Bridged throughput with the relay as a child process pinned to its own
+/// CPU and both endpoints sharing another, against the same endpoints
+/// talking directly on that CPU: what the relay costs the endpoints when
+/// it runs on a machine of its own, as deployed. `None` with fewer than
+/// two CPUs.
+async fn throughput_isolated(n: usize, rounds: usize) -> anyhow::Result<Option<(f64, f64)>> {
+    let cpus = allowed_cpus()?;
+    let [endpoints_cpu, relay_cpu, ..] = cpus[..] else {
+        return Ok(None);
+    };
+    let dir = tempfile::tempdir()?;
+    let cfg_path = dir.path().join("relay.toml");
+    std::fs::write(
+        &cfg_path,
+        format!(
+            "[relay]\nlisten = \"127.0.0.1:0\"\nstate_dir = {:?}\nargon2_memory_kib = 64\n\
+             argon2_iterations = 1\nmax_connections_per_user = 4\nhold_interval = \"600s\"\n",
+            dir.path().display().to_string()
+        ),
+    )?;
+    {
+        let cfg = RelayServerConfig::from_file(&cfg_path)?;
+        let store = faxgate_relay::store::UserStore::open(
+            &dir.path().join("users.db"),
+            cfg.relay.argon2_memory_kib,
+            cfg.relay.argon2_iterations,
+        )?;
+        for u in ["bench-a", "bench-b"] {
+            store.add_user(u, "bench-password", &["bench".into()])?;
+        }
+    }
+    let cfg = cfg_path.display().to_string();
+    let (_relay, addr) = spawn_child_on(
+        &["relay", "--config", &cfg],
+        "relay (tcp) listening on ",
+        Some(relay_cpu),
+    )?;
+    // The endpoints run on a thread of their own, pinned, with a
+    // single-threaded runtime: sender and receiver share that one CPU in
+    // both the direct and the bridged runs.
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("bench-endpoints".into())
+        .spawn(move || {
+            let run = || -> anyhow::Result<(f64, f64)> {
+                pin_current_thread(endpoints_cpu)?;
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                rt.block_on(throughput_rounds(addr, n, rounds))
+            };
+            let _ = tx.send(run());
+        })?;
+    Ok(Some(rx.await.context("endpoint thread died")??))
+}
+
+/// The CPUs this process may run on.
+fn allowed_cpus() -> anyhow::Result<Vec<usize>> {
+    // SAFETY: `set` is a plain bitmask owned here; sched_getaffinity
+    // writes at most size_of::<cpu_set_t>() bytes into it.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    let rc =
+        unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error()).context("sched_getaffinity");
+    }
+    // SAFETY: CPU_ISSET reads the bitmask filled above; i < CPU_SETSIZE.
+    Ok((0..libc::CPU_SETSIZE as usize)
+        .filter(|&i| unsafe { libc::CPU_ISSET(i, &set) })
+        .collect())
+}
+
+/// Pins the calling thread (and threads it creates later) to `cpu`.
+fn pin_current_thread(cpu: usize) -> std::io::Result<()> {
+    // SAFETY: as in `allowed_cpus`; pid 0 is the calling thread.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    unsafe { libc::CPU_SET(cpu, &mut set) };
+    let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Alternates direct loopback TCP and bridged rounds through the relay at
+/// `addr` (users bench-a and bench-b exist) in the current runtime;
+/// returns the medians (direct, bridged) in MiB/s.
+async fn throughput_rounds(
+    addr: SocketAddr,
+    n: usize,
+    rounds: usize,
+) -> anyhow::Result<(f64, f64)> {
     let (a, _ai) = RelayClient::start(client_cfg(addr, "bench-a", 0)?).await?;
     let (_b, mut bi) = RelayClient::start(client_cfg(addr, "bench-b", 0)?).await?;
     let mut direct = Vec::new();
     let mut bridged = Vec::new();
     for _ in 0..rounds {
-        // Direct loopback TCP, same process, same runtime.
+        // Direct loopback TCP, same runtime.
         let l = TcpListener::bind("127.0.0.1:0").await?;
         let la = l.local_addr()?;
         let (w, accepted) = tokio::join!(TcpStream::connect(la), l.accept());
@@ -334,13 +465,31 @@ impl Drop for Killed {
 /// Starts `faxgate` with `args` and returns it with the address it
 /// prints on a line starting with `prefix`.
 fn spawn_child(args: &[&str], prefix: &str) -> anyhow::Result<(Killed, SocketAddr)> {
+    spawn_child_on(args, prefix, None)
+}
+
+/// [`spawn_child`], with the child (all its threads) pinned to `cpu`.
+fn spawn_child_on(
+    args: &[&str],
+    prefix: &str,
+    cpu: Option<usize>,
+) -> anyhow::Result<(Killed, SocketAddr)> {
+    use std::os::unix::process::CommandExt as _;
     let exe = std::env::current_exe()?;
-    let mut child = Command::new(exe)
-        .args(args)
+    let mut cmd = Command::new(exe);
+    cmd.args(args)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()?;
+        .stderr(Stdio::null());
+    if let Some(cpu) = cpu {
+        // SAFETY: between fork and exec the closure only makes the
+        // sched_setaffinity system call, which is async-signal-safe, and
+        // allocates nothing.
+        unsafe {
+            cmd.pre_exec(move || pin_current_thread(cpu));
+        }
+    }
+    let mut child = cmd.spawn()?;
     let out = child.stdout.take().context("no stdout")?;
     let child = Killed(child);
     for line in std::io::BufReader::new(out).lines() {
@@ -562,11 +711,11 @@ fn codec(copies: usize) -> anyhow::Result<()> {
     args.push(raw.as_os_str());
     tool("tiffcp", "libtiff-tools", &args)?;
     let n = (copies * pages.len()) as f64;
-    println!("faxgate bench codec: 8 CCITT pages x {copies} copies, ms per page");
+    println!("faxgate bench codec: 8 CCITT pages x {copies} copies, pages per second");
     println!(
-        "| coding | our encode | tiffcp encode | ratio | our decode | tiffcp decode | ratio | our bytes / libtiff bytes |"
+        "| coding | our encode | tiffcp encode | ratio | our decode | tiffcp decode | ratio | tifftopnm decode | ratio | our bytes / libtiff bytes |"
     );
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     for (coding, name, flag) in [
         (Coding::Mh, "MH", "g3:1d"),
         (Coding::Mr { k: 4 }, "MR", "g3:2d"),
@@ -634,16 +783,34 @@ fn codec(copies: usize) -> anyhow::Result<()> {
             ],
         )?;
         let lib_dec = t.elapsed().as_secs_f64() * 1e3 / n;
+        // netpbm's decoder (libtiff underneath), every page to PBM; its
+        // output goes to /dev/null, so it pays no file writing.
+        let t = Instant::now();
+        let st = Command::new("tifftopnm")
+            .arg(&enc_out)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .context("cannot run tifftopnm: apt-get install netpbm")?;
+        anyhow::ensure!(st.success(), "tifftopnm failed on {}", enc_out.display());
+        let pnm_dec = t.elapsed().as_secs_f64() * 1e3 / n;
         // The first copy of the eight pages, strip bytes only.
         let enc_file = std::fs::read(&enc_out)?;
         let reader = faxgate_fax::tiff::TiffReader::new(&enc_file)?;
         let lib_bytes: usize = (0..pages.len())
             .map(|i| reader.strips(i).iter().map(|s| s.len()).sum::<usize>())
             .sum();
+        let pps = |ms: f64| 1e3 / ms;
         println!(
-            "| {name} | {ours_enc:.3} | {lib_enc:.3} | {:.1}x | {ours_dec:.3} | {lib_dec:.3} | {:.1}x | {:.3} |",
+            "| {name} | {:.0} | {:.0} | {:.1}x | {:.0} | {:.0} | {:.1}x | {:.0} | {:.1}x | {:.3} |",
+            pps(ours_enc),
+            pps(lib_enc),
             lib_enc / ours_enc,
+            pps(ours_dec),
+            pps(lib_dec),
             lib_dec / ours_dec,
+            pps(pnm_dec),
+            pnm_dec / ours_dec,
             our_bytes as f64 / lib_bytes as f64
         );
     }
