@@ -14,6 +14,11 @@
 //! sender, whose TCP window then closes: backpressure end to end, and
 //! nothing is dropped.
 //!
+//! A side the relay closes (kick, logout, shutdown) is told first, when
+//! what the relay writes to it is at a frame boundary: TERMINATE with the
+//! reason ends its session, and BYE with the same code explains the close
+//! that follows (at most two seconds later, taken or not).
+//!
 //! When a side dies (EOF, I/O error, violation, kick) the other side gets
 //! `TERMINATE(PEER_LOST)` (or the kick's code) if its stream is at a frame
 //! boundary; if the dead side stopped in the middle of a DATA frame the
@@ -23,7 +28,7 @@
 //! whatever DATA it still sends until its TERMINATE and RELEASE.
 
 use crate::connection::Connection;
-use crate::protocol::{self, Code, FrameError, FrameType, HEADER_LEN};
+use crate::protocol::{self, Code, Frame, FrameError, FrameType, HEADER_LEN};
 use crate::transport::Stream;
 use bytes::Buf;
 use std::future::Future;
@@ -251,10 +256,11 @@ impl Dir {
     }
 }
 
-/// A TERMINATE the relay itself writes to a survivor.
+/// Frames the relay itself writes to a side: a TERMINATE to a survivor,
+/// or a farewell to a side it closes.
 #[derive(Debug)]
 struct Inject {
-    bytes: [u8; HEADER_LEN + 2],
+    bytes: Vec<u8>,
     off: usize,
 }
 
@@ -262,9 +268,25 @@ impl Inject {
     fn new(code: Code) -> Self {
         let c = code.to_u16().to_be_bytes();
         Self {
-            bytes: [FrameType::Terminate as u8, 0, 0, 0, 2, c[0], c[1]],
+            bytes: vec![FrameType::Terminate as u8, 0, 0, 0, 2, c[0], c[1]],
             off: 0,
         }
+    }
+
+    /// TERMINATE(code) ends the session for the side's application, and
+    /// BYE(code) then tells its connection why it is being closed.
+    fn farewell(code: Code) -> Self {
+        let mut out = bytes::BytesMut::new();
+        protocol::encode_frame(
+            &Frame::Bye {
+                code,
+                message: format!("connection closed by the relay: {code}"),
+            },
+            &mut out,
+        );
+        let mut inject = Self::new(code);
+        inject.bytes.extend_from_slice(&out);
+        inject
     }
 
     fn poll(&mut self, cx: &mut Context<'_>, dst: &mut Stream) -> Poll<io::Result<()>> {
@@ -283,6 +305,10 @@ struct SideState<'s, 'a> {
     side: &'s mut Side<'a>,
     dead: Option<Code>,
     inject: Option<Inject>,
+    /// The TERMINATE a side closed by the relay (kick, logout, shutdown)
+    /// is told before its connection goes, flushed even though the side
+    /// is dead.
+    farewell: Option<Inject>,
 }
 
 /// Bridges `a` and `b` until both have sent TERMINATE or died. A side
@@ -297,11 +323,13 @@ pub async fn run<'a>(
         side: a,
         dead: None,
         inject: None,
+        farewell: None,
     };
     let mut sb = SideState {
         side: b,
         dead: None,
         inject: None,
+        farewell: None,
     };
     let mut ab = Dir::default();
     let mut ba = Dir::default();
@@ -310,16 +338,17 @@ pub async fn run<'a>(
     let mut killed_a = std::pin::pin!(kill_a.cancelled());
     let mut killed_b = std::pin::pin!(kill_b.cancelled());
     let mut deadline: Option<Pin<Box<tokio::time::Sleep>>> = None;
+    let mut farewell_deadline: Option<Pin<Box<tokio::time::Sleep>>> = None;
 
     std::future::poll_fn(|cx| {
         loop {
             let mut progressed = false;
             if sa.dead.is_none() && killed_a.as_mut().poll(cx).is_ready() {
-                sa.dead = Some((sa.side.kill_code)());
+                killed(&mut sa, &ba);
                 progressed = true;
             }
             if sb.dead.is_none() && killed_b.as_mut().poll(cx).is_ready() {
-                sb.dead = Some((sb.side.kill_code)());
+                killed(&mut sb, &ab);
                 progressed = true;
             }
             progressed |= step(cx, &mut sa, &mut sb, &mut ab);
@@ -342,7 +371,26 @@ pub async fn run<'a>(
                     }
                 }
             }
-            if finished(&sa, &ab)
+            for s in [&mut sa, &mut sb] {
+                if let Some(f) = s.farewell.as_mut()
+                    && f.poll(cx, &mut s.side.conn.stream).is_ready()
+                {
+                    s.farewell = None;
+                    progressed = true;
+                }
+            }
+            if sa.farewell.is_some() || sb.farewell.is_some() {
+                let d = farewell_deadline
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(FAREWELL_TIMEOUT)));
+                if d.as_mut().poll(cx).is_ready() {
+                    sa.farewell = None;
+                    sb.farewell = None;
+                    progressed = true;
+                }
+            }
+            if sa.farewell.is_none()
+                && sb.farewell.is_none()
+                && finished(&sa, &ab)
                 && finished(&sb, &ba)
                 && (sa.dead.is_some() || sb.dead.is_some() || (ab.done && ba.done))
             {
@@ -388,6 +436,22 @@ pub async fn run<'a>(
     BridgeOutcome {
         a: end(&sa),
         b: end(&sb),
+    }
+}
+
+/// How long a side closed by the relay may take to accept its farewell
+/// TERMINATE before it is closed without it.
+const FAREWELL_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// `side`'s kill token fired (kick, logout, shutdown): it is dead from
+/// now on, and is told why with a TERMINATE of the kill's code if what the
+/// relay writes to it (`incoming`) is at a frame boundary.
+fn killed(side: &mut SideState<'_, '_>, incoming: &Dir) {
+    let code = (side.side.kill_code)();
+    side.dead = Some(code);
+    side.inject = None;
+    if incoming.in_data == 0 && incoming.fwd == 0 && !incoming.done {
+        side.farewell = Some(Inject::farewell(code));
     }
 }
 

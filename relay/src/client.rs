@@ -487,11 +487,28 @@ async fn supervise(inner: Arc<Inner>) {
             return;
         }
         if total < max && vacant < want_vacant {
+            if inner.kicked.load(Ordering::Relaxed) {
+                // An admin closed our connections: stay away for the
+                // longest backoff rather than bounce straight back. Every
+                // worker of the kick sets the flag within moments, so it
+                // is cleared only after the wait.
+                let delay = jitter(cfg.reconnect_max, cfg.reconnect_initial);
+                warn!(
+                    retry_ms = delay.as_millis() as u64,
+                    "Kicked by the relay admin; waiting before logging in again."
+                );
+                tokio::select! {
+                    _ = inner.pool_stop.cancelled() => return,
+                    _ = sleep(delay) => {}
+                }
+                inner.kicked.store(false, Ordering::Relaxed);
+                backoff = cfg.reconnect_max;
+                continue;
+            }
             // With no live connection the token is dead at the relay.
             match open(&inner, total > 0).await {
                 Ok((conn, hold)) => {
                     backoff = cfg.reconnect_initial;
-                    inner.kicked.store(false, Ordering::Relaxed);
                     if inner.pool_stop.is_cancelled() {
                         return;
                     }
@@ -506,9 +523,7 @@ async fn supervise(inner: Arc<Inner>) {
                             continue;
                         }
                     }
-                    if inner.kicked.load(Ordering::Relaxed)
-                        || inner.auth_failed.load(Ordering::Relaxed)
-                    {
+                    if inner.auth_failed.load(Ordering::Relaxed) {
                         backoff = cfg.reconnect_max;
                     }
                     let delay = jitter(backoff, cfg.reconnect_initial);
@@ -1260,5 +1275,47 @@ impl AsyncWrite for Session {
         ready!(this.poll_drain(cx))?;
         let conn = this.conn()?;
         Pin::new(&mut conn.stream).poll_flush(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::jitter;
+    use std::time::Duration;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    /// Full jitter: every delay lies in `[floor/2, backoff]`, and many
+    /// draws spread over the range rather than sit at one end.
+    #[test]
+    fn jitter_stays_in_half_floor_to_backoff_and_spreads() {
+        for (backoff, floor) in [(500, 500), (1000, 500), (8000, 500), (60_000, 200)] {
+            let (backoff, floor) = (backoff * MS, floor * MS);
+            let (lo, hi) = (floor / 2, backoff);
+            let draws: Vec<Duration> = (0..2000).map(|_| jitter(backoff, floor)).collect();
+            for d in &draws {
+                assert!(
+                    (lo..=hi).contains(d),
+                    "{d:?} outside [{lo:?}, {hi:?}] for backoff {backoff:?}"
+                );
+            }
+            // With 2000 uniform draws, each end tenth of the range is
+            // hit with probability 1 - 0.9^2000: a certainty in practice.
+            let tenth = (hi - lo) / 10;
+            assert!(draws.iter().any(|d| *d < lo + tenth), "never near {lo:?}");
+            assert!(draws.iter().any(|d| *d > hi - tenth), "never near {hi:?}");
+        }
+    }
+
+    /// A backoff below half the floor (never produced by the supervisor,
+    /// but the function must not panic on an empty range) still yields a
+    /// short, bounded delay.
+    #[test]
+    fn jitter_handles_a_backoff_below_half_the_floor() {
+        for _ in 0..100 {
+            let d = jitter(10 * MS, 500 * MS);
+            assert!((250 * MS..=251 * MS).contains(&d), "{d:?}");
+        }
+        assert!(jitter(Duration::ZERO, Duration::ZERO) <= MS);
     }
 }

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{PW, Raw, pattern, relay};
+use common::{PW, Raw, bridged_raw, pattern, relay};
 use faxgate_config::{ClientTlsConfig, RelayServerConfig};
 use faxgate_relay::protocol::{Code, Frame};
 use faxgate_relay::{ClientError, RelayClient, RelayServer};
@@ -117,13 +117,51 @@ async fn garbage_oversized_and_cut_frames_get_clear_errors() {
     }
     assert!(raw.recv().await.is_none());
 
-    // A frame cut off in the middle, then the connection closes.
+    // A frame cut off in the middle, then the connection closes. The
+    // relay cannot answer a frame it never got whole: it closes at once,
+    // without an ERR (waiting for the handshake deadline would have sent
+    // HANDSHAKE_TIMEOUT), and the handshake slot is free again.
+    r.eventually("earlier handshakes freed", |r| {
+        r.metric(|m| &m.pending) == 0
+    })
+    .await;
+    let timeouts_before = r.metric(|m| &m.handshake_timeouts);
     let mut tcp = TcpStream::connect(r.addr).await.unwrap();
     tcp.write_all(b"FGRL\x01\x01\x00\x00\x00\x40tok")
         .await
         .unwrap();
+    r.eventually("the cut LOGIN waits in the handshake", |r| {
+        r.metric(|m| &m.pending) == 1
+    })
+    .await;
     tcp.shutdown().await.unwrap();
-    let _ = read_all(&mut tcp).await;
+    let bytes = read_all(&mut tcp).await;
+    assert!(bytes.is_empty(), "a cut frame gets a close, not {bytes:?}");
+    r.eventually("the cut connection's slot freed", |r| {
+        r.metric(|m| &m.pending) == 0
+    })
+    .await;
+    assert_eq!(
+        r.metric(|m| &m.handshake_timeouts),
+        timeouts_before,
+        "closed for the cut, not by the deadline"
+    );
+
+    // The same after login: a HOLD cut after 2 of its 4 payload bytes.
+    let (mut raw, f) = Raw::login(r.addr, "tokyo", PW).await;
+    assert!(matches!(f, Frame::LoginOk { .. }), "{f:?}");
+    r.eventually("tokyo logged in", |r| r.counts().1 == 1).await;
+    raw.conn
+        .stream
+        .write_all(&[0x03, 0, 0, 0, 4, 0, 0])
+        .await
+        .unwrap();
+    raw.conn.stream.shutdown().await.unwrap();
+    assert!(raw.recv().await.is_none(), "closed without an answer");
+    r.eventually("tokyo's cut connection removed", |r| {
+        r.counts() == (0, 0, 0, 0)
+    })
+    .await;
 
     // A well-formed but malformed LOGIN (bad user ID).
     let mut tcp = TcpStream::connect(r.addr).await.unwrap();
@@ -327,4 +365,120 @@ async fn a_client_pinned_to_the_wrong_fingerprint_is_refused() {
         other => panic!("expected a TLS certificate error, got {other:?}"),
     }
     assert_eq!(server.shared.registry.counts().1, 0, "nobody logged in");
+}
+
+/// Everything a raw connection receives until the relay closes it: the
+/// bytes already buffered, then the socket to EOF (or a reset).
+async fn rest_of(raw: &mut Raw) -> Vec<u8> {
+    let mut out = raw.conn.rbuf.split().to_vec();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), raw.conn.stream.read(&mut buf))
+            .await
+            .expect("the relay did not close the survivor within 5 s")
+        {
+            Ok(0) | Err(_) => return out,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+/// A device dies inside a DATA frame: it sent a header promising 1000
+/// bytes, 10 of them, and closed. Its peer's stream cannot be repaired,
+/// so the relay forwards what came and closes the peer too (PROTOCOL.md,
+/// "Inside a session"); both connections are freed and a good client is
+/// served. Tried with the caller dying and with the target dying.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_side_dying_inside_a_data_frame_closes_its_peer() {
+    let r = relay("").await;
+    for u in ["tokyo", "osaka", "good-a", "good-b"] {
+        r.add_user(u, &["g"]);
+    }
+    for caller_dies in [true, false] {
+        let (c, t) = bridged_raw(&r, "tokyo", "osaka").await;
+        let (mut dying, mut survivor) = if caller_dies { (c, t) } else { (t, c) };
+        let mut sent = faxgate_relay::protocol::data_header(1000).to_vec();
+        sent.extend_from_slice(b"0123456789");
+        dying.conn.stream.write_all(&sent).await.unwrap();
+        dying.conn.stream.flush().await.unwrap();
+        drop(dying);
+        let got = rest_of(&mut survivor).await;
+        assert_eq!(
+            got, sent,
+            "caller_dies={caller_dies}: the survivor gets the cut frame as sent, then the close"
+        );
+        r.eventually("both connections freed", |r| r.counts() == (0, 0, 0, 0))
+            .await;
+    }
+    good_session(&r).await;
+}
+
+/// A device dies between frames: its peer gets the complete DATA, then
+/// TERMINATE(PEER_LOST). The peer's DATA and TERMINATE after that are
+/// dropped until its RELEASE, and its connection carries a new session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_side_dying_at_a_frame_boundary_gets_its_peer_peer_lost() {
+    let r = relay("").await;
+    for u in ["tokyo", "osaka", "kyoto", "good-a", "good-b"] {
+        r.add_user(u, &["g"]);
+    }
+    for caller_dies in [true, false] {
+        let (c, t) = bridged_raw(&r, "tokyo", "osaka").await;
+        let (mut dying, mut survivor, survivor_user) = if caller_dies {
+            (c, t, "osaka")
+        } else {
+            (t, c, "tokyo")
+        };
+        let data = bytes::Bytes::from_static(b"last words");
+        dying.send(&Frame::Data(data.clone())).await;
+        drop(dying);
+        assert_eq!(survivor.recv().await, Some(Frame::Data(data)));
+        assert_eq!(
+            survivor.recv().await,
+            Some(Frame::Terminate {
+                code: Code::PeerLost
+            }),
+            "caller_dies={caller_dies}"
+        );
+        // Late DATA and the answering TERMINATE are dropped; RELEASE
+        // makes the connection vacant again.
+        survivor
+            .send(&Frame::Data(bytes::Bytes::from_static(b"into the void")))
+            .await;
+        survivor
+            .send(&Frame::Terminate { code: Code::Normal })
+            .await;
+        survivor.send(&Frame::Release).await;
+        survivor.send(&Frame::Hold { seq: 7 }).await;
+        assert_eq!(survivor.recv().await, Some(Frame::HoldAck { seq: 7 }));
+        r.eventually("the dead side freed, the survivor vacant", |r| {
+            r.counts() == (1, 1, 1, 0)
+        })
+        .await;
+        // The survivor's connection carries the next session.
+        let (mut kyoto, f) = Raw::login(r.addr, "kyoto", PW).await;
+        assert!(matches!(f, Frame::LoginOk { .. }), "{f:?}");
+        kyoto
+            .send(&Frame::Connect {
+                target: survivor_user.into(),
+            })
+            .await;
+        let Some(Frame::ConnectNotify { session_id, from }) = survivor.recv().await else {
+            panic!("the survivor got no CONNECT-NOTIFY");
+        };
+        assert_eq!(from, "kyoto");
+        survivor.send(&Frame::Accept { session_id }).await;
+        assert!(matches!(
+            survivor.recv().await,
+            Some(Frame::ConnectOk { .. })
+        ));
+        assert!(matches!(kyoto.recv().await, Some(Frame::ConnectOk { .. })));
+        let hello = bytes::Bytes::from_static(b"hello again");
+        kyoto.send(&Frame::Data(hello.clone())).await;
+        assert_eq!(survivor.recv().await, Some(Frame::Data(hello)));
+        drop((kyoto, survivor));
+        r.eventually("all freed", |r| r.counts() == (0, 0, 0, 0))
+            .await;
+    }
+    good_session(&r).await;
 }

@@ -126,17 +126,20 @@ async fn failed_logins_are_rate_limited_per_user_and_per_address() {
 }
 
 /// (4)-(5): HOLD is answered with HOLD-ACK carrying the same sequence.
-/// A connection silent for 2.5 intervals is closed and presence updated.
+/// A connection silent for 2.5 intervals is closed and presence updated:
+/// not before 2.5 intervals, and well before 4 (a relay that never
+/// closes, or waits much longer, fails).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hold_is_answered_and_silent_connections_are_closed() {
-    let r = relay("hold_interval = \"200ms\"\n").await;
+    const INTERVAL: Duration = Duration::from_millis(400);
+    let r = relay("hold_interval = \"400ms\"\n").await;
     r.add_user("tokyo", &["b"]);
     let (mut raw, f) = Raw::login(r.addr, "tokyo", PW).await;
     assert!(
         matches!(
             f,
             Frame::LoginOk {
-                hold_interval_ms: 200,
+                hold_interval_ms: 400,
                 ..
             }
         ),
@@ -144,8 +147,9 @@ async fn hold_is_answered_and_silent_connections_are_closed() {
     );
     let start = tokio::time::Instant::now();
     let mut silent_from = start;
+    // 4 x 300 ms is more than 2.5 intervals: only the HOLDs keep it open.
     for seq in 1..=4 {
-        tokio::time::sleep(Duration::from_millis(150)).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
         silent_from = tokio::time::Instant::now();
         raw.send(&Frame::Hold { seq }).await;
         assert_eq!(raw.recv().await, Some(Frame::HoldAck { seq }));
@@ -165,14 +169,19 @@ async fn hold_is_answered_and_silent_connections_are_closed() {
         "{bye:?}"
     );
     assert!(
-        waited >= Duration::from_millis(480),
+        waited >= INTERVAL * 5 / 2 - Duration::from_millis(20),
         "closed {waited:?} after the last HOLD, before 2.5 intervals"
+    );
+    assert!(
+        waited < INTERVAL * 4,
+        "closed {waited:?} after the last HOLD; 2.5 intervals is {:?}",
+        INTERVAL * 5 / 2
     );
     assert!(raw.recv().await.is_none(), "socket closed after BYE");
     r.eventually("presence removed", |r| r.counts().0 == 0)
         .await;
     assert_eq!(r.metric(|m| &m.hold_timeouts), 1);
-    assert!(start.elapsed() > Duration::from_millis(600));
+    assert!(start.elapsed() > INTERVAL * 3);
 }
 
 /// The device side of dead-peer detection: a "relay" that logs the
@@ -658,6 +667,92 @@ async fn status_metrics_and_admin_kick() {
     ));
     r.eventually("kicked user gone", |r| r.counts().0 == 0)
         .await;
+}
+
+/// /status shows a live session's bytes and /metrics the finished
+/// session's, exactly: the bridge counts every byte it forwards, DATA
+/// headers and TERMINATE included, and nothing it swallows (HOLD).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_and_metrics_count_a_sessions_bytes() {
+    let r = relay_with("", "[status]\nlisten = \"127.0.0.1:0\"\n").await;
+    r.add_user("tokyo", &["b"]);
+    r.add_user("osaka", &["b"]);
+    let status = r.server.status_addr.unwrap();
+    let (mut tokyo, mut osaka) = common::bridged_raw(&r, "tokyo", "osaka").await;
+    let up: Vec<Vec<u8>> = [1000, 70_000, 1]
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| pattern(n, i as u64))
+        .collect();
+    for (i, d) in up.iter().enumerate() {
+        tokyo
+            .send(&Frame::Data(bytes::Bytes::from(d.clone())))
+            .await;
+        if i == 0 {
+            // Swallowed inside a session: neither forwarded nor counted.
+            tokyo.send(&Frame::Hold { seq: 1 }).await;
+        }
+    }
+    for d in &up {
+        assert_eq!(
+            osaka.recv().await,
+            Some(Frame::Data(bytes::Bytes::from(d.clone())))
+        );
+    }
+    let down = pattern(500, 9);
+    osaka
+        .send(&Frame::Data(bytes::Bytes::from(down.clone())))
+        .await;
+    assert_eq!(
+        tokyo.recv().await,
+        Some(Frame::Data(bytes::Bytes::from(down)))
+    );
+    let up_bytes: u64 = up.iter().map(|d| d.len() as u64 + 5).sum();
+    assert_eq!(up_bytes, 71_016);
+    let down_bytes = 505u64;
+
+    let (code, body) = http(status, "GET", "/status", None).await;
+    assert_eq!(code, 200);
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["sessions_active"], 1, "{body}");
+    let s = &v["sessions"][0];
+    assert_eq!(
+        (s["caller"].as_str(), s["target"].as_str()),
+        (Some("tokyo"), Some("osaka"))
+    );
+    assert_eq!(s["bytes_up"], up_bytes, "{body}");
+    assert_eq!(s["bytes_down"], down_bytes, "{body}");
+
+    // Both TERMINATEs (7 bytes each) and RELEASE end the session.
+    let t = Frame::Terminate { code: Code::Normal };
+    tokyo.send(&t).await;
+    assert_eq!(osaka.recv().await, Some(t.clone()));
+    osaka.send(&t).await;
+    assert_eq!(tokyo.recv().await, Some(t));
+    tokyo.send(&Frame::Release).await;
+    osaka.send(&Frame::Release).await;
+    r.eventually("session over, both vacant", |r| r.counts() == (2, 2, 2, 0))
+        .await;
+
+    let (_, body) = http(status, "GET", "/status", None).await;
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["sessions"].as_array().map(Vec::len), Some(0), "{body}");
+    let (code, body) = http(status, "GET", "/metrics", None).await;
+    assert_eq!(code, 200);
+    for line in [
+        format!(
+            "faxgate_relay_bytes_forwarded_total{{direction=\"caller_to_target\"}} {}",
+            up_bytes + 7
+        ),
+        format!(
+            "faxgate_relay_bytes_forwarded_total{{direction=\"target_to_caller\"}} {}",
+            down_bytes + 7
+        ),
+        "faxgate_relay_sessions_total 1".to_owned(),
+        "faxgate_relay_sessions_active 0".to_owned(),
+    ] {
+        assert!(body.lines().any(|l| l == line), "no `{line}` in:\n{body}");
+    }
 }
 
 async fn http(

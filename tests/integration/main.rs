@@ -11,3 +11,4 @@ mod infra_mail;
 mod nat;
 mod netns;
 mod print;
+mod relay_cli;

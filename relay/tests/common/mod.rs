@@ -159,6 +159,25 @@ impl Raw {
     }
 }
 
+/// Two raw devices bridged: `caller` CONNECTs `target`, which ACCEPTs.
+pub async fn bridged_raw(r: &Relay, caller: &str, target: &str) -> (Raw, Raw) {
+    let (mut c, f) = Raw::login(r.addr, caller, PW).await;
+    assert!(matches!(f, Frame::LoginOk { .. }), "{f:?}");
+    let (mut t, f) = Raw::login(r.addr, target, PW).await;
+    assert!(matches!(f, Frame::LoginOk { .. }), "{f:?}");
+    c.send(&Frame::Connect {
+        target: target.into(),
+    })
+    .await;
+    let Some(Frame::ConnectNotify { session_id, .. }) = t.recv().await else {
+        panic!("{target} got no CONNECT-NOTIFY");
+    };
+    t.send(&Frame::Accept { session_id }).await;
+    assert!(matches!(t.recv().await, Some(Frame::ConnectOk { .. })));
+    assert!(matches!(c.recv().await, Some(Frame::ConnectOk { .. })));
+    (c, t)
+}
+
 /// Deterministic pseudo-random bytes (xorshift), so a failure is
 /// reproducible and the payload is not compressible or repetitive.
 pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
