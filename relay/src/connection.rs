@@ -21,6 +21,19 @@ pub enum ConnError {
     Truncated(usize),
 }
 
+impl ConnError {
+    /// The code and message to answer the peer with when the error is the
+    /// peer's fault: a bad frame, or a frame cut off by the peer's close.
+    /// `None` for I/O failures, where there is no one to tell.
+    pub fn protocol_error(&self) -> Option<(protocol::Code, String)> {
+        match self {
+            ConnError::Frame(e) => Some((e.code(), e.to_string())),
+            ConnError::Truncated(_) => Some((protocol::Code::BadFrame, self.to_string())),
+            ConnError::Io(_) => None,
+        }
+    }
+}
+
 /// The initial read buffer. Idle connections hold only this much, which
 /// keeps a logged-in idle device cheap; a big frame grows it and
 /// [`Connection::shrink`] gives the memory back.

@@ -362,14 +362,16 @@ async fn serve_conn(
             debug!("Closed before logging in.");
             return;
         }
-        Ok(Err(ConnError::Frame(e))) => {
-            Metrics::inc(&shared.metrics.protocol_errors);
-            info!(error = %e, "Bad handshake; closing.");
-            let _ = send(&mut conn, &err(e.code(), e.to_string()), limit).await;
-            return;
-        }
         Ok(Err(e)) => {
-            debug!(error = %e, "Handshake read failed.");
+            match e.protocol_error() {
+                Some((code, message)) => {
+                    Metrics::inc(&shared.metrics.protocol_errors);
+                    info!(error = %e, "Bad handshake; closing.");
+                    // A peer that closed mid-frame may still read.
+                    let _ = send(&mut conn, &err(code, message), limit).await;
+                }
+                None => debug!(error = %e, "Handshake read failed."),
+            }
             return;
         }
     };
@@ -624,17 +626,13 @@ impl ConnTask {
                 }
                 Event::Demand(d) => Box::pin(self.answer_demand(conn, d)).await,
                 Event::Frame(Err(e)) => {
-                    if let ConnError::Frame(fe) = &e {
-                        Metrics::inc(&self.shared.metrics.protocol_errors);
-                        info!(error = %fe, "Protocol violation; closing.");
-                        let _ = send(
-                            &mut conn,
-                            &err(fe.code(), fe.to_string()),
-                            self.write_limit(),
-                        )
-                        .await;
-                    } else {
-                        debug!(error = %e, "Connection failed.");
+                    match e.protocol_error() {
+                        Some((code, message)) => {
+                            Metrics::inc(&self.shared.metrics.protocol_errors);
+                            info!(error = %e, "Protocol violation; closing.");
+                            let _ = send(&mut conn, &err(code, message), self.write_limit()).await;
+                        }
+                        None => debug!(error = %e, "Connection failed."),
                     }
                     return;
                 }

@@ -117,15 +117,16 @@ async fn garbage_oversized_and_cut_frames_get_clear_errors() {
     }
     assert!(raw.recv().await.is_none());
 
-    // A frame cut off in the middle, then the connection closes. The
-    // relay cannot answer a frame it never got whole: it closes at once,
-    // without an ERR (waiting for the handshake deadline would have sent
-    // HANDSHAKE_TIMEOUT), and the handshake slot is free again.
+    // A frame cut off in the middle, then the sender's side closes. The
+    // relay answers at once with BAD_FRAME naming the cut (not with
+    // HANDSHAKE_TIMEOUT at the deadline), counts a protocol error, and
+    // the handshake slot is free again.
     r.eventually("earlier handshakes freed", |r| {
         r.metric(|m| &m.pending) == 0
     })
     .await;
     let timeouts_before = r.metric(|m| &m.handshake_timeouts);
+    let errors_before = r.metric(|m| &m.protocol_errors);
     let mut tcp = TcpStream::connect(r.addr).await.unwrap();
     tcp.write_all(b"FGRL\x01\x01\x00\x00\x00\x40tok")
         .await
@@ -135,8 +136,10 @@ async fn garbage_oversized_and_cut_frames_get_clear_errors() {
     })
     .await;
     tcp.shutdown().await.unwrap();
-    let bytes = read_all(&mut tcp).await;
-    assert!(bytes.is_empty(), "a cut frame gets a close, not {bytes:?}");
+    let (code, msg) = err_frame(&read_all(&mut tcp).await);
+    assert_eq!(code, Code::BadFrame);
+    assert!(msg.contains("middle of a frame"), "{msg}");
+    assert_eq!(r.metric(|m| &m.protocol_errors), errors_before + 1);
     r.eventually("the cut connection's slot freed", |r| {
         r.metric(|m| &m.pending) == 0
     })
@@ -157,7 +160,14 @@ async fn garbage_oversized_and_cut_frames_get_clear_errors() {
         .await
         .unwrap();
     raw.conn.stream.shutdown().await.unwrap();
-    assert!(raw.recv().await.is_none(), "closed without an answer");
+    match raw.recv().await {
+        Some(Frame::Err { code, message }) => {
+            assert_eq!(code, Code::BadFrame);
+            assert!(message.contains("middle of a frame"), "{message}");
+        }
+        other => panic!("a HOLD cut in the middle answered {other:?}"),
+    }
+    assert!(raw.recv().await.is_none(), "closed after the ERR");
     r.eventually("tokyo's cut connection removed", |r| {
         r.counts() == (0, 0, 0, 0)
     })
