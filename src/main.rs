@@ -35,9 +35,9 @@ enum Command {
     Demo(commands::demo::DemoArgs),
     /// Run the benchmarks and print ratios against same-run references.
     Bench(commands::bench::BenchArgs),
-    /// Convert fax documents between PBM, TIFF-F and PDF.
+    /// Convert documents (PBM, TIFF-F, PNG, JPEG, PDF) to TIFF-F, PDF or PBM fax pages.
     Convert(commands::convert::ConvertArgs),
-    /// Print a fax document (TIFF-F or PBM) on a printer given by URI.
+    /// Print a document (TIFF-F, PBM, PNG, JPEG, PDF) on a printer given by URI.
     Print(Box<commands::print::PrintArgs>),
     /// Run the appliance daemon: relay login, fax sessions, print, panel.
     Appliance(commands::appliance::DaemonArgs),

@@ -190,3 +190,155 @@ impl PrintActor {
         Ok(true)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::appliance::store::InboxState;
+    use crate::print::PrinterState;
+    use faxgate_fax::{Bitmap, Resolution};
+
+    /// A one-page document received completely from `tokyo`.
+    async fn received(store: &Store) -> i64 {
+        let d = store
+            .begin_receive("tokyo", "job-1", Some("+81 3 1234".into()), Some(1))
+            .await
+            .unwrap();
+        let mut page = Bitmap::new(1728, 60);
+        for x in 100..600 {
+            page.set_pixel(x, 30, true);
+        }
+        assert!(
+            store
+                .store_page(d.id, 0, page, Resolution::Fine)
+                .await
+                .unwrap()
+        );
+        store
+            .finish_receive(d.id, InboxState::Complete, false)
+            .await
+            .unwrap();
+        d.id
+    }
+
+    /// Polls the store until `done` holds (10 s at most).
+    async fn wait_doc(store: &Store, id: i64, done: impl Fn(&InboxDoc) -> bool) -> InboxDoc {
+        for _ in 0..500 {
+            let d = store.inbox_doc(id).await.unwrap().unwrap();
+            if done(&d) {
+                return d;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("inbox document {id} never reached the expected state");
+    }
+
+    fn files(dir: &std::path::Path) -> Vec<PathBuf> {
+        match std::fs::read_dir(dir) {
+            Ok(rd) => rd.map(|e| e.unwrap().path()).collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// A printer that is stopped (here a folder that is gone: `stopped`,
+    /// `offline-report`) makes `print` fail with an error that keeps the
+    /// job. The document stays pending in the store (a fresh store on the
+    /// same folder still queues it), is retried every `retry` without
+    /// printing, and prints exactly once after the printer comes back.
+    /// (Real time with a short retry: the root package's tokio has no
+    /// `test-util` for a paused clock.)
+    #[tokio::test]
+    async fn a_stopped_printer_keeps_the_document_until_it_prints_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("store")).unwrap();
+        let out = dir.path().join("printer");
+        let printer = Printer::from_uri(&format!("dir:{}", out.display())).unwrap();
+        let id = received(&store).await;
+        let retry = Duration::from_millis(200);
+        let shutdown = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let bus = Bus::default();
+        let mut events = bus.subscribe();
+        let handle = PrintHandle::spawn(
+            store.clone(),
+            Some(printer),
+            None,
+            retry,
+            bus,
+            shutdown.clone(),
+            &tracker,
+        );
+
+        let d = wait_doc(&store, id, |d| d.print_reason.is_some()).await;
+        assert_eq!(d.print, PrintState::Pending, "{d:?}");
+        let reason = d.print_reason.unwrap_or_default();
+        assert!(
+            reason.contains("stopped") && reason.contains("the job is kept"),
+            "{reason}"
+        );
+        // The panel sees the printer stopped, with its reason.
+        for _ in 0..500 {
+            if handle.status().state == PrinterState::Stopped {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let status = handle.status();
+        assert!(
+            status.state == PrinterState::Stopped && status.has("offline"),
+            "{status}"
+        );
+        // Durable: what a restarted appliance would find.
+        let ids: Vec<i64> = Store::open(&dir.path().join("store"))
+            .unwrap()
+            .print_queue()
+            .await
+            .unwrap()
+            .iter()
+            .map(|d| d.id)
+            .collect();
+        assert_eq!(ids, vec![id]);
+        // Three more retries with the printer still stopped: still
+        // pending, nothing printed.
+        tokio::time::sleep(retry * 3 + retry / 2).await;
+        let d = store.inbox_doc(id).await.unwrap().unwrap();
+        assert_eq!(d.print, PrintState::Pending);
+        assert!(files(&out).is_empty());
+        let tries = store
+            .history(Some(format!("inbox:{id}")), 100)
+            .await
+            .unwrap()
+            .iter()
+            .filter(|h| h.message.starts_with("pending:"))
+            .count();
+        assert!(tries >= 3, "{tries} tries in about four retry periods");
+
+        // The printer comes back: the next retry prints it.
+        std::fs::create_dir(&out).unwrap();
+        let d = wait_doc(&store, id, |d| d.print != PrintState::Pending).await;
+        assert_eq!(d.print, PrintState::Printed, "{d:?}");
+        let printed = files(&out);
+        assert_eq!(printed.len(), 1, "{printed:?}");
+        assert_eq!(d.print_reason.as_deref(), printed[0].to_str());
+        assert!(std::fs::read(&printed[0]).unwrap().starts_with(b"%PDF-"));
+        let ev = events.recv().await.unwrap();
+        assert!(
+            matches!(&ev, BusEvent::Inbox(d) if d.id == id && d.print == PrintState::Printed),
+            "{ev:?}"
+        );
+
+        // Exactly once: a wake-up and more retry periods print nothing more.
+        handle.wake().await;
+        tokio::time::sleep(retry * 4).await;
+        assert_eq!(files(&out).len(), 1, "printed again");
+        assert!(store.print_queue().await.unwrap().is_empty());
+        assert_eq!(
+            store.inbox_doc(id).await.unwrap().unwrap().print,
+            PrintState::Printed
+        );
+
+        shutdown.cancel();
+        tracker.close();
+        tracker.wait().await;
+    }
+}

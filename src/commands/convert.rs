@@ -1,4 +1,5 @@
-//! `faxgate convert`: fax documents between PBM, TIFF-F and PDF.
+//! `faxgate convert`: PBM, TIFF-F, PNG, JPEG and PDF in; TIFF-F, PDF or
+//! PBM out.
 //!
 //! Inputs are read into coded pages ([`FaxPage`]), brought to the chosen
 //! resolution, and written in the format the output's extension names.
@@ -14,8 +15,9 @@ use crate::print::{Document, DocumentFormat, FaxPage, page::DEFAULT_DPI, page::r
 /// Arguments of `faxgate convert`.
 #[derive(Debug, Args)]
 pub struct ConvertArgs {
-    /// Input files: PBM (.pbm) or TIFF-F (.tif, .tiff). Pages are taken
-    /// in order.
+    /// Input files, read by content: PBM and TIFF-F as fax pages; PNG,
+    /// JPEG, other TIFFs, PNM and PDF (through pdftoppm) converted to A4
+    /// fax pages. Pages are taken in order.
     #[arg(required = true)]
     pub inputs: Vec<PathBuf>,
     /// Output file: .tiff/.tif (TIFF-F), .pdf or .pbm.

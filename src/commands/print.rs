@@ -1,5 +1,6 @@
-//! `faxgate print`: prints a fax document (TIFF-F or PBM) on a printer
-//! named by URI, and reports where it went.
+//! `faxgate print`: prints a fax document (TIFF-F or PBM, or an image or
+//! PDF converted to fax pages) on a printer named by URI, and reports
+//! where it went; `--status` only shows the printer's status.
 
 use std::path::PathBuf;
 
@@ -12,8 +13,11 @@ use crate::print::{Document, PrintError, Printer, page::DEFAULT_DPI};
 /// Arguments of `faxgate print`.
 #[derive(Debug, Args)]
 pub struct PrintArgs {
-    /// The document: TIFF-F (.tif, .tiff) or PBM.
-    pub file: PathBuf,
+    /// The document: TIFF-F or PBM (printed as they are), or PNG, JPEG,
+    /// another TIFF or PDF (converted to A4 fax pages at fine resolution).
+    /// Not needed with --status.
+    #[arg(required_unless_present = "status")]
+    pub file: Option<PathBuf>,
     /// Printer URI: ipp://host[:port]/path, cups:QUEUE (or lp:QUEUE),
     /// dir:/folder or file:///folder (?format=pdf|tiff|tiff-mmr),
     /// device:/dev/... (?format=pdf|pwg&dpi=N). Not used with --via-mail.
@@ -35,30 +39,35 @@ pub struct PrintArgs {
 
 /// Runs `faxgate print`.
 pub async fn run(args: PrintArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let file = || {
+        args.file
+            .clone()
+            .context("a FILE to print is needed (only --status works without one)")
+    };
     if args.via.via_mail.is_some() {
-        return super::print_mail::run(&args.via, &args.file, args.title, shutdown).await;
+        return super::print_mail::run(&args.via, &file()?, args.title, shutdown).await;
     }
     let printer = Printer::from_uri(&args.printer)?.with_job_timeout(args.job_timeout);
     if args.status {
         println!("{}", printer.status().await);
         return Ok(());
     }
-    let pages = super::convert::read_pages(&args.file, DEFAULT_DPI).await?;
+    let file = file()?;
+    let pages = super::convert::read_pages(&file, DEFAULT_DPI).await?;
     let title = args.title.unwrap_or_else(|| {
-        args.file
-            .file_name()
+        file.file_name()
             .map_or_else(|| "fax".into(), |s| s.to_string_lossy().into_owned())
     });
     let doc = Document { title, pages };
     let report = tokio::select! {
         r = printer.print(&doc) => r
             .map_err(|e| anyhow::anyhow!("{e}{}", hint(&e)))
-            .with_context(|| format!("while printing {}", args.file.display()))?,
+            .with_context(|| format!("while printing {}", file.display()))?,
         () = shutdown.cancelled() => anyhow::bail!("interrupted before the printer confirmed the job"),
     };
     println!(
         "printed {} ({} pages, {} bytes of {}) to {}",
-        args.file.display(),
+        file.display(),
         doc.pages.len(),
         report.bytes,
         report.format,

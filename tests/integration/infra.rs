@@ -323,36 +323,7 @@ fn unique_pdf(d: &Path, tag: &str) -> Vec<u8> {
 fn start_cupsd(t: &Topology, d: &Path) -> Proc {
     crate::common::need("cupsd", "cups-daemon");
     let root = d.join("cups");
-    for sub in ["conf", "spool", "cache", "state", "tmp", "log"] {
-        std::fs::create_dir_all(root.join(sub)).unwrap();
-    }
-    std::fs::write(
-        root.join("conf/cupsd.conf"),
-        "Listen 127.0.0.1:8700\nLogLevel warn\nWebInterface No\nBrowsing Off\n\
-         <Location />\n  Order allow,deny\n  Allow all\n</Location>\n\
-         <Location /admin>\n  Order allow,deny\n  Allow all\n</Location>\n\
-         <Policy default>\n  <Limit All>\n    Order deny,allow\n  </Limit>\n</Policy>\n",
-    )
-    .unwrap();
-    let p = |s: &str| root.join(s).display().to_string();
-    std::fs::write(
-        root.join("conf/cups-files.conf"),
-        format!(
-            "ServerRoot {}\nRequestRoot {}\nCacheDir {}\nStateDir {}\nTempDir {}\n\
-             AccessLog {}/access_log\nErrorLog {}/error_log\nPageLog {}/page_log\n\
-             User lp\nGroup lp\nSystemGroup root\nSandboxing Relaxed\n",
-            p("conf"),
-            p("spool"),
-            p("cache"),
-            p("state"),
-            p("tmp"),
-            p("log"),
-            p("log"),
-            p("log")
-        ),
-    )
-    .unwrap();
-    run(Command::new("chmod").args(["-R", "a+rwX"]).arg(&root));
+    crate::cups::write_cupsd_config(&root, "127.0.0.1:8700");
     run(Command::new("chmod").args(["a+rx"]).arg(d));
     let proc = Proc(
         t.exec("a")

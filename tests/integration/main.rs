@@ -4,6 +4,7 @@
 
 mod common;
 mod convert;
+mod cups;
 mod demo;
 mod fax;
 mod infra;

@@ -204,3 +204,35 @@ async fn missing_poppler_names_the_package() {
         "{err}"
     );
 }
+
+/// With `pdfinfo` present and only `pdftoppm` missing, the page count is
+/// read and the render step fails with the same clear error, naming
+/// pdftoppm and its package.
+#[tokio::test]
+async fn missing_pdftoppm_alone_names_it_and_the_package() {
+    require_tool("pdfinfo", "poppler-utils");
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_pdf(&dir, "one.pdf", &[rect_pt(72, 72, 144, 216)]);
+    let loader = FileLoader {
+        pdftoppm: "/nonexistent/pdftoppm".into(),
+        ..FileLoader::default()
+    };
+    let err = loader.load(&path).await.unwrap_err();
+    let msg = err.to_string();
+    match &err {
+        ScanError::ToolMissing { tool, package, .. } => {
+            assert_eq!(tool, "/nonexistent/pdftoppm", "{msg}");
+            assert_eq!(*package, "poppler-utils", "{msg}");
+        }
+        other => panic!("expected ToolMissing for pdftoppm, got {other:?}: {msg}"),
+    }
+    assert!(
+        msg.contains("/nonexistent/pdftoppm")
+            && msg.contains("apt-get install -y --no-install-recommends poppler-utils"),
+        "{msg}"
+    );
+    assert!(
+        !msg.contains("pdfinfo"),
+        "pdfinfo worked; the error is about pdftoppm: {msg}"
+    );
+}

@@ -1,0 +1,122 @@
+//! A CUPS scheduler of a test's own: `cupsd` with its configuration,
+//! spool and logs in a temporary folder, on a loopback port, stopped by
+//! PID. `infra.rs` starts one inside a network namespace with the same
+//! configuration; the print tests start one here on a free port.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use crate::common::{Proc, need, run, wait_for};
+
+/// Writes `cupsd.conf` and `cups-files.conf` under `root` for a cupsd
+/// that listens on `listen` only, lets anyone administer it (loopback,
+/// tests), and keeps all its state under `root`. Returns the two paths.
+pub(crate) fn write_cupsd_config(root: &Path, listen: &str) -> (PathBuf, PathBuf) {
+    for sub in ["conf", "spool", "cache", "state", "tmp", "log"] {
+        std::fs::create_dir_all(root.join(sub)).unwrap();
+    }
+    let conf = root.join("conf/cupsd.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "Listen {listen}\nLogLevel warn\nWebInterface No\nBrowsing Off\n\
+             <Location />\n  Order allow,deny\n  Allow all\n</Location>\n\
+             <Location /admin>\n  Order allow,deny\n  Allow all\n</Location>\n\
+             <Policy default>\n  <Limit All>\n    Order deny,allow\n  </Limit>\n</Policy>\n"
+        ),
+    )
+    .unwrap();
+    let p = |s: &str| root.join(s).display().to_string();
+    let files = root.join("conf/cups-files.conf");
+    std::fs::write(
+        &files,
+        format!(
+            "ServerRoot {}\nRequestRoot {}\nCacheDir {}\nStateDir {}\nTempDir {}\n\
+             AccessLog {}/access_log\nErrorLog {}/error_log\nPageLog {}/page_log\n\
+             User lp\nGroup lp\nSystemGroup root\nSandboxing Relaxed\n",
+            p("conf"),
+            p("spool"),
+            p("cache"),
+            p("state"),
+            p("tmp"),
+            p("log"),
+            p("log"),
+            p("log")
+        ),
+    )
+    .unwrap();
+    // cupsd drops to `lp` for its filters and backends.
+    run(Command::new("chmod").args(["-R", "a+rwX"]).arg(root));
+    (conf, files)
+}
+
+/// A `cupsd` on 127.0.0.1 and a free port, killed by PID when dropped.
+pub(crate) struct Cupsd {
+    _proc: Proc,
+    /// `127.0.0.1:PORT`, for `CUPS_SERVER` (or `-h`).
+    pub(crate) server: String,
+    /// The scheduler's own folder (config, spool, logs).
+    pub(crate) dir: tempfile::TempDir,
+}
+
+impl Cupsd {
+    /// Starts a scheduler with no queues.
+    pub(crate) fn start() -> Cupsd {
+        need("cupsd", "cups-daemon");
+        need("lpadmin", "cups-client");
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let server = format!("127.0.0.1:{port}");
+        let (conf, files) = write_cupsd_config(&dir.path().join("cups"), &server);
+        run(Command::new("chmod").arg("a+rx").arg(dir.path()));
+        let proc = Proc(
+            Command::new("cupsd")
+                .arg("-f")
+                .arg("-c")
+                .arg(&conf)
+                .arg("-s")
+                .arg(&files)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start cupsd"),
+        );
+        wait_for("cupsd's port", Duration::from_secs(15), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        Cupsd {
+            _proc: proc,
+            server,
+            dir,
+        }
+    }
+
+    /// A CUPS command (`lpadmin`, `lpstat`, `cupsdisable`...) aimed at
+    /// this scheduler.
+    pub(crate) fn cmd(&self, tool: &str) -> Command {
+        let mut c = Command::new(tool);
+        c.env("CUPS_SERVER", &self.server).env("LC_ALL", "C");
+        c
+    }
+
+    /// Runs a CUPS command that must succeed; returns its stdout.
+    pub(crate) fn run(&self, tool: &str, args: &[&str]) -> String {
+        let out: Output = run(self.cmd(tool).args(args));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The scheduler's error log, for assertion messages.
+    pub(crate) fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("cups/log/error_log")).unwrap_or_default()
+    }
+
+    /// `ipp://` URI of a queue, for IPP clients that talk to CUPS itself.
+    pub(crate) fn queue_uri(&self, queue: &str) -> String {
+        format!("ipp://{}/printers/{queue}", self.server)
+    }
+}
