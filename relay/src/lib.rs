@@ -11,6 +11,8 @@
 //! - [`connection`]: a stream with a read buffer, speaking frames.
 //! - [`transport`]: plain TCP or TLS under one type; socket tuning.
 //! - [`tls`]: certificates, fingerprints, pinning.
+//! - [`lean_tls`]: the relay's TLS server stream on rustls's unbuffered
+//!   API, holding no TLS buffers while idle.
 //! - [`store`]: the SQLite user store with Argon2id hashes.
 //! - [`auth`]: password and token checks, failed-login rate limits.
 //! - [`registry`]: presence, vacancy, sessions, the ACL.
@@ -33,6 +35,7 @@ pub mod auth;
 pub mod bridge;
 pub mod client;
 pub mod connection;
+pub mod lean_tls;
 pub mod metrics;
 pub mod protocol;
 pub mod registry;

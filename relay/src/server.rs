@@ -9,6 +9,7 @@
 use crate::auth::{AuthFailure, Authenticator, TokenHash, new_token};
 use crate::bridge::{self, SideEnd};
 use crate::connection::{ConnError, Connection};
+use crate::lean_tls;
 use crate::metrics::Metrics;
 use crate::protocol::{Code, Frame};
 use crate::registry::{
@@ -28,7 +29,6 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio::time::{Instant, sleep_until, timeout, timeout_at};
-use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, info_span, warn};
@@ -193,11 +193,10 @@ impl RelayServer {
                 .with_context(|| format!("while binding the relay TLS listener on {addr}"))?;
             tls_addr = Some(l.local_addr()?);
             info!(addr = %l.local_addr()?, "Relay listening (TLS).");
-            let acceptor = TlsAcceptor::from(Arc::clone(&id.config));
             tracker.spawn(accept_loop(
                 Arc::clone(&shared),
                 l,
-                Some(acceptor),
+                Some(Arc::clone(&id.config)),
                 shutdown.clone(),
             ));
         }
@@ -243,7 +242,7 @@ impl RelayServer {
 async fn accept_loop(
     shared: Arc<Shared>,
     listener: TcpListener,
-    tls: Option<TlsAcceptor>,
+    tls: Option<Arc<rustls::ServerConfig>>,
     shutdown: CancellationToken,
 ) {
     loop {
@@ -312,7 +311,7 @@ async fn serve_conn(
     shared: Arc<Shared>,
     tcp: TcpStream,
     peer: SocketAddr,
-    tls: Option<TlsAcceptor>,
+    tls: Option<Arc<rustls::ServerConfig>>,
     guard: PendingGuard,
 ) {
     let hold = shared.cfg.hold_interval;
@@ -322,7 +321,7 @@ async fn serve_conn(
     let deadline = Instant::now() + shared.cfg.handshake_timeout;
     let stream = match tls {
         None => Stream::Plain(tcp),
-        Some(acceptor) => match timeout_at(deadline, acceptor.accept(tcp)).await {
+        Some(config) => match timeout_at(deadline, lean_tls::accept(tcp, config)).await {
             Ok(Ok(s)) => Stream::TlsServer(Box::new(s)),
             Ok(Err(e)) => {
                 debug!(error = %e, "TLS handshake failed.");

@@ -52,7 +52,8 @@ pub fn provider() -> Arc<CryptoProvider> {
 /// A loaded server identity.
 #[derive(Debug)]
 pub struct ServerIdentity {
-    /// The rustls config, ready for a `TlsAcceptor`.
+    /// The rustls config the relay's TLS listener serves with (see
+    /// [`crate::lean_tls`]).
     pub config: Arc<rustls::ServerConfig>,
     /// SHA-256 of the leaf certificate, as devices pin it.
     pub fingerprint: [u8; 32],

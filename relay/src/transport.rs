@@ -2,6 +2,7 @@
 //! side. One enum rather than `Box<dyn>` so that the plain-TCP path costs
 //! no indirection, and so the bridge can pair a TLS device with a TCP one.
 
+use crate::lean_tls::LeanTlsStream;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -14,8 +15,9 @@ use tokio::net::TcpStream;
 pub enum Stream {
     /// Plain TCP.
     Plain(TcpStream),
-    /// TLS accepted by the relay.
-    TlsServer(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+    /// TLS accepted by the relay, on rustls's unbuffered API so that an
+    /// idle connection holds no TLS buffers (see [`crate::lean_tls`]).
+    TlsServer(Box<LeanTlsStream>),
     /// TLS opened by a device.
     TlsClient(Box<tokio_rustls::client::TlsStream<TcpStream>>),
 }
@@ -25,7 +27,7 @@ impl Stream {
     pub fn tcp(&self) -> &TcpStream {
         match self {
             Stream::Plain(s) => s,
-            Stream::TlsServer(s) => s.get_ref().0,
+            Stream::TlsServer(s) => s.tcp(),
             Stream::TlsClient(s) => s.get_ref().0,
         }
     }
