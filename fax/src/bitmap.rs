@@ -1,9 +1,12 @@
 //! A bilevel page held in memory, and the one-shot helpers built on the
 //! streaming coders.
 
-use crate::decoder::{DecodeEvent, Decoder, DecoderOptions, PageSummary};
+use crate::decoder::{Decoder, DecoderOptions, Drawn, PageSummary};
 use crate::encoder::{Encoder, EncoderOptions};
 use crate::error::FaxError;
+
+/// The most [`Bitmap::decode`] reserves before decoding (64 MiB).
+const MAX_RESERVE: u64 = 64 << 20;
 
 /// A bilevel image: rows packed MSB first, 1 = black, each row
 /// `ceil(width / 8)` bytes with the padding bits zero.
@@ -146,29 +149,41 @@ impl Bitmap {
             });
         }
         let mut enc = Encoder::new(options)?;
-        let mut out = Vec::new();
+        // The whole page is in memory already, so the output is not taken
+        // in pieces (which would copy it and regrow the encoder's buffer).
         for row in self.rows() {
             enc.encode_line(row)?;
-            if enc.lines() % 256 == 0 {
-                out.extend_from_slice(&enc.take_output());
-            }
         }
-        out.extend_from_slice(&enc.finish());
-        Ok(out)
+        Ok(enc.finish())
     }
 
     /// Decodes one page of coded data into a bitmap.
     pub fn decode(data: &[u8], options: DecoderOptions) -> Result<(Bitmap, PageSummary), FaxError> {
         let mut bmp = Bitmap::with_width(options.width);
+        if let Some(rows) = options.rows {
+            // Room for the page up front, unless the row count is out of
+            // proportion to the data (every line takes at least one bit,
+            // so more rows are padding) or the page is huge: then the
+            // bitmap grows as lines come.
+            let likely = rows.min(data.len() as u64 * 8 + 1);
+            // Plus the 8 bytes the last line is drawn with.
+            let bytes = likely.saturating_mul(bmp.stride() as u64) + 8;
+            if bytes <= MAX_RESERVE {
+                bmp.data.reserve_exact(bytes as usize);
+            }
+        }
         let mut dec = Decoder::new(options)?;
         dec.push(data)?;
         dec.finish();
+        // Lines are drawn straight into the bitmap, not copied there, and
+        // the common ones in a loop of their own.
         loop {
-            match dec.next_line()? {
-                Some(DecodeEvent::Line { pixels, .. }) => bmp.push_row(pixels),
-                Some(DecodeEvent::PageEnd(summary)) => return Ok((bmp, summary)),
+            bmp.height += dec.draw_clean_lines(&mut bmp.data);
+            match dec.draw_next_line(&mut bmp.data) {
+                Drawn::Line => bmp.height += 1,
+                Drawn::End(summary) => return Ok((bmp, summary)),
                 // Unreachable after finish(); stop rather than spin.
-                None => return Ok((bmp, dec.summary())),
+                Drawn::Need => return Ok((bmp, dec.summary())),
             }
         }
     }

@@ -9,11 +9,13 @@
 //! page ends.
 
 use crate::bits::BitReader;
-use crate::encoder::find_b1;
 use crate::error::FaxError;
-use crate::runs::changes_to_line;
+use crate::runs::{
+    b1_after_horizontal, b1_after_pass, b1_after_vertical, changes_to_line, draw_changes,
+};
 use crate::tables::{
-    BLACK_BITS, BLACK_DECODE, MODE_BITS, MODE_DECODE, Mode, RUN_EOL, WHITE_BITS, WHITE_DECODE,
+    BLACK_BITS, BLACK_DECODE, KIND_HORIZONTAL, KIND_PASS, MODE_BITS, MODE_DECODE, RUN_EOL,
+    RUN_INVALID, WHITE_BITS, WHITE_DECODE,
 };
 use crate::{Coding, MAX_WIDTH};
 
@@ -124,6 +126,14 @@ pub enum DecodeEvent<'a> {
     PageEnd(PageSummary),
 }
 
+/// Zero bytes kept after a line's pixels, so that its last 64-pixel word
+/// is stored whole (see `runs::changes_to_line`).
+const LINE_SLACK: usize = 8;
+
+/// Room in a changing-element list beyond `width`: one more element (a
+/// change at `width` itself) and four sentinels.
+const CHANGES_SLACK: usize = 5;
+
 /// Why a line did not decode.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum LineErr {
@@ -131,6 +141,32 @@ enum LineErr {
     Invalid,
     /// The data ended inside the line.
     Incomplete,
+}
+
+/// The codings [`Decoder::draw_clean_lines`] has a loop for.
+const CLEAN_MMR: u8 = 0;
+const CLEAN_MH: u8 = 1;
+const CLEAN_MR: u8 = 2;
+
+/// What [`Decoder::advance`] decided.
+enum Advance {
+    /// More bytes are needed.
+    Need,
+    /// A line: good (drawn from the reference line) or bad (a repeat).
+    Line { bad: bool },
+    /// The page ended.
+    End(PageSummary),
+}
+
+/// What [`Decoder::draw_next_line`] did.
+#[derive(Debug)]
+pub(crate) enum Drawn {
+    /// More bytes are needed.
+    Need,
+    /// A line was appended.
+    Line,
+    /// The page ended.
+    End(PageSummary),
 }
 
 /// What one decoding step found.
@@ -175,10 +211,23 @@ pub struct Decoder {
     started: bool,
     /// MR: the line after the last EOL is 2-D.
     next_2d: bool,
-    /// Changing elements of the last line yielded, plus sentinels.
+    /// Changing elements of the last line yielded (`refl_n` of them),
+    /// then four `width` sentinels. `width + 5` long: a decoded line has
+    /// at most `width + 1` changing elements (strictly increasing, 0 to
+    /// `width`), so both lists are allocated once.
     refl: Vec<u32>,
+    refl_n: usize,
+    /// The line being decoded (`cur_n` changing elements once it is).
     cur: Vec<u32>,
+    cur_n: usize,
+    /// The pixels of the last line yielded (`stride` bytes), then
+    /// [`LINE_SLACK`] bytes so that it is drawn a word at a time.
     line: Vec<u8>,
+    /// Bytes per line.
+    stride: usize,
+    /// Once finished: the bit position just after the last one bit of
+    /// `buf` (0 if there is none); only zero bits follow it.
+    data_end: usize,
     lines: u64,
     bad: u64,
     consecutive_bad: u64,
@@ -194,15 +243,19 @@ impl Decoder {
         opts.validate()?;
         let w = opts.width;
         Ok(Decoder {
-            line: vec![0; (w as usize).div_ceil(8)],
+            line: vec![0; (w as usize).div_ceil(8) + LINE_SLACK],
+            stride: (w as usize).div_ceil(8),
+            data_end: 0,
             opts,
             buf: Vec::new(),
             bit: 0,
             finished: false,
             started: false,
             next_2d: false,
-            refl: vec![w, w, w, w],
-            cur: Vec::new(),
+            refl: vec![w; w as usize + CHANGES_SLACK],
+            refl_n: 0,
+            cur: vec![w; w as usize + CHANGES_SLACK],
+            cur_n: 0,
             lines: 0,
             bad: 0,
             consecutive_bad: 0,
@@ -230,6 +283,10 @@ impl Decoder {
     /// Marks the end of the data: the decoder no longer waits for bytes.
     pub fn finish(&mut self) {
         self.finished = true;
+        self.data_end = match self.buf.iter().rposition(|&b| b != 0) {
+            Some(i) => i * 8 + 8 - self.buf[i].trailing_zeros() as usize,
+            None => 0,
+        };
     }
 
     /// Lines yielded so far.
@@ -265,49 +322,178 @@ impl Decoder {
 
     /// The next line, `Ok(None)` if more bytes are needed, or the page end.
     pub fn next_line(&mut self) -> Result<Option<DecodeEvent<'_>>, FaxError> {
-        let rows = self.opts.rows;
-        if rows.is_some_and(|r| self.lines >= r) {
-            self.end.get_or_insert(PageEndReason::RowCount);
-            return Ok(Some(DecodeEvent::PageEnd(self.summary())));
-        }
-        if self.end.is_some() || self.dead {
-            if rows.is_some() {
-                // Pad a short page to its known length.
-                self.emit(true);
-                return Ok(Some(DecodeEvent::Line {
-                    pixels: &self.line,
-                    bad: true,
-                }));
-            }
-            self.end.get_or_insert(PageEndReason::EndOfData);
-            return Ok(Some(DecodeEvent::PageEnd(self.summary())));
-        }
-        let step = if self.opts.eol {
-            self.step_eol()
-        } else {
-            self.step_plain()
-        };
-        match step {
-            Step::Need => Ok(None),
-            Step::Line { bad, then_end } => {
-                self.emit(bad);
-                if let Some(e) = then_end {
-                    self.end = Some(e);
+        Ok(match self.advance() {
+            Advance::Need => None,
+            Advance::End(summary) => Some(DecodeEvent::PageEnd(summary)),
+            Advance::Line { bad } => {
+                if !bad {
+                    changes_to_line(&self.refl[..self.refl_n], self.opts.width, &mut self.line);
                 }
-                Ok(Some(DecodeEvent::Line {
-                    pixels: &self.line,
+                // A bad line repeats the previous one, which `line` holds.
+                Some(DecodeEvent::Line {
+                    pixels: &self.line[..self.stride],
                     bad,
-                }))
+                })
             }
-            Step::End(e) => {
-                self.end = Some(e);
-                self.next_line()
+        })
+    }
+
+    /// [`Decoder::next_line`] for [`crate::Bitmap::decode`]: appends the
+    /// line to `rows`, the page so far, drawing it there directly instead
+    /// of in `line` (which this leaves stale, so a decoder is driven by
+    /// one of the two methods only). A bad line repeats the last row.
+    pub(crate) fn draw_next_line(&mut self, rows: &mut Vec<u8>) -> Drawn {
+        match self.advance() {
+            Advance::Need => Drawn::Need,
+            Advance::End(summary) => Drawn::End(summary),
+            Advance::Line { bad } => {
+                let (start, stride) = (rows.len(), self.stride);
+                if !bad {
+                    self.draw_ref_row(rows);
+                } else if let Some(prev) = start.checked_sub(stride) {
+                    rows.extend_from_within(prev..start);
+                } else {
+                    // Nothing before the first line: it repeats white.
+                    rows.resize(start + stride, 0);
+                }
+                Drawn::Line
             }
         }
     }
 
-    /// Yields a line: the freshly decoded `cur`, or a copy of the previous
-    /// line when bad.
+    /// Appends the reference line (the line just decoded) to `rows`.
+    fn draw_ref_row(&self, rows: &mut Vec<u8>) {
+        let (start, stride) = (rows.len(), self.stride);
+        if self.refl_n == 0 {
+            // A white line.
+            rows.resize(start + stride, 0);
+            return;
+        }
+        // Whole words to draw in, then cut back to the row.
+        rows.resize(start + stride.next_multiple_of(8), 0);
+        draw_changes(
+            &self.refl[..self.refl_n],
+            self.opts.width,
+            &mut rows[start..],
+        );
+        rows.truncate(start + stride);
+    }
+
+    /// For [`crate::Bitmap::decode`], once all the data is pushed and
+    /// finished: decodes lines and appends them to `rows` in one loop,
+    /// keeping the bit reader across lines, for as long as they are the
+    /// common case. That is a good MMR line not at EOFB, or (MH and MR,
+    /// after the first EOL) a good line followed by an EOL, the tag bit and
+    /// the next line. Returns the number of lines drawn. It stops before
+    /// the first line that is anything else, leaving that line to
+    /// [`Decoder::draw_next_line`]; each line drawn here is the one the
+    /// general path would draw, with the same state after it.
+    pub(crate) fn draw_clean_lines(&mut self, rows: &mut Vec<u8>) -> u32 {
+        if !self.finished || self.dead || self.end.is_some() {
+            return 0;
+        }
+        // One loop per coding, each compiled on its own: sharing one body,
+        // the codings' loops slowed each other down.
+        match (self.opts.eol, self.opts.coding) {
+            (false, Coding::Mmr) => self.clean_lines::<CLEAN_MMR>(rows),
+            (true, Coding::Mh) if self.started => self.clean_lines::<CLEAN_MH>(rows),
+            (true, Coding::Mr { .. }) if self.started => self.clean_lines::<CLEAN_MR>(rows),
+            // EOL-less MH is rare: the general path does it all.
+            _ => 0,
+        }
+    }
+
+    /// The loop of [`Decoder::draw_clean_lines`] for one coding.
+    #[inline(never)]
+    fn clean_lines<const CODING: u8>(&mut self, rows: &mut Vec<u8>) -> u32 {
+        let width = self.opts.width;
+        let limit = self.opts.rows.unwrap_or(u64::MAX);
+        // The reader borrows the data while lines update the rest.
+        let buf = std::mem::take(&mut self.buf);
+        let mut r = BitReader::new(&buf, self.bit);
+        let mut drawn = 0u32;
+        // As in `advance` and the steps: the row count, then only zeros left.
+        while self.lines < limit && self.bit < self.data_end && drawn < u32::MAX {
+            let mut t = r;
+            let refl = &self.refl[..self.refl_n + 4];
+            let n = if CODING == CLEAN_MMR {
+                // EOFB, or the end of the data near: the general path.
+                if t.remaining() < 24 || t.peek(12) == 1 {
+                    break;
+                }
+                match decode_2d_inline(&mut t, width, refl, &mut self.cur) {
+                    Ok(n) => n,
+                    Err(_) => break,
+                }
+            } else {
+                let mr = CODING == CLEAN_MR;
+                let res = if mr && self.next_2d {
+                    decode_2d_inline(&mut t, width, refl, &mut self.cur)
+                } else if mr {
+                    decode_1d_inline(&mut t, width, &mut self.cur)
+                } else {
+                    // Inlined, MH's loop is slower (its registers run short).
+                    decode_1d(&mut t, width, &mut self.cur)
+                };
+                let Ok(n) = res else { break };
+                let Some(tag_2d) = eol_then_line(&mut t, mr) else {
+                    break;
+                };
+                if mr {
+                    self.next_2d = tag_2d;
+                }
+                n
+            };
+            r = t;
+            self.cur_n = n;
+            self.bit = r.bit_pos();
+            self.emit(false);
+            self.draw_ref_row(rows);
+            drawn += 1;
+        }
+        self.buf = buf;
+        drawn
+    }
+
+    /// Decides the next line or the page end, and does the bookkeeping;
+    /// the callers draw the line.
+    fn advance(&mut self) -> Advance {
+        loop {
+            let rows = self.opts.rows;
+            if rows.is_some_and(|r| self.lines >= r) {
+                self.end.get_or_insert(PageEndReason::RowCount);
+                return Advance::End(self.summary());
+            }
+            if self.end.is_some() || self.dead {
+                if rows.is_some() {
+                    // Pad a short page to its known length.
+                    self.emit(true);
+                    return Advance::Line { bad: true };
+                }
+                self.end.get_or_insert(PageEndReason::EndOfData);
+                return Advance::End(self.summary());
+            }
+            let step = if self.opts.eol {
+                self.step_eol()
+            } else {
+                self.step_plain()
+            };
+            match step {
+                Step::Need => return Advance::Need,
+                Step::Line { bad, then_end } => {
+                    self.emit(bad);
+                    if let Some(e) = then_end {
+                        self.end = Some(e);
+                    }
+                    return Advance::Line { bad };
+                }
+                Step::End(e) => self.end = Some(e),
+            }
+        }
+    }
+
+    /// Counts a line: the freshly decoded `cur` becomes the reference
+    /// line, unless the line is bad and repeats the previous one.
     fn emit(&mut self, bad: bool) {
         let w = self.opts.width;
         if bad {
@@ -317,13 +503,13 @@ impl Decoder {
         } else {
             self.consecutive_bad = 0;
             std::mem::swap(&mut self.cur, &mut self.refl);
-            self.refl.extend_from_slice(&[w, w, w, w]);
+            self.refl_n = self.cur_n;
+            let n = self.refl_n;
+            self.refl[n..n + 4].fill(w);
         }
-        changes_to_line(&self.refl, w, &mut self.line);
         self.lines += 1;
     }
 
-    /// True when the data is complete and only zero bits are left.
     /// The data ended: consume everything and emit the last line.
     fn end_of_data(&mut self, bad: bool) -> Step {
         self.bit = self.buf.len() * 8;
@@ -333,13 +519,9 @@ impl Decoder {
         }
     }
 
+    /// True when the data is complete and only zero bits are left.
     fn only_zeros_left(&self) -> bool {
-        if !self.finished {
-            return false;
-        }
-        let mut r = BitReader::new(&self.buf, self.bit);
-        r.skip_zeros(usize::MAX);
-        r.remaining() <= 0
+        self.finished && self.bit >= self.data_end
     }
 
     /// One step for data without EOLs: EOL-less MH or MMR.
@@ -362,12 +544,13 @@ impl Decoder {
                         return Step::Need;
                     }
                 }
-                decode_2d(&mut r, width, &self.refl, &mut self.cur)
+                decode_2d(&mut r, width, &self.refl[..self.refl_n + 4], &mut self.cur)
             }
             Coding::Mh | Coding::Mr { .. } => decode_1d(&mut r, width, &mut self.cur),
         };
         match res {
-            Ok(()) => {
+            Ok(n) => {
+                self.cur_n = n;
                 if self.opts.byte_align_rows {
                     let pad = (8 - r.bit_pos() % 8) % 8;
                     r.consume(pad as u32);
@@ -422,12 +605,23 @@ impl Decoder {
         }
         let start = r.bit_pos();
         let res = if mr && self.next_2d {
-            decode_2d(&mut r, width, &self.refl, &mut self.cur)
+            decode_2d(&mut r, width, &self.refl[..self.refl_n + 4], &mut self.cur)
         } else {
             decode_1d(&mut r, width, &mut self.cur)
         };
         let bad = match res {
-            Ok(()) => {
+            Ok(n) => {
+                self.cur_n = n;
+                if let Some(tag_2d) = eol_then_line(&mut r, mr) {
+                    if mr {
+                        self.next_2d = tag_2d;
+                    }
+                    self.bit = r.bit_pos();
+                    return Step::Line {
+                        bad: false,
+                        then_end: None,
+                    };
+                }
                 // Fill, then the next EOL (or the end of the data).
                 let zeros = r.skip_zeros(usize::MAX);
                 if r.remaining() <= 0 {
@@ -480,6 +674,41 @@ impl Decoder {
     }
 }
 
+/// The usual end of a good line: an EOL (with at most 9 fill bits), the
+/// MR tag bit, and the start of the next line rather than another EOL.
+/// Returns whether the tag asks for 2-D, with `r` moved past the tag;
+/// `None` leaves `r` alone for the general path (more fill, junk, RTC,
+/// or the end of the data near). With 64 bits of real data left, none of
+/// the general path's end-of-data cases can arise, so it would find the
+/// same.
+#[inline]
+fn eol_then_line(r: &mut BitReader<'_>, mr: bool) -> Option<bool> {
+    if r.remaining() < 64 {
+        return None;
+    }
+    let mut p = *r;
+    p.ensure32();
+    // The window holds 32 bits, so a one bit within it is real.
+    let zeros = p.leading_zeros();
+    if !(11..=20).contains(&zeros) {
+        return None;
+    }
+    p.skip(zeros + 1);
+    let tag_2d = if mr {
+        let t = p.show(1) == 0;
+        p.skip(1);
+        t
+    } else {
+        false
+    };
+    p.ensure32();
+    if p.leading_zeros() >= 11 {
+        return None;
+    }
+    *r = p;
+    Some(tag_2d)
+}
+
 /// Skips to just after the next EOL (11 or more zeros, then a one).
 fn find_eol(r: &mut BitReader<'_>) -> bool {
     loop {
@@ -509,7 +738,7 @@ fn after_eol(r: &mut BitReader<'_>, mr: bool, finished: bool, next_2d: &mut bool
         *next_2d = r.peek(1) == 0;
         r.consume(1);
     }
-    let mut probe = BitReader::new(r.data(), r.bit_pos());
+    let mut probe = *r;
     let zeros = probe.skip_zeros(usize::MAX);
     if probe.remaining() <= 0 {
         return incomplete;
@@ -521,7 +750,7 @@ fn after_eol(r: &mut BitReader<'_>, mr: bool, finished: bool, next_2d: &mut bool
     probe.consume(1);
     *r = probe;
     loop {
-        let mut probe = BitReader::new(r.data(), r.bit_pos());
+        let mut probe = *r;
         if mr && probe.remaining() >= 1 {
             probe.consume(1);
         }
@@ -534,127 +763,236 @@ fn after_eol(r: &mut BitReader<'_>, mr: bool, finished: bool, next_2d: &mut bool
     }
 }
 
-/// Decodes one run (makeup codes, then a terminating code).
+/// What a code that is not valid here means: the data may just have
+/// ended inside it (`need` bits were wanted), or the line is damaged.
+#[cold]
+fn code_error(r: &BitReader<'_>, need: u32) -> LineErr {
+    if r.remaining() < need as isize {
+        LineErr::Incomplete
+    } else {
+        LineErr::Invalid
+    }
+}
+
+/// The verdict on a line once its codes are read. The hot loops do not
+/// test for the end of the data at every code: past the end the reader
+/// yields zero bits, which start no code, so decoding soon stops there. A
+/// line that read past the end is incomplete, whatever else was found;
+/// this is the verdict a check before every code would give.
 #[inline]
-fn decode_run(r: &mut BitReader<'_>, black: bool, limit: u32) -> Result<u32, LineErr> {
+fn line_verdict(r: &BitReader<'_>, res: Result<usize, LineErr>) -> Result<usize, LineErr> {
+    if r.remaining() < 0 {
+        Err(LineErr::Incomplete)
+    } else {
+        res
+    }
+}
+
+/// Decodes one run (makeup codes, then a terminating code), white or
+/// black as `BLACK` says; `line_verdict` then checks for the end of data.
+///
+/// The window must hold the 13 bits (12 for white) that a code is read
+/// with; the run tops up after a makeup code, so a terminating code is
+/// all it takes from what the caller's top-up left.
+#[inline(always)]
+fn decode_run<const BLACK: bool>(r: &mut BitReader<'_>, limit: u32) -> Result<u32, LineErr> {
     let mut run = 0u32;
     loop {
-        let e = if black {
-            BLACK_DECODE[r.peek(BLACK_BITS) as usize]
+        let e = if BLACK {
+            BLACK_DECODE[r.show(BLACK_BITS) as usize]
         } else {
-            WHITE_DECODE[r.peek(WHITE_BITS) as usize]
+            WHITE_DECODE[r.show(WHITE_BITS) as usize]
         };
+        let v = u32::from(e >> 4);
         let len = u32::from(e & 15);
-        if len == 0 {
-            return Err(if r.remaining() < BLACK_BITS as isize {
-                LineErr::Incomplete
-            } else {
-                LineErr::Invalid
-            });
-        }
-        if len as isize > r.remaining() {
-            return Err(LineErr::Incomplete);
-        }
-        let v = e >> 4;
-        if v == RUN_EOL {
-            return Err(LineErr::Invalid);
-        }
-        r.consume(len);
-        run += u32::from(v);
         if v < 64 {
-            return Ok(run);
+            // A terminating code: the common case, one test.
+            r.skip(len);
+            return Ok(run + v);
         }
+        if v >= u32::from(RUN_INVALID) {
+            // No code starts here (13 bits decide), or an EOL inside a line.
+            let need = if v == u32::from(RUN_EOL) {
+                len
+            } else {
+                BLACK_BITS
+            };
+            return Err(code_error(r, need));
+        }
+        r.skip(len);
+        r.fill();
+        run += v;
         if run > limit {
             return Err(LineErr::Invalid);
         }
     }
 }
 
-/// Appends a changing element; an element equal to the last one cancels
-/// it (a zero-length run), which keeps the list strictly increasing.
-#[inline]
-fn push_change(cur: &mut Vec<u32>, v: u32) {
-    if cur.last() == Some(&v) {
-        cur.pop();
+/// Appends a changing element to `cur[..*n]`; an element equal to the
+/// last one cancels it (a zero-length run), which keeps the list strictly
+/// increasing. The elements come in nondecreasing order from 0 to the
+/// width, so the list never outgrows `width + 1`; were it to, the line
+/// would be refused rather than the decoder panic.
+#[inline(always)]
+fn push_change(cur: &mut [u32], n: &mut usize, v: u32) -> Result<(), LineErr> {
+    if cur.get(n.wrapping_sub(1)) == Some(&v) {
+        *n -= 1;
     } else {
-        cur.push(v);
+        *cur.get_mut(*n).ok_or(LineErr::Invalid)? = v;
+        *n += 1;
+    }
+    Ok(())
+}
+
+/// MH: one line of alternating white and black runs. Returns the number
+/// of changing elements written to `cur`.
+#[inline(never)]
+fn decode_1d(r: &mut BitReader<'_>, width: u32, cur: &mut [u32]) -> Result<usize, LineErr> {
+    decode_1d_inline(r, width, cur)
+}
+
+/// [`decode_1d`], inlined where lines are decoded in a loop.
+#[inline(always)]
+fn decode_1d_inline(r: &mut BitReader<'_>, width: u32, cur: &mut [u32]) -> Result<usize, LineErr> {
+    // A local copy of the reader stays in registers in the loop.
+    let mut local = *r;
+    let res = decode_1d_runs(&mut local, width, cur);
+    *r = local;
+    line_verdict(r, res)
+}
+
+/// Where the next run (at `pos`) leaves the line: `Some` once it reaches
+/// the width, with the line's fate.
+#[inline(always)]
+fn line_end(pos: u32, width: u32, n: usize) -> Option<Result<usize, LineErr>> {
+    if pos < width {
+        None
+    } else if pos == width {
+        Some(Ok(n))
+    } else {
+        Some(Err(LineErr::Invalid))
     }
 }
 
-/// MH: one line of alternating white and black runs.
-fn decode_1d(r: &mut BitReader<'_>, width: u32, cur: &mut Vec<u32>) -> Result<(), LineErr> {
-    cur.clear();
+#[inline(always)]
+fn decode_1d_runs(r: &mut BitReader<'_>, width: u32, cur: &mut [u32]) -> Result<usize, LineErr> {
     let mut pos = 0u32;
-    let mut black = false;
+    let mut n = 0;
     loop {
-        pos += decode_run(r, black, width)?;
-        if pos > width {
-            return Err(LineErr::Invalid);
+        // One top-up for a pair of runs: two terminating codes take at
+        // most 8 + 12 bits (and the second is read with 13), and a makeup
+        // code tops up on its own.
+        r.ensure32();
+        pos += decode_run::<false>(r, width)?;
+        if let Some(end) = line_end(pos, width, n) {
+            return end;
         }
-        if pos == width {
-            return Ok(());
+        push_change(cur, &mut n, pos)?;
+        pos += decode_run::<true>(r, width)?;
+        if let Some(end) = line_end(pos, width, n) {
+            return end;
         }
-        push_change(cur, pos);
-        black = !black;
+        push_change(cur, &mut n, pos)?;
     }
 }
 
 /// T.4 2-D / T.6: one line coded against the reference line `refl`
-/// (which ends with at least three `width` sentinels).
+/// (strictly increasing below `width`, then at least three `width`
+/// sentinels). Returns the number of changing elements written to `cur`.
 fn decode_2d(
     r: &mut BitReader<'_>,
     width: u32,
     refl: &[u32],
-    cur: &mut Vec<u32>,
-) -> Result<(), LineErr> {
-    cur.clear();
+    cur: &mut [u32],
+) -> Result<usize, LineErr> {
+    decode_2d_inline(r, width, refl, cur)
+}
+
+/// [`decode_2d`], inlined where lines are decoded in a loop.
+#[inline(always)]
+fn decode_2d_inline(
+    r: &mut BitReader<'_>,
+    width: u32,
+    refl: &[u32],
+    cur: &mut [u32],
+) -> Result<usize, LineErr> {
+    let mut local = *r;
+    let res = decode_2d_modes(&mut local, width, refl, cur);
+    *r = local;
+    line_verdict(r, res)
+}
+
+/// The mode loop of [`decode_2d`]. `bi` indexes b1 in `refl`; its parity
+/// is the colour of a0 (even indices are changes to black), and
+/// `runs::b1_after_*` move it along as a0 advances.
+#[inline(always)]
+fn decode_2d_modes(
+    r: &mut BitReader<'_>,
+    width: u32,
+    refl: &[u32],
+    cur: &mut [u32],
+) -> Result<usize, LineErr> {
     let w = width as i32;
     let mut a0: i32 = -1;
-    let mut color = 0usize;
     let mut bi = 0usize;
-    while a0 < w {
-        let (len, mode) = MODE_DECODE[r.peek(MODE_BITS) as usize];
-        if len == 0 {
-            return Err(if r.remaining() < 13 {
-                LineErr::Incomplete
-            } else {
-                LineErr::Invalid
-            });
-        }
-        if len as isize > r.remaining() {
-            return Err(LineErr::Incomplete);
-        }
-        r.consume(u32::from(len));
-        find_b1(refl, a0, color, &mut bi);
+    let mut n = 0usize;
+    loop {
+        // Enough for a mode code and, in horizontal mode, two runs: 7
+        // bits, or 3 + 12 and then 13 to read the second run.
+        r.ensure32();
+        let e = MODE_DECODE[r.show(MODE_BITS) as usize];
+        let (len, kind) = (u32::from(e & 0xFF), (e >> 8) as u8);
+        r.skip(len);
         let b1 = refl[bi] as i32;
-        match mode {
-            Mode::Pass => a0 = refl[bi + 1] as i32,
-            Mode::Horizontal => {
-                let start = a0.max(0) as u32;
-                let r1 = decode_run(r, color == 1, width)?;
-                let r2 = decode_run(r, color == 0, width)?;
-                let a1 = start + r1;
-                let a2 = a1 + r2;
-                if a2 > width {
-                    return Err(LineErr::Invalid);
-                }
-                push_change(cur, a1);
-                push_change(cur, a2);
-                a0 = a2 as i32;
+        if kind < KIND_PASS {
+            // Vertical: a1 is b1 moved by -3 to 3. As a1 > a0 and no
+            // element of `cur` is above a0, a1 cannot cancel one.
+            let a1 = b1 + i32::from(kind) - 3;
+            if a1 <= a0 || a1 > w {
+                return Err(LineErr::Invalid);
             }
-            Mode::Vertical(d) => {
-                let a1 = b1 + i32::from(d);
-                if a1 <= a0 || a1 > w {
-                    return Err(LineErr::Invalid);
-                }
-                push_change(cur, a1 as u32);
-                a0 = a1;
-                color ^= 1;
+            *cur.get_mut(n).ok_or(LineErr::Invalid)? = a1 as u32;
+            n += 1;
+            if a1 == w {
+                return Ok(n);
             }
-            Mode::Extension | Mode::Invalid => return Err(LineErr::Invalid),
+            a0 = a1;
+            bi = b1_after_vertical(refl, bi, a1 as u32);
+        } else if kind == KIND_PASS {
+            let b2 = refl[bi + 1] as i32;
+            if b2 >= w {
+                return Ok(n);
+            }
+            a0 = b2;
+            bi = b1_after_pass(bi);
+        } else if kind == KIND_HORIZONTAL {
+            let start = a0.max(0) as u32;
+            let (r1, r2) = if bi & 1 == 0 {
+                let r1 = decode_run::<false>(r, width)?;
+                (r1, decode_run::<true>(r, width)?)
+            } else {
+                let r1 = decode_run::<true>(r, width)?;
+                (r1, decode_run::<false>(r, width)?)
+            };
+            let a1 = start + r1;
+            let a2 = a1 + r2;
+            if a2 > width {
+                return Err(LineErr::Invalid);
+            }
+            push_change(cur, &mut n, a1)?;
+            push_change(cur, &mut n, a2)?;
+            if a2 == width {
+                return Ok(n);
+            }
+            a0 = a2 as i32;
+            bi = b1_after_horizontal(refl, bi, a2);
+        } else if len == 0 {
+            return Err(code_error(r, 13));
+        } else {
+            // The extension (uncompressed mode), which we do not support.
+            return Err(LineErr::Invalid);
         }
     }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -784,6 +1122,81 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// `Bitmap::decode` draws lines its own way (a loop for the common
+    /// lines, straight into the bitmap); it must give what the streaming
+    /// decoder gives, line for line, on damaged data too.
+    #[test]
+    fn bitmap_decode_matches_streaming_on_damage() {
+        let mut seed = 99u64;
+        let mut rnd = |n: usize| {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((seed >> 33) as usize) % n.max(1)
+        };
+        let width = 1728;
+        let page = sample_page(width, 120, 5);
+        let mut damaged = 0;
+        for coding in codings() {
+            let mut framings = vec![
+                EncoderOptions::tiff(coding, width),
+                EncoderOptions::wire(coding, width),
+            ];
+            if coding == Coding::Mh {
+                let mut o = EncoderOptions::tiff(coding, width);
+                o.eol = false;
+                o.byte_align_rows = true;
+                framings.push(o);
+            }
+            for eo in framings {
+                let data = page.encode(eo.clone()).unwrap();
+                let mut inputs = vec![data.clone(), data[..data.len() * 2 / 3].to_vec()];
+                for flips in [1, 4, 30] {
+                    let mut d = data.clone();
+                    for _ in 0..flips {
+                        let bit = rnd(d.len() * 8);
+                        d[bit / 8] ^= 0x80 >> (bit % 8);
+                    }
+                    inputs.push(d);
+                }
+                let mut d = data.clone();
+                let at = rnd(d.len() - 40);
+                d[at..at + 30].fill(0);
+                inputs.push(d);
+                let mut d = data.clone();
+                d.extend_from_slice(&[0, 1, 0xAB, 0, 0, 0x10]);
+                inputs.push(d);
+                for input in &inputs {
+                    for rows in [None, Some(120), Some(200), Some(30)] {
+                        let opts = DecoderOptions {
+                            coding,
+                            width,
+                            eol: eo.eol,
+                            byte_align_rows: eo.byte_align_rows,
+                            rows,
+                        };
+                        let (got, sum) = Bitmap::decode(input, opts.clone()).unwrap();
+                        let mut dec = Decoder::new(opts).unwrap();
+                        dec.push(input).unwrap();
+                        dec.finish();
+                        let mut want = Bitmap::with_width(width);
+                        let want_sum = loop {
+                            match dec.next_line().unwrap() {
+                                Some(DecodeEvent::Line { pixels, .. }) => want.push_row(pixels),
+                                Some(DecodeEvent::PageEnd(s)) => break s,
+                                None => unreachable!("finished"),
+                            }
+                        };
+                        assert_eq!((&got, sum), (&want, want_sum), "{eo:?} rows {rows:?}");
+                        damaged += usize::from(sum.bad_lines > 0);
+                    }
+                }
+            }
+        }
+        // Damage did reach the comparison.
+        assert!(damaged > 100, "{damaged}");
     }
 
     /// A roll: 100,000 lines through encoder and decoder, streamed in

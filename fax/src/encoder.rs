@@ -1,12 +1,9 @@
 //! The streaming T.4/T.6 encoder: push scan lines, take bytes.
 
-use crate::bits::BitWriter;
+use crate::bits::{BitSink, BitWriter};
 use crate::error::FaxError;
-use crate::runs::line_to_changes;
-use crate::tables::{
-    BLACK_MAKEUP, BLACK_TERM, Code, EOL_CODE, EOL_LEN, HORIZONTAL, PASS, VERTICAL, WHITE_MAKEUP,
-    WHITE_TERM,
-};
+use crate::runs::{b1_after_horizontal, b1_after_pass, b1_after_vertical, line_to_changes};
+use crate::tables::{EOL_CODE, EOL_LEN, HORIZONTAL, MAKEUP_CODES, PASS, TERM_CODES, VERTICAL};
 use crate::{Coding, MAX_WIDTH};
 
 /// How an [`Encoder`] frames its output.
@@ -103,8 +100,12 @@ impl EncoderOptions {
 pub struct Encoder {
     opts: EncoderOptions,
     w: BitWriter,
-    /// Changing elements of the previous line, followed by sentinels.
+    /// Changing elements of the previous line (`refl_n` of them),
+    /// followed by three `width` sentinels; `width + 3` long, the most a
+    /// line can need.
     refl: Vec<u32>,
+    refl_n: usize,
+    /// The same for the line being coded.
     cur: Vec<u32>,
     /// MR: 2-D lines still allowed before the next 1-D line.
     k_left: u32,
@@ -121,8 +122,9 @@ impl Encoder {
         Ok(Encoder {
             opts,
             w: BitWriter::default(),
-            refl: vec![w, w, w],
-            cur: Vec::new(),
+            refl: vec![w; w as usize + 3],
+            refl_n: 0,
+            cur: vec![w; w as usize + 3],
             k_left: 0,
             lines: 0,
             line_start: None,
@@ -151,8 +153,7 @@ impl Encoder {
                 width,
             });
         }
-        line_to_changes(line, width, &mut self.cur);
-        self.cur.extend_from_slice(&[width, width, width]);
+        let n = line_to_changes(line, width, &mut self.cur);
         let two_d = match self.opts.coding {
             Coding::Mh => false,
             Coding::Mr { .. } => self.k_left > 0,
@@ -161,10 +162,11 @@ impl Encoder {
         if self.opts.eol {
             self.put_eol(two_d);
         }
+        let cur = &self.cur[..n + 3];
         if two_d {
-            encode_2d(&mut self.w, &self.cur, &self.refl, width);
+            encode_2d(&mut self.w, cur, &self.refl[..self.refl_n + 3], width);
         } else {
-            encode_1d(&mut self.w, &self.cur, width);
+            encode_1d(&mut self.w, cur, width);
         }
         if self.opts.byte_align_rows {
             self.w.align();
@@ -173,6 +175,7 @@ impl Encoder {
             self.k_left = if two_d { self.k_left - 1 } else { k - 1 };
         }
         std::mem::swap(&mut self.cur, &mut self.refl);
+        self.refl_n = n;
         self.lines += 1;
         Ok(())
     }
@@ -234,90 +237,95 @@ impl Encoder {
     }
 }
 
-#[inline]
-fn put_code(w: &mut BitWriter, (len, code): Code) {
-    w.put(u32::from(code), u32::from(len));
-}
-
-/// Puts the code of a run: makeup codes as needed, then a terminating code.
-#[inline]
-fn put_run(w: &mut BitWriter, black: bool, mut run: u32) {
-    let (term, makeup) = if black {
-        (&BLACK_TERM, &BLACK_MAKEUP)
-    } else {
-        (&WHITE_TERM, &WHITE_MAKEUP)
-    };
+/// Puts the code of a run of `colour` (0 white, 1 black): makeup codes as
+/// needed, then a terminating code, put together as one code of up to 25
+/// bits (20 for white) from the packed tables. Pending only: the caller
+/// flushes, after at most 56 bits.
+#[inline(always)]
+fn put_run(w: &mut BitSink<'_>, colour: usize, mut run: u32) {
+    let colour = colour & 1;
+    // Runs of 2624 pixels or more (only lines that wide have them) take
+    // 2560-pixel makeup codes first. The loop is inline: a call taking the
+    // sink would keep the sink in memory for every code.
     while run >= 2624 {
-        put_code(w, makeup[39]);
+        let m = MAKEUP_CODES[colour][40];
+        w.flush();
+        w.put(m >> 8, m & 0xFF);
         run -= 2560;
     }
-    if run >= 64 {
-        put_code(w, makeup[(run / 64 - 1) as usize]);
-        run %= 64;
-    }
-    put_code(w, term[run as usize]);
+    // `run < 2624`, so `run >> 6 <= 40` indexes the 41-entry table.
+    let m = MAKEUP_CODES[colour][(run >> 6) as usize];
+    let t = TERM_CODES[colour][(run & 63) as usize];
+    let tl = t & 0xFF;
+    w.put_pending(((m >> 8) << tl) | (t >> 8), (m & 0xFF) + tl);
 }
 
-/// MH: alternate white and black runs, starting with white.
+/// MH: alternate white and black runs, starting with white. `cur` is
+/// below `width` and ends with a `width` sentinel.
 fn encode_1d(w: &mut BitWriter, cur: &[u32], width: u32) {
-    let mut pos = 0;
-    let mut black = false;
-    for &c in cur {
-        let c = c.min(width);
-        put_run(w, black, c - pos);
-        pos = c;
-        if pos >= width {
-            return;
+    w.sink(|w| {
+        let mut pos = 0;
+        let mut changes = cur.iter().copied();
+        // One flush per white-black pair: at most 7 + 20 + 25 bits.
+        while let Some(c) = changes.next() {
+            put_run(w, 0, c - pos);
+            if c >= width {
+                break;
+            }
+            let Some(d) = changes.next() else { break };
+            put_run(w, 1, d - c);
+            w.flush();
+            if d >= width {
+                return;
+            }
+            pos = d;
         }
-        black = !black;
-    }
-}
-
-/// Finds b1: the first changing element on the reference line right of
-/// `a0` whose colour is opposite to that of a0 (even indices are changes
-/// to black). `bi` moves monotonically apart from a one-step back-up.
-#[inline]
-pub(crate) fn find_b1(refl: &[u32], a0: i32, color: usize, bi: &mut usize) {
-    while *bi > 0 && refl[*bi - 1] as i32 > a0 {
-        *bi -= 1;
-    }
-    if *bi & 1 != color {
-        *bi += 1;
-    }
-    while refl[*bi] as i32 <= a0 {
-        *bi += 2;
-    }
+        w.flush();
+    });
 }
 
 /// T.4 2-D / T.6 coding of one line against its reference line. Both
-/// lists end with at least three `width` sentinels.
+/// lists end with at least three `width` sentinels; `refl` is strictly
+/// increasing below them. `bi` indexes b1 in `refl` (see the b1 helpers
+/// in `runs`), so a0's colour is `bi & 1`.
 fn encode_2d(w: &mut BitWriter, cur: &[u32], refl: &[u32], width: u32) {
-    let width = width as i32;
-    let mut a0: i32 = -1;
-    let mut color = 0usize;
-    let mut ai = 0usize;
-    let mut bi = 0usize;
-    while a0 < width {
-        let a1 = cur[ai] as i32;
-        find_b1(refl, a0, color, &mut bi);
-        let b1 = refl[bi] as i32;
-        let b2 = refl[bi + 1] as i32;
-        if b2 < a1 {
-            w.put(PASS.0, PASS.1);
-            a0 = b2;
-        } else if (a1 - b1).abs() <= 3 {
-            let (c, l) = VERTICAL[(a1 - b1 + 3) as usize];
-            w.put(c, l);
-            a0 = a1;
-            color ^= 1;
-            ai += 1;
-        } else {
-            let a2 = cur[ai + 1] as i32;
-            w.put(HORIZONTAL.0, HORIZONTAL.1);
-            put_run(w, color == 1, (a1 - a0.max(0)) as u32);
-            put_run(w, color == 0, (a2 - a1) as u32);
-            a0 = a2;
-            ai += 2;
+    w.sink(|w| {
+        let mut a0: u32 = 0;
+        let mut ai = 0usize;
+        let mut bi = 0usize;
+        loop {
+            let a1 = cur[ai];
+            let b1 = refl[bi];
+            let b2 = refl[bi + 1];
+            if b2 < a1 {
+                // b2 < a1 <= width, so the line goes on.
+                w.put(PASS.0, PASS.1);
+                a0 = b2;
+                bi = b1_after_pass(bi);
+            } else if a1.abs_diff(b1) <= 3 {
+                let (c, l) = VERTICAL[(a1 + 3 - b1) as usize];
+                w.put(c, l);
+                if a1 >= width {
+                    return;
+                }
+                a0 = a1;
+                ai += 1;
+                bi = b1_after_vertical(refl, bi, a1);
+            } else {
+                let a2 = cur[ai + 1];
+                let colour = bi & 1;
+                // At most 7 + 3 + 25 + 25 bits before the flush.
+                w.put_pending(HORIZONTAL.0, HORIZONTAL.1);
+                put_run(w, colour, a1 - a0);
+                put_run(w, colour ^ 1, a2 - a1);
+                w.flush();
+                if a2 >= width {
+                    return;
+                }
+                a0 = a2;
+                ai += 2;
+                bi = b1_after_horizontal(refl, bi, a2);
+            }
         }
-    }
+    });
 }

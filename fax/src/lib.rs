@@ -28,7 +28,13 @@
 //! `tables` holds the T.4 code tables and the lookup tables built from
 //! them at compile time, `bits` the 64-bit-window bit reader and writer,
 //! and `runs` the conversion between packed lines and changing-element
-//! lists, the form both coders work on.
+//! lists, the form both coders work on, with the b1 bookkeeping of 2-D
+//! coding. The hot loops keep their state in locals (the writer lends a
+//! `BitSink`, the decoder copies its reader), avoid data-dependent
+//! branches where the CPU would often guess wrong, and allocate nothing
+//! per line. [`Bitmap::decode`] decodes the common lines in a loop of
+//! their own, drawing them straight into the bitmap; every other line
+//! takes the streaming decoder's path.
 
 #![forbid(unsafe_code)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]

@@ -1,10 +1,12 @@
 //! Code tables of ITU-T T.4 (modified Huffman run lengths, 2-D mode codes)
 //! and the lookup tables built from them at compile time.
 //!
-//! Encoding uses `(code, length)` pairs indexed by run length. Decoding
-//! peeks a fixed number of bits (12 for white, 13 for black, 7 for 2-D
-//! modes) and indexes a table built by a `const fn`, so a run code is
-//! resolved with one load instead of a bit-by-bit tree walk.
+//! Encoding uses `(code, length)` pairs indexed by run length, packed by
+//! a `const fn` into [`TERM_CODES`] and [`MAKEUP_CODES`] so that a run's
+//! makeup and terminating codes are written together. Decoding peeks a
+//! fixed number of bits (12 for white, 13 for black, 7 for 2-D modes) and
+//! indexes a table built by a `const fn`, so a run code is resolved with
+//! one load instead of a bit-by-bit tree walk.
 
 /// A code as `(bit length, code value)`, the value right-aligned.
 pub(crate) type Code = (u8, u16);
@@ -247,16 +249,21 @@ pub(crate) const BLACK_BITS: u32 = 13;
 
 /// Run value in a decode entry that marks the EOL code.
 pub(crate) const RUN_EOL: u16 = 0xFFF;
+/// Run value in a decode entry for bits that start no code (its length
+/// is 0). Like [`RUN_EOL`] it is not below 64, so the decoder's hot path
+/// tells a terminating code from everything else with one comparison.
+pub(crate) const RUN_INVALID: u16 = 0xFFE;
 
 /// A decode table entry packs the code length (low 4 bits, 0 = no code
 /// starts with these bits) and the run length (upper 12 bits). A run below
-/// 64 is a terminating code, 64 and more is a makeup code.
+/// 64 is a terminating code, 64 and more is a makeup code (or one of the
+/// markers [`RUN_EOL`] and [`RUN_INVALID`]).
 const fn build_run_table<const N: usize>(
     bits: u32,
     term: &[Code; 64],
     makeup: &[Code; 40],
 ) -> [u16; N] {
-    let mut t = [0u16; N];
+    let mut t = [RUN_INVALID << 4; N];
     let mut i = 0;
     while i < 64 + 40 + 1 {
         let (len, code, run) = if i < 64 {
@@ -286,11 +293,45 @@ pub(crate) static WHITE_DECODE: [u16; 1 << WHITE_BITS] =
 pub(crate) static BLACK_DECODE: [u16; 1 << BLACK_BITS] =
     build_run_table::<{ 1 << BLACK_BITS }>(BLACK_BITS, &BLACK_TERM, &BLACK_MAKEUP);
 
+/// A code packed for the encoder: the code value shifted left by 8, the
+/// length in the low 8 bits; 0 is the empty code.
+const fn pack(c: Code) -> u32 {
+    ((c.1 as u32) << 8) | c.0 as u32
+}
+
+const fn build_term_codes() -> [[u32; 64]; 2] {
+    let mut t = [[0u32; 64]; 2];
+    let mut i = 0;
+    while i < 64 {
+        t[0][i] = pack(WHITE_TERM[i]);
+        t[1][i] = pack(BLACK_TERM[i]);
+        i += 1;
+    }
+    t
+}
+
+const fn build_makeup_codes() -> [[u32; 41]; 2] {
+    let mut t = [[0u32; 41]; 2];
+    let mut i = 1;
+    while i < 41 {
+        t[0][i] = pack(WHITE_MAKEUP[i - 1]);
+        t[1][i] = pack(BLACK_MAKEUP[i - 1]);
+        i += 1;
+    }
+    t
+}
+
+/// Terminating codes packed for the encoder, indexed by colour (0 white,
+/// 1 black) and then by `run % 64`.
+pub(crate) static TERM_CODES: [[u32; 64]; 2] = build_term_codes();
+/// Makeup codes packed for the encoder, indexed by colour and then by
+/// `run / 64` (0 to 40); entry 0 is the empty code, so a run below 64
+/// needs no branch.
+pub(crate) static MAKEUP_CODES: [[u32; 41]; 2] = build_makeup_codes();
+
 /// A 2-D coding mode (T.4 table 4).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Mode {
-    /// No code starts with these bits (or they are the start of an EOL).
-    Invalid,
     Pass,
     Horizontal,
     /// Vertical mode with `a1 - b1` in -3..=3.
@@ -316,8 +357,29 @@ pub(crate) const MODE_CODES: [(u8, u8, Mode); 10] = [
     (7, 0b0000001, Mode::Extension),
 ];
 
-const fn build_mode_table() -> [(u8, Mode); 1 << MODE_BITS] {
-    let mut t = [(0u8, Mode::Invalid); 1 << MODE_BITS];
+/// The kind of a packed mode entry: 0 to 6 are vertical modes with
+/// `a1 - b1 = kind - 3`, so the decoder tells the common vertical modes
+/// from the rest with one comparison (`kind < KIND_PASS`) rather than a
+/// jump table, whose indirect branch the CPU mispredicts far more often.
+pub(crate) const KIND_PASS: u8 = 7;
+/// Horizontal mode.
+pub(crate) const KIND_HORIZONTAL: u8 = 8;
+/// The extension code, and bits that start no code.
+pub(crate) const KIND_OTHER: u8 = 9;
+
+const fn mode_kind(mode: Mode) -> u8 {
+    match mode {
+        Mode::Vertical(d) => (d + 3) as u8,
+        Mode::Pass => KIND_PASS,
+        Mode::Horizontal => KIND_HORIZONTAL,
+        Mode::Extension => KIND_OTHER,
+    }
+}
+
+/// A mode decode entry packs the code length (low 8 bits, 0 = no code
+/// starts with these bits) and the kind (upper 8 bits).
+const fn build_mode_table() -> [u16; 1 << MODE_BITS] {
+    let mut t = [(KIND_OTHER as u16) << 8; 1 << MODE_BITS];
     let mut i = 0;
     while i < MODE_CODES.len() {
         let (len, code, mode) = MODE_CODES[i];
@@ -325,7 +387,7 @@ const fn build_mode_table() -> [(u8, Mode); 1 << MODE_BITS] {
         let first = (code as usize) << shift;
         let mut j = 0;
         while j < (1usize << shift) {
-            t[first + j] = (len, mode);
+            t[first + j] = ((mode_kind(mode) as u16) << 8) | len as u16;
             j += 1;
         }
         i += 1;
@@ -334,7 +396,7 @@ const fn build_mode_table() -> [(u8, Mode); 1 << MODE_BITS] {
 }
 
 /// 2-D mode decode table indexed by the next 7 bits.
-pub(crate) static MODE_DECODE: [(u8, Mode); 1 << MODE_BITS] = build_mode_table();
+pub(crate) static MODE_DECODE: [u16; 1 << MODE_BITS] = build_mode_table();
 
 /// Encoding of the 2-D modes as `(code, length)`.
 pub(crate) const PASS: (u32, u32) = (0b0001, 4);
@@ -376,20 +438,48 @@ mod tests {
             }
         }
         assert_eq!(WHITE_DECODE[1] >> 4, RUN_EOL);
-        assert_eq!(WHITE_DECODE[0] & 15, 0);
+        assert_eq!(WHITE_DECODE[0], RUN_INVALID << 4);
+        assert_eq!(BLACK_DECODE[0], RUN_INVALID << 4);
+        // Every entry is a code or a marker, never a zero-length run.
+        for e in WHITE_DECODE.iter().chain(BLACK_DECODE.iter()) {
+            assert!((e & 15 == 0) == (e >> 4 == RUN_INVALID), "{e:#x}");
+        }
+    }
+
+    #[test]
+    fn packed_encode_tables_match_the_code_tables() {
+        for (colour, term, makeup) in [
+            (0, &WHITE_TERM, &WHITE_MAKEUP),
+            (1, &BLACK_TERM, &BLACK_MAKEUP),
+        ] {
+            for (run, &(len, code)) in term.iter().enumerate() {
+                let p = TERM_CODES[colour][run];
+                assert_eq!((p & 0xFF, p >> 8), (u32::from(len), u32::from(code)));
+            }
+            assert_eq!(MAKEUP_CODES[colour][0], 0);
+            for (i, &(len, code)) in makeup.iter().enumerate() {
+                let p = MAKEUP_CODES[colour][i + 1];
+                assert_eq!((p & 0xFF, p >> 8), (u32::from(len), u32::from(code)));
+            }
+        }
     }
 
     #[test]
     fn mode_table_round_trip() {
         for (len, code, mode) in MODE_CODES {
+            let e = MODE_DECODE[(code as usize) << (MODE_BITS - len as u32)];
             assert_eq!(
-                MODE_DECODE[(code as usize) << (MODE_BITS - len as u32)],
-                (len, mode)
+                (e & 0xFF, (e >> 8) as u8),
+                (u16::from(len), mode_kind(mode))
             );
         }
         for (i, (code, len)) in VERTICAL.iter().enumerate() {
-            let (l, m) = MODE_DECODE[(*code as usize) << (MODE_BITS - len)];
-            assert_eq!((l as u32, m), (*len, Mode::Vertical(i as i8 - 3)));
+            let e = MODE_DECODE[(*code as usize) << (MODE_BITS - len)];
+            assert_eq!((u32::from(e & 0xFF), e >> 8), (*len, i as u16));
         }
+        // Bits that start no code: length 0, not vertical.
+        assert_eq!(MODE_DECODE[0], u16::from(KIND_OTHER) << 8);
+        let valid = MODE_DECODE.iter().filter(|&&e| e & 0xFF != 0).count();
+        assert_eq!(valid, 127);
     }
 }
