@@ -122,22 +122,11 @@ pub async fn run(args: BenchArgs, shutdown: CancellationToken) -> anyhow::Result
             if part(RelayPart::Throughput) {
                 let (direct, bridged) = throughput(mib << 20, rounds).await?;
                 println!(
-                    "throughput, relay and both endpoints sharing every CPU: direct loopback TCP {:.0} MiB/s, bridged through the relay {:.0} MiB/s, ratio {:.2}",
+                    "throughput: direct loopback TCP {:.0} MiB/s, bridged through the relay {:.0} MiB/s, ratio {:.2}",
                     direct,
                     bridged,
                     bridged / direct
                 );
-                match throughput_isolated(mib << 20, rounds).await? {
-                    Some((direct, bridged)) => println!(
-                        "throughput, relay on its own CPU, endpoints on another: direct loopback TCP {:.0} MiB/s, bridged through the relay {:.0} MiB/s, ratio {:.2}",
-                        direct,
-                        bridged,
-                        bridged / direct
-                    ),
-                    None => {
-                        println!("throughput, relay on its own CPU: skipped (fewer than two CPUs)")
-                    }
-                }
             }
             if part(RelayPart::Latency) {
                 let (rtt, p50, p99) = latency(samples).await?;
@@ -239,90 +228,6 @@ async fn throughput(n: usize, rounds: usize) -> anyhow::Result<(f64, f64)> {
     }
     let addr = server.tcp_addr.context("no relay address")?;
     throughput_rounds(addr, n, rounds).await
-}
-
-/// Bridged throughput with the relay as a child process pinned to its own
-/// CPU and both endpoints sharing another, against the same endpoints
-/// talking directly on that CPU: what the relay costs the endpoints when
-/// it runs on a machine of its own, as deployed. `None` with fewer than
-/// two CPUs.
-async fn throughput_isolated(n: usize, rounds: usize) -> anyhow::Result<Option<(f64, f64)>> {
-    let cpus = allowed_cpus()?;
-    let [endpoints_cpu, relay_cpu, ..] = cpus[..] else {
-        return Ok(None);
-    };
-    let dir = tempfile::tempdir()?;
-    let cfg_path = dir.path().join("relay.toml");
-    std::fs::write(
-        &cfg_path,
-        format!(
-            "[relay]\nlisten = \"127.0.0.1:0\"\nstate_dir = {:?}\nargon2_memory_kib = 64\n\
-             argon2_iterations = 1\nmax_connections_per_user = 4\nhold_interval = \"600s\"\n",
-            dir.path().display().to_string()
-        ),
-    )?;
-    {
-        let cfg = RelayServerConfig::from_file(&cfg_path)?;
-        let store = faxgate_relay::store::UserStore::open(
-            &dir.path().join("users.db"),
-            cfg.relay.argon2_memory_kib,
-            cfg.relay.argon2_iterations,
-        )?;
-        for u in ["bench-a", "bench-b"] {
-            store.add_user(u, "bench-password", &["bench".into()])?;
-        }
-    }
-    let cfg = cfg_path.display().to_string();
-    let (_relay, addr) = spawn_child_on(
-        &["relay", "--config", &cfg],
-        "relay (tcp) listening on ",
-        Some(relay_cpu),
-    )?;
-    // The endpoints run on a thread of their own, pinned, with a
-    // single-threaded runtime: sender and receiver share that one CPU in
-    // both the direct and the bridged runs.
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    std::thread::Builder::new()
-        .name("bench-endpoints".into())
-        .spawn(move || {
-            let run = || -> anyhow::Result<(f64, f64)> {
-                pin_current_thread(endpoints_cpu)?;
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()?;
-                rt.block_on(throughput_rounds(addr, n, rounds))
-            };
-            let _ = tx.send(run());
-        })?;
-    Ok(Some(rx.await.context("endpoint thread died")??))
-}
-
-/// The CPUs this process may run on.
-fn allowed_cpus() -> anyhow::Result<Vec<usize>> {
-    // SAFETY: `set` is a plain bitmask owned here; sched_getaffinity
-    // writes at most size_of::<cpu_set_t>() bytes into it.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    let rc =
-        unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error()).context("sched_getaffinity");
-    }
-    // SAFETY: CPU_ISSET reads the bitmask filled above; i < CPU_SETSIZE.
-    Ok((0..libc::CPU_SETSIZE as usize)
-        .filter(|&i| unsafe { libc::CPU_ISSET(i, &set) })
-        .collect())
-}
-
-/// Pins the calling thread (and threads it creates later) to `cpu`.
-fn pin_current_thread(cpu: usize) -> std::io::Result<()> {
-    // SAFETY: as in `allowed_cpus`; pid 0 is the calling thread.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    unsafe { libc::CPU_SET(cpu, &mut set) };
-    let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 /// Alternates direct loopback TCP and bridged rounds through the relay at
@@ -465,30 +370,12 @@ impl Drop for Killed {
 /// Starts `faxgate` with `args` and returns it with the address it
 /// prints on a line starting with `prefix`.
 fn spawn_child(args: &[&str], prefix: &str) -> anyhow::Result<(Killed, SocketAddr)> {
-    spawn_child_on(args, prefix, None)
-}
-
-/// [`spawn_child`], with the child (all its threads) pinned to `cpu`.
-fn spawn_child_on(
-    args: &[&str],
-    prefix: &str,
-    cpu: Option<usize>,
-) -> anyhow::Result<(Killed, SocketAddr)> {
-    use std::os::unix::process::CommandExt as _;
     let exe = std::env::current_exe()?;
     let mut cmd = Command::new(exe);
     cmd.args(args)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::null());
-    if let Some(cpu) = cpu {
-        // SAFETY: between fork and exec the closure only makes the
-        // sched_setaffinity system call, which is async-signal-safe, and
-        // allocates nothing.
-        unsafe {
-            cmd.pre_exec(move || pin_current_thread(cpu));
-        }
-    }
     let mut child = cmd.spawn()?;
     let out = child.stdout.take().context("no stdout")?;
     let child = Killed(child);
@@ -713,9 +600,9 @@ fn codec(copies: usize) -> anyhow::Result<()> {
     let n = (copies * pages.len()) as f64;
     println!("faxgate bench codec: 8 CCITT pages x {copies} copies, pages per second");
     println!(
-        "| coding | our encode | tiffcp encode | ratio | our decode | tiffcp decode | ratio | tifftopnm decode | ratio | our bytes / libtiff bytes |"
+        "| coding | our encode | tiffcp encode | ratio | our decode | tiffcp decode | ratio | tiffinfo -D decode | ratio | tifftopnm decode | ratio | our bytes / libtiff bytes |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for (coding, name, flag) in [
         (Coding::Mh, "MH", "g3:1d"),
         (Coding::Mr { k: 4 }, "MR", "g3:2d"),
@@ -794,6 +681,18 @@ fn codec(copies: usize) -> anyhow::Result<()> {
             .context("cannot run tifftopnm: apt-get install netpbm")?;
         anyhow::ensure!(st.success(), "tifftopnm failed on {}", enc_out.display());
         let pnm_dec = t.elapsed().as_secs_f64() * 1e3 / n;
+        // libtiff's decoder alone: tiffinfo -D reads and decodes every
+        // strip and writes nothing, the steadiest reference.
+        let t = Instant::now();
+        let st = Command::new("tiffinfo")
+            .arg("-D")
+            .arg(&enc_out)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .context("cannot run tiffinfo: apt-get install libtiff-tools")?;
+        anyhow::ensure!(st.success(), "tiffinfo -D failed on {}", enc_out.display());
+        let info_dec = t.elapsed().as_secs_f64() * 1e3 / n;
         // The first copy of the eight pages, strip bytes only.
         let enc_file = std::fs::read(&enc_out)?;
         let reader = faxgate_fax::tiff::TiffReader::new(&enc_file)?;
@@ -802,13 +701,15 @@ fn codec(copies: usize) -> anyhow::Result<()> {
             .sum();
         let pps = |ms: f64| 1e3 / ms;
         println!(
-            "| {name} | {:.0} | {:.0} | {:.1}x | {:.0} | {:.0} | {:.1}x | {:.0} | {:.1}x | {:.3} |",
+            "| {name} | {:.0} | {:.0} | {:.1}x | {:.0} | {:.0} | {:.1}x | {:.0} | {:.1}x | {:.0} | {:.1}x | {:.3} |",
             pps(ours_enc),
             pps(lib_enc),
             lib_enc / ours_enc,
             pps(ours_dec),
             pps(lib_dec),
             lib_dec / ours_dec,
+            pps(info_dec),
+            info_dec / ours_dec,
             pps(pnm_dec),
             pnm_dec / ours_dec,
             our_bytes as f64 / lib_bytes as f64
