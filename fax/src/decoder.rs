@@ -2,11 +2,14 @@
 //!
 //! Damage is handled the way a fax machine handles it. A line that does
 //! not decode (an invalid code, a wrong pixel count, junk before the next
-//! EOL, a truncated end) is replaced by the previous line and counted as
-//! bad; MH and MR decoding then resyncs at the next EOL. MMR and EOL-less
-//! MH have no resync point, so after an error the rest of the page is
-//! made of copies of the last line (when the row count is known) or the
-//! page ends.
+//! EOL, a truncated end) is replaced by the previous good line and counted
+//! as bad; MH and MR decoding then resyncs at the next EOL. In MR the
+//! 2-D lines after a bad line were coded against a line the decoder does
+//! not have, so they are bad too (repeats of the last good line) until
+//! the next 1-D line, from which decoding is exact again. MMR and
+//! EOL-less MH have no resync point, so after an error the rest of the
+//! page is made of bad copies of the last good line (when the row count
+//! is known) or the page ends there: no line after the error is decoded.
 
 use crate::bits::BitReader;
 use crate::error::FaxError;
@@ -94,7 +97,8 @@ pub enum PageEndReason {
 pub struct PageSummary {
     /// Lines yielded, bad ones included.
     pub lines: u64,
-    /// Lines that did not decode and were replaced by the previous line.
+    /// Lines replaced by the last good line: those that did not decode,
+    /// MR 2-D lines coded against one of them, and padding.
     pub bad_lines: u64,
     /// The longest run of consecutive bad lines.
     pub max_consecutive_bad: u64,
@@ -119,7 +123,8 @@ pub enum DecodeEvent<'a> {
     Line {
         /// The pixels, packed MSB first with 1 = black.
         pixels: &'a [u8],
-        /// True if the line did not decode and is a copy of the previous one.
+        /// True if the line is a copy of the last good one: it did not
+        /// decode, or (MR) it is a 2-D line coded against a bad line.
         bad: bool,
     },
     /// The page is complete; further calls return this again.
@@ -211,6 +216,10 @@ pub struct Decoder {
     started: bool,
     /// MR: the line after the last EOL is 2-D.
     next_2d: bool,
+    /// A bad line has been yielded since the last good 1-D line, so
+    /// `refl` is not the line the sender coded the next 2-D line
+    /// against: MR's 2-D lines are bad until the next 1-D line.
+    ref_lost: bool,
     /// Changing elements of the last line yielded (`refl_n` of them),
     /// then four `width` sentinels. `width + 5` long: a decoded line has
     /// at most `width + 1` changing elements (strictly increasing, 0 to
@@ -252,6 +261,7 @@ impl Decoder {
             finished: false,
             started: false,
             next_2d: false,
+            ref_lost: false,
             refl: vec![w; w as usize + CHANGES_SLACK],
             refl_n: 0,
             cur: vec![w; w as usize + CHANGES_SLACK],
@@ -383,8 +393,9 @@ impl Decoder {
     /// finished: decodes lines and appends them to `rows` in one loop,
     /// keeping the bit reader across lines, for as long as they are the
     /// common case. That is a good MMR line not at EOFB, or (MH and MR,
-    /// after the first EOL) a good line followed by an EOL, the tag bit and
-    /// the next line. Returns the number of lines drawn. It stops before
+    /// after the first EOL, and not after a bad line while MR's reference
+    /// is lost) a good line followed by an EOL, the tag bit and the next
+    /// line. Returns the number of lines drawn. It stops before
     /// the first line that is anything else, leaving that line to
     /// [`Decoder::draw_next_line`]; each line drawn here is the one the
     /// general path would draw, with the same state after it.
@@ -397,7 +408,11 @@ impl Decoder {
         match (self.opts.eol, self.opts.coding) {
             (false, Coding::Mmr) => self.clean_lines::<CLEAN_MMR>(rows),
             (true, Coding::Mh) if self.started => self.clean_lines::<CLEAN_MH>(rows),
-            (true, Coding::Mr { .. }) if self.started => self.clean_lines::<CLEAN_MR>(rows),
+            // A lost reference: the general path makes the 2-D lines up
+            // to the next 1-D line bad, and the loop resumes after it.
+            (true, Coding::Mr { .. }) if self.started && !self.ref_lost => {
+                self.clean_lines::<CLEAN_MR>(rows)
+            }
             // EOL-less MH is rare: the general path does it all.
             _ => 0,
         }
@@ -497,6 +512,7 @@ impl Decoder {
     fn emit(&mut self, bad: bool) {
         let w = self.opts.width;
         if bad {
+            self.ref_lost = true;
             self.bad += 1;
             self.consecutive_bad += 1;
             self.max_consecutive_bad = self.max_consecutive_bad.max(self.consecutive_bad);
@@ -604,9 +620,16 @@ impl Decoder {
             return Step::End(PageEndReason::EndOfData);
         }
         let start = r.bit_pos();
-        let res = if mr && self.next_2d {
+        let two_d = mr && self.next_2d;
+        let res = if two_d && !self.ref_lost {
             decode_2d(&mut r, width, &self.refl[..self.refl_n + 4], &mut self.cur)
+        } else if two_d {
+            // Coded against a line we lost: whatever it decodes to may be
+            // wrong, and nothing tells, so it is bad like that line.
+            Err(LineErr::Invalid)
         } else {
+            // A 1-D line needs no reference: it ends any loss.
+            self.ref_lost = false;
             decode_1d(&mut r, width, &mut self.cur)
         };
         let bad = match res {
@@ -1197,6 +1220,181 @@ mod tests {
         }
         // Damage did reach the comparison.
         assert!(damaged > 100, "{damaged}");
+    }
+
+    /// Where each line's data starts in clean coded data (after its EOL
+    /// and tag bit with EOLs), as the decoder reads it.
+    fn line_starts(data: &[u8], opts: DecoderOptions) -> Vec<usize> {
+        let mut dec = Decoder::new(opts.clone()).unwrap();
+        dec.push(data).unwrap();
+        dec.finish();
+        let mut starts = vec![0];
+        if opts.eol {
+            let mut r = BitReader::new(data, 0);
+            assert!(find_eol(&mut r));
+            let tag = u32::from(matches!(opts.coding, Coding::Mr { .. }));
+            r.consume(tag);
+            starts[0] = r.bit_pos();
+        }
+        while let Some(DecodeEvent::Line { bad, .. }) = dec.next_line().unwrap() {
+            assert!(!bad);
+            starts.push(dec.bit);
+        }
+        // The last entry is where the page's last line ends.
+        starts.pop();
+        starts
+    }
+
+    /// The bad-line contract, for both decode paths, under damage that a
+    /// decoder is bound to see: the data of random lines overwritten from
+    /// its start with `000000001` (no code, and too few zeros for an EOL,
+    /// so the line cannot decode and every EOL stays), and sometimes the
+    /// data cut short. Every line is either exactly the line sent or
+    /// flagged bad and a copy of the last good line: none is silently
+    /// wrong. Without a cut the bad lines are known exactly: in MR the
+    /// damaged ones and the 2-D lines after each up to the next 1-D line;
+    /// in MMR, which cannot resync, every line from the first damaged one
+    /// (the page ends there unless the row count is known).
+    #[test]
+    fn damaged_lines_are_exact_or_flagged_never_silently_wrong() {
+        let mut seed = 7u64;
+        let mut rnd = |n: usize| {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((seed >> 33) as usize) % n.max(1)
+        };
+        let bit = |d: &[u8], i: usize| d[i / 8] & (0x80 >> (i % 8)) != 0;
+        let set = |d: &mut [u8], i: usize, one: bool| {
+            let m = 0x80u8 >> (i % 8);
+            d[i / 8] = if one { d[i / 8] | m } else { d[i / 8] & !m };
+        };
+        let h = 40usize;
+        let (mut spans, mut mmr_cases) = (0, 0);
+        for trial in 0..400u64 {
+            let width = [37u32, 300, 1728][rnd(3)];
+            let page = sample_page(width, h as u32, trial);
+            let mmr = rnd(4) == 0;
+            let coding = if mmr {
+                Coding::Mmr
+            } else {
+                Coding::Mr {
+                    k: 1 + rnd(5) as u32,
+                }
+            };
+            let mut eo = if rnd(2) == 0 {
+                EncoderOptions::wire(coding, width)
+            } else {
+                EncoderOptions::tiff(coding, width)
+            };
+            if !mmr && rnd(2) == 0 {
+                // Fill makes even short lines long enough to damage.
+                eo.min_line_bits = 40;
+            }
+            let clean = page.encode(eo.clone()).unwrap();
+            let base = DecoderOptions {
+                coding,
+                width,
+                eol: eo.eol,
+                byte_align_rows: false,
+                rows: None,
+            };
+            let starts = line_starts(&clean, base.clone());
+            assert_eq!(starts.len(), h);
+            let bits = clean.len() * 8;
+            // Lines whose start can take the pattern: MR keeps the 11
+            // zeros of the EOL after it intact.
+            let room = |y: usize| {
+                let end = if mmr {
+                    bits
+                } else {
+                    let mut r = BitReader::new(&clean, starts[y]);
+                    if find_eol(&mut r) {
+                        r.bit_pos() - 12
+                    } else {
+                        bits
+                    }
+                };
+                starts[y] + 9 <= end
+            };
+            let eligible: Vec<usize> = (0..h).filter(|&y| room(y)).collect();
+            let mut damaged = vec![false; h];
+            for _ in 0..1 + rnd(if mmr { 1 } else { 3 }) {
+                if let Some(&y) = eligible.get(rnd(eligible.len())) {
+                    damaged[y] = true;
+                }
+            }
+            let mut data = clean.clone();
+            for y in (0..h).filter(|&y| damaged[y]) {
+                for i in 0..9 {
+                    set(&mut data, starts[y] + i, i == 8);
+                }
+            }
+            let cut = rnd(3) == 0;
+            if cut {
+                data.truncate(rnd(data.len()));
+            }
+            // Which lines must come out bad, when nothing is cut.
+            let mut want_bad = vec![false; h];
+            for y in 0..h {
+                // MR's tag bit, just before the line's data.
+                let one_d = !mmr && bit(&clean, starts[y] - 1);
+                let after_bad = y > 0 && want_bad[y - 1];
+                want_bad[y] = damaged[y] || (after_bad && !one_d);
+            }
+            spans += usize::from((1..h).any(|y| want_bad[y] && !damaged[y]));
+            mmr_cases += usize::from(mmr && damaged.contains(&true));
+            for rows in [None, Some(h as u64)] {
+                let opts = DecoderOptions {
+                    rows,
+                    ..base.clone()
+                };
+                let what = format!("trial {trial} {eo:?} rows {rows:?} cut {cut}");
+                let mut dec = Decoder::new(opts.clone()).unwrap();
+                dec.push(&data).unwrap();
+                dec.finish();
+                let mut lines: Vec<(Vec<u8>, bool)> = Vec::new();
+                let sum = loop {
+                    match dec.next_line().unwrap() {
+                        Some(DecodeEvent::Line { pixels, bad }) => {
+                            lines.push((pixels.to_vec(), bad));
+                        }
+                        Some(DecodeEvent::PageEnd(s)) => break s,
+                        None => unreachable!("finished"),
+                    }
+                };
+                assert!(lines.len() <= h, "{what}");
+                let white = vec![0u8; width.div_ceil(8) as usize];
+                let mut last_good = &white;
+                for (y, (pixels, bad)) in lines.iter().enumerate() {
+                    if *bad {
+                        assert_eq!(pixels, last_good, "{what}: bad line {y}");
+                    } else {
+                        assert_eq!(pixels, page.row(y as u32), "{what}: line {y}");
+                        last_good = pixels;
+                    }
+                }
+                let flagged = lines.iter().filter(|l| l.1).count() as u64;
+                assert_eq!((sum.lines, sum.bad_lines), (lines.len() as u64, flagged));
+                if !cut {
+                    let mut want = want_bad.clone();
+                    if mmr && rows.is_none() {
+                        // The page ends at the line that did not decode.
+                        want.truncate(want.iter().position(|&b| b).map_or(h, |y| y + 1));
+                    }
+                    let got: Vec<bool> = lines.iter().map(|l| l.1).collect();
+                    assert_eq!(got, want, "{what}: bad lines");
+                }
+                // The one-shot path: the same lines and counts.
+                let (bmp, bsum) = Bitmap::decode(&data, opts).unwrap();
+                assert_eq!(bsum, sum, "{what}: Bitmap::decode");
+                let rows_got: Vec<&[u8]> = bmp.rows().collect();
+                let rows_want: Vec<&[u8]> = lines.iter().map(|l| &l.0[..]).collect();
+                assert!(rows_got == rows_want, "{what}: Bitmap::decode lines");
+            }
+        }
+        // The cases that matter were drawn.
+        assert!(spans > 150 && mmr_cases > 50, "{spans} {mmr_cases}");
     }
 
     /// A roll: 100,000 lines through encoder and decoder, streamed in

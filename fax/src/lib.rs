@@ -13,7 +13,8 @@
 //!   EOLs, byte-aligned EOLs, RTC/EOFB, minimum scan-line fill.
 //! - Damage: the decoder replaces an undecodable line by the previous one,
 //!   resyncs at the next EOL and counts bad lines in a [`PageSummary`],
-//!   which T.30 uses to choose between MCF and RTN.
+//!   which T.30 uses to choose between MCF and RTN. In MR the 2-D lines
+//!   coded against a bad line, up to the next 1-D line, are bad too.
 //! - [`tiff`]: TIFF-F (RFC 3949 profiles S and F) reading and writing,
 //!   multipage, both fill orders and any strip layout on reading.
 //! - [`pbm`]: PBM import and export for tests and tools.
