@@ -319,32 +319,39 @@ pub(crate) fn spooled(dir: &Path) -> Vec<(String, Vec<u8>)> {
 
 /// Asks the printer (with ipptool, not our client) for a job's state.
 fn ipptool_job_state(uri: &str, job_id: &str, dir: &Path) -> String {
-    need("ipptool", "cups-ipp-utils");
-    let test = dir.join("job.test");
-    std::fs::write(
-        &test,
-        format!(
+    let text = ipptool_run(
+        uri,
+        dir,
+        "job",
+        &format!(
             "{{\n NAME \"job state\"\n OPERATION Get-Job-Attributes\n GROUP operation-attributes-tag\n \
              ATTR charset attributes-charset utf-8\n ATTR naturalLanguage attributes-natural-language en\n \
              ATTR uri printer-uri $uri\n ATTR integer job-id {job_id}\n \
              ATTR name requesting-user-name faxgate\n STATUS successful-ok\n \
              DISPLAY job-state\n}}\n"
         ),
-    )
-    .unwrap();
-    let out = Command::new("ipptool")
-        .arg("-t")
-        .arg(uri)
-        .arg(&test)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    );
     assert!(!text.contains("[FAIL]"), "ipptool: {text}");
     text.lines()
         .find_map(|l| l.trim().strip_prefix("job-state (enum) = "))
         .unwrap_or_else(|| panic!("no job-state in {text}"))
         .trim()
         .to_string()
+}
+
+/// Runs an ipptool test file written from `body` against `uri`; returns
+/// its stdout.
+fn ipptool_run(uri: &str, dir: &Path, name: &str, body: &str) -> String {
+    need("ipptool", "cups-ipp-utils");
+    let test = dir.join(format!("{name}.test"));
+    std::fs::write(&test, body).unwrap();
+    let out = Command::new("ipptool")
+        .arg("-t")
+        .arg(uri)
+        .arg(&test)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 fn print_cmd(file: &Path, printer: &str, title: &str) -> std::process::Output {
@@ -661,16 +668,7 @@ fn cups_queue_errors_carry_the_cups_tools_message() {
 /// Runs an ipptool test file written from `body` against `uri`; returns
 /// stdout, or `None` if ipptool reported a failure.
 fn ipptool_try(uri: &str, dir: &Path, name: &str, body: &str) -> Option<String> {
-    need("ipptool", "cups-ipp-utils");
-    let test = dir.join(format!("{name}.test"));
-    std::fs::write(&test, body).unwrap();
-    let out = Command::new("ipptool")
-        .arg("-t")
-        .arg(uri)
-        .arg(&test)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let text = ipptool_run(uri, dir, name, body);
     (!text.contains("[FAIL]") && text.contains("[PASS]")).then_some(text)
 }
 
