@@ -51,7 +51,10 @@ pub(crate) fn write_cupsd_config(root: &Path, listen: &str) -> (PathBuf, PathBuf
     (conf, files)
 }
 
-/// A `cupsd` on 127.0.0.1 and a free port, killed by PID when dropped.
+/// A `cupsd` on 127.0.0.1 and a free port. Dropping it sends SIGTERM, so
+/// the scheduler stops its jobs' filters and backends itself (a SIGKILL
+/// would orphan a backend still talking to the printer), then kills it by
+/// PID if it has not exited within 10 s.
 pub(crate) struct Cupsd {
     _proc: Proc,
     /// `127.0.0.1:PORT`, for `CUPS_SERVER` (or `-h`).
@@ -96,6 +99,23 @@ impl Cupsd {
         }
     }
 
+    /// Asks the scheduler to stop (SIGTERM) and waits for it.
+    fn stop(&mut self) {
+        let child = &mut self._proc.0;
+        let Ok(pid) = libc::pid_t::try_from(child.id()) else {
+            return;
+        };
+        // SAFETY: kill(2) on our own child's PID, which is not reaped yet.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::time::Instant::now() < deadline {
+            if !matches!(child.try_wait(), Ok(None)) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// A CUPS command (`lpadmin`, `lpstat`, `cupsdisable`...) aimed at
     /// this scheduler.
     pub(crate) fn cmd(&self, tool: &str) -> Command {
@@ -118,5 +138,11 @@ impl Cupsd {
     /// `ipp://` URI of a queue, for IPP clients that talk to CUPS itself.
     pub(crate) fn queue_uri(&self, queue: &str) -> String {
         format!("ipp://{}/printers/{queue}", self.server)
+    }
+}
+
+impl Drop for Cupsd {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
