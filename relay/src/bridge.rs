@@ -418,6 +418,8 @@ pub async fn run<'a>(
             }
             if sa.farewell.is_none()
                 && sb.farewell.is_none()
+                && !draining(&ab, &sb)
+                && !draining(&ba, &sa)
                 && finished(&sa, &ab)
                 && finished(&sb, &ba)
                 && (sa.dead.is_some() || sb.dead.is_some() || (ab.done && ba.done))
@@ -431,12 +433,19 @@ pub async fn run<'a>(
             if let Some(d) = deadline.as_mut()
                 && d.as_mut().poll(cx).is_ready()
             {
-                // Whoever still owes a TERMINATE is closed.
+                // Whoever still owes a TERMINATE is closed, and so is a
+                // side that has not taken a drained one in time.
                 if !ab.done && sa.dead.is_none() {
                     sa.dead = Some(Code::Timeout);
                 }
                 if !ba.done && sb.dead.is_none() {
                     sb.dead = Some(Code::Timeout);
+                }
+                if draining(&ab, &sb) {
+                    sb.dead = Some(Code::Timeout);
+                }
+                if draining(&ba, &sa) {
+                    sa.dead = Some(Code::Timeout);
                 }
                 settle(&mut sa, &mut sb, &mut ab);
                 settle(&mut sb, &mut sa, &mut ba);
@@ -535,13 +544,21 @@ fn settle(src: &mut SideState<'_, '_>, dst: &mut SideState<'_, '_>, dir: &mut Di
         return false;
     };
     src.inject = None;
-    if dir.done {
+    if dir.done || draining(dir, dst) {
         return false;
     }
     dir.done = true;
     let mid_frame = dir.in_data > 0 || dir.fwd > 0;
     after_death(dst, mid_frame, code);
     true
+}
+
+/// Whether `dir` holds its source's TERMINATE and still forwards it (and
+/// the data before it) to a live destination. The relay received those
+/// bytes whole, so a source that is closed meanwhile (a LOGOUT right after
+/// its session ended, a kick) does not take them from its peer.
+fn draining(dir: &Dir, dst: &SideState<'_, '_>) -> bool {
+    dir.terminating && !dir.done && dst.dead.is_none()
 }
 
 /// The peer of a dead side learns of it by an injected TERMINATE, unless
