@@ -337,6 +337,9 @@ struct SideState<'s, 'a> {
     /// is told before its connection goes, flushed even though the side
     /// is dead.
     farewell: Option<Inject>,
+    /// The side's user logged out (on another connection) before this
+    /// side's TERMINATE was forwarded: it is closed once it has been.
+    leaving: bool,
 }
 
 /// Bridges `a` and `b` until both have sent TERMINATE or died. A side
@@ -352,12 +355,14 @@ pub async fn run<'a>(
         dead: None,
         inject: None,
         farewell: None,
+        leaving: false,
     };
     let mut sb = SideState {
         side: b,
         dead: None,
         inject: None,
         farewell: None,
+        leaving: false,
     };
     let mut ab = Dir::default();
     let mut ba = Dir::default();
@@ -367,20 +372,43 @@ pub async fn run<'a>(
     let mut killed_b = std::pin::pin!(kill_b.cancelled());
     let mut deadline: Option<Pin<Box<tokio::time::Sleep>>> = None;
     let mut farewell_deadline: Option<Pin<Box<tokio::time::Sleep>>> = None;
+    let mut leave_deadline: Option<Pin<Box<tokio::time::Sleep>>> = None;
 
     std::future::poll_fn(|cx| {
         loop {
             let mut progressed = false;
-            if sa.dead.is_none() && killed_a.as_mut().poll(cx).is_ready() {
-                killed(&mut sa, &ba);
-                progressed = true;
-            }
-            if sb.dead.is_none() && killed_b.as_mut().poll(cx).is_ready() {
-                killed(&mut sb, &ab);
-                progressed = true;
-            }
+            // Forward what has arrived first, so that a kill finds a
+            // TERMINATE already read as draining rather than unseen.
             progressed |= step(cx, &mut sa, &mut sb, &mut ab);
             progressed |= step(cx, &mut sb, &mut sa, &mut ba);
+            if sa.dead.is_none() && !sa.leaving && killed_a.as_mut().poll(cx).is_ready() {
+                on_kill(&mut sa, &ab, &ba);
+                progressed = true;
+            }
+            if sb.dead.is_none() && !sb.leaving && killed_b.as_mut().poll(cx).is_ready() {
+                on_kill(&mut sb, &ba, &ab);
+                progressed = true;
+            }
+            for (s, outgoing, incoming) in [(&mut sa, &ab, &ba), (&mut sb, &ba, &ab)] {
+                if s.leaving && s.dead.is_none() && outgoing.done {
+                    killed(s, incoming);
+                    progressed = true;
+                }
+            }
+            if (sa.leaving && sa.dead.is_none()) || (sb.leaving && sb.dead.is_none()) {
+                let d = leave_deadline
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(FAREWELL_TIMEOUT)));
+                if d.as_mut().poll(cx).is_ready() {
+                    // Its last bytes did not come in time: close it now.
+                    if sa.leaving && sa.dead.is_none() {
+                        killed(&mut sa, &ba);
+                    }
+                    if sb.leaving && sb.dead.is_none() {
+                        killed(&mut sb, &ab);
+                    }
+                    progressed = true;
+                }
+            }
             progressed |= settle(&mut sa, &mut sb, &mut ab);
             progressed |= settle(&mut sb, &mut sa, &mut ba);
             for s in [&mut sa, &mut sb] {
@@ -479,6 +507,18 @@ pub async fn run<'a>(
 /// How long a side closed by the relay may take to accept its farewell
 /// TERMINATE before it is closed without it.
 const FAREWELL_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// `side`'s kill token fired. A LOGOUT (sent on another connection, so
+/// it can overtake this one's last bytes) gives the side up to
+/// [`FAREWELL_TIMEOUT`] to finish what it sends up to its TERMINATE; a
+/// kick or a shutdown closes it now.
+fn on_kill(side: &mut SideState<'_, '_>, outgoing: &Dir, incoming: &Dir) {
+    if (side.side.kill_code)() == Code::LoggedOut && !outgoing.done {
+        side.leaving = true;
+    } else {
+        killed(side, incoming);
+    }
+}
 
 /// `side`'s kill token fired (kick, logout, shutdown): it is dead from
 /// now on, and is told why with a TERMINATE of the kill's code if what the
@@ -583,6 +623,101 @@ fn after_death(survivor: &mut SideState<'_, '_>, mid_frame: bool, code: Code) {
 mod tests {
     use super::*;
     use crate::protocol::data_header;
+    use tokio::io::AsyncReadExt;
+    use tokio::net::{TcpListener, TcpStream};
+
+    /// A connected loopback pair: (the relay's end, the device's end).
+    async fn pair() -> (TcpStream, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (c, s) = tokio::join!(TcpStream::connect(l.local_addr().unwrap()), l.accept());
+        (s.unwrap().0, c.unwrap())
+    }
+
+    /// A caller whose DATA and TERMINATE the relay has read whole, and
+    /// who is then closed by the relay (a LOGOUT right after its session,
+    /// a kick), still has them delivered: its peer reads every byte and
+    /// TERMINATE(NORMAL), not a bare close. The peer does not read at
+    /// first, so the forward is still in progress when the kill is seen.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_side_closed_after_its_terminate_still_delivers_it() {
+        // A LOGOUT lets the side finish; a kick closes it at once, but
+        // what it already sent whole is still drained to the peer.
+        for code in [Code::LoggedOut, Code::Kicked] {
+            closed_after_terminate(code).await;
+        }
+    }
+
+    async fn closed_after_terminate(code: Code) {
+        const PAYLOAD: usize = 8 << 20;
+        let (relay_a, _device_a) = pair().await;
+        let (relay_b, mut device_b) = pair().await;
+        socket2::SockRef::from(&device_b)
+            .set_recv_buffer_size(64 * 1024)
+            .unwrap();
+        let mut a = Connection::new(Stream::Plain(relay_a), PAYLOAD);
+        let payload: Vec<u8> = (0..PAYLOAD).map(|i| (i % 251) as u8).collect();
+        a.rbuf.extend_from_slice(&data_header(PAYLOAD));
+        a.rbuf.extend_from_slice(&payload);
+        a.rbuf
+            .extend_from_slice(&[FrameType::Terminate as u8, 0, 0, 0, 2, 0, 0]);
+        let mut b = Connection::new(Stream::Plain(relay_b), PAYLOAD);
+        let (kill_a, kill_b) = (CancellationToken::new(), CancellationToken::new());
+        kill_a.cancel();
+        let reader = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let mut got = Vec::new();
+            let mut buf = vec![0u8; 64 * 1024];
+            while got.len() < HEADER_LEN + PAYLOAD + HEADER_LEN + 2 {
+                let n = device_b.read(&mut buf).await.unwrap();
+                if n == 0 {
+                    break;
+                }
+                got.extend_from_slice(&buf[..n]);
+            }
+            got
+        });
+        let (sent_a, sent_b) = (AtomicU64::new(0), AtomicU64::new(0));
+        let logged_out = move || code;
+        let outcome = run(
+            &mut Side {
+                conn: &mut a,
+                kill: &kill_a,
+                kill_code: &logged_out,
+                sent: &sent_a,
+            },
+            &mut Side {
+                conn: &mut b,
+                kill: &kill_b,
+                kill_code: &logged_out,
+                sent: &sent_b,
+            },
+            Duration::from_secs(30),
+        )
+        .await;
+        // The server drops (closes) both connections after the bridge.
+        drop((a, b));
+        let got = tokio::time::timeout(Duration::from_secs(60), reader)
+            .await
+            .expect("the peer was neither served nor closed")
+            .unwrap();
+        assert_eq!(
+            got.len(),
+            HEADER_LEN + PAYLOAD + HEADER_LEN + 2,
+            "{code}: the peer got a bare close"
+        );
+        assert_eq!(&got[..HEADER_LEN], &data_header(PAYLOAD));
+        assert!(
+            got[HEADER_LEN..HEADER_LEN + PAYLOAD] == payload[..],
+            "payload changed"
+        );
+        assert_eq!(
+            &got[HEADER_LEN + PAYLOAD..],
+            &[FrameType::Terminate as u8, 0, 0, 0, 2, 0, 0],
+            "TERMINATE(NORMAL) as the caller sent it"
+        );
+        assert_eq!(outcome.a, SideEnd::Dead(code));
+        assert_eq!(outcome.b, SideEnd::Clean, "{code}: {outcome:?}");
+    }
 
     #[test]
     fn scan_forwards_data_and_stops_after_terminate() {
