@@ -607,10 +607,7 @@ impl AsyncWrite for LeanTlsStream {
 mod tests {
     use super::*;
     use crate::tls;
-    use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-    use rustls::crypto::CryptoProvider;
-    use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-    use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
+    use rustls::ClientConfig;
     use std::io::{Read as _, Write as _};
     use std::time::Duration;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -622,6 +619,7 @@ mod tests {
         _dir: tempfile::TempDir,
         server: Arc<ServerConfig>,
         client: Arc<ClientConfig>,
+        pin: [u8; 32],
     }
 
     fn fixture() -> Fixture {
@@ -629,69 +627,21 @@ mod tests {
         let id = tls::server_identity(None, dir.path()).unwrap();
         Fixture {
             client: tls::pinned_client_config(id.fingerprint),
+            pin: id.fingerprint,
             server: id.config,
             _dir: dir,
         }
     }
 
-    /// Trusts any certificate but checks handshake signatures; lets a test
-    /// client be pinned to TLS 1.2.
-    #[derive(Debug)]
-    struct AnyCert(Arc<CryptoProvider>);
-
-    impl ServerCertVerifier for AnyCert {
-        fn verify_server_cert(
-            &self,
-            _: &CertificateDer<'_>,
-            _: &[CertificateDer<'_>],
-            _: &ServerName<'_>,
-            _: &[u8],
-            _: UnixTime,
-        ) -> Result<ServerCertVerified, rustls::Error> {
-            Ok(ServerCertVerified::assertion())
-        }
-
-        fn verify_tls12_signature(
-            &self,
-            message: &[u8],
-            cert: &CertificateDer<'_>,
-            dss: &DigitallySignedStruct,
-        ) -> Result<HandshakeSignatureValid, rustls::Error> {
-            rustls::crypto::verify_tls12_signature(
-                message,
-                cert,
-                dss,
-                &self.0.signature_verification_algorithms,
-            )
-        }
-
-        fn verify_tls13_signature(
-            &self,
-            message: &[u8],
-            cert: &CertificateDer<'_>,
-            dss: &DigitallySignedStruct,
-        ) -> Result<HandshakeSignatureValid, rustls::Error> {
-            rustls::crypto::verify_tls13_signature(
-                message,
-                cert,
-                dss,
-                &self.0.signature_verification_algorithms,
-            )
-        }
-
-        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-            self.0.signature_verification_algorithms.supported_schemes()
-        }
-    }
-
-    fn tls12_client() -> Arc<ClientConfig> {
-        let provider = tls::provider();
+    /// A client pinned to the fixture's certificate, as devices are, but
+    /// speaking TLS 1.2 only.
+    fn tls12_client(pin: [u8; 32]) -> Arc<ClientConfig> {
         Arc::new(
-            ClientConfig::builder_with_provider(Arc::clone(&provider))
+            ClientConfig::builder_with_provider(tls::provider())
                 .with_protocol_versions(&[&rustls::version::TLS12])
                 .unwrap()
                 .dangerous()
-                .with_custom_certificate_verifier(Arc::new(AnyCert(provider)))
+                .with_custom_certificate_verifier(tls::pinned_verifier(pin))
                 .with_no_client_auth(),
         )
     }
@@ -759,7 +709,7 @@ mod tests {
     #[tokio::test]
     async fn handshake_and_echo_tls12() {
         let f = fixture();
-        let v = echo_once(&f, &tls12_client()).await;
+        let v = echo_once(&f, &tls12_client(f.pin)).await;
         assert_eq!(v, rustls::ProtocolVersion::TLSv1_2);
     }
 

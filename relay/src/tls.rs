@@ -168,10 +168,7 @@ pub fn parse_fingerprint(s: &str) -> Result<[u8; 32], TlsError> {
 /// holder of that certificate's key passes.
 pub fn pinned_client_config(pin: [u8; 32]) -> Arc<rustls::ClientConfig> {
     let provider = provider();
-    let verifier = Arc::new(PinnedCert {
-        pin,
-        provider: provider.clone(),
-    });
+    let verifier = pinned_verifier(pin);
     // The safe defaults are valid for the ring provider; the builder only
     // fails for a provider without any cipher suite.
     let builder = rustls::ClientConfig::builder_with_provider(provider)
@@ -183,6 +180,15 @@ pub fn pinned_client_config(pin: [u8; 32]) -> Arc<rustls::ClientConfig> {
             .with_custom_certificate_verifier(verifier)
             .with_no_client_auth(),
     )
+}
+
+/// The verifier behind [`pinned_client_config`], for configs that need
+/// other protocol versions (tests pin a client to TLS 1.2 with it).
+pub(crate) fn pinned_verifier(pin: [u8; 32]) -> Arc<dyn ServerCertVerifier> {
+    Arc::new(PinnedCert {
+        pin,
+        provider: provider(),
+    })
 }
 
 /// Builds a client config that verifies the relay against CA certificates.
