@@ -217,5 +217,15 @@ async fn a_kicked_client_waits_before_it_reconnects() {
         back_after >= std::time::Duration::from_millis(900),
         "the kicked client was back after {back_after:?}; expected a backoff of 1 s to 4 s"
     );
-    assert_eq!(tokyo.status().connections, 1);
+    // The relay registers the connection before its LOGIN reply reaches
+    // the client, so the client's own count follows a moment later.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    while tokyo.status().connections != 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the relay has tokyo's new connection but the client counts {}",
+            tokyo.status().connections
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
 }
