@@ -338,7 +338,8 @@ struct SideState<'s, 'a> {
     /// is dead.
     farewell: Option<Inject>,
     /// The side's user logged out (on another connection) before this
-    /// side's TERMINATE was forwarded: it is closed once it has been.
+    /// side's TERMINATE was forwarded: it is closed once it has been, or
+    /// when its bytes stop moving (see [`on_kill`]).
     leaving: bool,
 }
 
@@ -373,6 +374,8 @@ pub async fn run<'a>(
     let mut deadline: Option<Pin<Box<tokio::time::Sleep>>> = None;
     let mut farewell_deadline: Option<Pin<Box<tokio::time::Sleep>>> = None;
     let mut leave_deadline: Option<Pin<Box<tokio::time::Sleep>>> = None;
+    let mut leave_cap: Option<tokio::time::Instant> = None;
+    let mut leave_moved: Option<u64> = None;
 
     std::future::poll_fn(|cx| {
         loop {
@@ -396,8 +399,24 @@ pub async fn run<'a>(
                 }
             }
             if (sa.leaving && sa.dead.is_none()) || (sb.leaving && sb.dead.is_none()) {
-                let d = leave_deadline
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(FAREWELL_TIMEOUT)));
+                // A leaving side keeps going while its bytes still reach
+                // its peer (however slowly the peer reads), up to the
+                // terminate deadline; FAREWELL_TIMEOUT without progress
+                // (an idle session, a stalled peer) closes it.
+                let now = tokio::time::Instant::now();
+                let cap = *leave_cap.get_or_insert(now + terminate_timeout);
+                let moved = [&sa, &sb]
+                    .iter()
+                    .filter(|s| s.leaving)
+                    .map(|s| s.side.sent.load(Ordering::Relaxed))
+                    .sum::<u64>();
+                let d = leave_deadline.get_or_insert_with(|| {
+                    Box::pin(tokio::time::sleep_until(cap.min(now + FAREWELL_TIMEOUT)))
+                });
+                if leave_moved != Some(moved) {
+                    leave_moved = Some(moved);
+                    d.as_mut().reset(cap.min(now + FAREWELL_TIMEOUT));
+                }
                 if d.as_mut().poll(cx).is_ready() {
                     // Its last bytes did not come in time: close it now.
                     if sa.leaving && sa.dead.is_none() {
@@ -509,9 +528,11 @@ pub async fn run<'a>(
 const FAREWELL_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// `side`'s kill token fired. A LOGOUT (sent on another connection, so
-/// it can overtake this one's last bytes) gives the side up to
-/// [`FAREWELL_TIMEOUT`] to finish what it sends up to its TERMINATE; a
-/// kick or a shutdown closes it now.
+/// it can overtake this one's last bytes, by as long as a slow peer takes
+/// to read them) lets the side finish what it sends up to its TERMINATE
+/// while those bytes keep reaching the peer, within the terminate
+/// deadline; [`FAREWELL_TIMEOUT`] without progress closes it. A kick or
+/// a shutdown closes it now.
 fn on_kill(side: &mut SideState<'_, '_>, outgoing: &Dir, incoming: &Dir) {
     if (side.side.kill_code)() == Code::LoggedOut && !outgoing.done {
         side.leaving = true;
@@ -717,6 +738,118 @@ mod tests {
         );
         assert_eq!(outcome.a, SideEnd::Dead(code));
         assert_eq!(outcome.b, SideEnd::Clean, "{code}: {outcome:?}");
+    }
+
+    /// A LOGOUT that overtakes a session's last bytes, while a slow peer
+    /// takes longer than FAREWELL_TIMEOUT to read them (they are still in
+    /// the side's socket, not in the relay), lets them and the TERMINATE
+    /// through as long as they keep moving. A kick in the same position
+    /// cuts them, and so does a LOGOUT when the peer stops reading.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_logout_lets_a_slow_peer_take_the_last_bytes() {
+        use Code::{Kicked, LoggedOut};
+        for (code, stall) in [(LoggedOut, false), (Kicked, false), (LoggedOut, true)] {
+            logout_with_slow_peer(code, stall).await;
+        }
+    }
+
+    async fn logout_with_slow_peer(code: Code, stall: bool) {
+        const PAYLOAD: usize = 4 << 20;
+        let full = HEADER_LEN + PAYLOAD + HEADER_LEN + 2;
+        let (relay_a, mut device_a) = pair().await;
+        let (relay_b, mut device_b) = pair().await;
+        // Small socket buffers: most of the payload waits in the sender
+        // until the peer reads it.
+        socket2::SockRef::from(&device_a)
+            .set_send_buffer_size(64 * 1024)
+            .unwrap();
+        socket2::SockRef::from(&relay_a)
+            .set_recv_buffer_size(64 * 1024)
+            .unwrap();
+        socket2::SockRef::from(&relay_b)
+            .set_send_buffer_size(64 * 1024)
+            .unwrap();
+        socket2::SockRef::from(&device_b)
+            .set_recv_buffer_size(64 * 1024)
+            .unwrap();
+        let payload: Vec<u8> = (0..PAYLOAD).map(|i| (i % 251) as u8).collect();
+        let mut wire = data_header(PAYLOAD).to_vec();
+        wire.extend_from_slice(&payload);
+        wire.extend_from_slice(&[FrameType::Terminate as u8, 0, 0, 0, 2, 0, 0]);
+        let writer = tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            // The relay may close this side before it takes it all.
+            let _ = device_a.write_all(&wire).await;
+            device_a
+        });
+        let mut a = Connection::new(Stream::Plain(relay_a), PAYLOAD);
+        let mut b = Connection::new(Stream::Plain(relay_b), PAYLOAD);
+        let (kill_a, kill_b) = (CancellationToken::new(), CancellationToken::new());
+        kill_a.cancel();
+        let reader = tokio::spawn(async move {
+            // 32 KiB every 20 ms: 1.6 MB/s, about 2.6 s for the whole
+            // payload, longer than FAREWELL_TIMEOUT. A stalled peer
+            // stops for 3 s after its first read.
+            let started = tokio::time::Instant::now();
+            let mut got = Vec::new();
+            let mut buf = vec![0u8; 32 * 1024];
+            while got.len() < full {
+                if stall && !got.is_empty() && started.elapsed() < Duration::from_secs(3) {
+                    tokio::time::sleep(Duration::from_secs(3)).await;
+                }
+                match device_b.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            (got, started.elapsed())
+        });
+        let (sent_a, sent_b) = (AtomicU64::new(0), AtomicU64::new(0));
+        let kill_code = move || code;
+        let outcome = run(
+            &mut Side {
+                conn: &mut a,
+                kill: &kill_a,
+                kill_code: &kill_code,
+                sent: &sent_a,
+            },
+            &mut Side {
+                conn: &mut b,
+                kill: &kill_b,
+                kill_code: &kill_code,
+                sent: &sent_b,
+            },
+            Duration::from_secs(30),
+        )
+        .await;
+        drop((a, b));
+        let (got, took) = tokio::time::timeout(Duration::from_secs(60), reader)
+            .await
+            .expect("the peer was neither served nor closed")
+            .unwrap();
+        drop(writer.await.unwrap());
+        assert_eq!(outcome.a, SideEnd::Dead(code));
+        let case = format!("{code}, stalled peer: {stall}");
+        if code == Code::LoggedOut && !stall {
+            assert!(
+                took > FAREWELL_TIMEOUT,
+                "{case}: the peer was not slow ({took:?})"
+            );
+            assert_eq!(got.len(), full, "{case}: the peer lost the session's tail");
+            assert!(got[HEADER_LEN..HEADER_LEN + PAYLOAD] == payload[..]);
+            assert_eq!(
+                &got[HEADER_LEN + PAYLOAD..],
+                &[FrameType::Terminate as u8, 0, 0, 0, 2, 0, 0]
+            );
+            assert_eq!(outcome.b, SideEnd::Clean, "{case}: {outcome:?}");
+        } else {
+            assert!(
+                got.len() < HEADER_LEN + PAYLOAD,
+                "{case}: the session should have been cut, but the peer got {} bytes",
+                got.len()
+            );
+        }
     }
 
     #[test]

@@ -1226,20 +1226,24 @@ impl AsyncWrite for Session {
         if buf.is_empty() {
             return Poll::Ready(Ok(0));
         }
-        if this.wbuf.len() >= WBUF_HIGH {
-            ready!(this.poll_drain(cx))?;
-        }
         let n = buf.len().min(SESSION_FRAME);
-        if this.wbuf.is_empty() && n >= WBUF_HIGH / 4 {
-            // Big write: header and payload in one vectored write; only
-            // what the socket did not take is copied.
+        if n >= WBUF_HIGH / 4 {
+            // Big write: what is buffered goes first, then header and
+            // payload in one vectored write straight from the caller's
+            // buffer. A full socket is backpressure (Pending, nothing
+            // taken), not a reason to copy the payload; only the tail of
+            // a frame the socket took in part is copied.
+            ready!(this.poll_drain(cx))?;
             let header = protocol::data_header(n);
             let conn = this.conn()?;
             let bufs = [io::IoSlice::new(&header), io::IoSlice::new(&buf[..n])];
-            let w = match Pin::new(&mut conn.stream).poll_write_vectored(cx, &bufs) {
-                Poll::Pending => 0,
-                Poll::Ready(Ok(w)) => w,
-                Poll::Ready(Err(e)) => {
+            let w = match ready!(Pin::new(&mut conn.stream).poll_write_vectored(cx, &bufs)) {
+                Ok(0) => {
+                    this.broken = true;
+                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                }
+                Ok(w) => w,
+                Err(e) => {
                     this.broken = true;
                     return Poll::Ready(Err(e));
                 }
@@ -1251,6 +1255,9 @@ impl AsyncWrite for Session {
                 this.wbuf.put_slice(&buf[w - HEADER_LEN..n]);
             }
             return Poll::Ready(Ok(n));
+        }
+        if this.wbuf.len() >= WBUF_HIGH {
+            ready!(this.poll_drain(cx))?;
         }
         this.wbuf.put_slice(&protocol::data_header(n));
         this.wbuf.put_slice(&buf[..n]);
