@@ -54,6 +54,11 @@ enum BenchWhich {
         /// Run only these parts (default: all).
         #[arg(long, value_delimiter = ',')]
         only: Vec<RelayPart>,
+        /// Tokio worker threads of the throughput runs, one run per value
+        /// (the sender's loop runs on the runtime's block_on thread, the
+        /// receiver and the relay on the workers).
+        #[arg(long, value_delimiter = ',', default_values_t = [2, 1])]
+        workers: Vec<usize>,
     },
     /// Fax codec speed on the eight CCITT test pages against libtiff's
     /// tiffcp, both timed in this run.
@@ -114,19 +119,32 @@ pub async fn run(args: BenchArgs, shutdown: CancellationToken) -> anyhow::Result
             idle,
             tls_idle,
             only,
+            workers,
         } => {
             let part = |p: RelayPart| only.is_empty() || only.contains(&p);
             println!(
                 "faxgate bench relay: {mib} MiB x {rounds} rounds, {samples} samples, {idle} idle connections"
             );
             if part(RelayPart::Throughput) {
-                let (direct, bridged) = throughput(mib << 20, rounds).await?;
-                println!(
-                    "throughput: direct loopback TCP {:.0} MiB/s, bridged through the relay {:.0} MiB/s, ratio {:.2}",
-                    direct,
-                    bridged,
-                    bridged / direct
-                );
+                if workers.contains(&0) {
+                    bail!("--workers: a runtime needs at least one worker thread, got 0");
+                }
+                for workers in workers {
+                    let (direct, bridged) = tokio::task::spawn_blocking(move || {
+                        tokio::runtime::Builder::new_multi_thread()
+                            .worker_threads(workers)
+                            .enable_all()
+                            .build()?
+                            .block_on(throughput(mib << 20, rounds))
+                    })
+                    .await??;
+                    println!(
+                        "throughput (tokio workers: {workers}): direct loopback TCP {:.0} MiB/s, bridged through the relay {:.0} MiB/s, ratio {:.2}",
+                        direct,
+                        bridged,
+                        bridged / direct
+                    );
+                }
             }
             if part(RelayPart::Latency) {
                 let (rtt, p50, p99) = latency(samples).await?;
@@ -217,9 +235,9 @@ where
     Ok(((n as f64 / (1 << 20) as f64) / secs, w, r))
 }
 
-/// Bridged throughput with the relay in this process, on the same two
-/// CPUs as both endpoints, against direct loopback TCP in the same
-/// runtime: returns (direct, bridged) MiB/s.
+/// Bridged throughput with the relay in this process and runtime, beside
+/// both endpoints, against direct loopback TCP in the same runtime:
+/// returns (direct, bridged) MiB/s.
 async fn throughput(n: usize, rounds: usize) -> anyhow::Result<(f64, f64)> {
     let (server, _dir) = bench_relay(64, 4).await?;
     let store = server.shared.store();
