@@ -90,6 +90,10 @@ pub enum PageEndReason {
     RowCount,
     /// The data ended (normal for TIFF strips and EOL-less data).
     EndOfData,
+    /// A line did not decode in data without EOLs (MMR, EOL-less MH),
+    /// which offers no point to resynchronise at: the rest of the page
+    /// is lost however many lines it had. Never acceptable for MCF.
+    Undecodable,
 }
 
 /// The outcome of a page, so that T.30 can decide between MCF and RTN.
@@ -111,7 +115,10 @@ impl PageSummary {
     /// for retraining (RTN): at most `max_bad_percent` percent bad lines
     /// and no more than `max_consecutive` bad lines in a row.
     pub fn acceptable(&self, max_bad_percent: u32, max_consecutive: u64) -> bool {
-        self.bad_lines * 100 <= self.lines * u64::from(max_bad_percent)
+        // The lines after an undecodable one are not counted (nobody
+        // knows how many there were), so no percentage can vouch for it.
+        self.end != PageEndReason::Undecodable
+            && self.bad_lines * 100 <= self.lines * u64::from(max_bad_percent)
             && self.max_consecutive_bad <= max_consecutive
     }
 }
@@ -475,8 +482,17 @@ impl Decoder {
     fn advance(&mut self) -> Advance {
         loop {
             let rows = self.opts.rows;
+            let cut = if self.dead {
+                PageEndReason::Undecodable
+            } else {
+                PageEndReason::EndOfData
+            };
             if rows.is_some_and(|r| self.lines >= r) {
-                self.end.get_or_insert(PageEndReason::RowCount);
+                self.end.get_or_insert(if self.dead {
+                    cut
+                } else {
+                    PageEndReason::RowCount
+                });
                 return Advance::End(self.summary());
             }
             if self.end.is_some() || self.dead {
@@ -485,7 +501,7 @@ impl Decoder {
                     self.emit(true);
                     return Advance::Line { bad: true };
                 }
-                self.end.get_or_insert(PageEndReason::EndOfData);
+                self.end.get_or_insert(cut);
                 return Advance::End(self.summary());
             }
             let step = if self.opts.eol {

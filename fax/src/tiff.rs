@@ -496,6 +496,9 @@ impl<'a> TiffReader<'a> {
                 while let Some(DecodeEvent::Line { pixels, bad }) = dec.next_line()? {
                     emit(pixels, bad);
                 }
+                if dec.summary().end == PageEndReason::Undecodable {
+                    total.end = PageEndReason::Undecodable;
+                }
             }
             y += rows;
         }

@@ -193,7 +193,14 @@ fn truncated_page() {
         let data = wire(coding, &page);
         let cut = &data[..data.len() / 2];
         let (lines, sum) = decode_capped(cut, DecoderOptions::wire(coding, W), 1000);
-        assert_eq!(sum.end, PageEndReason::EndOfData, "{coding:?}");
+        // MH and MR end at the data's end; MMR, cut inside a line with no
+        // EOL after it, cannot say what it lost.
+        let end = if coding == Coding::Mmr {
+            PageEndReason::Undecodable
+        } else {
+            PageEndReason::EndOfData
+        };
+        assert_eq!(sum.end, end, "{coding:?}");
         assert!(
             sum.lines > 40 && sum.lines < 80,
             "{coding:?}: {} lines",
@@ -275,5 +282,81 @@ fn truncated_tiff_keeps_height() {
     let r = TiffReader::new(cut).unwrap();
     let (bmp, sum) = r.decode_page(0).unwrap();
     assert_eq!(bmp.height(), 80);
+    assert!(sum.bad_lines > 0);
+}
+
+/// MMR has no EOLs to resynchronise at: a line that does not decode loses
+/// the rest of the page, however long it was. The summary says so
+/// (`Undecodable`), and such a page is never acceptable, whatever the
+/// thresholds: its lost lines cannot be counted, so a percentage of bad
+/// lines would vouch for a page that lost most of its content.
+#[test]
+fn undecodable_mmr_is_never_acceptable() {
+    let page = sample_page(W, 200, 7);
+    let clean = wire(Coding::Mmr, &page);
+    let (_, sum) = decode_capped(&clean, DecoderOptions::wire(Coding::Mmr, W), 512);
+    assert_eq!((sum.lines, sum.end), (200, PageEndReason::Eofb));
+    assert!(sum.acceptable(0, 0));
+
+    let mut data = clean.clone();
+    let mid = data.len() / 2;
+    // 64 zero bits: no 2-D code starts with seven zeros.
+    data[mid..mid + 8].fill(0);
+    let (lines, sum) = decode_capped(&data, DecoderOptions::wire(Coding::Mmr, W), 512);
+    assert_eq!(sum.end, PageEndReason::Undecodable, "{sum:?}");
+    assert!(
+        sum.lines < 150 && sum.bad_lines == 1,
+        "only the lines up to the damage are counted: {sum:?}"
+    );
+    let good = (sum.lines - 1) as usize;
+    assert!(good > 20, "{sum:?}");
+    for (y, line) in lines.iter().take(good).enumerate() {
+        assert_eq!(
+            line[..],
+            page.row(y as u32)[..],
+            "line {y} before the damage"
+        );
+    }
+    assert!(!sum.acceptable(100, u64::MAX), "{sum:?}");
+
+    // T.30 decodes a page with `Bitmap::decode`: the same verdict.
+    let (bmp, fast) = Bitmap::decode(&data, DecoderOptions::wire(Coding::Mmr, W)).unwrap();
+    assert_eq!(fast, sum);
+    assert_eq!(u64::from(bmp.height()), sum.lines);
+
+    // Data that simply stops (no EOFB) inside a line: the same.
+    let cut = &clean[..clean.len() / 2];
+    let (_, sum) = decode_capped(cut, DecoderOptions::wire(Coding::Mmr, W), 512);
+    assert_eq!(sum.end, PageEndReason::Undecodable, "{sum:?}");
+    assert!(!sum.acceptable(100, u64::MAX));
+
+    // MH with EOLs resynchronises at the next one: damage there stays a
+    // counted bad line, and the page can be acceptable.
+    let mut mh = wire(Coding::Mh, &page);
+    let mid = mh.len() / 2;
+    mh[mid..mid + 8].fill(0);
+    let (_, sum) = decode_capped(&mh, DecoderOptions::wire(Coding::Mh, W), 512);
+    assert_eq!(sum.end, PageEndReason::Rtc, "{sum:?}");
+    assert!(sum.acceptable(100, u64::MAX));
+}
+
+/// A TIFF MMR strip that breaks off keeps its height (the rest padded
+/// and counted bad) and reports the page as undecodable past that line.
+#[test]
+fn truncated_mmr_tiff_is_reported_undecodable() {
+    let pages = [sample_page(W, 80, 7)];
+    let file = write_tiff(
+        &pages,
+        Coding::Mmr,
+        Resolution::Fine,
+        TiffWriterOptions::default(),
+    )
+    .unwrap();
+    let whole = TiffReader::new(&file).unwrap().decode_page(0).unwrap().1;
+    assert_eq!(whole.end, PageEndReason::RowCount);
+    let cut = &file[..file.len() * 2 / 3];
+    let (bmp, sum) = TiffReader::new(cut).unwrap().decode_page(0).unwrap();
+    assert_eq!(bmp.height(), 80);
+    assert_eq!(sum.end, PageEndReason::Undecodable, "{sum:?}");
     assert!(sum.bad_lines > 0);
 }
