@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 PKGS=(
   iproute2 iptables python3                           # NAT test: namespaces, MASQUERADE; python3 probes direct reachability
   libtiff-tools netpbm jbigkit-bin jbigkit-testdata   # fax codec reference tools and CCITT pages
-  sane-utils poppler-utils                            # scanner and print tests: scanimage -d test, pdftoppm/pdfinfo/pdfimages
+  sane-utils poppler-utils qpdf                       # scanner and print tests: scanimage -d test, pdftoppm/pdfinfo/pdfimages, qpdf --check
   cups-ipp-utils cups-client avahi-daemon dbus        # print stage: ippeveprinter/ipptool, lp
   dovecot-imapd dovecot-lmtpd opensmtpd swaks         # command mail: IMAP IDLE watcher, SMTP -> LMTP delivery
   cups-daemon curl                                    # printing through a firewall: a client-side cupsd, the site status page

@@ -132,18 +132,15 @@ impl PrintActor {
         let mut archived = None;
         if let Some(dir) = &self.archive {
             let path = dir.join(format!("fax-{:05}-{}.pdf", doc.id, doc.from));
-            let bytes = DocumentFormat::Pdf
-                .render(&document)
-                .context("while rendering the archive PDF")?;
-            let p = path.clone();
-            tokio::task::spawn_blocking(move || {
-                std::fs::create_dir_all(p.parent().context("archive path has no folder")?)?;
-                std::fs::write(&p, bytes)?;
-                anyhow::Ok(())
-            })
-            .await
-            .context("the archive task panicked")?
-            .with_context(|| format!("while writing {}", path.display()))?;
+            // Rendered into a temporary file beside it, then renamed: an
+            // archive file is whole or absent, never half written.
+            crate::print::blocking(|| std::fs::create_dir_all(dir))
+                .with_context(|| format!("while creating {}", dir.display()))?;
+            let (tmp, _) = DocumentFormat::Pdf
+                .spool(&document, Some(dir))
+                .context("while writing the archive PDF")?;
+            crate::print::blocking(|| tmp.persist(&path))
+                .with_context(|| format!("while writing {}", path.display()))?;
             tracing::info!(doc = doc.id, path = %path.display(), "Archived.");
             archived = Some(path.display().to_string());
         }

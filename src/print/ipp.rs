@@ -9,7 +9,6 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
 use futures_util::StreamExt as _;
 use http_body_util::{BodyExt as _, Limited, StreamBody};
 use hyper::body::Frame;
@@ -18,11 +17,17 @@ use ipp::operation::IppOperation as _;
 use ipp::parser::AsyncIppParser;
 use ipp::prelude::*;
 use tokio::net::TcpStream;
-use tokio_util::compat::FuturesAsyncReadCompatExt as _;
+use tokio_util::compat::{FuturesAsyncReadCompatExt as _, TokioAsyncReadCompatExt as _};
 use tokio_util::io::ReaderStream;
 
 use super::{Document, DocumentFormat, PrintError, PrintReport, PrinterState, PrinterStatus};
 use super::{PwgOptions, PwgType};
+
+/// A document body for an IPP request: a reader and its length.
+type DocumentBody = (
+    Box<dyn futures_util::io::AsyncRead + Send + Unpin + 'static>,
+    u64,
+);
 
 /// How long to wait for a connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -229,8 +234,14 @@ impl IppPrinter {
                 printer: self.uri(),
                 offered: info.formats.join(", "),
             })?;
-        let body = Bytes::from(format.render(doc)?);
-        let bytes = body.len();
+        // Rendered into a temporary file first: the body streams from it,
+        // and its length is known for Content-Length.
+        let (spooled, bytes) = format.spool(doc, None)?;
+        let file = spooled.reopen().map_err(|e| PrintError::Io {
+            what: format!("reopening {}", spooled.path().display()),
+            source: e,
+        })?;
+        let body: DocumentBody = (Box::new(tokio::fs::File::from_std(file).compat()), bytes);
         let user = std::env::var("USER").unwrap_or_else(|_| "faxgate".into());
         let op = IppOperationBuilder::print_job(self.uri.clone(), IppPayload::empty())
             .user_name(&user)
@@ -319,15 +330,15 @@ impl IppPrinter {
         &self,
         operation: &'static str,
         mut req: IppRequestResponse,
-        document: Option<Bytes>,
+        document: Option<DocumentBody>,
     ) -> Result<IppRequestResponse, PrintError> {
         let unreachable = |reason: String| PrintError::Unreachable {
             printer: self.uri(),
             reason,
         };
-        let length = req.to_bytes().len() + document.as_ref().map_or(0, Bytes::len);
-        if let Some(doc) = document {
-            *req.payload_mut() = IppPayload::new_async(futures_util::io::Cursor::new(doc));
+        let length = req.to_bytes().len() as u64 + document.as_ref().map_or(0, |d| d.1);
+        if let Some((reader, _)) = document {
+            *req.payload_mut() = IppPayload::new_async(reader);
         }
         let reader = req.into_async_read().compat();
         let body = StreamBody::new(ReaderStream::new(reader).map(|r| r.map(Frame::data)));

@@ -11,7 +11,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use tokio::io::AsyncWriteExt as _;
 use tokio::process::Command;
 
 use super::{Document, DocumentFormat, PrintError, PrintReport, PrinterState, PrinterStatus};
@@ -112,19 +111,7 @@ impl CupsPrinter {
     /// Sends the document as PDF with `lp`; returns lp's request id.
     pub async fn print(&self, doc: &Document) -> Result<PrintReport, PrintError> {
         refuse_if_stopped(&self.name(), self.status().await)?;
-        let pdf = DocumentFormat::Pdf.render(doc)?;
-        let mut tmp = tempfile::Builder::new()
-            .prefix("faxgate-")
-            .suffix(".pdf")
-            .tempfile()
-            .map_err(|e| PrintError::Io {
-                what: "creating a temporary file for lp".into(),
-                source: e,
-            })?;
-        tmp.write_all(&pdf).map_err(|e| PrintError::Io {
-            what: format!("writing {}", tmp.path().display()),
-            source: e,
-        })?;
+        let (tmp, len) = DocumentFormat::Pdf.spool(doc, None)?;
         let command = format!(
             "lp -d {} -t {:?} {}",
             self.queue,
@@ -166,7 +153,7 @@ impl CupsPrinter {
             .to_string();
         Ok(PrintReport {
             format: DocumentFormat::Pdf.mime(),
-            bytes: pdf.len(),
+            bytes: len,
             destination: format!("{} request {request}", self.name()),
         })
     }
@@ -237,17 +224,11 @@ impl FolderPrinter {
     pub async fn print(&self, doc: &Document) -> Result<PrintReport, PrintError> {
         refuse_if_stopped(&self.name(), self.status())?;
         let _busy = self.busy.enter();
-        let bytes = self.format.render(doc)?;
-        let len = bytes.len();
-        let dir = self.dir.clone();
-        let stem = file_stem(&doc.title);
-        let ext = self.format.extension();
-        let path = tokio::task::spawn_blocking(move || write_new_file(&dir, &stem, ext, &bytes))
-            .await
-            .map_err(|e| PrintError::Io {
-                what: "writing the document".into(),
-                source: std::io::Error::other(e.to_string()),
-            })??;
+        // Rendered straight into a temporary file in the folder, then
+        // renamed into place.
+        let (tmp, len) = self.format.spool(doc, Some(&self.dir))?;
+        let (dir, stem, ext) = (&self.dir, file_stem(&doc.title), self.format.extension());
+        let path = super::blocking(|| persist_new_file(tmp, dir, &stem, ext))?;
         tracing::info!(path = %path.display(), bytes = len, "Document written to the folder.");
         Ok(PrintReport {
             format: self.format.mime(),
@@ -273,17 +254,15 @@ fn file_stem(title: &str) -> String {
     if s.is_empty() { "fax".into() } else { s }
 }
 
-/// Writes `bytes` to a fresh `STEM-SECONDS-N.EXT` in `dir`, atomically.
-fn write_new_file(dir: &Path, stem: &str, ext: &str, bytes: &[u8]) -> Result<PathBuf, PrintError> {
+/// Renames a complete temporary file in `dir` to a fresh
+/// `STEM-SECONDS-N.EXT` there, never over an existing file.
+fn persist_new_file(
+    mut tmp: tempfile::NamedTempFile,
+    dir: &Path,
+    stem: &str,
+    ext: &str,
+) -> Result<PathBuf, PrintError> {
     let io = |what: String| move |e: std::io::Error| PrintError::Io { what, source: e };
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".faxgate-")
-        .suffix(".part")
-        .tempfile_in(dir)
-        .map_err(io(format!("creating a file in {}", dir.display())))?;
-    tmp.write_all(bytes)
-        .and_then(|()| tmp.as_file().sync_all())
-        .map_err(io(format!("writing {}", tmp.path().display())))?;
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
@@ -333,26 +312,26 @@ impl DevicePrinter {
     pub async fn print(&self, doc: &Document) -> Result<PrintReport, PrintError> {
         refuse_if_stopped(&self.name(), self.status())?;
         let _busy = self.busy.enter();
-        let bytes = self.format.render(doc)?;
-        let what = format!("writing to {}", self.path.display());
-        let mut dev = tokio::fs::OpenOptions::new()
-            .append(true)
-            .open(&self.path)
-            .await
-            .map_err(|e| PrintError::Io {
-                what: format!("opening {}", self.path.display()),
+        // Rendered straight into the device, a page at a time.
+        let bytes = super::blocking(|| {
+            let dev = std::fs::OpenOptions::new()
+                .append(true)
+                .open(&self.path)
+                .map_err(|e| PrintError::Io {
+                    what: format!("opening {}", self.path.display()),
+                    source: e,
+                })?;
+            let mut w = std::io::BufWriter::with_capacity(64 * 1024, dev);
+            let n = self.format.write_to(doc, &mut w)?;
+            w.flush().map_err(|e| PrintError::Io {
+                what: format!("writing to {}", self.path.display()),
                 source: e,
             })?;
-        dev.write_all(&bytes).await.map_err(|e| PrintError::Io {
-            what: what.clone(),
-            source: e,
+            Ok::<_, PrintError>(n)
         })?;
-        dev.flush()
-            .await
-            .map_err(|e| PrintError::Io { what, source: e })?;
         Ok(PrintReport {
             format: self.format.mime(),
-            bytes: bytes.len(),
+            bytes,
             destination: self.path.display().to_string(),
         })
     }
@@ -433,7 +412,7 @@ mod tests {
         let r1 = d.print(&doc()).await.unwrap();
         let r2 = d.print(&doc()).await.unwrap();
         let written = std::fs::read(&path).unwrap();
-        assert_eq!(written.len(), r1.bytes + r2.bytes);
+        assert_eq!(written.len() as u64, r1.bytes + r2.bytes);
         assert_eq!(written, format.render(&doc()).unwrap().repeat(2));
     }
 }

@@ -7,7 +7,8 @@
 //! # Layout
 //!
 //! - [`page`]: [`FaxPage`], loading TIFF-F and bitmaps, resampling.
-//! - [`pdf`]: pages to PDF (printpdf; /CCITTFaxDecode image XObjects).
+//! - [`pdf`]: pages to PDF, written as it goes (/CCITTFaxDecode image
+//!   XObjects; pdf-writer for the objects).
 //! - [`pwg`]: pages to PWG raster (PWG 5102.4), and a parser for tests.
 //! - [`ipp`]: an IPP printer: Get-Printer-Attributes, Print-Job, then
 //!   Get-Job-Attributes until the job ends.
@@ -26,6 +27,7 @@ pub mod pdf;
 pub mod pwg;
 
 use std::fmt;
+use std::io::Write;
 
 use faxgate_fax::tiff::{EncodedPage, TiffWriter, TiffWriterOptions};
 use faxgate_fax::{Coding, FaxError};
@@ -75,58 +77,180 @@ impl DocumentFormat {
     /// Renders a document in this format.
     pub fn render(&self, doc: &Document) -> Result<Vec<u8>, FaxError> {
         match self {
-            DocumentFormat::Pdf => Ok(pdf::render_pdf(&doc.pages, &doc.title)),
+            DocumentFormat::Pdf => pdf::render_pdf(&doc.pages, &doc.title),
             DocumentFormat::PwgRaster(o) => pwg::render_pwg(&doc.pages, *o),
             DocumentFormat::Tiff(coding) => render_tiff(&doc.pages, *coding),
         }
     }
 }
 
+impl DocumentFormat {
+    /// Writes a document in this format to `out` as it is rendered, a
+    /// page at a time, so that no whole rendered copy is ever held;
+    /// returns the bytes written. The same bytes as [`Self::render`].
+    pub fn write_to<W: Write>(&self, doc: &Document, out: W) -> Result<u64, PrintError> {
+        let mut out = out;
+        let io = |e| PrintError::Io {
+            what: "writing the rendered document".into(),
+            source: e,
+        };
+        match self {
+            DocumentFormat::Pdf => pdf::write_pdf(&doc.pages, &doc.title, &mut out).map_err(io),
+            DocumentFormat::PwgRaster(o) => write_chunks(pwg::pwg_chunks(&doc.pages, *o), &mut out)
+                .map_err(|e| match e {
+                    ChunkError::Render(e) => PrintError::Render(e),
+                    ChunkError::Io(e) => io(e),
+                }),
+            DocumentFormat::Tiff(coding) => {
+                write_chunks(tiff_chunks(&doc.pages, *coding), &mut out).map_err(|e| match e {
+                    ChunkError::Render(e) => PrintError::Render(e),
+                    ChunkError::Io(e) => io(e),
+                })
+            }
+        }
+    }
+
+    /// Renders a document into a new temporary file (in `dir`, or the
+    /// system's temporary folder), flushed and synced; returns it with
+    /// its length. The file is deleted when dropped, unless persisted.
+    pub fn spool(
+        &self,
+        doc: &Document,
+        dir: Option<&std::path::Path>,
+    ) -> Result<(tempfile::NamedTempFile, u64), PrintError> {
+        let where_ = dir.map_or_else(std::env::temp_dir, std::path::Path::to_path_buf);
+        let suffix = format!(".{}.part", self.extension());
+        let tmp = tempfile::Builder::new()
+            .prefix(".faxgate-")
+            .suffix(&suffix)
+            .tempfile_in(&where_)
+            .map_err(|e| PrintError::Io {
+                what: format!("creating a file in {}", where_.display()),
+                source: e,
+            })?;
+        blocking(|| {
+            let mut w = std::io::BufWriter::with_capacity(64 * 1024, tmp.as_file());
+            let n = self.write_to(doc, &mut w)?;
+            let io = |e| PrintError::Io {
+                what: format!("writing {}", tmp.path().display()),
+                source: e,
+            };
+            w.flush().map_err(io)?;
+            drop(w);
+            tmp.as_file().sync_all().map_err(io)?;
+            Ok((tmp, n))
+        })
+    }
+}
+
+/// Runs blocking file work from async code: on a multi-threaded runtime
+/// the worker hands its other tasks on first; elsewhere it just runs.
+pub(crate) fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
+enum ChunkError {
+    Render(FaxError),
+    Io(std::io::Error),
+}
+
+fn write_chunks<W: Write>(
+    chunks: impl Iterator<Item = Result<Vec<u8>, FaxError>>,
+    out: &mut W,
+) -> Result<u64, ChunkError> {
+    let mut n = 0u64;
+    for chunk in chunks {
+        let chunk = chunk.map_err(ChunkError::Render)?;
+        out.write_all(&chunk).map_err(ChunkError::Io)?;
+        n += chunk.len() as u64;
+    }
+    out.flush().map_err(ChunkError::Io)?;
+    Ok(n)
+}
+
 /// Pages as a TIFF-F file. Pages already in `coding` keep their bytes;
 /// pages at a resolution TIFF-F does not have are refused.
 pub fn render_tiff(pages: &[FaxPage], coding: Coding) -> Result<Vec<u8>, FaxError> {
-    let mut w = TiffWriter::new(TiffWriterOptions {
+    let mut out = Vec::new();
+    for chunk in tiff_chunks(pages, coding) {
+        out.extend_from_slice(&chunk?);
+    }
+    Ok(out)
+}
+
+/// A TIFF-F file in pieces, one per page and then the end, each made only
+/// when it is asked for.
+fn tiff_chunks(
+    pages: &[FaxPage],
+    coding: Coding,
+) -> impl Iterator<Item = Result<Vec<u8>, FaxError>> + '_ {
+    let mut writer = Some(TiffWriter::new(TiffWriterOptions {
         software: Some(format!("faxgate {}", env!("CARGO_PKG_VERSION"))),
         date_time: None,
         total_pages: u16::try_from(pages.len()).ok(),
-    })?;
-    let mut out = Vec::new();
-    for (i, p) in pages.iter().enumerate() {
-        let resolution = p.resolution().ok_or_else(|| FaxError::Geometry {
-            reason: format!(
-                "page {} is {}x{} dpi, which is no TIFF-F resolution",
-                i + 1,
-                p.dpi().0,
-                p.dpi().1
-            ),
-        })?;
-        let same = match (p.coding(), coding) {
-            (PageCoding::Mh { .. }, Coding::Mh) | (PageCoding::Mmr, Coding::Mmr) => true,
-            (PageCoding::Mr { .. }, Coding::Mr { k }) => k == 0,
-            _ => false,
+    }));
+    let mut pages = pages.iter().enumerate();
+    // After an error, or after the end, the writer is gone: nothing more.
+    std::iter::from_fn(move || {
+        let mut w = match writer.take()? {
+            Ok(w) => w,
+            Err(e) => return Some(Err(e)),
         };
-        let page = if same {
-            let fill = matches!(
-                p.coding(),
-                PageCoding::Mh { fill: true } | PageCoding::Mr { fill: true, .. }
-            );
-            EncodedPage {
-                width: p.width(),
-                height: p.height(),
-                coding: p.coding().coding(),
-                fill_bits: fill,
-                rle: false,
-                resolution,
-                data: p.data().to_vec(),
-                damage: None,
+        match pages.next() {
+            Some((i, p)) => {
+                let r = tiff_page(&mut w, i, p, coding);
+                if r.is_ok() {
+                    writer = Some(Ok(w));
+                }
+                Some(r)
             }
-        } else {
-            EncodedPage::from_bitmap(&p.to_bitmap()?, coding, resolution)?
-        };
-        out.extend_from_slice(&w.add_page(page)?);
-    }
-    out.extend_from_slice(&w.finish()?);
-    Ok(out)
+            None => Some(w.finish()),
+        }
+    })
+}
+
+/// One page's bytes from the TIFF-F writer.
+fn tiff_page(
+    w: &mut TiffWriter,
+    i: usize,
+    p: &FaxPage,
+    coding: Coding,
+) -> Result<Vec<u8>, FaxError> {
+    let resolution = p.resolution().ok_or_else(|| FaxError::Geometry {
+        reason: format!(
+            "page {} is {}x{} dpi, which is no TIFF-F resolution",
+            i + 1,
+            p.dpi().0,
+            p.dpi().1
+        ),
+    })?;
+    let same = match (p.coding(), coding) {
+        (PageCoding::Mh { .. }, Coding::Mh) | (PageCoding::Mmr, Coding::Mmr) => true,
+        (PageCoding::Mr { .. }, Coding::Mr { k }) => k == 0,
+        _ => false,
+    };
+    let page = if same {
+        let fill = matches!(
+            p.coding(),
+            PageCoding::Mh { fill: true } | PageCoding::Mr { fill: true, .. }
+        );
+        EncodedPage {
+            width: p.width(),
+            height: p.height(),
+            coding: p.coding().coding(),
+            fill_bits: fill,
+            rle: false,
+            resolution,
+            data: p.data().to_vec(),
+            damage: None,
+        }
+    } else {
+        EncodedPage::from_bitmap(&p.to_bitmap()?, coding, resolution)?
+    };
+    w.add_page(page)
 }
 
 /// Whether a printer can take work.
@@ -266,7 +390,7 @@ pub struct PrintReport {
     /// The MIME type sent.
     pub format: &'static str,
     /// Bytes sent or written.
-    pub bytes: usize,
+    pub bytes: u64,
     /// Where it went: the IPP job URI or id, the `lp` request id, the
     /// file written.
     pub destination: String,
@@ -538,6 +662,64 @@ impl Printer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use faxgate_fax::Bitmap;
+
+    fn doc(dpi: (u32, u32)) -> Document {
+        let pages = (0..3u32)
+            .map(|i| {
+                let mut bmp = Bitmap::new(1728, 40 + i);
+                for x in (0..1728).step_by(3 + i as usize) {
+                    bmp.set_pixel(x, 5 + i, true);
+                }
+                FaxPage::from_bitmap(&bmp, dpi, Coding::Mmr).unwrap()
+            })
+            .collect();
+        Document {
+            title: "three pages".into(),
+            pages,
+        }
+    }
+
+    /// Written a page at a time to a writer, every format gives exactly
+    /// the bytes rendered whole, and the count returned is their length.
+    #[test]
+    fn streamed_documents_equal_the_rendered_ones() {
+        let d = doc((204, 196));
+        let pwg = PwgOptions {
+            kind: PwgType::Black1,
+            dpi: None,
+        };
+        for format in [
+            DocumentFormat::Pdf,
+            DocumentFormat::PwgRaster(pwg),
+            DocumentFormat::Tiff(Coding::Mmr),
+            DocumentFormat::Tiff(Coding::Mh),
+        ] {
+            let whole = format.render(&d).unwrap();
+            let mut streamed = Vec::new();
+            let n = format.write_to(&d, &mut streamed).unwrap();
+            assert_eq!(streamed, whole, "{format:?}");
+            assert_eq!(n, whole.len() as u64, "{format:?}");
+            let (file, len) = format.spool(&d, None).unwrap();
+            assert_eq!(std::fs::read(file.path()).unwrap(), whole, "{format:?}");
+            assert_eq!(len, whole.len() as u64);
+        }
+    }
+
+    /// A page TIFF-F cannot hold stops the document with an error naming
+    /// it; nothing after it is written.
+    #[test]
+    fn a_page_tiff_cannot_hold_names_itself_and_stops_the_document() {
+        let mut d = doc((204, 196));
+        d.pages[1] = doc((100, 100)).pages.remove(1);
+        let mut out = Vec::new();
+        let e = DocumentFormat::Tiff(Coding::Mmr)
+            .write_to(&d, &mut out)
+            .unwrap_err();
+        assert!(e.to_string().contains("page 2 is 100x100 dpi"), "{e}");
+        let first_page = render_tiff(&d.pages[..1], Coding::Mmr).unwrap();
+        assert!(out.len() < first_page.len(), "only page 1 may have been written");
+    }
 
     #[test]
     fn uris_parse_and_errors_name_the_problem() {

@@ -66,18 +66,31 @@ pub struct PwgOptions {
 
 /// Renders pages as one PWG raster document.
 pub fn render_pwg(pages: &[FaxPage], opts: PwgOptions) -> Result<Vec<u8>, faxgate_fax::FaxError> {
-    let mut out = SYNC.to_vec();
+    let mut out = Vec::new();
+    for chunk in pwg_chunks(pages, opts) {
+        out.extend_from_slice(&chunk?);
+    }
+    Ok(out)
+}
+
+/// A PWG raster document in pieces: the sync word, then one piece per
+/// page, each made only when it is asked for (a decoded page at a time).
+pub fn pwg_chunks(
+    pages: &[FaxPage],
+    opts: PwgOptions,
+) -> impl Iterator<Item = Result<Vec<u8>, faxgate_fax::FaxError>> + '_ {
     let total = u32::try_from(pages.len()).unwrap_or(u32::MAX);
-    for page in pages {
+    std::iter::once(Ok(SYNC.to_vec())).chain(pages.iter().map(move |page| {
         let bmp = page.to_bitmap()?;
         let dpi = opts.dpi.unwrap_or(page.dpi());
         let bmp = rescale(&bmp, page.dpi(), dpi);
         // The media is the fax page's size, whatever the raster's dpi.
         let (w, h) = page.size_pt();
         let size = (w.round() as u32, h.round() as u32);
+        let mut out = Vec::new();
         write_page(&bmp, dpi, size, opts.kind, total, &mut out);
-    }
-    Ok(out)
+        Ok(out)
+    }))
 }
 
 /// The well-known media size name for a page, if it is within 2 mm of one.

@@ -140,8 +140,33 @@ fn pdf_renders_to_the_fax_page_exactly_in_every_coding_and_resolution() {
                 vec![(w, h, "gray".to_string(), 1, "ccitt".to_string())],
                 "{res} {coding}"
             );
+            qpdf_check(&pdf);
         }
     }
+}
+
+/// `qpdf --check`: the file's structure is valid as written (poppler
+/// quietly rebuilds a broken cross-reference table, so rendering alone
+/// would not notice one; qpdf reports the repair as a warning, exit 3).
+fn qpdf_check(pdf: &Path) {
+    need("qpdf", "qpdf");
+    let out = Command::new("qpdf")
+        .arg("--check")
+        .arg(pdf)
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "qpdf --check {}:\n{text}",
+        pdf.display()
+    );
+    assert!(
+        text.contains("No syntax or stream encoding errors found"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -993,9 +1018,10 @@ fn long_document(dir: &Path, pages: u32) -> PathBuf {
 }
 
 /// Issue 3, acceptance 5, for the print stage: `faxgate print` of a
-/// 100-page document to a folder (PDF) keeps pages coded; its peak RSS
-/// grows with the coded document (the PDF passes CCITT data through),
-/// never with decoded pages (0.5 MB each).
+/// 100-page document to a folder (PDF) keeps pages coded and writes the
+/// PDF as it goes; its peak RSS grows with the coded input only (the PDF
+/// passes CCITT data through), never with decoded pages (0.5 MB each)
+/// nor with a PDF held in memory.
 #[test]
 fn print_stage_memory_grows_with_the_coded_document_not_the_pages() {
     need("pdfinfo", "poppler-utils");
@@ -1024,6 +1050,7 @@ fn print_stage_memory_grows_with_the_coded_document_not_the_pages() {
             "{}",
             String::from_utf8_lossy(&info.stdout)
         );
+        qpdf_check(&pdf);
         let tiff = std::fs::metadata(&doc).unwrap().len();
         let pdf = std::fs::metadata(&pdf).unwrap().len();
         println!("print stage, {pages} pages: peak RSS {rss} KiB, TIFF-F {tiff} B, PDF {pdf} B");
@@ -1039,13 +1066,13 @@ fn print_stage_memory_grows_with_the_coded_document_not_the_pages() {
         growth as f64 / more as f64,
         90 * decoded_page
     );
-    // Not independent of the page count: the whole PDF is built in
-    // memory (the file, the coded pages, printpdf's and lopdf's copies of
-    // the streams, the output), measured at 4.7 copies of the coded data.
-    // Six copies is the bound; pages held decoded (9x their coded size
-    // here) break it.
+    // The PDF is written to its file a page at a time, so what grows is
+    // the input: the TIFF-F file read whole and the coded pages taken from
+    // it (two copies, measured 1.8x). 2.5 copies is the bound; a renderer
+    // that builds the PDF in memory (printpdf did: 4.7 copies) or pages
+    // held decoded (9x their coded size here) break it.
     assert!(
-        growth <= 6 * more + (4 << 20),
+        growth <= 5 * more / 2 + (2 << 20),
         "peak RSS grew {growth} B for {more} B more coded data"
     );
     assert!(
