@@ -654,6 +654,33 @@ mod tests {
         (s.unwrap().0, c.unwrap())
     }
 
+    /// Bridges `a` and `b` with `a` already killed with `code` (as by a
+    /// LOGOUT or a kick), the terminate deadline 30 s; then closes both
+    /// connections, as the server does after the bridge.
+    async fn bridge_killed_side(a: Connection, b: Connection, code: Code) -> BridgeOutcome {
+        let (mut a, mut b) = (a, b);
+        let (kill_a, kill_b) = (CancellationToken::new(), CancellationToken::new());
+        kill_a.cancel();
+        let (sent_a, sent_b) = (AtomicU64::new(0), AtomicU64::new(0));
+        let kill_code = move || code;
+        run(
+            &mut Side {
+                conn: &mut a,
+                kill: &kill_a,
+                kill_code: &kill_code,
+                sent: &sent_a,
+            },
+            &mut Side {
+                conn: &mut b,
+                kill: &kill_b,
+                kill_code: &kill_code,
+                sent: &sent_b,
+            },
+            Duration::from_secs(30),
+        )
+        .await
+    }
+
     /// A caller whose DATA and TERMINATE the relay has read whole, and
     /// who is then closed by the relay (a LOGOUT right after its session,
     /// a kick), still has them delivered: its peer reads every byte and
@@ -681,9 +708,7 @@ mod tests {
         a.rbuf.extend_from_slice(&payload);
         a.rbuf
             .extend_from_slice(&[FrameType::Terminate as u8, 0, 0, 0, 2, 0, 0]);
-        let mut b = Connection::new(Stream::Plain(relay_b), PAYLOAD);
-        let (kill_a, kill_b) = (CancellationToken::new(), CancellationToken::new());
-        kill_a.cancel();
+        let b = Connection::new(Stream::Plain(relay_b), PAYLOAD);
         let reader = tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(200)).await;
             let mut got = Vec::new();
@@ -697,26 +722,7 @@ mod tests {
             }
             got
         });
-        let (sent_a, sent_b) = (AtomicU64::new(0), AtomicU64::new(0));
-        let logged_out = move || code;
-        let outcome = run(
-            &mut Side {
-                conn: &mut a,
-                kill: &kill_a,
-                kill_code: &logged_out,
-                sent: &sent_a,
-            },
-            &mut Side {
-                conn: &mut b,
-                kill: &kill_b,
-                kill_code: &logged_out,
-                sent: &sent_b,
-            },
-            Duration::from_secs(30),
-        )
-        .await;
-        // The server drops (closes) both connections after the bridge.
-        drop((a, b));
+        let outcome = bridge_killed_side(a, b, code).await;
         let got = tokio::time::timeout(Duration::from_secs(60), reader)
             .await
             .expect("the peer was neither served nor closed")
@@ -782,10 +788,8 @@ mod tests {
             let _ = device_a.write_all(&wire).await;
             device_a
         });
-        let mut a = Connection::new(Stream::Plain(relay_a), PAYLOAD);
-        let mut b = Connection::new(Stream::Plain(relay_b), PAYLOAD);
-        let (kill_a, kill_b) = (CancellationToken::new(), CancellationToken::new());
-        kill_a.cancel();
+        let a = Connection::new(Stream::Plain(relay_a), PAYLOAD);
+        let b = Connection::new(Stream::Plain(relay_b), PAYLOAD);
         let reader = tokio::spawn(async move {
             // 32 KiB every 20 ms: 1.6 MB/s, about 2.6 s for the whole
             // payload, longer than FAREWELL_TIMEOUT. A stalled peer
@@ -805,25 +809,7 @@ mod tests {
             }
             (got, started.elapsed())
         });
-        let (sent_a, sent_b) = (AtomicU64::new(0), AtomicU64::new(0));
-        let kill_code = move || code;
-        let outcome = run(
-            &mut Side {
-                conn: &mut a,
-                kill: &kill_a,
-                kill_code: &kill_code,
-                sent: &sent_a,
-            },
-            &mut Side {
-                conn: &mut b,
-                kill: &kill_b,
-                kill_code: &kill_code,
-                sent: &sent_b,
-            },
-            Duration::from_secs(30),
-        )
-        .await;
-        drop((a, b));
+        let outcome = bridge_killed_side(a, b, code).await;
         let (got, took) = tokio::time::timeout(Duration::from_secs(60), reader)
             .await
             .expect("the peer was neither served nor closed")
