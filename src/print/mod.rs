@@ -718,7 +718,10 @@ mod tests {
             .unwrap_err();
         assert!(e.to_string().contains("page 2 is 100x100 dpi"), "{e}");
         let first_page = render_tiff(&d.pages[..1], Coding::Mmr).unwrap();
-        assert!(out.len() < first_page.len(), "only page 1 may have been written");
+        assert!(
+            out.len() < first_page.len(),
+            "only page 1 may have been written"
+        );
     }
 
     #[test]
