@@ -148,9 +148,11 @@ pub async fn run(args: ClientArgs, shutdown: CancellationToken) -> anyhow::Resul
     result
 }
 
-/// Copies stdin into the session and the session to stdout. Stdin EOF
-/// sends TERMINATE and waits for the peer's; the peer's TERMINATE ends
-/// the output and the session, like netcat.
+/// Copies stdin into the session and the session to stdout. TERMINATE
+/// is a half-close, like TCP's FIN: stdin EOF sends ours, the peer's ends
+/// the output, and the session ends when both have. Stdin read before the
+/// peer's TERMINATE, or after it, is still sent in full (the relay gives
+/// that side its terminate deadline to finish).
 async fn pipe(session: Session, shutdown: &CancellationToken) -> anyhow::Result<()> {
     let (mut rx, mut tx) = tokio::io::split(session);
     {
@@ -176,7 +178,15 @@ async fn pipe(session: Session, shutdown: &CancellationToken) -> anyhow::Result<
         };
         tokio::pin!(up, down);
         tokio::select! {
-            r = &mut down => r?,
+            r = &mut down => {
+                r?;
+                // The peer is done sending, not done reading: what stdin
+                // still has goes out before our TERMINATE.
+                tokio::select! {
+                    r = &mut up => r?,
+                    _ = shutdown.cancelled() => bail!("interrupted"),
+                }
+            }
             r = &mut up => {
                 r?;
                 tokio::select! {

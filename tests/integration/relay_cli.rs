@@ -520,3 +520,82 @@ fn sigterm_says_bye_to_devices_and_exits_zero() {
          the caller got {tokyo_frames:?}, the target {osaka_frames:?}"
     );
 }
+
+/// `relay-client connect` and `listen --once` pipe stdin and stdout like
+/// netcat with half-close: the listener answers at once and ends its side
+/// while the caller's stdin is still coming (the second half arrives after
+/// the listener's TERMINATE has reached the caller). Every byte of the
+/// caller's stdin must reach the listener's stdout, and the answer the
+/// caller's. (Before, the caller ended the session on the peer's
+/// TERMINATE and dropped the rest of its stdin; both exited 0. The NAT
+/// test hit it under CI load.)
+#[test]
+fn relay_client_pipes_all_of_stdin_after_the_peer_has_ended() {
+    use std::io::Write as _;
+    use std::process::Stdio;
+    let relay = RelayProc::start();
+    for u in ["tokyo", "osaka"] {
+        relay.admin_pw(&["user", "add", u, "-g", "b"], "pw-123456");
+    }
+    let d = relay.dir.path();
+    std::fs::write(d.join("answer"), b"pong").unwrap();
+    let client = |user: &str| {
+        let mut c = Command::new(faxgate());
+        c.args(["relay-client", "--server", &relay.addr, "--user", user])
+            .args(["--password-env", "FG_PW"])
+            .env("FG_PW", "pw-123456")
+            .env("RUST_LOG", "warn");
+        c
+    };
+    let mut listener = Proc(
+        client("osaka")
+            .args(["listen", "--once"])
+            .stdin(std::fs::File::open(d.join("answer")).unwrap())
+            .stdout(std::fs::File::create(d.join("got_osaka")).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for("osaka logged in", Duration::from_secs(20), || {
+        relay.logged_in().iter().any(|(u, _)| u == "osaka")
+    });
+    let half: Vec<u8> = (0..256 * 1024u32).map(|i| (i % 253) as u8).collect();
+    let mut caller = Proc(
+        client("tokyo")
+            .args(["connect", "osaka"])
+            .stdin(Stdio::piped())
+            .stdout(std::fs::File::create(d.join("got_tokyo")).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let mut stdin = caller.0.stdin.take().unwrap();
+    stdin.write_all(&half).unwrap();
+    // osaka's stdin is 4 bytes: its answer and TERMINATE come back now.
+    wait_for("osaka's answer at tokyo", Duration::from_secs(20), || {
+        std::fs::read(d.join("got_tokyo")).unwrap_or_default() == b"pong"
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    if let Err(e) = stdin.write_all(&half) {
+        panic!(
+            "tokyo's relay-client stopped taking its stdin once osaka had ended ({e}): the rest would be lost"
+        );
+    }
+    drop(stdin);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for (who, p) in [("tokyo", &mut caller), ("osaka", &mut listener)] {
+        let status = loop {
+            if let Some(s) = p.0.try_wait().unwrap() {
+                break s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{who}'s relay-client did not end"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert!(status.success(), "{who}: {status}");
+    }
+    let got = std::fs::read(d.join("got_osaka")).unwrap();
+    assert_eq!(got.len(), 2 * half.len(), "osaka got a cut stream");
+    assert!(got[..half.len()] == half[..] && got[half.len()..] == half[..]);
+    assert_eq!(std::fs::read(d.join("got_tokyo")).unwrap(), b"pong");
+}
