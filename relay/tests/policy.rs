@@ -84,7 +84,7 @@ fn names(list: &[faxgate_relay::protocol::PresenceEntry]) -> Vec<&str> {
 }
 
 /// `caller` reaches `target` through a whole session.
-async fn reaches(caller: &RelayClient, target_in: &mut Incoming, target: &str) {
+async fn reaches(r: &common::Relay, caller: &RelayClient, target_in: &mut Incoming, target: &str) {
     let callee = async {
         let d = target_in.recv().await.unwrap();
         assert_eq!(d.from, caller.user());
@@ -107,6 +107,14 @@ async fn reaches(caller: &RelayClient, target_in: &mut Incoming, target: &str) {
     };
     let (got, ()) = tokio::join!(callee, call);
     assert_eq!(got, b"hello");
+    // The clients count their connections vacant before the relay has
+    // read their RELEASEs: wait for the relay too, so that the next
+    // CONNECT does not find the target BUSY.
+    r.eventually("the session over at the relay", |r| {
+        let (_, conns, vacant, sessions) = r.counts();
+        sessions == 0 && vacant == conns
+    })
+    .await;
 }
 
 /// `default = "none"` with directed allow rules: hq reaches everyone,
@@ -144,8 +152,8 @@ async fn acl_none_with_allow_rules_governs_list_and_connect() {
     assert_eq!(e.code(), Some(Code::Forbidden), "{e}");
     let e = paris.connect("boss").await.unwrap_err();
     assert_eq!(e.code(), Some(Code::Forbidden), "rules are directed: {e}");
-    reaches(&tokyo, &mut boss_in, "boss").await;
-    reaches(&boss, &mut paris_in, "paris").await;
+    reaches(&r, &tokyo, &mut boss_in, "boss").await;
+    reaches(&r, &boss, &mut paris_in, "paris").await;
     assert_eq!(r.metric(|m| &m.connect_forbidden), 2);
     assert_eq!(r.metric(|m| &m.sessions), 2);
 }
@@ -164,8 +172,8 @@ async fn acl_all_lets_everyone_see_and_reach_everyone() {
         names(&loner.list().await.unwrap()),
         ["loner", "paris", "tokyo"]
     );
-    reaches(&paris, &mut tokyo_in, "tokyo").await;
-    reaches(&loner, &mut tokyo_in, "tokyo").await;
+    reaches(&r, &paris, &mut tokyo_in, "tokyo").await;
+    reaches(&r, &loner, &mut tokyo_in, "tokyo").await;
     assert_eq!(r.metric(|m| &m.connect_forbidden), 0);
 }
 

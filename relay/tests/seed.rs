@@ -258,7 +258,9 @@ async fn list_shows_visible_users_and_vacancies() {
 /// rejected and timed out; each with its own code.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_failures_have_their_codes() {
-    let r = relay("connect_timeout = \"300ms\"\n").await;
+    // Long enough that the answered demands (rejected, accepted) are
+    // never timed out on a loaded machine; the timed-out one takes 2 s.
+    let r = relay("connect_timeout = \"2s\"\n").await;
     for u in ["tokyo", "osaka", "kyoto", "sapporo", "offline"] {
         r.add_user(u, &["branches"]);
     }
@@ -505,25 +507,29 @@ async fn spare_connections_carry_two_sessions_at_once() {
     };
     let watcher = async {
         both_up.wait().await;
-        let (_, conns, vacant, sessions) = r.counts();
-        assert_eq!(sessions, 2, "two sessions bridged at once");
-        let osaka_conns = r
-            .server
-            .shared
-            .registry
-            .snapshot()
-            .users
-            .into_iter()
-            .find(|u| u.user == "osaka")
-            .unwrap();
-        assert!(
-            osaka_conns
-                .connections
-                .iter()
-                .filter(|c| c.state == faxgate_relay::registry::ConnState::InSession)
-                .count()
-                == 2
-        );
+        // The relay sends CONNECT-OK before it records the session, so a
+        // caller can be bridged a moment before the registry says so.
+        let osaka_in_session = |r: &common::Relay| {
+            r.server
+                .shared
+                .registry
+                .snapshot()
+                .users
+                .into_iter()
+                .find(|u| u.user == "osaka")
+                .map_or(0, |u| {
+                    u.connections
+                        .iter()
+                        .filter(|c| c.state == faxgate_relay::registry::ConnState::InSession)
+                        .count()
+                })
+        };
+        r.eventually(
+            "two sessions bridged at once, on osaka's two connections",
+            |r| r.counts().3 == 2 && osaka_in_session(r) == 2,
+        )
+        .await;
+        let (_, conns, vacant, _) = r.counts();
         assert_eq!(
             (conns, vacant),
             (4, 0),
@@ -711,9 +717,18 @@ async fn status_and_metrics_count_a_sessions_bytes() {
     assert_eq!(up_bytes, 71_016);
     let down_bytes = 505u64;
 
-    let (code, body) = http(status, "GET", "/status", None).await;
+    // The bridge counts a write after it returns, so tokyo can hold the
+    // bytes a moment before /status shows them: poll, with a deadline.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let (code, body, v) = loop {
+        let (code, body) = http(status, "GET", "/status", None).await;
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        if v["sessions"][0]["bytes_down"] == down_bytes || tokio::time::Instant::now() >= deadline {
+            break (code, body, v);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
     assert_eq!(code, 200);
-    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["sessions_active"], 1, "{body}");
     let s = &v["sessions"][0];
     assert_eq!(

@@ -148,12 +148,14 @@ impl Inbound {
             park,
         )
         .await;
-        if let Err(e) = stream.close().await {
-            tracing::debug!(error = %e, "Session close was not clean.");
-        }
+        // Recorded before the session's close, which a peer that does not
+        // end its side can hold up to the relay's terminate deadline.
         let doc = hooks.doc.take();
         if let Err(e) = self.finish(&from, doc, end).await {
             tracing::error!(error = format!("{e:#}"), "Cannot record the reception.");
+        }
+        if let Err(e) = stream.close().await {
+            tracing::debug!(error = %e, "Session close was not clean.");
         }
     }
 

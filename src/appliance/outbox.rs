@@ -333,10 +333,20 @@ async fn attempt(ctx: &SendCtx, job: JobInfo) -> anyhow::Result<()> {
         ctx.park.clone(),
     )
     .await;
-    // TERMINATE, drain, RELEASE: the connection goes back to vacant.
+    // The outcome is recorded first: a peer that does not end its side
+    // (the relay gives it the terminate deadline) must not hold the job's
+    // state back. Then TERMINATE, drain, RELEASE: the connection goes back
+    // to vacant.
+    let recorded = record_outcome(ctx, &job, end).await;
     if let Err(e) = stream.close().await {
         tracing::debug!(error = %e, "Session close was not clean.");
     }
+    recorded
+}
+
+/// Records how a sending session ended: done, retry, failed, cancelled
+/// or parked.
+async fn record_outcome(ctx: &SendCtx, job: &JobInfo, end: SessionEnd) -> anyhow::Result<()> {
     let now = ctx.store.job(&job.id).await?.context("the job vanished")?;
     match end {
         SessionEnd::T30(outcome) => match outcome.result {

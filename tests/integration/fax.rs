@@ -385,23 +385,28 @@ impl Site {
         tiff_pages(&file)
     }
 
+    /// `faxgate relay status --json` on the relay's host (Null if it
+    /// does not answer).
+    fn relay_status(&self) -> Value {
+        let out = self
+            .t
+            .exec("pub")
+            .arg(faxgate())
+            .args(["relay", "--config"])
+            .arg(self.d().join("relay.toml"))
+            .args(["status", "--json"])
+            .output()
+            .unwrap();
+        serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+    }
+
     /// The relay reports every connection vacant and no session.
     fn assert_all_vacant(&self) {
-        let d = self.d().to_owned();
         wait_for(
             "every relay connection vacant",
             Duration::from_secs(15),
             || {
-                let out = self
-                    .t
-                    .exec("pub")
-                    .arg(faxgate())
-                    .args(["relay", "--config"])
-                    .arg(d.join("relay.toml"))
-                    .args(["status", "--json"])
-                    .output()
-                    .unwrap();
-                let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+                let v = self.relay_status();
                 v["sessions_active"] == 0
                     && v["connections"].as_u64().unwrap_or(0) >= 2
                     && v["connections"] == v["vacant"]
@@ -693,7 +698,12 @@ fn mallory_answers(site: &Site, answer: &[u8]) -> (Proc, std::process::ChildStdi
     let mut stdin = child.stdin.take().unwrap();
     stdin.write_all(answer).unwrap();
     stdin.flush().unwrap();
-    std::thread::sleep(Duration::from_secs(2));
+    // A's call must find mallory logged in, however long the login takes.
+    wait_for("mallory logged in", Duration::from_secs(30), || {
+        site.relay_status()["users"]
+            .as_array()
+            .is_some_and(|u| u.iter().any(|u| u["user"] == "mallory"))
+    });
     (Proc(child), stdin)
 }
 
@@ -750,15 +760,28 @@ fn bad_peers_end_sessions_with_a_reason_and_the_daemon_goes_on() {
     let mut dcs = vec![0xff, 0x13, faxgate_fax::t30::frame::fcf::DCS | 0x01];
     dcs.extend_from_slice(&params.to_dcs_fif());
     let _ = mallory_calls_b(&site, v21(&dcs));
-    // Each ended with its reason in B's history (`faxgate history`).
-    let history = site
-        .json("b", &["history", "--json"])
-        .to_string()
-        .to_ascii_lowercase();
-    for reason in ["malformed t.38", "0x7e", "not offered"] {
+    // Each ended with its reason in B's history (`faxgate history`). B
+    // notes the last one just after its session ends, so mallory can be
+    // gone a moment before: wait for it.
+    let reasons = ["malformed t.38", "0x7e", "not offered"];
+    let history = || {
+        site.json("b", &["history", "--json"])
+            .to_string()
+            .to_ascii_lowercase()
+    };
+    let mut last = String::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while std::time::Instant::now() < deadline {
+        last = history();
+        if reasons.iter().all(|r| last.contains(r)) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for reason in reasons {
         assert!(
-            history.contains(reason),
-            "B's history has no reason mentioning {reason:?}: {history}\n{}",
+            last.contains(reason),
+            "B's history has no reason mentioning {reason:?}: {last}\n{}",
             site.tail("b.log")
         );
     }

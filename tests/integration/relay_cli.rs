@@ -296,6 +296,11 @@ fn relay_user_admin_status_kick_and_relay_client_work_end_to_end() {
     // groups at login; each `relay-client list` logs in afresh.)
     let out = relay.admin(&["user", "groups", "paris", "-g", "europe", "-g", "branches"]);
     assert!(out.contains("paris is now in"), "{out}");
+    // tokyo's `list` above has exited, but the relay may not have
+    // dropped its connection yet.
+    wait_for("tokyo's list logged out", Duration::from_secs(10), || {
+        !relay.logged_in().iter().any(|(u, _)| u == "tokyo")
+    });
     assert_eq!(relay.list_as("paris", "paris-pw-1"), ["osaka", "paris"]);
     assert!(user_rows(&relay.admin(&["user", "list"])).contains(&(
         "paris".into(),
@@ -459,7 +464,12 @@ fn sigterm_says_bye_to_devices_and_exits_zero() {
         ));
         (idle, tokyo, osaka)
     });
-    assert_eq!(relay.status_json()["sessions_active"], 1);
+    // CONNECT-OK goes out a moment before the relay records the session.
+    wait_for(
+        "the session in relay status",
+        Duration::from_secs(10),
+        || relay.status_json()["sessions_active"] == 1,
+    );
 
     let pid = relay.proc.0.id();
     run(Command::new("sh")
