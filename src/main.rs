@@ -31,7 +31,8 @@ enum Command {
     /// Log in to a relay by hand: login, list, connect, listen.
     RelayClient(commands::relay_client::ClientArgs),
     /// Run the demo: a relay with a generated certificate and two
-    /// branches, tokyo and osaka, exchanging a message through it.
+    /// branches; tokyo faxes the bundled sample to osaka through the
+    /// relay, and osaka prints it to a PDF under ./out.
     Demo(commands::demo::DemoArgs),
     /// Run the benchmarks and print ratios against same-run references.
     Bench(commands::bench::BenchArgs),

@@ -176,7 +176,8 @@ pub struct RelaySection {
     /// How long a target has to ACCEPT or REJECT a CONNECT-NOTIFY.
     #[serde(default = "defaults::connect_timeout", with = "humantime_serde")]
     pub connect_timeout: Duration,
-    /// How long a side has to answer the peer's TERMINATE with its own.
+    /// After a side's TERMINATE, how long the other may move no bytes
+    /// without answering with its own before it is closed.
     #[serde(default = "defaults::terminate_timeout", with = "humantime_serde")]
     pub terminate_timeout: Duration,
     /// Most connections one user may hold at once (all logins together).

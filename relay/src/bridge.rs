@@ -24,9 +24,11 @@
 //! `TERMINATE(PEER_LOST)` (or the kick's code) if its stream is at a frame
 //! boundary; if the dead side stopped in the middle of a DATA frame the
 //! survivor's framing cannot be repaired and it is closed too. The bridge
-//! then ends at once (so a kicked or logged-out connection is gone at
-//! once), leaving the survivor at a frame boundary; its own task drops
-//! whatever DATA it still sends until its TERMINATE and RELEASE.
+//! then ends at once (a kicked connection is gone at once; one closed by
+//! its user's LOGOUT first delivers what it sends up to its TERMINATE
+//! while those bytes keep moving, see `on_kill`), leaving the survivor at
+//! a frame boundary; its own task drops whatever DATA it still sends until
+//! its TERMINATE and RELEASE.
 
 use crate::connection::Connection;
 use crate::protocol::{self, Code, Frame, FrameError, FrameType, HEADER_LEN};
@@ -343,9 +345,9 @@ struct SideState<'s, 'a> {
     leaving: bool,
 }
 
-/// Bridges `a` and `b` until both have sent TERMINATE or died. A side
-/// that has not answered the other's TERMINATE within `terminate_timeout`
-/// is closed.
+/// Bridges `a` and `b` until both have sent TERMINATE or died. After the
+/// first TERMINATE, a side that moves no bytes for `terminate_timeout`
+/// and has not answered with its own is closed.
 pub async fn run<'a>(
     a: &mut Side<'a>,
     b: &mut Side<'a>,
@@ -376,6 +378,7 @@ pub async fn run<'a>(
     let mut leave_deadline: Option<Pin<Box<tokio::time::Sleep>>> = None;
     let mut leave_cap: Option<tokio::time::Instant> = None;
     let mut leave_moved: Option<u64> = None;
+    let mut deadline_moved: Option<u64> = None;
 
     std::future::poll_fn(|cx| {
         loop {
@@ -477,11 +480,27 @@ pub async fn run<'a>(
                 deadline = Some(Box::pin(tokio::time::sleep(terminate_timeout)));
                 progressed = true;
             }
+            // TERMINATE is a half-close: the side that still owes one may
+            // go on sending for as long as its bytes keep moving (the peer
+            // reads them); the deadline counts from the last byte moved.
+            if let Some(d) = deadline.as_mut() {
+                let moved =
+                    sa.side.sent.load(Ordering::Relaxed) + sb.side.sent.load(Ordering::Relaxed);
+                if deadline_moved != Some(moved) {
+                    if deadline_moved.is_some() {
+                        d.as_mut()
+                            .reset(tokio::time::Instant::now() + terminate_timeout);
+                    }
+                    deadline_moved = Some(moved);
+                }
+            }
             if let Some(d) = deadline.as_mut()
                 && d.as_mut().poll(cx).is_ready()
             {
                 // Whoever still owes a TERMINATE is closed, and so is a
-                // side that has not taken a drained one in time.
+                // side that has not taken a drained one in time, or the
+                // TERMINATE injected into it before this deadline.
+                let stuck = [sa.inject.is_some(), sb.inject.is_some()];
                 if !ab.done && sa.dead.is_none() {
                     sa.dead = Some(Code::Timeout);
                 }
@@ -496,14 +515,16 @@ pub async fn run<'a>(
                 }
                 settle(&mut sa, &mut sb, &mut ab);
                 settle(&mut sb, &mut sa, &mut ba);
-                // A survivor that cannot take its injected TERMINATE
-                // in time is closed as well.
-                for s in [&mut sa, &mut sb] {
-                    if s.inject.is_some() {
+                for (s, stuck) in [(&mut sa, stuck[0]), (&mut sb, stuck[1])] {
+                    if stuck && s.inject.is_some() {
                         s.inject = None;
                         s.dead = Some(Code::Timeout);
                     }
                 }
+                // A survivor just told TERMINATE(TIMEOUT) by `settle` gets
+                // FAREWELL_TIMEOUT to take it; then it is closed as well.
+                d.as_mut()
+                    .reset(tokio::time::Instant::now() + FAREWELL_TIMEOUT);
                 progressed = true;
             }
             if !progressed {
@@ -835,6 +856,115 @@ mod tests {
                 "{case}: the session should have been cut, but the peer got {} bytes",
                 got.len()
             );
+        }
+    }
+
+    /// TERMINATE is a half-close: after A ends its half at once, B goes on
+    /// sending for three times the terminate deadline, and all of it, then
+    /// B's TERMINATE, reaches A. When B instead falls silent without a
+    /// TERMINATE, it is closed one deadline after its last byte.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_deadline_after_a_terminate_counts_from_the_last_byte() {
+        use tokio::io::AsyncWriteExt;
+        const DEADLINE: Duration = Duration::from_millis(600);
+        const TERMINATE: [u8; 7] = [FrameType::Terminate as u8, 0, 0, 0, 2, 0, 0];
+        for ends in [true, false] {
+            let (relay_a, mut device_a) = pair().await;
+            let (relay_b, mut device_b) = pair().await;
+            device_a.write_all(&TERMINATE).await.unwrap();
+            let chunk: Vec<u8> = (0..4096).map(|i| (i % 249) as u8).collect();
+            let mut frame = data_header(chunk.len()).to_vec();
+            frame.extend_from_slice(&chunk);
+            let sent_frames = 18; // one every 100 ms: 1.8 s, three deadlines
+            let writer = tokio::spawn(async move {
+                let mut last = tokio::time::Instant::now();
+                for _ in 0..sent_frames {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    device_b.write_all(&frame).await.unwrap();
+                    last = tokio::time::Instant::now();
+                }
+                if ends {
+                    device_b.write_all(&TERMINATE).await.unwrap();
+                }
+                (device_b, last)
+            });
+            let reader = tokio::spawn(async move {
+                let mut got = Vec::new();
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    match device_a.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+                got
+            });
+            let mut a = Connection::new(Stream::Plain(relay_a), 1 << 20);
+            let mut b = Connection::new(Stream::Plain(relay_b), 1 << 20);
+            let (kill_a, kill_b) = (CancellationToken::new(), CancellationToken::new());
+            let (sent_a, sent_b) = (AtomicU64::new(0), AtomicU64::new(0));
+            let never = || Code::Normal;
+            let outcome = run(
+                &mut Side {
+                    conn: &mut a,
+                    kill: &kill_a,
+                    kill_code: &never,
+                    sent: &sent_a,
+                },
+                &mut Side {
+                    conn: &mut b,
+                    kill: &kill_b,
+                    kill_code: &never,
+                    sent: &sent_b,
+                },
+                DEADLINE,
+            )
+            .await;
+            let ended = tokio::time::Instant::now();
+            drop((a, b));
+            let (_device_b, last) = writer.await.unwrap();
+            let got = reader.await.unwrap();
+            let data = sent_frames * (HEADER_LEN + chunk.len());
+            assert!(
+                got.len() >= data,
+                "ends {ends}: A got {} of {data} bytes",
+                got.len()
+            );
+            assert_eq!(
+                sent_b.load(Ordering::Relaxed),
+                data as u64 + u64::from(ends) * 7
+            );
+            if ends {
+                assert_eq!(
+                    outcome,
+                    BridgeOutcome {
+                        a: SideEnd::Clean,
+                        b: SideEnd::Clean
+                    }
+                );
+                assert_eq!(&got[data..], &TERMINATE, "B's own TERMINATE last");
+            } else {
+                assert_eq!(outcome.b, SideEnd::Dead(Code::Timeout), "{outcome:?}");
+                assert!(
+                    ended.duration_since(last) >= DEADLINE,
+                    "B was closed {:?} after its last byte",
+                    ended.duration_since(last)
+                );
+                // A is told why: TERMINATE(TIMEOUT).
+                let timeout = Code::Timeout.to_u16().to_be_bytes();
+                assert_eq!(
+                    &got[data..],
+                    &[
+                        FrameType::Terminate as u8,
+                        0,
+                        0,
+                        0,
+                        2,
+                        timeout[0],
+                        timeout[1]
+                    ]
+                );
+            }
         }
     }
 
