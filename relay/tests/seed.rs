@@ -793,3 +793,63 @@ async fn http(
         .unwrap_or_default();
     (code, body)
 }
+
+/// (19)-(22) when one side never ends: after tokyo's TERMINATE, osaka
+/// sends data for longer than the terminate deadline (all of it reaches
+/// tokyo), then falls silent without a TERMINATE. One deadline after its
+/// last byte the relay closes osaka and tells tokyo TERMINATE(TIMEOUT);
+/// tokyo's connection then carries a RELEASE and is vacant again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_side_that_never_terminates_is_closed_and_its_peer_told() {
+    let r = relay("terminate_timeout = \"700ms\"\n").await;
+    r.add_user("tokyo", &["b"]);
+    r.add_user("osaka", &["b"]);
+    let (mut tokyo, mut osaka) = common::bridged_raw(&r, "tokyo", "osaka").await;
+    tokyo.send(&Frame::Terminate { code: Code::Normal }).await;
+    assert_eq!(
+        osaka.recv().await,
+        Some(Frame::Terminate { code: Code::Normal })
+    );
+    // 2.1 s of data after tokyo's TERMINATE: three deadlines.
+    let mut last_sent = tokio::time::Instant::now();
+    for i in 0..7u64 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let d = bytes::Bytes::from(pattern(2000, i));
+        // The relay can only see this byte after it is sent.
+        last_sent = tokio::time::Instant::now();
+        osaka.send(&Frame::Data(d.clone())).await;
+        assert_eq!(tokyo.recv().await, Some(Frame::Data(d)), "frame {i}");
+    }
+    assert_eq!(
+        tokyo.recv().await,
+        Some(Frame::Terminate {
+            code: Code::Timeout
+        })
+    );
+    assert!(
+        last_sent.elapsed() >= Duration::from_millis(700),
+        "closed {:?} after osaka's last byte",
+        last_sent.elapsed()
+    );
+    // osaka's connection is closed (after a BYE, if it could be told).
+    let mut closed = false;
+    for _ in 0..3 {
+        match osaka.recv().await {
+            None => {
+                closed = true;
+                break;
+            }
+            Some(Frame::Bye { .. } | Frame::Terminate { .. }) => {}
+            Some(f) => panic!("osaka got {f:?}"),
+        }
+    }
+    assert!(closed, "osaka's connection was not closed");
+    tokyo.send(&Frame::Release).await;
+    tokyo.send(&Frame::Hold { seq: 5 }).await;
+    assert_eq!(tokyo.recv().await, Some(Frame::HoldAck { seq: 5 }));
+    r.eventually("no session, tokyo vacant", |r| {
+        let (_, _, vacant, sessions) = r.counts();
+        sessions == 0 && vacant >= 1
+    })
+    .await;
+}
