@@ -90,22 +90,13 @@ impl DocumentFormat {
     /// returns the bytes written. The same bytes as [`Self::render`].
     pub fn write_to<W: Write>(&self, doc: &Document, out: W) -> Result<u64, PrintError> {
         let mut out = out;
-        let io = |e| PrintError::Io {
-            what: "writing the rendered document".into(),
-            source: e,
-        };
         match self {
-            DocumentFormat::Pdf => pdf::write_pdf(&doc.pages, &doc.title, &mut out).map_err(io),
-            DocumentFormat::PwgRaster(o) => write_chunks(pwg::pwg_chunks(&doc.pages, *o), &mut out)
-                .map_err(|e| match e {
-                    ChunkError::Render(e) => PrintError::Render(e),
-                    ChunkError::Io(e) => io(e),
-                }),
+            DocumentFormat::Pdf => {
+                pdf::write_pdf(&doc.pages, &doc.title, &mut out).map_err(write_error)
+            }
+            DocumentFormat::PwgRaster(o) => write_chunks(pwg::pwg_chunks(&doc.pages, *o), &mut out),
             DocumentFormat::Tiff(coding) => {
-                write_chunks(tiff_chunks(&doc.pages, *coding), &mut out).map_err(|e| match e {
-                    ChunkError::Render(e) => PrintError::Render(e),
-                    ChunkError::Io(e) => io(e),
-                })
+                write_chunks(tiff_chunks(&doc.pages, *coding), &mut out)
             }
         }
     }
@@ -152,22 +143,25 @@ pub(crate) fn blocking<T>(f: impl FnOnce() -> T) -> T {
     }
 }
 
-enum ChunkError {
-    Render(FaxError),
-    Io(std::io::Error),
+fn write_error(e: std::io::Error) -> PrintError {
+    PrintError::Io {
+        what: "writing the rendered document".into(),
+        source: e,
+    }
 }
 
+/// Writes a document's pieces as they are made.
 fn write_chunks<W: Write>(
     chunks: impl Iterator<Item = Result<Vec<u8>, FaxError>>,
     out: &mut W,
-) -> Result<u64, ChunkError> {
+) -> Result<u64, PrintError> {
     let mut n = 0u64;
     for chunk in chunks {
-        let chunk = chunk.map_err(ChunkError::Render)?;
-        out.write_all(&chunk).map_err(ChunkError::Io)?;
+        let chunk = chunk?;
+        out.write_all(&chunk).map_err(write_error)?;
         n += chunk.len() as u64;
     }
-    out.flush().map_err(ChunkError::Io)?;
+    out.flush().map_err(write_error)?;
     Ok(n)
 }
 
