@@ -44,6 +44,25 @@ pub struct Document {
     pub pages: Vec<FaxPage>,
 }
 
+impl Document {
+    /// The document as it goes on paper: a page longer than its paper is
+    /// cut into sheets ([`FaxPage::into_sheets`]). Borrowed unchanged when
+    /// no page needs it.
+    pub fn on_paper(&self) -> Result<std::borrow::Cow<'_, Document>, FaxError> {
+        if !self.pages.iter().any(FaxPage::longer_than_paper) {
+            return Ok(std::borrow::Cow::Borrowed(self));
+        }
+        let mut pages = Vec::with_capacity(self.pages.len());
+        for p in &self.pages {
+            pages.extend(p.clone().into_sheets()?);
+        }
+        Ok(std::borrow::Cow::Owned(Document {
+            title: self.title.clone(),
+            pages,
+        }))
+    }
+}
+
 /// What bytes a printer is sent.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DocumentFormat {
@@ -644,11 +663,17 @@ impl Printer {
                 reason: "the document has no pages".into(),
             }));
         }
+        // Paper printers get a long page (a roll) as sheets; a folder
+        // keeps the document as it came.
+        if let Printer::Folder(p) = self {
+            return p.print(doc).await;
+        }
+        let paper = doc.on_paper()?;
         match self {
-            Printer::Ipp(p) => p.print(doc).await,
-            Printer::Cups(p) => p.print(doc).await,
+            Printer::Ipp(p) => p.print(&paper).await,
+            Printer::Cups(p) => p.print(&paper).await,
+            Printer::Device(p) => p.print(&paper).await,
             Printer::Folder(p) => p.print(doc).await,
-            Printer::Device(p) => p.print(doc).await,
         }
     }
 }

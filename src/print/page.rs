@@ -269,6 +269,63 @@ impl FaxPage {
         Ok(())
     }
 
+    /// The length in rows of the paper a page of this width is printed
+    /// on: A4 (297 mm) up to 220 mm wide (T.4's 1728 dots), B4 (364 mm)
+    /// up to 265 mm (2048 dots), A3 (420 mm) beyond (2432 dots).
+    pub fn sheet_rows(&self) -> u32 {
+        let width_mm = f64::from(self.width) * 25.4 / f64::from(self.dpi.0);
+        let length_mm = if width_mm <= 220.0 {
+            297.0
+        } else if width_mm <= 265.0 {
+            364.0
+        } else {
+            420.0
+        };
+        (length_mm / 25.4 * f64::from(self.dpi.1)).round() as u32
+    }
+
+    /// Whether the page is too long for one sheet of its paper: more than
+    /// 10% longer (a little longer is scaled to fit, as fax machines do).
+    pub fn longer_than_paper(&self) -> bool {
+        u64::from(self.height) * 10 > u64::from(self.sheet_rows()) * 11
+    }
+
+    /// The page as sheets of its paper. T.4 pages have no length limit
+    /// (a roll); a fax machine prints one longer than its paper across
+    /// several sheets, so such a page is cut into sheets of the paper's
+    /// length, each coded again in the page's coding. Any other page is
+    /// returned as it is. Decodes one sheet at a time.
+    pub fn into_sheets(self) -> Result<Vec<FaxPage>, FaxError> {
+        if !self.longer_than_paper() {
+            return Ok(vec![self]);
+        }
+        let rows = self.sheet_rows().max(1);
+        let coding = self.coding.coding();
+        let mut sheets = Vec::new();
+        let mut sheet = Bitmap::with_width(self.width);
+        let mut failed = None;
+        self.decode_lines(|l| {
+            if failed.is_some() {
+                return;
+            }
+            sheet.push_row(l);
+            if sheet.height() == rows {
+                let full = std::mem::replace(&mut sheet, Bitmap::with_width(self.width));
+                match FaxPage::from_bitmap(&full, self.dpi, coding) {
+                    Ok(p) => sheets.push(p),
+                    Err(e) => failed = Some(e),
+                }
+            }
+        })?;
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        if sheet.height() > 0 {
+            sheets.push(FaxPage::from_bitmap(&sheet, self.dpi, coding)?);
+        }
+        Ok(sheets)
+    }
+
     /// Decodes the whole page.
     pub fn to_bitmap(&self) -> Result<Bitmap, FaxError> {
         let mut bmp = Bitmap::with_width(self.width);
@@ -324,6 +381,39 @@ pub fn rescale(bmp: &Bitmap, from: (u32, u32), to: (u32, u32)) -> Bitmap {
 mod tests {
     use super::*;
     use faxgate_fax::tiff::{TiffWriterOptions, write_tiff};
+
+    /// A roll five thousand fine rows long (2.2 A4 sheets) is cut into
+    /// sheets of A4 length, 2292 rows at 196 dpi, in its own coding, and
+    /// the sheets' rows are the page's rows; a page 5% longer than A4
+    /// stays whole, and B4 and A3 widths get their own paper's length.
+    #[test]
+    fn a_page_longer_than_its_paper_is_cut_into_sheets() {
+        let bmp = sample(1728, 5000);
+        for coding in [Coding::Mh, Coding::Mr { k: 4 }, Coding::Mmr] {
+            let page = FaxPage::from_bitmap(&bmp, (204, 196), coding).unwrap();
+            assert_eq!(page.sheet_rows(), 2292);
+            let sheets = page.into_sheets().unwrap();
+            let heights: Vec<u32> = sheets.iter().map(FaxPage::height).collect();
+            assert_eq!(heights, [2292, 2292, 416], "{coding:?}");
+            let mut rows = Bitmap::with_width(1728);
+            for s in &sheets {
+                assert_eq!(s.coding().coding(), coding);
+                assert_eq!(s.dpi(), (204, 196));
+                s.decode_lines(|l| rows.push_row(l)).unwrap();
+            }
+            assert!(
+                rows == bmp,
+                "{coding:?}: the sheets' rows differ from the page's"
+            );
+        }
+        let a4_plus = FaxPage::from_bitmap(&sample(1728, 2400), (204, 196), Coding::Mmr).unwrap();
+        assert!(!a4_plus.longer_than_paper());
+        assert_eq!(a4_plus.into_sheets().unwrap().len(), 1);
+        let b4 = FaxPage::from_bitmap(&sample(2048, 10), (204, 98), Coding::Mmr).unwrap();
+        assert_eq!(b4.sheet_rows(), (364.0 / 25.4 * 98.0f64).round() as u32);
+        let a3 = FaxPage::from_bitmap(&sample(2432, 10), (204, 98), Coding::Mmr).unwrap();
+        assert_eq!(a3.sheet_rows(), (420.0 / 25.4 * 98.0f64).round() as u32);
+    }
 
     pub(crate) fn sample(width: u32, height: u32) -> Bitmap {
         let mut b = Bitmap::new(width, height);

@@ -1105,3 +1105,79 @@ fn cli_help_names_the_inputs_and_status_needs_no_file() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("<FILE>"), "{err}");
 }
+
+/// A roll (a fax page 5000 fine rows long, 2.2 times A4) printed to paper
+/// comes out as three A4-length sheets whose pixels, rendered by
+/// pdftoppm and laid end to end, are the page's; the same page written to
+/// a folder stays one page, as it came.
+#[test]
+fn a_roll_prints_on_a4_sheets_and_is_archived_whole() {
+    need("pdftoppm", "poppler-utils");
+    need("pdfinfo", "poppler-utils");
+    let dir = tempfile::tempdir().unwrap();
+    let (w, h) = (1728, 5000);
+    let page = test_page(w, h);
+    let pbm = dir.path().join("roll.pbm");
+    write_pbm(&pbm, w, h, &page);
+    let tiff = dir.path().join("roll.tiff");
+    convert(&[
+        pbm.to_str().unwrap(),
+        "-o",
+        tiff.to_str().unwrap(),
+        "--resolution",
+        "fine",
+        "--coding",
+        "mmr",
+    ]);
+    // A device printer appends to an existing file.
+    let device = dir.path().join("lp0");
+    std::fs::write(&device, b"").unwrap();
+    run(Command::new(faxgate())
+        .arg("print")
+        .arg(&tiff)
+        .arg("--printer")
+        .arg(format!("device:{}?format=pdf", device.display())));
+    let pdf = dir.path().join("printed.pdf");
+    std::fs::rename(&device, &pdf).unwrap();
+    qpdf_check(&pdf);
+    let info = run(Command::new("pdfinfo").arg(&pdf));
+    assert!(
+        String::from_utf8_lossy(&info.stdout).contains("Pages:           3"),
+        "{}",
+        String::from_utf8_lossy(&info.stdout)
+    );
+    let prefix = dir.path().join("sheet");
+    run(Command::new("pdftoppm")
+        .args(["-mono", "-rx", "204", "-ry", "196"])
+        .arg(&pdf)
+        .arg(&prefix));
+    let mut rows = Vec::new();
+    let mut heights = Vec::new();
+    for n in 1..=3 {
+        let (sw, sh, bits) = read_pbm(&dir.path().join(format!("sheet-{n}.pbm")));
+        assert_eq!(sw, w);
+        heights.push(sh);
+        rows.extend_from_slice(&bits);
+    }
+    assert_eq!(heights, [2292, 2292, 416], "A4 at 196 dpi is 2292 rows");
+    assert!(rows == page, "the sheets' pixels are not the roll's");
+
+    let out = dir.path().join("archive");
+    std::fs::create_dir(&out).unwrap();
+    run(Command::new(faxgate())
+        .arg("print")
+        .arg(&tiff)
+        .arg("--printer")
+        .arg(format!("dir:{}", out.display())));
+    let kept = std::fs::read_dir(&out)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let info = run(Command::new("pdfinfo").arg(&kept));
+    assert!(
+        String::from_utf8_lossy(&info.stdout).contains("Pages:           1"),
+        "the archive keeps the roll as one page"
+    );
+}
