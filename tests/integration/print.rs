@@ -35,6 +35,25 @@ fn write_pbm(path: &Path, width: u32, height: u32, data: &[u8]) {
     std::fs::write(path, out).unwrap();
 }
 
+/// A test page of `width` x `height` written as `dir/name`: its packed
+/// rows and the file's path.
+fn page_file(dir: &Path, name: &str, width: u32, height: u32) -> (Vec<u8>, PathBuf) {
+    let page = test_page(width, height);
+    let path = dir.join(name);
+    write_pbm(&path, width, height, &page);
+    (page, path)
+}
+
+/// The number of pages `pdfinfo` reports for a PDF.
+fn pdf_page_count(pdf: &Path) -> u32 {
+    let info = run(Command::new("pdfinfo").arg(pdf));
+    let text = String::from_utf8_lossy(&info.stdout);
+    text.lines()
+        .find_map(|l| l.strip_prefix("Pages:"))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no page count from pdfinfo {}:\n{text}", pdf.display()))
+}
+
 /// Reads a raw PBM (P4) as (width, height, rows).
 fn read_pbm(path: &Path) -> (u32, u32, Vec<u8>) {
     let data = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
@@ -110,9 +129,7 @@ fn pdf_renders_to_the_fax_page_exactly_in_every_coding_and_resolution() {
     need("pdfimages", "poppler-utils");
     let dir = tempfile::tempdir().unwrap();
     let (w, h) = (1728, 150);
-    let page = test_page(w, h);
-    let pbm = dir.path().join("page.pbm");
-    write_pbm(&pbm, w, h, &page);
+    let (page, pbm) = page_file(dir.path(), "page.pbm", w, h);
     for (res, dpi) in RESOLUTIONS {
         for coding in ["mh", "mr", "mmr"] {
             let pdf = dir.path().join(format!("{res}-{coding}.pdf"));
@@ -175,9 +192,7 @@ fn tiff_pages_keep_their_coding_in_the_pdf_and_round_trip() {
     need("pdfimages", "poppler-utils");
     let dir = tempfile::tempdir().unwrap();
     let (w, h) = (2048, 120);
-    let page = test_page(w, h);
-    let pbm = dir.path().join("page.pbm");
-    write_pbm(&pbm, w, h, &page);
+    let (page, _) = page_file(dir.path(), "page.pbm", w, h);
     let p = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
     for coding in ["mh", "mr", "mmr"] {
         let tiff = p(&format!("{coding}.tiff"));
@@ -390,9 +405,7 @@ fn print_cmd(file: &Path, printer: &str, title: &str) -> std::process::Output {
 
 /// A two-page MMR TIFF-F at fine resolution; returns (path, pages).
 fn tiff_document(dir: &Path) -> (PathBuf, Vec<u8>) {
-    let page = test_page(1728, 200);
-    let pbm = dir.join("in.pbm");
-    write_pbm(&pbm, 1728, 200, &page);
+    let (page, pbm) = page_file(dir, "in.pbm", 1728, 200);
     let tiff = dir.join("in.tiff");
     convert(&[
         pbm.to_str().unwrap(),
@@ -1044,12 +1057,7 @@ fn print_stage_memory_grows_with_the_coded_document_not_the_pages() {
             .unwrap()
             .unwrap()
             .path();
-        let info = run(Command::new("pdfinfo").arg(&pdf));
-        assert!(
-            String::from_utf8_lossy(&info.stdout).contains(&format!("Pages:           {pages}")),
-            "{}",
-            String::from_utf8_lossy(&info.stdout)
-        );
+        assert_eq!(pdf_page_count(&pdf), pages);
         qpdf_check(&pdf);
         let tiff = std::fs::metadata(&doc).unwrap().len();
         let pdf = std::fs::metadata(&pdf).unwrap().len();
@@ -1116,9 +1124,7 @@ fn a_roll_prints_on_a4_sheets_and_is_archived_whole() {
     need("pdfinfo", "poppler-utils");
     let dir = tempfile::tempdir().unwrap();
     let (w, h) = (1728, 5000);
-    let page = test_page(w, h);
-    let pbm = dir.path().join("roll.pbm");
-    write_pbm(&pbm, w, h, &page);
+    let (page, pbm) = page_file(dir.path(), "roll.pbm", w, h);
     let tiff = dir.path().join("roll.tiff");
     convert(&[
         pbm.to_str().unwrap(),
@@ -1140,12 +1146,7 @@ fn a_roll_prints_on_a4_sheets_and_is_archived_whole() {
     let pdf = dir.path().join("printed.pdf");
     std::fs::rename(&device, &pdf).unwrap();
     qpdf_check(&pdf);
-    let info = run(Command::new("pdfinfo").arg(&pdf));
-    assert!(
-        String::from_utf8_lossy(&info.stdout).contains("Pages:           3"),
-        "{}",
-        String::from_utf8_lossy(&info.stdout)
-    );
+    assert_eq!(pdf_page_count(&pdf), 3);
     let prefix = dir.path().join("sheet");
     run(Command::new("pdftoppm")
         .args(["-mono", "-rx", "204", "-ry", "196"])
@@ -1175,9 +1176,9 @@ fn a_roll_prints_on_a4_sheets_and_is_archived_whole() {
         .unwrap()
         .unwrap()
         .path();
-    let info = run(Command::new("pdfinfo").arg(&kept));
-    assert!(
-        String::from_utf8_lossy(&info.stdout).contains("Pages:           1"),
+    assert_eq!(
+        pdf_page_count(&kept),
+        1,
         "the archive keeps the roll as one page"
     );
 }
