@@ -59,6 +59,10 @@ enum BenchWhich {
         /// receiver and the relay on the workers).
         #[arg(long, value_delimiter = ',', default_values_t = [2, 1])]
         workers: Vec<usize>,
+        /// Also run with the relay pinned to a CPU of its own and both
+        /// endpoints pinned to the other (needs two CPUs).
+        #[arg(long)]
+        pinned: bool,
     },
     /// Fax codec speed on the eight CCITT test pages against libtiff's
     /// tiffcp, both timed in this run.
@@ -120,6 +124,7 @@ pub async fn run(args: BenchArgs, shutdown: CancellationToken) -> anyhow::Result
             tls_idle,
             only,
             workers,
+            pinned,
         } => {
             let part = |p: RelayPart| only.is_empty() || only.contains(&p);
             println!(
@@ -138,12 +143,23 @@ pub async fn run(args: BenchArgs, shutdown: CancellationToken) -> anyhow::Result
                             .block_on(throughput(mib << 20, rounds))
                     })
                     .await??;
-                    println!(
-                        "throughput (tokio workers: {workers}): direct loopback TCP {:.0} MiB/s, bridged through the relay {:.0} MiB/s, ratio {:.2}",
-                        direct,
-                        bridged,
-                        bridged / direct
-                    );
+                    report_throughput(&format!("tokio workers: {workers}"), direct, bridged);
+                }
+                if pinned {
+                    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+                    if cpus < 2 {
+                        println!("throughput, relay on a CPU of its own: skipped ({cpus} CPU)");
+                    } else {
+                        let (direct, bridged) = tokio::task::spawn_blocking(move || {
+                            throughput_pinned(mib << 20, rounds)
+                        })
+                        .await??;
+                        report_throughput(
+                            "relay alone on CPU 1, both endpoints on CPU 0",
+                            direct,
+                            bridged,
+                        );
+                    }
                 }
             }
             if part(RelayPart::Latency) {
@@ -200,13 +216,33 @@ fn client_cfg(addr: SocketAddr, user: &str, spares: u16) -> anyhow::Result<Relay
     Ok(c)
 }
 
-/// Sends `n` bytes from a writer to a reader; returns MiB/s.
-async fn pump<W, R>(mut w: W, mut r: R, n: usize) -> anyhow::Result<(f64, W, R)>
+/// One throughput run: MiB/s, and the CPU time the whole process spent
+/// per GiB moved (user + system, all threads; the process runs nothing
+/// but the benchmark, and loopback's softirq work is charged to it).
+#[derive(Debug, Clone, Copy)]
+struct Rate {
+    mib_s: f64,
+    cpu_s_per_gib: f64,
+}
+
+/// The medians of a series of runs.
+fn medians(runs: &[Rate]) -> Rate {
+    let mut t: Vec<f64> = runs.iter().map(|r| r.mib_s).collect();
+    let mut c: Vec<f64> = runs.iter().map(|r| r.cpu_s_per_gib).collect();
+    Rate {
+        mib_s: median(&mut t),
+        cpu_s_per_gib: median(&mut c),
+    }
+}
+
+/// Sends `n` bytes from a writer to a reader.
+async fn pump<W, R>(mut w: W, mut r: R, n: usize) -> anyhow::Result<(Rate, W, R)>
 where
     W: tokio::io::AsyncWrite + Unpin + Send + 'static,
     R: tokio::io::AsyncRead + Unpin + Send + 'static,
 {
     let chunk = vec![0x5au8; 256 * 1024];
+    let cpu = process_cpu_seconds()?;
     let start = Instant::now();
     let reader = tokio::spawn(async move {
         let mut buf = vec![0u8; 256 * 1024];
@@ -229,16 +265,36 @@ where
     w.shutdown().await?;
     let (got, r) = reader.await??;
     let secs = start.elapsed().as_secs_f64();
+    let cpu = process_cpu_seconds()? - cpu;
     if got != n {
         bail!("reader got {got} of {n} bytes");
     }
-    Ok(((n as f64 / (1 << 20) as f64) / secs, w, r))
+    let gib = n as f64 / (1u64 << 30) as f64;
+    let rate = Rate {
+        mib_s: gib * 1024.0 / secs,
+        cpu_s_per_gib: cpu / gib,
+    };
+    Ok((rate, w, r))
+}
+
+/// User + system CPU seconds of this process, all threads.
+fn process_cpu_seconds() -> anyhow::Result<f64> {
+    // SAFETY: getrusage only writes into the zeroed struct it is given.
+    let (rc, ru) = unsafe {
+        let mut ru: libc::rusage = std::mem::zeroed();
+        (libc::getrusage(libc::RUSAGE_SELF, &mut ru), ru)
+    };
+    if rc != 0 {
+        bail!("getrusage: {}", std::io::Error::last_os_error());
+    }
+    let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
+    Ok(t(ru.ru_utime) + t(ru.ru_stime))
 }
 
 /// Bridged throughput with the relay in this process and runtime, beside
 /// both endpoints, against direct loopback TCP in the same runtime:
-/// returns (direct, bridged) MiB/s.
-async fn throughput(n: usize, rounds: usize) -> anyhow::Result<(f64, f64)> {
+/// returns the medians (direct, bridged).
+async fn throughput(n: usize, rounds: usize) -> anyhow::Result<(Rate, Rate)> {
     let (server, _dir) = bench_relay(64, 4).await?;
     let store = server.shared.store();
     for u in ["bench-a", "bench-b"] {
@@ -248,14 +304,78 @@ async fn throughput(n: usize, rounds: usize) -> anyhow::Result<(f64, f64)> {
     throughput_rounds(addr, n, rounds).await
 }
 
+/// Pins the calling thread to one CPU.
+fn pin_to_cpu(cpu: usize) -> anyhow::Result<()> {
+    // SAFETY: cpu_set_t is plain data; CPU_ZERO/CPU_SET only write into
+    // it, and sched_setaffinity(0, ..) reads it for the calling thread.
+    let rc = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_ZERO(&mut set);
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
+    };
+    if rc != 0 {
+        bail!(
+            "sched_setaffinity to CPU {cpu}: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(())
+}
+
+/// Bridged throughput with the relay alone on CPU 1 (its own
+/// single-threaded runtime, as a relay on its own machine) and both
+/// endpoints on CPU 0 (one single-threaded runtime), against direct
+/// loopback TCP between the same endpoints on CPU 0: returns the medians
+/// (direct, bridged).
+fn throughput_pinned(n: usize, rounds: usize) -> anyhow::Result<(Rate, Rate)> {
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+    let stop = CancellationToken::new();
+    let relay_stop = stop.clone();
+    let relay = std::thread::spawn(move || -> anyhow::Result<()> {
+        pin_to_cpu(1)?;
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(async move {
+                let (server, _dir) = bench_relay(64, 4).await?;
+                let store = server.shared.store();
+                for u in ["bench-a", "bench-b"] {
+                    store.add_user(u, "bench-password", &["bench".into()])?;
+                }
+                let addr = server.tcp_addr.context("no relay address")?;
+                let _ = addr_tx.send(addr);
+                relay_stop.cancelled().await;
+                anyhow::Ok(())
+            })
+    });
+    let run = (|| {
+        let addr = addr_rx
+            .recv()
+            .map_err(|_| anyhow::anyhow!("the relay thread ended before listening"))?;
+        pin_to_cpu(0)?;
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(throughput_rounds(addr, n, rounds))
+    })();
+    stop.cancel();
+    let relayed = relay
+        .join()
+        .map_err(|_| anyhow::anyhow!("the relay thread panicked"))?;
+    let r = run?;
+    relayed?;
+    Ok(r)
+}
+
 /// Alternates direct loopback TCP and bridged rounds through the relay at
 /// `addr` (users bench-a and bench-b exist) in the current runtime;
-/// returns the medians (direct, bridged) in MiB/s.
+/// returns the medians (direct, bridged).
 async fn throughput_rounds(
     addr: SocketAddr,
     n: usize,
     rounds: usize,
-) -> anyhow::Result<(f64, f64)> {
+) -> anyhow::Result<(Rate, Rate)> {
     let (a, _ai) = RelayClient::start(client_cfg(addr, "bench-a", 0)?).await?;
     let (_b, mut bi) = RelayClient::start(client_cfg(addr, "bench-b", 0)?).await?;
     let mut direct = Vec::new();
@@ -267,8 +387,8 @@ async fn throughput_rounds(
         let (w, accepted) = tokio::join!(TcpStream::connect(la), l.accept());
         let (w, (r, _)) = (w?, accepted?);
         w.set_nodelay(true)?;
-        let (mbs, _, _) = pump(w, r, n).await?;
-        direct.push(mbs);
+        let (rate, _, _) = pump(w, r, n).await?;
+        direct.push(rate);
 
         // Bridged: client library -> relay -> client library.
         let accept = tokio::spawn(async move {
@@ -279,14 +399,26 @@ async fn throughput_rounds(
         let sa = a.connect("bench-b").await?;
         let (sb, back) = accept.await??;
         bi = back;
-        let (mbs, sa, sb) = pump(sa, sb, n).await?;
-        bridged.push(mbs);
+        let (rate, sa, sb) = pump(sa, sb, n).await?;
+        bridged.push(rate);
         let (x, y) = tokio::join!(sa.close(), sb.close());
         x?;
         y?;
         a.wait_vacant(1, Duration::from_secs(5)).await?;
     }
-    Ok((median(&mut direct), median(&mut bridged)))
+    Ok((medians(&direct), medians(&bridged)))
+}
+
+fn report_throughput(shape: &str, direct: Rate, bridged: Rate) {
+    println!(
+        "throughput ({shape}): direct loopback TCP {:.0} MiB/s, bridged through the relay {:.0} MiB/s, ratio {:.2}; CPU per GiB moved: direct {:.2} s, bridged {:.2} s (ratio {:.2})",
+        direct.mib_s,
+        bridged.mib_s,
+        bridged.mib_s / direct.mib_s,
+        direct.cpu_s_per_gib,
+        bridged.cpu_s_per_gib,
+        bridged.cpu_s_per_gib / direct.cpu_s_per_gib
+    );
 }
 
 fn median(v: &mut [f64]) -> f64 {

@@ -2,6 +2,7 @@
 //! against real system parts (network namespaces, iptables).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod bench;
 mod common;
 mod convert;
 mod cups;
