@@ -373,12 +373,9 @@ pub async fn run<'a>(
     let kill_b = sb.side.kill.clone();
     let mut killed_a = std::pin::pin!(kill_a.cancelled());
     let mut killed_b = std::pin::pin!(kill_b.cancelled());
-    let mut deadline: Option<Pin<Box<tokio::time::Sleep>>> = None;
+    let mut deadline: Option<ProgressDeadline> = None;
     let mut farewell_deadline: Option<Pin<Box<tokio::time::Sleep>>> = None;
-    let mut leave_deadline: Option<Pin<Box<tokio::time::Sleep>>> = None;
-    let mut leave_cap: Option<tokio::time::Instant> = None;
-    let mut leave_moved: Option<u64> = None;
-    let mut deadline_moved: Option<u64> = None;
+    let mut leave_deadline: Option<ProgressDeadline> = None;
 
     std::future::poll_fn(|cx| {
         loop {
@@ -406,21 +403,15 @@ pub async fn run<'a>(
                 // its peer (however slowly the peer reads), up to the
                 // terminate deadline; FAREWELL_TIMEOUT without progress
                 // (an idle session, a stalled peer) closes it.
-                let now = tokio::time::Instant::now();
-                let cap = *leave_cap.get_or_insert(now + terminate_timeout);
                 let moved = [&sa, &sb]
                     .iter()
                     .filter(|s| s.leaving)
                     .map(|s| s.side.sent.load(Ordering::Relaxed))
                     .sum::<u64>();
                 let d = leave_deadline.get_or_insert_with(|| {
-                    Box::pin(tokio::time::sleep_until(cap.min(now + FAREWELL_TIMEOUT)))
+                    ProgressDeadline::new(FAREWELL_TIMEOUT, Some(terminate_timeout), moved)
                 });
-                if leave_moved != Some(moved) {
-                    leave_moved = Some(moved);
-                    d.as_mut().reset(cap.min(now + FAREWELL_TIMEOUT));
-                }
-                if d.as_mut().poll(cx).is_ready() {
+                if d.poll(cx, moved).is_ready() {
                     // Its last bytes did not come in time: close it now.
                     if sa.leaving && sa.dead.is_none() {
                         killed(&mut sa, &ba);
@@ -476,26 +467,16 @@ pub async fn run<'a>(
             {
                 return Poll::Ready(());
             }
-            if (ab.done || ba.done) && deadline.is_none() {
-                deadline = Some(Box::pin(tokio::time::sleep(terminate_timeout)));
-                progressed = true;
-            }
             // TERMINATE is a half-close: the side that still owes one may
             // go on sending for as long as its bytes keep moving (the peer
             // reads them); the deadline counts from the last byte moved.
-            if let Some(d) = deadline.as_mut() {
-                let moved =
-                    sa.side.sent.load(Ordering::Relaxed) + sb.side.sent.load(Ordering::Relaxed);
-                if deadline_moved != Some(moved) {
-                    if deadline_moved.is_some() {
-                        d.as_mut()
-                            .reset(tokio::time::Instant::now() + terminate_timeout);
-                    }
-                    deadline_moved = Some(moved);
-                }
+            let moved = sa.side.sent.load(Ordering::Relaxed) + sb.side.sent.load(Ordering::Relaxed);
+            if (ab.done || ba.done) && deadline.is_none() {
+                deadline = Some(ProgressDeadline::new(terminate_timeout, None, moved));
+                progressed = true;
             }
             if let Some(d) = deadline.as_mut()
-                && d.as_mut().poll(cx).is_ready()
+                && d.poll(cx, moved).is_ready()
             {
                 // Whoever still owes a TERMINATE is closed, and so is a
                 // side that has not taken a drained one in time, or the
@@ -523,8 +504,7 @@ pub async fn run<'a>(
                 }
                 // A survivor just told TERMINATE(TIMEOUT) by `settle` gets
                 // FAREWELL_TIMEOUT to take it; then it is closed as well.
-                d.as_mut()
-                    .reset(tokio::time::Instant::now() + FAREWELL_TIMEOUT);
+                d.extend(FAREWELL_TIMEOUT);
                 progressed = true;
             }
             if !progressed {
@@ -547,6 +527,55 @@ pub async fn run<'a>(
 /// How long a side closed by the relay may take to accept its farewell
 /// TERMINATE before it is closed without it.
 const FAREWELL_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A deadline `idle` after the last progress of a byte counter, and never
+/// later than `cap` after it was made: the terminate deadline (no cap) and
+/// a leaving side's (capped by the terminate deadline) both give a side
+/// time for as long as its bytes keep moving.
+struct ProgressDeadline {
+    sleep: Pin<Box<tokio::time::Sleep>>,
+    idle: Duration,
+    cap: Option<tokio::time::Instant>,
+    seen: u64,
+}
+
+impl ProgressDeadline {
+    fn new(idle: Duration, cap: Option<Duration>, moved: u64) -> Self {
+        let now = tokio::time::Instant::now();
+        let cap = cap.map(|c| now + c);
+        Self {
+            sleep: Box::pin(tokio::time::sleep_until(Self::after(now, idle, cap))),
+            idle,
+            cap,
+            seen: moved,
+        }
+    }
+
+    fn after(
+        now: tokio::time::Instant,
+        idle: Duration,
+        cap: Option<tokio::time::Instant>,
+    ) -> tokio::time::Instant {
+        cap.map_or(now + idle, |cap| cap.min(now + idle))
+    }
+
+    /// Moves the deadline to `idle` from now if `moved` has changed since
+    /// the last look, then polls it.
+    fn poll(&mut self, cx: &mut Context<'_>, moved: u64) -> Poll<()> {
+        if moved != self.seen {
+            self.seen = moved;
+            let at = Self::after(tokio::time::Instant::now(), self.idle, self.cap);
+            self.sleep.as_mut().reset(at);
+        }
+        self.sleep.as_mut().poll(cx)
+    }
+
+    /// After it has fired: fires again `by` from now (or on progress, `idle`
+    /// after it).
+    fn extend(&mut self, by: Duration) {
+        self.sleep.as_mut().reset(tokio::time::Instant::now() + by);
+    }
+}
 
 /// `side`'s kill token fired. A LOGOUT (sent on another connection, so
 /// it can overtake this one's last bytes, by as long as a slow peer takes
