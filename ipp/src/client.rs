@@ -1559,9 +1559,11 @@ mod tests {
 
     #[tokio::test]
     async fn unreachable_names_host_and_port() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        drop(listener);
+        // Bound but never listening: connects are refused, and while
+        // `reserved` lives no other test can take the port.
+        let reserved = tokio::net::TcpSocket::new_v4().unwrap();
+        reserved.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = reserved.local_addr().unwrap();
         let uri = format!("ipp://{addr}/ipp/print/x");
         let client = IppClient::builder(&uri).build().unwrap();
         let e = expect_err(client.call(get_jobs(&uri), None).await);

@@ -403,8 +403,9 @@ fn is_permanent(e: &SmtpError) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use std::net::{Ipv4Addr, TcpListener as StdListener};
+    use std::net::{Ipv4Addr, SocketAddr};
 
+    use socket2::{Domain, Socket, Type};
     use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
     use tokio::net::TcpListener;
 
@@ -447,13 +448,15 @@ mod tests {
         }
     }
 
-    /// A loopback port with nothing listening (it was free a moment ago).
-    fn closed_port() -> u16 {
-        StdListener::bind((Ipv4Addr::LOCALHOST, 0))
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
+    /// A loopback port with nothing listening: the socket is bound but
+    /// never listens, so connects are refused, and while the caller keeps
+    /// it no other test can take the port.
+    fn closed_port() -> (Socket, u16) {
+        let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
+        s.bind(&addr.into()).unwrap();
+        let port = s.local_addr().unwrap().as_socket().unwrap().port();
+        (s, port)
     }
 
     async fn next(rx: &mut mpsc::Receiver<MailReport>) -> MailReport {
@@ -522,8 +525,9 @@ mod tests {
     #[tokio::test]
     async fn gives_up_after_max_attempts_when_nothing_listens() {
         let cancel = CancellationToken::new();
+        let (_reserved, port) = closed_port();
         let (mailer, mut reports) =
-            Mailer::spawn(sender(closed_port()), signers(), quick(3), cancel.clone());
+            Mailer::spawn(sender(port), signers(), quick(3), cancel.clone());
         let o = order("expp1@abc.test", vec![1]);
         mailer.send(o.clone()).await.unwrap();
         for n in 1..=2 {
@@ -606,11 +610,34 @@ mod tests {
             other => panic!("expected Retrying, got {other:?}"),
         }
         // `down` now waits 0.5 to 1 s between attempts; `up` goes at once.
+        // On a loaded machine down's next Retrying may still come first, so
+        // the reports are taken in any order; up's Sent must come before
+        // down gives up (at least 1.5 s away), which a mailer that held up
+        // the queue behind a failing order would not do.
         mailer.send(up.clone()).await.unwrap();
-        match next(&mut reports).await {
-            MailReport::Sent { order, attempts } => assert_eq!((order, attempts), (up, 1)),
-            other => panic!("expected up's Sent before down's next report, got {other:?}"),
+        let mut attempts = vec![1];
+        let mut up_sent = false;
+        loop {
+            match next(&mut reports).await {
+                MailReport::Sent { order, attempts: a } => {
+                    assert!(!up_sent, "a second Sent: {order:?}");
+                    assert_eq!((order, a), (up.clone(), 1));
+                    up_sent = true;
+                }
+                MailReport::Retrying { order, attempt, .. } => {
+                    assert_eq!(order, down);
+                    attempts.push(attempt);
+                }
+                MailReport::GaveUp {
+                    order, attempts: a, ..
+                } => {
+                    assert!(up_sent, "down gave up before up was sent: up was held up");
+                    assert_eq!((order, a), (down, 4));
+                    break;
+                }
+            }
         }
+        assert_eq!(attempts, [1, 2, 3]);
         let (rcpt, message) = mails.recv().await.unwrap();
         assert!(rcpt.contains("<up@abc.test>"), "{rcpt}");
         let verifier = Signer::hmac(SECRET).unwrap().verifier();
@@ -623,20 +650,6 @@ mod tests {
         )
         .unwrap();
         assert_eq!((cmd.kind, cmd.job_ids), (Kind::Wake, vec![2, 3]));
-        let mut attempts = vec![1];
-        loop {
-            match next(&mut reports).await {
-                MailReport::Retrying { attempt, .. } => attempts.push(attempt),
-                MailReport::GaveUp {
-                    order, attempts: a, ..
-                } => {
-                    assert_eq!((order, a), (down, 4));
-                    break;
-                }
-                other => panic!("unexpected {other:?}"),
-            }
-        }
-        assert_eq!(attempts, [1, 2, 3]);
     }
 
     #[tokio::test]
@@ -647,8 +660,8 @@ mod tests {
             retry_max: Duration::from_secs(60),
             max_attempts: 10,
         };
-        let (mailer, mut reports) =
-            Mailer::spawn(sender(closed_port()), signers(), config, cancel.clone());
+        let (_reserved, port) = closed_port();
+        let (mailer, mut reports) = Mailer::spawn(sender(port), signers(), config, cancel.clone());
         mailer.send(order("x@abc.test", vec![])).await.unwrap();
         assert!(matches!(
             next(&mut reports).await,

@@ -296,19 +296,27 @@ mod tests {
             .collect();
         assert_eq!(ids, vec![id]);
         // Three more retries with the printer still stopped: still
-        // pending, nothing printed.
-        tokio::time::sleep(retry * 3 + retry / 2).await;
+        // pending, nothing printed. Polled (10 s at most) rather than a
+        // fixed sleep: each retry writes the store with an fsync, which
+        // can take a while on a loaded machine.
+        let mut tries = 0;
+        for _ in 0..200 {
+            tries = store
+                .history(Some(format!("inbox:{id}")), 100)
+                .await
+                .unwrap()
+                .iter()
+                .filter(|h| h.message.starts_with("pending:"))
+                .count();
+            if tries >= 3 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(tries >= 3, "only {tries} tries in 10 s");
         let d = store.inbox_doc(id).await.unwrap().unwrap();
         assert_eq!(d.print, PrintState::Pending);
         assert!(files(&out).is_empty());
-        let tries = store
-            .history(Some(format!("inbox:{id}")), 100)
-            .await
-            .unwrap()
-            .iter()
-            .filter(|h| h.message.starts_with("pending:"))
-            .count();
-        assert!(tries >= 3, "{tries} tries in about four retry periods");
 
         // The printer comes back: the next retry prints it.
         std::fs::create_dir(&out).unwrap();

@@ -524,12 +524,11 @@ mod tests {
 
     #[tokio::test]
     async fn unreachable_printer_is_stopped_offline() {
-        // Bind then drop a listener: its port is closed.
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        // Bound but never listening: connects are refused, and while
+        // `reserved` lives no other test can take the port.
+        let reserved = tokio::net::TcpSocket::new_v4().unwrap();
+        reserved.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let port = reserved.local_addr().unwrap().port();
         let p = IppPrinter::new(&format!("ipp://127.0.0.1:{port}/ipp/print")).unwrap();
         let s = p.status().await;
         assert_eq!(s.state, PrinterState::Stopped);

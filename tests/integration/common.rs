@@ -70,6 +70,32 @@ impl Drop for Proc {
     }
 }
 
+/// A daemon stopped with SIGTERM when dropped, so that it can stop what
+/// it started itself (cupsd's filters and backends: a SIGKILL would
+/// orphan a backend still talking to the printer); it is killed if it has
+/// not exited within 10 s.
+pub struct TermProc(pub Child);
+
+impl Drop for TermProc {
+    fn drop(&mut self) {
+        let child = &mut self.0;
+        if let Ok(pid) = libc::pid_t::try_from(child.id()) {
+            // SAFETY: kill(2) on our own child's PID, which is not reaped
+            // yet (we hold its Child and have not waited on it).
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if !matches!(child.try_wait(), Ok(None)) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
 /// Polls `f` every 50 ms until it returns true or `limit` passes.
 pub fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;

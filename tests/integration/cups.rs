@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use crate::common::{Proc, need, run, wait_for};
+use crate::common::{TermProc, need, run, wait_for};
 
 /// Writes `cupsd.conf` and `cups-files.conf` under `root` for a cupsd
 /// that listens on `listen` only, lets anyone administer it (loopback,
@@ -51,12 +51,10 @@ pub(crate) fn write_cupsd_config(root: &Path, listen: &str) -> (PathBuf, PathBuf
     (conf, files)
 }
 
-/// A `cupsd` on 127.0.0.1 and a free port. Dropping it sends SIGTERM, so
-/// the scheduler stops its jobs' filters and backends itself (a SIGKILL
-/// would orphan a backend still talking to the printer), then kills it by
-/// PID if it has not exited within 10 s.
+/// A `cupsd` on 127.0.0.1 and a free port, stopped with SIGTERM when
+/// dropped ([`TermProc`]).
 pub(crate) struct Cupsd {
-    _proc: Proc,
+    _proc: TermProc,
     /// `127.0.0.1:PORT`, for `CUPS_SERVER` (or `-h`).
     pub(crate) server: String,
     /// The scheduler's own folder (config, spool, logs).
@@ -69,51 +67,47 @@ impl Cupsd {
         need("cupsd", "cups-daemon");
         need("lpadmin", "cups-client");
         let dir = tempfile::tempdir().unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let server = format!("127.0.0.1:{port}");
-        let (conf, files) = write_cupsd_config(&dir.path().join("cups"), &server);
         run(Command::new("chmod").arg("a+rx").arg(dir.path()));
-        let proc = Proc(
-            Command::new("cupsd")
-                .arg("-f")
-                .arg("-c")
-                .arg(&conf)
-                .arg("-s")
-                .arg(&files)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("start cupsd"),
-        );
-        wait_for("cupsd's port", Duration::from_secs(15), || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-        });
-        Cupsd {
-            _proc: proc,
-            server,
-            dir,
-        }
-    }
-
-    /// Asks the scheduler to stop (SIGTERM) and waits for it.
-    fn stop(&mut self) {
-        let child = &mut self._proc.0;
-        let Ok(pid) = libc::pid_t::try_from(child.id()) else {
-            return;
-        };
-        // SAFETY: kill(2) on our own child's PID, which is not reaped yet.
-        unsafe { libc::kill(pid, libc::SIGTERM) };
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while std::time::Instant::now() < deadline {
-            if !matches!(child.try_wait(), Ok(None)) {
-                return;
+        // The port is free when chosen but not reserved until cupsd binds
+        // it: if another process takes it first, cupsd exits, and we try
+        // again with another.
+        for _ in 0..3 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let server = format!("127.0.0.1:{port}");
+            let (conf, files) = write_cupsd_config(&dir.path().join("cups"), &server);
+            let mut proc = TermProc(
+                Command::new("cupsd")
+                    .arg("-f")
+                    .arg("-c")
+                    .arg(&conf)
+                    .arg("-s")
+                    .arg(&files)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect("start cupsd"),
+            );
+            let mut exited = false;
+            wait_for("cupsd's port", Duration::from_secs(15), || {
+                exited = !matches!(proc.0.try_wait(), Ok(None));
+                exited || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+            });
+            if !exited {
+                return Cupsd {
+                    _proc: proc,
+                    server,
+                    dir,
+                };
             }
-            std::thread::sleep(Duration::from_millis(50));
         }
+        panic!(
+            "cupsd exited three times before listening; its log: {}",
+            std::fs::read_to_string(dir.path().join("cups/log/error_log")).unwrap_or_default()
+        );
     }
 
     /// A CUPS command (`lpadmin`, `lpstat`, `cupsdisable`...) aimed at
@@ -138,11 +132,5 @@ impl Cupsd {
     /// `ipp://` URI of a queue, for IPP clients that talk to CUPS itself.
     pub(crate) fn queue_uri(&self, queue: &str) -> String {
         format!("ipp://{}/printers/{queue}", self.server)
-    }
-}
-
-impl Drop for Cupsd {
-    fn drop(&mut self) {
-        self.stop();
     }
 }

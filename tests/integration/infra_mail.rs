@@ -806,8 +806,10 @@ fn wake_timeout_sends_cancel_mail_and_aborts_the_job() {
     let smtpd = OpenSmtpd::start(&dovecot.lmtp);
     let relay = Relay::start(
         dir.path(),
+        // Long enough that the client's polls (one ipptool each) cannot
+        // all miss the "wake-up mail sent" state on a loaded machine.
         &Wake::ByMail {
-            timeout: "2s",
+            timeout: "6s",
             smtp_port: smtpd.port,
         },
     );
@@ -817,7 +819,7 @@ fn wake_timeout_sends_cancel_mail_and_aborts_the_job() {
     let seen = RefCell::new(Vec::<(String, String, String)>::new());
     until(
         "the job to be aborted",
-        Duration::from_secs(20),
+        Duration::from_secs(40),
         || format!("seen: {:#?}\n{}", seen.borrow(), diag()),
         || {
             let now = relay.job(job);
@@ -940,11 +942,19 @@ fn mail_server_down_is_retried_and_the_job_waits_with_a_reason() {
 #[test]
 fn polling_agent_mirrors_a_jam_and_a_cancel_reaches_the_printer() {
     let dir = tempfile::tempdir().unwrap();
-    // The print command reports a jam, as a driver would, and takes 3 s.
+    // The print command reports a jam, as a driver would, and goes on
+    // printing until the test releases it (at most 60 s), so the cancel
+    // reaches the printer while the job is still being printed, however
+    // slow the machine.
     let script = dir.path().join("jam.sh");
+    let release = dir.path().join("release");
     std::fs::write(
         &script,
-        "#!/bin/sh\necho 'STATE: +media-jam-error' >&2\nsleep 3\n",
+        format!(
+            "#!/bin/sh\necho 'STATE: +media-jam-error' >&2\ni=0\n\
+             while [ ! -e '{}' ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done\n",
+            release.display()
+        ),
     )
     .unwrap();
     std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
@@ -973,6 +983,13 @@ fn polling_agent_mirrors_a_jam_and_a_cancel_reaches_the_printer() {
         None,
     );
     assert!(out.contains("[PASS]"), "Cancel-Job: {out}");
+    until(
+        "the agent to cancel the job at the printer",
+        Duration::from_secs(20),
+        diag,
+        || app.log().contains("Canceled the job at the printer."),
+    );
+    std::fs::write(&release, b"").unwrap();
     until(
         "the client to see the job canceled",
         Duration::from_secs(20),

@@ -317,27 +317,37 @@ pub(crate) fn start_ippeveprinter(formats: &str, command: &str) -> EvePrinter {
     need("ippeveprinter", "cups-ipp-utils avahi-daemon");
     start_dns_sd();
     let spool = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let name = format!("faxgate-test-{port}");
-    let child = Command::new("ippeveprinter")
-        .arg("-k")
-        .arg("-d")
-        .arg(spool.path())
-        .args(["-c", command, "-f", formats, "-p", &port.to_string()])
-        .args(["-n", "localhost", &name])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start ippeveprinter");
-    let proc = Proc(child);
-    wait_for("ippeveprinter's port", Duration::from_secs(15), || {
-        TcpStream::connect(("127.0.0.1", port)).is_ok()
-    });
-    EvePrinter {
-        _proc: proc,
-        uri: format!("ipp://localhost:{port}/ipp/print"),
-        spool,
+    // The port is free when chosen but not reserved until ippeveprinter
+    // binds it: if another process takes it first, ippeveprinter exits,
+    // and we try again with another.
+    for _ in 0..3 {
+        let port = free_port();
+        let name = format!("faxgate-test-{port}");
+        let child = Command::new("ippeveprinter")
+            .arg("-k")
+            .arg("-d")
+            .arg(spool.path())
+            .args(["-c", command, "-f", formats, "-p", &port.to_string()])
+            .args(["-n", "localhost", &name])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start ippeveprinter");
+        let mut proc = Proc(child);
+        let mut exited = false;
+        wait_for("ippeveprinter's port", Duration::from_secs(15), || {
+            exited = !matches!(proc.0.try_wait(), Ok(None));
+            exited || TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        if !exited {
+            return EvePrinter {
+                _proc: proc,
+                uri: format!("ipp://localhost:{port}/ipp/print"),
+                spool,
+            };
+        }
     }
+    panic!("ippeveprinter exited three times before listening");
 }
 
 /// Every file ippeveprinter kept, as (name, bytes).
@@ -791,7 +801,18 @@ fn job_aborted_at_the_printer_is_reported_with_its_state() {
 #[test]
 fn job_canceled_at_the_printer_is_reported_with_its_state() {
     let dir = tempfile::tempdir().unwrap();
-    let slow = script(dir.path(), "slow.sh", "sleep 3\nexit 0\n");
+    // The print command goes on until the test releases it (at most
+    // 60 s), so the cancel lands while the job prints, however slow the
+    // machine.
+    let release = dir.path().join("release");
+    let slow = script(
+        dir.path(),
+        "slow.sh",
+        &format!(
+            "i=0\nwhile [ ! -e '{}' ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done\nexit 0\n",
+            release.display()
+        ),
+    );
     let printer = start_ippeveprinter("application/pdf", &slow);
     let (tiff, _) = tiff_document(dir.path());
     let job = spawn_print(&tiff, &printer.uri, "cancel-me");
@@ -815,6 +836,7 @@ fn job_canceled_at_the_printer_is_reported_with_its_state() {
         .is_some(),
         "Cancel-Job failed"
     );
+    std::fs::write(&release, b"").unwrap();
     let (ok, out, err) = finish(job, Duration::from_secs(60));
     assert!(!ok, "a canceled job must fail the print: {out}");
     assert!(

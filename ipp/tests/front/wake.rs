@@ -12,7 +12,9 @@ use crate::infra::printer_attrs;
 
 const KEY: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
 
-fn sites() -> String {
+/// Two sites, nara (abort on timeout) and kobe (hold), each with the
+/// given wake-up timeout.
+fn sites(timeout: &str) -> String {
     format!(
         "
 [[sites]]
@@ -22,7 +24,7 @@ mail = \"nara@example.com\"
 
 [sites.wake]
 key = \"{KEY}\"
-timeout = \"1s\"
+timeout = \"{timeout}\"
 
 [[sites]]
 name = \"kobe\"
@@ -31,7 +33,7 @@ mail = \"kobe@example.com\"
 
 [sites.wake]
 key = \"{KEY}\"
-timeout = \"1s\"
+timeout = \"{timeout}\"
 on_timeout = \"hold\"
 "
     )
@@ -41,7 +43,9 @@ on_timeout = \"hold\"
 async fn wake_up_mail_outcomes_and_the_timeout_abort_or_hold() {
     let dir = tempfile::tempdir().unwrap();
     // agent_lease 800 ms: the reaper checks the wake deadline every 100 ms.
-    let mut t = TestFront::start(config("300ms", "800ms", &sites()), dir.path()).await;
+    // The 3 s wake timeout leaves room for the job to be read after Sent
+    // (below) before it runs out, on a loaded machine too.
+    let mut t = TestFront::start(config("300ms", "800ms", &sites("3s")), dir.path()).await;
 
     // No agent attached: each Print-Job asks for a wake-up mail.
     let nara = t.print("nara", "alice", &pdf(10)).await;
@@ -50,7 +54,7 @@ async fn wake_up_mail_outcomes_and_the_timeout_abort_or_hold() {
     assert_eq!(w.site, "nara");
     assert_eq!(w.to, "nara@example.com");
     assert_eq!(w.jobs, [nara as u64]);
-    assert_eq!(w.ttl, Duration::from_secs(1));
+    assert_eq!(w.ttl, Duration::from_secs(3));
     assert!(
         w.proxy_uri.starts_with("ipps://") && w.proxy_uri.ends_with("/ipp/print/nara"),
         "{}",
@@ -87,7 +91,7 @@ async fn wake_up_mail_outcomes_and_the_timeout_abort_or_hold() {
         p.printer_strings("printer-state-message")
     );
 
-    // Sent: the agent has the wake timeout (1 s) to attach. It does not.
+    // Sent: the agent has the wake timeout (3 s) to attach. It does not.
     for site in ["nara", "kobe"] {
         t.front()
             .wake_outcome(site, WakeKind::Wake, WakeOutcome::Sent);
@@ -101,7 +105,7 @@ async fn wake_up_mail_outcomes_and_the_timeout_abort_or_hold() {
     let mut cancels = Vec::new();
     let mut rewakes = Vec::new();
     while cancels.len() < 2 {
-        let w = t.next_wake(Duration::from_secs(3)).await;
+        let w = t.next_wake(Duration::from_secs(6)).await;
         match w.kind {
             WakeKind::Cancel => cancels.push((w.site.clone(), w.jobs.clone())),
             WakeKind::Wake => rewakes.push(w),
@@ -156,7 +160,7 @@ async fn wake_up_mail_outcomes_and_the_timeout_abort_or_hold() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mailer_that_gives_up_ends_the_jobs_at_once() {
     let dir = tempfile::tempdir().unwrap();
-    let mut t = TestFront::start(config("300ms", "800ms", &sites()), dir.path()).await;
+    let mut t = TestFront::start(config("300ms", "800ms", &sites("1s")), dir.path()).await;
     let nara = t.print("nara", "alice", &pdf(10)).await;
     let kobe = t.print("kobe", "bob", &pdf(10)).await;
     for _ in 0..2 {
@@ -193,12 +197,16 @@ async fn a_mailer_that_gives_up_ends_the_jobs_at_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_that_attaches_in_time_stops_the_wake_timeout() {
     let dir = tempfile::tempdir().unwrap();
-    let mut t = TestFront::start(config("300ms", "800ms", &sites()), dir.path()).await;
+    // A 3 s wake timeout and a 5 s lease: registering (TLS, SQLite) and
+    // each poll below fit in them on a loaded machine too. The reaper
+    // checks every 625 ms (lease / 8).
+    let mut t = TestFront::start(config("300ms", "5s", &sites("3s")), dir.path()).await;
     let job = t.print("nara", "alice", &pdf(10)).await;
     let w = t.next_wake(Duration::from_secs(2)).await;
     assert_eq!((w.kind, w.jobs.clone()), (WakeKind::Wake, vec![job as u64]));
     t.front()
         .wake_outcome("nara", WakeKind::Wake, WakeOutcome::Sent);
+    let sent = tokio::time::Instant::now();
     // The agent reads the mail and attaches.
     let resp = t
         .register("nara", OSAKA, crate::common::DEVICE_A, printer_attrs())
@@ -206,7 +214,7 @@ async fn an_agent_that_attaches_in_time_stops_the_wake_timeout() {
     assert_eq!(resp.status(), status::OK, "{}", resp.message());
     // Past the timeout: no cancel mail, the job still waits to be fetched.
     // (The device keeps its lease by polling.)
-    let deadline = tokio::time::Instant::now() + Duration::from_millis(1400);
+    let deadline = sent + Duration::from_secs(3) + Duration::from_millis(1300);
     while tokio::time::Instant::now() < deadline {
         let req = t
             .req(op::GET_JOBS, "nara", "osaka")
@@ -230,7 +238,7 @@ async fn an_agent_that_attaches_in_time_stops_the_wake_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_site_answers_under_its_account_percent_domain_alias() {
     let dir = tempfile::tempdir().unwrap();
-    let t = TestFront::start(config("300ms", "800ms", &sites()), dir.path()).await;
+    let t = TestFront::start(config("300ms", "800ms", &sites("1s")), dir.path()).await;
     for path in ["nara%25example.com", "nara%example.com"] {
         let req = t.req(op::GET_PRINTER_ATTRIBUTES, path, "tester");
         let resp = t.client(path, &req, b"").await;

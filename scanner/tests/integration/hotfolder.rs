@@ -71,13 +71,14 @@ fn png_bytes() -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slowly_written_file_is_taken_only_when_complete() {
     let dir = tempfile::tempdir().unwrap();
-    let mut hf = start(dir.path(), 1500).await;
+    let mut hf = start(dir.path(), 5000).await;
     let png = png_bytes();
     let path = dir.path().join("slow.png");
     let mut file = std::fs::File::create(&path).unwrap();
     // Eight chunks with 300 ms pauses: 2.4 s of writing, each pause well
-    // under the 1.5 s settle interval (margin for a loaded CI machine) but
-    // three polls long, so the actor sees the file many times meanwhile.
+    // under the 5 s settle interval (margin for a loaded CI machine, also
+    // for the `waiting` check after the last chunk) but three polls long,
+    // so the actor sees the file many times meanwhile.
     for chunk in png.chunks(png.len().div_ceil(8)) {
         file.write_all(chunk).unwrap();
         file.flush().unwrap();
@@ -93,7 +94,8 @@ async fn slowly_written_file_is_taken_only_when_complete() {
     let status = hf.handle.status().await.unwrap();
     assert_eq!((status.done, status.failed), (0, 0));
     assert_eq!(status.waiting, 1, "{status:?}");
-    let doc = tokio::time::timeout(Duration::from_secs(10), hf.rx.recv())
+    // About 5 s of settling, then reading.
+    let doc = tokio::time::timeout(Duration::from_secs(15), hf.rx.recv())
         .await
         .expect("the complete file is picked up")
         .unwrap();
@@ -165,16 +167,17 @@ async fn bad_files_go_to_failed_with_a_reason_and_temporaries_are_left() {
         "temporary names stay untouched"
     );
     assert!(matches!(hf.rx.try_recv(), Err(TryRecvError::Empty)));
-    // The same name again does not overwrite failed/junk.png.
+    // The same name again does not overwrite failed/junk.png. The reason
+    // file is written after the move, so wait for it too.
     std::fs::write(dir.path().join("junk.png"), b"still not a picture").unwrap();
+    let reason_1 = dir.path().join("failed/junk-1.png.reason.txt");
     tokio::time::timeout(Duration::from_secs(10), async {
-        while dir.path().join("junk.png").exists() {
+        while dir.path().join("junk.png").exists() || !reason_1.exists() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     })
     .await
-    .unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    .expect("junk.png is moved to failed/ with a reason within 10 s");
     assert_eq!(
         names(&dir.path().join("failed")),
         [
@@ -204,11 +207,26 @@ async fn a_full_output_channel_leaves_files_waiting() {
     }
     // One document fits the channel, the actor holds the second waiting
     // to send; the third file stays in the folder.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let left: Vec<String> = names(dir.path())
-        .into_iter()
-        .filter(|n| n.ends_with(".png"))
-        .collect();
+    let left = || -> Vec<String> {
+        names(dir.path())
+            .into_iter()
+            .filter(|n| n.ends_with(".png"))
+            .collect()
+    };
+    let moved = tokio::time::timeout(Duration::from_secs(15), async {
+        while left().len() != 2 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(
+        moved.is_ok(),
+        "not two files left within 15 s: {:?}",
+        left()
+    );
+    // And no more are taken while the channel stays full.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let left = left();
     assert_eq!(left.len(), 2, "{left:?}");
     let mut got = Vec::new();
     for _ in 0..3 {
