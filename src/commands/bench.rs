@@ -63,6 +63,11 @@ enum BenchWhich {
         /// endpoints pinned to the other (needs two CPUs).
         #[arg(long)]
         pinned: bool,
+        /// Also measure TLS: devices on the relay's TLS listener (pinned
+        /// certificate) against a direct rustls loopback connection with
+        /// the same certificate, in a runtime with the first of --workers.
+        #[arg(long)]
+        tls: bool,
     },
     /// Fax codec speed on the eight CCITT test pages against libtiff's
     /// tiffcp, both timed in this run.
@@ -125,6 +130,7 @@ pub async fn run(args: BenchArgs, shutdown: CancellationToken) -> anyhow::Result
             only,
             workers,
             pinned,
+            tls,
         } => {
             let part = |p: RelayPart| only.is_empty() || only.contains(&p);
             println!(
@@ -134,16 +140,25 @@ pub async fn run(args: BenchArgs, shutdown: CancellationToken) -> anyhow::Result
                 if workers.contains(&0) {
                     bail!("--workers: a runtime needs at least one worker thread, got 0");
                 }
-                for workers in workers {
+                let runs = workers
+                    .iter()
+                    .map(|&w| (w, false))
+                    .chain(tls.then(|| (workers.first().copied().unwrap_or(2), true)));
+                for (workers, tls) in runs {
                     let (direct, bridged) = tokio::task::spawn_blocking(move || {
                         tokio::runtime::Builder::new_multi_thread()
                             .worker_threads(workers)
                             .enable_all()
                             .build()?
-                            .block_on(throughput(mib << 20, rounds))
+                            .block_on(throughput(mib << 20, rounds, tls))
                     })
                     .await??;
-                    report_throughput(&format!("tokio workers: {workers}"), direct, bridged);
+                    let shape = if tls {
+                        format!("TLS, tokio workers: {workers}")
+                    } else {
+                        format!("tokio workers: {workers}")
+                    };
+                    report_throughput(&shape, tls, direct, bridged);
                 }
                 if pinned {
                     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -156,6 +171,7 @@ pub async fn run(args: BenchArgs, shutdown: CancellationToken) -> anyhow::Result
                         .await??;
                         report_throughput(
                             "relay alone on CPU 1, both endpoints on CPU 0",
+                            false,
                             direct,
                             bridged,
                         );
@@ -198,9 +214,11 @@ async fn bench_relay(
     max_per_user: u16,
 ) -> anyhow::Result<(RelayServer, tempfile::TempDir)> {
     let dir = tempfile::tempdir()?;
+    // The TLS listener generates its certificate in state_dir.
     let cfg = RelayServerConfig::from_str(&format!(
-        "[relay]\nlisten = \"127.0.0.1:0\"\nstate_dir = {:?}\nargon2_memory_kib = {argon2_kib}\n\
-         argon2_iterations = 1\nmax_connections_per_user = {max_per_user}\nhold_interval = \"600s\"\n",
+        "[relay]\nlisten = \"127.0.0.1:0\"\nlisten_tls = \"127.0.0.1:0\"\nstate_dir = {:?}\n\
+         argon2_memory_kib = {argon2_kib}\nargon2_iterations = 1\n\
+         max_connections_per_user = {max_per_user}\nhold_interval = \"600s\"\n",
         dir.path().display().to_string()
     ))?;
     let server = RelayServer::start(cfg, CancellationToken::new()).await?;
@@ -214,6 +232,70 @@ fn client_cfg(addr: SocketAddr, user: &str, spares: u16) -> anyhow::Result<Relay
     ))?;
     c.password = Secret::new("bench-password".into());
     Ok(c)
+}
+
+/// Where the bench relay listens: plain TCP, or TLS with the relay's
+/// generated certificate (pinned by the clients, and served by the direct
+/// reference too).
+#[derive(Clone)]
+enum Leg {
+    Plain(SocketAddr),
+    Tls {
+        addr: SocketAddr,
+        server: std::sync::Arc<rustls::ServerConfig>,
+        pin: [u8; 32],
+    },
+}
+
+impl Leg {
+    fn of(server: &RelayServer, tls: bool) -> anyhow::Result<Leg> {
+        if !tls {
+            return Ok(Leg::Plain(server.tcp_addr.context("no relay address")?));
+        }
+        let id = server.identity.as_ref().context("no TLS identity")?;
+        Ok(Leg::Tls {
+            addr: server.tls_addr.context("no relay TLS address")?,
+            server: std::sync::Arc::clone(&id.config),
+            pin: id.fingerprint,
+        })
+    }
+
+    fn client(&self, user: &str) -> anyhow::Result<RelayClientConfig> {
+        match self {
+            Leg::Plain(addr) => client_cfg(*addr, user, 0),
+            Leg::Tls { addr, pin, .. } => {
+                let mut c = client_cfg(*addr, user, 0)?;
+                c.tls = Some(faxgate_config::ClientTlsConfig {
+                    pin_sha256: Some(faxgate_relay::tls::format_fingerprint(pin)),
+                    ca_file: None,
+                    server_name: Some("faxgate-relay".into()),
+                });
+                Ok(c)
+            }
+        }
+    }
+
+    /// One direct round on a fresh loopback connection, TLS alike.
+    async fn direct(&self, n: usize) -> anyhow::Result<Rate> {
+        let l = TcpListener::bind("127.0.0.1:0").await?;
+        let la = l.local_addr()?;
+        let (w, accepted) = tokio::join!(TcpStream::connect(la), l.accept());
+        let (w, (r, _)) = (w?, accepted?);
+        w.set_nodelay(true)?;
+        r.set_nodelay(true)?;
+        match self {
+            Leg::Plain(_) => Ok(pump(w, r, n).await?.0),
+            Leg::Tls { server, pin, .. } => {
+                let connector = tokio_rustls::TlsConnector::from(
+                    faxgate_relay::tls::pinned_client_config(*pin),
+                );
+                let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::clone(server));
+                let name = faxgate_relay::tls::server_name("faxgate-relay")?;
+                let (w, r) = tokio::join!(connector.connect(name, w), acceptor.accept(r));
+                Ok(pump(w?, r?, n).await?.0)
+            }
+        }
+    }
 }
 
 /// One throughput run: MiB/s, and the CPU time the whole process spent
@@ -294,14 +376,13 @@ fn process_cpu_seconds() -> anyhow::Result<f64> {
 /// Bridged throughput with the relay in this process and runtime, beside
 /// both endpoints, against direct loopback TCP in the same runtime:
 /// returns the medians (direct, bridged).
-async fn throughput(n: usize, rounds: usize) -> anyhow::Result<(Rate, Rate)> {
+async fn throughput(n: usize, rounds: usize, tls: bool) -> anyhow::Result<(Rate, Rate)> {
     let (server, _dir) = bench_relay(64, 4).await?;
     let store = server.shared.store();
     for u in ["bench-a", "bench-b"] {
         store.add_user(u, "bench-password", &["bench".into()])?;
     }
-    let addr = server.tcp_addr.context("no relay address")?;
-    throughput_rounds(addr, n, rounds).await
+    throughput_rounds(Leg::of(&server, tls)?, n, rounds).await
 }
 
 /// Pins the calling thread to one CPU.
@@ -343,21 +424,20 @@ fn throughput_pinned(n: usize, rounds: usize) -> anyhow::Result<(Rate, Rate)> {
                 for u in ["bench-a", "bench-b"] {
                     store.add_user(u, "bench-password", &["bench".into()])?;
                 }
-                let addr = server.tcp_addr.context("no relay address")?;
-                let _ = addr_tx.send(addr);
+                let _ = addr_tx.send(Leg::of(&server, false)?);
                 relay_stop.cancelled().await;
                 anyhow::Ok(())
             })
     });
     let run = (|| {
-        let addr = addr_rx
+        let leg = addr_rx
             .recv()
             .map_err(|_| anyhow::anyhow!("the relay thread ended before listening"))?;
         pin_to_cpu(0)?;
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?
-            .block_on(throughput_rounds(addr, n, rounds))
+            .block_on(throughput_rounds(leg, n, rounds))
     })();
     stop.cancel();
     let relayed = relay
@@ -368,27 +448,17 @@ fn throughput_pinned(n: usize, rounds: usize) -> anyhow::Result<(Rate, Rate)> {
     Ok(r)
 }
 
-/// Alternates direct loopback TCP and bridged rounds through the relay at
-/// `addr` (users bench-a and bench-b exist) in the current runtime;
-/// returns the medians (direct, bridged).
-async fn throughput_rounds(
-    addr: SocketAddr,
-    n: usize,
-    rounds: usize,
-) -> anyhow::Result<(Rate, Rate)> {
-    let (a, _ai) = RelayClient::start(client_cfg(addr, "bench-a", 0)?).await?;
-    let (_b, mut bi) = RelayClient::start(client_cfg(addr, "bench-b", 0)?).await?;
+/// Alternates direct loopback and bridged rounds through the relay at
+/// `leg` (users bench-a and bench-b exist) in the current runtime, both
+/// plain TCP or both TLS; returns the medians (direct, bridged).
+async fn throughput_rounds(leg: Leg, n: usize, rounds: usize) -> anyhow::Result<(Rate, Rate)> {
+    let (a, _ai) = RelayClient::start(leg.client("bench-a")?).await?;
+    let (_b, mut bi) = RelayClient::start(leg.client("bench-b")?).await?;
     let mut direct = Vec::new();
     let mut bridged = Vec::new();
     for _ in 0..rounds {
-        // Direct loopback TCP, same runtime.
-        let l = TcpListener::bind("127.0.0.1:0").await?;
-        let la = l.local_addr()?;
-        let (w, accepted) = tokio::join!(TcpStream::connect(la), l.accept());
-        let (w, (r, _)) = (w?, accepted?);
-        w.set_nodelay(true)?;
-        let (rate, _, _) = pump(w, r, n).await?;
-        direct.push(rate);
+        // Direct loopback, same runtime.
+        direct.push(leg.direct(n).await?);
 
         // Bridged: client library -> relay -> client library.
         let accept = tokio::spawn(async move {
@@ -409,9 +479,10 @@ async fn throughput_rounds(
     Ok((medians(&direct), medians(&bridged)))
 }
 
-fn report_throughput(shape: &str, direct: Rate, bridged: Rate) {
+fn report_throughput(shape: &str, tls: bool, direct: Rate, bridged: Rate) {
+    let direct_kind = if tls { "TLS" } else { "TCP" };
     println!(
-        "throughput ({shape}): direct loopback TCP {:.0} MiB/s, bridged through the relay {:.0} MiB/s, ratio {:.2}; CPU per GiB moved: direct {:.2} s, bridged {:.2} s (ratio {:.2})",
+        "throughput ({shape}): direct loopback {direct_kind} {:.0} MiB/s, bridged through the relay {:.0} MiB/s, ratio {:.2}; CPU per GiB moved: direct {:.2} s, bridged {:.2} s (ratio {:.2})",
         direct.mib_s,
         bridged.mib_s,
         bridged.mib_s / direct.mib_s,

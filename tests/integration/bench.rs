@@ -22,7 +22,7 @@ fn number_after(line: &str, name: &str) -> f64 {
 fn bench_relay_reports_each_throughput_shape_with_its_cpu_cost() {
     let out = Command::new(faxgate())
         .args(["bench", "relay", "--only", "throughput", "--mib", "8"])
-        .args(["--rounds", "1", "--workers", "1", "--pinned"])
+        .args(["--rounds", "1", "--workers", "1", "--pinned", "--tls"])
         .env("RUST_LOG", "warn")
         .output()
         .unwrap();
@@ -39,14 +39,19 @@ fn bench_relay_reports_each_throughput_shape_with_its_cpu_cost() {
         .collect();
     let two_cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) >= 2;
     let expected = if two_cpus {
-        vec!["(tokio workers: 1)", "(relay alone on CPU 1"]
+        vec![
+            "(tokio workers: 1)",
+            "(TLS, tokio workers: 1)",
+            "(relay alone on CPU 1",
+        ]
     } else {
-        vec!["(tokio workers: 1)"]
+        vec!["(tokio workers: 1)", "(TLS, tokio workers: 1)"]
     };
     assert_eq!(lines.len(), expected.len(), "shapes reported:\n{stdout}");
     for (line, shape) in lines.iter().zip(expected) {
         assert!(line.contains(shape), "{shape} missing from {line:?}");
-        let direct = number_after(line, "direct loopback TCP");
+        let kind = if shape.contains("TLS") { "TLS" } else { "TCP" };
+        let direct = number_after(line, &format!("direct loopback {kind}"));
         let bridged = number_after(line, "bridged through the relay");
         let ratio = number_after(line, "ratio");
         assert!(direct > 0.0 && bridged > 0.0, "{line}");
