@@ -96,6 +96,46 @@ impl Drop for TermProc {
     }
 }
 
+impl AsMut<Child> for Proc {
+    fn as_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl AsMut<Child> for TermProc {
+    fn as_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+/// Starts a daemon on a free loopback port: `spawn(port)` starts it, and
+/// it is ready once the port accepts. The port is free when chosen but
+/// not reserved until the daemon binds it: if another process takes it
+/// first, the daemon exits, and another port is tried (three in all).
+/// Returns `None` if the daemon exited every time.
+pub fn on_free_port<P: AsMut<Child>>(
+    what: &str,
+    mut spawn: impl FnMut(u16) -> P,
+) -> Option<(P, u16)> {
+    for _ in 0..3 {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut daemon = spawn(port);
+        let mut exited = false;
+        wait_for(&format!("{what}'s port"), Duration::from_secs(15), || {
+            exited = !matches!(daemon.as_mut().try_wait(), Ok(None));
+            exited || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        if !exited {
+            return Some((daemon, port));
+        }
+    }
+    None
+}
+
 /// Polls `f` every 50 ms until it returns true or `limit` passes.
 pub fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;

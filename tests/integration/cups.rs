@@ -5,9 +5,8 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::time::Duration;
 
-use crate::common::{TermProc, need, run, wait_for};
+use crate::common::{TermProc, need, on_free_port, run};
 
 /// Writes `cupsd.conf` and `cups-files.conf` under `root` for a cupsd
 /// that listens on `listen` only, lets anyone administer it (loopback,
@@ -68,18 +67,10 @@ impl Cupsd {
         need("lpadmin", "cups-client");
         let dir = tempfile::tempdir().unwrap();
         run(Command::new("chmod").arg("a+rx").arg(dir.path()));
-        // The port is free when chosen but not reserved until cupsd binds
-        // it: if another process takes it first, cupsd exits, and we try
-        // again with another.
-        for _ in 0..3 {
-            let port = std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port();
-            let server = format!("127.0.0.1:{port}");
-            let (conf, files) = write_cupsd_config(&dir.path().join("cups"), &server);
-            let mut proc = TermProc(
+        let started = on_free_port("cupsd", |port| {
+            let (conf, files) =
+                write_cupsd_config(&dir.path().join("cups"), &format!("127.0.0.1:{port}"));
+            TermProc(
                 Command::new("cupsd")
                     .arg("-f")
                     .arg("-c")
@@ -90,19 +81,14 @@ impl Cupsd {
                     .stderr(Stdio::null())
                     .spawn()
                     .expect("start cupsd"),
-            );
-            let mut exited = false;
-            wait_for("cupsd's port", Duration::from_secs(15), || {
-                exited = !matches!(proc.0.try_wait(), Ok(None));
-                exited || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-            });
-            if !exited {
-                return Cupsd {
-                    _proc: proc,
-                    server,
-                    dir,
-                };
-            }
+            )
+        });
+        if let Some((proc, port)) = started {
+            return Cupsd {
+                _proc: proc,
+                server: format!("127.0.0.1:{port}"),
+                dir,
+            };
         }
         panic!(
             "cupsd exited three times before listening; its log: {}",

@@ -2,7 +2,6 @@
 //! (`pdftoppm`, `pdfimages`), and `ippeveprinter` (CUPS) receives our IPP
 //! jobs and keeps each document in its spool folder byte for byte.
 
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -260,14 +259,6 @@ pub(crate) struct EvePrinter {
     pub(crate) spool: tempfile::TempDir,
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Starts D-Bus and Avahi if they are not running: ippeveprinter will not
 /// start without DNS-SD. They are system services shared by every test, so
 /// one test at a time (a process-wide lock) checks and starts them; a stale
@@ -317,35 +308,26 @@ pub(crate) fn start_ippeveprinter(formats: &str, command: &str) -> EvePrinter {
     need("ippeveprinter", "cups-ipp-utils avahi-daemon");
     start_dns_sd();
     let spool = tempfile::tempdir().unwrap();
-    // The port is free when chosen but not reserved until ippeveprinter
-    // binds it: if another process takes it first, ippeveprinter exits,
-    // and we try again with another.
-    for _ in 0..3 {
-        let port = free_port();
-        let name = format!("faxgate-test-{port}");
-        let child = Command::new("ippeveprinter")
-            .arg("-k")
-            .arg("-d")
-            .arg(spool.path())
-            .args(["-c", command, "-f", formats, "-p", &port.to_string()])
-            .args(["-n", "localhost", &name])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start ippeveprinter");
-        let mut proc = Proc(child);
-        let mut exited = false;
-        wait_for("ippeveprinter's port", Duration::from_secs(15), || {
-            exited = !matches!(proc.0.try_wait(), Ok(None));
-            exited || TcpStream::connect(("127.0.0.1", port)).is_ok()
-        });
-        if !exited {
-            return EvePrinter {
-                _proc: proc,
-                uri: format!("ipp://localhost:{port}/ipp/print"),
-                spool,
-            };
-        }
+    let started = crate::common::on_free_port("ippeveprinter", |port| {
+        Proc(
+            Command::new("ippeveprinter")
+                .arg("-k")
+                .arg("-d")
+                .arg(spool.path())
+                .args(["-c", command, "-f", formats, "-p", &port.to_string()])
+                .args(["-n", "localhost", &format!("faxgate-test-{port}")])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start ippeveprinter"),
+        )
+    });
+    if let Some((proc, port)) = started {
+        return EvePrinter {
+            _proc: proc,
+            uri: format!("ipp://localhost:{port}/ipp/print"),
+            spool,
+        };
     }
     panic!("ippeveprinter exited three times before listening");
 }
