@@ -631,6 +631,7 @@ impl IppClient {
                 })?
                 .to_bytes();
             self.inner.put_back(sender);
+            message::check_before_parse(&bytes).map_err(|r| self.unparsable(name, &r))?;
             let resp = AsyncIppParser::new(futures_util::io::Cursor::new(bytes))
                 .parse()
                 .await
@@ -1215,6 +1216,9 @@ mod tests {
         NotFound,
         /// Close the connection after each response.
         Close,
+        /// Answer OK with a printer attribute of collections nested
+        /// 10,000 deep (a hostile or broken printer).
+        Nested,
     }
 
     async fn serve(mode: Mode) -> (String, Arc<Seen>) {
@@ -1301,6 +1305,27 @@ mod tests {
             message::attribute("job-id", IppValue::Integer(7)),
         );
         let mut out = resp.to_bytes().to_vec();
+        if matches!(mode, Mode::Nested) {
+            // Replace the end tag with a printer group of nested collections.
+            out.pop();
+            out.push(0x04);
+            let mut attr = |tag: u8, name: &str, value: &[u8]| {
+                out.push(tag);
+                out.extend((name.len() as u16).to_be_bytes());
+                out.extend(name.as_bytes());
+                out.extend((value.len() as u16).to_be_bytes());
+                out.extend(value);
+            };
+            attr(0x34, "media-col-ready", b"");
+            for _ in 0..10_000 {
+                attr(0x4a, "", b"m");
+                attr(0x34, "", b"");
+            }
+            for _ in 0..=10_000 {
+                attr(0x37, "", b"");
+            }
+            out.push(0x03);
+        }
         out.extend_from_slice(&document);
         hyper::Response::builder()
             .header("Content-Type", "application/ipp")
@@ -1487,6 +1512,17 @@ mod tests {
             "{text}"
         );
         assert!(!e.is_transient());
+    }
+
+    #[tokio::test]
+    async fn a_response_nested_too_deep_is_unparsable_not_a_crash() {
+        let (uri, _) = serve(Mode::Nested).await;
+        let client = IppClient::builder(&uri).build().unwrap();
+        let e = expect_err(client.call(get_jobs(&uri), None).await);
+        assert!(
+            matches!(e, ClientError::Unparsable { .. }) && e.to_string().contains("nested"),
+            "{e}"
+        );
     }
 
     #[tokio::test]

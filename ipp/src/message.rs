@@ -194,7 +194,7 @@ pub fn parse(bytes: &[u8]) -> Result<(Parsed, usize), Refusal> {
             ),
         ));
     }
-    check_with_language(bytes)?;
+    check_before_parse(bytes)?;
     let reader = ipp::reader::IppReader::new(std::io::Cursor::new(bytes.to_vec()));
     let (header, attributes, rest) = ipp::parser::IppParser::new(reader)
         .parse_parts()
@@ -208,18 +208,28 @@ pub fn parse(bytes: &[u8]) -> Result<(Parsed, usize), Refusal> {
     Ok((parsed, offset))
 }
 
+/// How deeply collections may nest in a request or response. The deepest
+/// standard attributes nest three deep (`media-size` in `media-col` in a
+/// `job-presets-supported` preset); 16 leaves room for vendors'.
+pub const MAX_COLLECTION_DEPTH: usize = 16;
+
 /// The `ipp` crate (8.0.0, `value.rs` `get_len_string`) panics on a
 /// textWithLanguage or nameWithLanguage value whose inner language or
 /// text length runs past the value: it slices without a bounds check. So
 /// [`parse`] walks the attribute framing first and refuses such values.
+/// It also clones and drops a collection recursively, and spends time
+/// quadratic in the nesting depth, so a request of a few hundred KB with
+/// collections nested thousands deep would overflow a worker's stack and
+/// abort the process; such requests are refused before parsing too.
 /// Any other framing problem is left to the parser, which reports it.
-fn check_with_language(bytes: &[u8]) -> Result<(), Refusal> {
+pub(crate) fn check_before_parse(bytes: &[u8]) -> Result<(), Refusal> {
     let u16_at = |at: usize| {
         bytes
             .get(at..at.checked_add(2)?)
             .map(|b| usize::from(u16::from_be_bytes([b[0], b[1]])))
     };
     let mut at = 8;
+    let mut depth = 0usize;
     loop {
         let Some(&tag) = bytes.get(at) else {
             return Ok(());
@@ -229,6 +239,21 @@ fn check_with_language(bytes: &[u8]) -> Result<(), Refusal> {
             0x03 => return Ok(()),
             0x01..=0x0a => {}
             0x10..=0x4a => {
+                // begCollection / endCollection (RFC 8010 section 3.1.6).
+                if tag == 0x34 {
+                    depth += 1;
+                    if depth > MAX_COLLECTION_DEPTH {
+                        return Err(Refusal::new(
+                            status::BAD_REQUEST,
+                            format!(
+                                "malformed IPP message: collections nested more than \
+                                 {MAX_COLLECTION_DEPTH} deep"
+                            ),
+                        ));
+                    }
+                } else if tag == 0x37 {
+                    depth = depth.saturating_sub(1);
+                }
                 let Some(name_len) = u16_at(at) else {
                     return Ok(());
                 };
@@ -245,7 +270,7 @@ fn check_with_language(bytes: &[u8]) -> Result<(), Refusal> {
                     return Err(Refusal::new(
                         status::BAD_REQUEST,
                         format!(
-                            "malformed IPP request: a {} value's language or text length runs \
+                            "malformed IPP message: a {} value's language or text length runs \
                              past the value",
                             if tag == 0x35 {
                                 "textWithLanguage"

@@ -337,3 +337,56 @@ async fn a_with_language_value_with_a_bad_inner_length_is_a_bad_request() {
     }
     still_serving(&t).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn collections_nested_too_deep_are_a_bad_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = TestFront::start(config("1s", "5s", TWO_SITES), dir.path()).await;
+    // 10,000 nested collections in 160 KB: the `ipp` crate clones and
+    // drops a collection recursively, so a parse of this would overflow a
+    // worker's stack and abort the process. The front refuses it first.
+    let mut raw = prefix([2, 0], 93, true, true);
+    value(&mut raw, 0x34, "media-col", b"");
+    for _ in 0..10_000 {
+        value(&mut raw, 0x4a, "", b"m");
+        value(&mut raw, 0x34, "", b"");
+    }
+    for _ in 0..=10_000 {
+        value(&mut raw, 0x37, "", b"");
+    }
+    raw.push(0x03);
+    let reply = try_post(t.plain, "/ipp/print/osaka", raw)
+        .await
+        .expect("the front answers instead of dropping the connection");
+    assert_eq!(reply.http, 200);
+    let resp = reply.ipp();
+    assert_eq!(resp.status(), status::BAD_REQUEST, "{}", resp.message());
+    assert!(
+        resp.message().contains("nested"),
+        "the message names the nesting: {}",
+        resp.message()
+    );
+    assert_eq!(resp.header.request_id, 93);
+
+    // Nesting as deep as the limit still parses.
+    let mut raw = prefix([2, 0], 94, true, true);
+    raw.push(0x03);
+    let mut ok = raw[..raw.len() - 1].to_vec();
+    value(&mut ok, 0x34, "media-col", b"");
+    for _ in 1..faxgate_ipp::message::MAX_COLLECTION_DEPTH {
+        value(&mut ok, 0x4a, "", b"m");
+        value(&mut ok, 0x34, "", b"");
+    }
+    for _ in 0..faxgate_ipp::message::MAX_COLLECTION_DEPTH {
+        value(&mut ok, 0x37, "", b"");
+    }
+    ok.push(0x03);
+    let reply = try_post(t.plain, "/ipp/print/osaka", ok).await.unwrap();
+    assert_eq!(
+        reply.ipp().status(),
+        status::OK,
+        "{}",
+        reply.ipp().message()
+    );
+    still_serving(&t).await;
+}
