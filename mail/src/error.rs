@@ -282,6 +282,18 @@ pub enum SmtpError {
     /// server refused the mail).
     #[error("SMTP send failed: {0}")]
     Send(#[from] lettre::transport::smtp::Error),
+    /// The server took the connection but did not finish the submission
+    /// in time (a transient failure: the mail is tried again).
+    #[error(
+        "SMTP send failed: the server at {server} did not finish the submission within {}",
+        humantime::format_duration(*after)
+    )]
+    Stalled {
+        /// host:port.
+        server: String,
+        /// The deadline that ran out.
+        after: std::time::Duration,
+    },
 }
 
 /// The mailer has stopped (cancelled, or its task ended), so an order

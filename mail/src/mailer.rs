@@ -12,9 +12,9 @@
 //!
 //! Every order runs in a task of its own, so one printer's unreachable
 //! mail server or slow retries never hold up another order. On cancel no
-//! new attempt starts; an attempt under way is let finish (lettre ends it
-//! with QUIT or its timeout), and the orders still waiting to be taken are
-//! reported as given up.
+//! new attempt starts; an attempt under way is let finish (it ends with
+//! QUIT or at the sender's submission deadline), and the orders still
+//! waiting to be taken are reported as given up.
 
 use std::fmt;
 use std::sync::Arc;
@@ -398,6 +398,7 @@ fn is_permanent(e: &SmtpError) -> bool {
     match e {
         SmtpError::Build(_) | SmtpError::Address { .. } => true,
         SmtpError::Send(e) => e.is_permanent(),
+        SmtpError::Stalled { .. } => false,
     }
 }
 
@@ -520,6 +521,52 @@ mod tests {
             }
         });
         (port, rx)
+    }
+
+    #[tokio::test]
+    async fn a_server_that_accepts_and_stalls_is_retried_then_given_up() {
+        // The server takes the connection and never sends its greeting.
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let held = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let keep = held.clone();
+        tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                keep.lock().unwrap().push(socket);
+            }
+        });
+        let mut c = SmtpConfig::new("127.0.0.1", port);
+        c.tls = Tls::None;
+        c.timeout = Duration::from_millis(100);
+        let cancel = CancellationToken::new();
+        let (mailer, mut reports) = Mailer::spawn(
+            SmtpSender::new(&c).unwrap(),
+            signers(),
+            quick(2),
+            cancel.clone(),
+        );
+        let o = order("expp1@abc.test", vec![1]);
+        mailer.send(o.clone()).await.unwrap();
+        match next(&mut reports).await {
+            MailReport::Retrying { attempt, error, .. } => {
+                assert_eq!(attempt, 1);
+                assert!(
+                    error.contains(&format!("127.0.0.1:{port}"))
+                        && error.contains("did not finish the submission within 400ms"),
+                    "{error}"
+                );
+            }
+            other => panic!("expected Retrying, got {other:?}"),
+        }
+        match next(&mut reports).await {
+            MailReport::GaveUp { attempts, .. } => assert_eq!(attempts, 2),
+            other => panic!("expected GaveUp, got {other:?}"),
+        }
+        assert_eq!(held.lock().unwrap().len(), 2, "each attempt connected");
+        cancel.cancel();
+        tokio::time::timeout(Duration::from_secs(5), mailer.stopped())
+            .await
+            .unwrap();
     }
 
     #[tokio::test]

@@ -16,6 +16,12 @@ use crate::command::{Command, Signer};
 use crate::error::{ConfigError, SmtpError};
 use crate::tls::{self, Tls};
 
+/// How many [`SmtpConfig::timeout`]s a whole submission may take. lettre
+/// applies its timeout to the connect only, so a server that accepts the
+/// connection and then stalls (in the greeting, TLS, AUTH or DATA) would
+/// otherwise hold the attempt forever.
+pub const SUBMISSION_TIMEOUTS: u32 = 4;
+
 /// Where and how command mail is submitted.
 #[derive(Debug, Clone)]
 pub struct SmtpConfig {
@@ -34,7 +40,8 @@ pub struct SmtpConfig {
     pub password: Secret<String>,
     /// Name sent in EHLO; `None` sends `localhost`.
     pub hello_name: Option<String>,
-    /// Deadline for each SMTP exchange.
+    /// Deadline for connecting; the whole submission, from the greeting
+    /// to QUIT, must finish within [`SUBMISSION_TIMEOUTS`] times it.
     pub timeout: Duration,
 }
 
@@ -78,6 +85,8 @@ impl SmtpConfig {
 pub struct SmtpSender {
     transport: AsyncSmtpTransport<Tokio1Executor>,
     server: String,
+    /// For the whole submission.
+    deadline: Duration,
 }
 
 impl std::fmt::Debug for SmtpSender {
@@ -118,6 +127,7 @@ impl SmtpSender {
         Ok(Self {
             transport: builder.build(),
             server: format!("{}:{}", config.host, config.port),
+            deadline: config.timeout.saturating_mul(SUBMISSION_TIMEOUTS),
         })
     }
 
@@ -151,7 +161,12 @@ impl SmtpSender {
                 reason: e.to_string(),
             }
         })?;
-        self.transport.send_raw(&envelope, message).await?;
+        tokio::time::timeout(self.deadline, self.transport.send_raw(&envelope, message))
+            .await
+            .map_err(|_| SmtpError::Stalled {
+                server: self.server.clone(),
+                after: self.deadline,
+            })??;
         Ok(())
     }
 }
