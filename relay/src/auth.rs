@@ -47,12 +47,28 @@ impl AuthFailure {
 /// has `max` failures younger than `window`. Hand-written rather than
 /// `governor` because only failures count, and a success must not use up
 /// a cell; this is a few lines over a `HashMap`.
+///
+/// A check under way counts as a failure from the moment it is let
+/// through ([`FailureLimiter::try_reserve`]) until it is known to have
+/// succeeded ([`FailureLimiter::release`]). So checks started side by side
+/// cannot together try more than `max` passwords: counting the failures
+/// only when each check ended let 64 parallel logins past a limit of 5.
 #[derive(Debug)]
 pub struct FailureLimiter<K> {
     max: u32,
     window: Duration,
-    hits: Mutex<HashMap<K, Vec<Instant>>>,
+    inner: Mutex<Hits<K>>,
 }
+
+#[derive(Debug)]
+struct Hits<K> {
+    hits: HashMap<K, Vec<Instant>>,
+    /// The map is swept of expired keys when it grows past this.
+    sweep_at: usize,
+}
+
+/// Keys live at once before the first sweep.
+const SWEEP_FLOOR: usize = 10_000;
 
 impl<K: Hash + Eq + Clone> FailureLimiter<K> {
     /// A limiter allowing `max` failures per `window`.
@@ -60,18 +76,21 @@ impl<K: Hash + Eq + Clone> FailureLimiter<K> {
         Self {
             max,
             window,
-            hits: Mutex::new(HashMap::new()),
+            inner: Mutex::new(Hits {
+                hits: HashMap::new(),
+                sweep_at: SWEEP_FLOOR,
+            }),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<K, Vec<Instant>>> {
-        self.hits.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, Hits<K>> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Whether `key` is currently refused.
     pub fn is_limited(&self, key: &K, now: Instant) -> bool {
-        let mut hits = self.lock();
-        match hits.get_mut(key) {
+        let mut inner = self.lock();
+        match inner.hits.get_mut(key) {
             Some(v) => {
                 v.retain(|t| now.duration_since(*t) < self.window);
                 v.len() >= self.max as usize
@@ -80,19 +99,74 @@ impl<K: Hash + Eq + Clone> FailureLimiter<K> {
         }
     }
 
-    /// Records one failure for `key`.
-    pub fn record(&self, key: &K, now: Instant) {
-        let mut hits = self.lock();
-        // Keep the map bounded: drop keys whose failures have all expired.
-        if hits.len() > 10_000 {
+    /// Lets one check for `key` through, counted as a failure at `now`,
+    /// unless `key` already has `max` failures (or checks under way) in
+    /// the window: then `false`, and nothing is counted.
+    pub fn try_reserve(&self, key: &K, now: Instant) -> bool {
+        let mut inner = self.lock();
+        // Keep the map bounded: drop keys whose failures have all expired,
+        // and sweep again only once the live keys have doubled (so a map
+        // full of live keys is not scanned on every failure).
+        if inner.hits.len() > inner.sweep_at {
             let window = self.window;
-            hits.retain(|_, v| v.iter().any(|t| now.duration_since(*t) < window));
+            inner
+                .hits
+                .retain(|_, v| v.iter().any(|t| now.duration_since(*t) < window));
+            inner.sweep_at = SWEEP_FLOOR.max(inner.hits.len() * 2);
         }
-        let v = hits.entry(key.clone()).or_default();
+        let v = inner.hits.entry(key.clone()).or_default();
         v.retain(|t| now.duration_since(*t) < self.window);
-        if v.len() < self.max as usize * 2 {
-            v.push(now);
+        if v.len() >= self.max as usize {
+            return false;
         }
+        v.push(now);
+        true
+    }
+
+    /// Takes back the count of a check reserved at `at` that succeeded.
+    pub fn release(&self, key: &K, at: Instant) {
+        let mut inner = self.lock();
+        if let Some(v) = inner.hits.get_mut(key)
+            && let Some(i) = v.iter().position(|t| *t == at)
+        {
+            v.swap_remove(i);
+        }
+    }
+}
+
+/// The key an address is limited by: an IPv6 address counts by its /64
+/// (one subscriber's prefix, which hands its hosts any address in it), an
+/// IPv4-mapped IPv6 address as the IPv4 address.
+pub fn limit_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+                IpAddr::V6(std::net::Ipv6Addr::from(prefix))
+            }
+        },
+        v4 => v4,
+    }
+}
+
+/// A login check under way, counted as a failure against its address and
+/// user until [`Attempt::succeeded`]; dropped otherwise (a wrong password,
+/// or a check cut short), the failure stays counted.
+#[derive(Debug)]
+#[must_use = "an attempt counts as a failure unless it succeeded"]
+pub struct Attempt<'a> {
+    auth: &'a Authenticator,
+    ip: IpAddr,
+    user: String,
+    at: Instant,
+}
+
+impl Attempt<'_> {
+    /// The check succeeded: its provisional failure is taken back.
+    pub fn succeeded(self) {
+        self.auth.by_ip.release(&self.ip, self.at);
+        self.auth.by_user.release(&self.user, self.at);
     }
 }
 
@@ -134,17 +208,26 @@ impl Authenticator {
         &self.store
     }
 
-    /// Whether this address or user must be refused without checking.
-    pub fn limited(&self, ip: IpAddr, user: &str) -> bool {
+    /// Starts a login check for `user` from `ip`, counted as a failure
+    /// until it succeeds; refused when the address or the user already
+    /// has its limit of failures and checks under way.
+    pub fn begin(&self, ip: IpAddr, user: &str) -> Result<Attempt<'_>, AuthFailure> {
         let now = Instant::now();
-        self.by_ip.is_limited(&ip, now) || self.by_user.is_limited(&user.to_owned(), now)
-    }
-
-    /// Records a failure against the address and the user.
-    pub fn record_failure(&self, ip: IpAddr, user: &str) {
-        let now = Instant::now();
-        self.by_ip.record(&ip, now);
-        self.by_user.record(&user.to_owned(), now);
+        let ip = limit_key(ip);
+        let user = user.to_owned();
+        if !self.by_ip.try_reserve(&ip, now) {
+            return Err(AuthFailure::RateLimited);
+        }
+        if !self.by_user.try_reserve(&user, now) {
+            self.by_ip.release(&ip, now);
+            return Err(AuthFailure::RateLimited);
+        }
+        Ok(Attempt {
+            auth: self,
+            ip,
+            user,
+            at: now,
+        })
     }
 
     /// Verifies a password login. Runs Argon2 on the blocking pool.
@@ -154,9 +237,7 @@ impl Authenticator {
         user: &str,
         password: String,
     ) -> Result<UserRecord, AuthFailure> {
-        if self.limited(ip, user) {
-            return Err(AuthFailure::RateLimited);
-        }
+        let attempt = self.begin(ip, user)?;
         let result = {
             let _permit = self
                 .argon2_slots
@@ -169,8 +250,8 @@ impl Authenticator {
                 .await
                 .unwrap_or(Err(AuthFailure::WrongPassword))
         };
-        if result.is_err() {
-            self.record_failure(ip, user);
+        if result.is_ok() {
+            attempt.succeeded();
         }
         result
     }
@@ -235,13 +316,80 @@ mod tests {
         let l = FailureLimiter::new(3, Duration::from_secs(10));
         let t0 = Instant::now();
         for _ in 0..2 {
-            l.record(&"a", t0);
+            assert!(l.try_reserve(&"a", t0));
         }
         assert!(!l.is_limited(&"a", t0));
-        l.record(&"a", t0);
+        assert!(l.try_reserve(&"a", t0));
         assert!(l.is_limited(&"a", t0));
+        assert!(
+            !l.try_reserve(&"a", t0),
+            "a full window lets nothing through"
+        );
         assert!(!l.is_limited(&"b", t0));
         assert!(!l.is_limited(&"a", t0 + Duration::from_secs(11)));
+        // A released (successful) check gives its cell back.
+        let t1 = t0 + Duration::from_secs(20);
+        assert!(l.try_reserve(&"c", t1));
+        l.release(&"c", t1);
+        for _ in 0..3 {
+            assert!(l.try_reserve(&"c", t1));
+        }
+        assert!(!l.try_reserve(&"c", t1));
+    }
+
+    #[test]
+    fn the_map_is_swept_once_it_doubles() {
+        let l = FailureLimiter::new(1, Duration::from_secs(10));
+        let t0 = Instant::now();
+        for k in 0..=SWEEP_FLOOR {
+            assert!(l.try_reserve(&k, t0));
+        }
+        // All expired: the next failure sweeps them.
+        let later = t0 + Duration::from_secs(11);
+        assert!(l.try_reserve(&usize::MAX, later));
+        assert_eq!(l.lock().hits.len(), 1);
+        // All live: the failure that finds 10,001 keys sweeps, drops
+        // nothing, and the next sweep waits for twice as many.
+        for k in 0..=SWEEP_FLOOR {
+            assert!(l.try_reserve(&k, later));
+        }
+        assert_eq!(l.lock().hits.len(), SWEEP_FLOOR + 2);
+        assert_eq!(l.lock().sweep_at, (SWEEP_FLOOR + 1) * 2);
+        assert!(!l.try_reserve(&7, later), "live failures survive the sweep");
+    }
+
+    #[test]
+    fn addresses_are_limited_by_ipv4_or_ipv6_slash_64() {
+        let key = |s: &str| limit_key(s.parse().unwrap());
+        assert_eq!(key("192.0.2.7"), key("192.0.2.7"));
+        assert_ne!(key("192.0.2.7"), key("192.0.2.8"));
+        assert_eq!(key("::ffff:192.0.2.7"), key("192.0.2.7"));
+        assert_eq!(key("2001:db8:1:2::1"), key("2001:db8:1:2:ffff:1:2:3"));
+        assert_ne!(key("2001:db8:1:2::1"), key("2001:db8:1:3::1"));
+    }
+
+    #[tokio::test]
+    async fn checks_started_together_try_no_more_passwords_than_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(UserStore::open(&dir.path().join("users.db"), 64, 1).unwrap());
+        store.add_user("osaka", "right", &["b".into()]).unwrap();
+        let auth = Arc::new(Authenticator::new(store, 1000, 3, Duration::from_secs(60)).unwrap());
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        // join_all polls every check once before any Argon2 run can end,
+        // so all 30 pass the limit check together unless a check under way
+        // already counts.
+        let results = futures_util::future::join_all(
+            (0..30).map(|i| auth.check_password(ip, "osaka", format!("guess-{i}"))),
+        )
+        .await;
+        let count = |f: AuthFailure| results.iter().filter(|r| **r == Err(f)).count();
+        assert_eq!(count(AuthFailure::WrongPassword), 3);
+        assert_eq!(count(AuthFailure::RateLimited), 27);
+        // A success gives its cell back; here the user is full anyway.
+        assert_eq!(
+            auth.check_password(ip, "osaka", "right".into()).await,
+            Err(AuthFailure::RateLimited)
+        );
     }
 
     #[test]

@@ -427,15 +427,22 @@ async fn serve_conn(
             }
         }
         Frame::Resume { user, token } => {
-            if shared.auth.limited(peer.ip(), &user) {
-                login_failed(&shared, &mut conn, &user, AuthFailure::RateLimited).await;
-                return;
-            }
+            let attempt = match shared.auth.begin(peer.ip(), &user) {
+                Ok(a) => a,
+                Err(why) => {
+                    login_failed(&shared, &mut conn, &user, why).await;
+                    return;
+                }
+            };
             let hash = TokenHash::of(token.expose());
-            match shared
+            let added = shared
                 .registry
-                .add_resume(&user, &hash, peer, tls_used, max)
-            {
+                .add_resume(&user, &hash, peer, tls_used, max);
+            // A wrong token stays counted as a failure.
+            if !matches!(added, Err(Code::AuthFailed)) {
+                attempt.succeeded();
+            }
+            match added {
                 Ok(t) => {
                     Metrics::inc(&shared.metrics.resumes);
                     info!(%user, conn_id = t.id, "Spare connection logged in with resume token.");
@@ -455,7 +462,6 @@ async fn serve_conn(
                     return;
                 }
                 Err(_) => {
-                    shared.auth.record_failure(peer.ip(), &user);
                     login_failed(&shared, &mut conn, &user, AuthFailure::BadToken).await;
                     return;
                 }
