@@ -655,9 +655,16 @@ impl Worker {
                             .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
                             .is_err()
                         {
-                            // A CONNECT of ours is queued on this connection;
-                            // sending it will refuse this demand at the relay.
-                            debug!(session_id, %from, "Demand crossed our own CONNECT.");
+                            // A command of ours is queued on this connection:
+                            // refuse the demand before it goes out (a LIST
+                            // would not refuse it at the relay, which would
+                            // keep the caller waiting for its deadline).
+                            debug!(session_id, %from, "Demand crossed our own command; rejecting.");
+                            conn.write_frame(&Frame::Reject {
+                                session_id,
+                                code: Code::Busy,
+                            })
+                            .await?;
                             continue;
                         }
                         self.inner.changed.notify_waiters();
@@ -677,9 +684,15 @@ impl Worker {
         }
     }
 
-    /// Reads the answer to a request, skipping HOLD-ACKs and demands that
-    /// crossed the request.
-    async fn answer(conn: &mut Connection, limit: Duration) -> Result<Frame, ClientError> {
+    /// Reads the answer to a request, skipping HOLD-ACKs and withdrawals
+    /// of earlier demands, and refusing demands that crossed the request
+    /// (BUSY: this connection is not vacant for them). After an ACCEPT,
+    /// `accepted` names its session, whose NOTIFY-CANCEL is the answer.
+    async fn answer(
+        conn: &mut Connection,
+        limit: Duration,
+        accepted: Option<u64>,
+    ) -> Result<Frame, ClientError> {
         let deadline = Instant::now() + limit;
         loop {
             let f = tokio::time::timeout_at(deadline, conn.read_frame())
@@ -687,11 +700,18 @@ impl Worker {
                 .map_err(|_| ClientError::Timeout("waiting for the relay's answer"))??;
             match f {
                 None => return Err(ClientError::Io(io::ErrorKind::UnexpectedEof.into())),
-                Some(
-                    Frame::HoldAck { .. }
-                    | Frame::ConnectNotify { .. }
-                    | Frame::NotifyCancel { .. },
-                ) => {}
+                Some(f @ Frame::NotifyCancel { session_id }) if Some(session_id) == accepted => {
+                    return Ok(f);
+                }
+                Some(Frame::ConnectNotify { session_id, from }) => {
+                    debug!(session_id, %from, "Demand crossed our own request; rejecting.");
+                    conn.write_frame(&Frame::Reject {
+                        session_id,
+                        code: Code::Busy,
+                    })
+                    .await?;
+                }
+                Some(Frame::HoldAck { .. } | Frame::NotifyCancel { .. }) => {}
                 Some(Frame::Bye { code, message }) => {
                     return Err(ClientError::Closed { code, message });
                 }
@@ -709,7 +729,7 @@ impl Worker {
         match cmd {
             WorkerCmd::List { reply } => {
                 conn.write_frame(&Frame::List).await?;
-                let r = match Self::answer(&mut conn, limit).await {
+                let r = match Self::answer(&mut conn, limit, None).await {
                     Ok(Frame::ListResult { users }) => Ok(users),
                     Ok(Frame::Err { code, message }) => Err(ClientError::Refused { code, message }),
                     Ok(f) => Err(unexpected(&f)),
@@ -725,7 +745,7 @@ impl Worker {
             }
             WorkerCmd::Logout { reply } => {
                 conn.write_frame(&Frame::Logout).await?;
-                let r = match Self::answer(&mut conn, limit).await {
+                let r = match Self::answer(&mut conn, limit, None).await {
                     Err(ClientError::Closed {
                         code: Code::LoggedOut,
                         ..
@@ -743,7 +763,7 @@ impl Worker {
                 .await?;
                 // The relay's own deadline for the target is shorter than
                 // ours, so its TIMEOUT reaches us first.
-                match Self::answer(&mut conn, limit + Duration::from_secs(5)).await {
+                match Self::answer(&mut conn, limit + Duration::from_secs(5), None).await {
                     Ok(Frame::ConnectOk { session_id, peer }) => {
                         info!(session_id, %peer, "Session bridged (outgoing).");
                         self.lend(conn, session_id, peer, reply).await
@@ -837,7 +857,7 @@ impl Worker {
         let code = match decision {
             Some(Decision::Accept(reply)) => {
                 conn.write_frame(&Frame::Accept { session_id }).await?;
-                return match Self::answer(&mut conn, limit).await {
+                return match Self::answer(&mut conn, limit, Some(session_id)).await {
                     Ok(Frame::ConnectOk {
                         session_id: s,
                         peer,
@@ -846,6 +866,7 @@ impl Worker {
                         self.lend(conn, session_id, peer, reply).await
                     }
                     Ok(Frame::NotifyCancel { .. }) => {
+                        debug!(session_id, "Demand withdrawn after our ACCEPT.");
                         let _ = reply.send(Err(ClientError::Withdrawn));
                         self.set_busy(false);
                         Ok(conn)

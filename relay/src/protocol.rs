@@ -617,7 +617,18 @@ pub fn encode_frame(frame: &Frame, out: &mut BytesMut) {
         Frame::Hold { seq } | Frame::HoldAck { seq } => out.put_u32(*seq),
         Frame::List | Frame::Release | Frame::Logout => {}
         Frame::ListResult { users } => {
-            let n = users.len().min(usize::from(u16::MAX));
+            // As many entries as fit in one control frame; the rest are
+            // left out (PROTOCOL.md). Every user ID is at most
+            // MAX_USER_LEN, so that is at least 936 entries.
+            let mut size = 2;
+            let n = users
+                .iter()
+                .take(usize::from(u16::MAX))
+                .take_while(|u| {
+                    size += 2 + u.user.len() + 4;
+                    size <= MAX_CONTROL_PAYLOAD
+                })
+                .count();
             out.put_u16(n as u16);
             for u in &users[..n] {
                 put_str(out, &u.user);
@@ -775,6 +786,34 @@ mod tests {
             check_preamble(b"FGRL\x02"),
             Err(FrameError::UnsupportedVersion(2))
         );
+    }
+
+    #[test]
+    fn a_list_result_too_long_for_one_frame_keeps_what_fits() {
+        let users: Vec<PresenceEntry> = (0..1000)
+            .map(|i| PresenceEntry {
+                user: format!("{i:04}{}", "x".repeat(MAX_USER_LEN - 4)),
+                vacant: 1,
+                connections: 2,
+            })
+            .collect();
+        let mut out = BytesMut::new();
+        encode_frame(
+            &Frame::ListResult {
+                users: users.clone(),
+            },
+            &mut out,
+        );
+        let (frame, used) = parse_frame(&out, 1 << 20)
+            .expect("the frame stays within the control payload limit")
+            .unwrap();
+        assert_eq!(used, out.len());
+        let Frame::ListResult { users: got } = frame else {
+            panic!("expected LIST-RESULT, got {frame:?}");
+        };
+        // (65536 - 2) / (2 + 64 + 4) entries fit.
+        assert_eq!(got.len(), 936);
+        assert_eq!(got[..], users[..936]);
     }
 
     #[test]

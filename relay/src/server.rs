@@ -849,6 +849,17 @@ impl ConnTask {
                     return Next::Reprocess(conn, f);
                 }
                 Wait::Frame(Ok(Some(Frame::Release))) => {}
+                Wait::Frame(Ok(Some(
+                    Frame::Accept { session_id: s } | Frame::Reject { session_id: s, .. },
+                ))) => {
+                    // The answer to an earlier, withdrawn demand: ignored,
+                    // as anywhere else (PROTOCOL.md).
+                    debug!(
+                        session_id,
+                        stale = s,
+                        "Ignored an answer to a withdrawn demand."
+                    );
+                }
                 Wait::Frame(Ok(Some(other))) => {
                     let e = err(
                         Code::UnexpectedFrame,
@@ -867,6 +878,42 @@ impl ConnTask {
                     return Next::Gone;
                 }
             }
+        }
+    }
+
+    /// The caller of demand `session_id` is gone or killed: the demand is
+    /// withdrawn. A target that accepted just now is told the session
+    /// ended before it began (CONNECT-OK, then TERMINATE(PEER_LOST)) and
+    /// keeps its connection, which drains until its RELEASE. The channel
+    /// is closed first, so a later ACCEPT is refused back to the target's
+    /// task, which sends NOTIFY-CANCEL.
+    async fn abandon_demand(
+        &self,
+        reply_rx: &mut oneshot::Receiver<DemandOutcome>,
+        session_id: u64,
+    ) {
+        reply_rx.close();
+        if let Ok(DemandOutcome::Accepted {
+            conn: mut peer,
+            back,
+            ..
+        }) = reply_rx.try_recv()
+        {
+            let limit = self.write_limit();
+            let ended = [
+                Frame::ConnectOk {
+                    session_id,
+                    peer: self.user().to_owned(),
+                },
+                Frame::Terminate {
+                    code: Code::PeerLost,
+                },
+            ];
+            let mut ok = true;
+            for f in &ended {
+                ok = ok && send(&mut peer, f, limit).await.is_ok();
+            }
+            let _ = back.send(ok.then_some(peer));
         }
     }
 
@@ -936,14 +983,54 @@ impl ConnTask {
         // The target task owns the answer deadline; ours only guards
         // against a target task that vanished without answering.
         let wait = self.shared.cfg.connect_timeout + Duration::from_secs(2);
-        let outcome = tokio::select! {
-            biased;
-            _ = self.ticket.kill.cancelled() => return Next::Serve(conn),
-            r = timeout(wait, reply_rx) => match r {
-                Ok(Ok(o)) => o,
-                Ok(Err(_)) => DemandOutcome::Rejected(Code::Busy),
-                Err(_) => DemandOutcome::Rejected(Code::Timeout),
-            },
+        let mut reply_rx = reply_rx;
+        let deadline = Instant::now() + wait;
+        // The caller's connection is read while the answer is awaited, so
+        // a caller that leaves withdraws its demand at once.
+        let outcome = loop {
+            tokio::select! {
+                biased;
+                _ = self.ticket.kill.cancelled() => {
+                    self.abandon_demand(&mut reply_rx, session_id).await;
+                    return Next::Serve(conn);
+                }
+                r = timeout_at(deadline, &mut reply_rx) => break match r {
+                    Ok(Ok(o)) => o,
+                    Ok(Err(_)) => DemandOutcome::Rejected(Code::Busy),
+                    Err(_) => DemandOutcome::Rejected(Code::Timeout),
+                },
+                f = conn.read_frame() => match f {
+                    Ok(Some(Frame::Hold { seq })) => {
+                        if send(&mut conn, &Frame::HoldAck { seq }, limit).await.is_err() {
+                            self.abandon_demand(&mut reply_rx, session_id).await;
+                            return Next::Gone;
+                        }
+                    }
+                    Ok(Some(f @ Frame::Logout)) => {
+                        self.abandon_demand(&mut reply_rx, session_id).await;
+                        return Next::Reprocess(conn, f);
+                    }
+                    // The device's answer to a demand that crossed this
+                    // CONNECT (already refused as BUSY), or a late RELEASE.
+                    Ok(Some(Frame::Accept { .. } | Frame::Reject { .. } | Frame::Release)) => {}
+                    Ok(Some(other)) => {
+                        Metrics::inc(&m.protocol_errors);
+                        let e = err(
+                            Code::UnexpectedFrame,
+                            format!("{:?} while CONNECT awaits its answer", other.frame_type()),
+                        );
+                        if send(&mut conn, &e, limit).await.is_err() {
+                            self.abandon_demand(&mut reply_rx, session_id).await;
+                            return Next::Gone;
+                        }
+                    }
+                    Ok(None) | Err(_) => {
+                        debug!(session_id, "Caller left while its demand waited.");
+                        self.abandon_demand(&mut reply_rx, session_id).await;
+                        return Next::Gone;
+                    }
+                },
+            }
         };
         let (mut peer, target_conn_id, peer_kill_token, back) = match outcome {
             DemandOutcome::Accepted {
@@ -979,7 +1066,9 @@ impl ConnTask {
             if target_ok {
                 let _ = send(&mut peer, &t, limit).await;
             }
-            let _ = back.send(None);
+            // A target that heard CONNECT-OK and TERMINATE drains until
+            // its RELEASE, like after any session.
+            let _ = back.send(target_ok.then_some(peer));
             return if caller_ok {
                 Next::Draining(conn)
             } else {

@@ -497,3 +497,93 @@ async fn a_side_dying_at_a_frame_boundary_gets_its_peer_peer_lost() {
     }
     good_session(&r).await;
 }
+
+/// The caller vanishes (a reset) while its demand waits: the relay, which
+/// reads the caller's connection meanwhile, withdraws the demand at once
+/// (NOTIFY-CANCEL well before the 15 s answer deadline), and the target's
+/// late ACCEPT is ignored; its connection stays usable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_that_vanishes_while_its_demand_waits_withdraws_it_at_once() {
+    let r = relay("").await;
+    for u in ["tokyo", "osaka", "good-a", "good-b"] {
+        r.add_user(u, &["b"]);
+    }
+    let (mut c, f) = Raw::login(r.addr, "tokyo", PW).await;
+    assert!(matches!(f, Frame::LoginOk { .. }), "{f:?}");
+    let (mut t, f) = Raw::login(r.addr, "osaka", PW).await;
+    assert!(matches!(f, Frame::LoginOk { .. }), "{f:?}");
+    c.send(&Frame::Connect {
+        target: "osaka".into(),
+    })
+    .await;
+    let Some(Frame::ConnectNotify { session_id, .. }) = t.recv().await else {
+        panic!("no CONNECT-NOTIFY");
+    };
+    let faxgate_relay::transport::Stream::Plain(tcp) = &c.conn.stream else {
+        unreachable!()
+    };
+    socket2::SockRef::from(tcp)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
+    drop(c);
+    // Raw::recv gives up after 5 s, a third of the answer deadline.
+    assert_eq!(
+        t.recv().await,
+        Some(Frame::NotifyCancel { session_id }),
+        "the demand is withdrawn when its caller leaves"
+    );
+    t.send(&Frame::Accept { session_id }).await;
+    t.send(&Frame::Hold { seq: 42 }).await;
+    assert_eq!(
+        t.recv().await,
+        Some(Frame::HoldAck { seq: 42 }),
+        "the late ACCEPT is ignored and the target's connection serves on"
+    );
+    good_session(&r).await;
+}
+
+/// An ACCEPT or REJECT for a withdrawn demand that arrives while a newer
+/// demand waits is ignored (PROTOCOL.md), not an error; the newer demand
+/// is answered as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_answer_to_a_withdrawn_demand_is_ignored() {
+    let r = relay("").await;
+    r.add_user("tokyo", &["b"]);
+    r.add_user("osaka", &["b"]);
+    let (mut t, _) = Raw::login(r.addr, "osaka", PW).await;
+    let (mut c1, _) = Raw::login(r.addr, "tokyo", PW).await;
+    c1.send(&Frame::Connect {
+        target: "osaka".into(),
+    })
+    .await;
+    let Some(Frame::ConnectNotify { session_id: s1, .. }) = t.recv().await else {
+        panic!("no first CONNECT-NOTIFY");
+    };
+    drop(c1);
+    assert_eq!(
+        t.recv().await,
+        Some(Frame::NotifyCancel { session_id: s1 }),
+        "the first demand is withdrawn when its caller leaves"
+    );
+    let (mut c2, _) = Raw::login(r.addr, "tokyo", PW).await;
+    c2.send(&Frame::Connect {
+        target: "osaka".into(),
+    })
+    .await;
+    let Some(Frame::ConnectNotify { session_id: s2, .. }) = t.recv().await else {
+        panic!("no second CONNECT-NOTIFY");
+    };
+    assert_ne!(s1, s2);
+    t.send(&Frame::Reject {
+        session_id: s1,
+        code: Code::Rejected,
+    })
+    .await;
+    t.send(&Frame::Accept { session_id: s1 }).await;
+    t.send(&Frame::Accept { session_id: s2 }).await;
+    assert!(
+        matches!(t.recv().await, Some(Frame::ConnectOk { session_id, .. }) if session_id == s2),
+        "the stale answers were not ignored"
+    );
+    assert!(matches!(c2.recv().await, Some(Frame::ConnectOk { .. })));
+}
