@@ -1082,6 +1082,104 @@ fn t5_expires_when_the_receiver_stays_busy() {
     assert_eq!(caller_end, t.t4 + t.t5);
 }
 
+/// The receiver stores a page for longer than the caller waits (ECM: RNR
+/// past T5; without ECM, where there is no RNR: past 3 x T4). A caller
+/// that resumes the document in a later call hangs up without DCN, so the
+/// receiver ends interrupted (an error: faxgate keeps the document open
+/// for the resume) rather than Ok with `remote_ended_early` (a partial
+/// document, printed and closed, which the resumed pages never reach).
+#[test]
+fn resumable_caller_hangs_up_without_dcn_so_a_slow_answerer_ends_interrupted() {
+    for (ecm, failure) in [
+        (true, Failure::T5Expired),
+        (
+            false,
+            Failure::T4Expired {
+                command: "MPS".into(),
+                tries: 3,
+            },
+        ),
+    ] {
+        let c = if ecm {
+            Capabilities::all()
+        } else {
+            Capabilities::minimal()
+        };
+        let mut h = Harness::pair(2, Resolution::Standard, 1728, c.clone(), c);
+        h.engines[Side::Caller.idx()].set_resumable(true);
+        h.store_delay = Duration::from_secs(300);
+        // The session layer closes the stream once the caller has finished.
+        h.hook = Box::new(|from, a| match (from, a) {
+            (Side::Caller, Action::Finished(_)) => vec![(Side::Answerer, Event::Closed)],
+            _ => Vec::new(),
+        });
+        h.run();
+        let name = format!("ecm {ecm}: {:#?}", h.summary());
+        let co = h.outcome(Side::Caller);
+        assert_eq!((co.result.clone(), co.pages), (Err(failure), 0), "{name}");
+        assert!(
+            !h.sent_fcfs(Side::Caller).contains(&frame::Fcf::Dcn),
+            "{name}"
+        );
+        let a = h.outcome(Side::Answerer);
+        assert_eq!(
+            (a.result.clone(), a.pages),
+            (Err(Failure::TransportClosed), 1),
+            "{name}"
+        );
+        assert_eq!(h.received.len(), 1, "{name}");
+    }
+}
+
+/// DCN stays where the caller will not resume: when it is not resumable
+/// (a sender's last attempt, another T.30 terminal) and when the user
+/// cancelled while the page was on its way, even if the call then fails
+/// on a timer. The receiver ends Ok with the stored page as a partial
+/// document.
+#[test]
+fn resumable_caller_keeps_dcn_for_a_pending_cancel_and_when_not_resumable() {
+    for (ecm, resumable, cancel, failure) in [
+        (true, false, false, Failure::T5Expired),
+        (
+            false,
+            true,
+            true,
+            Failure::T4Expired {
+                command: "MPS".into(),
+                tries: 3,
+            },
+        ),
+    ] {
+        let c = if ecm {
+            Capabilities::all()
+        } else {
+            Capabilities::minimal()
+        };
+        let mut h = Harness::pair(2, Resolution::Standard, 1728, c.clone(), c);
+        h.engines[Side::Caller.idx()].set_resumable(resumable);
+        h.store_delay = Duration::from_secs(300);
+        h.hook = Box::new(move |from, a| match (from, a) {
+            (Side::Caller, Action::SendImage(_)) if cancel => vec![(Side::Caller, Event::Cancel)],
+            _ => Vec::new(),
+        });
+        h.run();
+        let name = format!("ecm {ecm}, resumable {resumable}: {:#?}", h.summary());
+        let co = h.outcome(Side::Caller);
+        assert_eq!((co.result.clone(), co.pages), (Err(failure), 0), "{name}");
+        assert_eq!(
+            h.sent_fcfs(Side::Caller).last(),
+            Some(&frame::Fcf::Dcn),
+            "{name}"
+        );
+        let a = h.outcome(Side::Answerer);
+        assert_eq!(
+            (a.result.clone(), a.pages, a.remote_ended_early),
+            (Ok(()), 1, true),
+            "{name}"
+        );
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Bad input, one engine at a time.
 

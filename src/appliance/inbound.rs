@@ -5,8 +5,10 @@
 //! A received page is stored durably before the engine answers MCF
 //! ([`Hooks::page_received`]). The caller's NSS job tag names the job and
 //! the page index it starts at, so a resumed job continues the same
-//! inbox document and a page that arrives a second time (its MCF was lost)
-//! is answered MCF again without being stored twice.
+//! inbox document (or, if that one ended partial and was printed, a new
+//! one with the rest: see [`Store::begin_receive`]) and a page that
+//! arrives a second time (its MCF was lost) is answered MCF again without
+//! being stored twice.
 
 use anyhow::Context as _;
 use faxgate_config::{FaxSection, InboxSection};
@@ -200,8 +202,13 @@ impl Inbound {
             .context("the inbox document vanished")?;
         // EOP for a document we do not have every page of would be a
         // sender bug; keep it open for a resume rather than print a hole.
+        // Nor print a document without pages: a continuation whose session
+        // only repeated pages of the partial document before it.
         let state = match (state, fresh.pages_expected) {
             (InboxState::Complete, Some(n)) if fresh.pages < n => InboxState::Interrupted,
+            (InboxState::Complete | InboxState::Partial, _) if fresh.pages == 0 => {
+                InboxState::Interrupted
+            }
             (s, _) => s,
         };
         let hold = !self.inbox.print;
@@ -260,15 +267,25 @@ impl Hooks for ReceiverHooks<'_> {
             .begin_receive(&self.from, &job_id, ident, expected)
             .await?;
         if let Some(t) = &tag {
+            // Pages of the job here: those of this document and, for a
+            // continuation, those of the partial document(s) before it.
+            let have = doc.first_page + doc.pages;
             anyhow::ensure!(
-                t.first_page <= doc.pages,
-                "the caller resumes job {} at page {} but only {} pages are here",
+                t.first_page <= have,
+                "the caller resumes job {} at page {} but only {have} pages are here",
                 t.job_id,
                 t.first_page + 1,
-                doc.pages
             );
-            if doc.pages > 0 {
-                tracing::info!(job_id = %t.job_id, have = doc.pages, resume_at = t.first_page + 1, "Job resumes.");
+            if have > 0 {
+                tracing::info!(job_id = %t.job_id, have, resume_at = t.first_page + 1, doc = doc.id, "Job resumes.");
+            }
+            if doc.first_page > 0 {
+                tracing::info!(
+                    job_id = %t.job_id,
+                    doc = doc.id,
+                    from_page = doc.first_page + 1,
+                    "The job's earlier pages ended as a partial document; the rest goes to a new one."
+                );
             }
         }
         self.tag = tag;
@@ -287,15 +304,25 @@ impl Hooks for ReceiverHooks<'_> {
             .as_ref()
             .context("a page arrived before the session's setup")?;
         let number = self.tag.as_ref().map_or(0, |t| t.first_page) + index;
-        let stored = self
-            .me
-            .store
-            .store_page(doc.id, number, page, params.resolution)
-            .await?;
+        // A page before this document's first (a continuation's) is in
+        // the partial document before it, stored and printed: MCF again.
+        let stored = match number.checked_sub(doc.first_page) {
+            Some(local) => {
+                self.me
+                    .store
+                    .store_page(doc.id, local, page, params.resolution)
+                    .await?
+            }
+            None => false,
+        };
         if stored {
             tracing::info!(doc = doc.id, page = number + 1, "Page stored.");
+            let job_id = match &self.tag {
+                Some(t) => t.job_id.clone(),
+                None => doc.job_id.clone(),
+            };
             self.me.bus.publish(BusEvent::PageStored {
-                job_id: doc.job_id.clone(),
+                job_id,
                 page: number + 1,
             });
         } else {

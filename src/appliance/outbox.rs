@@ -265,7 +265,8 @@ async fn attempt(ctx: &SendCtx, job: JobInfo) -> anyhow::Result<()> {
         .await?;
         return Ok(());
     }
-    ctx.set(&job.id, JobState::Connecting, job.reason.clone(), None)
+    let connecting = ctx
+        .set(&job.id, JobState::Connecting, job.reason.clone(), None)
         .await?;
     let mut stream = match ctx.relay.connect(&job.to).await {
         Ok(s) => s,
@@ -305,7 +306,7 @@ async fn attempt(ctx: &SendCtx, job: JobInfo) -> anyhow::Result<()> {
         max_bad_percent: ctx.fax.max_bad_percent,
         max_consecutive_bad: ctx.fax.max_consecutive_bad,
     };
-    let engine = match T30::new(config, std::time::Instant::now()) {
+    let mut engine = match T30::new(config, std::time::Instant::now()) {
         Ok(e) => e,
         Err(e) => {
             ctx.set(
@@ -318,6 +319,13 @@ async fn attempt(ctx: &SendCtx, job: JobInfo) -> anyhow::Result<()> {
             return Ok(());
         }
     };
+    // A failure this job retries ends the session without DCN, so that
+    // the receiver keeps its document open for the resume instead of
+    // printing it as partial and dropping the pages the resume brings
+    // (see `T30::set_resumable`). The last attempt is not retried
+    // (`SendCtx::retry` counts the same attempts): it ends with DCN, and
+    // the receiver prints what it has.
+    engine.set_resumable(connecting.attempts < ctx.fax.max_attempts);
     ctx.set(&job.id, JobState::Sending, None, None).await?;
     let mut hooks = SenderHooks {
         ctx,
@@ -376,7 +384,9 @@ async fn record_outcome(ctx: &SendCtx, job: &JobInfo, end: SessionEnd) -> anyhow
                 )
                 .await?;
             }
-            Err(f @ (Failure::Incompatible(_) | Failure::DcsNotOffered(_))) => {
+            // The same split as the engine's DCN (`T30::set_resumable`):
+            // a failure that is not retried ended with DCN.
+            Err(f) if !f.is_retryable() => {
                 ctx.set(&job.id, JobState::Failed, Some(format!("T.30: {f}")), None)
                     .await?;
             }

@@ -203,6 +203,17 @@ where
                 Action::RemoteIdent(s) => peer.ident = Some(s),
                 Action::RemoteNonStandard(b) => peer.nonstandard = Some(b),
                 Action::NeedPage { index, params } => {
+                    // A page boundary: the previous page has its MCF (or
+                    // none was sent yet) and nothing of this one is out.
+                    // The engine queues PageSent and NeedPage together and
+                    // SendImage as soon as it has the page, so without ECM
+                    // the check after this loop never sees
+                    // `page_boundary`: park here, before asking for the page.
+                    if park.is_cancelled() {
+                        stream.write_all(&out).await.ok();
+                        stream.flush().await.ok();
+                        return Ok(SessionEnd::Parked);
+                    }
                     tell_peer(hooks, &mut peer).await?;
                     let data = hooks.need_page(index, params).await?;
                     t30.handle(Event::Page(data), now);

@@ -230,12 +230,17 @@ pub struct InboxDoc {
     pub id: i64,
     /// The relay user that sent it.
     pub from: String,
-    /// The sender's job id.
+    /// The sender's job id; `JOB+N` for a document that continues job
+    /// `JOB` from its page N + 1 (see [`Store::begin_receive`]).
     pub job_id: String,
     /// The sender's TSI.
     pub remote_ident: Option<String>,
-    /// Pages the sender announced.
+    /// Pages the sender announced (for a continuation: those from
+    /// `first_page` on).
     pub pages_expected: Option<u32>,
+    /// The index in the sender's document of this document's first page:
+    /// 0, or N for a continuation `JOB+N`.
+    pub first_page: u32,
     /// Pages stored (always a prefix of the document).
     pub pages: u32,
     /// Reception state.
@@ -614,7 +619,22 @@ impl Store {
     }
 
     /// Opens the reception of a job from `from`: a new document, or the
-    /// one a previous session of the same job left.
+    /// one a previous session of the same job left open (receiving or
+    /// interrupted), or a complete one, whose pages a late session may
+    /// repeat but not add to ([`Store::store_page`]).
+    ///
+    /// A document that ended partial (the sender hung up with DCN
+    /// mid-document: a cancel, or its last attempt) is closed and has gone
+    /// to the output stage. Should the same job come back with pages it
+    /// has not got, they go to a new document, `JOB+N`, which holds the
+    /// job's pages from N on ([`InboxDoc::first_page`], N being the pages
+    /// before it). That is the one choice that prints every page at least
+    /// once and none twice: reopening the partial document would print
+    /// its pages again with the rest (and change a document the printer
+    /// may be reading), and refusing the session would have the sender
+    /// retry until it gives up, the rest of the job never printed. A page
+    /// of the partial document that the sender repeats is answered (MCF)
+    /// without being stored again (see `inbound`).
     pub async fn begin_receive(
         &self,
         from: &str,
@@ -625,23 +645,34 @@ impl Store {
         let (from, job_id) = (from.to_owned(), job_id.to_owned());
         self.with(move |s| {
             let now = now_ms();
-            s.conn.execute(
-                "INSERT INTO inbox (from_user, job_id, remote_ident, pages_expected, state,
-                   print_state, created, updated)
-                 VALUES (?1, ?2, ?3, ?4, 'receiving', 'pending', ?5, ?5)
-                 ON CONFLICT (from_user, job_id) DO UPDATE SET
-                   state = CASE WHEN state IN ('complete', 'partial') THEN state ELSE 'receiving' END,
-                   remote_ident = COALESCE(excluded.remote_ident, remote_ident),
-                   pages_expected = COALESCE(excluded.pages_expected, pages_expected),
-                   updated = ?5",
-                params![from, job_id, remote_ident, pages_expected, now],
-            )?;
-            let id: i64 = s.conn.query_row(
-                "SELECT id FROM inbox WHERE from_user = ?1 AND job_id = ?2",
-                params![from, job_id],
-                |r| r.get(0),
-            )?;
-            inbox_row(&s.conn, id)?.context("the inbox document vanished")
+            let mut first_page = 0u32;
+            loop {
+                let key = continuation_key(&job_id, first_page);
+                let expected = pages_expected.map(|n| n.saturating_sub(first_page));
+                s.conn.execute(
+                    "INSERT INTO inbox (from_user, job_id, remote_ident, pages_expected, state,
+                       print_state, created, updated)
+                     VALUES (?1, ?2, ?3, ?4, 'receiving', 'pending', ?5, ?5)
+                     ON CONFLICT (from_user, job_id) DO UPDATE SET
+                       state = CASE WHEN state IN ('complete', 'partial') THEN state ELSE 'receiving' END,
+                       remote_ident = COALESCE(excluded.remote_ident, remote_ident),
+                       pages_expected = COALESCE(excluded.pages_expected, pages_expected),
+                       updated = ?5",
+                    params![from, key, remote_ident, expected, now],
+                )?;
+                let id: i64 = s.conn.query_row(
+                    "SELECT id FROM inbox WHERE from_user = ?1 AND job_id = ?2",
+                    params![from, key],
+                    |r| r.get(0),
+                )?;
+                let doc = inbox_row(&s.conn, id)?.context("the inbox document vanished")?;
+                let more = doc.pages_expected.is_none_or(|n| doc.pages < n);
+                if doc.state == InboxState::Partial && doc.pages > 0 && more {
+                    first_page = first_page.saturating_add(doc.pages);
+                    continue;
+                }
+                return Ok(doc);
+            }
         })
         .await
     }
@@ -656,12 +687,29 @@ impl Store {
         resolution: Resolution,
     ) -> anyhow::Result<bool> {
         self.with(move |s| {
-            let stored: u32 =
-                s.conn
-                    .query_row("SELECT pages FROM inbox WHERE id = ?1", [doc], |r| r.get(0))?;
+            let (stored, state, from, job_id): (u32, String, String, String) = s.conn.query_row(
+                "SELECT pages, state, from_user, job_id FROM inbox WHERE id = ?1",
+                [doc],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )?;
             if index < stored {
                 return Ok(false);
             }
+            // A complete or partial document has gone to the output stage
+            // and is never reopened (`finish_receive` leaves it as it is):
+            // a page added now would never be printed, while the sender
+            // counts it delivered. Fail loudly instead, so that no MCF
+            // confirms it. (`begin_receive` sends a job that comes back
+            // after a partial end to a new document; this guards against
+            // a session that raced with the end of another.)
+            let state = InboxState::parse(&state)?;
+            anyhow::ensure!(
+                !matches!(state, InboxState::Complete | InboxState::Partial),
+                "inbox document {doc} (job {job_id} from {from}) is already {} with {stored} \
+                 pages; page {} cannot be added to it",
+                state.as_str(),
+                index + 1
+            );
             anyhow::ensure!(
                 index == stored,
                 "page {} arrived but only {stored} pages are stored; pages must arrive in order",
@@ -945,6 +993,24 @@ fn job_row(conn: &Connection, id: &str) -> anyhow::Result<Option<JobInfo>> {
     .transpose()
 }
 
+/// The key of the document holding job `job_id` from page `first_page`
+/// (0-based) on: the job id itself, or `JOB+N` for a continuation.
+fn continuation_key(job_id: &str, first_page: u32) -> String {
+    if first_page == 0 {
+        job_id.to_owned()
+    } else {
+        format!("{job_id}+{first_page}")
+    }
+}
+
+/// The first page a document holds, from its key (see
+/// [`continuation_key`]); job ids themselves are hex digits.
+fn first_page_of(key: &str) -> u32 {
+    key.rsplit_once('+')
+        .and_then(|(_, n)| n.parse().ok())
+        .unwrap_or(0)
+}
+
 fn inbox_row(conn: &Connection, id: i64) -> anyhow::Result<Option<InboxDoc>> {
     let row = conn
         .query_row(
@@ -960,6 +1026,7 @@ fn inbox_row(conn: &Connection, id: i64) -> anyhow::Result<Option<InboxDoc>> {
                         job_id: r.get(2)?,
                         remote_ident: r.get(3)?,
                         pages_expected: r.get(4)?,
+                        first_page: 0,
                         pages: r.get(5)?,
                         state: InboxState::Receiving,
                         print: PrintState::Pending,
@@ -978,6 +1045,7 @@ fn inbox_row(conn: &Connection, id: i64) -> anyhow::Result<Option<InboxDoc>> {
     row.map(|(mut d, state, print)| {
         d.state = InboxState::parse(&state)?;
         d.print = PrintState::parse(&print)?;
+        d.first_page = first_page_of(&d.job_id);
         Ok(d)
     })
     .transpose()
@@ -1135,6 +1203,114 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(again.state, InboxState::Complete);
+    }
+
+    #[tokio::test]
+    async fn store_page_refuses_new_pages_for_a_finished_document() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        for (job, state) in [
+            ("0a01", InboxState::Partial),
+            ("0a02", InboxState::Complete),
+        ] {
+            let doc = store
+                .begin_receive("tokyo", job, None, Some(10))
+                .await
+                .unwrap();
+            for i in 0..2 {
+                store
+                    .store_page(doc.id, i, page(i), Resolution::Fine)
+                    .await
+                    .unwrap();
+            }
+            store.finish_receive(doc.id, state, false).await.unwrap();
+            // A page it has is still recognised (MCF again, nothing stored).
+            assert!(
+                !store
+                    .store_page(doc.id, 1, page(1), Resolution::Fine)
+                    .await
+                    .unwrap()
+            );
+            // A new page would never be printed: refused, naming the document.
+            let err = store
+                .store_page(doc.id, 2, page(2), Resolution::Fine)
+                .await
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(&format!("inbox document {}", doc.id)), "{err}");
+            assert!(err.contains(job), "{err}");
+            assert!(err.contains(state.as_str()), "{err}");
+            let d = store.inbox_doc(doc.id).await.unwrap().unwrap();
+            assert_eq!((d.pages, d.state), (2, state));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_job_that_comes_back_after_a_partial_end_continues_in_a_new_document() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let doc = store
+            .begin_receive("tokyo", "0b01", None, Some(5))
+            .await
+            .unwrap();
+        assert_eq!((doc.first_page, doc.job_id.as_str()), (0, "0b01"));
+        for i in 0..3 {
+            store
+                .store_page(doc.id, i, page(i), Resolution::Fine)
+                .await
+                .unwrap();
+        }
+        store
+            .finish_receive(doc.id, InboxState::Partial, false)
+            .await
+            .unwrap();
+        // The partial document is closed (and printed as it is); the rest of
+        // the job goes to a new document that starts at page 4.
+        let rest = store
+            .begin_receive("tokyo", "0b01", None, Some(5))
+            .await
+            .unwrap();
+        assert_ne!(rest.id, doc.id);
+        assert_eq!(
+            (
+                rest.job_id.as_str(),
+                rest.first_page,
+                rest.pages,
+                rest.pages_expected,
+                rest.state
+            ),
+            ("0b01+3", 3, 0, Some(2), InboxState::Receiving)
+        );
+        for i in 0..2 {
+            assert!(
+                store
+                    .store_page(rest.id, i, page(3 + i), Resolution::Fine)
+                    .await
+                    .unwrap()
+            );
+        }
+        store
+            .finish_receive(rest.id, InboxState::Complete, false)
+            .await
+            .unwrap();
+        let queue: Vec<i64> = store
+            .print_queue()
+            .await
+            .unwrap()
+            .iter()
+            .map(|d| d.id)
+            .collect();
+        assert_eq!(queue, vec![doc.id, rest.id], "every page prints once");
+        assert_eq!(store.inbox_pages(doc.id).await.unwrap().len(), 3);
+        let pages = store.inbox_pages(rest.id).await.unwrap();
+        assert_eq!(pages.len(), 2);
+        assert_eq!(pages[0].to_bitmap().unwrap(), page(3));
+        // A late session of the job finds the complete continuation.
+        let late = store
+            .begin_receive("tokyo", "0b01", None, Some(5))
+            .await
+            .unwrap();
+        assert_eq!((late.id, late.state), (rest.id, InboxState::Complete));
     }
 
     #[tokio::test]

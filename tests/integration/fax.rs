@@ -495,9 +495,14 @@ fn ten_pages_from_files_and_from_the_scanner_arrive_bit_exact_behind_nat() {
 /// are delivered, and checks the job completes with every page at B
 /// exactly once.
 fn survives(fault: impl FnOnce(&mut Site)) {
+    survives_with(Opts::default(), fault);
+}
+
+/// [`survives`] with per-test settings (the uplink is always slowed).
+fn survives_with(opts: Opts, fault: impl FnOnce(&mut Site)) {
     let mut site = Site::start(Opts {
         uplink: Some("600kbit"),
-        ..Opts::default()
+        ..opts
     });
     let (files, pages) = ten_pages(site.d());
     let id = site.send(&files);
@@ -563,22 +568,41 @@ fn sender_killed_and_restarted() {
     });
 }
 
+/// SIGTERM to A: its session parks at the next page boundary (no DCN),
+/// A exits cleanly, and after the restart the job resumes.
+fn sigterm_parks_a(site: &mut Site) {
+    let pid = site.a.as_ref().unwrap().0.id();
+    run(Command::new("kill").args(["-TERM", &pid.to_string()]));
+    let status = site.a.as_mut().unwrap().0.wait().unwrap();
+    assert!(status.success(), "SIGTERM exit: {status}");
+    site.a = None;
+    let log = std::fs::read_to_string(site.d().join("a.log")).unwrap();
+    assert!(
+        log.contains("Job parked for shutdown."),
+        "{}",
+        site.tail("a.log")
+    );
+    site.start_appliance("a");
+}
+
 #[test]
 fn sender_stopped_with_sigterm_parks_and_resumes() {
-    survives(|site| {
-        let pid = site.a.as_ref().unwrap().0.id();
-        run(Command::new("kill").args(["-TERM", &pid.to_string()]));
-        let status = site.a.as_mut().unwrap().0.wait().unwrap();
-        assert!(status.success(), "SIGTERM exit: {status}");
-        site.a = None;
-        let log = std::fs::read_to_string(site.d().join("a.log")).unwrap();
-        assert!(
-            log.contains("Job parked for shutdown."),
-            "{}",
-            site.tail("a.log")
-        );
-        site.start_appliance("a");
-    });
+    survives(sigterm_parks_a);
+}
+
+/// The same without ECM (MH/MR pages): the engine asks for the next page
+/// and sends it in one go after MCF, so the park must happen when the
+/// page is asked for, not wait for a boundary the session never sees
+/// (it used to run into the shutdown deadline instead of parking).
+#[test]
+fn sender_without_ecm_stopped_with_sigterm_parks_and_resumes() {
+    survives_with(
+        Opts {
+            a_fax: "ecm = false\ncodings = [\"mh\", \"mr\"]\n",
+            ..Opts::default()
+        },
+        sigterm_parks_a,
+    );
 }
 
 /// A cancel mid-document ends the session with DCN; B keeps the complete

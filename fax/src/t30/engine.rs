@@ -151,6 +151,9 @@ pub struct T30 {
     ecm_tx: Option<EcmTx>,
     after_cfr: AfterCfr,
     cancel: bool,
+    /// A retryable failure ends the call without DCN (see
+    /// [`T30::set_resumable`]).
+    resumable: bool,
     /// The last command burst, repeated on T4 and CRP.
     command: Vec<Vec<u8>>,
     command_name: String,
@@ -268,6 +271,7 @@ impl T30 {
             ecm_tx: None,
             after_cfr: AfterCfr::NextPage,
             cancel: false,
+            resumable: false,
             command: Vec::new(),
             command_name: String::new(),
             tries: 0,
@@ -334,6 +338,26 @@ impl T30 {
     /// to get it).
     pub fn is_finished(&self) -> bool {
         self.finished
+    }
+
+    /// Caller: whether the sender resumes the document in a later call if
+    /// this one fails (faxgate's outbox does, at the first page without
+    /// MCF). Off by default.
+    ///
+    /// When on, a failure the sender retries ([`Failure::is_retryable`]:
+    /// T4 or T5 expired, a rejected page, a frame that makes no sense)
+    /// ends the call without DCN, as a park or a lost line does. DCN
+    /// tells the receiver that the sender ended the document on purpose
+    /// (T.30 phase E): faxgate's receiver then closes the document as
+    /// partial and prints it, and the pages the resume brings had no
+    /// document left to go to. Without DCN it keeps the document open
+    /// (interrupted) for the resume. A cancel (also one pending while a
+    /// page is on its way) and a failure that is not retried still end
+    /// with DCN, as T.30 asks of a caller that gives up; a sender turns
+    /// this off for its last attempt, so that the receiver keeps what it
+    /// has as a partial document.
+    pub fn set_resumable(&mut self, resumable: bool) {
+        self.resumable = resumable;
     }
 
     // -----------------------------------------------------------------
@@ -447,9 +471,12 @@ impl T30 {
         }));
     }
 
-    /// Ends the call with DCN (T.30 phase E) and a failure.
+    /// Ends the call with a failure and DCN (T.30 phase E), except for a
+    /// resumable caller's retryable failure (see [`T30::set_resumable`]),
+    /// which ends without DCN so that the receiver waits for the resume.
     fn fail(&mut self, failure: Failure) {
-        self.finish(Err(failure), true);
+        let resume = self.is_caller() && self.resumable && !self.cancel && failure.is_retryable();
+        self.finish(Err(failure), !resume);
     }
 
     fn doing(&self) -> &'static str {

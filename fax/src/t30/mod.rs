@@ -418,6 +418,19 @@ pub enum Failure {
     },
 }
 
+impl Failure {
+    /// Whether a sender may try the document again in a new call, resuming
+    /// at the first page without MCF: every failure but a cancel and an
+    /// incompatible receiver (which a new call would meet again).
+    /// [`Failure::DcsNotOffered`] is the answerer's and never retried.
+    pub fn is_retryable(&self) -> bool {
+        !matches!(
+            self,
+            Failure::Cancelled | Failure::Incompatible(_) | Failure::DcsNotOffered(_)
+        )
+    }
+}
+
 /// The coding [`T30`] expects for a page: `params`' coding with T.4 line
 /// framing (EOLs and RTC for MH/MR, EOFB for MMR) and no fill. The page
 /// must already be `params.width` wide (see [`fit_page`]).
