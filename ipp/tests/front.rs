@@ -9,6 +9,8 @@
 //! - `infra`: the agent's session end to end, printer state, cancel,
 //!   deregistration.
 //! - `durability`: jobs across a restart and across a new device.
+//! - `documents`: multi-document jobs: the multiple-operation-time-out,
+//!   documents that arrive after their job ended.
 //! - `wake`: wake-up requests, mailer outcomes and the wake timeout.
 //! - `parse`: property tests of `message::parse` (what CI runs instead
 //!   of the fuzzer in `ipp/fuzz`).
@@ -21,6 +23,8 @@ mod common;
 mod auth;
 #[path = "front/bad_input.rs"]
 mod bad_input;
+#[path = "front/documents.rs"]
+mod documents;
 #[path = "front/durability.rs"]
 mod durability;
 #[path = "front/infra.rs"]

@@ -332,7 +332,10 @@ pub fn printer_attributes(v: &PrinterView<'_>, want: &Requested) -> Vec<IppAttri
     put("printer-is-accepting-jobs", IppValue::Boolean(true));
     put("compression-supported", keyword("none"));
     put("multiple-document-jobs-supported", IppValue::Boolean(true));
-    put("multiple-operation-time-out", IppValue::Integer(300));
+    put(
+        "multiple-operation-time-out",
+        IppValue::Integer(super::MULTIPLE_OPERATION_TIME_OUT),
+    );
     put("pdl-override-supported", keyword("attempted"));
     put(
         "notify-events-supported",

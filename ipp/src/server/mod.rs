@@ -63,6 +63,12 @@ const MAX_SUBSCRIPTIONS: usize = 64;
 /// Most events a subscription keeps unread.
 const MAX_EVENTS: usize = 1000;
 
+/// multiple-operation-time-out (RFC 8011 5.4.28), in seconds, as
+/// advertised: a job still taking documents that sees no operation for
+/// this long is closed (or aborted, without a document). It runs from the
+/// job's last operation (`JobRow::activity`).
+const MULTIPLE_OPERATION_TIME_OUT: i32 = 300;
+
 /// What the front asks the mailer for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WakeKind {

@@ -12,7 +12,7 @@ use tokio::io::{AsyncRead, AsyncWriteExt as _};
 use tracing::{debug, info, warn};
 
 use super::attrs::{self, JobView, PrinterView, Requested};
-use super::store::{JobRow, NewJob};
+use super::store::{Cancel, JobRow, NewDoc, NewJob};
 use super::{
     Answer, Attached, Conn, Event, Front, Site, Subscription, Target, Wake, WakeKind, WakeOutcome,
     WakeRequest, unix_now,
@@ -507,38 +507,38 @@ impl Front {
         self.end_wake(site, &w.jobs, &why);
     }
 
-    /// Jobs created but never closed: closed after the multiple-operation
-    /// time-out when they have documents, aborted when they have none.
+    /// Jobs still taking documents with no operation for the
+    /// multiple-operation-time-out (counted from their last operation,
+    /// not their creation): closed when they have documents, aborted when
+    /// they have none.
     pub(crate) fn expire_open_jobs(&self, site: &Arc<Site>) {
-        let cutoff = unix_now() - 300;
-        let Ok(jobs) = self.store.jobs(&site.cfg.name, Some(false)) else {
-            return;
-        };
-        for j in jobs.into_iter().filter(|j| !j.closed && j.created < cutoff) {
-            let r = blocking(|| -> Result<Option<JobRow>, super::StoreError> {
-                if j.documents > 0 {
-                    self.store.close_job(j.id)?;
-                } else {
-                    self.store.set_state(
-                        j.id,
-                        job_state::ABORTED,
-                        &["aborted-by-system".to_owned()],
-                        "no document arrived within the multiple-operation time-out (300 s)",
-                        unix_now(),
-                    )?;
-                }
-                self.store.job(j.id)
-            });
-            if let Ok(Some(j)) = r {
-                site.publish(
-                    if j.is_fetchable() {
-                        "job-fetchable"
-                    } else {
-                        "job-state-changed"
-                    },
-                    &j,
-                );
+        let now = unix_now();
+        let limit = super::MULTIPLE_OPERATION_TIME_OUT;
+        let message =
+            format!("no document arrived within the multiple-operation time-out ({limit} s)");
+        let ended = blocking(|| {
+            self.store
+                .expire_idle_jobs(&site.cfg.name, now - i64::from(limit), &message, now)
+        });
+        let ended = match ended {
+            Ok(j) => j,
+            Err(e) => {
+                // Every tick tries again; the store error is logged by
+                // the operations that fail on it.
+                debug!(error = %e, site = %site.cfg.name, "Could not expire idle open jobs.");
+                return;
             }
+        };
+        for j in ended {
+            info!(site = %site.cfg.name, job_id = j.id, state = job_state::name(j.state), closed = j.closed, "Open job ended by the multiple-operation time-out.");
+            site.publish(
+                if j.is_fetchable() {
+                    "job-fetchable"
+                } else {
+                    "job-state-changed"
+                },
+                &j,
+            );
         }
     }
 }
@@ -821,8 +821,20 @@ fn requesting_user(req: &Parsed) -> String {
         .to_owned()
 }
 
-/// Streams the document into a temporary spool file and fsyncs it.
-async fn spool_document(ctx: &Ctx<'_>, doc: Doc<'_>) -> Result<(std::path::PathBuf, i64), Refusal> {
+/// How often a Send-Document whose document is still arriving refreshes
+/// its job's last operation, so a long upload that makes progress does
+/// not run into the multiple-operation-time-out.
+const TOUCH_EVERY: Duration = Duration::from_secs(30);
+
+/// Streams the document into a temporary spool file and fsyncs it. For a
+/// Send-Document (`job`), the job's last operation is refreshed while
+/// bytes arrive, and the upload stops when the job ends meanwhile.
+async fn spool_document(
+    ctx: &Ctx<'_>,
+    doc: Doc<'_>,
+    job: Option<i32>,
+) -> Result<(std::path::PathBuf, i64), Refusal> {
+    use tokio::io::AsyncReadExt as _;
     let path = ctx.front.store.temp_path();
     let io_err = |what: &str, e: std::io::Error| {
         warn!(error = %e, path = %path.display(), "Spooling a document failed.");
@@ -836,17 +848,44 @@ async fn spool_document(ctx: &Ctx<'_>, doc: Doc<'_>) -> Result<(std::path::PathB
         .map_err(|e| io_err("create", e))?;
     let max = ctx.front.cfg.max_document;
     let mut limited = tokio::io::AsyncReadExt::take(doc, max + 1);
-    let copied = tokio::io::copy(&mut limited, &mut file).await;
-    let n = match copied {
-        Ok(n) => n,
-        Err(e) => {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut n: u64 = 0;
+    let mut touched = Instant::now();
+    loop {
+        let got = match limited.read(&mut buf).await {
+            Ok(0) => break,
+            Ok(got) => got,
+            Err(e) => {
+                let _ = tokio::fs::remove_file(&path).await;
+                return Err(Refusal::new(
+                    status::BAD_REQUEST,
+                    format!("the document was cut off: {e}"),
+                ));
+            }
+        };
+        if let Err(e) = file.write_all(&buf[..got]).await {
             let _ = tokio::fs::remove_file(&path).await;
-            return Err(Refusal::new(
-                status::BAD_REQUEST,
-                format!("the document was cut off: {e}"),
-            ));
+            return Err(io_err("write", e));
         }
-    };
+        n += got as u64;
+        if let Some(id) = job
+            && touched.elapsed() >= TOUCH_EVERY
+        {
+            touched = Instant::now();
+            match blocking(|| ctx.front.store.touch_job(id, unix_now())) {
+                Ok(true) => {}
+                Ok(false) => {
+                    // Canceled or aborted meanwhile: stop receiving it.
+                    let _ = tokio::fs::remove_file(&path).await;
+                    return Err(not_open(ctx, id));
+                }
+                // Storing the document at the end will tell.
+                Err(e) => {
+                    debug!(error = %e, job_id = id, "Could not refresh a job's last operation.");
+                }
+            }
+        }
+    }
     if n > max {
         let _ = tokio::fs::remove_file(&path).await;
         return Err(Refusal::new(
@@ -970,7 +1009,7 @@ async fn print_job(ctx: &Ctx<'_>, site: &Arc<Site>, req: &Parsed, doc: Doc<'_>) 
         template,
         ignored,
     } = validate_job(ctx, site, req)?;
-    let (temp, size) = spool_document(ctx, doc).await?;
+    let (temp, size) = spool_document(ctx, doc, None).await?;
     let fields = JobFields::of(ctx, req, template);
     let doc_name = op_attr(req, "document-name")
         .and_then(as_str)
@@ -1054,6 +1093,33 @@ fn job_of(ctx: &Ctx<'_>, site: &Site, req: &Parsed) -> Result<JobRow, Refusal> {
     }
 }
 
+/// Send-Document and Close-Job on a job that takes no more documents.
+fn takes_no_more(job: &JobRow) -> Refusal {
+    let why = if job.is_final() || !job.closed {
+        format!("it is {}", job_state::name(job.state))
+    } else {
+        "its last document was already received".to_owned()
+    };
+    Refusal::new(
+        status::NOT_POSSIBLE,
+        format!("job {} takes no more documents: {why}", job.id),
+    )
+}
+
+/// The refusal for a job that stopped taking documents while an
+/// operation on it was under way (canceled, aborted by the
+/// multiple-operation-time-out, or closed by another request).
+fn not_open(ctx: &Ctx<'_>, id: i32) -> Refusal {
+    match ctx.front.store.job(id) {
+        Ok(Some(j)) => takes_no_more(&j),
+        Ok(None) => Refusal::new(
+            status::NOT_FOUND,
+            format!("job {id} does not exist on this printer"),
+        ),
+        Err(e) => store_err(e),
+    }
+}
+
 async fn send_document(ctx: &Ctx<'_>, site: &Arc<Site>, req: &Parsed, doc: Doc<'_>) -> OpResult {
     let job = job_of(ctx, site, req)?;
     let last = match op_attr(req, "last-document") {
@@ -1067,53 +1133,63 @@ async fn send_document(ctx: &Ctx<'_>, site: &Arc<Site>, req: &Parsed, doc: Doc<'
         }
     };
     if job.is_final() || job.closed {
-        return Err(Refusal::new(
-            status::NOT_POSSIBLE,
-            format!(
-                "job {} takes no more documents ({})",
-                job.id,
-                job_state::name(job.state)
-            ),
-        ));
+        return Err(takes_no_more(&job));
     }
     let format = check_job(ctx, site, req)?;
-    let (temp, size) = spool_document(ctx, doc).await?;
+    // The operation starts: the multiple-operation-time-out counts from
+    // here (RFC 8011: it is the time between operations), and again from
+    // its end; spool_document keeps it fresh while the document arrives.
+    if !blocking(|| ctx.front.store.touch_job(job.id, unix_now())).map_err(store_err)? {
+        return Err(not_open(ctx, job.id));
+    }
+    let (temp, size) = spool_document(ctx, doc, Some(job.id)).await?;
     let name = op_attr(req, "document-name")
         .and_then(as_str)
         .unwrap_or(&job.name)
         .to_owned();
-    let job = if size == 0 && last && job.documents > 0 {
-        let _ = std::fs::remove_file(&temp);
-        blocking(|| {
-            ctx.front.store.close_job(job.id)?;
-            ctx.front.store.job(job.id)
-        })
-        .map_err(store_err)?
-        .unwrap_or(job)
-    } else {
-        blocking(|| {
-            ctx.front
-                .store
-                .add_document(job.id, &temp, &format, &name, size, last)
-        })
-        .map_err(store_err)?
-    };
-    if last {
+    let closing: Option<(Vec<String>, String)> = last.then(|| {
         let (reasons, msg) = initial_reasons(ctx, site);
-        let reasons: Vec<String> = reasons.iter().map(|s| (*s).to_owned()).collect();
-        blocking(|| {
-            ctx.front
-                .store
-                .set_state(job.id, job.state, &reasons, &msg, unix_now())
-        })
-        .map_err(store_err)?;
-    }
-    let job = ctx
-        .front
-        .store
-        .job(job.id)
-        .map_err(store_err)?
-        .unwrap_or(job);
+        (reasons.iter().map(|s| (*s).to_owned()).collect(), msg)
+    });
+    let close = closing
+        .as_ref()
+        .map(|(reasons, msg)| (reasons.as_slice(), msg.as_str()));
+    let now = unix_now();
+    // Both writes are compare-and-sets on the job still taking documents:
+    // it may have been canceled, aborted or closed while this document
+    // arrived.
+    let stored = match close {
+        Some((reasons, msg)) if size == 0 && job.documents > 0 => {
+            let _ = std::fs::remove_file(&temp);
+            blocking(|| {
+                if ctx.front.store.close_job(job.id, reasons, msg, now)? {
+                    ctx.front.store.job(job.id)
+                } else {
+                    Ok(None)
+                }
+            })
+        }
+        _ => {
+            let new = NewDoc {
+                temp: &temp,
+                format: &format,
+                name: &name,
+                size,
+            };
+            blocking(|| ctx.front.store.add_document(job.id, &new, close, now))
+        }
+    };
+    let job = match stored {
+        Ok(Some(j)) => j,
+        Ok(None) => {
+            info!(site = %site.cfg.name, job_id = job.id, bytes = size, "Document refused: the job stopped taking documents while it arrived.");
+            return Err(not_open(ctx, job.id));
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&temp);
+            return Err(store_err(e));
+        }
+    };
     info!(site = %site.cfg.name, job_id = job.id, document = job.documents, bytes = size, last, "Document spooled.");
     if job.is_fetchable() {
         site.publish("job-fetchable", &job);
@@ -1135,17 +1211,19 @@ fn close_job(ctx: &Ctx<'_>, site: &Arc<Site>, req: &Parsed) -> OpResult {
     }
     let (reasons, msg) = initial_reasons(ctx, site);
     let reasons: Vec<String> = reasons.iter().map(|s| (*s).to_owned()).collect();
-    let job = blocking(|| {
-        ctx.front.store.close_job(job.id)?;
-        ctx.front
-            .store
-            .set_state(job.id, job.state, &reasons, &msg, unix_now())?;
-        ctx.front.store.job(job.id)
+    // A compare-and-set: a job canceled or aborted since the read above
+    // stays so (it must not come back as pending and fetchable).
+    let id = job.id;
+    let (closed, row) = blocking(|| {
+        let closed = ctx.front.store.close_job(id, &reasons, &msg, unix_now())?;
+        Ok::<_, super::StoreError>((closed, ctx.front.store.job(id)?))
     })
-    .map_err(store_err)?
-    .unwrap_or(job);
-    site.publish("job-fetchable", &job);
-    ctx.front.maybe_wake(site);
+    .map_err(store_err)?;
+    let job = row.unwrap_or(job);
+    if closed {
+        site.publish("job-fetchable", &job);
+        ctx.front.maybe_wake(site);
+    }
     Ok(job_response(ctx, site, req, &job))
 }
 
@@ -1168,29 +1246,42 @@ async fn cancel_job(ctx: &Ctx<'_>, site: &Arc<Site>, req: &Parsed) -> OpResult {
     let job = job_of(ctx, site, req)?;
     may_change(ctx, site, req, &job).await?;
     if job.is_final() {
-        return Err(Refusal::new(
-            status::NOT_POSSIBLE,
-            format!("job {} is already {}", job.id, job_state::name(job.state)),
-        ));
+        return Err(already_final(&job));
     }
     let by = requesting_user(req);
-    let job = if job.device.is_empty() {
-        let msg = format!("canceled by {by} before the printer fetched it");
+    // One compare-and-set in the store, against an Acknowledge-Job at the
+    // same moment: whichever lands first decides whether the job is
+    // canceled now or handed to the device to stop.
+    let canceled = format!("canceled by {by} before the printer fetched it");
+    let stopping = format!("cancel requested by {by}; waiting for the printer agent to stop it");
+    let outcome = blocking(|| {
         ctx.front
-            .set_job_state(job, job_state::CANCELED, &["job-canceled-by-user"], &msg)?
-    } else {
-        let mut reasons = job.reasons.clone();
-        if !job.has_reason("processing-to-stop-point") {
-            reasons.push("processing-to-stop-point".into());
+            .store
+            .cancel_job(job.id, &canceled, &stopping, unix_now())
+    })
+    .map_err(store_err)?;
+    let job = match outcome {
+        Cancel::Canceled(j) | Cancel::Stopping(j) => j,
+        // Ended (by its device, or another cancel) since the read above.
+        Cancel::Final(j) => return Err(already_final(&j)),
+        Cancel::Gone => {
+            return Err(Refusal::new(
+                status::NOT_FOUND,
+                format!("job {} does not exist on this printer", job.id),
+            ));
         }
-        let reasons: Vec<&str> = reasons.iter().map(String::as_str).collect();
-        let msg = format!("cancel requested by {by}; waiting for the printer agent to stop it");
-        ctx.front
-            .set_job_state(job, job_state::PROCESSING, &reasons, &msg)?
     };
     info!(site = %site.cfg.name, job_id = job.id, state = job_state::name(job.state), "Cancel-Job.");
     site.publish("job-state-changed", &job);
     Ok(ok(req))
+}
+
+/// Cancel-Job on a job that has ended.
+fn already_final(job: &JobRow) -> Refusal {
+    Refusal::new(
+        status::NOT_POSSIBLE,
+        format!("job {} is already {}", job.id, job_state::name(job.state)),
+    )
 }
 
 fn release_job(ctx: &Ctx<'_>, site: &Arc<Site>, req: &Parsed) -> OpResult {
@@ -1758,31 +1849,61 @@ async fn acknowledge_job(ctx: &Ctx<'_>, site: &Arc<Site>, req: &Parsed) -> OpRes
         return Ok(ok(req));
     }
     if !job.is_fetchable() {
-        return Err(Refusal::new(
-            status::NOT_FETCHABLE,
-            format!(
-                "job {} is not fetchable ({})",
-                job.id,
-                job_state::name(job.state)
-            ),
-        ));
+        return Err(not_fetchable(&job, &uuid));
     }
-    let job = blocking(|| {
-        ctx.front.store.set_device(job.id, &uuid)?;
-        ctx.front.store.set_state(
+    // A compare-and-set on the job still being fetchable: a Cancel-Job
+    // (or another device) that came after the read above wins, and the
+    // device must not print the job.
+    let (acknowledged, row) = blocking(|| {
+        let acknowledged = ctx.front.store.acknowledge_job(
             job.id,
-            job_state::PROCESSING,
-            &["job-fetched".to_owned()],
+            &uuid,
             "fetched by the printer agent",
             unix_now(),
         )?;
-        ctx.front.store.job(job.id)
+        Ok::<_, super::StoreError>((acknowledged, ctx.front.store.job(job.id)?))
     })
-    .map_err(store_err)?
-    .unwrap_or(job);
+    .map_err(store_err)?;
+    let job = match row {
+        Some(j) if acknowledged => j,
+        // The same device acknowledging twice at once.
+        Some(j) if j.device == uuid => return Ok(ok(req)),
+        Some(j) => {
+            info!(site = %site.cfg.name, job_id = j.id, state = job_state::name(j.state), device = %uuid, "Acknowledge-Job lost to a change of the job.");
+            return Err(not_fetchable(&j, &uuid));
+        }
+        None => {
+            return Err(Refusal::new(
+                status::NOT_FOUND,
+                format!("job {} does not exist on this printer", job.id),
+            ));
+        }
+    };
     info!(site = %site.cfg.name, job_id = job.id, device = %uuid, "Job fetched by the printer agent.");
     site.publish("job-state-changed", &job);
     Ok(ok(req))
+}
+
+/// PWG 5100.18: Acknowledge-Job on a job that is not (or no longer)
+/// fetchable by this device.
+fn not_fetchable(job: &JobRow, uuid: &str) -> Refusal {
+    let why = if job.is_final() {
+        ""
+    } else if !job.device.is_empty() && job.device != uuid {
+        ": another output device acknowledged it"
+    } else if !job.closed {
+        ": its documents are still arriving"
+    } else {
+        ""
+    };
+    Refusal::new(
+        status::NOT_FETCHABLE,
+        format!(
+            "job {} is not fetchable ({}){why}",
+            job.id,
+            job_state::name(job.state)
+        ),
+    )
 }
 
 fn owned_job(ctx: &Ctx<'_>, site: &Site, req: &Parsed, uuid: &str) -> Result<JobRow, Refusal> {

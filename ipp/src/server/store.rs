@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use rusqlite::{Connection, OptionalExtension as _, params};
+use rusqlite::{Connection, OptionalExtension as _, TransactionBehavior, params};
 
 use crate::codes::job_state;
 
@@ -79,6 +79,11 @@ pub struct JobRow {
     pub octets: i64,
     /// job-impressions-completed as the agent reported it.
     pub impressions: i32,
+    /// Unix seconds of the last operation on the job while it was open
+    /// (Create-Job, the start and end of each Send-Document, and steady
+    /// progress of a long one): the multiple-operation-time-out runs
+    /// from here (RFC 8011 5.4.28), not from `created`.
+    pub activity: i64,
 }
 
 impl JobRow {
@@ -134,6 +139,20 @@ pub struct DeviceRow {
     pub detached: bool,
 }
 
+/// What [`JobStore::cancel_job`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cancel {
+    /// No device had acknowledged it: canceled now.
+    Canceled(JobRow),
+    /// A device holds it: kept processing, with the reason
+    /// `processing-to-stop-point`, until its agent reports canceled.
+    Stopping(JobRow),
+    /// It was already final; nothing changed.
+    Final(JobRow),
+    /// No such job.
+    Gone,
+}
+
 /// New job fields (the rest start empty).
 #[derive(Debug, Clone)]
 pub struct NewJob<'a> {
@@ -155,6 +174,19 @@ pub struct NewJob<'a> {
     pub template: &'a [u8],
     /// Unix seconds.
     pub now: i64,
+}
+
+/// A document for [`JobStore::add_document`].
+#[derive(Debug, Clone, Copy)]
+pub struct NewDoc<'a> {
+    /// Where it was spooled (written and fsync'd).
+    pub temp: &'a Path,
+    /// document-format.
+    pub format: &'a str,
+    /// document-name.
+    pub name: &'a str,
+    /// Its size in bytes.
+    pub size: i64,
 }
 
 /// The store. Cheap operations behind one mutex; commits fsync (FULL).
@@ -210,9 +242,52 @@ CREATE TABLE IF NOT EXISTS devices (
 CREATE TABLE IF NOT EXISTS paused (site TEXT PRIMARY KEY);
 ";
 
+/// Schema changes after [`SCHEMA`] (which is version 0), in order:
+/// entry `i` brings `PRAGMA user_version` from `i` to `i + 1`. Each runs
+/// once, in a transaction with its version bump. Never edit an entry;
+/// append.
+const MIGRATIONS: &[&str] = &[
+    // 1: the last operation on a job while it is open, for the
+    // multiple-operation-time-out. Existing jobs start from their
+    // creation (what the time-out ran from before).
+    "ALTER TABLE jobs ADD COLUMN activity INTEGER NOT NULL DEFAULT 0;
+     UPDATE jobs SET activity = created;",
+];
+
+/// Brings the schema up to the newest version.
+fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    let done = usize::try_from(version).unwrap_or(usize::MAX);
+    if done > MIGRATIONS.len() {
+        tracing::warn!(
+            version,
+            known = MIGRATIONS.len(),
+            "The IPP job store was written by a newer version; using it as it is."
+        );
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(done) {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute_batch(sql)?;
+        tx.execute_batch(&format!("PRAGMA user_version = {}", i + 1))?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+/// The SET list of a state change: state ?1, reasons ?2 (space
+/// separated), message ?3, and the processing and completed times (?4)
+/// when the state reaches them. The job is ?5 in every user's WHERE.
+const STATE_COLUMNS: &str = "state = ?1, reasons = ?2, message = ?3, \
+     processing = CASE WHEN processing = 0 AND ?1 IN (5, 6, 7, 8, 9) THEN ?4 ELSE processing END, \
+     completed = CASE WHEN ?1 IN (7, 8, 9) THEN ?4 ELSE completed END";
+
+/// The condition of a job still taking documents (Create-Job done, not
+/// closed, still pending: not canceled or aborted meanwhile).
+const OPEN: &str = "closed = 0 AND state = 3";
+
 const JOB_COLUMNS: &str = "id, site, uuid, state, reasons, message, name, user, client_addr, \
      client_port, format, template, created, processing, completed, device, closed, documents, \
-     octets, impressions";
+     octets, impressions, activity";
 
 fn job_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<JobRow> {
     let reasons: String = r.get(4)?;
@@ -237,6 +312,7 @@ fn job_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<JobRow> {
         documents: r.get(17)?,
         octets: r.get(18)?,
         impressions: r.get(19)?,
+        activity: r.get(20)?,
     })
 }
 
@@ -278,12 +354,13 @@ impl JobStore {
             path: db_path.clone(),
             source,
         };
-        let conn = Connection::open(&db_path).map_err(db_err)?;
+        let mut conn = Connection::open(&db_path).map_err(db_err)?;
         conn.execute_batch(
             "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;",
         )
         .map_err(db_err)?;
         conn.execute_batch(SCHEMA).map_err(db_err)?;
+        migrate(&mut conn).map_err(db_err)?;
         let store = Self {
             db: Mutex::new(conn),
             db_path,
@@ -358,7 +435,8 @@ impl JobStore {
             let tx = c.transaction()?;
             tx.execute(
                 "INSERT INTO jobs (site, uuid, state, reasons, name, user, client_addr, \
-                 client_port, format, template, created) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                 client_port, format, template, created, activity) \
+                 VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?11)",
                 params![
                     job.site,
                     job.uuid,
@@ -398,47 +476,265 @@ impl JobStore {
             .ok_or_else(|| self.db_err(rusqlite::Error::QueryReturnedNoRows))
     }
 
-    /// Adds a document to an open job (Send-Document); `last` closes it.
+    /// Adds a document (spooled and fsync'd at `doc.temp`) to a job still
+    /// taking documents (Send-Document). `last` (the reasons and message
+    /// of a job waiting for its device) closes the job too. The check that
+    /// the job is open and the write are one compare-and-set, so no
+    /// document lands on a job that was closed, canceled or aborted while
+    /// the document was arriving: then this returns None, changes nothing
+    /// and removes the spooled file.
     pub fn add_document(
         &self,
         id: i32,
-        temp: &Path,
-        format: &str,
-        name: &str,
-        size: i64,
-        last: bool,
-    ) -> Result<JobRow, StoreError> {
-        self.with(|c| {
-            let tx = c.transaction()?;
+        doc: &NewDoc<'_>,
+        last: Option<(&[String], &str)>,
+        now: i64,
+    ) -> Result<Option<JobRow>, StoreError> {
+        // The spool path the file was renamed to, until its row commits.
+        let mut renamed: Option<PathBuf> = None;
+        let added = self.with(|c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let n = match last {
+                None => tx.execute(
+                    &format!(
+                        "UPDATE jobs SET documents = documents + 1, octets = octets + ?1, \
+                         activity = MAX(activity, ?2) WHERE id = ?3 AND {OPEN}"
+                    ),
+                    params![doc.size, now, id],
+                )?,
+                Some((reasons, message)) => tx.execute(
+                    &format!(
+                        "UPDATE jobs SET documents = documents + 1, octets = octets + ?1, \
+                         activity = MAX(activity, ?2), closed = 1, reasons = ?4, message = ?5 \
+                         WHERE id = ?3 AND {OPEN}"
+                    ),
+                    params![doc.size, now, id, reasons.join(" "), message],
+                )?,
+            };
+            if n == 0 {
+                return Ok(false);
+            }
             let number: i32 = tx.query_row(
                 "SELECT documents FROM jobs WHERE id = ?",
                 params![id],
                 |r| r.get(0),
             )?;
-            let number = number + 1;
             let path = self.spool.join(format!("job-{id}-doc-{number}"));
-            std::fs::rename(temp, &path)
+            std::fs::rename(doc.temp, &path)
                 .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+            renamed = Some(path.clone());
             tx.execute(
                 "INSERT INTO documents (job, number, format, name, path, size) VALUES (?,?,?,?,?,?)",
-                params![id, number, format, name, path.to_string_lossy(), size],
+                params![id, number, doc.format, doc.name, path.to_string_lossy(), doc.size],
             )?;
-            tx.execute(
-                "UPDATE jobs SET documents = ?, octets = octets + ?, closed = ? WHERE id = ?",
-                params![number, size, last, id],
-            )?;
-            tx.commit()
-        })?;
+            tx.commit()?;
+            Ok(true)
+        });
+        match added {
+            Ok(true) => {}
+            Ok(false) => {
+                let _ = std::fs::remove_file(doc.temp);
+                return Ok(None);
+            }
+            Err(e) => {
+                let _ = std::fs::remove_file(renamed.as_deref().unwrap_or(doc.temp));
+                return Err(e);
+            }
+        }
         sync_dir(&self.spool)?;
-        self.job(id)?
-            .ok_or_else(|| self.db_err(rusqlite::Error::QueryReturnedNoRows))
+        self.job(id)
     }
 
-    /// Closes a job without a further document (Close-Job, or
-    /// Send-Document with last-document and no data).
-    pub fn close_job(&self, id: i32) -> Result<(), StoreError> {
-        self.with(|c| c.execute("UPDATE jobs SET closed = 1 WHERE id = ?", params![id]))
-            .map(drop)
+    /// Closes a job still taking documents without a further document
+    /// (Close-Job, or Send-Document with last-document and no data), with
+    /// the reasons and message of a job waiting for its device. A
+    /// compare-and-set: false, and nothing changed, when the job was no
+    /// longer open (closed, canceled or aborted meanwhile).
+    pub fn close_job(
+        &self,
+        id: i32,
+        reasons: &[String],
+        message: &str,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        self.with(|c| {
+            c.execute(
+                &format!(
+                    "UPDATE jobs SET closed = 1, reasons = ?1, message = ?2, \
+                     activity = MAX(activity, ?3) WHERE id = ?4 AND {OPEN}"
+                ),
+                params![reasons.join(" "), message, now, id],
+            )
+        })
+        .map(|n| n > 0)
+    }
+
+    /// Records an operation on a job still taking documents (the start,
+    /// steady progress and end of a Send-Document): its
+    /// multiple-operation-time-out starts again. False when the job is no
+    /// longer open.
+    pub fn touch_job(&self, id: i32, now: i64) -> Result<bool, StoreError> {
+        self.with(|c| {
+            c.execute(
+                &format!("UPDATE jobs SET activity = MAX(activity, ?1) WHERE id = ?2 AND {OPEN}"),
+                params![now, id],
+            )
+        })
+        .map(|n| n > 0)
+    }
+
+    /// The multiple-operation-time-out: the jobs of `site` still open
+    /// whose last operation was before `cutoff` are closed when they have
+    /// a document, and aborted (`aborted-by-system`, `message`) when they
+    /// have none. One transaction, so a Send-Document that refreshed a job
+    /// first keeps it open, and one that comes after finds it ended.
+    /// Returns the ended jobs as they are now.
+    pub fn expire_idle_jobs(
+        &self,
+        site: &str,
+        cutoff: i64,
+        message: &str,
+        now: i64,
+    ) -> Result<Vec<JobRow>, StoreError> {
+        self.with(|c| {
+            let tx = c.transaction()?;
+            let idle: Vec<(i32, i32)> = {
+                let mut st = tx.prepare(
+                    "SELECT id, documents FROM jobs WHERE site = ? AND closed = 0 \
+                     AND state NOT IN (7, 8, 9) AND activity < ? ORDER BY id",
+                )?;
+                let rows = st.query_map(params![site, cutoff], |r| {
+                    Ok((r.get::<_, i32>(0)?, r.get::<_, i32>(1)?))
+                })?;
+                rows.collect::<rusqlite::Result<_>>()?
+            };
+            let mut ended = Vec::with_capacity(idle.len());
+            for (id, documents) in idle {
+                if documents > 0 {
+                    // Closed as if its last document had said so: from
+                    // job-incoming to fetchable.
+                    tx.execute(
+                        "UPDATE jobs SET closed = 1, reasons = 'job-fetchable' WHERE id = ?",
+                        params![id],
+                    )?;
+                } else {
+                    tx.execute(
+                        &format!("UPDATE jobs SET {STATE_COLUMNS} WHERE id = ?5"),
+                        params![job_state::ABORTED, "aborted-by-system", message, now, id],
+                    )?;
+                }
+                ended.push(tx.query_row(
+                    &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?"),
+                    params![id],
+                    job_from_row,
+                )?);
+            }
+            tx.commit()?;
+            Ok(ended)
+        })
+    }
+
+    /// Acknowledge-Job: gives a fetchable job to `device`, processing with
+    /// the reason `job-fetched` and `message`. A compare-and-set on the job
+    /// still being fetchable (pending, closed, no device): false, and
+    /// nothing changed, when it is not (a Cancel-Job or another device
+    /// came first).
+    pub fn acknowledge_job(
+        &self,
+        id: i32,
+        device: &str,
+        message: &str,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        self.with(|c| {
+            c.execute(
+                &format!(
+                    "UPDATE jobs SET {STATE_COLUMNS}, device = ?6 WHERE id = ?5 \
+                     AND device = '' AND state = 3 AND closed = 1"
+                ),
+                params![
+                    job_state::PROCESSING,
+                    "job-fetched",
+                    message,
+                    now,
+                    id,
+                    device
+                ],
+            )
+        })
+        .map(|n| n > 0)
+    }
+
+    /// Cancel-Job, atomic against a device acknowledging the job at the
+    /// same moment. A job no device holds is canceled
+    /// (`job-canceled-by-user`, `canceled_message`). A job a device holds
+    /// stays processing, with `processing-to-stop-point` added and
+    /// `stopping_message`, until its agent stops it and reports. A final
+    /// job is left as it is.
+    pub fn cancel_job(
+        &self,
+        id: i32,
+        canceled_message: &str,
+        stopping_message: &str,
+        now: i64,
+    ) -> Result<Cancel, StoreError> {
+        self.with(|c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let read = |tx: &rusqlite::Transaction<'_>| {
+                tx.query_row(
+                    &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?"),
+                    params![id],
+                    job_from_row,
+                )
+                .optional()
+            };
+            let canceled = tx.execute(
+                &format!(
+                    "UPDATE jobs SET {STATE_COLUMNS} WHERE id = ?5 AND device = '' \
+                     AND state NOT IN (7, 8, 9)"
+                ),
+                params![
+                    job_state::CANCELED,
+                    "job-canceled-by-user",
+                    canceled_message,
+                    now,
+                    id
+                ],
+            )?;
+            let outcome = match read(&tx)? {
+                None => Cancel::Gone,
+                Some(j) if canceled > 0 => Cancel::Canceled(j),
+                // Not canceled above, so final or held by a device (the
+                // transaction keeps anything else from happening between).
+                Some(j) if j.is_final() || j.device.is_empty() => Cancel::Final(j),
+                Some(j) => {
+                    let mut reasons = j.reasons.clone();
+                    if !j.has_reason("processing-to-stop-point") {
+                        reasons.push("processing-to-stop-point".to_owned());
+                    }
+                    tx.execute(
+                        &format!(
+                            "UPDATE jobs SET {STATE_COLUMNS} WHERE id = ?5 AND device = ?6 \
+                             AND state NOT IN (7, 8, 9)"
+                        ),
+                        params![
+                            job_state::PROCESSING,
+                            reasons.join(" "),
+                            stopping_message,
+                            now,
+                            id,
+                            j.device
+                        ],
+                    )?;
+                    match read(&tx)? {
+                        Some(j) => Cancel::Stopping(j),
+                        None => Cancel::Gone,
+                    }
+                }
+            };
+            tx.commit()?;
+            Ok(outcome)
+        })
     }
 
     /// One job.
@@ -482,10 +778,8 @@ impl JobStore {
     ) -> Result<(), StoreError> {
         self.with(|c| {
             c.execute(
-                "UPDATE jobs SET state = ?, reasons = ?, message = ?, \
-                 processing = CASE WHEN processing = 0 AND ? IN (5, 6, 7, 8, 9) THEN ? ELSE processing END, \
-                 completed = CASE WHEN ? IN (7, 8, 9) THEN ? ELSE completed END WHERE id = ?",
-                params![state, reasons.join(" "), message, state, now, state, now, id],
+                &format!("UPDATE jobs SET {STATE_COLUMNS} WHERE id = ?5"),
+                params![state, reasons.join(" "), message, now, id],
             )
         })
         .map(drop)
@@ -668,6 +962,28 @@ mod tests {
         }
     }
 
+    const NONE: &[String] = &[];
+
+    fn doc(temp: &Path, size: i64) -> NewDoc<'_> {
+        NewDoc {
+            temp,
+            format: "application/pdf",
+            name: "d",
+            size,
+        }
+    }
+
+    /// A closed job with one document, waiting for a device.
+    fn fetchable_job(store: &JobStore) -> JobRow {
+        let temp = store.temp_path();
+        std::fs::write(&temp, b"%PDF").unwrap();
+        let job = store
+            .create_job(&new_job("a"), 3, &["job-fetchable"], Some((&temp, "d", 4)))
+            .unwrap();
+        assert!(job.is_fetchable());
+        job
+    }
+
     #[test]
     fn a_job_with_its_document_survives_reopening_and_orphans_go() {
         let dir = tempfile::tempdir().unwrap();
@@ -705,7 +1021,8 @@ mod tests {
         let temp = store.temp_path();
         std::fs::write(&temp, b"x").unwrap();
         let job = store
-            .add_document(job.id, &temp, "application/pdf", "d", 1, true)
+            .add_document(job.id, &doc(&temp, 1), Some((NONE, "")), 1001)
+            .unwrap()
             .unwrap();
         assert!(job.is_fetchable());
         store.set_device(job.id, "urn:uuid:dev").unwrap();
@@ -730,5 +1047,303 @@ mod tests {
         assert!(store.is_paused("a").unwrap());
         store.set_paused("a", false).unwrap();
         assert!(!store.is_paused("a").unwrap());
+    }
+
+    /// A Cancel-Job and an Acknowledge-Job on the same job: whichever the
+    /// store takes first wins, and the other sees it.
+    #[test]
+    fn acknowledge_and_cancel_are_compare_and_set() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = JobStore::open(dir.path()).unwrap();
+
+        // The cancel first: the agent's acknowledgement is refused and the
+        // job stays canceled (it was: processing and printed).
+        let job = fetchable_job(&store);
+        let Cancel::Canceled(j) = store
+            .cancel_job(job.id, "canceled", "stopping", 1010)
+            .unwrap()
+        else {
+            panic!("a job no device holds is canceled at once");
+        };
+        assert_eq!(j.state, job_state::CANCELED);
+        assert!(
+            !store
+                .acknowledge_job(job.id, "urn:uuid:dev", "fetched", 1011)
+                .unwrap(),
+            "a canceled job cannot be acknowledged"
+        );
+        let j = store.job(job.id).unwrap().unwrap();
+        assert_eq!(j.state, job_state::CANCELED);
+        assert_eq!(j.reasons, ["job-canceled-by-user"]);
+        assert_eq!((j.device.as_str(), j.completed), ("", 1010));
+        assert!(
+            store
+                .unfinished_of_device("urn:uuid:dev")
+                .unwrap()
+                .is_empty()
+        );
+
+        // The acknowledgement first: the cancel goes to the device, which
+        // must stop the job and report (it was: canceled while printing).
+        let job = fetchable_job(&store);
+        assert!(
+            store
+                .acknowledge_job(job.id, "urn:uuid:dev", "fetched", 1020)
+                .unwrap()
+        );
+        let j = store.job(job.id).unwrap().unwrap();
+        assert_eq!(
+            (j.state, j.device.as_str(), j.processing),
+            (job_state::PROCESSING, "urn:uuid:dev", 1020)
+        );
+        assert_eq!(j.reasons, ["job-fetched"]);
+        // Nobody else can take it now, not even the same device again
+        // (the front answers that one from the row).
+        assert!(
+            !store
+                .acknowledge_job(job.id, "urn:uuid:other", "fetched", 1021)
+                .unwrap()
+        );
+        let Cancel::Stopping(j) = store
+            .cancel_job(job.id, "canceled", "stopping", 1022)
+            .unwrap()
+        else {
+            panic!("a job a device holds waits for the device to stop it");
+        };
+        assert_eq!(j.state, job_state::PROCESSING);
+        assert_eq!(j.device, "urn:uuid:dev");
+        assert_eq!(j.reasons, ["job-fetched", "processing-to-stop-point"]);
+        assert_eq!(j.message, "stopping");
+        // Asking twice adds the reason once.
+        let Cancel::Stopping(j) = store
+            .cancel_job(job.id, "canceled", "stopping", 1023)
+            .unwrap()
+        else {
+            panic!("still stopping");
+        };
+        assert_eq!(j.reasons, ["job-fetched", "processing-to-stop-point"]);
+
+        // A final job is left alone; a missing one is gone.
+        store
+            .set_state(
+                job.id,
+                job_state::CANCELED,
+                &["job-canceled-by-user".into()],
+                "",
+                1030,
+            )
+            .unwrap();
+        assert!(matches!(
+            store.cancel_job(job.id, "canceled", "stopping", 1031).unwrap(),
+            Cancel::Final(j) if j.state == job_state::CANCELED && j.completed == 1030
+        ));
+        assert_eq!(
+            store
+                .cancel_job(9999, "canceled", "stopping", 1032)
+                .unwrap(),
+            Cancel::Gone
+        );
+    }
+
+    /// A document that finishes arriving after its job was canceled or
+    /// aborted (or closed) is refused, and its spooled file removed.
+    #[test]
+    fn a_document_cannot_join_a_job_that_ended_while_it_arrived() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = JobStore::open(dir.path()).unwrap();
+        let spool_files = || std::fs::read_dir(store.spool_dir()).unwrap().count();
+
+        let open = store
+            .create_job(&new_job("a"), 3, &["job-incoming"], None)
+            .unwrap();
+        let temp = store.temp_path();
+        std::fs::write(&temp, b"first").unwrap();
+        let j = store
+            .add_document(open.id, &doc(&temp, 5), None, 1001)
+            .unwrap()
+            .expect("an open job takes documents");
+        assert_eq!((j.documents, j.octets, j.closed), (1, 5, false));
+        assert_eq!(spool_files(), 1);
+
+        // Canceled while the second document was arriving.
+        let temp = store.temp_path();
+        std::fs::write(&temp, b"second").unwrap();
+        assert!(matches!(
+            store
+                .cancel_job(open.id, "canceled", "stopping", 1002)
+                .unwrap(),
+            Cancel::Canceled(_)
+        ));
+        assert_eq!(
+            store
+                .add_document(open.id, &doc(&temp, 6), Some((NONE, "")), 1003)
+                .unwrap(),
+            None,
+            "a document must not join a canceled job"
+        );
+        assert!(!temp.exists(), "the refused document's file is removed");
+        assert_eq!(spool_files(), 1);
+        let j = store.job(open.id).unwrap().unwrap();
+        assert_eq!(
+            (j.state, j.documents, j.octets, j.closed),
+            (job_state::CANCELED, 1, 5, false)
+        );
+        assert_eq!(store.documents(open.id).unwrap().len(), 1);
+        assert!(!store.touch_job(open.id, 1004).unwrap());
+        assert!(!store.close_job(open.id, NONE, "", 1004).unwrap());
+        assert_eq!(
+            store.job(open.id).unwrap().unwrap().state,
+            job_state::CANCELED
+        );
+
+        // Aborted by the time-out while its first document was arriving.
+        let idle = store
+            .create_job(&new_job("a"), 3, &["job-incoming"], None)
+            .unwrap();
+        let ended = store.expire_idle_jobs("a", 1001, "time-out", 1400).unwrap();
+        assert_eq!(ended.len(), 1);
+        assert_eq!((ended[0].id, ended[0].state), (idle.id, job_state::ABORTED));
+        let temp = store.temp_path();
+        std::fs::write(&temp, b"late").unwrap();
+        assert_eq!(
+            store
+                .add_document(idle.id, &doc(&temp, 4), None, 1401)
+                .unwrap(),
+            None
+        );
+        assert!(!temp.exists());
+        assert_eq!(store.job(idle.id).unwrap().unwrap().documents, 0);
+
+        // Closed (Close-Job) meanwhile: no document after the last.
+        let closed = fetchable_job(&store);
+        let temp = store.temp_path();
+        std::fs::write(&temp, b"after").unwrap();
+        assert_eq!(
+            store
+                .add_document(closed.id, &doc(&temp, 5), None, 1500)
+                .unwrap(),
+            None
+        );
+        assert!(!temp.exists());
+        assert_eq!(store.documents(closed.id).unwrap().len(), 1);
+    }
+
+    /// RFC 8011 multiple-operation-time-out: a job is idle from its last
+    /// operation, not from its creation.
+    #[test]
+    fn the_operation_time_out_runs_from_the_last_operation() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = JobStore::open(dir.path()).unwrap();
+        // Both created at 1000.
+        let busy = store
+            .create_job(&new_job("a"), 3, &["job-incoming"], None)
+            .unwrap();
+        let empty = store
+            .create_job(&new_job("a"), 3, &["job-incoming"], None)
+            .unwrap();
+        assert_eq!((busy.activity, empty.activity), (1000, 1000));
+        // `busy` got a document at 1900, and a long Send-Document began
+        // at 2000.
+        let temp = store.temp_path();
+        std::fs::write(&temp, b"page").unwrap();
+        store
+            .add_document(busy.id, &doc(&temp, 4), None, 1900)
+            .unwrap()
+            .unwrap();
+        assert!(store.touch_job(busy.id, 2000).unwrap());
+        assert_eq!(store.job(busy.id).unwrap().unwrap().activity, 2000);
+        // A late, older timestamp does not move it back.
+        assert!(store.touch_job(busy.id, 1950).unwrap());
+        assert_eq!(store.job(busy.id).unwrap().unwrap().activity, 2000);
+
+        // At 2100 (300 s time-out): `empty` is idle since 1000 and is
+        // aborted; `busy`, created just as long ago, is not touched.
+        let ended = store
+            .expire_idle_jobs("a", 2100 - 300, "time-out", 2100)
+            .unwrap();
+        let ids: Vec<i32> = ended.iter().map(|j| j.id).collect();
+        assert_eq!(ids, [empty.id]);
+        let e = store.job(empty.id).unwrap().unwrap();
+        assert_eq!(
+            (
+                e.state,
+                e.reasons.as_slice(),
+                e.message.as_str(),
+                e.completed
+            ),
+            (
+                job_state::ABORTED,
+                &["aborted-by-system".to_owned()][..],
+                "time-out",
+                2100
+            )
+        );
+        let b = store.job(busy.id).unwrap().unwrap();
+        assert_eq!(
+            (b.state, b.closed, b.documents),
+            (job_state::PENDING, false, 1)
+        );
+        // Other sites are not looked at.
+        assert!(
+            store
+                .expire_idle_jobs("b", 9999, "time-out", 9999)
+                .unwrap()
+                .is_empty()
+        );
+
+        // 300 s after its last operation, a job with a document is closed
+        // (and offered to the device as it is).
+        let ended = store
+            .expire_idle_jobs("a", 2301 - 300, "time-out", 2301)
+            .unwrap();
+        assert_eq!(ended.len(), 1);
+        let b = &ended[0];
+        assert_eq!(
+            (b.id, b.state, b.closed, b.reasons.as_slice()),
+            (
+                busy.id,
+                job_state::PENDING,
+                true,
+                &["job-fetchable".to_owned()][..]
+            )
+        );
+        assert!(b.is_fetchable());
+        // Ended jobs are not ended again.
+        assert!(
+            store
+                .expire_idle_jobs("a", 9999, "time-out", 9999)
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    /// A store written before jobs had `activity` opens, and its jobs
+    /// count their time-out from their creation.
+    #[test]
+    fn an_old_store_gains_the_activity_column() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("spool")).unwrap();
+        {
+            let c = Connection::open(dir.path().join("ipp.db")).unwrap();
+            c.execute_batch(SCHEMA).unwrap();
+            c.execute(
+                "INSERT INTO jobs (site, uuid, state, name, user, client_addr, client_port, \
+                 format, template, created) VALUES ('a', 'urn:uuid:1', 3, 'doc', 'alice', \
+                 '192.0.2.1', 40000, 'application/pdf', x'', 1234)",
+                [],
+            )
+            .unwrap();
+        }
+        let store = JobStore::open(dir.path()).unwrap();
+        let jobs = store.jobs("a", None).unwrap();
+        assert_eq!((jobs[0].created, jobs[0].activity), (1234, 1234));
+        drop(store);
+        // Opening again runs no migration twice.
+        let store = JobStore::open(dir.path()).unwrap();
+        let version: i64 = store
+            .with(|c| c.query_row("PRAGMA user_version", [], |r| r.get(0)))
+            .unwrap();
+        assert_eq!(version, MIGRATIONS.len() as i64);
+        assert_eq!(store.jobs("a", None).unwrap()[0].activity, 1234);
     }
 }
