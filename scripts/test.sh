@@ -13,6 +13,7 @@ PKGS=(
   cups-ipp-utils cups-client avahi-daemon dbus        # print stage: ippeveprinter/ipptool, lp
   dovecot-imapd dovecot-lmtpd opensmtpd swaks         # command mail: IMAP IDLE watcher, SMTP -> LMTP delivery
   cups-daemon curl                                    # printing through a firewall: a client-side cupsd, the site status page
+  strace                                              # durability: a printed file's folder is synced after the rename
 )
 missing=()
 for p in "${PKGS[@]}"; do

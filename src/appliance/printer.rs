@@ -139,8 +139,11 @@ impl PrintActor {
             let (tmp, _) = DocumentFormat::Pdf
                 .spool(&document, Some(dir))
                 .context("while writing the archive PDF")?;
-            crate::print::blocking(|| tmp.persist(&path))
-                .with_context(|| format!("while writing {}", path.display()))?;
+            crate::print::blocking(|| {
+                tmp.persist(&path)?;
+                crate::print::sync_dir(dir).map_err(|e| anyhow::anyhow!(e))
+            })
+            .with_context(|| format!("while writing {}", path.display()))?;
             tracing::info!(doc = doc.id, path = %path.display(), "Archived.");
             archived = Some(path.display().to_string());
         }

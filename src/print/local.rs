@@ -254,8 +254,9 @@ fn file_stem(title: &str) -> String {
     if s.is_empty() { "fax".into() } else { s }
 }
 
-/// Renames a complete temporary file in `dir` to a fresh
-/// `STEM-SECONDS-N.EXT` there, never over an existing file.
+/// Renames a complete (synced) temporary file in `dir` to a fresh
+/// `STEM-SECONDS-N.EXT` there, never over an existing file, and syncs
+/// `dir`.
 fn persist_new_file(
     mut tmp: tempfile::NamedTempFile,
     dir: &Path,
@@ -270,7 +271,12 @@ fn persist_new_file(
     loop {
         let path = dir.join(format!("{stem}-{secs}-{n}.{ext}"));
         match tmp.persist_noclobber(&path) {
-            Ok(_) => return Ok(path),
+            Ok(_) => {
+                // Only a synced folder keeps the new name after a crash;
+                // the job counts as printed once this returns.
+                super::sync_dir(dir)?;
+                return Ok(path);
+            }
             Err(e) if e.error.kind() == std::io::ErrorKind::AlreadyExists && n < 10_000 => {
                 tmp = e.file;
                 n += 1;

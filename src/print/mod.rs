@@ -153,6 +153,17 @@ impl DocumentFormat {
     }
 }
 
+/// Syncs a folder, so that a rename into it survives a crash (the file's
+/// own fsync does not cover its name).
+pub(crate) fn sync_dir(dir: &std::path::Path) -> Result<(), PrintError> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| PrintError::Io {
+            what: format!("syncing the folder {}", dir.display()),
+            source: e,
+        })
+}
+
 /// Runs blocking file work from async code: on a multi-threaded runtime
 /// the worker hands its other tasks on first; elsewhere it just runs.
 pub(crate) fn blocking<T>(f: impl FnOnce() -> T) -> T {

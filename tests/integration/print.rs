@@ -608,6 +608,66 @@ fn printer_out_of_paper_is_reported_and_the_job_is_refused() {
     );
 }
 
+/// A folder printer reports a job printed only once its new file name is
+/// durable: after the rename into the folder, the folder itself is
+/// fsynced (the file's own fsync does not cover its name). Checked in the
+/// system calls `faxgate print` makes, under strace.
+#[test]
+fn a_folder_printer_syncs_the_folder_after_the_rename() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tiff, _) = tiff_document(dir.path());
+    let out_dir = dir.path().join("out");
+    std::fs::create_dir(&out_dir).unwrap();
+    let trace = dir.path().join("trace.txt");
+    let out = Command::new("strace")
+        .args([
+            "-f",
+            "-qq",
+            "-e",
+            "trace=rename,renameat,renameat2,link,linkat,openat,fsync,fdatasync",
+            "-o",
+        ])
+        .arg(&trace)
+        .arg(faxgate())
+        .arg("print")
+        .arg(&tiff)
+        .args([
+            "--printer",
+            &format!("dir:{}", out_dir.display()),
+            "--title",
+            "t",
+        ])
+        .output()
+        .expect("strace runs (package strace)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let trace = std::fs::read_to_string(&trace).unwrap();
+    let lines: Vec<&str> = trace.lines().collect();
+    let folder = format!("\"{}/", out_dir.display());
+    let renamed = lines
+        .iter()
+        .position(|l| {
+            (l.contains(" rename") || l.contains(" link")) && l.matches(&folder).count() == 2
+        })
+        .unwrap_or_else(|| panic!("no rename into the folder:\n{trace}"));
+    let opened = format!("\"{}\"", out_dir.display());
+    let fd = lines[renamed..]
+        .iter()
+        .find(|l| l.contains(" openat(") && l.contains(&opened))
+        .and_then(|l| l.rsplit("= ").next())
+        .and_then(|fd| fd.trim().parse::<u32>().ok())
+        .unwrap_or_else(|| panic!("the folder is not opened after the rename:\n{trace}"));
+    assert!(
+        lines[renamed..]
+            .iter()
+            .any(|l| l.contains(&format!(" fsync({fd})")) && l.ends_with("= 0")),
+        "the folder (fd {fd}) is not fsynced after the rename:\n{trace}"
+    );
+}
+
 #[test]
 fn folder_and_device_printers_write_the_document() {
     let dir = tempfile::tempdir().unwrap();
