@@ -299,7 +299,8 @@ async fn kick(config: &RelayServerConfig, user: &str) -> anyhow::Result<()> {
     let (code, body) = http(
         config,
         "POST",
-        &format!("/admin/kick/{user}"),
+        // The path is percent-decoded; user IDs may hold '%'.
+        &format!("/admin/kick/{}", user.replace('%', "%25")),
         Some(token.expose()),
     )
     .await?;

@@ -350,6 +350,16 @@ fn relay_user_admin_status_kick_and_relay_client_work_end_to_end() {
     // kick: the connection is closed with KICKED. The operator's way to
     // keep a device out is disable, then kick.
     relay.admin(&["user", "disable", "osaka"]);
+    // User IDs may hold '%': `osak%61` is another user, not a
+    // percent-encoded osaka.
+    let out = relay.admin(&["kick", "osak%61"]);
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(
+        (v["user"].as_str(), v["closed"].as_u64()),
+        (Some("osak%61"), Some(0)),
+        "{v}"
+    );
+    assert_eq!(relay.logged_in().len(), 1, "osaka is still logged in");
     let out = relay.admin(&["kick", "osaka"]);
     let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(
