@@ -1694,6 +1694,82 @@ fn ecm_ppr_limit_rejects_the_page() {
     );
 }
 
+/// A sender that never ends its ECM page (full block after full block,
+/// each PPS-NULL answered MCF, which re-arms T2) cannot grow the page
+/// past the answerer's page limit: the call fails instead.
+#[test]
+fn ecm_page_that_never_ends_fails_at_the_page_limit() {
+    // The engine's MAX_PAGE_BYTES, as the non-ECM path also applies it.
+    const LIMIT: usize = 64 << 20;
+    const BLOCK: usize = 256 * 256;
+    let now = Instant::now();
+    let mut a = T30::new(answerer_config(Capabilities::all()), now).unwrap();
+    drain(&mut a);
+    let ecm_mh = Params {
+        resolution: Resolution::Standard,
+        width: 1728,
+        coding: Coding::Mh,
+        ecm: true,
+    };
+    a.handle(frame_ev(dcs_frame(&ecm_mh)), now);
+    let cfr = last_frames(&drain(&mut a));
+    assert!(
+        cfr.iter().any(|f| f[2] & 0xFE == frame::fcf::CFR),
+        "{cfr:02X?}"
+    );
+    let mut burst: Vec<Vec<u8>> = (0..=255u8)
+        .map(|n| frame::fcd_frame(n, &[0x55; 256]))
+        .collect();
+    burst.push(frame::rcp_frame());
+    let mut ended = None;
+    // One block more than the limit holds.
+    for block in 0..=LIMIT / BLOCK {
+        for f in &burst {
+            a.handle(
+                Event::EcmFrame {
+                    bytes: f.clone(),
+                    fcs_ok: true,
+                },
+                now,
+            );
+        }
+        let pps = frame::Pps {
+            ppm: frame::fcf::NULL,
+            page: 0,
+            block: block as u8,
+            frames: 256,
+        };
+        a.handle(
+            frame_ev(frame::build(frame::fcf::PPS | 1, &pps.to_fif(), true)),
+            now,
+        );
+        let actions = drain(&mut a);
+        if a.is_finished() {
+            ended = Some((block, outcome_of(&actions), last_frames(&actions)));
+            break;
+        }
+        let resp = last_frames(&actions);
+        assert!(
+            resp.len() == 1 && resp[0][2] & 0xFE == frame::fcf::MCF,
+            "block {block}: {resp:02X?}"
+        );
+    }
+    let (block, outcome, frames) =
+        ended.expect("the answerer kept growing the page past the limit");
+    assert_eq!(block, LIMIT / BLOCK, "every block within the limit is kept");
+    let failure = outcome.result.unwrap_err();
+    assert!(
+        matches!(&failure, Failure::InvalidFrame(_))
+            && failure
+                .to_string()
+                .contains(&format!("page 1 exceeded {LIMIT} bytes")),
+        "{failure}"
+    );
+    assert_eq!(outcome.pages, 0);
+    assert_eq!(frames, vec![vec![0xFF, 0x13, 0xFA]], "DCN");
+    assert!(a.poll_timeout().is_none());
+}
+
 // ---------------------------------------------------------------------------
 // EOM (another document follows) on the receiving side, scripted by hand.
 

@@ -8,7 +8,7 @@
 //! recognise a page it already has.
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use faxgate_config::FaxSection;
@@ -60,6 +60,7 @@ impl OutboxHandle {
             rx,
             running: HashMap::new(),
             tasks: JoinSet::new(),
+            holds: LocalHolds::default(),
             shutdown,
         };
         tracker.spawn(actor.run().instrument(tracing::info_span!("outbox")));
@@ -90,6 +91,61 @@ struct RunningJob {
     cancel: CancellationToken,
 }
 
+/// What an attempt's task returns: the job id, and the delay the job is
+/// held for if the attempt failed locally.
+type Attempted = (String, Option<Duration>);
+
+/// Jobs whose last attempt failed locally (a store error: a full disk
+/// reads but does not write), each held back for a growing [`backoff`].
+/// The store may not be able to record the delay, so the actor keeps it:
+/// without it a job that stays due would be started again as soon as its
+/// task ended, in a loop with no pause.
+#[derive(Debug, Default)]
+struct LocalHolds {
+    jobs: HashMap<String, Hold>,
+}
+
+#[derive(Debug)]
+struct Hold {
+    /// Not started again before this.
+    until: Instant,
+    /// Local failures in a row: the backoff's exponent.
+    failures: u32,
+}
+
+impl LocalHolds {
+    /// Local failures of `id` in a row so far.
+    fn failures(&self, id: &str) -> u32 {
+        self.jobs.get(id).map_or(0, |h| h.failures)
+    }
+
+    /// Another local failure of `id`: hold it for `delay` from `now`.
+    fn failed(&mut self, id: String, delay: Duration, now: Instant) {
+        let failures = self.failures(&id).saturating_add(1);
+        let until = now + delay;
+        self.jobs.insert(id, Hold { until, failures });
+    }
+
+    /// An attempt of `id` ended without a local error, or it was cancelled.
+    fn clear(&mut self, id: &str) {
+        self.jobs.remove(id);
+    }
+
+    /// Whether `id` must not start at `now`.
+    fn is_held(&self, id: &str, now: Instant) -> bool {
+        self.jobs.get(id).is_some_and(|h| h.until > now)
+    }
+
+    /// How long from `now` until the first hold that is still on ends.
+    fn next_end(&self, now: Instant) -> Option<Duration> {
+        self.jobs
+            .values()
+            .filter(|h| h.until > now)
+            .map(|h| h.until - now)
+            .min()
+    }
+}
+
 struct OutboxActor {
     store: Store,
     relay: RelayClient,
@@ -97,7 +153,8 @@ struct OutboxActor {
     bus: Bus,
     rx: mpsc::Receiver<OutboxMsg>,
     running: HashMap<String, RunningJob>,
-    tasks: JoinSet<String>,
+    tasks: JoinSet<Attempted>,
+    holds: LocalHolds,
     shutdown: CancellationToken,
 }
 
@@ -112,11 +169,14 @@ impl OutboxActor {
             if let Err(e) = self.start_due().await {
                 tracing::error!(error = format!("{e:#}"), "Cannot read the outbox.");
             }
-            let next = match self.store.next_due().await {
+            let mut next = match self.store.next_due().await {
                 Ok(Some(ms)) => Duration::from_millis(u64::try_from(ms - now_ms()).unwrap_or(0)),
                 _ => Duration::from_secs(60),
+            };
+            if let Some(hold) = self.holds.next_end(Instant::now()) {
+                next = next.min(hold);
             }
-            .clamp(Duration::from_millis(50), Duration::from_secs(60));
+            let next = next.clamp(Duration::from_millis(50), Duration::from_secs(60));
             tokio::select! {
                 msg = self.rx.recv() => match msg {
                     Some(OutboxMsg::Wake) => {}
@@ -126,8 +186,12 @@ impl OutboxActor {
                     None => break,
                 },
                 Some(done) = self.tasks.join_next(), if !self.tasks.is_empty() => {
-                    if let Ok(id) = done {
+                    if let Ok((id, held)) = done {
                         self.running.remove(&id);
+                        match held {
+                            Some(delay) => self.holds.failed(id, delay, Instant::now()),
+                            None => self.holds.clear(&id),
+                        }
                     }
                 }
                 () = tokio::time::sleep(next) => {}
@@ -144,11 +208,12 @@ impl OutboxActor {
         if self.running.len() >= self.fax.concurrent_sends {
             return Ok(());
         }
+        let now = Instant::now();
         for job in self.store.due_jobs(now_ms()).await? {
             if self.running.len() >= self.fax.concurrent_sends {
                 break;
             }
-            if self.running.contains_key(&job.id) {
+            if self.running.contains_key(&job.id) || self.holds.is_held(&job.id, now) {
                 continue;
             }
             let cancel = CancellationToken::new();
@@ -166,14 +231,22 @@ impl OutboxActor {
                 cancel,
                 park: self.shutdown.child_token(),
             };
+            let failures = self.holds.failures(&job.id);
             let span = tracing::info_span!("job", job_id = %job.id, to = %job.to);
             self.tasks.spawn(
                 async move {
                     let id = job.id.clone();
-                    if let Err(e) = attempt(&ctx, job).await {
-                        tracing::error!(error = format!("{e:#}"), "Job attempt failed locally.");
-                    }
-                    id
+                    let Err(e) = attempt(&ctx, job).await else {
+                        return (id, None);
+                    };
+                    let delay = backoff(ctx.fax.retry_initial, ctx.fax.retry_max, failures);
+                    tracing::error!(
+                        error = format!("{e:#}"),
+                        retry_in = ?delay,
+                        "Job attempt failed locally."
+                    );
+                    after_local_error(&ctx.store, &ctx.bus, &id, &e, delay).await;
+                    (id, Some(delay))
                 }
                 .instrument(span),
             );
@@ -183,6 +256,7 @@ impl OutboxActor {
 
     async fn cancel(&mut self, id: &str) -> anyhow::Result<JobInfo> {
         let job = self.store.request_cancel(id).await?;
+        self.holds.clear(id);
         if let Some(r) = self.running.get(id) {
             r.cancel.cancel();
         } else {
@@ -251,6 +325,40 @@ pub fn backoff(initial: Duration, max: Duration, n: u32) -> Duration {
     use rand::Rng as _;
     let full = initial.saturating_mul(1u32 << n.min(20)).min(max);
     full.mul_f64(rand::thread_rng().gen_range(0.5..=1.0))
+}
+
+/// After an attempt failed locally (the store, a page file): puts the
+/// job back to retrying in `delay`, the error as its reason, so that it
+/// does not stay connecting or sending until a restart. Best effort: a
+/// store that cannot write fails here too (logged), and then the actor's
+/// [`LocalHolds`] alone keeps the job from starting again at once. A job
+/// already in a final state (recorded before the error) keeps it.
+async fn after_local_error(
+    store: &Store,
+    bus: &Bus,
+    id: &str,
+    error: &anyhow::Error,
+    delay: Duration,
+) {
+    let put_back = async {
+        let job = store.job(id).await?.context("the job vanished")?;
+        if job.state.is_final() {
+            return Ok(());
+        }
+        let at = now_ms() + i64::try_from(delay.as_millis()).unwrap_or(i64::MAX / 2);
+        let reason = format!("local error: {error:#}");
+        let job = store
+            .set_job_state(id, JobState::Retrying, Some(reason), Some(at))
+            .await?;
+        bus.publish(BusEvent::Job(job));
+        anyhow::Ok(())
+    };
+    if let Err(e) = put_back.await {
+        tracing::warn!(
+            error = format!("{e:#}"),
+            "Cannot put the job back to retrying after a local error."
+        );
+    }
 }
 
 /// One attempt of one job: connect, run T.30, record the outcome.
@@ -470,6 +578,92 @@ impl Hooks for SenderHooks<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use faxgate_fax::{Bitmap, Resolution};
+
+    /// A job that failed locally is held for the backoff, longer after
+    /// each failure in a row, and released by an attempt that ran.
+    #[test]
+    fn local_failures_hold_the_job_back() {
+        let now = Instant::now();
+        let mut holds = LocalHolds::default();
+        assert!(!holds.is_held("a", now));
+        assert_eq!(holds.next_end(now), None);
+        let d = Duration::from_secs(10);
+        holds.failed("a".into(), d, now);
+        assert!(holds.is_held("a", now), "not started again at once");
+        assert!(holds.is_held("a", now + d / 2));
+        assert!(!holds.is_held("a", now + d));
+        assert!(!holds.is_held("b", now));
+        assert_eq!(holds.next_end(now), Some(d));
+        assert_eq!(holds.next_end(now + d), None, "an ended hold sets no timer");
+        assert_eq!(holds.failures("a"), 1);
+        holds.failed("a".into(), d, now + d);
+        assert_eq!(holds.failures("a"), 2, "the backoff grows");
+        holds.clear("a");
+        assert_eq!(holds.failures("a"), 0);
+        assert!(!holds.is_held("a", now));
+    }
+
+    /// A local error puts the job back to retrying (with the error and a
+    /// delay), unless it is final; with a store that cannot write, the
+    /// attempt fails quietly and the job is left to the actor's hold.
+    #[tokio::test]
+    async fn a_local_error_puts_the_job_back_to_retrying() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let bus = Bus::default();
+        let doc = || vec![Bitmap::new(1728, 8)];
+        let job = store
+            .add_job("osaka", "t", doc(), Resolution::Fine)
+            .await
+            .unwrap();
+        store
+            .set_job_state(&job.id, JobState::Sending, None, None)
+            .await
+            .unwrap();
+        let err = anyhow::anyhow!("disk full").context("while recording page 2");
+        let delay = Duration::from_secs(30);
+        after_local_error(&store, &bus, &job.id, &err, delay).await;
+        let j = store.job(&job.id).await.unwrap().unwrap();
+        assert_eq!(j.state, JobState::Retrying);
+        let reason = j.reason.clone().unwrap_or_default();
+        assert!(
+            reason.contains("while recording page 2: disk full"),
+            "{reason}"
+        );
+        assert!(j.next_attempt_ms.unwrap() > now_ms() + 20_000, "{j:?}");
+        assert!(store.due_jobs(now_ms()).await.unwrap().is_empty());
+        // A final state stays.
+        let done = store
+            .add_job("osaka", "t", doc(), Resolution::Fine)
+            .await
+            .unwrap();
+        store
+            .set_job_state(&done.id, JobState::Done, None, None)
+            .await
+            .unwrap();
+        after_local_error(&store, &bus, &done.id, &err, delay).await;
+        let j = store.job(&done.id).await.unwrap().unwrap();
+        assert_eq!(j.state, JobState::Done);
+        // Writes fail, reads work: the job stays as it is (due), no panic.
+        let stuck = store
+            .add_job("osaka", "t", doc(), Resolution::Fine)
+            .await
+            .unwrap();
+        store
+            .execute_batch_for_test("PRAGMA query_only = ON;")
+            .await
+            .unwrap();
+        assert!(
+            store
+                .set_job_state(&stuck.id, JobState::Connecting, None, None)
+                .await
+                .is_err()
+        );
+        after_local_error(&store, &bus, &stuck.id, &err, delay).await;
+        let j = store.job(&stuck.id).await.unwrap().unwrap();
+        assert_eq!(j.state, JobState::Queued);
+    }
 
     #[test]
     fn backoff_doubles_caps_and_jitters_within_half() {

@@ -34,7 +34,7 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::store::Store;
+use super::store::{JobInfo, Store, check_document};
 use super::{OutboxHandle, PrintHandle};
 use crate::print::FaxPage;
 
@@ -210,13 +210,26 @@ async fn add_job(
         .await
         .map_err(|e| internal(e.into()))?
         .map_err(|e| bad(format!("{e:#}")))?;
-    let job = s
-        .store
-        .add_job(&q.to, &title, pages, resolution)
-        .await
-        .map_err(|e| bad(format!("{e:#}")))?;
+    let job = queue_job(&s.store, &q.to, &title, pages, resolution).await?;
     s.outbox.wake().await;
     Ok((StatusCode::CREATED, Json(job)).into_response())
+}
+
+/// Queues a document: 400 if it cannot be a fax job (no pages, mixed
+/// widths), 500 if the store fails (the job was not queued then: the
+/// store's transaction left nothing behind, so sending again is safe).
+async fn queue_job(
+    store: &Store,
+    to: &str,
+    title: &str,
+    pages: Vec<faxgate_fax::Bitmap>,
+    resolution: faxgate_fax::Resolution,
+) -> Result<JobInfo, ApiError> {
+    check_document(&pages).map_err(|e| bad(format!("{e:#}")))?;
+    store
+        .add_job(to, title, pages, resolution)
+        .await
+        .map_err(|e| internal(e.context("while queueing the job")))
 }
 
 /// The pages of an uploaded TIFF-F, which must all share one fax
@@ -265,11 +278,7 @@ async fn scan_send(State(s): State<PanelState>, Query(q): Query<SendQuery>) -> A
         .await
         .map_err(|e| ApiError(StatusCode::BAD_GATEWAY, format!("scan failed: {e}")))?;
     let title = q.title.unwrap_or_else(|| format!("scan from {}", doc.name));
-    let job = s
-        .store
-        .add_job(&q.to, &title, doc.pages, doc.resolution)
-        .await
-        .map_err(|e| bad(format!("{e:#}")))?;
+    let job = queue_job(&s.store, &q.to, &title, doc.pages, doc.resolution).await?;
     s.outbox.wake().await;
     Ok((StatusCode::CREATED, Json(job)).into_response())
 }
@@ -313,4 +322,45 @@ struct HistoryQuery {
 
 async fn history(State(s): State<PanelState>, Query(q): Query<HistoryQuery>) -> ApiResult {
     ok(s.store.history(q.subject, 500).await.map_err(internal)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn page(width: u32) -> faxgate_fax::Bitmap {
+        faxgate_fax::Bitmap::new(width, 8)
+    }
+
+    #[tokio::test]
+    async fn queue_job_answers_400_for_a_bad_document_and_500_for_a_store_failure() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let fine = faxgate_fax::Resolution::Fine;
+        let Err(ApiError(code, msg)) =
+            queue_job(&store, "osaka", "t", vec![page(1728), page(2048)], fine).await
+        else {
+            panic!("mixed widths were queued");
+        };
+        assert_eq!(code, StatusCode::BAD_REQUEST, "{msg}");
+        assert!(msg.contains("one width"), "{msg}");
+        store
+            .execute_batch_for_test(
+                "CREATE TRIGGER history_full BEFORE INSERT ON history
+                 BEGIN SELECT RAISE(ABORT, 'history is full'); END;",
+            )
+            .await
+            .unwrap();
+        let Err(ApiError(code, msg)) =
+            queue_job(&store, "osaka", "t", vec![page(1728)], fine).await
+        else {
+            panic!("queued although the store failed");
+        };
+        assert_eq!(code, StatusCode::INTERNAL_SERVER_ERROR, "{msg}");
+        assert!(
+            msg.contains("while queueing the job") && msg.contains("history is full"),
+            "{msg}"
+        );
+        assert!(store.jobs(10).await.unwrap().is_empty());
+    }
 }

@@ -292,7 +292,7 @@ where
                     let ifp = Ifp::decode(&packet)
                         .map_err(|e| anyhow!("malformed T.38 IFP packet from the peer: {e}"))?;
                     tracing::trace!(?ifp, "T.38 in.");
-                    for event in rx.events(ifp) {
+                    for event in rx.events(ifp)? {
                         if let Event::Frame { bytes, .. } = &event {
                             log_frames("T.30 in.", std::slice::from_ref(bytes));
                         }
@@ -407,6 +407,14 @@ fn write_image(out: &mut Vec<u8>, data: &[u8]) {
     );
 }
 
+/// The most HDLC octets one frame may collect before its FCS field: a
+/// bound on memory against a peer that never ends a frame. T.30 control
+/// frames are at most a few hundred octets (a DIS/DCS with every extension,
+/// an NSF, a 32-octet PPR map) and an ECM frame is 256 data octets plus a
+/// 4-octet header (T.4 Annex A; 64-octet frames are smaller still), so
+/// 4 KiB leaves a wide margin.
+const MAX_HDLC_FRAME: usize = 4 * 1024;
+
 /// Turns incoming IFP packets into T.30 events: HDLC octets collect until
 /// an FCS field closes the frame.
 #[derive(Default)]
@@ -415,9 +423,11 @@ struct AsyncRx {
 }
 
 impl AsyncRx {
-    fn events(&mut self, ifp: Ifp) -> Vec<Event> {
+    /// The events in one packet; an error if an HDLC frame grows past
+    /// [`MAX_HDLC_FRAME`] octets without an FCS field to end it.
+    fn events(&mut self, ifp: Ifp) -> anyhow::Result<Vec<Event>> {
         let Ifp::Data { modulation, fields } = ifp else {
-            return Vec::new();
+            return Ok(Vec::new());
         };
         let control = modulation == DataType::V21;
         let mut events = Vec::new();
@@ -425,7 +435,7 @@ impl AsyncRx {
             match f.kind {
                 FieldType::HdlcData => {
                     if let Some(d) = f.data {
-                        self.frame.extend_from_slice(&d);
+                        self.push(&d)?;
                     }
                 }
                 FieldType::HdlcFcsOk
@@ -433,7 +443,7 @@ impl AsyncRx {
                 | FieldType::HdlcFcsOkSigEnd
                 | FieldType::HdlcFcsBadSigEnd => {
                     if let Some(d) = f.data {
-                        self.frame.extend_from_slice(&d);
+                        self.push(&d)?;
                     }
                     let fcs_ok =
                         matches!(f.kind, FieldType::HdlcFcsOk | FieldType::HdlcFcsOkSigEnd);
@@ -462,7 +472,23 @@ impl AsyncRx {
                 _ => {}
             }
         }
-        events
+        Ok(events)
+    }
+
+    /// Adds HDLC octets to the frame being collected, up to
+    /// [`MAX_HDLC_FRAME`].
+    fn push(&mut self, data: &[u8]) -> anyhow::Result<()> {
+        if self.frame.len() + data.len() > MAX_HDLC_FRAME {
+            let had = self.frame.len();
+            self.frame = Vec::new();
+            return Err(anyhow!(
+                "HDLC frame from the peer exceeded {MAX_HDLC_FRAME} octets without an FCS \
+                 ({had} octets collected, {} more in this T.38 packet)",
+                data.len()
+            ));
+        }
+        self.frame.extend_from_slice(data);
+        Ok(())
     }
 }
 
@@ -487,5 +513,54 @@ mod tests {
             ..t
         };
         assert_eq!(JobTag::parse(&past_end.to_bytes()), None);
+    }
+
+    fn hdlc(kind: FieldType, data: Option<Vec<u8>>) -> Ifp {
+        Ifp::Data {
+            modulation: DataType::V17_14400,
+            fields: vec![Field { kind, data }],
+        }
+    }
+
+    /// HDLC data that never gets its FCS field is refused at
+    /// MAX_HDLC_FRAME octets instead of piling up.
+    #[test]
+    fn async_rx_refuses_an_endless_hdlc_frame() {
+        let mut rx = AsyncRx::default();
+        let mut packets = 0;
+        let err = loop {
+            packets += 1;
+            assert!(packets <= 10_000, "an endless HDLC frame was never refused");
+            match rx.events(hdlc(FieldType::HdlcData, Some(vec![0x5A; 100]))) {
+                Ok(events) => assert!(events.is_empty()),
+                Err(e) => break e,
+            }
+            assert!(rx.frame.len() <= MAX_HDLC_FRAME);
+        };
+        assert_eq!(packets, MAX_HDLC_FRAME / 100 + 1);
+        let msg = format!("{err:#}");
+        assert!(
+            msg.contains("HDLC frame") && msg.contains(&MAX_HDLC_FRAME.to_string()),
+            "{msg}"
+        );
+        assert!(rx.frame.is_empty(), "the refused frame is dropped");
+    }
+
+    /// A full ECM frame (4-octet header, 256 data octets) in pieces, then
+    /// its FCS field, is still one event.
+    #[test]
+    fn async_rx_keeps_a_full_ecm_frame() {
+        let mut rx = AsyncRx::default();
+        for _ in 0..4 {
+            let events = rx
+                .events(hdlc(FieldType::HdlcData, Some(vec![0xA5; 65])))
+                .unwrap();
+            assert!(events.is_empty());
+        }
+        let events = rx.events(hdlc(FieldType::HdlcFcsOk, None)).unwrap();
+        assert!(
+            matches!(&events[..], [Event::EcmFrame { bytes, fcs_ok: true }] if bytes.len() == 260),
+            "{events:?}"
+        );
     }
 }

@@ -436,6 +436,11 @@ impl Store {
     }
 
     /// Accepts a new job: its pages are durable before this returns.
+    ///
+    /// The job row and its history line are one transaction: an error
+    /// means no job was queued (its page files are removed again), so a
+    /// user who sends again after an error does not send the fax twice.
+    /// Errors other than [`check_document`]'s are the store's own.
     pub async fn add_job(
         &self,
         to: &str,
@@ -443,32 +448,41 @@ impl Store {
         pages: Vec<Bitmap>,
         resolution: Resolution,
     ) -> anyhow::Result<JobInfo> {
-        anyhow::ensure!(!pages.is_empty(), "the document has no pages");
-        let width = pages[0].width();
-        if let Some((i, p)) = pages.iter().enumerate().find(|(_, p)| p.width() != width) {
-            bail!(
-                "page {} is {} pels wide but page 1 is {width}; a fax document has one width",
-                i + 1,
-                p.width()
-            );
-        }
+        let width = check_document(&pages)?;
         let (to, title) = (to.to_owned(), title.to_owned());
         self.with(move |s| {
             let id = new_job_id();
             let dir = s.dir.join("outbox").join(&id);
-            for (i, p) in pages.iter().enumerate() {
-                write_durable(&dir.join(format!("{i:04}.tif")), &page_tiff(p, resolution)?)?;
+            let queued = pages
+                .iter()
+                .enumerate()
+                .try_for_each(|(i, p)| {
+                    write_durable(&dir.join(format!("{i:04}.tif")), &page_tiff(p, resolution)?)
+                })
+                .and_then(|()| {
+                    let job = NewJob {
+                        to: &to,
+                        title: &title,
+                        pages: pages.len(),
+                        resolution,
+                        width,
+                    };
+                    insert_job(&mut s.conn, &id, &job)
+                });
+            if queued.is_err() {
+                // Nothing refers to the pages: best effort, like a temp file.
+                let _ = std::fs::remove_dir_all(&dir);
             }
-            let now = now_ms();
-            s.conn.execute(
-                "INSERT INTO outbox (id, to_user, title, pages, state, resolution, width, created, updated)
-                 VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?6, ?7, ?7)",
-                params![id, to, title, pages.len(), resolution_name(resolution), width, now],
-            )?;
-            history(&s.conn, &id, &format!("accepted {} pages for {to}", pages.len()))?;
-            job_row(&s.conn, &id)?.context("the new job vanished")
+            queued
         })
         .await
+    }
+
+    /// Runs `sql` on the store's connection: tests use it to make writes
+    /// fail (a trigger, `PRAGMA query_only`) as a full disk would.
+    #[cfg(test)]
+    pub(crate) async fn execute_batch_for_test(&self, sql: &'static str) -> anyhow::Result<()> {
+        self.with(move |s| Ok(s.conn.execute_batch(sql)?)).await
     }
 
     /// One job.
@@ -542,7 +556,10 @@ impl Store {
         self.with(move |s| {
             let now = now_ms();
             let bump = i64::from(state == JobState::Connecting);
-            let n = s.conn.execute(
+            // The state and its history line change together: a state
+            // whose recording failed is not left behind (see `outbox`).
+            let tx = s.conn.transaction()?;
+            let n = tx.execute(
                 "UPDATE outbox SET state = ?2, reason = ?3, next_attempt = ?4, updated = ?5,
                    attempts = attempts + ?6
                  WHERE id = ?1",
@@ -554,9 +571,13 @@ impl Store {
                     Some(r) => format!("{}: {r}", state.as_str()),
                     None => state.as_str().to_owned(),
                 };
-                history(&s.conn, &id, &text)?;
+                history(&tx, &id, &text)
+                    .with_context(|| format!("while recording job {id} in the history"))?;
             }
-            job_row(&s.conn, &id)?.context("the job vanished")
+            let job = job_row(&tx, &id)?.context("the job vanished")?;
+            tx.commit()
+                .with_context(|| format!("while committing the state of job {id}"))?;
+            Ok(job)
         })
         .await
     }
@@ -945,6 +966,55 @@ fn docs_where(
         .collect()
 }
 
+/// The columns of a new outbox row.
+struct NewJob<'a> {
+    to: &'a str,
+    title: &'a str,
+    pages: usize,
+    resolution: Resolution,
+    width: u32,
+}
+
+/// Inserts a queued job and its history line in one transaction.
+fn insert_job(conn: &mut Connection, id: &str, job: &NewJob<'_>) -> anyhow::Result<JobInfo> {
+    let tx = conn.transaction()?;
+    tx.execute(
+        "INSERT INTO outbox (id, to_user, title, pages, state, resolution, width, created, updated)
+         VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?6, ?7, ?7)",
+        params![
+            id,
+            job.to,
+            job.title,
+            job.pages,
+            resolution_name(job.resolution),
+            job.width,
+            now_ms()
+        ],
+    )
+    .context("while adding the job to the outbox")?;
+    let text = format!("accepted {} pages for {}", job.pages, job.to);
+    history(&tx, id, &text).context("while recording the new job in the history")?;
+    let info = job_row(&tx, id)?.context("the new job vanished")?;
+    tx.commit()
+        .context("while committing the new job to the store")?;
+    Ok(info)
+}
+
+/// Checks that `pages` can be one fax job: at least one page, all of one
+/// width, which it returns. Its errors are the document's fault, unlike
+/// the store's own in [`Store::add_job`].
+pub fn check_document(pages: &[Bitmap]) -> anyhow::Result<u32> {
+    let width = pages.first().context("the document has no pages")?.width();
+    if let Some((i, p)) = pages.iter().enumerate().find(|(_, p)| p.width() != width) {
+        bail!(
+            "page {} is {} pels wide but page 1 is {width}; a fax document has one width",
+            i + 1,
+            p.width()
+        );
+    }
+    Ok(width)
+}
+
 fn history(conn: &Connection, subject: &str, message: &str) -> rusqlite::Result<()> {
     conn.execute(
         "INSERT INTO history (at, subject, message) VALUES (?1, ?2, ?3)",
@@ -1311,6 +1381,65 @@ mod tests {
             .await
             .unwrap();
         assert_eq!((late.id, late.state), (rest.id, InboxState::Complete));
+    }
+
+    /// A job and its history line are queued together or not at all: a
+    /// failed history insert leaves no job behind for the outbox to send
+    /// while the user, told of the error, sends it again.
+    #[tokio::test]
+    async fn a_job_is_queued_with_its_history_or_not_at_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let kept = store
+            .add_job("osaka", "kept", vec![page(1)], Resolution::Fine)
+            .await
+            .unwrap();
+        store
+            .execute_batch_for_test(
+                "CREATE TRIGGER history_full BEFORE INSERT ON history
+                 BEGIN SELECT RAISE(ABORT, 'history is full'); END;",
+            )
+            .await
+            .unwrap();
+        let err = store
+            .add_job("osaka", "t", vec![page(1), page(2)], Resolution::Fine)
+            .await
+            .unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(
+            msg.contains("history") && msg.contains("history is full"),
+            "{msg}"
+        );
+        let jobs = store.jobs(10).await.unwrap();
+        assert_eq!(
+            jobs.iter().map(|j| j.id.as_str()).collect::<Vec<_>>(),
+            vec![kept.id.as_str()],
+            "no job without its history line"
+        );
+        assert_eq!(store.due_jobs(now_ms()).await.unwrap().len(), 1);
+        let folders = std::fs::read_dir(dir.path().join("outbox"))
+            .unwrap()
+            .count();
+        assert_eq!(folders, 1, "the failed job's pages are removed");
+        // A state change is one transaction with its history line too.
+        let err = store
+            .set_job_state(&kept.id, JobState::Retrying, Some("x".into()), Some(1))
+            .await
+            .unwrap_err();
+        assert!(format!("{err:#}").contains("history"), "{err:#}");
+        let j = store.job(&kept.id).await.unwrap().unwrap();
+        assert_eq!(j.state, JobState::Queued);
+        // Once the history accepts lines again, both rows go in.
+        store
+            .execute_batch_for_test("DROP TRIGGER history_full;")
+            .await
+            .unwrap();
+        let job = store
+            .add_job("osaka", "t", vec![page(1)], Resolution::Fine)
+            .await
+            .unwrap();
+        let lines = store.history(Some(job.id.clone()), 10).await.unwrap();
+        assert_eq!(lines.len(), 1, "{lines:?}");
     }
 
     #[tokio::test]

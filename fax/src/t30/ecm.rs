@@ -140,7 +140,20 @@ impl EcmRx {
     }
 
     /// Appends the complete current block to the page and clears it.
-    pub(super) fn commit_block(&mut self) {
+    ///
+    /// Returns false, appending nothing, if the page would grow past
+    /// `max` octets: a peer that sends block after block (PPS-NULL) and
+    /// never ends the page must not grow it without bound.
+    #[must_use]
+    pub(super) fn commit_block(&mut self, max: usize) -> bool {
+        let block: usize = self.frames[..self.count]
+            .iter()
+            .flatten()
+            .map(Vec::len)
+            .sum();
+        if self.page.len().saturating_add(block) > max {
+            return false;
+        }
         for slot in &mut self.frames[..self.count] {
             if let Some(d) = slot.take() {
                 self.page.extend(d.iter().map(|b| b.reverse_bits()));
@@ -148,6 +161,7 @@ impl EcmRx {
         }
         self.frames.iter_mut().for_each(|s| *s = None);
         self.count = 0;
+        true
     }
 
     /// The whole page (after the last block), leaving the buffer empty.
@@ -182,7 +196,7 @@ mod tests {
                 }
             }
             assert!(rx.missing(tx.frame_count() as u16).is_empty());
-            rx.commit_block();
+            assert!(rx.commit_block(usize::MAX));
             if tx.is_last_block() {
                 break;
             }
@@ -226,7 +240,30 @@ mod tests {
             }
         }
         assert!(rx.missing(1).is_empty());
-        rx.commit_block();
+        assert!(rx.commit_block(usize::MAX));
         assert_eq!(rx.take_page(), page);
+    }
+
+    #[test]
+    fn commit_block_stops_at_the_page_limit() {
+        let mut rx = EcmRx::new();
+        let block = |rx: &mut EcmRx| {
+            for n in 0..4u8 {
+                rx.store(n, &[0xA5; FRAME_SIZE]);
+            }
+            assert!(rx.missing(4).is_empty());
+        };
+        let max = FRAME_SIZE * 4 * 2;
+        block(&mut rx);
+        assert!(rx.commit_block(max));
+        block(&mut rx);
+        assert!(rx.commit_block(max), "exactly at the limit is allowed");
+        block(&mut rx);
+        assert!(!rx.commit_block(max), "one block past the limit");
+        assert_eq!(
+            rx.take_page().len(),
+            max,
+            "the refused block was not appended"
+        );
     }
 }

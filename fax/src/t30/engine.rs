@@ -675,15 +675,20 @@ impl T30 {
             return;
         }
         if self.rx_data.len() + data.len() > MAX_PAGE_BYTES {
-            self.fail(Failure::InvalidFrame(format!(
-                "page {} has more than {MAX_PAGE_BYTES} octets of image data",
-                self.page_index + 1
-            )));
+            self.page_too_large();
             return;
         }
         self.rx_data.extend_from_slice(data);
         self.rx_fresh = true;
         self.rearm_t2(now);
+    }
+
+    /// Ends the call on a page past [`MAX_PAGE_BYTES`] (ECM or not).
+    fn page_too_large(&mut self) {
+        self.fail(Failure::InvalidFrame(format!(
+            "page {} exceeded {MAX_PAGE_BYTES} bytes of image data",
+            self.page_index + 1
+        )));
     }
 
     fn on_image_end(&mut self, now: Instant) {
@@ -873,7 +878,10 @@ impl T30 {
             self.set_t2(now, what);
             return;
         }
-        self.ecm_rx.commit_block();
+        if !self.ecm_rx.commit_block(MAX_PAGE_BYTES) {
+            self.page_too_large();
+            return;
+        }
         self.ecm_rx.last_confirmed = Some((pps.page, pps.block));
         match ppm {
             None => {
