@@ -23,9 +23,16 @@
 //!    (`processing-to-stop-point`), cancels it at the printer (or drops it
 //!    if it was not sent) and reports `canceled`.
 //! 7. Deregisters when idle (`attach = "on-mail"`) and on shutdown, after
-//!    finishing the document at the printer or handing the job back
-//!    unreported (the front offers it again; never reported completed
-//!    unless it was).
+//!    finishing the document at the printer or, once the grace ran out,
+//!    canceling it there and handing the job back unreported (the front
+//!    offers it again; never reported completed unless it was).
+//! 8. Keeps a durable record per job it holds (`state_dir/agent-jobs`):
+//!    the documents completed at the printer, the printer's job of the
+//!    document in progress, and a final report the site did not take. A
+//!    retried or re-offered job resumes after its printed documents
+//!    (following the printer's job rather than sending it again), and
+//!    an owed report is sent after the next registration (a restart
+//!    included) instead of printing the job again.
 //!
 //! With `attach = "on-mail"` it attaches only when a verified wake-up
 //! command mail for its site arrives (`faxgate_mail::WatcherHandle`), and
@@ -81,7 +88,7 @@ pub mod proto {
     };
     use ipp::model::DelimiterTag;
     use ipp::prelude::*;
-    use serde::Deserialize;
+    use serde::{Deserialize, Serialize};
 
     /// Where the front serves its description document.
     pub const DESCRIPTION_PATH: &str = "/.well-known/faxgate-infra.json";
@@ -692,8 +699,9 @@ pub mod proto {
         message::attr(resp, DelimiterTag::JobAttributes, "job-id").and_then(as_int)
     }
 
-    /// What Update-Job-Status tells the site.
-    #[derive(Debug, Clone, PartialEq, Eq)]
+    /// What Update-Job-Status tells the site. Serializable: a final
+    /// report the site did not take is kept in the agent's job records.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
     pub struct JobReport {
         /// `output-device-job-state` (3..=9).
         pub state: i32,
@@ -1067,6 +1075,9 @@ impl AgentHandle {
                 uuid: uuid.clone(),
             },
             spool: state_dir.join("agent-spool"),
+            book: JobBook {
+                dir: state_dir.join("agent-jobs"),
+            },
             front_check: cfg.poll_interval,
             job_poll: cfg.job_poll_interval,
             printer_retry: cfg.status_interval,
@@ -1153,6 +1164,8 @@ struct JobCtx {
     printer_uri: String,
     infra: Infra,
     spool: PathBuf,
+    /// What the agent must remember across retries and restarts.
+    book: JobBook,
     /// How often the site is asked whether a printing job was canceled.
     front_check: Duration,
     /// How often the printer's job is looked at.
@@ -1161,6 +1174,200 @@ struct JobCtx {
     printer_retry: Duration,
     /// How long a document at the printer may finish after shutdown.
     grace: Duration,
+}
+
+/// How long the printer gets to confirm a Cancel-Job sent on shutdown
+/// (after the grace) before the job is handed back unconfirmed.
+const CANCEL_CONFIRM: Duration = Duration::from_secs(3);
+
+/// What the agent keeps on disk about a job it holds, so that neither a
+/// retry nor a restart (which brings a new device UUID, so the site
+/// offers the job again) prints a document twice or loses a final
+/// report. Removed once the site took the job's final report.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+struct JobRecord {
+    /// The job's `job-uuid`: a record whose job id came back for another
+    /// job is not used.
+    job_uuid: Option<String>,
+    /// Documents 1 to `printed` completed at the printer.
+    printed: i32,
+    /// Their impressions.
+    impressions: i32,
+    /// The document at the printer whose end is not known yet.
+    at_printer: Option<AtPrinter>,
+    /// A final report the site has not taken yet.
+    report: Option<JobReport>,
+}
+
+/// A document the printer took (Print-Job answered with a job id).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct AtPrinter {
+    /// Its document-number at the site.
+    document: i32,
+    /// The printer's job id.
+    local_job: i32,
+    /// Cancel-Job was sent on shutdown: if the printer's job ends
+    /// canceled or aborted, the document is printed again.
+    canceled: bool,
+}
+
+impl JobRecord {
+    /// The record to go on with for a job just fetched: the stored one
+    /// if it is about this job (same `job-uuid`), else a fresh one.
+    fn resume(stored: Option<JobRecord>, job_uuid: Option<&str>) -> JobRecord {
+        match stored {
+            Some(r) if r.job_uuid.as_deref() == job_uuid => r,
+            _ => JobRecord {
+                job_uuid: job_uuid.map(str::to_owned),
+                ..JobRecord::default()
+            },
+        }
+    }
+
+    /// The first document still to print, of `documents`.
+    fn first_document(&self, documents: i32) -> i32 {
+        self.printed.clamp(0, documents) + 1
+    }
+}
+
+/// The agent's job records: one JSON file per site job,
+/// `job-ID.json`, in `state_dir/agent-jobs`, written durably.
+#[derive(Debug, Clone)]
+struct JobBook {
+    /// The folder.
+    dir: PathBuf,
+}
+
+impl JobBook {
+    /// Records older than this are dropped at startup: their jobs ended
+    /// at the site without this agent (canceled while it was away).
+    const KEEP: Duration = Duration::from_secs(30 * 24 * 3600);
+
+    /// Where a job's record lives.
+    fn path(&self, job_id: i32) -> PathBuf {
+        self.dir.join(format!("job-{job_id}.json"))
+    }
+
+    /// A job's record; none when there is none or it cannot be read
+    /// (logged).
+    async fn load(&self, job_id: i32) -> Option<JobRecord> {
+        let path = self.path(job_id);
+        match tokio::fs::read(&path).await {
+            Ok(bytes) => match serde_json::from_slice(&bytes) {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    warn!(path = %path.display(), error = %e, "An agent job record is unreadable; ignored.");
+                    None
+                }
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => {
+                warn!(path = %path.display(), error = %e, "Cannot read an agent job record; ignored.");
+                None
+            }
+        }
+    }
+
+    /// Writes a job's record so that it survives a crash: temp file,
+    /// fsync, rename, fsync of the folder.
+    async fn save(&self, job_id: i32, record: &JobRecord) -> anyhow::Result<()> {
+        let data = serde_json::to_vec(record)
+            .with_context(|| format!("while encoding the record of job {job_id}"))?;
+        let dir = self.dir.clone();
+        let path = self.path(job_id);
+        tokio::task::spawn_blocking(move || write_durable(&dir, &path, &data))
+            .await
+            .context("the job record writer panicked")?
+    }
+
+    /// Removes a job's record, durably (logged on failure).
+    async fn remove(&self, job_id: i32) {
+        let dir = self.dir.clone();
+        let path = self.path(job_id);
+        let removed = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+            match std::fs::remove_file(&path) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+                r => r.with_context(|| format!("while removing {}", path.display()))?,
+            }
+            sync_dir(&dir)
+        })
+        .await;
+        match removed {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                warn!(job_id, error = %format!("{e:#}"), "Cannot remove the agent's record of a finished job.")
+            }
+            Err(e) => warn!(job_id, error = %e, "The job record remover panicked."),
+        }
+    }
+
+    /// Every record, by job id. Records older than [`JobBook::KEEP`]
+    /// and temp files of interrupted writes are removed.
+    async fn all(&self) -> Vec<(i32, JobRecord)> {
+        let mut out = Vec::new();
+        let mut dir = match tokio::fs::read_dir(&self.dir).await {
+            Ok(d) => d,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return out,
+            Err(e) => {
+                warn!(path = %self.dir.display(), error = %e, "Cannot read the agent's job records.");
+                return out;
+            }
+        };
+        while let Ok(Some(entry)) = dir.next_entry().await {
+            let path = entry.path();
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(job_id) = name
+                .strip_prefix("job-")
+                .and_then(|n| n.strip_suffix(".json"))
+                .and_then(|n| n.parse::<i32>().ok())
+            else {
+                if name.ends_with(".tmp") {
+                    let _ = tokio::fs::remove_file(&path).await;
+                }
+                continue;
+            };
+            let stale = entry
+                .metadata()
+                .await
+                .ok()
+                .and_then(|m| m.modified().ok())
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > Self::KEEP);
+            if stale {
+                info!(job_id, "Dropping an agent job record older than 30 days.");
+                self.remove(job_id).await;
+                continue;
+            }
+            if let Some(r) = self.load(job_id).await {
+                out.push((job_id, r));
+            }
+        }
+        out.sort_by_key(|(id, _)| *id);
+        out
+    }
+}
+
+/// Writes `path` in `dir` so that it survives a crash: temp file, fsync,
+/// rename, fsync of the folder.
+fn write_durable(dir: &Path, path: &Path, data: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    std::fs::create_dir_all(dir).with_context(|| format!("while creating {}", dir.display()))?;
+    let tmp = path.with_extension("tmp");
+    let mut f =
+        std::fs::File::create(&tmp).with_context(|| format!("while creating {}", tmp.display()))?;
+    f.write_all(data)
+        .and_then(|()| f.sync_all())
+        .with_context(|| format!("while writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("while renaming to {}", path.display()))?;
+    sync_dir(dir)
+}
+
+/// Syncs a folder, so that a rename or removal in it survives a crash.
+fn sync_dir(dir: &Path) -> anyhow::Result<()> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("while syncing {}", dir.display()))
 }
 
 struct MailIn {
@@ -1301,6 +1508,7 @@ impl AgentActor {
     async fn run(mut self) {
         info!(mode = ?self.cfg.attach, "Print agent started.");
         self.clean_spool().await;
+        self.load_unreported().await;
         let mut failures = 0u32;
         let mut wake: Option<Wake> = None;
         loop {
@@ -1390,6 +1598,25 @@ impl AgentActor {
         };
         while let Ok(Some(entry)) = dir.next_entry().await {
             let _ = tokio::fs::remove_file(entry.path()).await;
+        }
+    }
+
+    /// Takes up the final reports an earlier process could not deliver
+    /// (from the job records): they are sent after the first
+    /// registration, before any job is fetched, and their jobs are not
+    /// printed again when the site offers them (it does: this process
+    /// registers under a new device UUID).
+    async fn load_unreported(&mut self) {
+        for (job_id, record) in self.ctx.book.all().await {
+            if let Some(report) = record.report {
+                info!(
+                    job_id,
+                    state = job_state::name(report.state),
+                    "A final job report from before the restart is still owed; it is sent once attached."
+                );
+                self.unreported.push((job_id, report));
+                self.recent.push_back(job_id);
+            }
         }
     }
 
@@ -1698,6 +1925,9 @@ impl AgentActor {
                 if detach {
                     break End::Detached;
                 }
+                // A job whose final report is still owed was printed: it
+                // is reported, never fetched again.
+                queue.retain(|id| !self.unreported.iter().any(|(j, _)| j == id));
                 if let Some(id) = queue.pop_front() {
                     worker = Some(self.start_job(id));
                     last_activity = Instant::now();
@@ -1843,6 +2073,7 @@ impl AgentActor {
             cancel: cancel.clone(),
             stop: stop.clone(),
             impressions: 0,
+            record: JobRecord::default(),
         };
         self.status.send_modify(|s| s.current_job = Some(job_id));
         Worker {
@@ -1926,14 +2157,18 @@ impl AgentActor {
                 }
             }
             match sent {
-                Ok(_) => info!(
-                    job_id,
-                    state = job_state::name(report.state),
-                    "Late job report delivered."
-                ),
+                Ok(_) => {
+                    info!(
+                        job_id,
+                        state = job_state::name(report.state),
+                        "Late job report delivered."
+                    );
+                    self.ctx.book.remove(job_id).await;
+                }
                 Err(e) if e.is_transient() => self.unreported.push((job_id, report)),
                 Err(e) => {
                     warn!(job_id, error = %e, "The site refused a late job report; dropped.");
+                    self.ctx.book.remove(job_id).await;
                 }
             }
         }
@@ -1990,6 +2225,9 @@ enum Printed {
     Done,
     /// Someone canceled it at the printer itself.
     CanceledAtPrinter,
+    /// The printer's job (from before a restart) ended canceled or
+    /// aborted after the agent canceled it on shutdown: print it again.
+    Again,
     /// The job ends here.
     End(JobOutcome),
 }
@@ -2004,6 +2242,8 @@ struct JobRun {
     stop: CancellationToken,
     /// Impressions of the documents printed so far.
     impressions: i32,
+    /// What is on disk about the job (read after Acknowledge-Job).
+    record: JobRecord,
 }
 
 /// Errors that mean the job is not (or no longer) this device's to print.
@@ -2059,12 +2299,55 @@ impl JobRun {
             Err(e) if gone(&e) => return (JobOutcome::Skipped(e.to_string()), None),
             Err(e) => return (JobOutcome::Retry(e.to_string()), None),
         }
-        for n in 1..=job.documents {
+        self.record = JobRecord::resume(ctx.book.load(id).await, job.uuid.as_deref());
+        if let Some(report) = self.record.report.clone() {
+            info!(
+                "The job was finished before; sending its final report instead of printing it again."
+            );
+            return self.finish(report).await;
+        }
+        self.impressions = self.record.impressions;
+        let first = self.record.first_document(job.documents);
+        if first > 1 {
+            info!(
+                printed = first - 1,
+                "Documents printed before (an earlier session or process) are not printed again."
+            );
+            for k in 1..first {
+                self.document_state(k, job_state::COMPLETED).await;
+            }
+        }
+        for n in first..=job.documents {
             if self.stop.is_cancelled() {
                 return (JobOutcome::HandedBack, None);
             }
             if self.cancel.is_cancelled() {
                 return self.canceled("canceled before it was printed").await;
+            }
+            // The printer took this document before a retry or restart:
+            // follow that job rather than sending the document again.
+            if let Some(at) = self.record.at_printer.filter(|a| a.document == n) {
+                info!(
+                    document = n,
+                    local_job = at.local_job,
+                    "The printer took this document before; following its job there."
+                );
+                match self
+                    .watch_document(&job, n, at.local_job, &[], at.canceled)
+                    .await
+                {
+                    Printed::Again => {
+                        info!(
+                            document = n,
+                            "The printer's job was canceled at shutdown; printing the document again."
+                        );
+                        self.record.at_printer = None;
+                    }
+                    printed => match self.after_document(n, printed).await {
+                        Some(end) => return end,
+                        None => continue,
+                    },
+                }
             }
             let path = ctx.spool.join(format!("job-{id}-doc-{n}"));
             let fetched = self.fetch_document(n, &path).await;
@@ -2106,25 +2389,37 @@ impl JobRun {
             }
             let printed = self.print_document(&job, n, &path, &format).await;
             remove(&path).await;
-            match printed {
-                Printed::Done => {}
-                Printed::End(JobOutcome::Canceled) => {
-                    return self.canceled("canceled at the site's request").await;
-                }
-                Printed::CanceledAtPrinter => {
-                    return self
-                        .canceled(&format!("document {n} was canceled at the printer"))
-                        .await;
-                }
-                Printed::End(JobOutcome::Aborted(msg)) => {
-                    return self
-                        .finish(JobReport::aborted(Vec::new(), &msg, self.impressions))
-                        .await;
-                }
-                Printed::End(other) => return (other, None),
+            if let Some(end) = self.after_document(n, printed).await {
+                return end;
             }
         }
         self.finish(JobReport::completed(self.impressions)).await
+    }
+
+    /// How the job goes on after document `n`: `None` to the next
+    /// document, or how it ends. ([`Printed::Again`] comes only from a
+    /// resumed printer job; the caller prints the document again.)
+    async fn after_document(
+        &mut self,
+        n: i32,
+        printed: Printed,
+    ) -> Option<(JobOutcome, Option<JobReport>)> {
+        let end = match printed {
+            Printed::Done | Printed::Again => return None,
+            Printed::End(JobOutcome::Canceled) => {
+                self.canceled("canceled at the site's request").await
+            }
+            Printed::CanceledAtPrinter => {
+                let message = format!("document {n} was canceled at the printer");
+                self.canceled(&message).await
+            }
+            Printed::End(JobOutcome::Aborted(msg)) => {
+                let report = JobReport::aborted(Vec::new(), &msg, self.impressions);
+                self.finish(report).await
+            }
+            Printed::End(other) => (other, None),
+        };
+        Some(end)
     }
 
     async fn canceled(&mut self, message: &str) -> (JobOutcome, Option<JobReport>) {
@@ -2148,7 +2443,10 @@ impl JobRun {
                 .call(self.ctx.infra.job_status(self.job_id, &report), None)
                 .await
             {
-                Ok(_) => return (outcome, None),
+                Ok(_) => {
+                    self.ctx.book.remove(self.job_id).await;
+                    return (outcome, None);
+                }
                 Err(e) if e.is_transient() && attempt < 3 => {
                     debug!(error = %e, "Final job report failed; trying again.");
                     tokio::time::sleep(delay).await;
@@ -2156,15 +2454,29 @@ impl JobRun {
                 }
                 Err(e) if e.is_transient() => {
                     warn!(error = %e, "Final job report failed; it is sent again after the next registration.");
-                    return (outcome, Some(report));
+                    break;
                 }
                 Err(e) => {
                     warn!(error = %e, "The site refused the final job report.");
+                    self.ctx.book.remove(self.job_id).await;
                     return (outcome, None);
                 }
             }
         }
+        // Kept on disk too: after a restart the site offers the job to the
+        // new device, which must report it, not print it again.
+        self.record.report = Some(report.clone());
+        self.record.at_printer = None;
+        self.save_record().await;
         (outcome, Some(report))
+    }
+
+    /// Writes the job's record. A failure is logged and the job goes on
+    /// (not printing would be worse than a repeat after a crash).
+    async fn save_record(&self) {
+        if let Err(e) = self.ctx.book.save(self.job_id, &self.record).await {
+            warn!(error = %format!("{e:#}"), "Cannot write the agent's record of the job; a restart may print a document again.");
+        }
     }
 
     /// A progress report; failures only logged.
@@ -2331,6 +2643,28 @@ impl JobRun {
             format,
             "Document sent to the printer."
         );
+        self.record.at_printer = Some(AtPrinter {
+            document: n,
+            local_job: local,
+            canceled: false,
+        });
+        self.save_record().await;
+        self.watch_document(&job, n, local, &left_out, false).await
+    }
+
+    /// Follows document `n`'s job `local` at the printer to its end and
+    /// records a completed document, so that no retry or restart prints
+    /// it again. `canceled_on_stop`: the agent canceled that job when it
+    /// last shut down; if it ended canceled or aborted, the document is
+    /// to be printed again ([`Printed::Again`]).
+    async fn watch_document(
+        &mut self,
+        job: &FetchedJob,
+        n: i32,
+        local: i32,
+        left_out: &[String],
+        canceled_on_stop: bool,
+    ) -> Printed {
         self.document_state(n, job_state::PROCESSING).await;
         let done = self.impressions;
         let mut message = format!("printing document {n} of {}", job.documents);
@@ -2347,7 +2681,14 @@ impl JobRun {
             impressions: Some(done),
         })
         .await;
-        let end = self.watch_local(&job.user, local).await;
+        let end = self.watch_local(&job.user, n, local).await;
+        let not_printed = matches!(
+            end,
+            LocalEnd::Canceled { by_site: false } | LocalEnd::Aborted(_)
+        );
+        if canceled_on_stop && not_printed {
+            return Printed::Again;
+        }
         let state = match &end {
             LocalEnd::Completed(_) => job_state::COMPLETED,
             LocalEnd::Canceled { .. } => job_state::CANCELED,
@@ -2358,6 +2699,10 @@ impl JobRun {
         match end {
             LocalEnd::Completed(impressions) => {
                 self.impressions = done.saturating_add(impressions);
+                self.record.printed = n;
+                self.record.impressions = self.impressions;
+                self.record.at_printer = None;
+                self.save_record().await;
                 Printed::Done
             }
             LocalEnd::Canceled { by_site: true } => Printed::End(JobOutcome::Canceled),
@@ -2367,10 +2712,11 @@ impl JobRun {
         }
     }
 
-    /// Watches the printer's job until it ends, passing progress to the
-    /// site, canceling it when the site asks, and giving up after the
-    /// shutdown grace.
-    async fn watch_local(&mut self, user: &str, local: i32) -> LocalEnd {
+    /// Watches the printer's job (document `document`) until it ends,
+    /// passing progress to the site, canceling it when the site asks,
+    /// and, on shutdown, canceling it there after the grace
+    /// ([`JobRun::stop_local`]).
+    async fn watch_local(&mut self, user: &str, document: i32, local: i32) -> LocalEnd {
         let ctx = Arc::clone(&self.ctx);
         let done = self.impressions;
         let mut last: Option<JobReport> = None;
@@ -2389,7 +2735,7 @@ impl JobRun {
                 stop_at = Some(Instant::now() + ctx.grace);
             }
             if stop_at.is_some_and(|t| Instant::now() >= t) {
-                return LocalEnd::HandedBack;
+                return self.stop_local(user, document, local).await;
             }
             if self.cancel.is_cancelled() && !cancel_sent {
                 cancel_sent = true;
@@ -2465,6 +2811,77 @@ impl JobRun {
                     self.cancel.cancel();
                 }
             }
+        }
+    }
+
+    /// Shutdown, and the grace ran out: cancels the printer's job before
+    /// the job is handed back, so that the site's next offer does not
+    /// print the document a second time. `Completed` when the printer
+    /// finished it first (it counts as printed). The record says the
+    /// cancel was sent before it is sent: if the printer does not
+    /// confirm within [`CANCEL_CONFIRM`], the next run follows that job
+    /// at the printer and prints the document again only if it ended
+    /// canceled or aborted.
+    async fn stop_local(&mut self, user: &str, document: i32, local: i32) -> LocalEnd {
+        let ctx = Arc::clone(&self.ctx);
+        self.record.at_printer = Some(AtPrinter {
+            document,
+            local_job: local,
+            canceled: true,
+        });
+        self.save_record().await;
+        let req = proto::local_job_request(op::CANCEL_JOB, &ctx.printer_uri, user, local);
+        match ctx.printer.call_timeout(req, None, CANCEL_CONFIRM).await {
+            Ok(_) => info!(
+                local_job = local,
+                "Shutting down: canceled the job at the printer before handing it back."
+            ),
+            Err(e) => warn!(
+                local_job = local,
+                error = %e,
+                "Shutting down: Cancel-Job at the printer failed; looking at the job there."
+            ),
+        }
+        let until = Instant::now() + CANCEL_CONFIRM;
+        loop {
+            let req =
+                proto::local_job_request(op::GET_JOB_ATTRIBUTES, &ctx.printer_uri, user, local);
+            let left = until.saturating_duration_since(Instant::now());
+            match ctx
+                .printer
+                .call_timeout(req, None, left.max(Duration::from_millis(100)))
+                .await
+            {
+                Ok(resp) => match JobState::from_response(&resp) {
+                    Some(s) if s.state == job_state::COMPLETED => {
+                        info!(
+                            local_job = local,
+                            "The printer finished the document before the cancel; it counts as printed."
+                        );
+                        return LocalEnd::Completed(s.impressions.unwrap_or(0));
+                    }
+                    Some(s) if matches!(s.state, job_state::CANCELED | job_state::ABORTED) => {
+                        info!(
+                            local_job = local,
+                            "The printer confirmed the cancel; handing the job back."
+                        );
+                        return LocalEnd::HandedBack;
+                    }
+                    _ => {}
+                },
+                Err(e) if e.ipp_status() == Some(status::NOT_FOUND) => {
+                    return LocalEnd::HandedBack;
+                }
+                Err(e) => debug!(error = %e, "Could not look at the job at the printer."),
+            }
+            if Instant::now() >= until {
+                warn!(
+                    local_job = local,
+                    "The printer has not confirmed the cancel; handing the job back. The next start looks at that job before printing the document again."
+                );
+                return LocalEnd::HandedBack;
+            }
+            tokio::time::sleep(ctx.job_poll.min(Duration::from_millis(500))).await;
         }
     }
 }
@@ -2876,6 +3293,67 @@ mod tests {
         assert!(stop_requested(Some(7), &[]));
         assert!(!stop_requested(Some(5), &["job-fetched".into()]));
         assert!(!stop_requested(Some(9), &[]));
+    }
+
+    #[test]
+    fn a_job_record_resumes_after_the_printed_documents_of_the_same_job() {
+        let stored = JobRecord {
+            job_uuid: Some("urn:uuid:a".into()),
+            printed: 1,
+            impressions: 3,
+            at_printer: Some(AtPrinter {
+                document: 2,
+                local_job: 7,
+                canceled: true,
+            }),
+            report: None,
+        };
+        let r = JobRecord::resume(Some(stored.clone()), Some("urn:uuid:a"));
+        assert_eq!(r, stored);
+        assert_eq!(r.first_document(2), 2);
+        assert_eq!(
+            r.first_document(1),
+            2,
+            "all printed: only the report is left"
+        );
+        // The same job id for another job starts afresh.
+        let other = JobRecord::resume(Some(stored), Some("urn:uuid:b"));
+        assert_eq!(other.printed, 0);
+        assert_eq!(other.first_document(2), 1);
+        assert_eq!(other.job_uuid.as_deref(), Some("urn:uuid:b"));
+        assert_eq!(JobRecord::resume(None, None).first_document(3), 1);
+    }
+
+    #[tokio::test]
+    async fn job_records_survive_on_disk_until_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let book = JobBook {
+            dir: dir.path().join("agent-jobs"),
+        };
+        assert!(book.all().await.is_empty(), "no folder yet");
+        assert_eq!(book.load(4).await, None);
+        let record = JobRecord {
+            job_uuid: Some("urn:uuid:x".into()),
+            printed: 2,
+            impressions: 5,
+            at_printer: None,
+            report: Some(JobReport::completed(5)),
+        };
+        book.save(4, &record).await.unwrap();
+        book.save(9, &JobRecord::default()).await.unwrap();
+        // A write cut short and a stranger are not records.
+        std::fs::write(book.dir.join("job-5.tmp"), b"{").unwrap();
+        std::fs::write(book.dir.join("notes.txt"), b"x").unwrap();
+        // An unreadable record is ignored.
+        std::fs::write(book.dir.join("job-6.json"), b"{not json").unwrap();
+        assert_eq!(book.load(4).await, Some(record.clone()));
+        let all = book.all().await;
+        assert_eq!(all, vec![(4, record), (9, JobRecord::default())]);
+        assert!(!book.dir.join("job-5.tmp").exists());
+        book.remove(4).await;
+        book.remove(4).await;
+        assert_eq!(book.load(4).await, None);
+        assert_eq!(book.all().await.len(), 1);
     }
 
     #[test]

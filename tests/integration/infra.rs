@@ -278,6 +278,58 @@ impl Infra {
             .to_owned()
     }
 
+    /// Creates a job of two PDF documents (Create-Job, then
+    /// Send-Document twice) from the client side and returns its id.
+    fn print_two(&self, first: &Path, second: &Path) -> i32 {
+        let out = self.ipptool(&[
+            "-tv",
+            "-d",
+            &format!("doc1={}", first.display()),
+            "-d",
+            &format!("doc2={}", second.display()),
+            &self.uri(),
+            "two-docs.test",
+        ]);
+        assert!(!out.contains("[FAIL]"), "Create-Job/Send-Document:\n{out}");
+        out.lines()
+            .find_map(|l| l.trim().strip_prefix("job-id (integer) = "))
+            .unwrap_or_else(|| panic!("no job-id from Create-Job:\n{out}"))
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
+    /// The `job-state` of every job ippeveprinter knows, asked from
+    /// inside the firewall (it forgets a job a minute after it ended).
+    fn printer_jobs(&self) -> Vec<String> {
+        let out = self
+            .t
+            .exec("b")
+            .arg("ipptool")
+            .args([
+                "-tv",
+                &format!("ipp://127.0.0.1:{EVE_PORT}/ipp/print"),
+                "printer-jobs.test",
+            ])
+            .current_dir(self.d().join("ipptool"))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("job-state (enum) = "))
+            .map(|s| s.trim().to_owned())
+            .collect()
+    }
+
+    /// How many jobs ippeveprinter printed to the end (a job canceled
+    /// there keeps its spool file, so [`Infra::printed`] counts it too).
+    fn completed_at_printer(&self) -> usize {
+        self.printer_jobs()
+            .iter()
+            .filter(|s| s.as_str() == "completed")
+            .count()
+    }
+
     /// How many documents ippeveprinter kept whose bytes equal `bytes`.
     fn printed(&self, bytes: &[u8]) -> usize {
         crate::print::spooled(&self.d().join("eve-spool"))
@@ -326,6 +378,33 @@ fn ipptool_dir(d: &Path) -> PathBuf {
         "{\n NAME \"Get-Job-Attributes\"\n OPERATION Get-Job-Attributes\n GROUP operation-attributes-tag\n\
          ATTR charset attributes-charset utf-8\n ATTR naturalLanguage attributes-natural-language en\n\
          ATTR uri printer-uri $uri\n ATTR integer job-id $job\n ATTR name requesting-user-name tester\n\
+         STATUS successful-ok\n}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("two-docs.test"),
+        "{\n NAME \"Create-Job\"\n OPERATION Create-Job\n GROUP operation-attributes-tag\n\
+         ATTR charset attributes-charset utf-8\n ATTR naturalLanguage attributes-natural-language en\n\
+         ATTR uri printer-uri $uri\n ATTR name requesting-user-name tester\n\
+         ATTR name job-name two-docs\n STATUS successful-ok\n EXPECT job-id\n}\n\
+         {\n NAME \"Send-Document 1\"\n OPERATION Send-Document\n GROUP operation-attributes-tag\n\
+         ATTR charset attributes-charset utf-8\n ATTR naturalLanguage attributes-natural-language en\n\
+         ATTR uri printer-uri $uri\n ATTR integer job-id $job-id\n ATTR name requesting-user-name tester\n\
+         ATTR mimeMediaType document-format application/pdf\n ATTR boolean last-document false\n\
+         FILE $doc1\n STATUS successful-ok\n}\n\
+         {\n NAME \"Send-Document 2\"\n OPERATION Send-Document\n GROUP operation-attributes-tag\n\
+         ATTR charset attributes-charset utf-8\n ATTR naturalLanguage attributes-natural-language en\n\
+         ATTR uri printer-uri $uri\n ATTR integer job-id $job-id\n ATTR name requesting-user-name tester\n\
+         ATTR mimeMediaType document-format application/pdf\n ATTR boolean last-document true\n\
+         FILE $doc2\n STATUS successful-ok\n}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("printer-jobs.test"),
+        "{\n NAME \"Get-Jobs\"\n OPERATION Get-Jobs\n GROUP operation-attributes-tag\n\
+         ATTR charset attributes-charset utf-8\n ATTR naturalLanguage attributes-natural-language en\n\
+         ATTR uri printer-uri $uri\n ATTR name requesting-user-name faxgate\n\
+         ATTR keyword which-jobs all\n ATTR keyword requested-attributes job-id,job-state\n\
          STATUS successful-ok\n}\n",
     )
     .unwrap();
@@ -557,5 +636,171 @@ fn spooled_jobs_survive_a_relay_restart_and_a_killed_agent_reprints() {
             .contains("Job handed back from a detached device."),
         "{}",
         infra.log("relay.log")
+    );
+}
+
+#[test]
+fn a_relay_restart_between_documents_prints_each_document_once() {
+    crate::common::need("ipptool", "cups-ipp-utils");
+    let mut infra = Infra::build();
+    let d = infra.d().to_owned();
+    ipptool_dir(&d);
+
+    // A job of two documents; the first stays at the printer (held).
+    infra.hold_printer(true);
+    let first = unique_pdf(&d, "two-docs-1");
+    let second = unique_pdf(&d, "two-docs-2");
+    let (f1, f2) = (d.join("ipptool/doc-1.pdf"), d.join("ipptool/doc-2.pdf"));
+    std::fs::write(&f1, &first).unwrap();
+    std::fs::write(&f2, &second).unwrap();
+    let id = infra.print_two(&f1, &f2);
+    wait_for(
+        "the first document at the printer",
+        Duration::from_secs(30),
+        || infra.printed(&first) == 1,
+    );
+
+    // The relay dies; the first document finishes meanwhile, and the
+    // second cannot be fetched: the job is interrupted.
+    infra.kill_relay();
+    infra.hold_printer(false);
+    wait_for(
+        "the first document printed",
+        Duration::from_secs(30),
+        || infra.completed_at_printer() == 1,
+    );
+    wait_for(
+        "the agent to give the job up for now",
+        Duration::from_secs(60),
+        || {
+            infra
+                .log("b.log")
+                .contains("Job interrupted; it is fetched again once the site answers.")
+        },
+    );
+
+    // The relay comes back: the job is fetched again and finishes with
+    // the second document only.
+    infra.restart_relay();
+    wait_for("the job to complete", Duration::from_secs(60), || {
+        infra.job_state(id) == "completed"
+    });
+    assert_eq!(
+        infra.printed(&first),
+        1,
+        "the first document was printed again:\n{}",
+        infra.log("b.log")
+    );
+    assert_eq!(
+        infra.printed(&second),
+        1,
+        "the second document printed once"
+    );
+    assert_eq!(
+        infra.completed_at_printer(),
+        2,
+        "{:?}",
+        infra.printer_jobs()
+    );
+}
+
+#[test]
+fn a_graceful_stop_mid_print_does_not_print_twice() {
+    crate::common::need("ipptool", "cups-ipp-utils");
+    let mut infra = Infra::build();
+    let d = infra.d().to_owned();
+    ipptool_dir(&d);
+
+    // The printer holds the document while the agent is asked to stop;
+    // the grace runs out and the job is handed back.
+    infra.hold_printer(true);
+    let bytes = unique_pdf(&d, "graceful");
+    let f = d.join("ipptool/graceful.pdf");
+    std::fs::write(&f, &bytes).unwrap();
+    let id = infra.print(&f);
+    wait_for(
+        "the document at the printer",
+        Duration::from_secs(30),
+        || infra.printed(&bytes) == 1,
+    );
+    infra.stop_agent_gracefully();
+    assert_ne!(infra.job_state(id), "completed");
+
+    // The printer lets go of it; had it not been canceled there, it
+    // would print now, and once more when the job is offered again.
+    infra.hold_printer(false);
+    wait_for("the printer's job to end", Duration::from_secs(30), || {
+        let jobs = infra.printer_jobs();
+        !jobs.is_empty()
+            && jobs
+                .iter()
+                .all(|s| matches!(s.as_str(), "completed" | "canceled" | "aborted"))
+    });
+    infra.start_agent();
+    wait_for(
+        "the handed-back job to complete",
+        Duration::from_secs(60),
+        || infra.job_state(id) == "completed",
+    );
+    assert_eq!(
+        infra.completed_at_printer(),
+        1,
+        "printed exactly once: {:?}\n{}",
+        infra.printer_jobs(),
+        infra.log("b.log")
+    );
+}
+
+#[test]
+fn a_final_report_lost_with_the_relay_is_sent_after_a_restart_not_reprinted() {
+    crate::common::need("ipptool", "cups-ipp-utils");
+    let mut infra = Infra::build();
+    let d = infra.d().to_owned();
+    ipptool_dir(&d);
+
+    // The job prints while the relay is down: its final report cannot
+    // be delivered, and the agent dies before the relay is back.
+    infra.hold_printer(true);
+    let bytes = unique_pdf(&d, "lost-report");
+    let f = d.join("ipptool/lost-report.pdf");
+    std::fs::write(&f, &bytes).unwrap();
+    let id = infra.print(&f);
+    wait_for(
+        "the document at the printer",
+        Duration::from_secs(30),
+        || infra.printed(&bytes) == 1,
+    );
+    infra.kill_relay();
+    infra.hold_printer(false);
+    wait_for("the final report to fail", Duration::from_secs(60), || {
+        infra
+            .log("b.log")
+            .contains("Final job report failed; it is sent again after the next registration.")
+    });
+    infra.kill_agent();
+
+    // A new agent process (a new device UUID: the relay offers the job
+    // again) reports it instead of printing it again.
+    infra.restart_relay();
+    infra.start_agent();
+    wait_for("the job to complete", Duration::from_secs(60), || {
+        infra.job_state(id) == "completed"
+    });
+    assert_eq!(
+        infra.printed(&bytes),
+        1,
+        "printed again after the restart:\n{}",
+        infra.log("b.log")
+    );
+    assert_eq!(
+        infra.completed_at_printer(),
+        1,
+        "{:?}",
+        infra.printer_jobs()
+    );
+    assert!(
+        infra.log("b.log").contains("Late job report delivered."),
+        "{}",
+        infra.log("b.log")
     );
 }
