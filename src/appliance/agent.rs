@@ -1274,9 +1274,8 @@ impl JobBook {
     async fn save(&self, job_id: i32, record: &JobRecord) -> anyhow::Result<()> {
         let data = serde_json::to_vec(record)
             .with_context(|| format!("while encoding the record of job {job_id}"))?;
-        let dir = self.dir.clone();
         let path = self.path(job_id);
-        tokio::task::spawn_blocking(move || write_durable(&dir, &path, &data))
+        tokio::task::spawn_blocking(move || super::store::write_durable(&path, &data))
             .await
             .context("the job record writer panicked")?
     }
@@ -1290,7 +1289,7 @@ impl JobBook {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
                 r => r.with_context(|| format!("while removing {}", path.display()))?,
             }
-            sync_dir(&dir)
+            super::store::sync_dir(&dir)
         })
         .await;
         match removed {
@@ -1346,28 +1345,6 @@ impl JobBook {
         out.sort_by_key(|(id, _)| *id);
         out
     }
-}
-
-/// Writes `path` in `dir` so that it survives a crash: temp file, fsync,
-/// rename, fsync of the folder.
-fn write_durable(dir: &Path, path: &Path, data: &[u8]) -> anyhow::Result<()> {
-    use std::io::Write as _;
-    std::fs::create_dir_all(dir).with_context(|| format!("while creating {}", dir.display()))?;
-    let tmp = path.with_extension("tmp");
-    let mut f =
-        std::fs::File::create(&tmp).with_context(|| format!("while creating {}", tmp.display()))?;
-    f.write_all(data)
-        .and_then(|()| f.sync_all())
-        .with_context(|| format!("while writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("while renaming to {}", path.display()))?;
-    sync_dir(dir)
-}
-
-/// Syncs a folder, so that a rename or removal in it survives a crash.
-fn sync_dir(dir: &Path) -> anyhow::Result<()> {
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .with_context(|| format!("while syncing {}", dir.display()))
 }
 
 struct MailIn {

@@ -369,8 +369,8 @@ fn new_job_id() -> String {
 }
 
 /// Writes a file so that it survives a crash: temp file, fsync, rename,
-/// fsync of the directory.
-fn write_durable(path: &Path, data: &[u8]) -> anyhow::Result<()> {
+/// fsync of the directory (created if missing).
+pub(crate) fn write_durable(path: &Path, data: &[u8]) -> anyhow::Result<()> {
     let dir = path.parent().context("a page file has no folder")?;
     std::fs::create_dir_all(dir).with_context(|| format!("while creating {}", dir.display()))?;
     let tmp = path.with_extension("tmp");
@@ -380,10 +380,14 @@ fn write_durable(path: &Path, data: &[u8]) -> anyhow::Result<()> {
         .and_then(|()| f.sync_all())
         .with_context(|| format!("while writing {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("while renaming to {}", path.display()))?;
+    sync_dir(dir)
+}
+
+/// Syncs a folder, so that a rename or removal in it survives a crash.
+pub(crate) fn sync_dir(dir: &Path) -> anyhow::Result<()> {
     std::fs::File::open(dir)
         .and_then(|d| d.sync_all())
-        .with_context(|| format!("while syncing {}", dir.display()))?;
-    Ok(())
+        .with_context(|| format!("while syncing {}", dir.display()))
 }
 
 fn page_tiff(page: &Bitmap, resolution: Resolution) -> anyhow::Result<Vec<u8>> {
