@@ -413,6 +413,22 @@ fn ipptool_dir(d: &Path) -> PathBuf {
 
 /// A PDF no other test document equals: ours plus a comment line after
 /// `%%EOF` (ippeveprinter sniffs documents, so they must stay PDFs).
+/// Holds the printer, prints a unique PDF (`ipptool/TAG.pdf`) and waits
+/// until the document is at the printer; returns its bytes and job id.
+fn print_held(infra: &Infra, tag: &str) -> (Vec<u8>, i32) {
+    infra.hold_printer(true);
+    let bytes = unique_pdf(infra.d(), tag);
+    let f = infra.d().join(format!("ipptool/{tag}.pdf"));
+    std::fs::write(&f, &bytes).unwrap();
+    let id = infra.print(&f);
+    wait_for(
+        "the document at the printer",
+        Duration::from_secs(30),
+        || infra.printed(&bytes) == 1,
+    );
+    (bytes, id)
+}
+
 fn unique_pdf(d: &Path, tag: &str) -> Vec<u8> {
     let mut bytes = std::fs::read(d.join("ipptool/document.pdf")).unwrap();
     bytes.extend_from_slice(format!("\n%faxgate-test {tag}\n").as_bytes());
@@ -713,16 +729,7 @@ fn a_graceful_stop_mid_print_does_not_print_twice() {
 
     // The printer holds the document while the agent is asked to stop;
     // the grace runs out and the job is handed back.
-    infra.hold_printer(true);
-    let bytes = unique_pdf(&d, "graceful");
-    let f = d.join("ipptool/graceful.pdf");
-    std::fs::write(&f, &bytes).unwrap();
-    let id = infra.print(&f);
-    wait_for(
-        "the document at the printer",
-        Duration::from_secs(30),
-        || infra.printed(&bytes) == 1,
-    );
+    let (_, id) = print_held(&infra, "graceful");
     infra.stop_agent_gracefully();
     assert_ne!(infra.job_state(id), "completed");
 
@@ -760,16 +767,7 @@ fn a_final_report_lost_with_the_relay_is_sent_after_a_restart_not_reprinted() {
 
     // The job prints while the relay is down: its final report cannot
     // be delivered, and the agent dies before the relay is back.
-    infra.hold_printer(true);
-    let bytes = unique_pdf(&d, "lost-report");
-    let f = d.join("ipptool/lost-report.pdf");
-    std::fs::write(&f, &bytes).unwrap();
-    let id = infra.print(&f);
-    wait_for(
-        "the document at the printer",
-        Duration::from_secs(30),
-        || infra.printed(&bytes) == 1,
-    );
+    let (bytes, id) = print_held(&infra, "lost-report");
     infra.kill_relay();
     infra.hold_printer(false);
     wait_for("the final report to fail", Duration::from_secs(60), || {
