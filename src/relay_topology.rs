@@ -145,6 +145,7 @@ async fn bridge(
                     proxy_uri: r.proxy_uri,
                     jobs: r.jobs,
                     ttl: r.ttl.max(Duration::from_secs(60)),
+                    wake: r.wake,
                 };
                 if mailer.send(order).await.is_err() {
                     warn!("The mailer has stopped; wake-up mails can no longer be sent.");
@@ -153,13 +154,13 @@ async fn bridge(
             Some(report) = reports.recv() => {
                 let order = report.order();
                 let kind = match order.kind { Kind::Cancel => WakeKind::Cancel, _ => WakeKind::Wake };
-                let site = order.printer.clone();
+                let (site, wake) = (order.printer.clone(), order.wake);
                 let outcome = match report {
                     MailReport::Sent { .. } => WakeOutcome::Sent,
                     MailReport::Retrying { error, .. } => WakeOutcome::Retrying { error },
                     MailReport::GaveUp { error, .. } => WakeOutcome::GaveUp { error },
                 };
-                front.wake_outcome(&site, kind, outcome);
+                front.wake_outcome(&site, kind, wake, outcome);
             }
             else => return,
         }

@@ -4,13 +4,16 @@
 //! send them.
 //!
 //! - `bad_input`: malformed requests get the right status, and the front
-//!   keeps serving.
+//!   keeps serving; so does a client that stalls or opens too many
+//!   connections.
 //! - `auth`: INFRA operations need TLS and the site's agent.
 //! - `infra`: the agent's session end to end, printer state, cancel,
 //!   deregistration.
 //! - `durability`: jobs across a restart and across a new device.
 //! - `documents`: multi-document jobs: the multiple-operation-time-out,
 //!   documents that arrive after their job ended.
+//! - `ownership`: only a job's owner (or the site's agent) changes it
+//!   or sees its private attributes.
 //! - `wake`: wake-up requests, mailer outcomes and the wake timeout.
 //! - `parse`: property tests of `message::parse` (what CI runs instead
 //!   of the fuzzer in `ipp/fuzz`).
@@ -29,6 +32,8 @@ mod documents;
 mod durability;
 #[path = "front/infra.rs"]
 mod infra;
+#[path = "front/ownership.rs"]
+mod ownership;
 #[path = "front/parse.rs"]
 mod parse;
 #[path = "front/wake.rs"]

@@ -58,11 +58,17 @@ pub struct MailOrder {
     /// order: more than 0, at most [`MAX_LIFETIME`] (24 h). Keep it short
     /// (minutes): it is also how long a mail may still be acted on.
     pub ttl: Duration,
+    /// The owner's id for what the order is for (the IPP front's wake-up,
+    /// `WakeRequest::wake`); the mailer only carries it into the order's
+    /// reports, so the owner can tell a late report about an earlier
+    /// order from one about its current one. 0 when the owner needs none.
+    pub wake: u64,
 }
 
 /// What became of an order, step by step. Every order ends with exactly
 /// one [`MailReport::Sent`] or [`MailReport::GaveUp`] (unless the mailer
 /// is cancelled first), after zero or more [`MailReport::Retrying`].
+/// Each carries its whole order, [`MailOrder::wake`] included.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MailReport {
     /// The SMTP server accepted the mail.
@@ -427,6 +433,7 @@ mod tests {
             proxy_uri: "ipps://relay.faxgate.test/ipp/print/expp1%abc.com".into(),
             jobs,
             ttl: Duration::from_secs(600),
+            wake: 7,
         }
     }
 

@@ -471,6 +471,7 @@ fn order(kind: Kind, jobs: Vec<u64>) -> MailOrder {
         proxy_uri: PROXY.to_owned(),
         jobs,
         ttl: Duration::from_secs(600),
+        wake: 0,
     }
 }
 

@@ -410,6 +410,11 @@ pub struct JobView<'a> {
     pub now: i64,
     /// Jobs ahead of this one.
     pub intervening: usize,
+    /// Whether the requester sees the job's private attributes
+    /// (job-originating-user-name, job-client-addr, job-client-port): the
+    /// job's owner and the site's agent do; for anyone else they are left
+    /// out.
+    pub private: bool,
 }
 
 /// The attributes of a job, filtered by `want`.
@@ -432,7 +437,9 @@ pub fn job_attributes(job: &JobRow, v: &JobView<'_>, want: &Requested) -> Vec<Ip
     put("job-uuid", uri(&job.uuid));
     put("job-printer-uri", uri(v.printer_uri));
     put("job-name", name(&job.name));
-    put("job-originating-user-name", name(&job.user));
+    if v.private {
+        put("job-originating-user-name", name(&job.user));
+    }
     put("job-state", IppValue::Enum(job.state));
     put("job-state-reasons", reasons_value(job));
     if !job.message.is_empty() {
@@ -462,11 +469,13 @@ pub fn job_attributes(job: &JobRow, v: &JobView<'_>, want: &Requested) -> Vec<Ip
         put("output-device-assigned", name(&job.device));
     }
     // The seed's client identification.
-    put("job-client-addr", text(&job.client_addr));
-    put(
-        "job-client-port",
-        IppValue::Integer(i32::from(job.client_port)),
-    );
+    if v.private {
+        put("job-client-addr", text(&job.client_addr));
+        put(
+            "job-client-port",
+            IppValue::Integer(i32::from(job.client_port)),
+        );
+    }
     for a in decode(&job.template) {
         let n = a.name().as_str().to_owned();
         put(&n, a.into_value());

@@ -23,8 +23,9 @@ pub mod store;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -63,6 +64,24 @@ const MAX_SUBSCRIPTIONS: usize = 64;
 /// Most events a subscription keeps unread.
 const MAX_EVENTS: usize = 1000;
 
+/// Most connections open at once, both listeners together; more are
+/// closed as soon as they are accepted (and logged).
+const MAX_CONNECTIONS: usize = 512;
+
+/// Most connections open at once from one client address, so one slow or
+/// hostile client cannot take all of [`MAX_CONNECTIONS`].
+const MAX_CONNECTIONS_PER_ADDRESS: usize = 32;
+
+/// How long a client may take to send a request's headers (on a kept-alive
+/// connection, from the end of the previous answer).
+const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long a request's body may make no progress: each piece of it must
+/// arrive within this time after the one before (a large upload that keeps
+/// moving may take as long as it needs). A stalled request is answered
+/// with client-error-timeout and its connection closed.
+const BODY_STALL_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// multiple-operation-time-out (RFC 8011 5.4.28), in seconds, as
 /// advertised: a job still taking documents that sees no operation for
 /// this long is closed (or aborted, without a document). It runs from the
@@ -83,6 +102,10 @@ pub enum WakeKind {
 pub struct WakeRequest {
     /// Wake or cancel.
     pub kind: WakeKind,
+    /// The wake-up this request belongs to (unique in the process). The
+    /// mailer's outcomes must carry it back ([`IppFront::wake_outcome`]):
+    /// an outcome for an earlier wake-up is ignored.
+    pub wake: u64,
     /// The site name.
     pub site: String,
     /// The printer's mail address.
@@ -180,6 +203,8 @@ impl IppFront {
             plain_port: addr.map(|a| a.port()),
             tls_port: tls_addr.map(|a| a.port()),
             next_subscription: Mutex::new(1),
+            next_wake: AtomicU64::new(1),
+            connections: Arc::default(),
         });
         let tracker = TaskTracker::new();
         if let Some(l) = plain {
@@ -216,9 +241,10 @@ impl IppFront {
         })
     }
 
-    /// Reports what the mailer did with a request.
-    pub fn wake_outcome(&self, site: &str, kind: WakeKind, outcome: WakeOutcome) {
-        self.front.wake_outcome(site, kind, outcome);
+    /// Reports what the mailer did with the request of wake-up `wake`
+    /// ([`WakeRequest::wake`]).
+    pub fn wake_outcome(&self, site: &str, kind: WakeKind, wake: u64, outcome: WakeOutcome) {
+        self.front.wake_outcome(site, kind, wake, outcome);
     }
 
     /// A handle for the mailer bridge, which outlives borrows of `self`.
@@ -258,9 +284,10 @@ impl IppFront {
 pub struct FrontHandle(Arc<Front>);
 
 impl FrontHandle {
-    /// Reports what the mailer did with a request.
-    pub fn wake_outcome(&self, site: &str, kind: WakeKind, outcome: WakeOutcome) {
-        self.0.wake_outcome(site, kind, outcome);
+    /// Reports what the mailer did with the request of wake-up `wake`
+    /// ([`WakeRequest::wake`]).
+    pub fn wake_outcome(&self, site: &str, kind: WakeKind, wake: u64, outcome: WakeOutcome) {
+        self.0.wake_outcome(site, kind, wake, outcome);
     }
 }
 
@@ -277,6 +304,11 @@ pub(crate) struct Front {
     plain_port: Option<u16>,
     tls_port: Option<u16>,
     next_subscription: Mutex<i32>,
+    /// The next [`Wake::id`].
+    next_wake: AtomicU64,
+    /// Open connections, for [`MAX_CONNECTIONS`] and
+    /// [`MAX_CONNECTIONS_PER_ADDRESS`].
+    connections: Arc<Mutex<Connections>>,
 }
 
 /// One server site.
@@ -328,6 +360,9 @@ struct Event {
 /// A wake-up in progress for a site.
 #[derive(Debug, Clone)]
 struct Wake {
+    /// Tells the mailer's outcomes for this wake-up from late ones for an
+    /// earlier one ([`WakeRequest::wake`]).
+    id: u64,
     jobs: Vec<i32>,
     /// When the mail went out; the attach deadline runs from here.
     sent: Option<Instant>,
@@ -407,6 +442,68 @@ fn unix_now() -> i64 {
         .unwrap_or(1)
 }
 
+/// The open connections, for the caps ([`MAX_CONNECTIONS`],
+/// [`MAX_CONNECTIONS_PER_ADDRESS`]).
+#[derive(Debug, Default)]
+struct Connections {
+    total: usize,
+    by_addr: HashMap<IpAddr, usize>,
+}
+
+impl Connections {
+    /// Counts a new connection from `addr` in, or names the cap it would
+    /// go over.
+    fn admit(this: &Arc<Mutex<Self>>, addr: IpAddr) -> Result<ConnSlot, &'static str> {
+        let mut guard = match this.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        let c = &mut *guard;
+        if c.total >= MAX_CONNECTIONS {
+            return Err("the front's connection limit");
+        }
+        let n = c.by_addr.entry(addr).or_default();
+        if *n >= MAX_CONNECTIONS_PER_ADDRESS {
+            return Err("the per-address connection limit");
+        }
+        *n += 1;
+        c.total += 1;
+        Ok(ConnSlot {
+            connections: Arc::clone(this),
+            addr,
+        })
+    }
+}
+
+/// An admitted connection's place in [`Connections`], given back when the
+/// connection's task ends.
+#[derive(Debug)]
+struct ConnSlot {
+    connections: Arc<Mutex<Connections>>,
+    addr: IpAddr,
+}
+
+impl Drop for ConnSlot {
+    fn drop(&mut self) {
+        let mut guard = match self.connections.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        let c = &mut *guard;
+        c.total = c.total.saturating_sub(1);
+        let left = match c.by_addr.get_mut(&self.addr) {
+            Some(n) => {
+                *n = n.saturating_sub(1);
+                *n
+            }
+            None => 0,
+        };
+        if left == 0 {
+            c.by_addr.remove(&self.addr);
+        }
+    }
+}
+
 /// Per-connection facts.
 #[derive(Debug)]
 pub(crate) struct Conn {
@@ -436,6 +533,14 @@ async fn accept_loop(
                 }
             },
         };
+        let slot = match Connections::admit(&front.connections, peer.ip().to_canonical()) {
+            Ok(slot) => slot,
+            Err(limit) => {
+                warn!(%peer, "IPP connection refused: {limit} is reached; closing it.");
+                drop(tcp);
+                continue;
+            }
+        };
         let _ = tcp.set_nodelay(true);
         let front = Arc::clone(&front);
         let tls = tls.clone();
@@ -443,6 +548,8 @@ async fn accept_loop(
         let span = tracing::info_span!("ipp", %peer);
         tracker.spawn(
             async move {
+                // Counted until the connection ends.
+                let _slot = slot;
                 let deadline = front.cfg.handshake_timeout;
                 match tls {
                     None => serve(front, tcp, peer, false, shutdown).await,
@@ -481,7 +588,7 @@ async fn serve<S>(
     });
     let http = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(30))
+        .header_read_timeout(HEADER_TIMEOUT)
         .serve_connection(TokioIo::new(stream), service);
     tokio::pin!(http);
     tokio::select! {
@@ -624,7 +731,9 @@ impl Front {
     }
 
     /// The site's status page (printer-more-info): JSON a person or a
-    /// script can read.
+    /// script can read. Anyone may GET it, so it holds no job's private
+    /// attributes (who printed it, from where): ids, states, reasons and
+    /// messages only, and the front's own messages name no client.
     fn site_status(&self, site: &Site) -> serde_json::Value {
         let jobs = self
             .store
@@ -698,12 +807,40 @@ type BodyStream =
     std::pin::Pin<Box<dyn futures_util::Stream<Item = std::io::Result<Bytes>> + Send>>;
 
 /// The request body as a reader, cut off after `limit` bytes (the caller
-/// checks whether the limit was reached).
+/// checks whether the limit was reached). A body that makes no progress
+/// for [`BODY_STALL_TIMEOUT`] ends with a `TimedOut` error (see
+/// [`stalled`]).
 fn body_reader(body: Incoming, limit: u64) -> tokio::io::Take<StreamReader<BodyStream, Bytes>> {
-    let stream = http_body_util::BodyStream::new(body)
-        .map_ok(|frame| frame.into_data().unwrap_or_default())
-        .map_err(std::io::Error::other);
+    use futures_util::StreamExt as _;
+    let frames = Box::pin(http_body_util::BodyStream::new(body));
+    let stream = futures_util::stream::unfold(Some(frames), |frames| async move {
+        let mut frames = frames?;
+        match tokio::time::timeout(BODY_STALL_TIMEOUT, frames.next()).await {
+            Ok(None) => None,
+            Ok(Some(Ok(frame))) => Some((Ok(frame.into_data().unwrap_or_default()), Some(frames))),
+            Ok(Some(Err(e))) => Some((Err(std::io::Error::other(e)), Some(frames))),
+            Err(_) => {
+                info!(timeout = ?BODY_STALL_TIMEOUT, "IPP request stalled: no body data within the timeout; answering client-error-timeout and closing the connection.");
+                let e = std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no request data for {} s", BODY_STALL_TIMEOUT.as_secs()),
+                );
+                Some((Err(e), None))
+            }
+        }
+    });
     tokio::io::AsyncReadExt::take(StreamReader::new(Box::pin(stream) as BodyStream), limit)
+}
+
+/// client-error-timeout for a read of the request that failed because the
+/// request stalled ([`body_reader`]); None for any other failure.
+pub(crate) fn stalled(e: &std::io::Error) -> Option<message::Refusal> {
+    (e.kind() == std::io::ErrorKind::TimedOut).then(|| {
+        message::Refusal::new(
+            status::TIMEOUT,
+            format!("the request stalled ({e}); closing the connection"),
+        )
+    })
 }
 
 /// An answer: the IPP response, maybe a document to send after it, and
@@ -783,11 +920,14 @@ async fn handle(front: Arc<Front>, conn: Arc<Conn>, req: Request<Incoming>) -> R
     // own version and request-id.
     let mut head = [0u8; 8];
     if let Err(e) = tokio::io::AsyncReadExt::read_exact(&mut reader, &mut head).await {
+        let r = stalled(&e).unwrap_or_else(|| {
+            message::Refusal::new(status::BAD_REQUEST, format!("truncated IPP header: {e}"))
+        });
         return ipp_response(Answer::ok(message::response(
             IppVersion::v1_1(),
             1,
-            status::BAD_REQUEST,
-            Some(&format!("truncated IPP header: {e}")),
+            r.status,
+            Some(&r.message),
         )));
     }
     let version = IppVersion(u16::from_be_bytes([head[0], head[1]]));
@@ -852,10 +992,9 @@ async fn read_attributes<R: tokio::io::AsyncRead + Unpin>(
                 "the request's attributes exceed 1 MiB",
             ));
         }
-        let tag = r
-            .read_u8()
-            .await
-            .map_err(|_| cut("the attribute list (no end-of-attributes-tag)"))?;
+        let tag = r.read_u8().await.map_err(|e| {
+            stalled(&e).unwrap_or_else(|| cut("the attribute list (no end-of-attributes-tag)"))
+        })?;
         buf.push(tag);
         if tag == 0x03 {
             return Ok(buf);
@@ -864,13 +1003,16 @@ async fn read_attributes<R: tokio::io::AsyncRead + Unpin>(
             continue;
         }
         for what in ["an attribute name", "an attribute value"] {
-            let n = r.read_u16().await.map_err(|_| cut(what))?;
+            let n = r
+                .read_u16()
+                .await
+                .map_err(|e| stalled(&e).unwrap_or_else(|| cut(what)))?;
             buf.extend_from_slice(&n.to_be_bytes());
             let start = buf.len();
             buf.resize(start + usize::from(n), 0);
             r.read_exact(&mut buf[start..])
                 .await
-                .map_err(|_| cut(what))?;
+                .map_err(|e| stalled(&e).unwrap_or_else(|| cut(what)))?;
         }
     }
 }

@@ -118,11 +118,11 @@ async fn run(ctx: &Ctx<'_>, req: &Parsed, code: u16, doc: Doc<'_>) -> OpResult {
         op::GET_PRINTER_ATTRIBUTES => get_printer_attributes(ctx, s, req),
         op::VALIDATE_JOB => validate_job(ctx, s, req).map(|c| with_ignored(ok(req), c.ignored)),
         op::PRINT_JOB => print_job(ctx, s, req, doc).await,
-        op::CREATE_JOB => create_job(ctx, s, req),
+        op::CREATE_JOB => create_job(ctx, s, req).await,
         op::SEND_DOCUMENT => send_document(ctx, s, req, doc).await,
-        op::CLOSE_JOB => close_job(ctx, s, req),
+        op::CLOSE_JOB => close_job(ctx, s, req).await,
         op::CANCEL_JOB => cancel_job(ctx, s, req).await,
-        op::RELEASE_JOB => release_job(ctx, s, req),
+        op::RELEASE_JOB => release_job(ctx, s, req).await,
         op::GET_JOB_ATTRIBUTES => get_job_attributes(ctx, s, req).await,
         op::GET_JOBS => get_jobs(ctx, s, req).await,
         op::GET_PRINTERS | op::CUPS_GET_PRINTERS => get_printers(ctx, req),
@@ -202,12 +202,16 @@ impl Front {
         }
     }
 
+    /// What a job's attributes depend on besides its row. `private`:
+    /// whether the requester sees the job's private attributes (see
+    /// [`Requester::sees_private`]).
     fn job_view<'a>(
         &self,
         ctx: &Ctx<'_>,
         site: &Site,
         printer_uri: &'a str,
         job: &JobRow,
+        private: bool,
     ) -> JobView<'a> {
         let _ = ctx;
         let intervening = if job.is_final() {
@@ -223,72 +227,40 @@ impl Front {
             printer_uri,
             now: unix_now(),
             intervening,
+            private,
         }
     }
 
-    /// Moves a job to `state` with `reasons` and `message`, durably, and
-    /// returns the row as stored (the old one if it vanished meanwhile).
-    fn set_job_state(
-        &self,
-        job: JobRow,
-        state: i32,
-        reasons: &[&str],
-        message: &str,
-    ) -> Result<JobRow, Refusal> {
-        let reasons: Vec<String> = reasons.iter().map(|r| (*r).to_owned()).collect();
-        blocking(|| {
-            self.store
-                .set_state(job.id, state, &reasons, message, unix_now())?;
-            self.store.job(job.id)
-        })
-        .map(|row| row.unwrap_or(job))
-        .map_err(store_err)
-    }
-
     /// Detaches a device: its unfinished jobs are offered again, or
-    /// canceled if a cancel was waiting for it.
+    /// canceled if a cancel was waiting for it. The store decides which in
+    /// one transaction, so a Cancel-Job at the same moment is not lost.
     pub(crate) fn detach(&self, site: &Arc<Site>, uuid: &str) {
-        let now = unix_now();
         let jobs = blocking(|| {
             let _ = self.store.detach_device(uuid);
-            self.store.unfinished_of_device(uuid)
+            self.store.hand_back(
+                uuid,
+                "canceled; the printer agent left before confirming",
+                "the printer agent left before finishing; offered again",
+                unix_now(),
+            )
         });
         let jobs = match jobs {
             Ok(j) => j,
             Err(e) => {
-                warn!(error = %e, "Could not list a detached device's jobs.");
+                warn!(error = %e, device = %uuid, "Could not hand a detached device's jobs back.");
                 return;
             }
         };
-        for job in jobs {
-            let (state, reasons, msg, kind) = if job.has_reason("processing-to-stop-point") {
-                (
-                    job_state::CANCELED,
-                    vec!["job-canceled-by-user".to_owned()],
-                    "canceled; the printer agent left before confirming".to_owned(),
-                    "job-state-changed",
-                )
-            } else {
-                (
-                    job_state::PENDING,
-                    vec!["job-fetchable".to_owned()],
-                    "the printer agent left before finishing; offered again".to_owned(),
-                    "job-fetchable",
-                )
-            };
-            let r = blocking(|| {
-                self.store.set_device(job.id, "")?;
-                self.store.set_state(job.id, state, &reasons, &msg, now)?;
-                self.store.job(job.id)
-            });
-            match r {
-                Ok(Some(j)) => {
-                    info!(site = %site.cfg.name, job_id = j.id, state = job_state::name(j.state), "Job handed back from a detached device.");
-                    site.publish(kind, &j);
-                }
-                Ok(None) => {}
-                Err(e) => warn!(error = %e, job_id = job.id, "Could not hand a job back."),
-            }
+        for j in jobs {
+            info!(site = %site.cfg.name, job_id = j.id, state = job_state::name(j.state), "Job handed back from a detached device.");
+            site.publish(
+                if j.state == job_state::CANCELED {
+                    "job-state-changed"
+                } else {
+                    "job-fetchable"
+                },
+                &j,
+            );
         }
         self.maybe_wake(site);
     }
@@ -317,6 +289,9 @@ impl Front {
         if waiting.is_empty() {
             return;
         }
+        let wake_id = self
+            .next_wake
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         {
             let mut st = site.lock();
             if st.device.is_some() {
@@ -335,14 +310,16 @@ impl Front {
                 return;
             }
             st.wake = Some(Wake {
+                id: wake_id,
                 jobs: waiting.clone(),
                 sent: None,
                 error: None,
             });
         }
-        info!(site = %site.cfg.name, jobs = ?waiting, "No printer agent attached; asking the mailer for a wake-up mail.");
+        info!(site = %site.cfg.name, jobs = ?waiting, wake = wake_id, "No printer agent attached; asking the mailer for a wake-up mail.");
         let request = WakeRequest {
             kind: WakeKind::Wake,
+            wake: wake_id,
             site: site.cfg.name.clone(),
             to: to.clone(),
             proxy_uri: self.proxy_uri(&site.cfg.name),
@@ -369,38 +346,47 @@ impl Front {
             };
             (w.jobs.clone(), note)
         };
-        let now = unix_now();
         for id in jobs {
-            let _ = blocking(|| -> Result<(), super::StoreError> {
-                if let Some(j) = self.store.job(id)?
-                    && j.state == job_state::PENDING
-                {
-                    self.store.set_state(id, j.state, &j.reasons, &note, now)?;
-                }
-                Ok(())
-            });
+            // Only while the job is still pending: one canceled or fetched
+            // meanwhile keeps its state.
+            if let Err(e) = blocking(|| self.store.set_pending_message(id, &note)) {
+                debug!(error = %e, job_id = id, "Could not note the wake-up in a job.");
+            }
         }
     }
 
-    pub(crate) fn wake_outcome(&self, site_name: &str, kind: WakeKind, outcome: WakeOutcome) {
+    /// What the mailer did with the request of wake-up `wake`. A report
+    /// about another wake-up than the site's current one (an earlier one,
+    /// ended by an agent attaching or a timeout, whose mail was still being
+    /// retried) is ignored: it must not end the current one's jobs.
+    pub(crate) fn wake_outcome(
+        &self,
+        site_name: &str,
+        kind: WakeKind,
+        wake: u64,
+        outcome: WakeOutcome,
+    ) {
         let Some(site) = self.sites.get(site_name).cloned() else {
             return;
         };
         if kind == WakeKind::Cancel {
             match outcome {
-                WakeOutcome::Sent => info!(site = %site_name, "Cancel mail sent."),
+                WakeOutcome::Sent => info!(site = %site_name, wake, "Cancel mail sent."),
                 WakeOutcome::Retrying { error } => {
-                    info!(site = %site_name, %error, "Cancel mail not sent yet; the mailer retries.");
+                    info!(site = %site_name, wake, %error, "Cancel mail not sent yet; the mailer retries.");
                 }
                 WakeOutcome::GaveUp { error } => {
-                    warn!(site = %site_name, %error, "Cancel mail could not be sent.");
+                    warn!(site = %site_name, wake, %error, "Cancel mail could not be sent.");
                 }
             }
             return;
         }
         let give_up = {
             let mut st = site.lock();
-            let Some(w) = st.wake.as_mut() else { return };
+            let Some(w) = st.wake.as_mut().filter(|w| w.id == wake) else {
+                debug!(site = %site_name, wake, outcome = ?outcome, "Mailer report about a wake-up that is over; ignoring it.");
+                return;
+            };
             match outcome {
                 WakeOutcome::Sent => {
                     info!(site = %site_name, "Wake-up mail sent; waiting for the agent to attach.");
@@ -436,33 +422,33 @@ impl Front {
             .wake
             .as_ref()
             .is_some_and(|w| w.on_timeout == WakeTimeout::Hold);
+        let (state, reason, message) = if hold {
+            (
+                job_state::PENDING_HELD,
+                "job-hold-until-specified",
+                format!("held: {why}; Release-Job sends it again"),
+            )
+        } else {
+            (
+                job_state::ABORTED,
+                "aborted-by-system",
+                format!("aborted: {why}"),
+            )
+        };
+        let reasons = [reason.to_owned()];
         let now = unix_now();
         for &id in jobs {
+            // Only a job still waiting for a device: one canceled or
+            // fetched meanwhile stays as it is.
             let r = blocking(|| -> Result<Option<JobRow>, super::StoreError> {
-                let Some(j) = self.store.job(id)? else {
-                    return Ok(None);
-                };
-                if !j.is_fetchable() {
-                    return Ok(None);
-                }
-                if hold {
-                    self.store.set_state(
-                        id,
-                        job_state::PENDING_HELD,
-                        &["job-hold-until-specified".to_owned()],
-                        &format!("held: {why}; Release-Job sends it again"),
-                        now,
-                    )?;
+                if self
+                    .store
+                    .end_waiting_job(id, state, &reasons, &message, now)?
+                {
+                    self.store.job(id)
                 } else {
-                    self.store.set_state(
-                        id,
-                        job_state::ABORTED,
-                        &["aborted-by-system".to_owned()],
-                        &format!("aborted: {why}"),
-                        now,
-                    )?;
+                    Ok(None)
                 }
-                self.store.job(id)
             });
             if let Ok(Some(j)) = r {
                 info!(site = %site.cfg.name, job_id = id, state = job_state::name(j.state), %why, "Job ended after a failed wake-up.");
@@ -493,6 +479,7 @@ impl Front {
         if let (Some(tx), Some(to)) = (&self.wake, &site.cfg.mail) {
             let _ = tx.send(WakeRequest {
                 kind: WakeKind::Cancel,
+                wake: w.id,
                 site: site.cfg.name.clone(),
                 to: to.clone(),
                 proxy_uri: self.proxy_uri(&site.cfg.name),
@@ -857,10 +844,12 @@ async fn spool_document(
             Ok(got) => got,
             Err(e) => {
                 let _ = tokio::fs::remove_file(&path).await;
-                return Err(Refusal::new(
-                    status::BAD_REQUEST,
-                    format!("the document was cut off: {e}"),
-                ));
+                return Err(super::stalled(&e).unwrap_or_else(|| {
+                    Refusal::new(
+                        status::BAD_REQUEST,
+                        format!("the document was cut off: {e}"),
+                    )
+                }));
             }
         };
         if let Err(e) = file.write_all(&buf[..got]).await {
@@ -900,7 +889,8 @@ async fn spool_document(
 
 fn job_response(ctx: &Ctx<'_>, site: &Site, req: &Parsed, job: &JobRow) -> Answer {
     let printer_uri = printer_uri_of(ctx, site);
-    let view = ctx.front.job_view(ctx, site, &printer_uri, job);
+    // The fixed set below holds no private attribute.
+    let view = ctx.front.job_view(ctx, site, &printer_uri, job, false);
     let mut answer = ok(req);
     // Print-Job and friends answer with these whatever
     // requested-attributes says.
@@ -928,6 +918,7 @@ fn job_response(ctx: &Ctx<'_>, site: &Site, req: &Parsed, job: &JobRow) -> Answe
 struct JobFields {
     name: String,
     user: String,
+    authenticated: bool,
     uuid: String,
     addr: String,
     port: u16,
@@ -936,16 +927,18 @@ struct JobFields {
 }
 
 impl JobFields {
-    fn of(ctx: &Ctx<'_>, req: &Parsed, template: Vec<u8>) -> Self {
+    /// The job's owner is `who` (see [`Requester`]).
+    fn of(ctx: &Ctx<'_>, req: &Parsed, who: &Requester, template: Vec<u8>) -> Self {
         Self {
             name: op_attr(req, "job-name")
                 .or_else(|| op_attr(req, "document-name"))
                 .and_then(as_str)
                 .unwrap_or("untitled")
                 .to_owned(),
-            user: requesting_user(req),
+            user: who.user.clone(),
+            authenticated: who.authenticated,
             uuid: new_job_uuid(),
-            addr: ctx.conn.peer.ip().to_canonical().to_string(),
+            addr: who.addr.clone(),
             port: ctx.conn.peer.port(),
             template,
             now: unix_now(),
@@ -958,6 +951,7 @@ impl JobFields {
             uuid: &self.uuid,
             name: &self.name,
             user: &self.user,
+            authenticated: self.authenticated,
             client_addr: &self.addr,
             client_port: self.port,
             format,
@@ -1009,8 +1003,9 @@ async fn print_job(ctx: &Ctx<'_>, site: &Arc<Site>, req: &Parsed, doc: Doc<'_>) 
         template,
         ignored,
     } = validate_job(ctx, site, req)?;
+    let who = requester(ctx, site, req).await?;
     let (temp, size) = spool_document(ctx, doc, None).await?;
-    let fields = JobFields::of(ctx, req, template);
+    let fields = JobFields::of(ctx, req, &who, template);
     let doc_name = op_attr(req, "document-name")
         .and_then(as_str)
         .unwrap_or(&fields.name)
@@ -1025,9 +1020,7 @@ async fn print_job(ctx: &Ctx<'_>, site: &Arc<Site>, req: &Parsed, doc: Doc<'_>) 
             Some((&temp, &doc_name, size)),
         )?;
         if !msg.is_empty() {
-            ctx.front
-                .store
-                .set_state(j.id, j.state, &j.reasons, &msg, new.now)?;
+            ctx.front.store.set_pending_message(j.id, &msg)?;
         }
         ctx.front.store.job(j.id).map(|o| o.unwrap_or(j))
     });
@@ -1045,13 +1038,14 @@ async fn print_job(ctx: &Ctx<'_>, site: &Arc<Site>, req: &Parsed, doc: Doc<'_>) 
     Ok(with_ignored(job_response(ctx, site, req, &job), ignored))
 }
 
-fn create_job(ctx: &Ctx<'_>, site: &Arc<Site>, req: &Parsed) -> OpResult {
+async fn create_job(ctx: &Ctx<'_>, site: &Arc<Site>, req: &Parsed) -> OpResult {
     let Checked {
         format,
         template,
         ignored,
     } = validate_job(ctx, site, req)?;
-    let fields = JobFields::of(ctx, req, template);
+    let who = requester(ctx, site, req).await?;
+    let fields = JobFields::of(ctx, req, &who, template);
     let new = fields.new_job(&site.cfg.name, &format);
     let job = blocking(|| {
         ctx.front
@@ -1122,6 +1116,7 @@ fn not_open(ctx: &Ctx<'_>, id: i32) -> Refusal {
 
 async fn send_document(ctx: &Ctx<'_>, site: &Arc<Site>, req: &Parsed, doc: Doc<'_>) -> OpResult {
     let job = job_of(ctx, site, req)?;
+    may_change(ctx, site, req, &job).await?;
     let last = match op_attr(req, "last-document") {
         Some(v) => as_bool(v)
             .ok_or_else(|| Refusal::new(status::BAD_REQUEST, "last-document must be a boolean"))?,
@@ -1198,8 +1193,9 @@ async fn send_document(ctx: &Ctx<'_>, site: &Arc<Site>, req: &Parsed, doc: Doc<'
     Ok(job_response(ctx, site, req, &job))
 }
 
-fn close_job(ctx: &Ctx<'_>, site: &Arc<Site>, req: &Parsed) -> OpResult {
+async fn close_job(ctx: &Ctx<'_>, site: &Arc<Site>, req: &Parsed) -> OpResult {
     let job = job_of(ctx, site, req)?;
+    may_change(ctx, site, req, &job).await?;
     if job.is_final() || job.closed {
         return Ok(job_response(ctx, site, req, &job));
     }
@@ -1227,28 +1223,104 @@ fn close_job(ctx: &Ctx<'_>, site: &Arc<Site>, req: &Parsed) -> OpResult {
     Ok(job_response(ctx, site, req, &job))
 }
 
-/// Whether the requester may change this job: its owner, or the site's
-/// agent (checked through Basic credentials when given).
-async fn may_change(ctx: &Ctx<'_>, site: &Site, req: &Parsed, job: &JobRow) -> Result<(), Refusal> {
-    if requesting_user(req) == job.user {
-        return Ok(());
+/// Who sent a request, as far as job ownership and privacy go.
+#[derive(Debug)]
+struct Requester {
+    /// The most authenticated name (RFC 8011): the user of verified HTTP
+    /// Basic credentials, else requesting-user-name (`anonymous` when
+    /// absent).
+    user: String,
+    /// Whether `user` was authenticated.
+    authenticated: bool,
+    /// The client's address, as a job records it (`JobRow::client_addr`).
+    addr: String,
+    /// The site's printer agent: authenticated as the site's agent user,
+    /// over TLS (or plain HTTP where the site allows agents there).
+    agent: bool,
+}
+
+impl Requester {
+    /// Whether this is the job's owner. An authenticated requester owns
+    /// the jobs of its user. An unauthenticated one only names itself, and
+    /// anyone can give any name: it owns a job only when it gives the
+    /// job's requesting-user-name *and* comes from the address the job was
+    /// created from, and only when the job's user was not authenticated.
+    fn owns(&self, job: &JobRow) -> bool {
+        self.user == job.user
+            && (self.authenticated || (!job.authenticated && self.addr == job.client_addr))
     }
-    if ctx.authorization.is_some() && agent(ctx, site).await.is_ok() {
-        return Ok(());
+
+    /// Whether the job's private attributes (job-originating-user-name,
+    /// job-client-addr, job-client-port) are shown: to its owner and the
+    /// site's agent, as CUPS's default JobPrivateAccess; others do not get
+    /// them.
+    fn sees_private(&self, job: &JobRow) -> bool {
+        self.agent || self.owns(job)
+    }
+}
+
+/// The request's sender. HTTP Basic credentials, when the request carries
+/// them, are verified (any client may send them; a missing or wrong one
+/// is client-error-not-authenticated, HTTP 401).
+async fn requester(ctx: &Ctx<'_>, site: &Site, req: &Parsed) -> Result<Requester, Refusal> {
+    let authenticated = match ctx.authorization {
+        Some(_) => Some(basic_user(ctx, "the HTTP Basic credentials were not accepted").await?),
+        None => None,
+    };
+    let agent = authenticated.as_deref() == Some(site.cfg.agent.as_str())
+        && (ctx.conn.tls || site.cfg.allow_plain_agents);
+    Ok(Requester {
+        authenticated: authenticated.is_some(),
+        user: authenticated.unwrap_or_else(|| requesting_user(req)),
+        addr: ctx.conn.peer.ip().to_canonical().to_string(),
+        agent,
+    })
+}
+
+/// Whether the requester may change this job (Cancel-Job, Release-Job,
+/// Send-Document, Close-Job): the site's agent, or the job's owner (see
+/// [`Requester::owns`]). Returns the requester.
+async fn may_change(
+    ctx: &Ctx<'_>,
+    site: &Site,
+    req: &Parsed,
+    job: &JobRow,
+) -> Result<Requester, Refusal> {
+    let who = requester(ctx, site, req).await?;
+    if who.agent || who.owns(job) {
+        return Ok(who);
+    }
+    if job.authenticated && !who.authenticated {
+        return Err(Refusal::new(
+            status::NOT_AUTHENTICATED,
+            format!(
+                "job {} belongs to an authenticated user; send that user's HTTP Basic credentials",
+                job.id
+            ),
+        ));
     }
     Err(Refusal::new(
         status::NOT_AUTHORIZED,
-        format!("job {} belongs to another user", job.id),
+        format!(
+            "job {} belongs to another user (without credentials, only the same \
+             requesting-user-name from the same address may change it)",
+            job.id
+        ),
     ))
 }
 
 async fn cancel_job(ctx: &Ctx<'_>, site: &Arc<Site>, req: &Parsed) -> OpResult {
     let job = job_of(ctx, site, req)?;
-    may_change(ctx, site, req, &job).await?;
+    let who = may_change(ctx, site, req, &job).await?;
     if job.is_final() {
         return Err(already_final(&job));
     }
-    let by = requesting_user(req);
+    // The message is public (Get-Jobs, the status page): it names no user.
+    let by = if who.owns(&job) {
+        "its owner"
+    } else {
+        "the printer agent"
+    };
     // One compare-and-set in the store, against an Acknowledge-Job at the
     // same moment: whichever lands first decides whether the job is
     // canceled now or handed to the device to stop.
@@ -1284,26 +1356,32 @@ fn already_final(job: &JobRow) -> Refusal {
     )
 }
 
-fn release_job(ctx: &Ctx<'_>, site: &Arc<Site>, req: &Parsed) -> OpResult {
+async fn release_job(ctx: &Ctx<'_>, site: &Arc<Site>, req: &Parsed) -> OpResult {
     let job = job_of(ctx, site, req)?;
-    if job.user != requesting_user(req) {
-        return Err(Refusal::new(
-            status::NOT_AUTHORIZED,
-            format!("job {} belongs to another user", job.id),
-        ));
-    }
+    may_change(ctx, site, req, &job).await?;
+    let not_held = |id: i32| Refusal::new(status::NOT_POSSIBLE, format!("job {id} is not held"));
     if job.state != job_state::PENDING_HELD {
-        return Err(Refusal::new(
-            status::NOT_POSSIBLE,
-            format!("job {} is not held", job.id),
-        ));
+        return Err(not_held(job.id));
     }
-    let job = ctx.front.set_job_state(
-        job,
-        job_state::PENDING,
-        &["job-fetchable"],
-        "released; waiting for the printer agent",
-    )?;
+    // A compare-and-set on the job still being held: one canceled since
+    // the read above stays canceled.
+    let id = job.id;
+    let released = blocking(|| {
+        if ctx.front.store.release_job(
+            id,
+            &["job-fetchable".to_owned()],
+            "released; waiting for the printer agent",
+            unix_now(),
+        )? {
+            ctx.front.store.job(id)
+        } else {
+            Ok(None)
+        }
+    })
+    .map_err(store_err)?;
+    let Some(job) = released else {
+        return Err(not_held(id));
+    };
     site.publish("job-fetchable", &job);
     ctx.front.maybe_wake(site);
     Ok(ok(req))
@@ -1311,14 +1389,15 @@ fn release_job(ctx: &Ctx<'_>, site: &Arc<Site>, req: &Parsed) -> OpResult {
 
 async fn get_job_attributes(ctx: &Ctx<'_>, site: &Arc<Site>, req: &Parsed) -> OpResult {
     let job = job_of(ctx, site, req)?;
-    if ctx.authorization.is_some() {
+    let who = requester(ctx, site, req).await?;
+    if who.agent {
         // An agent polling the jobs it holds renews its lease.
-        if agent(ctx, site).await.is_ok() {
-            touch(site, req);
-        }
+        touch(site, req);
     }
     let printer_uri = printer_uri_of(ctx, site);
-    let view = ctx.front.job_view(ctx, site, &printer_uri, &job);
+    let view = ctx
+        .front
+        .job_view(ctx, site, &printer_uri, &job, who.sees_private(&job));
     let want = Requested::from_request(req, &["all"]);
     let mut answer = ok(req);
     answer
@@ -1385,7 +1464,7 @@ async fn get_jobs(ctx: &Ctx<'_>, site: &Arc<Site>, req: &Parsed) -> OpResult {
         }
     };
     let my_jobs = op_attr(req, "my-jobs").and_then(as_bool).unwrap_or(false);
-    let user = requesting_user(req);
+    let who = requester(ctx, site, req).await?;
     let limit = match op_attr(req, "limit") {
         Some(v) => match as_int(v) {
             Some(n) if n > 0 => n as usize,
@@ -1401,12 +1480,10 @@ async fn get_jobs(ctx: &Ctx<'_>, site: &Arc<Site>, req: &Parsed) -> OpResult {
     let want = Requested::from_request(req, &["job-id", "job-uri"]);
     let printer_uri = printer_uri_of(ctx, site);
     let mut answer = ok(req);
-    for job in jobs
-        .iter()
-        .filter(|j| !my_jobs || j.user == user)
-        .take(limit)
-    {
-        let view = ctx.front.job_view(ctx, site, &printer_uri, job);
+    for job in jobs.iter().filter(|j| !my_jobs || who.owns(j)).take(limit) {
+        let view = ctx
+            .front
+            .job_view(ctx, site, &printer_uri, job, who.sees_private(job));
         answer
             .resp
             .attributes_mut()
@@ -1422,20 +1499,35 @@ async fn get_jobs(ctx: &Ctx<'_>, site: &Arc<Site>, req: &Parsed) -> OpResult {
 /// site allows plain), with valid Basic credentials of the site's agent
 /// user. Returns the user.
 async fn agent(ctx: &Ctx<'_>, site: &Site) -> Result<String, Refusal> {
-    use base64::Engine as _;
-    use sha2::Digest as _;
     if !ctx.conn.tls && !site.cfg.allow_plain_agents {
         return Err(Refusal::new(
             status::FORBIDDEN,
             "printer agent operations need TLS (ipps://)",
         ));
     }
-    let unauthenticated = || {
-        Refusal::new(
-            status::NOT_AUTHENTICATED,
-            "printer agent operations need HTTP Basic credentials of the site's agent",
-        )
-    };
+    let user = basic_user(
+        ctx,
+        "printer agent operations need HTTP Basic credentials of the site's agent",
+    )
+    .await?;
+    if user != site.cfg.agent {
+        info!(%user, site = %site.cfg.name, "A user tried to act as another site's printer agent.");
+        return Err(Refusal::new(
+            status::NOT_AUTHORIZED,
+            format!("user {user} is not the printer agent of this site"),
+        ));
+    }
+    Ok(user)
+}
+
+/// The user of the request's HTTP Basic credentials, checked against the
+/// relay's user store (once per connection and header). Missing,
+/// malformed or wrong credentials are refused with
+/// client-error-not-authenticated (HTTP 401) and `why`.
+async fn basic_user(ctx: &Ctx<'_>, why: &str) -> Result<String, Refusal> {
+    use base64::Engine as _;
+    use sha2::Digest as _;
+    let unauthenticated = || Refusal::new(status::NOT_AUTHENTICATED, why);
     let header = ctx.authorization.ok_or_else(unauthenticated)?;
     let encoded = header
         .strip_prefix("Basic ")
@@ -1470,19 +1562,12 @@ async fn agent(ctx: &Ctx<'_>, site: &Site) -> Result<String, Refusal> {
                     record.name
                 }
                 Err(failure) => {
-                    info!(%user, peer = %ctx.conn.peer, reason = failure.as_str(), "IPP agent authentication failed.");
+                    info!(%user, peer = %ctx.conn.peer, reason = failure.as_str(), "IPP authentication failed.");
                     return Err(unauthenticated());
                 }
             }
         }
     };
-    if user != site.cfg.agent {
-        info!(%user, site = %site.cfg.name, "A user tried to act as another site's printer agent.");
-        return Err(Refusal::new(
-            status::NOT_AUTHORIZED,
-            format!("user {user} is not the printer agent of this site"),
-        ));
-    }
     Ok(user)
 }
 
@@ -1594,11 +1679,8 @@ async fn update_device(ctx: &Ctx<'_>, site: &Arc<Site>, req: &Parsed) -> OpResul
         }
         if let Ok(jobs) = ctx.front.store.jobs(&site.cfg.name, Some(false)) {
             for j in jobs.iter().filter(|j| j.is_fetchable()) {
-                let _ = blocking(|| {
-                    ctx.front
-                        .store
-                        .set_state(j.id, j.state, &j.reasons, "", unix_now())
-                });
+                // No more wake-up note (only while still pending).
+                let _ = blocking(|| ctx.front.store.set_pending_message(j.id, ""));
                 site.publish("job-fetchable", j);
             }
         }
@@ -1830,7 +1912,7 @@ async fn fetch_job(ctx: &Ctx<'_>, site: &Arc<Site>, req: &Parsed) -> OpResult {
         ));
     }
     let printer_uri = printer_uri_of(ctx, site);
-    let view = ctx.front.job_view(ctx, site, &printer_uri, &job);
+    let view = ctx.front.job_view(ctx, site, &printer_uri, &job, true);
     let want = Requested::from_request(&*BLANK, &["all"]);
     let mut answer = ok(req);
     answer
@@ -2026,31 +2108,28 @@ async fn update_job_status(ctx: &Ctx<'_>, site: &Arc<Site>, req: &Parsed) -> OpR
     if job_state::is_final(state) && reasons.is_empty() {
         reasons.push(attrs::final_reason(state).to_owned());
     }
-    if !job_state::is_final(state) && job.has_reason("processing-to-stop-point") {
-        reasons.push("processing-to-stop-point".into());
-    }
-    let msg = get("output-device-job-state-message")
-        .and_then(as_str)
-        .map(str::to_owned)
-        .unwrap_or_else(|| {
-            if job_state::is_final(state) {
-                String::new()
-            } else {
-                job.message.clone()
-            }
-        });
+    let msg = get("output-device-job-state-message").and_then(as_str);
     let impressions = get("job-impressions-completed").and_then(as_int);
-    let job = blocking(|| {
-        ctx.front
-            .store
-            .set_state(job.id, state, &reasons, &msg, unix_now())?;
-        if let Some(n) = impressions {
-            ctx.front.store.set_impressions(job.id, n)?;
-        }
-        ctx.front.store.job(job.id)
+    // Read and written in one transaction in the store: a Cancel-Job that
+    // came since the read above keeps its processing-to-stop-point, and a
+    // job handed back or ended meanwhile is left alone.
+    let reported = blocking(|| {
+        ctx.front.store.report_job_state(
+            job.id,
+            &uuid,
+            state,
+            &reasons,
+            msg,
+            impressions,
+            unix_now(),
+        )
     })
-    .map_err(store_err)?
-    .unwrap_or(job);
+    .map_err(store_err)?;
+    let Some(job) = reported else {
+        // Ended (answered as before), or no longer this device's.
+        owned_job(ctx, site, req, &uuid)?;
+        return Ok(ok(req));
+    };
     info!(site = %site.cfg.name, job_id = job.id, state = job_state::name(job.state), reasons = ?job.reasons, "Job state from the printer agent.");
     site.publish("job-state-changed", &job);
     Ok(ok(req))

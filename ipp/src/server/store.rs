@@ -84,6 +84,9 @@ pub struct JobRow {
     /// progress of a long one): the multiple-operation-time-out runs
     /// from here (RFC 8011 5.4.28), not from `created`.
     pub activity: i64,
+    /// Whether `user` was authenticated (HTTP Basic) when the job was
+    /// created; then only that user's credentials make its owner.
+    pub authenticated: bool,
 }
 
 impl JobRow {
@@ -164,6 +167,8 @@ pub struct NewJob<'a> {
     pub name: &'a str,
     /// job-originating-user-name.
     pub user: &'a str,
+    /// Whether `user` was authenticated (HTTP Basic).
+    pub authenticated: bool,
     /// Client address.
     pub client_addr: &'a str,
     /// Client port.
@@ -252,6 +257,9 @@ const MIGRATIONS: &[&str] = &[
     // creation (what the time-out ran from before).
     "ALTER TABLE jobs ADD COLUMN activity INTEGER NOT NULL DEFAULT 0;
      UPDATE jobs SET activity = created;",
+    // 2: whether the job's user was authenticated; jobs from before were
+    // not (their owner is known by name and address).
+    "ALTER TABLE jobs ADD COLUMN authenticated INTEGER NOT NULL DEFAULT 0;",
 ];
 
 /// Brings the schema up to the newest version.
@@ -287,7 +295,7 @@ const OPEN: &str = "closed = 0 AND state = 3";
 
 const JOB_COLUMNS: &str = "id, site, uuid, state, reasons, message, name, user, client_addr, \
      client_port, format, template, created, processing, completed, device, closed, documents, \
-     octets, impressions, activity";
+     octets, impressions, activity, authenticated";
 
 fn job_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<JobRow> {
     let reasons: String = r.get(4)?;
@@ -313,6 +321,7 @@ fn job_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<JobRow> {
         octets: r.get(18)?,
         impressions: r.get(19)?,
         activity: r.get(20)?,
+        authenticated: r.get(21)?,
     })
 }
 
@@ -435,8 +444,8 @@ impl JobStore {
             let tx = c.transaction()?;
             tx.execute(
                 "INSERT INTO jobs (site, uuid, state, reasons, name, user, client_addr, \
-                 client_port, format, template, created, activity) \
-                 VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?11)",
+                 client_port, format, template, created, activity, authenticated) \
+                 VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?11,?12)",
                 params![
                     job.site,
                     job.uuid,
@@ -448,7 +457,8 @@ impl JobStore {
                     job.client_port,
                     job.format,
                     job.template,
-                    job.now
+                    job.now,
+                    job.authenticated
                 ],
             )?;
             let id = tx.last_insert_rowid() as i32;
@@ -737,6 +747,182 @@ impl JobStore {
         })
     }
 
+    /// Release-Job: a held job is pending again, with `reasons` and
+    /// `message`. A compare-and-set on the job still being held: false,
+    /// and nothing changed, when it is not (canceled or released
+    /// meanwhile).
+    pub fn release_job(
+        &self,
+        id: i32,
+        reasons: &[String],
+        message: &str,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        self.with(|c| {
+            c.execute(
+                &format!("UPDATE jobs SET {STATE_COLUMNS} WHERE id = ?5 AND state = 4"),
+                params![job_state::PENDING, reasons.join(" "), message, now, id],
+            )
+        })
+        .map(|n| n > 0)
+    }
+
+    /// Ends a job still waiting for a device (pending, closed, no device)
+    /// after a failed wake-up: `state` (aborted, or held) with `reasons`
+    /// and `message`. A compare-and-set: false, and nothing changed, when
+    /// the job is no longer waiting (canceled or fetched meanwhile).
+    pub fn end_waiting_job(
+        &self,
+        id: i32,
+        state: i32,
+        reasons: &[String],
+        message: &str,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        self.with(|c| {
+            c.execute(
+                &format!(
+                    "UPDATE jobs SET {STATE_COLUMNS} WHERE id = ?5 AND device = '' \
+                     AND state = 3 AND closed = 1"
+                ),
+                params![state, reasons.join(" "), message, now, id],
+            )
+        })
+        .map(|n| n > 0)
+    }
+
+    /// Sets the job-state-message of a job that is still pending (what
+    /// the wake-up is doing, or nothing once a device is attached). A
+    /// compare-and-set: false, and nothing changed, when it is not pending
+    /// any more (a job canceled or fetched meanwhile keeps its state).
+    pub fn set_pending_message(&self, id: i32, message: &str) -> Result<bool, StoreError> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE jobs SET message = ?1 WHERE id = ?2 AND state = 3",
+                params![message, id],
+            )
+        })
+        .map(|n| n > 0)
+    }
+
+    /// Hands back the unfinished jobs of a device that is gone, in one
+    /// transaction with reading them, so a Cancel-Job or a state report at
+    /// the same moment is not lost: a job with a cancel waiting for the
+    /// device (`processing-to-stop-point`) is canceled
+    /// (`job-canceled-by-user`, `canceled_message`), any other is offered
+    /// again (pending, `job-fetchable`, `offered_message`). Returns the
+    /// jobs changed, as they are now.
+    pub fn hand_back(
+        &self,
+        device: &str,
+        canceled_message: &str,
+        offered_message: &str,
+        now: i64,
+    ) -> Result<Vec<JobRow>, StoreError> {
+        self.with(|c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let held: Vec<JobRow> = {
+                let mut st = tx.prepare(&format!(
+                    "SELECT {JOB_COLUMNS} FROM jobs WHERE device = ? \
+                     AND state NOT IN (7, 8, 9) ORDER BY id"
+                ))?;
+                let rows = st.query_map(params![device], job_from_row)?;
+                rows.collect::<rusqlite::Result<_>>()?
+            };
+            let mut changed = Vec::with_capacity(held.len());
+            for j in held {
+                let (state, reason, message) = if j.has_reason("processing-to-stop-point") {
+                    (
+                        job_state::CANCELED,
+                        "job-canceled-by-user",
+                        canceled_message,
+                    )
+                } else {
+                    (job_state::PENDING, "job-fetchable", offered_message)
+                };
+                tx.execute(
+                    &format!(
+                        "UPDATE jobs SET {STATE_COLUMNS}, device = '' WHERE id = ?5 \
+                         AND device = ?6 AND state NOT IN (7, 8, 9)"
+                    ),
+                    params![state, reason, message, now, j.id, device],
+                )?;
+                changed.push(tx.query_row(
+                    &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?"),
+                    params![j.id],
+                    job_from_row,
+                )?);
+            }
+            tx.commit()?;
+            Ok(changed)
+        })
+    }
+
+    /// Update-Job-Status from the device that holds the job: its state,
+    /// reasons and message (None: a final state gets none, any other
+    /// keeps the current one), and impressions when given. Read and
+    /// written in one transaction, so a job that ended or was handed back
+    /// meanwhile is left alone, and `processing-to-stop-point` (a
+    /// Cancel-Job waiting for the device, maybe one that came just now)
+    /// stays while the job is not final. None, and nothing changed, when
+    /// the job is gone, final, or not held by `device`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn report_job_state(
+        &self,
+        id: i32,
+        device: &str,
+        state: i32,
+        reasons: &[String],
+        message: Option<&str>,
+        impressions: Option<i32>,
+        now: i64,
+    ) -> Result<Option<JobRow>, StoreError> {
+        self.with(|c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let read = |tx: &rusqlite::Transaction<'_>| {
+                tx.query_row(
+                    &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?"),
+                    params![id],
+                    job_from_row,
+                )
+                .optional()
+            };
+            let Some(job) = read(&tx)? else {
+                return Ok(None);
+            };
+            if job.is_final() || job.device != device {
+                return Ok(None);
+            }
+            let ends = job_state::is_final(state);
+            let mut reasons = reasons.to_vec();
+            if !ends
+                && job.has_reason("processing-to-stop-point")
+                && !reasons.iter().any(|r| r == "processing-to-stop-point")
+            {
+                reasons.push("processing-to-stop-point".to_owned());
+            }
+            let message = message.unwrap_or(if ends { "" } else { job.message.as_str() });
+            tx.execute(
+                &format!(
+                    "UPDATE jobs SET {STATE_COLUMNS}, impressions = COALESCE(?6, impressions) \
+                     WHERE id = ?5 AND device = ?7 AND state NOT IN (7, 8, 9)"
+                ),
+                params![
+                    state,
+                    reasons.join(" "),
+                    message,
+                    now,
+                    id,
+                    impressions,
+                    device
+                ],
+            )?;
+            let row = read(&tx)?;
+            tx.commit()?;
+            Ok(row)
+        })
+    }
+
     /// One job.
     pub fn job(&self, id: i32) -> Result<Option<JobRow>, StoreError> {
         self.with(|c| {
@@ -954,6 +1140,7 @@ mod tests {
             uuid: "urn:uuid:1",
             name: "doc",
             user: "alice",
+            authenticated: false,
             client_addr: "192.0.2.1",
             client_port: 40000,
             format: "application/pdf",
@@ -1142,6 +1329,200 @@ mod tests {
                 .cancel_job(9999, "canceled", "stopping", 1032)
                 .unwrap(),
             Cancel::Gone
+        );
+    }
+
+    /// A job canceled between the front's read and its write stays
+    /// canceled: Release-Job, the wake-up notes and the wake-up's end do
+    /// not bring it back, a device that leaves does not lose the cancel,
+    /// and a progress report keeps it.
+    #[test]
+    fn release_wake_hand_back_and_reports_are_compare_and_set() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = JobStore::open(dir.path()).unwrap();
+        let reasons = |r: &str| vec![r.to_owned()];
+
+        // Held, then canceled: Release-Job is refused.
+        let held = fetchable_job(&store);
+        store
+            .set_state(
+                held.id,
+                4,
+                &reasons("job-hold-until-specified"),
+                "held",
+                1001,
+            )
+            .unwrap();
+        assert!(matches!(
+            store
+                .cancel_job(held.id, "canceled", "stopping", 1002)
+                .unwrap(),
+            Cancel::Canceled(_)
+        ));
+        assert!(
+            !store
+                .release_job(held.id, &reasons("job-fetchable"), "released", 1003)
+                .unwrap(),
+            "a canceled job cannot be released"
+        );
+        assert_eq!(
+            store.job(held.id).unwrap().unwrap().state,
+            job_state::CANCELED
+        );
+        // A held job is released once.
+        let again = fetchable_job(&store);
+        store
+            .set_state(
+                again.id,
+                4,
+                &reasons("job-hold-until-specified"),
+                "held",
+                1004,
+            )
+            .unwrap();
+        assert!(
+            store
+                .release_job(again.id, &reasons("job-fetchable"), "released", 1005)
+                .unwrap()
+        );
+        let j = store.job(again.id).unwrap().unwrap();
+        assert!(j.is_fetchable() && j.message == "released");
+        assert!(
+            !store
+                .release_job(again.id, &reasons("job-fetchable"), "released", 1006)
+                .unwrap()
+        );
+
+        // Waiting for a wake-up, then canceled: neither the wake-up note
+        // nor the wake-up's end (abort or hold) touches it.
+        let waiting = fetchable_job(&store);
+        assert!(store.set_pending_message(waiting.id, "mail sent").unwrap());
+        assert!(matches!(
+            store
+                .cancel_job(waiting.id, "canceled", "stopping", 1010)
+                .unwrap(),
+            Cancel::Canceled(_)
+        ));
+        assert!(!store.set_pending_message(waiting.id, "mail sent").unwrap());
+        assert!(
+            !store
+                .end_waiting_job(
+                    waiting.id,
+                    4,
+                    &reasons("job-hold-until-specified"),
+                    "held",
+                    1011
+                )
+                .unwrap()
+        );
+        let j = store.job(waiting.id).unwrap().unwrap();
+        assert_eq!(
+            (j.state, j.message.as_str()),
+            (job_state::CANCELED, "canceled")
+        );
+        let other = fetchable_job(&store);
+        assert!(
+            store
+                .end_waiting_job(other.id, 8, &reasons("aborted-by-system"), "aborted", 1012)
+                .unwrap()
+        );
+        assert_eq!(
+            store.job(other.id).unwrap().unwrap().state,
+            job_state::ABORTED
+        );
+
+        // Fetched, then a cancel waits for the device: a progress report
+        // keeps the cancel, another device's report changes nothing.
+        let dev = "urn:uuid:dev";
+        let printing = fetchable_job(&store);
+        assert!(
+            store
+                .acknowledge_job(printing.id, dev, "fetched", 1020)
+                .unwrap()
+        );
+        let plain = fetchable_job(&store);
+        assert!(
+            store
+                .acknowledge_job(plain.id, dev, "fetched", 1020)
+                .unwrap()
+        );
+        assert!(matches!(
+            store
+                .cancel_job(printing.id, "canceled", "stopping", 1021)
+                .unwrap(),
+            Cancel::Stopping(_)
+        ));
+        let j = store
+            .report_job_state(
+                printing.id,
+                dev,
+                5,
+                &reasons("job-printing"),
+                None,
+                Some(2),
+                1022,
+            )
+            .unwrap()
+            .expect("the holder reports");
+        assert_eq!(j.reasons, ["job-printing", "processing-to-stop-point"]);
+        assert_eq!((j.message.as_str(), j.impressions), ("stopping", 2));
+        assert_eq!(
+            store
+                .report_job_state(printing.id, "urn:uuid:other", 9, NONE, None, None, 1023)
+                .unwrap(),
+            None
+        );
+        // The device leaves: the job with the cancel is canceled, the
+        // other offered again; a late report of either changes nothing.
+        let back = store
+            .hand_back(dev, "canceled: left", "offered", 1030)
+            .unwrap();
+        let states: Vec<(i32, i32)> = back.iter().map(|j| (j.id, j.state)).collect();
+        assert_eq!(
+            states,
+            [
+                (printing.id, job_state::CANCELED),
+                (plain.id, job_state::PENDING)
+            ]
+        );
+        assert!(back[1].is_fetchable() && back[1].message == "offered");
+        for id in [printing.id, plain.id] {
+            assert_eq!(
+                store
+                    .report_job_state(id, dev, 5, &reasons("job-printing"), None, None, 1031)
+                    .unwrap(),
+                None
+            );
+        }
+        assert_eq!(
+            store.job(printing.id).unwrap().unwrap().reasons,
+            ["job-canceled-by-user"]
+        );
+        assert!(store.job(plain.id).unwrap().unwrap().is_fetchable());
+        // A final report ends the job; it is not handed back after.
+        assert!(
+            store
+                .acknowledge_job(plain.id, dev, "fetched", 1040)
+                .unwrap()
+        );
+        let j = store
+            .report_job_state(
+                plain.id,
+                dev,
+                9,
+                &reasons("job-completed-successfully"),
+                None,
+                None,
+                1041,
+            )
+            .unwrap()
+            .unwrap();
+        assert_eq!((j.state, j.message.as_str(), j.completed), (9, "", 1041));
+        assert!(
+            store
+                .hand_back(dev, "canceled", "offered", 1042)
+                .unwrap()
+                .is_empty()
         );
     }
 

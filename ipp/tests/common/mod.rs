@@ -227,10 +227,17 @@ impl TestFront {
         resp.job_int("job-id").expect("Print-Job answers job-id")
     }
 
-    /// A client Get-Job-Attributes of every attribute.
+    /// A client Get-Job-Attributes of every attribute, as someone other
+    /// than the job's owner (who does not see its private attributes).
     pub async fn job(&self, site: &str, id: i32) -> Ipp {
+        self.job_as(site, id, "tester").await
+    }
+
+    /// A client Get-Job-Attributes of every attribute as `user`, from
+    /// 127.0.0.1 (as every client here): the owner when `user` printed it.
+    pub async fn job_as(&self, site: &str, id: i32, user: &str) -> Ipp {
         let req = self
-            .req(faxgate_ipp::codes::op::GET_JOB_ATTRIBUTES, site, "tester")
+            .req(faxgate_ipp::codes::op::GET_JOB_ATTRIBUTES, site, user)
             .op("job-id", IppValue::Integer(id))
             .op("requested-attributes", message::keyword("all"));
         let resp = self.client(site, &req, b"").await;
@@ -494,6 +501,58 @@ pub async fn try_post(addr: SocketAddr, path: &str, body: Vec<u8>) -> Result<Rep
         Ok(Reply {
             http,
             www_authenticate: None,
+            content_type: None,
+            body,
+        })
+    };
+    tokio::time::timeout(EXCHANGE_TIMEOUT, exchange)
+        .await
+        .map_err(|_| format!("no answer within {EXCHANGE_TIMEOUT:?}"))?
+}
+
+/// POSTs `body` as `application/ipp` to `path` over plain HTTP, without
+/// credentials, from the local address `from`: on Linux every 127.0.0.0/8
+/// address is loopback, so 127.0.0.2 is another client. Like
+/// [`try_post`], a connection the front drops is an `Err`.
+pub async fn post_from(
+    from: std::net::IpAddr,
+    addr: SocketAddr,
+    path: &str,
+    body: Vec<u8>,
+) -> Result<Reply, String> {
+    let req = hyper::Request::post(path)
+        .header(hyper::header::HOST, addr.to_string())
+        .header(hyper::header::CONTENT_TYPE, "application/ipp")
+        .body(Full::new(Bytes::from(body)))
+        .map_err(|e| e.to_string())?;
+    let exchange = async {
+        let socket = tokio::net::TcpSocket::new_v4().map_err(|e| e.to_string())?;
+        socket
+            .bind(SocketAddr::new(from, 0))
+            .map_err(|e| format!("bind {from}: {e}"))?;
+        let tcp = socket.connect(addr).await.map_err(|e| e.to_string())?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+            .await
+            .map_err(|e| e.to_string())?;
+        let driver = tokio::spawn(conn);
+        let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+        let http = resp.status().as_u16();
+        let www_authenticate = resp
+            .headers()
+            .get(hyper::header::WWW_AUTHENTICATE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes()
+            .to_vec();
+        driver.abort();
+        Ok(Reply {
+            http,
+            www_authenticate,
             content_type: None,
             body,
         })

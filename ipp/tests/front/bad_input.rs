@@ -1,10 +1,15 @@
 //! Malformed requests: each gets its status code (with the request-id
 //! echoed when the header was readable), and the front keeps serving.
 
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
+
 use faxgate_ipp::codes::{op, status};
 use ipp::model::DelimiterTag;
 
-use crate::common::{TWO_SITES, TestFront, Via, config, post, request, try_post};
+use crate::common::{
+    Ipp, TWO_SITES, TestFront, Via, config, eventually, post, post_from, request, try_post,
+};
 
 /// A header and operation attributes up to and including `printer-uri`,
 /// without the end tag. `charset` / `language` leave those out when
@@ -389,4 +394,81 @@ async fn collections_nested_too_deep_are_a_bad_request() {
         reply.ipp().message()
     );
     still_serving(&t).await;
+}
+
+/// A client that sends a request's headers and then nothing is answered
+/// with client-error-timeout and cut off once the body has made no
+/// progress for 30 s (it used to hold its connection and task forever),
+/// and the front serves others meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_body_that_stalls_is_cut_off_and_others_are_served() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let dir = tempfile::tempdir().unwrap();
+    let t = TestFront::start(config("1s", "5s", TWO_SITES), dir.path()).await;
+    let mut stalled = tokio::net::TcpStream::connect(t.plain).await.unwrap();
+    let head = format!(
+        "POST /ipp/print/osaka HTTP/1.1\r\nHost: {}\r\nContent-Type: application/ipp\r\n\
+         Content-Length: 4096\r\n\r\n",
+        t.plain
+    );
+    stalled.write_all(head.as_bytes()).await.unwrap();
+    let started = tokio::time::Instant::now();
+    still_serving(&t).await;
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(45), stalled.read_to_end(&mut answer))
+        .await
+        .expect("the stalled request still held its connection after 45 s");
+    read.expect("the stalled connection ends cleanly");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_secs(25),
+        "cut off after {waited:?}, before the 30 s stall timeout"
+    );
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    let body = answer
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|at| at + 4)
+        .unwrap_or_else(|| panic!("no end of the HTTP head: {text}"));
+    let resp = Ipp::parse(&answer[body..]);
+    assert_eq!(resp.status(), status::TIMEOUT, "{}", resp.message());
+    assert!(resp.message().contains("stalled"), "{}", resp.message());
+    still_serving(&t).await;
+}
+
+/// One client address holds at most 32 connections at once: the next is
+/// closed at once, while other addresses are served, and a place comes
+/// free when a connection ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_over_the_per_address_cap_are_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = TestFront::start(config("1s", "5s", TWO_SITES), dir.path()).await;
+    let body = t.req(op::GET_PRINTER_ATTRIBUTES, "osaka", "tester").bytes();
+    let mut held = Vec::new();
+    for _ in 0..32 {
+        held.push(tokio::net::TcpStream::connect(t.plain).await.unwrap());
+    }
+    let over = try_post(t.plain, "/ipp/print/osaka", body.clone()).await;
+    assert!(
+        over.is_err(),
+        "a 33rd connection from one address was served: {over:?}"
+    );
+    // Another address is not held up by this one.
+    let elsewhere = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
+    let reply = post_from(elsewhere, t.plain, "/ipp/print/osaka", body.clone())
+        .await
+        .expect("a client at another address is served");
+    assert_eq!(reply.ipp().status(), status::OK);
+    // One connection ends: the address is served again.
+    held.pop();
+    let tr = &t;
+    let body = &body;
+    eventually(Duration::from_secs(5), "a free place", || async move {
+        try_post(tr.plain, "/ipp/print/osaka", body.clone())
+            .await
+            .ok()
+            .map(|r| assert_eq!(r.ipp().status(), status::OK))
+    })
+    .await;
 }

@@ -37,7 +37,8 @@ async fn jobs_survive_a_restart() {
 
     let t = TestFront::start(config("1s", "10s", TWO_SITES), dir.path()).await;
     // Both jobs are still there, as they were.
-    let j = t.job("osaka", waiting).await;
+    // (Its owner sees who printed it.)
+    let j = t.job_as("osaka", waiting, "alice").await;
     assert_eq!(j.job_int("job-state"), Some(job_state::PENDING));
     assert_eq!(
         j.job_str("job-originating-user-name").as_deref(),

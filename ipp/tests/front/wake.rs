@@ -60,10 +60,13 @@ async fn wake_up_mail_outcomes_and_the_timeout_abort_or_hold() {
         "{}",
         w.proxy_uri
     );
+    let nara_wake = w.wake;
     let kobe = t.print("kobe", "bob", &pdf(10)).await;
     let w = t.next_wake(Duration::from_secs(2)).await;
     assert_eq!((w.kind, w.site.as_str()), (WakeKind::Wake, "kobe"));
     assert_eq!(w.jobs, [kobe as u64]);
+    assert_ne!(w.wake, nara_wake, "each wake-up has its own id");
+    let kobe_wake = w.wake;
     // One wake-up at a time per site: a second job does not ask again.
     let nara2 = t.print("nara", "alice", &pdf(10)).await;
 
@@ -71,6 +74,7 @@ async fn wake_up_mail_outcomes_and_the_timeout_abort_or_hold() {
     t.front().wake_outcome(
         "nara",
         WakeKind::Wake,
+        nara_wake,
         WakeOutcome::Retrying {
             error: "smtp down".into(),
         },
@@ -92,9 +96,9 @@ async fn wake_up_mail_outcomes_and_the_timeout_abort_or_hold() {
     );
 
     // Sent: the agent has the wake timeout (3 s) to attach. It does not.
-    for site in ["nara", "kobe"] {
+    for (site, wake) in [("nara", nara_wake), ("kobe", kobe_wake)] {
         t.front()
-            .wake_outcome(site, WakeKind::Wake, WakeOutcome::Sent);
+            .wake_outcome(site, WakeKind::Wake, wake, WakeOutcome::Sent);
     }
     let j = t.job("nara", nara).await;
     let msg = j.job_str("job-state-message").unwrap_or_default();
@@ -163,16 +167,17 @@ async fn a_mailer_that_gives_up_ends_the_jobs_at_once() {
     let mut t = TestFront::start(config("300ms", "800ms", &sites("1s")), dir.path()).await;
     let nara = t.print("nara", "alice", &pdf(10)).await;
     let kobe = t.print("kobe", "bob", &pdf(10)).await;
+    let mut wakes = Vec::new();
     for _ in 0..2 {
-        assert_eq!(
-            t.next_wake(Duration::from_secs(2)).await.kind,
-            WakeKind::Wake
-        );
+        let w = t.next_wake(Duration::from_secs(2)).await;
+        assert_eq!(w.kind, WakeKind::Wake);
+        wakes.push((w.site, w.wake));
     }
-    for site in ["nara", "kobe"] {
+    for (site, wake) in &wakes {
         t.front().wake_outcome(
             site,
             WakeKind::Wake,
+            *wake,
             WakeOutcome::GaveUp {
                 error: "550 no such user".into(),
             },
@@ -205,7 +210,7 @@ async fn an_agent_that_attaches_in_time_stops_the_wake_timeout() {
     let w = t.next_wake(Duration::from_secs(2)).await;
     assert_eq!((w.kind, w.jobs.clone()), (WakeKind::Wake, vec![job as u64]));
     t.front()
-        .wake_outcome("nara", WakeKind::Wake, WakeOutcome::Sent);
+        .wake_outcome("nara", WakeKind::Wake, w.wake, WakeOutcome::Sent);
     let sent = tokio::time::Instant::now();
     // The agent reads the mail and attaches.
     let resp = t
@@ -233,6 +238,72 @@ async fn an_agent_that_attaches_in_time_stops_the_wake_timeout() {
     );
     let j = t.job("nara", job).await;
     assert_eq!(j.job_int("job-state"), Some(job_state::PENDING));
+}
+
+/// A mailer report is tied to its wake-up: a late GaveUp for an earlier
+/// wake-up (ended when the agent attached, while its mail was still being
+/// retried) must not take the current wake-up and abort its jobs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_report_about_an_earlier_wake_up_is_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    // A 5 s lease: the device below stays until it deregisters.
+    let mut t = TestFront::start(config("300ms", "5s", &sites("3s")), dir.path()).await;
+    let job = t.print("nara", "alice", &pdf(10)).await;
+    let first = t.next_wake(Duration::from_secs(2)).await;
+    assert_eq!(
+        (first.kind, first.jobs.clone()),
+        (WakeKind::Wake, vec![job as u64])
+    );
+    // The agent attaches anyway (the wake-up is over), and leaves before
+    // fetching the job: a new wake-up for the same job.
+    let resp = t
+        .register("nara", OSAKA, crate::common::DEVICE_A, printer_attrs())
+        .await;
+    assert_eq!(resp.status(), status::OK, "{}", resp.message());
+    let req = t.req(op::DEREGISTER_OUTPUT_DEVICE, "nara", "osaka").op(
+        "output-device-uuid",
+        faxgate_ipp::message::uri(crate::common::DEVICE_A),
+    );
+    let resp = t.agent("nara", OSAKA, &req).await;
+    assert_eq!(resp.status(), status::OK, "{}", resp.message());
+    let second = t.next_wake(Duration::from_secs(2)).await;
+    assert_eq!(
+        (second.kind, second.jobs.clone()),
+        (WakeKind::Wake, vec![job as u64])
+    );
+    assert_ne!(second.wake, first.wake);
+
+    // The mailer finally gives up on the first mail: nothing happens.
+    t.front().wake_outcome(
+        "nara",
+        WakeKind::Wake,
+        first.wake,
+        WakeOutcome::GaveUp {
+            error: "550 stale mail".into(),
+        },
+    );
+    let j = t.job("nara", job).await;
+    assert_eq!(
+        j.job_int("job-state"),
+        Some(job_state::PENDING),
+        "a report about an earlier wake-up ended the current one's job: {:?}",
+        j.job_str("job-state-message")
+    );
+    let msg = j.job_str("job-state-message").unwrap_or_default();
+    assert!(!msg.contains("stale"), "job-state-message: {msg}");
+    // The current wake-up's own reports still count.
+    t.front().wake_outcome(
+        "nara",
+        WakeKind::Wake,
+        second.wake,
+        WakeOutcome::GaveUp {
+            error: "550 current mail".into(),
+        },
+    );
+    let j = t.job("nara", job).await;
+    assert_eq!(j.job_int("job-state"), Some(job_state::ABORTED));
+    let msg = j.job_str("job-state-message").unwrap_or_default();
+    assert!(msg.contains("550 current mail"), "job-state-message: {msg}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
