@@ -9,17 +9,27 @@
 //! `*.crdownload`, `*.swp` and `*~`; a writer that renames into place
 //! when done is the safest, and the settle interval covers the rest.
 //!
-//! A settled file is read by the [`FileLoader`] and the document is sent
-//! on the output channel; only then is the file moved to `done/`. A file
-//! that cannot be read is moved to `failed/` with `NAME.reason.txt` next to
-//! it saying why. Names already taken in `done/` or `failed/` get a `-N`
-//! suffix, so nothing is overwritten.
+//! A settled file is read by the [`FileLoader`] and sent on the output
+//! channel as a [`HotFolderItem`]: the document plus a [`HotFolderAck`].
+//! The consumer stores the document durably and then calls
+//! [`HotFolderAck::confirm`]; only then is the file moved to `done/`, and
+//! both folders are fsynced, so that a crash at any point leaves the file
+//! either in the folder (read again at the next start) or in `done/` with
+//! the document stored. A consumer that drops the item without confirming
+//! leaves the file in place: it is offered again after
+//! [`HotFolderConfig::retry_delay`] (doubled after each attempt), and after
+//! [`HotFolderConfig::max_offers`] unconfirmed offers it goes to `failed/`
+//! with a reason. A file that cannot be read is moved to `failed/` with
+//! `NAME.reason.txt` next to it saying why. Names already taken in `done/`
+//! or `failed/` get a `-N` suffix, so nothing is overwritten.
 //!
-//! The output channel is bounded: when the consumer is slow the actor
-//! waits, and files stay in the folder until it can take them. Shutdown is
-//! through the [`CancellationToken`]: the actor stops at its next await,
-//! which is always a safe point (a file is moved only after its document
-//! was handed over, so at worst a file is read again on the next start).
+//! One document is in flight at a time: the actor waits for the
+//! confirmation before it reads the next file, so a slow consumer leaves
+//! files in the folder. Shutdown is through the [`CancellationToken`]: the
+//! actor stops at its next await, which is always a safe point (a file is
+//! moved only after its document was confirmed as stored, so at worst a
+//! file is read again on the next start). A document already handed over
+//! when the token is cancelled gets a short grace for its confirmation.
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
@@ -52,10 +62,26 @@ pub struct HotFolderConfig {
     pub poll_interval: Duration,
     /// How files are read and converted.
     pub loader: FileLoader,
+    /// How many times a document is offered without being confirmed as
+    /// stored before its file goes to `failed/` (at least 1).
+    pub max_offers: u32,
+    /// The wait before a document that was not confirmed is offered
+    /// again; doubled after each further attempt, at most
+    /// [`MAX_RETRY_DELAY`]. The file then settles again before it is read.
+    pub retry_delay: Duration,
 }
 
+/// The longest wait between two offers of the same file.
+pub const MAX_RETRY_DELAY: Duration = Duration::from_secs(600);
+
+/// How long a stopping hot folder still waits for the confirmation of a
+/// document already handed over (a consumer storing it right now).
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
 impl HotFolderConfig {
-    /// Defaults for `dir`: settle 2 s, poll every 500 ms.
+    /// Defaults for `dir`: settle 2 s, poll every 500 ms, a document not
+    /// confirmed is offered again after 10 s, 20 s, 40 s, 80 s, and goes
+    /// to `failed/` after 5 unconfirmed offers.
     pub fn new(dir: impl Into<PathBuf>) -> Self {
         HotFolderConfig {
             dir: dir.into(),
@@ -64,6 +90,8 @@ impl HotFolderConfig {
             settle: Duration::from_secs(2),
             poll_interval: Duration::from_millis(500),
             loader: FileLoader::default(),
+            max_offers: 5,
+            retry_delay: Duration::from_secs(10),
         }
     }
 
@@ -87,10 +115,42 @@ impl HotFolderConfig {
 pub struct HotFolderStatus {
     /// Files seen and waiting to settle.
     pub waiting: usize,
-    /// Files turned into documents and moved to `done/`.
+    /// Files whose document was offered but not confirmed as stored,
+    /// waiting to be offered again.
+    pub retrying: usize,
+    /// Files whose document was confirmed as stored, moved to `done/`.
     pub done: u64,
-    /// Files moved to `failed/`.
+    /// Files moved to `failed/` (unreadable, or never confirmed).
     pub failed: u64,
+}
+
+/// A document from the hot folder, and the confirmation its file waits
+/// for. The consumer stores `document` durably, then calls
+/// `ack.confirm()`; dropping the item (or the ack) without confirming
+/// leaves the file in the folder to be offered again.
+#[derive(Debug)]
+pub struct HotFolderItem {
+    /// The document read from the file.
+    pub document: Document,
+    /// Confirms that `document` is durably stored.
+    pub ack: HotFolderAck,
+}
+
+/// The confirmation of a [`HotFolderItem`]: call [`HotFolderAck::confirm`]
+/// once the document is durably stored (never before: the file is moved
+/// to `done/` on it). Dropping it unconfirmed means "not stored".
+#[derive(Debug)]
+#[must_use = "a hot folder document that is not confirmed is offered again"]
+pub struct HotFolderAck(oneshot::Sender<()>);
+
+impl HotFolderAck {
+    /// Tells the hot folder that the document is durably stored, so that
+    /// its file may be moved to `done/`. Returns `false` when the hot
+    /// folder no longer waits for it (it stopped): the file then stays in
+    /// the folder and is read again at the next start.
+    pub fn confirm(self) -> bool {
+        self.0.send(()).is_ok()
+    }
 }
 
 /// Messages to the hot folder actor.
@@ -113,16 +173,22 @@ pub struct HotFolderHandle {
 
 impl HotFolderHandle {
     /// Checks the folders, creates `done/` and `failed/`, and spawns the
-    /// actor on `tracker`. Documents go to `out`.
+    /// actor on `tracker`. Documents go to `out`, each to be confirmed
+    /// through its [`HotFolderAck`] once stored.
     pub async fn spawn(
         config: HotFolderConfig,
-        out: mpsc::Sender<Document>,
+        out: mpsc::Sender<HotFolderItem>,
         cancel: CancellationToken,
         tracker: &TaskTracker,
     ) -> Result<Self, ScanError> {
         if config.settle.is_zero() || config.poll_interval.is_zero() {
             return Err(ScanError::InvalidOptions {
                 reason: "hot folder settle and poll intervals must be above zero".into(),
+            });
+        }
+        if config.max_offers == 0 {
+            return Err(ScanError::InvalidOptions {
+                reason: "hot folder max_offers must be at least 1".into(),
             });
         }
         let meta = tokio::fs::metadata(&config.dir)
@@ -150,6 +216,7 @@ impl HotFolderHandle {
             cancel,
             settler: Settler::default(),
             stuck: HashSet::new(),
+            offers: HashMap::new(),
             status: HotFolderStatus::default(),
         };
         tracker.spawn(actor.run().instrument(span));
@@ -186,13 +253,23 @@ struct HotFolderActor {
     done: PathBuf,
     failed: PathBuf,
     rx: mpsc::Receiver<HotFolderMsg>,
-    out: mpsc::Sender<Document>,
+    out: mpsc::Sender<HotFolderItem>,
     cancel: CancellationToken,
     settler: Settler<OsString>,
     /// Files that could be moved neither to done/ nor failed/: skipped
     /// while they stay, so that they are not read again and again.
     stuck: HashSet<OsString>,
+    /// Files whose document was offered but not confirmed: how often, and
+    /// when they may be offered again. Forgotten when the file goes.
+    offers: HashMap<OsString, Offers>,
     status: HotFolderStatus,
+}
+
+/// The unconfirmed offers of one file.
+#[derive(Debug)]
+struct Offers {
+    count: u32,
+    retry_at: Instant,
 }
 
 /// What a pass over the folder asks of the loop.
@@ -252,16 +329,24 @@ impl HotFolderActor {
             }
         };
         self.stuck.retain(|n| listing.iter().any(|(l, ..)| l == n));
+        self.offers
+            .retain(|n, _| listing.iter().any(|(l, ..)| l == n));
+        let now = Instant::now();
+        // A file offered without confirmation waits for its retry time
+        // (and then settles again, as if new).
         let listing: Vec<_> = listing
             .into_iter()
-            .filter(|(n, ..)| !self.stuck.contains(n))
+            .filter(|(n, ..)| {
+                !self.stuck.contains(n) && self.offers.get(n).is_none_or(|o| o.retry_at <= now)
+            })
             .collect();
-        let ready = self
-            .settler
-            .observe(&listing, Instant::now(), self.config.settle);
+        let ready = self.settler.observe(&listing, now, self.config.settle);
         self.status.waiting = self.settler.len();
+        self.status.retrying = self.offers.len();
         for name in ready {
-            if self.process(&name).await == Flow::Stop {
+            let flow = self.process(&name).await;
+            self.status.retrying = self.offers.len();
+            if flow == Flow::Stop {
                 return Flow::Stop;
             }
         }
@@ -288,7 +373,8 @@ impl HotFolderActor {
         Ok(out)
     }
 
-    /// Reads one settled file, hands the document over, moves the file.
+    /// Reads one settled file, hands the document over, waits for its
+    /// confirmation and moves the file.
     async fn process(&mut self, name: &OsStr) -> Flow {
         let path = self.config.dir.join(name);
         let file = file_name(&path);
@@ -298,49 +384,110 @@ impl HotFolderActor {
             _ = self.cancel.cancelled() => return Flow::Stop,
             r = self.config.loader.load_as(&path, origin) => r,
         };
-        match result {
-            Ok(doc) => {
-                let pages = doc.pages.len();
-                let dropped = doc.dropped_blank.len();
-                tokio::select! {
-                    _ = self.cancel.cancelled() => return Flow::Stop,
-                    sent = self.out.send(doc) => if sent.is_err() {
-                        warn!(%file, "The document consumer has gone; the hot folder stops and leaves the file.");
-                        return Flow::Stop;
-                    },
-                }
-                match move_unique(&path, &self.done).await {
-                    Ok(dest) => {
-                        self.status.done += 1;
-                        info!(%file, pages, dropped_blank = dropped, dest = %dest.display(), "Hot folder document queued.");
-                    }
-                    Err(e) => {
-                        self.stuck.insert(name.to_os_string());
-                        error!(%file, error = %e, "Document queued but the file cannot be moved to done/; it is left in place and skipped.");
-                    }
-                }
-            }
+        let doc = match result {
+            Ok(doc) => doc,
             Err(reason) => {
-                self.status.failed += 1;
-                match move_unique(&path, &self.failed).await {
-                    Ok(dest) => {
-                        let mut reason_path = dest.clone().into_os_string();
-                        reason_path.push(".reason.txt");
-                        let text = format!("{reason}\n");
-                        if let Err(e) = tokio::fs::write(&reason_path, text).await {
-                            error!(%file, error = %e, "Cannot write the reason file.");
-                        }
-                        warn!(%file, error = %reason, dest = %dest.display(), "Hot folder file cannot be read; moved to failed/.");
-                    }
-                    Err(e) => {
-                        self.stuck.insert(name.to_os_string());
-                        error!(%file, error = %reason, move_error = %e, "Hot folder file cannot be read nor moved to failed/; it is left in place and skipped.");
-                    }
-                }
+                self.fail(name, &path, &file, &reason.to_string()).await;
+                return Flow::Continue;
+            }
+        };
+        let pages = doc.pages.len();
+        let dropped = doc.dropped_blank.len();
+        let (ack, mut stored) = oneshot::channel();
+        let item = HotFolderItem {
+            document: doc,
+            ack: HotFolderAck(ack),
+        };
+        tokio::select! {
+            _ = self.cancel.cancelled() => return Flow::Stop,
+            sent = self.out.send(item) => if sent.is_err() {
+                warn!(%file, "The document consumer has gone; the hot folder stops and leaves the file.");
+                return Flow::Stop;
+            },
+        }
+        // Some(confirmed), or None when cancelled first.
+        let answer = tokio::select! {
+            r = &mut stored => Some(r.is_ok()),
+            _ = self.cancel.cancelled() => None,
+        };
+        let (confirmed, flow) = match answer {
+            Some(confirmed) => (confirmed, Flow::Continue),
+            None => {
+                let late = tokio::time::timeout(SHUTDOWN_GRACE, stored).await;
+                (matches!(late, Ok(Ok(()))), Flow::Stop)
+            }
+        };
+        if !confirmed {
+            if flow == Flow::Stop {
+                info!(%file, "Stopping before the document was confirmed as stored; the file stays in the folder.");
+            } else {
+                self.not_confirmed(name, &path, &file).await;
+            }
+            return flow;
+        }
+        self.offers.remove(name);
+        match move_unique(&path, &self.done).await {
+            Ok(dest) => {
+                self.status.done += 1;
+                info!(%file, pages, dropped_blank = dropped, dest = %dest.display(), "Hot folder document stored; file moved to done/.");
+            }
+            Err(e) => {
+                self.stuck.insert(name.to_os_string());
+                error!(%file, error = %e, "Document stored but the file cannot be moved to done/; it is left in place and skipped.");
             }
         }
-        Flow::Continue
+        flow
     }
+
+    /// A document dropped without confirmation: offered again later, or
+    /// after `max_offers` attempts moved to `failed/`.
+    async fn not_confirmed(&mut self, name: &OsStr, path: &Path, file: &str) {
+        let now = Instant::now();
+        let offers = self.offers.entry(name.to_os_string()).or_insert(Offers {
+            count: 0,
+            retry_at: now,
+        });
+        offers.count += 1;
+        let count = offers.count;
+        if count < self.config.max_offers {
+            let delay = retry_delay(self.config.retry_delay, count);
+            offers.retry_at = now + delay;
+            warn!(%file, offers = count, max_offers = self.config.max_offers, retry_in_ms = delay.as_millis() as u64, "The consumer did not confirm the document as stored; the file stays and is offered again.");
+            return;
+        }
+        self.offers.remove(name);
+        let reason = format!(
+            "{file}: offered {count} times but never confirmed as stored by the consumer (see its log); put the file back into the hot folder to try again"
+        );
+        self.fail(name, path, file, &reason).await;
+    }
+
+    /// Moves a file to `failed/` with `NAME.reason.txt` saying why.
+    async fn fail(&mut self, name: &OsStr, path: &Path, file: &str, reason: &str) {
+        self.status.failed += 1;
+        match move_unique(path, &self.failed).await {
+            Ok(dest) => {
+                let mut reason_path = dest.clone().into_os_string();
+                reason_path.push(".reason.txt");
+                let text = format!("{reason}\n");
+                if let Err(e) = tokio::fs::write(&reason_path, text).await {
+                    error!(%file, error = %e, "Cannot write the reason file.");
+                }
+                warn!(%file, error = %reason, dest = %dest.display(), "Hot folder file moved to failed/.");
+            }
+            Err(e) => {
+                self.stuck.insert(name.to_os_string());
+                error!(%file, error = %reason, move_error = %e, "Hot folder file cannot be moved to failed/; it is left in place and skipped.");
+            }
+        }
+    }
+}
+
+/// The wait before offer `count + 1` of a file whose `count` offers were
+/// not confirmed: `base`, doubled after each attempt, capped.
+fn retry_delay(base: Duration, count: u32) -> Duration {
+    let doublings = count.saturating_sub(1).min(16);
+    base.saturating_mul(1u32 << doublings).min(MAX_RETRY_DELAY)
 }
 
 /// Whether a name can be a finished document (not a writer's temporary).
@@ -442,27 +589,106 @@ fn unique_name(file: &Path, taken: impl Fn(&OsStr) -> bool) -> Option<OsString> 
     })
 }
 
-/// Moves `src` into `dir` under a free name; returns the new path.
+/// Moves `src` into `dir` under a free name, durably; returns the new
+/// path. On the blocking pool: the fsyncs block.
+///
+/// `Ok` means the file is at the new path (if syncing a folder fails after
+/// that, it is logged: the move is done but a crash could undo it); `Err`
+/// means it is still at `src` and nothing was left in `dir`.
 async fn move_unique(src: &Path, dir: &Path) -> Result<PathBuf, ScanError> {
+    let (from, to) = (src.to_path_buf(), dir.to_path_buf());
+    tokio::task::spawn_blocking(move || move_durably(&from, &to))
+        .await
+        .map_err(|e| {
+            ScanError::io(
+                src,
+                "moving",
+                std::io::Error::other(format!("the move task failed: {e}")),
+            )
+        })?
+}
+
+/// See [`move_unique`]: rename (or, across file systems, a copy that is
+/// fsynced under a temporary name, renamed into place and its folder
+/// fsynced before the source is removed), then fsync of both folders.
+fn move_durably(src: &Path, dir: &Path) -> Result<PathBuf, ScanError> {
     let name = unique_name(src, |n| dir.join(n).exists()).ok_or_else(|| ScanError::Io {
         path: dir.to_path_buf(),
         action: "finding a free name",
         source: std::io::Error::new(std::io::ErrorKind::AlreadyExists, "no free name"),
     })?;
     let dest = dir.join(name);
-    match tokio::fs::rename(src, &dest).await {
-        Ok(()) => Ok(dest),
-        Err(e) if e.kind() == std::io::ErrorKind::CrossesDevices => {
-            tokio::fs::copy(src, &dest)
-                .await
-                .map_err(|e| ScanError::io(src, "copying across file systems", e))?;
-            tokio::fs::remove_file(src)
-                .await
-                .map_err(|e| ScanError::io(src, "removing after copy", e))?;
-            Ok(dest)
+    let src_dir = parent_dir(src);
+    match std::fs::rename(src, &dest) {
+        Ok(()) => {
+            if let Err(e) = sync_dir(dir) {
+                error!(dest = %dest.display(), error = %e, "File moved, but its new folder cannot be synced; a crash now could undo the move.");
+            }
         }
-        Err(e) => Err(ScanError::io(src, "moving", e)),
+        Err(e) if e.kind() == std::io::ErrorKind::CrossesDevices => {
+            copy_durably(src, dir, &dest)?;
+            if let Err(e) = std::fs::remove_file(src) {
+                // Keep "Err = still at src, nothing in dir".
+                let _ = std::fs::remove_file(&dest);
+                let _ = sync_dir(dir);
+                return Err(ScanError::io(
+                    src,
+                    "removing after copying across file systems",
+                    e,
+                ));
+            }
+        }
+        Err(e) => return Err(ScanError::io(src, "moving", e)),
     }
+    if let Err(e) = sync_dir(src_dir) {
+        error!(src = %src.display(), error = %e, "File moved, but the folder it left cannot be synced; a crash now could bring it back.");
+    }
+    Ok(dest)
+}
+
+/// Copies `src` to `dest` (in `dir`, on another file system) so that the
+/// copy is complete and durable once `dest` exists: a temporary file in
+/// `dir`, fsynced, renamed to `dest` without overwriting, `dir` fsynced.
+/// On an error nothing is left in `dir`.
+fn copy_durably(src: &Path, dir: &Path, dest: &Path) -> Result<(), ScanError> {
+    let copy_err = |e| ScanError::io(src, "copying across file systems", e);
+    let mut input = std::fs::File::open(src).map_err(copy_err)?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".hotfolder-")
+        .suffix(".part")
+        .tempfile_in(dir)
+        .map_err(|e| ScanError::io(dir, "creating a temporary file", e))?;
+    std::io::copy(&mut input, tmp.as_file_mut()).map_err(copy_err)?;
+    if let Ok(meta) = input.metadata() {
+        // The temporary file is 0600; keep the source's mode.
+        let _ = tmp.as_file().set_permissions(meta.permissions());
+    }
+    tmp.as_file()
+        .sync_all()
+        .map_err(|e| ScanError::io(dest, "syncing the copy", e))?;
+    tmp.persist_noclobber(dest)
+        .map_err(|e| ScanError::io(dest, "renaming the copy into place", e.error))?;
+    if let Err(e) = sync_dir(dir) {
+        let _ = std::fs::remove_file(dest);
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// The folder holding `path` (`.` for a bare name).
+fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+/// Syncs a folder, so that a rename or removal in it survives a crash
+/// (a file's own fsync does not cover its name).
+fn sync_dir(dir: &Path) -> Result<(), ScanError> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| ScanError::io(dir, "syncing the folder", e))
 }
 
 #[cfg(test)]
@@ -509,6 +735,47 @@ mod tests {
         assert!(s.observe(&[("b", 1, m1)], at(7000), settle).is_empty());
         assert!(s.observe(&[], at(8000), settle).is_empty());
         assert_eq!(s.len(), 0);
+    }
+
+    #[test]
+    fn retries_back_off_up_to_a_cap() {
+        let base = Duration::from_secs(10);
+        assert_eq!(retry_delay(base, 1), Duration::from_secs(10));
+        assert_eq!(retry_delay(base, 2), Duration::from_secs(20));
+        assert_eq!(retry_delay(base, 4), Duration::from_secs(80));
+        assert_eq!(retry_delay(base, 30), MAX_RETRY_DELAY);
+        assert_eq!(retry_delay(base, u32::MAX), MAX_RETRY_DELAY);
+        assert_eq!(retry_delay(Duration::ZERO, 3), Duration::ZERO);
+    }
+
+    #[test]
+    fn a_move_is_complete_and_leaves_nothing_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let done = dir.path().join("done");
+        std::fs::create_dir(&done).unwrap();
+        let src = dir.path().join("scan.pdf");
+        std::fs::write(&src, b"one").unwrap();
+        std::fs::write(done.join("scan.pdf"), b"older").unwrap();
+        let dest = move_durably(&src, &done).unwrap();
+        assert_eq!(dest, done.join("scan-1.pdf"));
+        assert!(!src.exists());
+        assert_eq!(std::fs::read(&dest).unwrap(), b"one");
+        assert_eq!(std::fs::read(done.join("scan.pdf")).unwrap(), b"older");
+        // The cross-device path, exercised directly on one file system.
+        let other = dir.path().join("other.png");
+        std::fs::write(&other, b"two").unwrap();
+        let copied = done.join("other.png");
+        copy_durably(&other, &done, &copied).unwrap();
+        assert_eq!(std::fs::read(&copied).unwrap(), b"two");
+        // An existing name is never overwritten, and no temporary is left.
+        let err = copy_durably(&other, &done, &copied).unwrap_err();
+        assert!(err.to_string().contains("other.png"), "{err}");
+        let mut names: Vec<_> = std::fs::read_dir(&done)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["other.png", "scan-1.pdf", "scan.pdf"]);
     }
 
     #[test]

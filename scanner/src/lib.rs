@@ -29,9 +29,13 @@
 //!   own bounded mpsc, with `oneshot` replies, and a `CancellationToken`
 //!   for shutdown. [`FileLoader::load`] and [`SaneScanner::scan`] are plain
 //!   async calls for whoever asks (the panel, the CLI).
-//! - Out: the hot folder sends each [`Document`] on a bounded
-//!   `mpsc::Sender<Document>` given to it by the topology (the fax send
-//!   queue); a full channel makes it wait, leaving files in the folder.
+//! - Out: the hot folder sends each [`Document`] as a [`HotFolderItem`]
+//!   on a bounded `mpsc::Sender<HotFolderItem>` given to it by the
+//!   topology (the fax send queue). The consumer confirms through the
+//!   item's [`HotFolderAck`] once the document is durably stored; only
+//!   then is the file moved to `done/`. Until then the hot folder waits,
+//!   leaving further files in the folder; an item dropped unconfirmed
+//!   leaves its file to be offered again.
 //!
 //! # External tools
 //!
@@ -57,5 +61,7 @@ pub use convert::{
 pub use document::{Document, Origin};
 pub use error::ScanError;
 pub use files::{FileLoader, load_file};
-pub use hotfolder::{HotFolderConfig, HotFolderHandle, HotFolderStatus};
+pub use hotfolder::{
+    HotFolderAck, HotFolderConfig, HotFolderHandle, HotFolderItem, HotFolderStatus,
+};
 pub use sane::{SaneMode, SaneOptions, SaneScanner, ScanArea};

@@ -1,12 +1,13 @@
 //! The hot folder on a real folder: a slowly written file, a bad file,
-//! temporary names, and shutdown.
+//! temporary names, documents confirmed or not by the consumer, and
+//! shutdown.
 
 use std::io::{Cursor, Write};
 use std::path::Path;
 use std::time::Duration;
 
 use faxgate_scanner::{
-    Document, FileLoader, HotFolderConfig, HotFolderHandle, HotFolderStatus, Origin,
+    FileLoader, HotFolderConfig, HotFolderHandle, HotFolderItem, HotFolderStatus, Origin,
 };
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TryRecvError;
@@ -17,16 +18,25 @@ use crate::common::{Rect, assert_rects, gray_with_rects};
 
 struct Running {
     handle: HotFolderHandle,
-    rx: mpsc::Receiver<Document>,
+    rx: mpsc::Receiver<HotFolderItem>,
     cancel: CancellationToken,
     tracker: TaskTracker,
 }
 
 async fn start(dir: &Path, settle_ms: u64) -> Running {
+    start_with(dir, settle_ms, |_| {}).await
+}
+
+async fn start_with(
+    dir: &Path,
+    settle_ms: u64,
+    tweak: impl FnOnce(&mut HotFolderConfig),
+) -> Running {
     let mut config = HotFolderConfig::new(dir);
     config.settle = Duration::from_millis(settle_ms);
     config.poll_interval = Duration::from_millis(100);
     config.loader = FileLoader::default();
+    tweak(&mut config);
     let (tx, rx) = mpsc::channel(4);
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
@@ -42,6 +52,23 @@ async fn start(dir: &Path, settle_ms: u64) -> Running {
 }
 
 impl Running {
+    /// The next document, within 15 s.
+    async fn next(&mut self) -> HotFolderItem {
+        tokio::time::timeout(Duration::from_secs(15), self.rx.recv())
+            .await
+            .expect("a document within 15 s")
+            .expect("the hot folder is running")
+    }
+
+    /// The counters; only while no document waits for its confirmation
+    /// (the actor answers between files).
+    async fn status(&self) -> HotFolderStatus {
+        tokio::time::timeout(Duration::from_secs(5), self.handle.status())
+            .await
+            .expect("the hot folder answers within 5 s")
+            .unwrap()
+    }
+
     async fn stop(self) {
         self.cancel.cancel();
         self.tracker.close();
@@ -59,6 +86,17 @@ fn names(dir: &Path) -> Vec<String> {
         .collect();
     v.sort();
     v
+}
+
+/// Waits up to `secs` for `cond`.
+async fn wait_for(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
+    tokio::time::timeout(Duration::from_secs(secs), async {
+        while !cond() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("not within {secs} s: {what}"));
 }
 
 fn png_bytes() -> Vec<u8> {
@@ -95,10 +133,7 @@ async fn slowly_written_file_is_taken_only_when_complete() {
     assert_eq!((status.done, status.failed), (0, 0));
     assert_eq!(status.waiting, 1, "{status:?}");
     // About 5 s of settling, then reading.
-    let doc = tokio::time::timeout(Duration::from_secs(15), hf.rx.recv())
-        .await
-        .expect("the complete file is picked up")
-        .unwrap();
+    let HotFolderItem { document: doc, ack } = hf.next().await;
     assert_eq!(doc.name, "slow.png");
     assert_eq!(doc.origin, Origin::HotFolder(path.clone()));
     assert_eq!(doc.pages.len(), 1);
@@ -109,25 +144,25 @@ async fn slowly_written_file_is_taken_only_when_complete() {
         3.0,
         "hot folder page",
     );
-    // Moved to done/ right after the hand-over.
-    tokio::time::timeout(Duration::from_secs(5), async {
-        while path.exists() {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await
-    .unwrap();
+    // Not moved before the consumer confirms that it stored the document.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(path.exists(), "moved before the document was confirmed");
+    assert!(names(&dir.path().join("done")).is_empty());
+    // Moved to done/ right after the confirmation.
+    assert!(ack.confirm(), "the hot folder waits for the confirmation");
+    wait_for(5, "slow.png moved to done/", || !path.exists()).await;
     assert_eq!(names(&dir.path().join("done")), ["slow.png"]);
     assert_eq!(
         std::fs::read(dir.path().join("done/slow.png")).unwrap(),
         png,
         "done/ holds the file unchanged"
     );
-    let status = hf.handle.status().await.unwrap();
+    let status = hf.status().await;
     assert_eq!(
         status,
         HotFolderStatus {
             waiting: 0,
+            retrying: 0,
             done: 1,
             failed: 0
         }
@@ -143,11 +178,9 @@ async fn bad_files_go_to_failed_with_a_reason_and_temporaries_are_left() {
     std::fs::write(dir.path().join("upload.pdf.part"), b"%PDF-1.4 half").unwrap();
     std::fs::write(dir.path().join(".hidden.png"), png_bytes()).unwrap();
     std::fs::write(dir.path().join("good.png"), png_bytes()).unwrap();
-    let doc = tokio::time::timeout(Duration::from_secs(10), hf.rx.recv())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(doc.name, "good.png");
+    let item = hf.next().await;
+    assert_eq!(item.document.name, "good.png");
+    assert!(item.ack.confirm());
     // Let a few more passes run, then look.
     tokio::time::sleep(Duration::from_millis(800)).await;
     let status = hf.handle.rescan().await.unwrap();
@@ -191,59 +224,140 @@ async fn bad_files_go_to_failed_with_a_reason_and_temporaries_are_left() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_output_channel_leaves_files_waiting() {
+async fn a_slow_consumer_leaves_files_waiting() {
     let dir = tempfile::tempdir().unwrap();
-    let mut config = HotFolderConfig::new(dir.path());
-    config.settle = Duration::from_millis(200);
-    config.poll_interval = Duration::from_millis(50);
-    let (tx, mut rx) = mpsc::channel(1);
-    let cancel = CancellationToken::new();
-    let tracker = TaskTracker::new();
-    let handle = HotFolderHandle::spawn(config, tx, cancel.clone(), &tracker)
-        .await
-        .unwrap();
+    let mut hf = start(dir.path(), 200).await;
     for n in ["a.png", "b.png", "c.png"] {
         std::fs::write(dir.path().join(n), png_bytes()).unwrap();
     }
-    // One document fits the channel, the actor holds the second waiting
-    // to send; the third file stays in the folder.
-    let left = || -> Vec<String> {
+    let pngs = || -> Vec<String> {
         names(dir.path())
             .into_iter()
             .filter(|n| n.ends_with(".png"))
             .collect()
     };
-    let moved = tokio::time::timeout(Duration::from_secs(15), async {
-        while left().len() != 2 {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await;
-    assert!(
-        moved.is_ok(),
-        "not two files left within 15 s: {:?}",
-        left()
-    );
-    // And no more are taken while the channel stays full.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let left = left();
-    assert_eq!(left.len(), 2, "{left:?}");
-    let mut got = Vec::new();
-    for _ in 0..3 {
-        let doc = tokio::time::timeout(Duration::from_secs(10), rx.recv())
-            .await
-            .unwrap()
-            .unwrap();
-        got.push(doc.name);
+    // One document is in flight; while the consumer has not confirmed it,
+    // no file is moved and no other file is read.
+    let first = hf.next().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(pngs(), ["a.png", "b.png", "c.png"]);
+    assert!(names(&dir.path().join("done")).is_empty());
+    assert!(matches!(hf.rx.try_recv(), Err(TryRecvError::Empty)));
+    let mut got = vec![first.document.name.clone()];
+    assert!(first.ack.confirm());
+    for _ in 0..2 {
+        let item = hf.next().await;
+        got.push(item.document.name.clone());
+        assert!(item.ack.confirm());
     }
     got.sort();
     assert_eq!(got, ["a.png", "b.png", "c.png"]);
-    cancel.cancel();
-    tracker.close();
-    tokio::time::timeout(Duration::from_secs(5), tracker.wait())
+    wait_for(5, "all three files in done/", || {
+        names(&dir.path().join("done")).len() == 3
+    })
+    .await;
+    assert!(pngs().is_empty());
+    hf.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unconfirmed_document_stays_in_the_folder_and_is_offered_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut hf = start_with(dir.path(), 200, |c| {
+        c.retry_delay = Duration::from_secs(2);
+        c.max_offers = 5;
+    })
+    .await;
+    let png = png_bytes();
+    let path = dir.path().join("fax.png");
+    std::fs::write(&path, &png).unwrap();
+    let item = hf.next().await;
+    assert_eq!(item.document.name, "fax.png");
+    // The consumer could not store it: it drops the item unconfirmed.
+    drop(item);
+    let status = hf.status().await;
+    assert_eq!(
+        (status.retrying, status.done, status.failed),
+        (1, 0, 0),
+        "{status:?}"
+    );
+    assert!(
+        path.exists(),
+        "the file of an unconfirmed document was moved"
+    );
+    assert!(names(&dir.path().join("done")).is_empty());
+    assert!(names(&dir.path().join("failed")).is_empty());
+    // Offered again after the retry delay, from the same file.
+    let again = hf.next().await;
+    assert_eq!(again.document.name, "fax.png");
+    assert_eq!(again.document.origin, Origin::HotFolder(path.clone()));
+    assert!(path.exists(), "moved before the document was confirmed");
+    assert!(again.ack.confirm());
+    wait_for(5, "fax.png moved to done/", || !path.exists()).await;
+    assert_eq!(names(&dir.path().join("done")), ["fax.png"]);
+    assert_eq!(std::fs::read(dir.path().join("done/fax.png")).unwrap(), png);
+    assert!(names(&dir.path().join("failed")).is_empty());
+    let status = hf.status().await;
+    assert_eq!(
+        status,
+        HotFolderStatus {
+            waiting: 0,
+            retrying: 0,
+            done: 1,
+            failed: 0
+        }
+    );
+    assert!(matches!(hf.rx.try_recv(), Err(TryRecvError::Empty)));
+    hf.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_document_never_confirmed_goes_to_failed_with_a_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut hf = start_with(dir.path(), 200, |c| {
+        c.retry_delay = Duration::from_millis(100);
+        c.max_offers = 2;
+    })
+    .await;
+    let path = dir.path().join("lost.png");
+    std::fs::write(&path, png_bytes()).unwrap();
+    for _ in 0..2 {
+        let item = hf.next().await;
+        assert_eq!(item.document.name, "lost.png");
+        assert!(path.exists(), "moved although not confirmed");
+        drop(item);
+    }
+    let reason_path = dir.path().join("failed/lost.png.reason.txt");
+    wait_for(5, "lost.png in failed/ with a reason", || {
+        !path.exists() && reason_path.exists()
+    })
+    .await;
+    let reason = std::fs::read_to_string(&reason_path).unwrap();
+    assert!(
+        reason.contains("lost.png") && reason.contains("never confirmed"),
+        "{reason}"
+    );
+    assert!(names(&dir.path().join("done")).is_empty());
+    let status = hf.status().await;
+    assert_eq!(
+        (status.retrying, status.done, status.failed),
+        (0, 0, 1),
+        "{status:?}"
+    );
+    assert!(matches!(hf.rx.try_recv(), Err(TryRecvError::Empty)));
+    hf.stop().await;
+}
+
+#[tokio::test]
+async fn zero_max_offers_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tx, _rx) = mpsc::channel(1);
+    let mut config = HotFolderConfig::new(dir.path());
+    config.max_offers = 0;
+    let err = HotFolderHandle::spawn(config, tx, CancellationToken::new(), &TaskTracker::new())
         .await
-        .unwrap();
-    drop(handle);
+        .unwrap_err();
+    assert!(err.to_string().contains("max_offers"), "{err}");
 }
 
 #[tokio::test]
