@@ -2,7 +2,7 @@
 //! section per actor, so each actor gets only its own part.
 
 use crate::relay::{ClientTlsConfig, RelayClientConfig};
-use crate::{ConfigError, Secret};
+use crate::{ConfigError, Secret, check_duration, check_path, invalid, is_loopback_host};
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -213,13 +213,17 @@ pub struct PrinterSection {
     /// A printer URI as `faxgate print --printer` takes it: `ipp://...`,
     /// `cups:QUEUE`, `dir:/path?format=pdf|tiff`, `device:/dev/...`.
     pub uri: String,
-    /// How long an IPP job is watched before it counts as failed.
+    /// How long an IPP job is watched before it counts as failed
+    /// (1 s..=24 h).
     #[serde(default = "defaults::job_timeout", with = "humantime_serde")]
     pub job_timeout: Duration,
-    /// Delay before a failed print is tried again.
+    /// Delay before a failed print is tried again (1 s..=1 h).
     #[serde(default = "defaults::print_retry", with = "humantime_serde")]
     pub retry: Duration,
 }
+
+/// Most pages `scanner.pages` may ask for in one scan.
+pub const MAX_SCAN_PAGES: u32 = 1000;
 
 /// The SANE scanner and how its pages become fax pages.
 #[derive(Debug, Clone, Deserialize)]
@@ -228,7 +232,8 @@ pub struct ScannerSection {
     /// The SANE device name (`scanimage -L` lists them; `test` is SANE's
     /// test backend).
     pub device: String,
-    /// Pages per scan for devices without a feeder (the test backend).
+    /// Pages per scan for devices without a feeder (the test backend),
+    /// 1..=[`MAX_SCAN_PAGES`].
     #[serde(default)]
     pub pages: Option<u32>,
     /// Scan resolution of the fax pages.
@@ -476,16 +481,6 @@ impl SiteUri {
     }
 }
 
-/// True for `localhost` and loopback IP literals.
-fn is_loopback_host(host: &str) -> bool {
-    host.eq_ignore_ascii_case("localhost")
-        || host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
-}
-
 /// Decodes hex (colons allowed between bytes).
 pub fn decode_hex(s: &str) -> Option<Vec<u8>> {
     let digits: Vec<u8> = s.bytes().filter(|b| *b != b':').collect();
@@ -528,6 +523,15 @@ impl AgentSection {
                     return Err(invalid(
                         "agent.tls",
                         "set `pin_sha256` (the relay prints it) or `ca_file`",
+                    ));
+                }
+                if let Some(ca) = &tls.ca_file {
+                    check_path("agent.tls.ca_file", ca)?;
+                }
+                if tls.server_name.as_ref().is_some_and(|n| n.is_empty()) {
+                    return Err(invalid(
+                        "agent.tls.server_name",
+                        "must not be empty (leave it out to use the host of `site`)",
                     ));
                 }
             }
@@ -629,6 +633,9 @@ impl AgentMailSection {
         if self.port == Some(0) {
             return Err(invalid("agent.mail.port", "must be 1..=65535"));
         }
+        if let Some(ca) = &self.ca_file {
+            check_path("agent.mail.ca_file", ca)?;
+        }
         if let Some(pin) = &self.pin_sha256 {
             check_pin("agent.mail.pin_sha256", pin)?;
             if self.ca_file.is_some() {
@@ -709,7 +716,8 @@ impl ApplianceConfig {
 
     /// Checks ranges and combinations that serde cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        self.relay.validate()?;
+        check_path("state_dir", &self.state_dir)?;
+        self.relay.validate_in("relay.")?;
         let f = &self.fax;
         if f.ident.chars().count() > 20
             || !f
@@ -755,8 +763,25 @@ impl ApplianceConfig {
             return Err(invalid("fax.max_attempts", "must be at least 1"));
         }
         let t = &f.timers;
-        if [t.t1, t.t2, t.t4, t.t5].iter().any(|d| d.is_zero()) {
-            return Err(invalid("fax.timers", "timers must be longer than zero"));
+        for (field, d) in [
+            ("fax.timers.t1", t.t1),
+            ("fax.timers.t2", t.t2),
+            ("fax.timers.t4", t.t4),
+            ("fax.timers.t5", t.t5),
+        ] {
+            if d.is_zero() {
+                return Err(invalid(field, "timers must be longer than zero"));
+            }
+        }
+        if self.inbox.max_held == 0 {
+            // Zero held documents is an inbox that is always full.
+            return Err(invalid(
+                "inbox.max_held",
+                "must be at least 1 (to refuse every fax, set fax.answer = false)",
+            ));
+        }
+        if let Some(dir) = &self.inbox.archive_dir {
+            check_path("inbox.archive_dir", dir)?;
         }
         if !self.panel.listen.ip().is_loopback() {
             return Err(invalid(
@@ -777,14 +802,40 @@ impl ApplianceConfig {
                     format!("`{}`: use text or photo", s.mode),
                 ));
             }
-            if s.pages == Some(0) {
-                return Err(invalid("scanner.pages", "must be at least 1"));
+            if s.device.chars().any(char::is_control) {
+                return Err(invalid(
+                    "scanner.device",
+                    "must not contain control characters",
+                ));
+            }
+            // A flatbed never runs out of pages: the count is the bound.
+            if let Some(n) = s.pages
+                && !(1..=MAX_SCAN_PAGES).contains(&n)
+            {
+                return Err(invalid(
+                    "scanner.pages",
+                    format!("{n} is outside 1..={MAX_SCAN_PAGES}"),
+                ));
             }
         }
-        if let Some(p) = &self.printer
-            && p.uri.is_empty()
-        {
-            return Err(invalid("printer.uri", "must not be empty"));
+        if let Some(p) = &self.printer {
+            if p.uri.is_empty() {
+                return Err(invalid("printer.uri", "must not be empty"));
+            }
+            // Zero would time a job out at its first look (and print it
+            // again on each retry); zero retry spins on the print queue.
+            check_duration(
+                "printer.job_timeout",
+                p.job_timeout,
+                Duration::from_secs(1),
+                Duration::from_secs(24 * 3600),
+            )?;
+            check_duration(
+                "printer.retry",
+                p.retry,
+                Duration::from_secs(1),
+                Duration::from_secs(3600),
+            )?;
         }
         if let Some(agent) = &self.agent {
             agent.validate()?;
@@ -800,13 +851,6 @@ impl ApplianceConfig {
             }
         }
         Ok(())
-    }
-}
-
-fn invalid(field: &'static str, reason: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        field,
-        reason: reason.into(),
     }
 }
 
@@ -963,6 +1007,88 @@ mod tests {
         }
         let err = ApplianceConfig::from_str(&format!("{BASE}[fax]\ncolour = true\n")).unwrap_err();
         assert!(err.to_string().contains("colour"), "{err}");
+    }
+
+    #[test]
+    fn printer_durations_are_bounded() {
+        for (extra, field) in [
+            ("job_timeout = \"0s\"\n", "`printer.job_timeout`"),
+            ("job_timeout = \"500ms\"\n", "`printer.job_timeout`"),
+            ("job_timeout = \"2days\"\n", "`printer.job_timeout`"),
+            ("retry = \"0s\"\n", "`printer.retry`"),
+            ("retry = \"2h\"\n", "`printer.retry`"),
+        ] {
+            let err = ApplianceConfig::from_str(&format!("{BASE}{PRINTER}{extra}")).unwrap_err();
+            assert!(err.to_string().contains(field), "{extra}: {err}");
+        }
+        let c = ApplianceConfig::from_str(&format!(
+            "{BASE}{PRINTER}job_timeout = \"1s\"\nretry = \"1h\"\n"
+        ))
+        .unwrap();
+        let p = c.printer.unwrap();
+        assert_eq!(
+            (p.job_timeout, p.retry),
+            (Duration::from_secs(1), Duration::from_secs(3600))
+        );
+    }
+
+    #[test]
+    fn scanner_values_are_checked() {
+        for (section, field) in [
+            ("device = \"test\"\npages = 0\n", "`scanner.pages`"),
+            ("device = \"test\"\npages = 1001\n", "`scanner.pages`"),
+            ("device = \"te\\nst\"\n", "`scanner.device`"),
+            ("device = \"\"\n", "`scanner.device`"),
+        ] {
+            let err =
+                ApplianceConfig::from_str(&format!("{BASE}[scanner]\n{section}")).unwrap_err();
+            assert!(err.to_string().contains(field), "{section}: {err}");
+        }
+        let c = ApplianceConfig::from_str(&format!(
+            "{BASE}[scanner]\ndevice = \"airscan:e0:Canon TS5300 series\"\npages = 1000\n"
+        ))
+        .unwrap();
+        assert_eq!(c.scanner.unwrap().pages, Some(MAX_SCAN_PAGES));
+    }
+
+    #[test]
+    fn relay_errors_name_the_relay_table() {
+        let relay = |fields: &str| {
+            ApplianceConfig::from_str(&format!("state_dir = \"/tmp/x\"\n[relay]\n{fields}"))
+                .unwrap_err()
+                .to_string()
+        };
+        let err = relay("server = \"relay.example.net\"\nuser = \"a\"\npassword = \"p\"\n");
+        assert!(err.contains("`relay.server`"), "{err}");
+        let err = relay("server = \"relay.example.net:0\"\nuser = \"a\"\npassword = \"p\"\n");
+        assert!(err.contains("`relay.server`"), "{err}");
+        let err = relay("server = \"r:1\"\nuser = \"\"\npassword = \"p\"\n");
+        assert!(err.contains("`relay.user`"), "{err}");
+        let err = relay(
+            "server = \"r:1\"\nuser = \"a\"\npassword = \"p\"\n[relay.tls]\npin_sha256 = \"zz\"\n",
+        );
+        assert!(err.contains("`relay.tls.pin_sha256`"), "{err}");
+        let err =
+            relay("server = \"r:1\"\nuser = \"a\"\npassword = \"p\"\nconnect_timeout = \"0s\"\n");
+        assert!(err.contains("`relay.connect_timeout`"), "{err}");
+    }
+
+    #[test]
+    fn empty_paths_and_a_zero_inbox_are_refused() {
+        let err = ApplianceConfig::from_str(&BASE.replace("/tmp/x", "")).unwrap_err();
+        assert!(err.to_string().contains("`state_dir`"), "{err}");
+        for (extra, field) in [
+            ("[inbox]\nmax_held = 0\n", "`inbox.max_held`"),
+            ("[inbox]\narchive_dir = \"\"\n", "`inbox.archive_dir`"),
+        ] {
+            let err = ApplianceConfig::from_str(&format!("{BASE}{extra}")).unwrap_err();
+            assert!(err.to_string().contains(field), "{extra}: {err}");
+        }
+        let err = agent(&format!(
+            "site = \"ipps://relay.example.net/ipp/print/x\"\n[agent.tls]\npin_sha256 = \"{PIN}\"\nserver_name = \"\"\n"
+        ))
+        .unwrap_err();
+        assert!(err.to_string().contains("`agent.tls.server_name`"), "{err}");
     }
 
     const PRINTER: &str = "[printer]\nuri = \"ipp://127.0.0.1:8631/ipp/print/local\"\n";

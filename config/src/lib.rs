@@ -33,6 +33,7 @@ pub use relay::{
 pub use secret::Secret;
 
 use std::path::Path;
+use std::time::Duration;
 
 /// Parses a TOML document into `T`, naming `origin` in any error.
 pub(crate) fn parse_toml<T: serde::de::DeserializeOwned>(
@@ -62,7 +63,7 @@ pub(crate) fn load_str<T: Validate>(text: &str) -> Result<T, ConfigError> {
 pub(crate) fn load_file<T: Validate>(path: &Path) -> Result<T, ConfigError> {
     let text = read_file(path)?;
     let config: T = parse_toml(&text, &path.display().to_string())?;
-    config.check()?;
+    config.check().map_err(|e| e.in_file(path))?;
     Ok(config)
 }
 
@@ -72,4 +73,104 @@ pub(crate) fn read_file(path: &Path) -> Result<String, ConfigError> {
         path: path.to_owned(),
         source,
     })
+}
+
+/// An [`ConfigError::Invalid`] for `field` (its full TOML path).
+pub(crate) fn invalid(field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field: field.into(),
+        reason: reason.into(),
+        file: None,
+    }
+}
+
+/// Checks `min <= value <= max` for a duration, naming `field`.
+pub(crate) fn check_duration(
+    field: &str,
+    value: Duration,
+    min: Duration,
+    max: Duration,
+) -> Result<(), ConfigError> {
+    use humantime_serde::re::humantime::format_duration;
+    if value < min || value > max {
+        return Err(invalid(
+            field,
+            format!(
+                "`{}` is outside {}..={}",
+                format_duration(value),
+                format_duration(min),
+                format_duration(max)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks that a configured path is not empty (`""` would silently mean
+/// the working directory, or fail later with an unhelpful error).
+pub(crate) fn check_path(field: &str, path: &Path) -> Result<(), ConfigError> {
+    if path.as_os_str().is_empty() {
+        return Err(invalid(field, "must not be empty"));
+    }
+    Ok(())
+}
+
+/// True for `localhost` and loopback IP literals (brackets allowed).
+pub(crate) fn is_loopback_host(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Checks a `host:port` to connect to: a non-empty host name or IPv4
+/// address, or an IPv6 address in brackets, and a port in 1..=65535.
+pub(crate) fn check_host_port(value: &str) -> Result<(), String> {
+    let hint = "write host:port, e.g. relay.example.net:4651 or [2001:db8::1]:4651";
+    if let Ok(addr) = value.parse::<std::net::SocketAddr>() {
+        // An IP literal: IPv4, or IPv6 in brackets (a numeric scope allowed).
+        return if addr.port() == 0 {
+            Err(format!(
+                "`{value}`: port 0 cannot be connected to; use 1..=65535"
+            ))
+        } else {
+            Ok(())
+        };
+    }
+    let port = if let Some(rest) = value.strip_prefix('[') {
+        let v6 = rest.split(']').next().unwrap_or_default();
+        if v6.parse::<std::net::Ipv6Addr>().is_err() {
+            return Err(format!("`{v6}` in `{value}` is not an IPv6 address"));
+        }
+        rest.split_once("]:")
+            .map(|(_, port)| port)
+            .ok_or_else(|| format!("`{value}` has no port; {hint}"))?
+    } else {
+        let (host, port) = value
+            .rsplit_once(':')
+            .ok_or_else(|| format!("`{value}` has no port; {hint}"))?;
+        if host.contains(':') {
+            return Err(format!(
+                "`{value}`: put an IPv6 address in brackets, e.g. [::1]:4651"
+            ));
+        }
+        if host.is_empty() {
+            return Err(format!("`{value}` has no host; {hint}"));
+        }
+        if !host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b))
+        {
+            return Err(format!("`{host}` in `{value}` is not a host name"));
+        }
+        port
+    };
+    match port.parse::<u16>() {
+        Ok(p) if p != 0 && port.bytes().all(|b| b.is_ascii_digit()) => Ok(()),
+        _ => Err(format!(
+            "the port `{port}` in `{value}` is not a number in 1..=65535"
+        )),
+    }
 }

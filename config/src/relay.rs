@@ -1,7 +1,7 @@
 //! Configuration of the relay server (`faxgate relay`) and of the relay
 //! client that devices use to log in to it.
 
-use crate::{ConfigError, Secret};
+use crate::{ConfigError, Secret, check_duration, check_path, invalid};
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -402,6 +402,11 @@ impl RelayServerConfig {
                 "set at least one of `listen` and `listen_tls`",
             ));
         }
+        check_path("relay.state_dir", &r.state_dir)?;
+        if let Some(tls) = &r.tls {
+            check_path("relay.tls.cert", &tls.cert)?;
+            check_path("relay.tls.key", &tls.key)?;
+        }
         if r.hold_interval < Duration::from_millis(100)
             || r.hold_interval > Duration::from_secs(3600)
         {
@@ -425,11 +430,14 @@ impl RelayServerConfig {
                 "must be at least 1",
             ));
         }
-        if r.max_pending_handshakes == 0 || r.max_pending_per_ip == 0 {
+        if r.max_pending_handshakes == 0 {
             return Err(invalid(
                 "relay.max_pending_handshakes",
                 "must be at least 1",
             ));
+        }
+        if r.max_pending_per_ip == 0 {
+            return Err(invalid("relay.max_pending_per_ip", "must be at least 1"));
         }
         if !(1024..=16 << 20).contains(&r.max_data_frame) {
             return Err(invalid(
@@ -437,34 +445,92 @@ impl RelayServerConfig {
                 format!("{} is outside 1 KiB..16 MiB", r.max_data_frame),
             ));
         }
-        if r.rate_limit.max_failures_per_ip == 0 || r.rate_limit.max_failures_per_user == 0 {
-            return Err(invalid("relay.rate_limit", "limits must be at least 1"));
+        for (field, value) in [
+            (
+                "relay.rate_limit.max_failures_per_ip",
+                r.rate_limit.max_failures_per_ip,
+            ),
+            (
+                "relay.rate_limit.max_failures_per_user",
+                r.rate_limit.max_failures_per_user,
+            ),
+        ] {
+            if value == 0 {
+                return Err(invalid(field, "must be at least 1"));
+            }
         }
-        if r.argon2_memory_kib < 8 || r.argon2_iterations == 0 {
+        // A zero window counts no failure at all: no rate limit.
+        check_duration(
+            "relay.rate_limit.window",
+            r.rate_limit.window,
+            Duration::from_secs(1),
+            Duration::from_secs(24 * 3600),
+        )?;
+        if r.argon2_memory_kib < 8 {
             return Err(invalid(
                 "relay.argon2_memory_kib",
-                "argon2 needs at least 8 KiB and 1 iteration",
+                "argon2 needs at least 8 KiB",
             ));
+        }
+        if r.argon2_iterations == 0 {
+            return Err(invalid("relay.argon2_iterations", "must be at least 1"));
         }
         for rule in &r.acl.allow {
             if rule.from.is_empty() || rule.to.is_empty() {
                 return Err(invalid("relay.acl.allow", "group names must not be empty"));
             }
         }
+        if let Some(status) = &self.status
+            && let Some(token) = &status.admin_token
+            && token.expose().len() < 16
+        {
+            // An empty token matches a request without one.
+            return Err(invalid(
+                "status.admin_token",
+                "must be at least 16 bytes (leave it out to turn admin actions off)",
+            ));
+        }
         if let Some(ipp) = &self.ipp {
             self.validate_ipp(ipp)?;
         }
         if let Some(m) = &self.mailer {
+            if m.host.is_empty() {
+                return Err(invalid("mailer.host", "must not be empty"));
+            }
+            if m.port == 0 {
+                return Err(invalid("mailer.port", "must be 1..=65535"));
+            }
             if !matches!(m.tls.as_str(), "starttls" | "implicit" | "none") {
                 return Err(invalid(
                     "mailer.tls",
                     format!("`{}` is not starttls, implicit or none", m.tls),
                 ));
             }
-            if m.max_attempts == 0 || m.retry_initial.is_zero() || m.retry_max < m.retry_initial {
+            if m.tls == "none" && !crate::is_loopback_host(&m.host) {
                 return Err(invalid(
-                    "mailer",
-                    "need max_attempts >= 1 and 0 < retry_initial <= retry_max",
+                    "mailer.tls",
+                    format!(
+                        "plain SMTP (tls = \"none\") is only allowed to a loopback host, not `{}`",
+                        m.host
+                    ),
+                ));
+            }
+            if m.tls == "none" && m.user.is_some() {
+                return Err(invalid(
+                    "mailer.user",
+                    "a password is never sent without TLS; remove user or use TLS",
+                ));
+            }
+            if let Some(ca) = &m.ca_file {
+                check_path("mailer.ca_file", ca)?;
+            }
+            if m.max_attempts == 0 {
+                return Err(invalid("mailer.max_attempts", "must be at least 1"));
+            }
+            if m.retry_initial.is_zero() || m.retry_max < m.retry_initial {
+                return Err(invalid(
+                    "mailer.retry_initial",
+                    "need 0 < retry_initial <= retry_max",
                 ));
             }
             if !m.from.contains('@') {
@@ -493,11 +559,41 @@ impl RelayServerConfig {
                 "must be longer than notify_wait, or every long poll would detach",
             ));
         }
-        if ipp.handshake_timeout.is_zero() || ipp.max_document == 0 {
+        if ipp.handshake_timeout.is_zero() {
             return Err(invalid(
                 "ipp.handshake_timeout",
-                "handshake_timeout and max_document must be greater than zero",
+                "must be greater than zero",
             ));
+        }
+        // The upper bound keeps the body limit (max_document plus the
+        // attributes) far from overflowing.
+        if ipp.max_document == 0 || ipp.max_document > 1 << 40 {
+            return Err(invalid(
+                "ipp.max_document",
+                format!("{} is outside 1..=1 TiB (in bytes)", ipp.max_document),
+            ));
+        }
+        if let Some(host) = &ipp.public_host {
+            // A name or IPv4 address, or an IPv6 address with or without
+            // brackets; never a port (the URIs get the listener's).
+            let inner = host
+                .strip_prefix('[')
+                .and_then(|h| h.strip_suffix(']'))
+                .unwrap_or(host);
+            let ipv6 = inner.parse::<std::net::Ipv6Addr>().is_ok();
+            let name_ok = !host.is_empty()
+                && host
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b));
+            if !(name_ok || ipv6) {
+                return Err(invalid(
+                    "ipp.public_host",
+                    format!(
+                        "`{host}` is not a host name or IP address (no port, scheme or path: \
+                         the listeners' ports are added)"
+                    ),
+                ));
+            }
         }
         let mut names = std::collections::HashSet::new();
         for site in &ipp.sites {
@@ -646,23 +742,27 @@ impl RelayClientConfig {
         crate::load_file(path)
     }
 
-    /// Checks ranges and combinations that serde cannot.
+    /// Checks ranges and combinations that serde cannot, naming fields as
+    /// in a relay-client file (`server`, `tls.pin_sha256`).
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_in("")
+    }
+
+    /// [`RelayClientConfig::validate`] for a client config that is the
+    /// table `prefix` of a larger file: `prefix` is put before every field
+    /// name in errors, e.g. `relay.` gives `relay.server`.
+    pub fn validate_in(&self, prefix: &str) -> Result<(), ConfigError> {
+        let field = |name: &str| format!("{prefix}{name}");
         if self.user.is_empty() || self.user.len() > 64 {
-            return Err(invalid("user", "must be 1..=64 bytes"));
+            return Err(invalid(field("user"), "must be 1..=64 bytes"));
         }
-        if !self.server.contains(':') {
-            return Err(invalid(
-                "server",
-                format!("`{}` is not host:port", self.server),
-            ));
-        }
+        crate::check_host_port(&self.server).map_err(|reason| invalid(field("server"), reason))?;
         if self.max_connections == 0 {
-            return Err(invalid("max_connections", "must be at least 1"));
+            return Err(invalid(field("max_connections"), "must be at least 1"));
         }
         if self.spares >= self.max_connections {
             return Err(invalid(
-                "spares",
+                field("spares"),
                 format!(
                     "{} spares leave no room under max_connections = {}",
                     self.spares, self.max_connections
@@ -671,31 +771,40 @@ impl RelayClientConfig {
         }
         if self.reconnect_initial.is_zero() || self.reconnect_max < self.reconnect_initial {
             return Err(invalid(
-                "reconnect_initial",
+                field("reconnect_initial"),
                 "need 0 < reconnect_initial <= reconnect_max",
             ));
         }
+        // Zero would time out every connection attempt at once.
+        check_duration(
+            &field("connect_timeout"),
+            self.connect_timeout,
+            Duration::from_millis(1),
+            Duration::from_secs(3600),
+        )?;
         if let Some(tls) = &self.tls {
             if let Some(pin) = &tls.pin_sha256 {
                 let hex: String = pin.chars().filter(|c| *c != ':').collect();
                 if hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
-                    return Err(invalid("tls.pin_sha256", "must be 64 hex digits"));
+                    return Err(invalid(field("tls.pin_sha256"), "must be 64 hex digits"));
                 }
             } else if tls.ca_file.is_none() {
                 return Err(invalid(
-                    "tls",
+                    field("tls"),
                     "set `pin_sha256` (the relay prints it) or `ca_file`",
+                ));
+            }
+            if let Some(ca) = &tls.ca_file {
+                check_path(&field("tls.ca_file"), ca)?;
+            }
+            if tls.server_name.as_ref().is_some_and(|n| n.is_empty()) {
+                return Err(invalid(
+                    field("tls.server_name"),
+                    "must not be empty (leave it out to use the host of `server`)",
                 ));
             }
         }
         Ok(())
-    }
-}
-
-fn invalid(field: &'static str, reason: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        field,
-        reason: reason.into(),
     }
 }
 
@@ -742,6 +851,153 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("64 hex"), "{err}");
+    }
+
+    const CLIENT: &str = "user = \"a\"\npassword = \"p\"\n";
+
+    #[test]
+    fn client_server_must_be_host_and_port() {
+        for bad in [
+            "relay.example.net",
+            "relay:0",
+            "relay:65536",
+            "relay:+80",
+            "relay:http",
+            ":4651",
+            "relay:",
+            "127.0.0.1:0",
+            "[::1]",
+            "[::1]:0",
+            "[nothost]:4651",
+            "::1:4651",
+            "re lay:4651",
+        ] {
+            let err =
+                RelayClientConfig::from_str(&format!("server = \"{bad}\"\n{CLIENT}")).unwrap_err();
+            assert!(err.to_string().contains("`server`"), "{bad}: {err}");
+        }
+        for good in [
+            "relay.example.net:4651",
+            "relay-1.example.net.:1",
+            "127.0.0.1:65535",
+            "[::1]:4651",
+            "[2001:db8::1]:4651",
+        ] {
+            RelayClientConfig::from_str(&format!("server = \"{good}\"\n{CLIENT}"))
+                .unwrap_or_else(|e| panic!("{good}: {e}"));
+        }
+    }
+
+    #[test]
+    fn client_bad_values_name_their_field() {
+        for (extra, field) in [
+            ("connect_timeout = \"0s\"\n", "`connect_timeout`"),
+            ("max_connections = 0\n", "`max_connections`"),
+            (
+                "[tls]\nca_file = \"/etc/ca.pem\"\nserver_name = \"\"\n",
+                "`tls.server_name`",
+            ),
+            ("[tls]\nca_file = \"\"\n", "`tls.ca_file`"),
+        ] {
+            let err = RelayClientConfig::from_str(&format!("server = \"r:1\"\n{CLIENT}{extra}"))
+                .unwrap_err();
+            assert!(err.to_string().contains(field), "{extra}: {err}");
+        }
+    }
+
+    #[test]
+    fn invalid_value_in_a_file_names_the_file() {
+        let path = std::env::temp_dir().join(format!(
+            "faxgate-config-test-{}-relay-client.toml",
+            std::process::id()
+        ));
+        std::fs::write(&path, format!("server = \"relay\"\n{CLIENT}")).unwrap();
+        let err = RelayClientConfig::from_file(&path).unwrap_err();
+        std::fs::remove_file(&path).unwrap();
+        let text = err.to_string();
+        assert!(text.contains("`server`"), "{text}");
+        assert!(text.contains(&path.display().to_string()), "{text}");
+        // Loaded from a string, there is no file to name.
+        let err =
+            RelayClientConfig::from_str(&format!("server = \"relay\"\n{CLIENT}")).unwrap_err();
+        assert!(
+            matches!(&err, ConfigError::Invalid { file: None, .. }),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn server_bad_values_name_their_field() {
+        let mailer = "[mailer]\nfrom = \"relay@example.net\"\n";
+        let ipp = "[ipp]\nlisten = \"127.0.0.1:0\"\n";
+        for (extra, field) in [
+            (
+                "max_pending_per_ip = 0\n".to_owned(),
+                "relay.max_pending_per_ip",
+            ),
+            (
+                "argon2_iterations = 0\n".to_owned(),
+                "relay.argon2_iterations",
+            ),
+            (
+                "[relay.rate_limit]\nmax_failures_per_user = 0\n".to_owned(),
+                "relay.rate_limit.max_failures_per_user",
+            ),
+            (
+                "[relay.rate_limit]\nwindow = \"0s\"\n".to_owned(),
+                "relay.rate_limit.window",
+            ),
+            (
+                "[relay.tls]\ncert = \"\"\nkey = \"/k.pem\"\n".to_owned(),
+                "relay.tls.cert",
+            ),
+            (
+                "[status]\nlisten = \"127.0.0.1:0\"\nadmin_token = \"\"\n".to_owned(),
+                "status.admin_token",
+            ),
+            (
+                format!("{mailer}host = \"smtp.example.net\"\nport = 0\n"),
+                "mailer.port",
+            ),
+            (format!("{mailer}host = \"\"\nport = 587\n"), "mailer.host"),
+            (
+                format!("{mailer}host = \"smtp.example.net\"\nport = 25\ntls = \"none\"\n"),
+                "mailer.tls",
+            ),
+            (
+                format!("{mailer}host = \"127.0.0.1\"\nport = 25\ntls = \"none\"\nuser = \"u\"\n"),
+                "mailer.user",
+            ),
+            (
+                format!("{mailer}host = \"smtp.example.net\"\nport = 587\nmax_attempts = 0\n"),
+                "mailer.max_attempts",
+            ),
+            (
+                format!("{ipp}public_host = \"relay.example.net:8632\"\n"),
+                "ipp.public_host",
+            ),
+            (format!("{ipp}public_host = \"\"\n"), "ipp.public_host"),
+            (format!("{ipp}max_document = 0\n"), "ipp.max_document"),
+        ] {
+            let err = RelayServerConfig::from_str(&format!("{MINIMAL}{extra}")).unwrap_err();
+            assert!(
+                err.to_string().contains(&format!("`{field}`")),
+                "{extra}: {err}"
+            );
+        }
+        let err =
+            RelayServerConfig::from_str("[relay]\nlisten = \"127.0.0.1:0\"\nstate_dir = \"\"\n")
+                .unwrap_err();
+        assert!(err.to_string().contains("`relay.state_dir`"), "{err}");
+        for ok in [
+            format!("{mailer}host = \"127.0.0.1\"\nport = 25\ntls = \"none\"\n"),
+            format!("{ipp}public_host = \"relay.example.net\"\n"),
+            format!("{ipp}public_host = \"[2001:db8::1]\"\n"),
+            "[status]\nlisten = \"127.0.0.1:0\"\nadmin_token = \"0123456789abcdef\"\n".to_owned(),
+        ] {
+            RelayServerConfig::from_str(&format!("{MINIMAL}{ok}"))
+                .unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
     }
 
     #[test]
