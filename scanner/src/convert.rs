@@ -38,6 +38,33 @@ use crate::error::ScanError;
 /// taller is a broken source, not a fax.
 pub const MAX_PAGE_LINES: u32 = 80_000;
 
+/// The most pixels a source page may have (256 Mi: an A3 page at 1200 dpi
+/// is a third of that). Sources are checked against this and
+/// [`MAX_PAGE_LINES`] before they are decoded where the format allows, so
+/// that a small file claiming a huge page is refused, not allocated.
+pub const MAX_SOURCE_PIXELS: u64 = 1 << 28;
+
+/// Whether a `width` x `height` source page is one we convert: not empty,
+/// at most [`MAX_PAGE_LINES`] tall and at most [`MAX_SOURCE_PIXELS`] in
+/// all. The message says which limit was passed.
+pub fn check_source_size(width: u32, height: u32) -> Result<(), String> {
+    if width == 0 || height == 0 {
+        return Err("the image is empty".into());
+    }
+    if height > MAX_PAGE_LINES {
+        return Err(format!(
+            "the page is {height} lines tall, more than the {MAX_PAGE_LINES} allowed"
+        ));
+    }
+    let pixels = u64::from(width) * u64::from(height);
+    if pixels > MAX_SOURCE_PIXELS {
+        return Err(format!(
+            "the page has {pixels} pixels, more than the {MAX_SOURCE_PIXELS} allowed"
+        ));
+    }
+    Ok(())
+}
+
 /// The paper size, which fixes the fax line width (T.4 scan line lengths).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub enum Paper {
@@ -532,6 +559,8 @@ pub fn is_blank(bmp: &Bitmap, policy: &BlankPolicy) -> bool {
 pub fn to_fax_page(page: &SourcePage, opts: &ConvertOptions) -> Result<Bitmap, String> {
     let line = opts.line_width();
     let (sw, sh) = page.size();
+    // Also for pages that pass through: a fax page may not be taller either.
+    check_source_size(sw, sh)?;
     if let SourcePage::Bilevel { bitmap, dpi } = page {
         let fax_res = dpi.and_then(|(x, y)| Resolution::from_dpi(x, y));
         if sw == line && (dpi.is_none() || fax_res == Some(opts.resolution)) {
@@ -858,6 +887,35 @@ mod tests {
         let r = ink_ratio(&b, 0.05);
         assert!((r - 3000.0 / 810_000.0).abs() < 1e-9, "{r}");
         assert!(!is_blank(&b, &policy));
+    }
+
+    #[test]
+    fn source_size_limits_name_the_limit() {
+        assert!(check_source_size(1728, MAX_PAGE_LINES).is_ok());
+        assert_eq!(check_source_size(0, 10).unwrap_err(), "the image is empty");
+        let e = check_source_size(1728, MAX_PAGE_LINES + 1).unwrap_err();
+        assert!(e.contains("80001") && e.contains("80000"), "{e}");
+        let e = check_source_size(65_536, 70_000).unwrap_err();
+        assert!(e.contains(&MAX_SOURCE_PIXELS.to_string()), "{e}");
+    }
+
+    #[test]
+    fn too_tall_fax_pages_do_not_pass_through() {
+        // A line-width bilevel page at the target resolution would pass
+        // through untouched; one taller than MAX_PAGE_LINES is refused
+        // with the page number and the limit.
+        let page = SourcePage::Bilevel {
+            bitmap: Bitmap::new(1728, MAX_PAGE_LINES + 1),
+            dpi: None,
+        };
+        let o = opts(Paper::A4, Resolution::Fine);
+        let e = convert_page("tall.tif", 3, &page, &o).unwrap_err();
+        let msg = e.to_string();
+        assert!(matches!(e, ScanError::Geometry { page: 3, .. }), "{msg}");
+        assert!(
+            msg.contains("tall.tif") && msg.contains("page 3") && msg.contains("80000"),
+            "{msg}"
+        );
     }
 
     #[test]

@@ -21,7 +21,7 @@ use tiff::ColorType;
 use tiff::decoder::{Decoder as TiffDecoder, DecodingResult};
 use tiff::tags::Tag;
 
-use crate::convert::{GrayPage, SourcePage};
+use crate::convert::{GrayPage, SourcePage, check_source_size};
 use crate::error::ScanError;
 
 /// The formats we read, as sniffed from the first bytes.
@@ -78,8 +78,45 @@ pub(crate) fn magic_hex(data: &[u8]) -> String {
     }
 }
 
-/// Decodes every page of an image file (anything but PDF).
+/// Where decoded pages go, one at a time, so that a multi-page file never
+/// holds more than one decoded page at once (a `Vec` collects them all).
+pub(crate) trait PageSink {
+    /// The file's page count, when its format states it before the pages
+    /// (a fax TIFF). Called before the first page; refusing it stops the
+    /// decoding.
+    fn page_count(&mut self, pages: usize) -> Result<(), ScanError>;
+    /// The next page. An error stops the decoding.
+    fn page(&mut self, page: SourcePage) -> Result<(), ScanError>;
+}
+
+impl PageSink for Vec<SourcePage> {
+    fn page_count(&mut self, _pages: usize) -> Result<(), ScanError> {
+        Ok(())
+    }
+
+    fn page(&mut self, page: SourcePage) -> Result<(), ScanError> {
+        self.push(page);
+        Ok(())
+    }
+}
+
+/// Decodes every page of an image file (anything but PDF) into a `Vec`.
+/// The loaders use [`decode_into`], which hands over one page at a time.
 pub fn decode_image(name: &str, data: &[u8]) -> Result<Vec<SourcePage>, ScanError> {
+    let mut pages = Vec::new();
+    decode_into(name, data, &mut pages)?;
+    Ok(pages)
+}
+
+/// Decodes the pages of an image file (anything but PDF) one at a time
+/// into `sink`. Page sizes are checked against
+/// [`crate::convert::check_source_size`] before a page is decoded where
+/// the format allows it.
+pub(crate) fn decode_into(
+    name: &str,
+    data: &[u8],
+    sink: &mut dyn PageSink,
+) -> Result<(), ScanError> {
     let format = Format::sniff(data).ok_or_else(|| ScanError::UnknownFormat {
         name: name.into(),
         magic: magic_hex(data),
@@ -90,39 +127,158 @@ pub fn decode_image(name: &str, data: &[u8]) -> Result<Vec<SourcePage>, ScanErro
         format: format.name(),
         reason,
     };
-    match format {
-        Format::Png => {
-            let img = image::load_from_memory_with_format(data, ImageFormat::Png)
-                .map_err(|e| err(1, e.to_string()))?;
-            Ok(vec![
-                dynamic_to_page(&img, png_dpi(data)).map_err(|r| err(1, r))?,
-            ])
+    let size = |page: usize, width: u32, height: u32| {
+        check_source_size(width, height).map_err(|reason| ScanError::Geometry {
+            name: name.into(),
+            page,
+            width: width.into(),
+            height: height.into(),
+            reason,
+        })
+    };
+    let image_format = match format {
+        Format::Png => ImageFormat::Png,
+        Format::Jpeg => ImageFormat::Jpeg,
+        Format::Pnm => ImageFormat::Pnm,
+        Format::Pbm => return decode_pbm(data, &err, &size, sink),
+        Format::Tiff => return decode_tiff(data, &err, &size, sink),
+        Format::Pdf => {
+            return Err(err(
+                1,
+                "PDF needs pdftoppm; read it with files::load_file".into(),
+            ));
         }
-        Format::Jpeg => {
-            let img = image::load_from_memory_with_format(data, ImageFormat::Jpeg)
-                .map_err(|e| err(1, e.to_string()))?;
-            Ok(vec![
-                dynamic_to_page(&img, jfif_dpi(data)).map_err(|r| err(1, r))?,
-            ])
+    };
+    let (w, h) = image::ImageReader::with_format(Cursor::new(data), image_format)
+        .into_dimensions()
+        .map_err(|e| err(1, e.to_string()))?;
+    size(1, w, h)?;
+    let img = image::load_from_memory_with_format(data, image_format)
+        .map_err(|e| err(1, e.to_string()))?;
+    let dpi = match format {
+        Format::Png => png_dpi(data),
+        Format::Jpeg => jfif_dpi(data),
+        _ => None,
+    };
+    let page = dynamic_to_page(&img, dpi).map_err(|r| err(1, r))?;
+    drop(img);
+    sink.page(page)
+}
+
+/// A PBM file, one image at a time (a file may hold several). Each header
+/// is checked before its raster is touched, so a tiny file claiming a huge
+/// image is refused rather than allocated.
+fn decode_pbm(
+    data: &[u8],
+    err: &dyn Fn(usize, String) -> ScanError,
+    size: &dyn Fn(usize, u32, u32) -> Result<(), ScanError>,
+    sink: &mut dyn PageSink,
+) -> Result<(), ScanError> {
+    let mut pos = 0;
+    let mut n = 0;
+    while pos < data.len() {
+        n += 1;
+        let head = pbm_header(data, pos).map_err(|r| err(n, r))?;
+        size(n, head.width, head.height)?;
+        let end = pbm_end(data, &head).ok_or_else(|| err(n, "truncated raster".into()))?;
+        let bitmap =
+            faxgate_fax::pbm::read_pbm(&data[pos..end]).map_err(|e| err(n, e.to_string()))?;
+        sink.page(SourcePage::Bilevel { bitmap, dpi: None })?;
+        pos = end;
+        // Whitespace may separate images.
+        while data.get(pos).is_some_and(u8::is_ascii_whitespace) {
+            pos += 1;
         }
-        Format::Pnm => {
-            let img = image::load_from_memory_with_format(data, ImageFormat::Pnm)
-                .map_err(|e| err(1, e.to_string()))?;
-            Ok(vec![dynamic_to_page(&img, None).map_err(|r| err(1, r))?])
-        }
-        Format::Pbm => {
-            let pages = faxgate_fax::pbm::read_pbm_all(data).map_err(|e| err(1, e.to_string()))?;
-            Ok(pages
-                .into_iter()
-                .map(|bitmap| SourcePage::Bilevel { bitmap, dpi: None })
-                .collect())
-        }
-        Format::Tiff => decode_tiff(data, &err),
-        Format::Pdf => Err(err(
-            1,
-            "PDF needs pdftoppm; read it with files::load_file".into(),
-        )),
     }
+    if n == 0 {
+        return Err(err(1, "no PBM header".into()));
+    }
+    Ok(())
+}
+
+/// A PBM image header: where its raster starts and how big it is.
+struct PbmHeader {
+    raw: bool,
+    width: u32,
+    height: u32,
+    /// First byte after the header (P4: after its single whitespace byte).
+    raster: usize,
+}
+
+/// Skips whitespace and `#` comments.
+fn pbm_skip(data: &[u8], mut pos: usize) -> usize {
+    while let Some(&b) = data.get(pos) {
+        if b == b'#' {
+            while data.get(pos).is_some_and(|&c| c != b'\n' && c != b'\r') {
+                pos += 1;
+            }
+        } else if b.is_ascii_whitespace() {
+            pos += 1;
+        } else {
+            break;
+        }
+    }
+    pos
+}
+
+/// A decimal number after optional whitespace and comments.
+fn pbm_uint(data: &[u8], pos: usize) -> Result<(u32, usize), String> {
+    let mut pos = pbm_skip(data, pos);
+    let start = pos;
+    let mut v: u32 = 0;
+    while let Some(&d) = data.get(pos).filter(|b| b.is_ascii_digit()) {
+        v = v
+            .checked_mul(10)
+            .and_then(|v| v.checked_add(u32::from(d - b'0')))
+            .ok_or_else(|| format!("number too large at byte {start}"))?;
+        pos += 1;
+    }
+    if pos == start {
+        return Err(format!("expected a number at byte {start}"));
+    }
+    Ok((v, pos))
+}
+
+fn pbm_header(data: &[u8], pos: usize) -> Result<PbmHeader, String> {
+    let raw = match data.get(pos..pos + 2) {
+        Some(b"P4") => true,
+        Some(b"P1") => false,
+        _ => return Err(format!("no PBM header (P1 or P4) at byte {pos}")),
+    };
+    let (width, p) = pbm_uint(data, pos + 2)?;
+    let (height, p) = pbm_uint(data, p)?;
+    Ok(PbmHeader {
+        raw,
+        width,
+        height,
+        raster: if raw { p + 1 } else { p },
+    })
+}
+
+/// The end of an image's raster, or `None` if the data is short (P1:
+/// also if a byte other than 0, 1, whitespace or a comment is in the way).
+fn pbm_end(data: &[u8], head: &PbmHeader) -> Option<usize> {
+    let pixels = u64::from(head.width) * u64::from(head.height);
+    if head.raw {
+        let stride = u64::from(head.width).div_ceil(8);
+        let len = usize::try_from(stride * u64::from(head.height)).ok()?;
+        let end = head.raster.checked_add(len)?;
+        return (end <= data.len()).then_some(end);
+    }
+    // Each pixel takes at least one byte: refuse early if there are not
+    // enough, so that the scan below is bounded by the data.
+    if (data.len().saturating_sub(head.raster) as u64) < pixels {
+        return None;
+    }
+    let mut pos = head.raster;
+    for _ in 0..pixels {
+        pos = pbm_skip(data, pos);
+        match data.get(pos) {
+            Some(b'0' | b'1') => pos += 1,
+            _ => return None,
+        }
+    }
+    Some(pos)
 }
 
 /// A decoded `image` image as a grey page, alpha laid over white.
@@ -197,15 +353,20 @@ pub fn jfif_dpi(data: &[u8]) -> Option<(f64, f64)> {
     None
 }
 
-/// A TIFF: bilevel fax pages through our reader, anything else through
-/// the `tiff` crate.
+/// A TIFF, one page at a time: bilevel fax pages through our reader,
+/// anything else through the `tiff` crate.
 fn decode_tiff(
     data: &[u8],
     err: &dyn Fn(usize, String) -> ScanError,
-) -> Result<Vec<SourcePage>, ScanError> {
+    size: &dyn Fn(usize, u32, u32) -> Result<(), ScanError>,
+    sink: &mut dyn PageSink,
+) -> Result<(), ScanError> {
     if let Ok(reader) = TiffReader::new(data) {
-        let mut pages = Vec::with_capacity(reader.pages().len());
+        sink.page_count(reader.pages().len())?;
         for (i, page) in reader.pages().iter().enumerate() {
+            // Before decoding: a fax page's height is bounded only by its
+            // data (up to 8 lines a byte), its width by 65536.
+            size(i + 1, page.width, page.height)?;
             let (bitmap, _summary) = reader
                 .decode_page(i)
                 .map_err(|e| err(i + 1, e.to_string()))?;
@@ -214,25 +375,31 @@ fn decode_tiff(
                 (Some(x), Some(y), 3) => Some((x * 2.54, y * 2.54)),
                 _ => None,
             };
-            pages.push(SourcePage::Bilevel { bitmap, dpi });
+            sink.page(SourcePage::Bilevel { bitmap, dpi })?;
         }
-        return Ok(pages);
+        return Ok(());
     }
     let mut dec = TiffDecoder::new(Cursor::new(data)).map_err(|e| err(1, e.to_string()))?;
-    let mut pages = Vec::new();
+    let mut n = 1;
     loop {
-        let n = pages.len() + 1;
-        pages.push(tiff_page(&mut dec).map_err(|reason| err(n, reason))?);
+        let (w, h) = dec.dimensions().map_err(|e| err(n, e.to_string()))?;
+        size(n, w, h)?;
+        let page = tiff_page(&mut dec).map_err(|reason| err(n, reason))?;
+        sink.page(page)?;
         if !dec.more_images() {
-            return Ok(pages);
+            return Ok(());
         }
-        dec.next_image().map_err(|e| err(n + 1, e.to_string()))?;
+        n += 1;
+        dec.next_image().map_err(|e| err(n, e.to_string()))?;
     }
 }
 
 /// The current page of a `tiff` decoder as a grey (or bilevel) page.
 fn tiff_page(dec: &mut TiffDecoder<Cursor<&[u8]>>) -> Result<SourcePage, String> {
     let (w, h) = dec.dimensions().map_err(|e| e.to_string())?;
+    // Checked by the caller too; a zero width would also break the row
+    // arithmetic below.
+    check_source_size(w, h)?;
     let color = dec.colortype().map_err(|e| e.to_string())?;
     let dpi = tiff_dpi(dec);
     let image = dec.read_image().map_err(|e| e.to_string())?;
@@ -363,6 +530,80 @@ mod tests {
             ),
             "{e}"
         );
+    }
+
+    #[test]
+    fn pbm_header_claiming_a_huge_image_is_refused_before_allocating() {
+        // 20 bytes claiming 65536 x 65536 pixels (512 MiB of bitmap).
+        let e = decode_image("huge.pbm", b"P1\n65536 65536\n1").unwrap_err();
+        let msg = e.to_string();
+        assert!(matches!(e, ScanError::Geometry { page: 1, .. }), "{msg}");
+        assert!(
+            msg.contains("huge.pbm") && msg.contains("268435456"),
+            "{msg}"
+        );
+        // Few pixels, but more lines than any fax page.
+        let e = decode_image("tall.pbm", b"P1\n8 100000\n1").unwrap_err();
+        let msg = e.to_string();
+        assert!(matches!(e, ScanError::Geometry { page: 1, .. }), "{msg}");
+        assert!(msg.contains("tall.pbm") && msg.contains("80000"), "{msg}");
+        // Within the limits but with too little data: truncated.
+        let e = decode_image("short.pbm", b"P4\n16 4\n\x00\x00").unwrap_err();
+        assert!(matches!(e, ScanError::Decode { page: 1, .. }), "{e}");
+    }
+
+    #[test]
+    fn pbm_files_with_several_images_decode_in_order() {
+        let p1 = b"P1\n# two rows\n3 2\n101\n0 1 0\n";
+        let mut data = p1.to_vec();
+        data.extend_from_slice(b"\nP4\n8 1\n\x81\n");
+        let pages = decode_image("two.pbm", &data).unwrap();
+        assert_eq!(pages.len(), 2);
+        let SourcePage::Bilevel { bitmap, .. } = &pages[0] else {
+            panic!("not bilevel");
+        };
+        assert_eq!((bitmap.width(), bitmap.height()), (3, 2));
+        assert!(bitmap.pixel(0, 0) && !bitmap.pixel(1, 0) && bitmap.pixel(2, 0));
+        assert!(!bitmap.pixel(0, 1) && bitmap.pixel(1, 1));
+        let SourcePage::Bilevel { bitmap, .. } = &pages[1] else {
+            panic!("not bilevel");
+        };
+        assert_eq!(bitmap.data(), &[0x81]);
+        // A later image that is too tall names its page.
+        data.extend_from_slice(b"P4\n8 90000\n");
+        let e = decode_image("three.pbm", &data).unwrap_err();
+        assert!(matches!(e, ScanError::Geometry { page: 3, .. }), "{e}");
+    }
+
+    #[test]
+    fn zero_width_tiff_is_an_error_not_a_panic() {
+        // Little-endian TIFF, one IFD: 0 x 4, 2-bit grey, uncompressed.
+        let mut t = b"II*\0\x08\0\0\0".to_vec();
+        let entries: [(u16, u16, u32); 7] = [
+            (256, 3, 0),   // ImageWidth
+            (257, 3, 4),   // ImageLength
+            (258, 3, 2),   // BitsPerSample
+            (259, 3, 1),   // Compression: none
+            (262, 3, 1),   // PhotometricInterpretation: min-is-black
+            (273, 4, 200), // StripOffsets
+            (279, 4, 4),   // StripByteCounts
+        ];
+        t.extend_from_slice(&(entries.len() as u16).to_le_bytes());
+        for (tag, typ, value) in entries {
+            t.extend_from_slice(&tag.to_le_bytes());
+            t.extend_from_slice(&typ.to_le_bytes());
+            t.extend_from_slice(&1u32.to_le_bytes());
+            if typ == 3 {
+                t.extend_from_slice(&(value as u16).to_le_bytes());
+                t.extend_from_slice(&[0, 0]);
+            } else {
+                t.extend_from_slice(&value.to_le_bytes());
+            }
+        }
+        t.extend_from_slice(&0u32.to_le_bytes());
+        t.resize(204, 0);
+        let e = decode_image("flat.tif", &t).unwrap_err();
+        assert!(e.to_string().contains("flat.tif"), "{e}");
     }
 
     #[test]

@@ -6,7 +6,14 @@ use std::path::PathBuf;
 use faxgate_fax::{Bitmap, Resolution};
 
 use crate::convert::{ConvertOptions, Paper, SourcePage, convert_page};
+use crate::decode::PageSink;
 use crate::error::ScanError;
+
+/// The most source pages one document may have unless a loader says
+/// otherwise ([`crate::FileLoader::max_pages`]): enough for the largest
+/// feeder batch the appliance allows, and a bound on the work and memory a
+/// small file claiming endless pages can cause.
+pub const MAX_DOCUMENT_PAGES: usize = 1000;
 
 /// Where a document came from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -48,10 +55,17 @@ pub(crate) struct DocumentBuilder {
     doc: Document,
     opts: ConvertOptions,
     seen: usize,
+    max_pages: usize,
 }
 
 impl DocumentBuilder {
-    pub(crate) fn new(name: impl Into<String>, origin: Origin, opts: &ConvertOptions) -> Self {
+    /// A builder that refuses more than `max_pages` source pages.
+    pub(crate) fn new(
+        name: impl Into<String>,
+        origin: Origin,
+        opts: &ConvertOptions,
+        max_pages: usize,
+    ) -> Self {
         DocumentBuilder {
             doc: Document {
                 name: name.into(),
@@ -63,11 +77,35 @@ impl DocumentBuilder {
             },
             opts: *opts,
             seen: 0,
+            max_pages,
         }
     }
 
-    /// Converts and appends the next source page.
+    /// Refuses a document whose stated page count is over the limit,
+    /// before any page is decoded or rendered.
+    pub(crate) fn expect_pages(&self, pages: usize) -> Result<(), ScanError> {
+        if pages > self.max_pages {
+            return Err(ScanError::TooManyPages {
+                name: self.doc.name.clone(),
+                pages,
+                at_least: false,
+                limit: self.max_pages,
+            });
+        }
+        Ok(())
+    }
+
+    /// Converts and appends the next source page; refuses one past the
+    /// page limit.
     pub(crate) fn push(&mut self, page: &SourcePage) -> Result<(), ScanError> {
+        if self.seen >= self.max_pages {
+            return Err(ScanError::TooManyPages {
+                name: self.doc.name.clone(),
+                pages: self.seen + 1,
+                at_least: true,
+                limit: self.max_pages,
+            });
+        }
         self.seen += 1;
         match convert_page(&self.doc.name, self.seen, page, &self.opts)? {
             Some(bmp) => self.doc.pages.push(bmp),
@@ -90,5 +128,81 @@ impl DocumentBuilder {
             });
         }
         Ok(self.doc)
+    }
+}
+
+impl PageSink for DocumentBuilder {
+    fn page_count(&mut self, pages: usize) -> Result<(), ScanError> {
+        self.expect_pages(pages)
+    }
+
+    fn page(&mut self, page: SourcePage) -> Result<(), ScanError> {
+        self.push(&page)
+    }
+}
+
+/// Hands pages on to a builder with the DPI set (a renderer or scanner
+/// knows it even when its output format does not carry it).
+pub(crate) struct WithDpi<'a> {
+    /// Where the pages go.
+    pub builder: &'a mut DocumentBuilder,
+    /// Horizontal and vertical dots per inch.
+    pub dpi: (f64, f64),
+}
+
+impl PageSink for WithDpi<'_> {
+    fn page_count(&mut self, pages: usize) -> Result<(), ScanError> {
+        self.builder.expect_pages(pages)
+    }
+
+    fn page(&mut self, mut page: SourcePage) -> Result<(), ScanError> {
+        page.set_dpi(Some(self.dpi));
+        self.builder.push(&page)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::convert::GrayPage;
+
+    fn page() -> SourcePage {
+        let mut g = vec![255u8; 100 * 100];
+        g[4000..6000].fill(0);
+        SourcePage::Gray(GrayPage::new(100, 100, g, None).unwrap())
+    }
+
+    #[test]
+    fn page_limit_is_enforced_with_the_name_and_limit() {
+        let o = ConvertOptions::default();
+        let mut b = DocumentBuilder::new("big.tif", Origin::File("big.tif".into()), &o, 2);
+        b.push(&page()).unwrap();
+        b.push(&page()).unwrap();
+        let e = b.push(&page()).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                ScanError::TooManyPages {
+                    pages: 3,
+                    at_least: true,
+                    limit: 2,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        let msg = e.to_string();
+        assert!(
+            msg.contains("big.tif") && msg.contains("at least 3 pages") && msg.contains('2'),
+            "{msg}"
+        );
+        let e = b.expect_pages(12_000).unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            msg.contains("big.tif: 12000 pages, more than the 2 allowed"),
+            "{msg}"
+        );
+        assert!(b.expect_pages(2).is_ok());
+        assert_eq!(b.finish().unwrap().pages.len(), 2);
     }
 }

@@ -5,6 +5,7 @@
 //! operator can act on the message alone.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 /// What went wrong while reading, scanning or converting a document.
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +54,47 @@ pub enum ScanError {
         /// Source height in pixels.
         height: u64,
         /// Why it is refused.
+        reason: String,
+    },
+    /// A file larger than we read.
+    #[error("{name}: the file is too large: {size} bytes, more than the {limit} allowed")]
+    TooLarge {
+        /// The file's name.
+        name: String,
+        /// Its size in bytes as seen (a file still growing may be larger).
+        size: u64,
+        /// The most we read.
+        limit: u64,
+    },
+    /// A document with more pages than one document may have.
+    #[error(
+        "{name}: {}{pages} pages, more than the {limit} allowed in one document",
+        at_least_prefix(.at_least)
+    )]
+    TooManyPages {
+        /// The document's name.
+        name: String,
+        /// Its page count, or the pages seen so far when `at_least`.
+        pages: usize,
+        /// The file does not state its page count; it has at least `pages`.
+        at_least: bool,
+        /// The most pages allowed.
+        limit: usize,
+    },
+    /// Reading and converting a document took longer than its deadline.
+    #[error("{name}: gave up after {limit:?}: reading and converting the document took too long")]
+    DeadlineExceeded {
+        /// The document's name.
+        name: String,
+        /// The deadline.
+        limit: Duration,
+    },
+    /// The conversion task stopped unexpectedly (a bug, not bad input).
+    #[error("{name}: the conversion stopped unexpectedly: {reason}")]
+    TaskFailed {
+        /// The document's name.
+        name: String,
+        /// What the task runtime said.
         reason: String,
     },
     /// An external program we need is not installed.
@@ -105,6 +147,11 @@ pub enum ScanError {
         /// Which actor.
         actor: &'static str,
     },
+}
+
+/// "at least " for page counts that are a lower bound.
+fn at_least_prefix(at_least: &bool) -> &'static str {
+    if *at_least { "at least " } else { "" }
 }
 
 impl ScanError {

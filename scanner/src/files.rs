@@ -1,20 +1,32 @@
 //! The file source: PNG, JPEG, TIFF, netpbm and PDF files become
 //! documents.
 //!
-//! Image files are read with tokio and decoded and converted on the
-//! blocking pool (the work is CPU-bound). PDFs are rendered by poppler's
-//! `pdftoppm` to grey PGM pages at the target resolution, eight pages at a
-//! time into a private temporary folder, so a long PDF costs the disk and
-//! memory of eight grey pages plus the finished bilevel ones. `pdfinfo`
-//! (same package) gives the page count.
+//! A file is opened once and must be a regular file of at most
+//! [`FileLoader::max_file_bytes`]; FIFOs, devices and folders are refused
+//! before they are opened. Image files are decoded and converted on the
+//! blocking pool (the work is CPU-bound), one page at a time. PDFs are
+//! rendered by poppler's `pdftoppm` to grey PGM pages, up to eight pages
+//! at a time into a private temporary folder, so a long PDF costs the
+//! disk and memory of eight grey pages plus the finished bilevel ones.
+//! `pdfinfo` (same package) gives the page count, checked against
+//! [`FileLoader::max_pages`] before anything is rendered, and each page's
+//! size: a page renders at the target resolution unless that would make
+//! it more than twice the line width wide, [`MAX_PAGE_LINES`] rows tall or
+//! [`MAX_SOURCE_PIXELS`] in all, in which case it renders at the
+//! resolution that fits (its physical size is kept either way); a page
+//! that would be too tall on the fax page is refused before rendering.
+//! The whole of a document's reading and conversion has a deadline,
+//! [`FileLoader::max_duration`].
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::convert::ConvertOptions;
-use crate::decode::{Format, decode_image, magic_hex};
-use crate::document::{Document, DocumentBuilder, Origin};
+use tokio::io::AsyncReadExt;
+
+use crate::convert::{ConvertOptions, MAX_PAGE_LINES, MAX_SOURCE_PIXELS};
+use crate::decode::{Format, decode_into, magic_hex};
+use crate::document::{Document, DocumentBuilder, MAX_DOCUMENT_PAGES, Origin, WithDpi};
 use crate::error::ScanError;
 use crate::tool::{self, ToolInfo};
 
@@ -24,7 +36,14 @@ const POPPLER: ToolInfo = ToolInfo {
 };
 
 /// PDF pages rendered per `pdftoppm` run.
-const PDF_CHUNK: u32 = 8;
+const PDF_CHUNK: usize = 8;
+
+/// The most `pdfinfo` output we read (a line or two per page).
+const PDFINFO_MAX_OUTPUT: u64 = 16 << 20;
+
+/// The largest PGM file a rendered page may be: the pixel budget plus a
+/// header.
+const MAX_RENDERED_BYTES: u64 = MAX_SOURCE_PIXELS + 4096;
 
 /// Reads files into documents. Cheap to clone; holds only options.
 #[derive(Clone, Debug, PartialEq)]
@@ -37,8 +56,14 @@ pub struct FileLoader {
     pub pdfinfo: PathBuf,
     /// Deadline for each run of an external program.
     pub tool_timeout: Duration,
+    /// Deadline for reading and converting a whole document (all its
+    /// tool runs and pages together).
+    pub max_duration: Duration,
     /// Larger files are refused before they are read.
     pub max_file_bytes: u64,
+    /// Documents with more pages are refused ([`MAX_DOCUMENT_PAGES`] by
+    /// default); a PDF's page count is checked before it is rendered.
+    pub max_pages: usize,
 }
 
 impl Default for FileLoader {
@@ -48,7 +73,9 @@ impl Default for FileLoader {
             pdftoppm: "pdftoppm".into(),
             pdfinfo: "pdfinfo".into(),
             tool_timeout: Duration::from_secs(120),
+            max_duration: Duration::from_secs(600),
             max_file_bytes: 256 << 20,
+            max_pages: MAX_DOCUMENT_PAGES,
         }
     }
 }
@@ -67,28 +94,42 @@ impl FileLoader {
         self.load_as(path, Origin::File(path.to_path_buf())).await
     }
 
-    /// As [`FileLoader::load`], recording `origin`.
+    /// As [`FileLoader::load`], recording `origin`. Gives up with
+    /// [`ScanError::DeadlineExceeded`] after [`FileLoader::max_duration`]:
+    /// a running tool is killed then; a page being converted on the
+    /// blocking pool finishes on its own and is thrown away.
     pub(crate) async fn load_as(&self, path: &Path, origin: Origin) -> Result<Document, ScanError> {
         let name = file_name(path);
-        let meta = tokio::fs::metadata(path)
-            .await
-            .map_err(|e| ScanError::io(path, "reading", e))?;
-        if meta.len() > self.max_file_bytes {
-            return Err(ScanError::Geometry {
+        match tokio::time::timeout(
+            self.max_duration,
+            self.load_inner(path, name.clone(), origin),
+        )
+        .await
+        {
+            Ok(result) => result,
+            Err(_) => Err(ScanError::DeadlineExceeded {
                 name,
-                page: 1,
-                width: 0,
-                height: 0,
-                reason: format!(
-                    "the file has {} bytes, more than the {} allowed",
-                    meta.len(),
-                    self.max_file_bytes
-                ),
-            });
+                limit: self.max_duration,
+            }),
         }
-        let data = tokio::fs::read(path)
-            .await
-            .map_err(|e| ScanError::io(path, "reading", e))?;
+    }
+
+    async fn load_inner(
+        &self,
+        path: &Path,
+        name: String,
+        origin: Origin,
+    ) -> Result<Document, ScanError> {
+        let data = match read_limited(path, self.max_file_bytes, "reading").await? {
+            Limited::Data(data) => data,
+            Limited::TooLarge(size) => {
+                return Err(ScanError::TooLarge {
+                    name,
+                    size,
+                    limit: self.max_file_bytes,
+                });
+            }
+        };
         match Format::sniff(&data) {
             Some(Format::Pdf) => {
                 drop(data);
@@ -96,8 +137,9 @@ impl FileLoader {
             }
             Some(_) => {
                 let opts = self.convert;
+                let max_pages = self.max_pages;
                 blocking(&name.clone(), move || {
-                    document_from_bytes(&name, origin, &data, &opts)
+                    document_from_bytes_limited(&name, origin, &data, &opts, max_pages)
                 })
                 .await
             }
@@ -106,6 +148,28 @@ impl FileLoader {
                 magic: magic_hex(&data),
             }),
         }
+    }
+
+    /// Runs `pdfinfo` with `args` before the PDF's path; its stdout as text.
+    async fn run_pdfinfo(
+        &self,
+        path: &Path,
+        name: &str,
+        args: &[&str],
+    ) -> Result<String, ScanError> {
+        let mut all: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
+        all.push(path.as_os_str());
+        let out = tool::run_limited(
+            &self.pdfinfo,
+            &all,
+            POPPLER,
+            name,
+            self.tool_timeout,
+            PDFINFO_MAX_OUTPUT,
+        )
+        .await?;
+        let out = tool::check(&self.pdfinfo, name, out)?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
     /// Renders a PDF with `pdftoppm`, a chunk of pages at a time.
@@ -121,41 +185,67 @@ impl FileLoader {
         } else {
             path.to_path_buf()
         };
-        let info = tool::run(
-            &self.pdfinfo,
-            &[path.as_os_str()],
-            POPPLER,
-            &name,
-            self.tool_timeout,
-        )
-        .await?;
-        let info = tool::check(&self.pdfinfo, &name, info)?;
-        let pages =
-            parse_pdfinfo_pages(&String::from_utf8_lossy(&info.stdout)).ok_or_else(|| {
-                ScanError::ToolFailed {
+        let info = self.run_pdfinfo(&path, &name, &[]).await?;
+        let pages = parse_pdfinfo_pages(&info).ok_or_else(|| ScanError::ToolFailed {
+            tool: self.pdfinfo.display().to_string(),
+            subject: name.clone(),
+            status: "no Pages: line".into(),
+            stderr: String::new(),
+        })?;
+        let mut builder = DocumentBuilder::new(name.clone(), origin, &self.convert, self.max_pages);
+        builder.expect_pages(pages)?;
+        if pages == 0 {
+            return builder.finish();
+        }
+        // Every page's size, to choose its resolution before rendering.
+        let last_arg = pages.to_string();
+        let info = self
+            .run_pdfinfo(&path, &name, &["-f", "1", "-l", last_arg.as_str()])
+            .await?;
+        let boxes = parse_pdfinfo_boxes(&info, pages);
+        let mut plan = Vec::with_capacity(pages);
+        for (i, b) in boxes.iter().enumerate() {
+            let page = i + 1;
+            let &Some((w, h)) = b else {
+                return Err(ScanError::ToolFailed {
                     tool: self.pdfinfo.display().to_string(),
                     subject: name.clone(),
-                    status: "no Pages: line".into(),
-                    stderr: tool::stderr_text(&info),
-                }
-            })?;
-        let (h, v) = self.convert.resolution.dpi();
-        let dpi = h.max(v);
-        let dpi_arg = dpi.to_string();
+                    status: format!("no size for page {page}"),
+                    stderr: String::new(),
+                });
+            };
+            let dpi =
+                pdf_render_dpi(w, h, &self.convert).map_err(|reason| ScanError::Geometry {
+                    name: name.clone(),
+                    page,
+                    width: w.round() as u64,
+                    height: h.round() as u64,
+                    reason,
+                })?;
+            plan.push(dpi);
+        }
         let dir = tempfile::Builder::new()
             .prefix("faxgate-pdf-")
             .tempdir()
             .map_err(|e| ScanError::io(std::env::temp_dir(), "creating a temporary folder", e))?;
         let prefix = dir.path().join("p");
-        let mut builder = DocumentBuilder::new(name.clone(), origin, &self.convert);
         let mut first = 1;
         while first <= pages {
-            let last = (first + PDF_CHUNK - 1).min(pages);
-            let (f, l) = (first.to_string(), last.to_string());
-            let args: [&OsStr; 10] = [
+            // Consecutive pages with the same resolution share a run.
+            let dpi = plan[first - 1];
+            let mut last = first;
+            while last < pages
+                && last + 1 - first < PDF_CHUNK
+                && plan[last].to_bits() == dpi.to_bits()
+            {
+                last += 1;
+            }
+            let (f, l, r) = (first.to_string(), last.to_string(), dpi.to_string());
+            let args: [&OsStr; 11] = [
                 "-q".as_ref(),
+                "-cropbox".as_ref(),
                 "-r".as_ref(),
-                dpi_arg.as_ref(),
+                r.as_ref(),
                 "-gray".as_ref(),
                 "-f".as_ref(),
                 f.as_ref(),
@@ -165,20 +255,52 @@ impl FileLoader {
                 prefix.as_os_str(),
             ];
             let out = tool::run(&self.pdftoppm, &args, POPPLER, &name, self.tool_timeout).await?;
-            tool::check(&self.pdftoppm, &name, out)?;
-            for file in rendered_pages(dir.path())? {
-                let data = tokio::fs::read(&file)
-                    .await
-                    .map_err(|e| ScanError::io(&file, "reading a rendered PDF page", e))?;
-                tokio::fs::remove_file(&file)
-                    .await
-                    .map_err(|e| ScanError::io(&file, "removing a rendered PDF page", e))?;
+            let out = tool::check(&self.pdftoppm, &name, out)?;
+            let files = rendered_pages(dir.path())?;
+            let want = last + 1 - first;
+            if files.len() != want {
+                return Err(self.render_failed(
+                    &name,
+                    format!(
+                        "it wrote {} page images for pages {first} to {last}, expected {want}",
+                        files.len()
+                    ),
+                    tool::stderr_text(&out),
+                ));
+            }
+            for (k, file) in files.into_iter().enumerate() {
+                let page = first + k;
+                let read = read_limited(&file, MAX_RENDERED_BYTES, "reading").await;
+                // The rendered file is ours either way; failing to remove
+                // it is not worth failing the document for, and the
+                // temporary folder goes at the end.
+                let _ = tokio::fs::remove_file(&file).await;
+                let data = match read {
+                    Ok(Limited::Data(data)) => data,
+                    Ok(Limited::TooLarge(size)) => {
+                        return Err(self.render_failed(
+                            &name,
+                            format!(
+                                "page {page} came out as {size} bytes, more than the {MAX_RENDERED_BYTES} allowed"
+                            ),
+                            String::new(),
+                        ));
+                    }
+                    Err(e) => {
+                        return Err(self.render_failed(
+                            &name,
+                            format!("page {page}: its image could not be read"),
+                            e.to_string(),
+                        ));
+                    }
+                };
                 let n = name.clone();
                 builder = blocking(&name, move || {
-                    for mut page in decode_image(&n, &data)? {
-                        page.set_dpi(Some((f64::from(dpi), f64::from(dpi))));
-                        builder.push(&page)?;
-                    }
+                    let mut sink = WithDpi {
+                        builder: &mut builder,
+                        dpi: (dpi, dpi),
+                    };
+                    decode_into(&n, &data, &mut sink).map_err(|e| on_page(e, page))?;
                     Ok(builder)
                 })
                 .await?;
@@ -187,6 +309,16 @@ impl FileLoader {
         }
         builder.finish()
     }
+
+    /// A pdftoppm failure on this PDF.
+    fn render_failed(&self, name: &str, status: String, stderr: String) -> ScanError {
+        ScanError::ToolFailed {
+            tool: self.pdftoppm.display().to_string(),
+            subject: name.into(),
+            status,
+            stderr,
+        }
+    }
 }
 
 /// Reads one file with default tools and `opts`.
@@ -194,17 +326,27 @@ pub async fn load_file(path: &Path, opts: &ConvertOptions) -> Result<Document, S
     FileLoader::new(*opts).load(path).await
 }
 
-/// Decodes and converts an image held in memory (any format but PDF).
+/// Decodes and converts an image held in memory (any format but PDF), one
+/// page at a time, refusing more than [`MAX_DOCUMENT_PAGES`] pages.
 pub fn document_from_bytes(
     name: &str,
     origin: Origin,
     data: &[u8],
     opts: &ConvertOptions,
 ) -> Result<Document, ScanError> {
-    let mut builder = DocumentBuilder::new(name, origin, opts);
-    for page in decode_image(name, data)? {
-        builder.push(&page)?;
-    }
+    document_from_bytes_limited(name, origin, data, opts, MAX_DOCUMENT_PAGES)
+}
+
+/// [`document_from_bytes`] with a page limit.
+pub(crate) fn document_from_bytes_limited(
+    name: &str,
+    origin: Origin,
+    data: &[u8],
+    opts: &ConvertOptions,
+    max_pages: usize,
+) -> Result<Document, ScanError> {
+    let mut builder = DocumentBuilder::new(name, origin, opts, max_pages);
+    decode_into(name, data, &mut builder)?;
     builder.finish()
 }
 
@@ -223,19 +365,175 @@ pub(crate) async fn blocking<T: Send + 'static>(
 ) -> Result<T, ScanError> {
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| ScanError::Decode {
+        .map_err(|e| ScanError::TaskFailed {
             name: name.into(),
-            page: 0,
-            format: "image",
-            reason: format!("the conversion task failed: {e}"),
+            reason: e.to_string(),
         })?
 }
 
+/// A decode or size error from one rendered or scanned page file, which
+/// counts as page 1 of that file, renumbered as page `number` of the
+/// document.
+pub(crate) fn on_page(mut e: ScanError, number: usize) -> ScanError {
+    if let ScanError::Decode { page, .. } | ScanError::Geometry { page, .. } = &mut e {
+        *page = number;
+    }
+    e
+}
+
+/// A file's bytes, or its size if it is over the limit.
+pub(crate) enum Limited {
+    /// The whole file.
+    Data(Vec<u8>),
+    /// The size seen: over the limit (a growing file may be larger still).
+    TooLarge(u64),
+}
+
+/// Reads a regular file of at most `limit` bytes. The path is checked to
+/// be a regular file before it is opened (opening a FIFO waits for a
+/// writer; a device such as /dev/zero never ends), the open file is
+/// checked again, and at most `limit + 1` bytes are read, so a file that
+/// grows while it is read is refused too.
+pub(crate) async fn read_limited(
+    path: &Path,
+    limit: u64,
+    action: &'static str,
+) -> Result<Limited, ScanError> {
+    let io = |e: std::io::Error| ScanError::io(path, action, e);
+    let not_regular = || {
+        io(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file (a folder, device or pipe)",
+        ))
+    };
+    let meta = tokio::fs::metadata(path).await.map_err(io)?;
+    if !meta.is_file() {
+        return Err(not_regular());
+    }
+    let file = tokio::fs::File::open(path).await.map_err(io)?;
+    let meta = file.metadata().await.map_err(io)?;
+    if !meta.is_file() {
+        return Err(not_regular());
+    }
+    if meta.len() > limit {
+        return Ok(Limited::TooLarge(meta.len()));
+    }
+    let mut data = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+    file.take(limit.saturating_add(1))
+        .read_to_end(&mut data)
+        .await
+        .map_err(io)?;
+    if data.len() as u64 > limit {
+        return Ok(Limited::TooLarge(data.len() as u64));
+    }
+    Ok(Limited::Data(data))
+}
+
 /// The `Pages:` count from `pdfinfo` output.
-fn parse_pdfinfo_pages(text: &str) -> Option<u32> {
+fn parse_pdfinfo_pages(text: &str) -> Option<usize> {
     text.lines()
         .find_map(|l| l.strip_prefix("Pages:"))
         .and_then(|v| v.trim().parse().ok())
+}
+
+/// Each page's size in points as rendered (rotation applied), from the
+/// `Page    N size: W x H pts` and `Page    N rot:  R` lines of
+/// `pdfinfo -f 1 -l N` (the crop box, which `pdftoppm -cropbox` renders).
+fn parse_pdfinfo_boxes(text: &str, pages: usize) -> Vec<Option<(f64, f64)>> {
+    let mut sizes: Vec<Option<(f64, f64)>> = vec![None; pages];
+    let mut rotated = vec![false; pages];
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix("Page") else {
+            continue;
+        };
+        let Some((number, rest)) = rest.trim_start().split_once(' ') else {
+            continue;
+        };
+        let Some(i) = number
+            .parse::<usize>()
+            .ok()
+            .and_then(|n| n.checked_sub(1))
+            .filter(|&i| i < pages)
+        else {
+            continue;
+        };
+        let rest = rest.trim_start();
+        if let Some(v) = rest.strip_prefix("size:") {
+            let mut words = v.split_whitespace();
+            let w = words.next().and_then(|w| w.parse::<f64>().ok());
+            let x = words.next();
+            let h = words.next().and_then(|h| h.parse::<f64>().ok());
+            if let (Some(w), Some("x"), Some(h)) = (w, x, h) {
+                sizes[i] = Some((w, h));
+            }
+        } else if let Some(v) = rest.strip_prefix("rot:") {
+            rotated[i] = v
+                .trim()
+                .parse::<i64>()
+                .is_ok_and(|r| r.rem_euclid(180) == 90);
+        }
+    }
+    sizes
+        .into_iter()
+        .zip(rotated)
+        .map(|(s, rot)| s.map(|(w, h)| if rot { (h, w) } else { (w, h) }))
+        .collect()
+}
+
+/// The resolution to render a `w_pt` x `h_pt` PDF page at (points, as
+/// rendered): the target resolution (the larger of its two dpi values),
+/// lowered so that the rendered page is at most twice the width placement
+/// shrinks it to, at most [`MAX_PAGE_LINES`] rows tall and within
+/// [`MAX_SOURCE_PIXELS`]. The page keeps its physical size, since the
+/// grey page carries the resolution it was rendered at. A page that would
+/// be too tall on the fax page, or too large to render at 10 dpi, is
+/// refused, naming its size and the limit.
+fn pdf_render_dpi(w_pt: f64, h_pt: f64, opts: &ConvertOptions) -> Result<f64, String> {
+    let what = || {
+        format!(
+            "the page box is {w_pt} x {h_pt} pt ({:.0} x {:.0} mm)",
+            w_pt / 72.0 * 25.4,
+            h_pt / 72.0 * 25.4
+        )
+    };
+    if !(w_pt.is_finite() && h_pt.is_finite() && w_pt > 0.0 && h_pt > 0.0) {
+        return Err(format!("{}: not a page size", what()));
+    }
+    let line = f64::from(opts.line_width());
+    let (hdpi, vdpi) = opts.resolution.dpi();
+    let (hdpi, vdpi) = (f64::from(hdpi), f64::from(vdpi));
+    let dpi = hdpi.max(vdpi);
+    let (w_in, h_in) = (w_pt / 72.0, h_pt / 72.0);
+    // The fax page's height, as placement() will make it.
+    let lines = if opts.use_source_dpi && w_in * hdpi <= line {
+        h_in * vdpi
+    } else {
+        h_in / w_in * line * vdpi / hdpi
+    };
+    if lines.round() > f64::from(MAX_PAGE_LINES) {
+        return Err(format!(
+            "{}; on the fax page it would be {lines:.0} lines tall, more than the {MAX_PAGE_LINES} allowed",
+            what()
+        ));
+    }
+    // A little under the limits: pdftoppm rounds the size up.
+    let max_w_px = 2.0 * line * dpi / hdpi;
+    let max_rows = f64::from(MAX_PAGE_LINES) - 2.0;
+    let max_pixels = MAX_SOURCE_PIXELS as f64 * 0.99;
+    let r = dpi
+        .min(max_w_px * 72.0 / w_pt)
+        .min(max_rows * 72.0 / h_pt)
+        .min(72.0 * (max_pixels / (w_pt * h_pt)).sqrt());
+    // Three decimals, rounded down, so that what pdftoppm is told is
+    // exactly what the page is said to have.
+    let r = (r * 1000.0).floor() / 1000.0;
+    if r < 10.0 {
+        return Err(format!(
+            "{}: too large to render (it would need {r} dpi)",
+            what()
+        ));
+    }
+    Ok(r)
 }
 
 /// The PGM files `pdftoppm` wrote, in page order (`p-1.pgm`, `p-01.pgm`,
@@ -265,6 +563,48 @@ mod tests {
         let text = "Title:  x\nPages:          12\nEncrypted:      no\n";
         assert_eq!(parse_pdfinfo_pages(text), Some(12));
         assert_eq!(parse_pdfinfo_pages("Title: x\n"), None);
+    }
+
+    #[test]
+    fn pdfinfo_page_boxes_with_rotation() {
+        let text = "Pages:          3\n\
+                    Page    1 size: 612 x 792 pts (letter)\n\
+                    Page    1 rot:  0\n\
+                    Page    2 size: 595.276 x 841.89 pts (A4)\n\
+                    Page    2 rot:  90\n\
+                    File size:      1234 bytes\n";
+        let boxes = parse_pdfinfo_boxes(text, 3);
+        assert_eq!(
+            boxes,
+            vec![Some((612.0, 792.0)), Some((841.89, 595.276)), None]
+        );
+    }
+
+    #[test]
+    fn pdf_pages_render_at_the_target_dpi_unless_too_big() {
+        use faxgate_fax::Resolution;
+        let fine = ConvertOptions {
+            resolution: Resolution::Fine,
+            ..ConvertOptions::default()
+        };
+        // Letter and A4 render at 204 dpi, as ever.
+        assert_eq!(pdf_render_dpi(612.0, 792.0, &fine), Ok(204.0));
+        assert_eq!(pdf_render_dpi(595.276, 841.89, &fine), Ok(204.0));
+        // Ten times wider: at most twice the line width.
+        let r = pdf_render_dpi(6120.0, 792.0, &fine).unwrap();
+        assert!(6120.0 * r / 72.0 <= 2.0 * 1728.0, "{r}");
+        assert!(r > 40.0, "{r}");
+        // 200 x 200 inches: within the pixel budget and line count.
+        let r = pdf_render_dpi(14_400.0, 14_400.0, &fine).unwrap();
+        let side = 14_400.0 * r / 72.0;
+        assert!(side * side <= MAX_SOURCE_PIXELS as f64, "{r}");
+        assert!(side <= f64::from(MAX_PAGE_LINES), "{r}");
+        // Too tall for any fax page: refused, naming the limit.
+        let e = pdf_render_dpi(612.0, 50_000.0, &fine).unwrap_err();
+        assert!(e.contains("50000 pt") && e.contains("80000"), "{e}");
+        // Nonsense boxes.
+        assert!(pdf_render_dpi(0.0, 792.0, &fine).is_err());
+        assert!(pdf_render_dpi(f64::NAN, 792.0, &fine).is_err());
     }
 
     #[test]

@@ -37,6 +37,19 @@
 //!   leaving further files in the folder; an item dropped unconfirmed
 //!   leaves its file to be offered again.
 //!
+//! # Limits
+//!
+//! Bad input is an error naming the file (or device), the page and the
+//! limit, never a panic or an allocation it dictates: files are at most
+//! [`FileLoader::max_file_bytes`] and must be regular files; a document
+//! has at most [`FileLoader::max_pages`] pages ([`MAX_DOCUMENT_PAGES`]),
+//! checked against a stated count (PDF, fax TIFF) before decoding; a
+//! source page is at most [`convert::MAX_PAGE_LINES`] tall and
+//! [`convert::MAX_SOURCE_PIXELS`] in all, checked from its header before
+//! it is decoded; a whole file has [`FileLoader::max_duration`]; each tool
+//! run has a deadline and at most 256 MiB of stdout is read from it.
+//! Tools run in the C locale.
+//!
 //! # External tools
 //!
 //! `pdftoppm` and `pdfinfo` (poppler-utils) for PDF, `scanimage`
@@ -58,7 +71,7 @@ mod tool;
 pub use convert::{
     BlankPolicy, ConvertOptions, GrayPage, Mode, Paper, SourcePage, ThresholdParams,
 };
-pub use document::{Document, Origin};
+pub use document::{Document, MAX_DOCUMENT_PAGES, Origin};
 pub use error::ScanError;
 pub use files::{FileLoader, load_file};
 pub use hotfolder::{

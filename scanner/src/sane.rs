@@ -13,11 +13,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::convert::ConvertOptions;
-use crate::decode::decode_image;
-use crate::document::{Document, DocumentBuilder, Origin};
+use crate::decode::decode_into;
+use crate::document::{Document, DocumentBuilder, MAX_DOCUMENT_PAGES, Origin, WithDpi};
 use crate::error::ScanError;
-use crate::files::blocking;
-use crate::tool::{self, ToolInfo};
+use crate::files::{Limited, blocking, on_page, read_limited};
+use crate::tool::{self, MAX_TOOL_STDOUT, ToolInfo};
 
 const SANE_UTILS: ToolInfo = ToolInfo {
     package: "sane-utils",
@@ -190,12 +190,14 @@ impl SaneScanner {
                 if out.stdout.is_empty() {
                     return Err(self.failed(&subject, "no image data", &out));
                 }
-                let mut builder = DocumentBuilder::new(name.clone(), origin, &self.convert);
+                let mut builder =
+                    DocumentBuilder::new(name.clone(), origin, &self.convert, MAX_DOCUMENT_PAGES);
                 blocking(&name.clone(), move || {
-                    for mut page in decode_image(&name, &out.stdout)? {
-                        page.set_dpi(Some((dpi, dpi)));
-                        builder.push(&page)?;
-                    }
+                    let mut sink = WithDpi {
+                        builder: &mut builder,
+                        dpi: (dpi, dpi),
+                    };
+                    decode_into(&name, &out.stdout, &mut sink)?;
                     builder.finish()
                 })
                 .await
@@ -221,17 +223,32 @@ impl SaneScanner {
                 if files.is_empty() {
                     return Err(self.failed(&subject, "no pages scanned", &out));
                 }
-                let mut builder = DocumentBuilder::new(name.clone(), origin, &self.convert);
-                for file in files {
-                    let data = tokio::fs::read(&file)
-                        .await
-                        .map_err(|e| ScanError::io(&file, "reading a scanned page", e))?;
+                let mut builder =
+                    DocumentBuilder::new(name.clone(), origin, &self.convert, MAX_DOCUMENT_PAGES);
+                builder.expect_pages(files.len())?;
+                for (k, file) in files.into_iter().enumerate() {
+                    let data = match read_limited(&file, MAX_TOOL_STDOUT, "reading a scanned page")
+                        .await?
+                    {
+                        Limited::Data(data) => data,
+                        Limited::TooLarge(size) => {
+                            return Err(self.failed(
+                                &subject,
+                                &format!(
+                                    "page {} is {size} bytes, more than the {MAX_TOOL_STDOUT} allowed for one page",
+                                    k + 1
+                                ),
+                                &out,
+                            ));
+                        }
+                    };
                     let n = name.clone();
                     builder = blocking(&name, move || {
-                        for mut page in decode_image(&n, &data)? {
-                            page.set_dpi(Some((dpi, dpi)));
-                            builder.push(&page)?;
-                        }
+                        let mut sink = WithDpi {
+                            builder: &mut builder,
+                            dpi: (dpi, dpi),
+                        };
+                        decode_into(&n, &data, &mut sink).map_err(|e| on_page(e, k + 1))?;
                         Ok(builder)
                     })
                     .await?;

@@ -256,3 +256,185 @@ async fn unreadable_files_name_the_file() {
         "{err}"
     );
 }
+
+/// A fax TIFF whose all-white T.6 strip (one bit a line) decodes to far
+/// more lines than any fax page: refused before it is decoded, naming the
+/// file, the page and the limit. It is exactly the line width at the
+/// target resolution, so it would otherwise pass through untouched.
+#[tokio::test]
+async fn tall_fax_tiff_is_refused_naming_page_and_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let ok = Bitmap::new(1728, 100);
+    let mut w = faxgate_fax::tiff::TiffWriter::new(Default::default()).unwrap();
+    let mut tiff = w
+        .add_page(
+            faxgate_fax::tiff::EncodedPage::from_bitmap(&ok, Coding::Mmr, Resolution::Fine)
+                .unwrap(),
+        )
+        .unwrap();
+    // 25 000 bytes of V0 codes: 200 000 white lines.
+    tiff.extend(
+        w.add_page(faxgate_fax::tiff::EncodedPage {
+            width: 1728,
+            height: 200_000,
+            coding: Coding::Mmr,
+            fill_bits: false,
+            rle: false,
+            resolution: Resolution::Fine,
+            data: vec![0xFF; 25_000],
+            damage: None,
+        })
+        .unwrap(),
+    );
+    tiff.extend(w.finish().unwrap());
+    let path = dir.path().join("roll.tif");
+    std::fs::write(&path, &tiff).unwrap();
+    let err = load_file(&path, &fine()).await.unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, ScanError::Geometry { page: 2, .. }), "{msg}");
+    assert!(
+        msg.contains("roll.tif")
+            && msg.contains("page 2")
+            && msg.contains("200000")
+            && msg.contains("80000"),
+        "{msg}"
+    );
+}
+
+/// More pages than the loader allows: a fax TIFF states its count up
+/// front (refused with the exact count), a grey TIFF is refused at the
+/// first page past the limit.
+#[tokio::test]
+async fn tiffs_with_too_many_pages_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let loader = FileLoader {
+        max_pages: 2,
+        ..FileLoader::default()
+    };
+    let pages = vec![Bitmap::new(1728, 50); 3];
+    let fax = faxgate_fax::tiff::write_tiff(
+        &pages,
+        Coding::Mmr,
+        Resolution::Fine,
+        faxgate_fax::tiff::TiffWriterOptions::default(),
+    )
+    .unwrap();
+    let path = dir.path().join("three.tif");
+    std::fs::write(&path, &fax).unwrap();
+    let err = loader.load(&path).await.unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        matches!(
+            err,
+            ScanError::TooManyPages {
+                pages: 3,
+                at_least: false,
+                limit: 2,
+                ..
+            }
+        ),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("three.tif: 3 pages, more than the 2 allowed"),
+        "{msg}"
+    );
+
+    let mut bytes = Cursor::new(Vec::new());
+    {
+        let mut enc = tiff::encoder::TiffEncoder::new(&mut bytes).unwrap();
+        for _ in 0..3 {
+            let img = gray_with_rects(100, 100, &[Rect::new(10.0, 10.0, 50.0, 50.0)]);
+            enc.write_image::<tiff::encoder::colortype::Gray8>(100, 100, img.as_raw())
+                .unwrap();
+        }
+    }
+    let path = dir.path().join("grey.tif");
+    std::fs::write(&path, bytes.get_ref()).unwrap();
+    let err = loader.load(&path).await.unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        matches!(
+            err,
+            ScanError::TooManyPages {
+                pages: 3,
+                at_least: true,
+                limit: 2,
+                ..
+            }
+        ),
+        "{msg}"
+    );
+    assert!(msg.contains("grey.tif: at least 3 pages"), "{msg}");
+}
+
+/// A file over the size limit is reported as too large, with its size and
+/// the limit, not as an image size problem.
+#[tokio::test]
+async fn too_large_file_names_its_size_and_the_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("big.png");
+    let png = encode(&gray_with_rects(W, H, &[rect()]), image::ImageFormat::Png);
+    std::fs::write(&path, &png).unwrap();
+    let loader = FileLoader {
+        max_file_bytes: 100,
+        ..FileLoader::default()
+    };
+    let err = loader.load(&path).await.unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        matches!(err, ScanError::TooLarge { limit: 100, .. }),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("big.png")
+            && msg.contains("too large")
+            && msg.contains(&png.len().to_string())
+            && msg.contains("100"),
+        "{msg}"
+    );
+}
+
+/// A FIFO or a device is refused as not a regular file, promptly: it is
+/// never opened (opening a FIFO waits for a writer; /dev/zero never ends).
+#[tokio::test]
+async fn fifos_and_devices_are_refused_without_hanging() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("pipe.png");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success(), "mkfifo failed");
+    let result = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        FileLoader::default().load(&fifo),
+    )
+    .await;
+    // Release a reader stuck opening the FIFO (O_RDWR does not block on
+    // Linux), so that a failure here does not hang the test runtime.
+    drop(
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&fifo),
+    );
+    let err = result
+        .expect("loading a FIFO hung")
+        .expect_err("a FIFO is not an image");
+    let msg = err.to_string();
+    assert!(matches!(err, ScanError::Io { .. }), "{msg}");
+    assert!(
+        msg.contains("pipe.png") && msg.contains("not a regular file"),
+        "{msg}"
+    );
+
+    let err = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        FileLoader::default().load(std::path::Path::new("/dev/zero")),
+    )
+    .await
+    .expect("loading /dev/zero hung")
+    .unwrap_err();
+    assert!(err.to_string().contains("not a regular file"), "{err}");
+}

@@ -11,6 +11,11 @@ use crate::common::{Rect, assert_rects, require_tool};
 /// A minimal PDF: Letter pages (612 x 792 pt), each with the given
 /// content stream.
 pub fn make_pdf(pages: &[String]) -> Vec<u8> {
+    make_pdf_sized(pages, 612, 792)
+}
+
+/// A minimal PDF whose pages are `w` x `h` points.
+pub fn make_pdf_sized(pages: &[String], w: u32, h: u32) -> Vec<u8> {
     let n = pages.len();
     let kids: Vec<String> = (0..n).map(|i| format!("{} 0 R", 3 + 2 * i)).collect();
     let mut objs = vec![
@@ -19,7 +24,7 @@ pub fn make_pdf(pages: &[String]) -> Vec<u8> {
     ];
     for (i, content) in pages.iter().enumerate() {
         objs.push(format!(
-            "<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents {} 0 R >>",
+            "<< /Type /Page /Parent 2 0 R /MediaBox [0 0 {w} {h}] /Contents {} 0 R >>",
             4 + 2 * i
         ));
         objs.push(format!(
@@ -235,4 +240,100 @@ async fn missing_pdftoppm_alone_names_it_and_the_package() {
         !msg.contains("pdfinfo"),
         "pdfinfo worked; the error is about pdftoppm: {msg}"
     );
+}
+
+/// A PDF with more pages than the loader allows is refused after pdfinfo,
+/// with the file, its page count and the limit, before anything is
+/// rendered (pdftoppm is missing here, so rendering would fail otherwise).
+#[tokio::test]
+async fn pdf_with_too_many_pages_is_refused_before_rendering() {
+    require_tool("pdfinfo", "poppler-utils");
+    let dir = tempfile::tempdir().unwrap();
+    let pages: Vec<String> = (0..3).map(|_| rect_pt(72, 72, 100, 100)).collect();
+    let path = write_pdf(&dir, "three.pdf", &pages);
+    let loader = FileLoader {
+        pdftoppm: "/nonexistent/pdftoppm".into(),
+        max_pages: 2,
+        ..FileLoader::default()
+    };
+    let err = loader.load(&path).await.unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        matches!(
+            err,
+            ScanError::TooManyPages {
+                pages: 3,
+                at_least: false,
+                limit: 2,
+                ..
+            }
+        ),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("three.pdf") && msg.contains("3 pages") && msg.contains("2 allowed"),
+        "{msg}"
+    );
+}
+
+/// A page box far taller than any fax page is refused from its size alone,
+/// naming the file and the page, before pdftoppm would render a huge
+/// image (it is missing here).
+#[tokio::test]
+async fn absurdly_tall_pdf_page_is_refused_before_rendering() {
+    require_tool("pdfinfo", "poppler-utils");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("scroll.pdf");
+    // 612 x 50000 pt: 694 inches, 136000 fine lines.
+    std::fs::write(
+        &path,
+        make_pdf_sized(&[rect_pt(72, 72, 100, 100)], 612, 50_000),
+    )
+    .unwrap();
+    let loader = FileLoader {
+        pdftoppm: "/nonexistent/pdftoppm".into(),
+        ..FileLoader::default()
+    };
+    let err = loader.load(&path).await.unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, ScanError::Geometry { page: 1, .. }), "{msg}");
+    assert!(msg.contains("scroll.pdf") && msg.contains("80000"), "{msg}");
+}
+
+/// A page ten times wider than Letter renders at a lowered resolution (at
+/// most twice the line width) and still lands on the fax page as before:
+/// shrunk to the line width, its left half black.
+#[tokio::test]
+async fn very_wide_pdf_page_renders_bounded_and_in_place() {
+    require_tool("pdftoppm", "poppler-utils");
+    require_tool("pdfinfo", "poppler-utils");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("wide.pdf");
+    std::fs::write(
+        &path,
+        make_pdf_sized(&[rect_pt(0, 0, 3060, 792)], 6120, 792),
+    )
+    .unwrap();
+    let opts = ConvertOptions {
+        resolution: Resolution::Fine,
+        ..ConvertOptions::default()
+    };
+    let doc = load_file(&path, &opts).await.unwrap();
+    assert_eq!(doc.pages.len(), 1);
+    let page = &doc.pages[0];
+    // 11in at 196 dpi, shrunk by 1728 / (85in * 204).
+    let want_h = (11.0f64 * 196.0 * 1728.0 / (85.0 * 204.0)).round() as u32;
+    assert_eq!(page.width(), 1728);
+    assert!(
+        page.height().abs_diff(want_h) <= 2,
+        "height {}",
+        page.height()
+    );
+    let y = page.height() / 2;
+    for x in [50, 400, 800] {
+        assert!(page.pixel(x, y), "({x},{y}) should be black");
+    }
+    for x in [900, 1300, 1700] {
+        assert!(!page.pixel(x, y), "({x},{y}) should be white");
+    }
 }
