@@ -27,6 +27,27 @@ pub fn read_pbm(data: &[u8]) -> Result<Bitmap, FaxError> {
     read_one(data, 0).map(|(b, _)| b)
 }
 
+/// The size a PBM image's header claims.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PbmHeader {
+    /// Width in pixels.
+    pub width: u32,
+    /// Height in pixels.
+    pub height: u32,
+}
+
+/// Reads the header of the image starting at byte `pos`, without touching
+/// its raster: a caller can refuse a size before anything is allocated.
+pub fn read_header(data: &[u8], pos: usize) -> Result<PbmHeader, FaxError> {
+    header(data, pos).map(|(_, h, _)| h)
+}
+
+/// Parses the image starting at byte `pos` (of a file that may hold
+/// several); returns it and the byte after its raster.
+pub fn read_pbm_at(data: &[u8], pos: usize) -> Result<(Bitmap, usize), FaxError> {
+    read_one(data, pos)
+}
+
 /// Writes a bitmap as raw PBM (P4).
 pub fn write_pbm(bmp: &Bitmap) -> Vec<u8> {
     let mut out = format!("P4\n{} {}\n", bmp.width(), bmp.height()).into_bytes();
@@ -74,7 +95,9 @@ fn read_uint(data: &[u8], pos: usize) -> Result<(u32, usize), FaxError> {
     Ok((v, pos))
 }
 
-fn read_one(data: &[u8], pos: usize) -> Result<(Bitmap, usize), FaxError> {
+/// The header at `pos`: whether the raster is raw (P4), the size, and
+/// where the header's numbers end.
+fn header(data: &[u8], pos: usize) -> Result<(bool, PbmHeader, usize), FaxError> {
     let magic = data
         .get(pos..pos + 2)
         .ok_or_else(|| err(pos, "no PBM header"))?;
@@ -85,6 +108,11 @@ fn read_one(data: &[u8], pos: usize) -> Result<(Bitmap, usize), FaxError> {
     };
     let (width, p) = read_uint(data, pos + 2)?;
     let (height, p) = read_uint(data, p)?;
+    Ok((raw, PbmHeader { width, height }, p))
+}
+
+fn read_one(data: &[u8], pos: usize) -> Result<(Bitmap, usize), FaxError> {
+    let (raw, PbmHeader { width, height }, p) = header(data, pos)?;
     if width == 0 || width > crate::MAX_WIDTH {
         return Err(err(pos, "width out of range"));
     }

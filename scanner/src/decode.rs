@@ -178,11 +178,10 @@ fn decode_pbm(
     let mut n = 0;
     while pos < data.len() {
         n += 1;
-        let head = pbm_header(data, pos).map_err(|r| err(n, r))?;
+        let head = faxgate_fax::pbm::read_header(data, pos).map_err(|e| err(n, e.to_string()))?;
         size(n, head.width, head.height)?;
-        let end = pbm_end(data, &head).ok_or_else(|| err(n, "truncated raster".into()))?;
-        let bitmap =
-            faxgate_fax::pbm::read_pbm(&data[pos..end]).map_err(|e| err(n, e.to_string()))?;
+        let (bitmap, end) =
+            faxgate_fax::pbm::read_pbm_at(data, pos).map_err(|e| err(n, e.to_string()))?;
         sink.page(SourcePage::Bilevel { bitmap, dpi: None })?;
         pos = end;
         // Whitespace may separate images.
@@ -194,91 +193,6 @@ fn decode_pbm(
         return Err(err(1, "no PBM header".into()));
     }
     Ok(())
-}
-
-/// A PBM image header: where its raster starts and how big it is.
-struct PbmHeader {
-    raw: bool,
-    width: u32,
-    height: u32,
-    /// First byte after the header (P4: after its single whitespace byte).
-    raster: usize,
-}
-
-/// Skips whitespace and `#` comments.
-fn pbm_skip(data: &[u8], mut pos: usize) -> usize {
-    while let Some(&b) = data.get(pos) {
-        if b == b'#' {
-            while data.get(pos).is_some_and(|&c| c != b'\n' && c != b'\r') {
-                pos += 1;
-            }
-        } else if b.is_ascii_whitespace() {
-            pos += 1;
-        } else {
-            break;
-        }
-    }
-    pos
-}
-
-/// A decimal number after optional whitespace and comments.
-fn pbm_uint(data: &[u8], pos: usize) -> Result<(u32, usize), String> {
-    let mut pos = pbm_skip(data, pos);
-    let start = pos;
-    let mut v: u32 = 0;
-    while let Some(&d) = data.get(pos).filter(|b| b.is_ascii_digit()) {
-        v = v
-            .checked_mul(10)
-            .and_then(|v| v.checked_add(u32::from(d - b'0')))
-            .ok_or_else(|| format!("number too large at byte {start}"))?;
-        pos += 1;
-    }
-    if pos == start {
-        return Err(format!("expected a number at byte {start}"));
-    }
-    Ok((v, pos))
-}
-
-fn pbm_header(data: &[u8], pos: usize) -> Result<PbmHeader, String> {
-    let raw = match data.get(pos..pos + 2) {
-        Some(b"P4") => true,
-        Some(b"P1") => false,
-        _ => return Err(format!("no PBM header (P1 or P4) at byte {pos}")),
-    };
-    let (width, p) = pbm_uint(data, pos + 2)?;
-    let (height, p) = pbm_uint(data, p)?;
-    Ok(PbmHeader {
-        raw,
-        width,
-        height,
-        raster: if raw { p + 1 } else { p },
-    })
-}
-
-/// The end of an image's raster, or `None` if the data is short (P1:
-/// also if a byte other than 0, 1, whitespace or a comment is in the way).
-fn pbm_end(data: &[u8], head: &PbmHeader) -> Option<usize> {
-    let pixels = u64::from(head.width) * u64::from(head.height);
-    if head.raw {
-        let stride = u64::from(head.width).div_ceil(8);
-        let len = usize::try_from(stride * u64::from(head.height)).ok()?;
-        let end = head.raster.checked_add(len)?;
-        return (end <= data.len()).then_some(end);
-    }
-    // Each pixel takes at least one byte: refuse early if there are not
-    // enough, so that the scan below is bounded by the data.
-    if (data.len().saturating_sub(head.raster) as u64) < pixels {
-        return None;
-    }
-    let mut pos = head.raster;
-    for _ in 0..pixels {
-        pos = pbm_skip(data, pos);
-        match data.get(pos) {
-            Some(b'0' | b'1') => pos += 1,
-            _ => return None,
-        }
-    }
-    Some(pos)
 }
 
 /// A decoded `image` image as a grey page, alpha laid over white.

@@ -297,6 +297,16 @@ const JOB_COLUMNS: &str = "id, site, uuid, state, reasons, message, name, user, 
      client_port, format, template, created, processing, completed, device, closed, documents, \
      octets, impressions, activity, authenticated";
 
+/// Job `id` read inside `c` (a connection or a transaction).
+fn job_in(c: &Connection, id: i32) -> rusqlite::Result<Option<JobRow>> {
+    c.query_row(
+        &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?"),
+        params![id],
+        job_from_row,
+    )
+    .optional()
+}
+
 fn job_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<JobRow> {
     let reasons: String = r.get(4)?;
     Ok(JobRow {
@@ -633,11 +643,7 @@ impl JobStore {
                         params![job_state::ABORTED, "aborted-by-system", message, now, id],
                     )?;
                 }
-                ended.push(tx.query_row(
-                    &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?"),
-                    params![id],
-                    job_from_row,
-                )?);
+                ended.push(job_in(&tx, id)?.ok_or(rusqlite::Error::QueryReturnedNoRows)?);
             }
             tx.commit()?;
             Ok(ended)
@@ -690,14 +696,6 @@ impl JobStore {
     ) -> Result<Cancel, StoreError> {
         self.with(|c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let read = |tx: &rusqlite::Transaction<'_>| {
-                tx.query_row(
-                    &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?"),
-                    params![id],
-                    job_from_row,
-                )
-                .optional()
-            };
             let canceled = tx.execute(
                 &format!(
                     "UPDATE jobs SET {STATE_COLUMNS} WHERE id = ?5 AND device = '' \
@@ -711,7 +709,7 @@ impl JobStore {
                     id
                 ],
             )?;
-            let outcome = match read(&tx)? {
+            let outcome = match job_in(&tx, id)? {
                 None => Cancel::Gone,
                 Some(j) if canceled > 0 => Cancel::Canceled(j),
                 // Not canceled above, so final or held by a device (the
@@ -736,7 +734,7 @@ impl JobStore {
                             j.device
                         ],
                     )?;
-                    match read(&tx)? {
+                    match job_in(&tx, id)? {
                         Some(j) => Cancel::Stopping(j),
                         None => Cancel::Gone,
                     }
@@ -847,11 +845,7 @@ impl JobStore {
                     ),
                     params![state, reason, message, now, j.id, device],
                 )?;
-                changed.push(tx.query_row(
-                    &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?"),
-                    params![j.id],
-                    job_from_row,
-                )?);
+                changed.push(job_in(&tx, j.id)?.ok_or(rusqlite::Error::QueryReturnedNoRows)?);
             }
             tx.commit()?;
             Ok(changed)
@@ -879,15 +873,7 @@ impl JobStore {
     ) -> Result<Option<JobRow>, StoreError> {
         self.with(|c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let read = |tx: &rusqlite::Transaction<'_>| {
-                tx.query_row(
-                    &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?"),
-                    params![id],
-                    job_from_row,
-                )
-                .optional()
-            };
-            let Some(job) = read(&tx)? else {
+            let Some(job) = job_in(&tx, id)? else {
                 return Ok(None);
             };
             if job.is_final() || job.device != device {
@@ -917,7 +903,7 @@ impl JobStore {
                     device
                 ],
             )?;
-            let row = read(&tx)?;
+            let row = job_in(&tx, id)?;
             tx.commit()?;
             Ok(row)
         })
@@ -925,14 +911,7 @@ impl JobStore {
 
     /// One job.
     pub fn job(&self, id: i32) -> Result<Option<JobRow>, StoreError> {
-        self.with(|c| {
-            c.query_row(
-                &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?"),
-                params![id],
-                job_from_row,
-            )
-            .optional()
-        })
+        self.with(|c| job_in(c, id))
     }
 
     /// The jobs of a site, oldest first (`finished`: None = all,
