@@ -157,7 +157,9 @@ impl Bitmap {
         Ok(enc.finish())
     }
 
-    /// Decodes one page of coded data into a bitmap.
+    /// Decodes one page of coded data into a bitmap, of at most
+    /// [`crate::MAX_PAGE_LINES`] lines (the page then ends
+    /// [`PageEndReason::TooLong`](crate::PageEndReason::TooLong)).
     pub fn decode(data: &[u8], options: DecoderOptions) -> Result<(Bitmap, PageSummary), FaxError> {
         let mut bmp = Bitmap::with_width(options.width);
         if let Some(rows) = options.rows {
@@ -173,6 +175,9 @@ impl Bitmap {
             }
         }
         let mut dec = Decoder::new(options)?;
+        // The whole page is kept: a hostile page (every MMR bit can be a
+        // line) must not grow it without bound.
+        dec.limit_lines(crate::MAX_PAGE_LINES);
         dec.push(data)?;
         dec.finish();
         // Lines are drawn straight into the bitmap, not copied there, and

@@ -94,6 +94,9 @@ pub enum PageEndReason {
     /// which offers no point to resynchronise at: the rest of the page
     /// is lost however many lines it had. Never acceptable for MCF.
     Undecodable,
+    /// The page reached [`crate::MAX_PAGE_LINES`]; the rest was not
+    /// decoded. Never acceptable for MCF.
+    TooLong,
 }
 
 /// The outcome of a page, so that T.30 can decide between MCF and RTN.
@@ -117,8 +120,10 @@ impl PageSummary {
     pub fn acceptable(&self, max_bad_percent: u32, max_consecutive: u64) -> bool {
         // The lines after an undecodable one are not counted (nobody
         // knows how many there were), so no percentage can vouch for it.
-        self.end != PageEndReason::Undecodable
-            && self.bad_lines * 100 <= self.lines * u64::from(max_bad_percent)
+        !matches!(
+            self.end,
+            PageEndReason::Undecodable | PageEndReason::TooLong
+        ) && self.bad_lines * 100 <= self.lines * u64::from(max_bad_percent)
             && self.max_consecutive_bad <= max_consecutive
     }
 }
@@ -245,6 +250,8 @@ pub struct Decoder {
     /// `buf` (0 if there is none); only zero bits follow it.
     data_end: usize,
     lines: u64,
+    /// The page ends ([`PageEndReason::TooLong`]) at this many lines.
+    max_lines: u64,
     bad: u64,
     consecutive_bad: u64,
     max_consecutive_bad: u64,
@@ -274,6 +281,7 @@ impl Decoder {
             cur: vec![w; w as usize + CHANGES_SLACK],
             cur_n: 0,
             lines: 0,
+            max_lines: u64::MAX,
             bad: 0,
             consecutive_bad: 0,
             max_consecutive_bad: 0,
@@ -429,7 +437,7 @@ impl Decoder {
     #[inline(never)]
     fn clean_lines<const CODING: u8>(&mut self, rows: &mut Vec<u8>) -> u32 {
         let width = self.opts.width;
-        let limit = self.opts.rows.unwrap_or(u64::MAX);
+        let limit = self.opts.rows.unwrap_or(u64::MAX).min(self.max_lines);
         // The reader borrows the data while lines update the rest.
         let buf = std::mem::take(&mut self.buf);
         let mut r = BitReader::new(&buf, self.bit);
@@ -477,6 +485,13 @@ impl Decoder {
         drawn
     }
 
+    /// Ends the page ([`PageEndReason::TooLong`]) once `n` lines are out:
+    /// for callers that keep the whole page in memory. A decoder that
+    /// hands lines on one by one needs no limit.
+    pub(crate) fn limit_lines(&mut self, n: u64) {
+        self.max_lines = n;
+    }
+
     /// Decides the next line or the page end, and does the bookkeeping;
     /// the callers draw the line.
     fn advance(&mut self) -> Advance {
@@ -493,6 +508,10 @@ impl Decoder {
                 } else {
                     PageEndReason::RowCount
                 });
+                return Advance::End(self.summary());
+            }
+            if self.lines >= self.max_lines {
+                self.end = Some(PageEndReason::TooLong);
                 return Advance::End(self.summary());
             }
             if self.end.is_some() || self.dead {

@@ -61,6 +61,13 @@ pub use error::FaxError;
 /// wide (A3 at 400 dpi); the margin allows odd scanner output.
 pub const MAX_WIDTH: u32 = 1 << 16;
 
+/// The most lines a page kept in memory may have: 5 m of paper at 400
+/// lines per inch. [`Bitmap::decode`] (which the T.30 receiver uses) stops
+/// there ([`PageEndReason::TooLong`], never confirmed with MCF), and a TIFF
+/// page claiming more is refused, so a hostile page cannot grow a bitmap
+/// without bound: every MMR bit can be a whole line.
+pub const MAX_PAGE_LINES: u64 = 80_000;
+
 /// The coding scheme of a page.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Coding {

@@ -299,6 +299,12 @@ impl<'a> TiffReader<'a> {
         if width == 0 || width > u64::from(crate::MAX_WIDTH) || height > u64::from(u32::MAX) {
             return Err(unsupported(format!("size {width}x{height}")));
         }
+        if height > crate::MAX_PAGE_LINES {
+            return Err(unsupported(format!(
+                "height {height}: a fax page has at most {} lines",
+                crate::MAX_PAGE_LINES
+            )));
+        }
         let (width, height) = (width as u32, height as u32);
         if let Some(bps) = find(BITS_PER_SAMPLE) {
             let v = bps.uint(b)?;
@@ -893,6 +899,37 @@ mod tests {
                 assert_eq!(sum.bad_lines, 0);
                 assert_eq!(&bmp, p);
             }
+        }
+    }
+
+    #[test]
+    fn a_page_longer_than_any_fax_is_refused() {
+        let file = write_tiff(
+            &[page(1)],
+            Coding::Mmr,
+            Resolution::Fine,
+            TiffWriterOptions::default(),
+        )
+        .unwrap();
+        let h = page(1).height();
+        // The ImageLength entry: tag 0x0101, LONG, count 1, the height.
+        let mut entry = vec![0x01, 0x01, 4, 0, 1, 0, 0, 0];
+        entry.extend(h.to_le_bytes());
+        let at = file
+            .windows(entry.len())
+            .position(|w| w == entry)
+            .expect("the ImageLength entry");
+        for claimed in [100_000u32, u32::MAX] {
+            let mut bad = file.clone();
+            bad[at + 8..at + 12].copy_from_slice(&claimed.to_le_bytes());
+            let Err(e) = TiffReader::new(&bad) else {
+                panic!("a page of {claimed} lines was accepted");
+            };
+            let e = e.to_string();
+            assert!(
+                e.contains(&format!("height {claimed}")) && e.contains("80000"),
+                "{e}"
+            );
         }
     }
 

@@ -343,3 +343,22 @@ fn undecodable_mmr_is_never_acceptable() {
     assert_eq!(sum.end, PageEndReason::Rtc, "{sum:?}");
     assert!(sum.acceptable(100, u64::MAX));
 }
+
+/// A hostile page cannot grow a bitmap without bound: every 1 bit of MMR
+/// is a whole white line (V0 against a white line), so 20,000 bytes claim
+/// 160,000 lines. Decoding stops at MAX_PAGE_LINES, and such a page is
+/// never confirmed.
+#[test]
+fn a_page_of_endless_lines_stops_at_the_page_limit() {
+    let data = vec![0xFFu8; 20_000];
+    let (bmp, sum) = Bitmap::decode(&data, DecoderOptions::wire(Coding::Mmr, W)).unwrap();
+    assert_eq!(u64::from(bmp.height()), faxgate_fax::MAX_PAGE_LINES);
+    assert_eq!(sum.lines, faxgate_fax::MAX_PAGE_LINES);
+    assert_eq!(sum.end, PageEndReason::TooLong);
+    assert!(!sum.acceptable(100, u64::MAX), "{sum:?}");
+    // A TIFF row count past the limit is refused too (not padded).
+    let opts = DecoderOptions::tiff(Coding::Mmr, W, 1 << 32);
+    let (bmp, sum) = Bitmap::decode(&data[..10], opts).unwrap();
+    assert_eq!(u64::from(bmp.height()), faxgate_fax::MAX_PAGE_LINES);
+    assert_eq!(sum.end, PageEndReason::TooLong);
+}
