@@ -186,7 +186,12 @@ impl Entry {
 
     /// Integer values (BYTE, SHORT, LONG).
     fn uints(&self, b: Bytes<'_>) -> Result<Vec<u64>, FaxError> {
-        let n = self.count as usize;
+        self.first_uints(b, usize::MAX)
+    }
+
+    /// The first `limit` integer values (all of them if fewer).
+    fn first_uints(&self, b: Bytes<'_>, limit: usize) -> Result<Vec<u64>, FaxError> {
+        let n = (self.count as usize).min(limit);
         if n > MAX_STRIPS {
             return Err(Bytes::err(
                 self.at,
@@ -251,11 +256,22 @@ impl<'a> TiffReader<'a> {
         let mut pages = Vec::new();
         let mut next = u64::from(b.u32(4)?);
         let mut seen = std::collections::HashSet::new();
+        // Strips kept for all pages together: pages can share one strip
+        // table, so a small file could otherwise declare a million strips
+        // on each of its pages.
+        let mut strips = 0usize;
         while next != 0 {
             if !seen.insert(next) || pages.len() >= MAX_PAGES {
                 return Err(Bytes::err(next, "IFD chain loops"));
             }
             let (page, after) = Self::parse_ifd(b, next, pages.len())?;
+            strips += page.strips.len();
+            if strips > MAX_STRIPS {
+                return Err(FaxError::TiffUnsupported {
+                    page: pages.len(),
+                    reason: format!("the file has more than {MAX_STRIPS} strips in all"),
+                });
+            }
             pages.push(page);
             next = after;
         }
@@ -341,9 +357,10 @@ impl<'a> TiffReader<'a> {
         }
         let rows_per_strip =
             get(ROWS_PER_STRIP, u64::from(u32::MAX))?.clamp(1, u64::from(u32::MAX)) as u32;
-        let offsets = need(STRIP_OFFSETS, "StripOffsets")?.uints(b)?;
-        let counts = need(STRIP_BYTE_COUNTS, "StripByteCounts")?.uints(b)?;
         let nstrips = u64::from(height).div_ceil(u64::from(rows_per_strip)) as usize;
+        // Only the strips the page uses are read (a tag may list more).
+        let offsets = need(STRIP_OFFSETS, "StripOffsets")?.first_uints(b, nstrips)?;
+        let counts = need(STRIP_BYTE_COUNTS, "StripByteCounts")?.first_uints(b, nstrips)?;
         if offsets.len() < nstrips || counts.len() < nstrips {
             return Err(unsupported(format!(
                 "{} strip offsets and {} byte counts for {nstrips} strips",
@@ -931,6 +948,59 @@ mod tests {
                 "{e}"
             );
         }
+    }
+
+    #[test]
+    fn strips_are_budgeted_across_the_whole_file() {
+        // Pages of one row each, chained, all sharing one strip table
+        // (a strip per row): 40,000 strips a page, so the 27th page
+        // passes the budget of 2^20 strips in all. Every IFD is built by
+        // hand: 10 entries, then the next IFD's offset.
+        let rows_per_page = 40_000u32;
+        let pages = 30u32;
+        let table_at = 8u32;
+        let table_len = rows_per_page * 4;
+        let ifd_len = 2 + 10 * 12 + 4;
+        let first_ifd = table_at + table_len;
+        let mut f = b"II*\0".to_vec();
+        f.extend(first_ifd.to_le_bytes());
+        for i in 0..rows_per_page {
+            f.extend((first_ifd + pages * ifd_len + i % 4).to_le_bytes());
+        }
+        for p in 0..pages {
+            let next = if p + 1 == pages {
+                0
+            } else {
+                first_ifd + (p + 1) * ifd_len
+            };
+            f.extend(10u16.to_le_bytes());
+            let mut entry = |tag: u16, typ: u16, count: u32, value: u32| {
+                f.extend(tag.to_le_bytes());
+                f.extend(typ.to_le_bytes());
+                f.extend(count.to_le_bytes());
+                f.extend(value.to_le_bytes());
+            };
+            entry(256, 4, 1, 1728); // ImageWidth
+            entry(257, 4, 1, rows_per_page); // ImageLength
+            entry(258, 3, 1, 1); // BitsPerSample
+            entry(259, 3, 1, 4); // Compression: T.6
+            entry(262, 3, 1, 0); // Photometric
+            entry(273, 4, rows_per_page, table_at); // StripOffsets
+            entry(277, 3, 1, 1); // SamplesPerPixel
+            entry(278, 4, 1, 1); // RowsPerStrip
+            entry(279, 4, rows_per_page, table_at); // StripByteCounts
+            entry(293, 4, 1, 0); // T6Options
+            f.extend(next.to_le_bytes());
+        }
+        f.extend([0u8; 8]);
+        let Err(e) = TiffReader::new(&f) else {
+            panic!("30 pages of 40,000 strips were accepted");
+        };
+        assert!(e.to_string().contains("strips in all"), "{e}");
+        // The same file cut to 20 pages (800,000 strips) is read.
+        let cut = first_ifd as usize + 19 * ifd_len as usize + 2 + 10 * 12;
+        f[cut..cut + 4].copy_from_slice(&0u32.to_le_bytes());
+        assert_eq!(TiffReader::new(&f).unwrap().pages().len(), 20);
     }
 
     #[test]
