@@ -14,6 +14,7 @@ PKGS=(
   dovecot-imapd dovecot-lmtpd opensmtpd swaks         # command mail: IMAP IDLE watcher, SMTP -> LMTP delivery
   cups-daemon curl                                    # printing through a firewall: a client-side cupsd, the site status page
   strace                                              # durability: a printed file's folder is synced after the rename
+  procps                                              # pgrep/pkill: the print tests stop an avahi-daemon they cannot check
 )
 missing=()
 for p in "${PKGS[@]}"; do

@@ -270,7 +270,8 @@ pub(crate) fn start_dns_sd() {
     need("avahi-daemon", "avahi-daemon");
     // A socket file left by a bus that died refuses connections: clear it.
     let bus = Path::new("/run/dbus/system_bus_socket");
-    if std::os::unix::net::UnixStream::connect(bus).is_err() {
+    let new_bus = std::os::unix::net::UnixStream::connect(bus).is_err();
+    if new_bus {
         let _ = std::fs::remove_file(bus);
         let _ = std::fs::remove_file("/run/dbus/pid");
         std::fs::create_dir_all("/run/dbus").unwrap();
@@ -283,7 +284,21 @@ pub(crate) fn start_dns_sd() {
             .map(|s| s.success())
             .unwrap_or(false)
     };
-    if !avahi_running() {
+    if new_bus || !avahi_running() {
+        // An avahi-daemon left on a bus that died, or one whose PID file
+        // is gone (so `--check` cannot see it), can neither be used nor
+        // let a new one start: stop it first.
+        let _ = Command::new("pkill").args(["-x", "avahi-daemon"]).status();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while Command::new("pgrep")
+            .args(["-x", "avahi-daemon"])
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(50));
+        }
         let _ = std::fs::remove_file("/run/avahi-daemon/pid");
         let out = Command::new("avahi-daemon")
             .args(["--daemonize", "--no-drop-root", "--no-chroot"])
