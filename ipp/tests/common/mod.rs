@@ -477,37 +477,7 @@ pub async fn post(
 /// Like [`post`], but a connection the front drops without answering is
 /// an `Err` with the reason instead of a panic.
 pub async fn try_post(addr: SocketAddr, path: &str, body: Vec<u8>) -> Result<Reply, String> {
-    let req = hyper::Request::post(path)
-        .header(hyper::header::HOST, addr.to_string())
-        .header(hyper::header::CONTENT_TYPE, "application/ipp")
-        .body(Full::new(Bytes::from(body)))
-        .map_err(|e| e.to_string())?;
-    let exchange = async {
-        let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-            .await
-            .map_err(|e| e.to_string())?;
-        let driver = tokio::spawn(conn);
-        let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
-        let http = resp.status().as_u16();
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| e.to_string())?
-            .to_bytes()
-            .to_vec();
-        driver.abort();
-        Ok(Reply {
-            http,
-            www_authenticate: None,
-            content_type: None,
-            body,
-        })
-    };
-    tokio::time::timeout(EXCHANGE_TIMEOUT, exchange)
-        .await
-        .map_err(|_| format!("no answer within {EXCHANGE_TIMEOUT:?}"))?
+    post_via(None, addr, path, body).await
 }
 
 /// POSTs `body` as `application/ipp` to `path` over plain HTTP, without
@@ -520,42 +490,40 @@ pub async fn post_from(
     path: &str,
     body: Vec<u8>,
 ) -> Result<Reply, String> {
+    post_via(Some(from), addr, path, body).await
+}
+
+/// [`try_post`] from the local address `from`, or any.
+async fn post_via(
+    from: Option<std::net::IpAddr>,
+    addr: SocketAddr,
+    path: &str,
+    body: Vec<u8>,
+) -> Result<Reply, String> {
     let req = hyper::Request::post(path)
         .header(hyper::header::HOST, addr.to_string())
         .header(hyper::header::CONTENT_TYPE, "application/ipp")
         .body(Full::new(Bytes::from(body)))
         .map_err(|e| e.to_string())?;
     let exchange = async {
-        let socket = tokio::net::TcpSocket::new_v4().map_err(|e| e.to_string())?;
-        socket
-            .bind(SocketAddr::new(from, 0))
-            .map_err(|e| format!("bind {from}: {e}"))?;
-        let tcp = socket.connect(addr).await.map_err(|e| e.to_string())?;
+        let tcp = match from {
+            None => TcpStream::connect(addr).await.map_err(|e| e.to_string())?,
+            Some(from) => {
+                let socket = tokio::net::TcpSocket::new_v4().map_err(|e| e.to_string())?;
+                socket
+                    .bind(SocketAddr::new(from, 0))
+                    .map_err(|e| format!("bind {from}: {e}"))?;
+                socket.connect(addr).await.map_err(|e| e.to_string())?
+            }
+        };
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
             .await
             .map_err(|e| e.to_string())?;
         let driver = tokio::spawn(conn);
         let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
-        let http = resp.status().as_u16();
-        let www_authenticate = resp
-            .headers()
-            .get(hyper::header::WWW_AUTHENTICATE)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| e.to_string())?
-            .to_bytes()
-            .to_vec();
+        let reply = read_reply(resp).await;
         driver.abort();
-        Ok(Reply {
-            http,
-            www_authenticate,
-            content_type: None,
-            body,
-        })
+        reply
     };
     tokio::time::timeout(EXCHANGE_TIMEOUT, exchange)
         .await
@@ -616,6 +584,13 @@ where
         .expect("HTTP handshake");
     let driver = tokio::spawn(conn);
     let resp = sender.send_request(req).await.expect("HTTP exchange");
+    let reply = read_reply(resp).await.expect("HTTP body");
+    driver.abort();
+    reply
+}
+
+/// Reads a response whole: status, the headers tests look at, body.
+pub async fn read_reply(resp: hyper::Response<hyper::body::Incoming>) -> Result<Reply, String> {
     let header = |h: hyper::header::HeaderName| {
         resp.headers()
             .get(h)
@@ -629,16 +604,15 @@ where
         .into_body()
         .collect()
         .await
-        .expect("HTTP body")
+        .map_err(|e| e.to_string())?
         .to_bytes()
         .to_vec();
-    driver.abort();
-    Reply {
+    Ok(Reply {
         http,
         www_authenticate,
         content_type,
         body,
-    }
+    })
 }
 
 /// Polls `check` every 20 ms until it returns Some, at most `within`.

@@ -103,26 +103,9 @@ async fn send_with_authorization(t: &TestFront, req: &Req, header: &str) -> crat
         .body(Full::new(bytes::Bytes::from(req.bytes())))
         .unwrap();
     let resp = sender.send_request(request).await.unwrap();
-    let http = resp.status().as_u16();
-    let www_authenticate = resp
-        .headers()
-        .get(hyper::header::WWW_AUTHENTICATE)
-        .map(|v| v.to_str().unwrap().to_owned());
-    use http_body_util::BodyExt as _;
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .unwrap()
-        .to_bytes()
-        .to_vec();
+    let reply = crate::common::read_reply(resp).await.unwrap();
     driver.abort();
-    crate::common::Reply {
-        http,
-        www_authenticate,
-        content_type: None,
-        body,
-    }
+    reply
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,7 +8,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use faxgate_ipp::codes::{job_state, op, status};
 use faxgate_ipp::message::{self, mime};
-use http_body_util::BodyExt as _;
 use hyper_util::rt::TokioIo;
 use ipp::prelude::*;
 use tokio::sync::mpsc;
@@ -104,21 +103,9 @@ async fn streaming_post(addr: SocketAddr, rx: mpsc::Receiver<Bytes>) -> Reply {
         .await
         .expect("an answer within 15 s")
         .unwrap();
-    let http = resp.status().as_u16();
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .unwrap()
-        .to_bytes()
-        .to_vec();
+    let reply = crate::common::read_reply(resp).await.unwrap();
     driver.abort();
-    Reply {
-        http,
-        www_authenticate: None,
-        content_type: None,
-        body,
-    }
+    reply
 }
 
 /// RFC 8011 multiple-operation-time-out (300 s here) is the time between
