@@ -91,15 +91,21 @@ impl FileLoader {
 
     /// Reads, decodes and converts one file into a document.
     pub async fn load(&self, path: &Path) -> Result<Document, ScanError> {
-        self.load_as(path, Origin::File(path.to_path_buf())).await
+        self.load_as(path, file_name(path), Origin::File(path.to_path_buf()))
+            .await
     }
 
     /// As [`FileLoader::load`], recording `origin`. Gives up with
     /// [`ScanError::DeadlineExceeded`] after [`FileLoader::max_duration`]:
     /// a running tool is killed then; a page being converted on the
     /// blocking pool finishes on its own and is thrown away.
-    pub(crate) async fn load_as(&self, path: &Path, origin: Origin) -> Result<Document, ScanError> {
-        let name = file_name(path);
+    /// `name` names the document (in errors too).
+    pub(crate) async fn load_as(
+        &self,
+        path: &Path,
+        name: String,
+        origin: Origin,
+    ) -> Result<Document, ScanError> {
         match tokio::time::timeout(
             self.max_duration,
             self.load_inner(path, name.clone(), origin),

@@ -9,26 +9,35 @@
 //! `*.crdownload`, `*.swp` and `*~`; a writer that renames into place
 //! when done is the safest, and the settle interval covers the rest.
 //!
-//! A settled file is read by the [`FileLoader`] and sent on the output
-//! channel as a [`HotFolderItem`]: the document plus a [`HotFolderAck`].
-//! The consumer stores the document durably and then calls
-//! [`HotFolderAck::confirm`]; only then is the file moved to `done/`, and
-//! both folders are fsynced, so that a crash at any point leaves the file
-//! either in the folder (read again at the next start) or in `done/` with
-//! the document stored. A consumer that drops the item without confirming
-//! leaves the file in place: it is offered again after
-//! [`HotFolderConfig::retry_delay`] (doubled after each attempt), and after
-//! [`HotFolderConfig::max_offers`] unconfirmed offers it goes to `failed/`
-//! with a reason. A file that cannot be read is moved to `failed/` with
-//! `NAME.reason.txt` next to it saying why. Names already taken in `done/`
-//! or `failed/` get a `-N` suffix, so nothing is overwritten.
+//! A settled file is first *claimed*: it gets a fresh random key and is
+//! renamed to `processing/KEY-NAME` (a subfolder of the hot folder, so
+//! the rename is atomic; both folders are fsynced). It is then read by
+//! the [`FileLoader`] and sent on the output channel as a
+//! [`HotFolderItem`]: the document, its key and a [`HotFolderAck`]. The
+//! consumer stores the document durably under the key and then calls
+//! [`HotFolderAck::confirm`]; only then is the file moved to `done/NAME`.
+//! A crash at any point leaves the file in the hot folder (not yet
+//! claimed), in `processing/` (offered again at the next start *with the
+//! same key*, so a consumer that had already stored it recognises the key
+//! and confirms without storing it twice), or in `done/` with the document
+//! stored: never lost, never stored twice. A consumer that drops the item
+//! without confirming leaves the file in `processing/`: it is offered
+//! again after [`HotFolderConfig::retry_delay`] (doubled after each
+//! attempt), and after [`HotFolderConfig::max_offers`] unconfirmed offers
+//! it goes to `failed/` with a reason. A consumer that cannot take the
+//! document at all (it is not a valid fax document, say) calls
+//! [`HotFolderAck::refuse`] with the reason, and the file goes to
+//! `failed/` at once. A file that cannot be read is moved to `failed/`
+//! with `NAME.reason.txt` next to it saying why. Names already taken in
+//! `done/` or `failed/` get a `-N` suffix, so nothing is overwritten.
 //!
 //! One document is in flight at a time: the actor waits for the
 //! confirmation before it reads the next file, so a slow consumer leaves
 //! files in the folder. Shutdown is through the [`CancellationToken`]: the
 //! actor stops at its next await, which is always a safe point (a file is
-//! moved only after its document was confirmed as stored, so at worst a
-//! file is read again on the next start). A document already handed over
+//! moved to `done/` only after its document was confirmed as stored, so
+//! at worst a claimed file is offered again, with its key, at the next
+//! start). A document already handed over
 //! when the token is cancelled gets a short grace for its confirmation.
 
 use std::collections::{HashMap, HashSet};
@@ -44,7 +53,7 @@ use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::document::{Document, Origin};
 use crate::error::ScanError;
-use crate::files::{FileLoader, file_name};
+use crate::files::FileLoader;
 
 /// How the hot folder works.
 #[derive(Clone, Debug, PartialEq)]
@@ -67,7 +76,7 @@ pub struct HotFolderConfig {
     pub max_offers: u32,
     /// The wait before a document that was not confirmed is offered
     /// again; doubled after each further attempt, at most
-    /// [`MAX_RETRY_DELAY`]. The file then settles again before it is read.
+    /// [`MAX_RETRY_DELAY`]. The file waits in `processing/` meanwhile.
     pub retry_delay: Duration,
 }
 
@@ -77,6 +86,16 @@ pub const MAX_RETRY_DELAY: Duration = Duration::from_secs(600);
 /// How long a stopping hot folder still waits for the confirmation of a
 /// document already handed over (a consumer storing it right now).
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+/// The subfolder of the hot folder where a claimed file waits, named
+/// `KEY-NAME`, while its document is offered.
+pub const PROCESSING_DIR: &str = "processing";
+
+/// The length of a claim key: 16 lowercase hex digits (64 random bits).
+pub const KEY_LEN: usize = 16;
+
+/// The longest name a file in `processing/` may have (`NAME_MAX`).
+const MAX_NAME_BYTES: usize = 255;
 
 impl HotFolderConfig {
     /// Defaults for `dir`: settle 2 s, poll every 500 ms, a document not
@@ -125,31 +144,52 @@ pub struct HotFolderStatus {
 }
 
 /// A document from the hot folder, and the confirmation its file waits
-/// for. The consumer stores `document` durably, then calls
+/// for. The consumer stores `document` durably under `key`, then calls
 /// `ack.confirm()`; dropping the item (or the ack) without confirming
-/// leaves the file in the folder to be offered again.
+/// leaves the file in `processing/` to be offered again.
 #[derive(Debug)]
 pub struct HotFolderItem {
     /// The document read from the file.
     pub document: Document,
+    /// This drop of the file: [`KEY_LEN`] lowercase hex digits, the same
+    /// every time the file is offered (after a restart too) until it
+    /// leaves `processing/`. A consumer offered a key it has already
+    /// stored confirms without storing the document again.
+    pub key: String,
     /// Confirms that `document` is durably stored.
     pub ack: HotFolderAck,
 }
 
+/// What the consumer said about a document.
+#[derive(Debug)]
+enum Verdict {
+    Stored,
+    Refused(String),
+}
+
 /// The confirmation of a [`HotFolderItem`]: call [`HotFolderAck::confirm`]
 /// once the document is durably stored (never before: the file is moved
-/// to `done/` on it). Dropping it unconfirmed means "not stored".
+/// to `done/` on it). Dropping it unconfirmed means "not stored yet".
 #[derive(Debug)]
 #[must_use = "a hot folder document that is not confirmed is offered again"]
-pub struct HotFolderAck(oneshot::Sender<()>);
+pub struct HotFolderAck(oneshot::Sender<Verdict>);
 
 impl HotFolderAck {
     /// Tells the hot folder that the document is durably stored, so that
     /// its file may be moved to `done/`. Returns `false` when the hot
     /// folder no longer waits for it (it stopped): the file then stays in
-    /// the folder and is read again at the next start.
+    /// `processing/` and is offered again, with the same key, at the next
+    /// start.
     pub fn confirm(self) -> bool {
-        self.0.send(()).is_ok()
+        self.0.send(Verdict::Stored).is_ok()
+    }
+
+    /// Tells the hot folder that the document can never be taken (it is
+    /// not a valid document for this consumer): its file goes to
+    /// `failed/` at once, with `reason` in its reason file. Returns
+    /// `false` when the hot folder no longer waits for it.
+    pub fn refuse(self, reason: impl Into<String>) -> bool {
+        self.0.send(Verdict::Refused(reason.into())).is_ok()
     }
 }
 
@@ -200,7 +240,8 @@ impl HotFolderHandle {
             });
         }
         let (done, failed) = (config.done_dir(), config.failed_dir());
-        for d in [&done, &failed] {
+        let processing = config.dir.join(PROCESSING_DIR);
+        for d in [&done, &failed, &processing] {
             tokio::fs::create_dir_all(d)
                 .await
                 .map_err(|e| ScanError::io(d, "creating", e))?;
@@ -211,12 +252,13 @@ impl HotFolderHandle {
             config,
             done,
             failed,
+            processing,
             rx,
             out,
             cancel,
             settler: Settler::default(),
             stuck: HashSet::new(),
-            offers: HashMap::new(),
+            claims: HashMap::new(),
             status: HotFolderStatus::default(),
         };
         tracker.spawn(actor.run().instrument(span));
@@ -252,24 +294,58 @@ struct HotFolderActor {
     config: HotFolderConfig,
     done: PathBuf,
     failed: PathBuf,
+    processing: PathBuf,
     rx: mpsc::Receiver<HotFolderMsg>,
     out: mpsc::Sender<HotFolderItem>,
     cancel: CancellationToken,
     settler: Settler<OsString>,
-    /// Files that could be moved neither to done/ nor failed/: skipped
-    /// while they stay, so that they are not read again and again.
+    /// Files that could not be claimed, or moved neither to done/ nor
+    /// failed/ (names in the hot folder or in processing/): skipped while
+    /// they stay, so that they are not read again and again.
     stuck: HashSet<OsString>,
-    /// Files whose document was offered but not confirmed: how often, and
-    /// when they may be offered again. Forgotten when the file goes.
-    offers: HashMap<OsString, Offers>,
+    /// The claimed files in processing/, by their name there.
+    claims: HashMap<OsString, Claim>,
     status: HotFolderStatus,
 }
 
-/// The unconfirmed offers of one file.
-#[derive(Debug)]
-struct Offers {
-    count: u32,
+/// A claimed file: `processing/KEY-NAME`.
+#[derive(Clone, Debug)]
+struct Claim {
+    key: String,
+    /// The name it was dropped with (and goes to done/ or failed/ with).
+    name: OsString,
+    /// Offers not confirmed so far.
+    offers: u32,
+    /// When it may be offered (again).
     retry_at: Instant,
+}
+
+impl Claim {
+    /// The claim a name in processing/ stands for: `KEY-NAME`.
+    fn parse(claimed: &OsStr, now: Instant) -> Option<Claim> {
+        use std::os::unix::ffi::OsStrExt as _;
+        let b = claimed.as_bytes();
+        let key = b.get(..KEY_LEN)?;
+        if !key
+            .iter()
+            .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c))
+            || b.get(KEY_LEN) != Some(&b'-')
+            || b.len() == KEY_LEN + 1
+        {
+            return None;
+        }
+        Some(Claim {
+            key: String::from_utf8_lossy(key).into_owned(),
+            name: OsStr::from_bytes(&b[KEY_LEN + 1..]).to_os_string(),
+            offers: 0,
+            retry_at: now,
+        })
+    }
+}
+
+/// A fresh claim key: [`KEY_LEN`] lowercase hex digits.
+fn new_key() -> String {
+    format!("{:016x}", rand::random::<u64>())
 }
 
 /// What a pass over the folder asks of the loop.
@@ -328,29 +404,74 @@ impl HotFolderActor {
                 return Flow::Continue;
             }
         };
-        self.stuck.retain(|n| listing.iter().any(|(l, ..)| l == n));
-        self.offers
-            .retain(|n, _| listing.iter().any(|(l, ..)| l == n));
+        let claimed = match self.list_claimed().await {
+            Ok(c) => c,
+            Err(e) => {
+                warn!(error = %e, "Cannot list the hot folder's processing/ folder; trying again at the next tick.");
+                return Flow::Continue;
+            }
+        };
+        self.stuck.retain(|n| {
+            listing.iter().any(|(l, ..)| l == n) || claimed.iter().any(|(c, _)| c == n)
+        });
+        self.claims
+            .retain(|n, _| claimed.iter().any(|(c, _)| c == n));
+        for (n, claim) in claimed {
+            if !self.claims.contains_key(&n) {
+                // Claimed before a restart: offered again with its key.
+                info!(file = %claim.name.to_string_lossy(), key = %claim.key, "A document claimed before a restart is offered again.");
+                self.claims.insert(n, claim);
+            }
+        }
         let now = Instant::now();
-        // A file offered without confirmation waits for its retry time
-        // (and then settles again, as if new).
-        let listing: Vec<_> = listing
-            .into_iter()
-            .filter(|(n, ..)| {
-                !self.stuck.contains(n) && self.offers.get(n).is_none_or(|o| o.retry_at <= now)
-            })
+        // Claimed files due for an offer first, in name order.
+        let mut due: Vec<OsString> = self
+            .claims
+            .iter()
+            .filter(|(n, c)| c.retry_at <= now && !self.stuck.contains(*n))
+            .map(|(n, _)| n.clone())
             .collect();
-        let ready = self.settler.observe(&listing, now, self.config.settle);
-        self.status.waiting = self.settler.len();
-        self.status.retrying = self.offers.len();
-        for name in ready {
-            let flow = self.process(&name).await;
-            self.status.retrying = self.offers.len();
-            if flow == Flow::Stop {
+        due.sort();
+        self.status.retrying = self.claims.len();
+        for claimed in due {
+            if self.offer(&claimed).await == Flow::Stop {
                 return Flow::Stop;
             }
         }
+        let listing: Vec<_> = listing
+            .into_iter()
+            .filter(|(n, ..)| !self.stuck.contains(n))
+            .collect();
+        let ready = self.settler.observe(&listing, now, self.config.settle);
+        self.status.waiting = self.settler.len();
+        for name in ready {
+            let Some(claimed) = self.claim(&name).await else {
+                continue;
+            };
+            if self.offer(&claimed).await == Flow::Stop {
+                return Flow::Stop;
+            }
+        }
+        self.status.retrying = self.claims.len();
         Flow::Continue
+    }
+
+    /// The claimed files in processing/: (name there, claim). Names that
+    /// are no claim are left alone.
+    async fn list_claimed(&self) -> std::io::Result<Vec<(OsString, Claim)>> {
+        let mut rd = tokio::fs::read_dir(&self.processing).await?;
+        let now = Instant::now();
+        let mut out = Vec::new();
+        while let Some(entry) = rd.next_entry().await? {
+            let name = entry.file_name();
+            let Some(claim) = Claim::parse(&name, now) else {
+                continue;
+            };
+            if entry.file_type().await.is_ok_and(|t| t.is_file()) {
+                out.push((name, claim));
+            }
+        }
+        Ok(out)
     }
 
     /// The eligible regular files: (name, size, mtime).
@@ -373,21 +494,88 @@ impl HotFolderActor {
         Ok(out)
     }
 
-    /// Reads one settled file, hands the document over, waits for its
-    /// confirmation and moves the file.
-    async fn process(&mut self, name: &OsStr) -> Flow {
+    /// Claims a settled file: a fresh key, renamed to
+    /// `processing/KEY-NAME`, both folders synced. Returns its name there,
+    /// or `None` when it could not be claimed (it then went to `failed/`,
+    /// or stays in place and is skipped).
+    async fn claim(&mut self, name: &OsStr) -> Option<OsString> {
         let path = self.config.dir.join(name);
-        let file = file_name(&path);
-        debug!(%file, "Hot folder file settled; reading it.");
-        let origin = Origin::HotFolder(path.clone());
+        let file = name.to_string_lossy().into_owned();
+        let key = new_key();
+        let mut claimed = OsString::from(&key);
+        claimed.push("-");
+        claimed.push(name);
+        if claimed.len() > MAX_NAME_BYTES {
+            let reason = format!(
+                "{file}: the file name is {} bytes long; a hot folder file name may have at most {} bytes",
+                name.len(),
+                MAX_NAME_BYTES - KEY_LEN - 1
+            );
+            self.fail(name, &path, name, &reason).await;
+            return None;
+        }
+        let to = self.processing.join(&claimed);
+        let (from, dest, dirs) = (
+            path.clone(),
+            to.clone(),
+            [self.config.dir.clone(), self.processing.clone()],
+        );
+        let renamed = tokio::task::spawn_blocking(move || {
+            std::fs::rename(&from, &dest).map_err(|e| ScanError::io(&from, "claiming", e))?;
+            dirs.iter().try_for_each(|d| sync_dir(d))
+        })
+        .await
+        .unwrap_or_else(|e| {
+            Err(ScanError::io(
+                &path,
+                "claiming",
+                std::io::Error::other(format!("the claim task failed: {e}")),
+            ))
+        });
+        if let Err(e) = renamed {
+            if to.exists() {
+                // Renamed, but a folder could not be synced: a crash could
+                // undo the claim, which then happens again. Go on.
+                warn!(%file, error = %e, "Claimed, but a folder cannot be synced.");
+            } else {
+                self.stuck.insert(name.to_os_string());
+                error!(%file, error = %e, "Cannot claim the file (move it to processing/); it is left in place and skipped.");
+                return None;
+            }
+        }
+        debug!(%file, %key, "Hot folder file settled and claimed.");
+        self.claims.insert(
+            claimed.clone(),
+            Claim {
+                key,
+                name: name.to_os_string(),
+                offers: 0,
+                retry_at: Instant::now(),
+            },
+        );
+        Some(claimed)
+    }
+
+    /// Reads one claimed file, hands the document over, waits for its
+    /// confirmation and moves the file.
+    async fn offer(&mut self, claimed: &OsStr) -> Flow {
+        let Some(claim) = self.claims.get(claimed).cloned() else {
+            return Flow::Continue;
+        };
+        let path = self.processing.join(claimed);
+        let file = claim.name.to_string_lossy().into_owned();
+        debug!(%file, key = %claim.key, "Reading a claimed hot folder file.");
+        let origin = Origin::HotFolder(self.config.dir.join(&claim.name));
         let result = tokio::select! {
             _ = self.cancel.cancelled() => return Flow::Stop,
-            r = self.config.loader.load_as(&path, origin) => r,
+            r = self.config.loader.load_as(&path, file.clone(), origin) => r,
         };
         let doc = match result {
             Ok(doc) => doc,
             Err(reason) => {
-                self.fail(name, &path, &file, &reason.to_string()).await;
+                self.claims.remove(claimed);
+                self.fail(claimed, &path, &claim.name, &reason.to_string())
+                    .await;
                 return Flow::Continue;
             }
         };
@@ -396,44 +584,54 @@ impl HotFolderActor {
         let (ack, mut stored) = oneshot::channel();
         let item = HotFolderItem {
             document: doc,
+            key: claim.key.clone(),
             ack: HotFolderAck(ack),
         };
         tokio::select! {
             _ = self.cancel.cancelled() => return Flow::Stop,
             sent = self.out.send(item) => if sent.is_err() {
-                warn!(%file, "The document consumer has gone; the hot folder stops and leaves the file.");
+                warn!(%file, "The document consumer has gone; the hot folder stops and leaves the file in processing/.");
                 return Flow::Stop;
             },
         }
-        // Some(confirmed), or None when cancelled first.
+        // Some(verdict), or None when cancelled first.
         let answer = tokio::select! {
-            r = &mut stored => Some(r.is_ok()),
+            r = &mut stored => Some(r.ok()),
             _ = self.cancel.cancelled() => None,
         };
-        let (confirmed, flow) = match answer {
-            Some(confirmed) => (confirmed, Flow::Continue),
+        let (verdict, flow) = match answer {
+            Some(verdict) => (verdict, Flow::Continue),
             None => {
                 let late = tokio::time::timeout(SHUTDOWN_GRACE, stored).await;
-                (matches!(late, Ok(Ok(()))), Flow::Stop)
+                (late.ok().and_then(Result::ok), Flow::Stop)
             }
         };
-        if !confirmed {
-            if flow == Flow::Stop {
-                info!(%file, "Stopping before the document was confirmed as stored; the file stays in the folder.");
-            } else {
-                self.not_confirmed(name, &path, &file).await;
+        match verdict {
+            Some(Verdict::Stored) => {}
+            Some(Verdict::Refused(reason)) => {
+                self.claims.remove(claimed);
+                let reason = format!("{file}: refused by the consumer: {reason}");
+                self.fail(claimed, &path, &claim.name, &reason).await;
+                return flow;
             }
-            return flow;
+            None if flow == Flow::Stop => {
+                info!(%file, "Stopping before the document was confirmed as stored; the file stays in processing/ and is offered again at the next start.");
+                return flow;
+            }
+            None => {
+                self.not_confirmed(claimed, &path, &file).await;
+                return flow;
+            }
         }
-        self.offers.remove(name);
-        match move_unique(&path, &self.done).await {
+        self.claims.remove(claimed);
+        match move_unique(&path, &self.done, &claim.name).await {
             Ok(dest) => {
                 self.status.done += 1;
                 info!(%file, pages, dropped_blank = dropped, dest = %dest.display(), "Hot folder document stored; file moved to done/.");
             }
             Err(e) => {
-                self.stuck.insert(name.to_os_string());
-                error!(%file, error = %e, "Document stored but the file cannot be moved to done/; it is left in place and skipped.");
+                self.stuck.insert(claimed.to_os_string());
+                error!(%file, error = %e, "Document stored but the file cannot be moved to done/; it is left in processing/ and skipped.");
             }
         }
         flow
@@ -441,31 +639,34 @@ impl HotFolderActor {
 
     /// A document dropped without confirmation: offered again later, or
     /// after `max_offers` attempts moved to `failed/`.
-    async fn not_confirmed(&mut self, name: &OsStr, path: &Path, file: &str) {
+    async fn not_confirmed(&mut self, claimed: &OsStr, path: &Path, file: &str) {
         let now = Instant::now();
-        let offers = self.offers.entry(name.to_os_string()).or_insert(Offers {
-            count: 0,
-            retry_at: now,
-        });
-        offers.count += 1;
-        let count = offers.count;
+        let Some(claim) = self.claims.get_mut(claimed) else {
+            return;
+        };
+        claim.offers += 1;
+        let count = claim.offers;
         if count < self.config.max_offers {
             let delay = retry_delay(self.config.retry_delay, count);
-            offers.retry_at = now + delay;
-            warn!(%file, offers = count, max_offers = self.config.max_offers, retry_in_ms = delay.as_millis() as u64, "The consumer did not confirm the document as stored; the file stays and is offered again.");
+            claim.retry_at = now + delay;
+            warn!(%file, offers = count, max_offers = self.config.max_offers, retry_in_ms = delay.as_millis() as u64, "The consumer did not confirm the document as stored; the file stays in processing/ and is offered again.");
             return;
         }
-        self.offers.remove(name);
+        let name = claim.name.clone();
+        self.claims.remove(claimed);
         let reason = format!(
             "{file}: offered {count} times but never confirmed as stored by the consumer (see its log); put the file back into the hot folder to try again"
         );
-        self.fail(name, path, file, &reason).await;
+        self.fail(claimed, path, &name, &reason).await;
     }
 
-    /// Moves a file to `failed/` with `NAME.reason.txt` saying why.
-    async fn fail(&mut self, name: &OsStr, path: &Path, file: &str, reason: &str) {
+    /// Moves a file to `failed/NAME` with `NAME.reason.txt` saying why;
+    /// `listed` is its name where it is (skipped while it stays, if it
+    /// cannot be moved).
+    async fn fail(&mut self, listed: &OsStr, path: &Path, name: &OsStr, reason: &str) {
+        let file = name.to_string_lossy();
         self.status.failed += 1;
-        match move_unique(path, &self.failed).await {
+        match move_unique(path, &self.failed, name).await {
             Ok(dest) => {
                 let mut reason_path = dest.clone().into_os_string();
                 reason_path.push(".reason.txt");
@@ -476,7 +677,7 @@ impl HotFolderActor {
                 warn!(%file, error = %reason, dest = %dest.display(), "Hot folder file moved to failed/.");
             }
             Err(e) => {
-                self.stuck.insert(name.to_os_string());
+                self.stuck.insert(listed.to_os_string());
                 error!(%file, error = %reason, move_error = %e, "Hot folder file cannot be moved to failed/; it is left in place and skipped.");
             }
         }
@@ -589,15 +790,15 @@ fn unique_name(file: &Path, taken: impl Fn(&OsStr) -> bool) -> Option<OsString> 
     })
 }
 
-/// Moves `src` into `dir` under a free name, durably; returns the new
-/// path. On the blocking pool: the fsyncs block.
+/// Moves `src` into `dir` as `name`, or a free name like it, durably;
+/// returns the new path. On the blocking pool: the fsyncs block.
 ///
 /// `Ok` means the file is at the new path (if syncing a folder fails after
 /// that, it is logged: the move is done but a crash could undo it); `Err`
 /// means it is still at `src` and nothing was left in `dir`.
-async fn move_unique(src: &Path, dir: &Path) -> Result<PathBuf, ScanError> {
-    let (from, to) = (src.to_path_buf(), dir.to_path_buf());
-    tokio::task::spawn_blocking(move || move_durably(&from, &to))
+async fn move_unique(src: &Path, dir: &Path, name: &OsStr) -> Result<PathBuf, ScanError> {
+    let (from, to, name) = (src.to_path_buf(), dir.to_path_buf(), name.to_os_string());
+    tokio::task::spawn_blocking(move || move_durably(&from, &to, &name))
         .await
         .map_err(|e| {
             ScanError::io(
@@ -611,12 +812,13 @@ async fn move_unique(src: &Path, dir: &Path) -> Result<PathBuf, ScanError> {
 /// See [`move_unique`]: rename (or, across file systems, a copy that is
 /// fsynced under a temporary name, renamed into place and its folder
 /// fsynced before the source is removed), then fsync of both folders.
-fn move_durably(src: &Path, dir: &Path) -> Result<PathBuf, ScanError> {
-    let name = unique_name(src, |n| dir.join(n).exists()).ok_or_else(|| ScanError::Io {
-        path: dir.to_path_buf(),
-        action: "finding a free name",
-        source: std::io::Error::new(std::io::ErrorKind::AlreadyExists, "no free name"),
-    })?;
+fn move_durably(src: &Path, dir: &Path, name: &OsStr) -> Result<PathBuf, ScanError> {
+    let name =
+        unique_name(Path::new(name), |n| dir.join(n).exists()).ok_or_else(|| ScanError::Io {
+            path: dir.to_path_buf(),
+            action: "finding a free name",
+            source: std::io::Error::new(std::io::ErrorKind::AlreadyExists, "no free name"),
+        })?;
     let dest = dir.join(name);
     let src_dir = parent_dir(src);
     match std::fs::rename(src, &dest) {
@@ -738,6 +940,35 @@ mod tests {
     }
 
     #[test]
+    fn claims_are_parsed_from_their_names_in_processing() {
+        let now = Instant::now();
+        let c = Claim::parse(OsStr::new("0123456789abcdef-scan 1.pdf"), now).unwrap();
+        assert_eq!(
+            (c.key.as_str(), c.name.as_os_str()),
+            ("0123456789abcdef", OsStr::new("scan 1.pdf"))
+        );
+        assert_eq!(c.offers, 0);
+        let c = Claim::parse(OsStr::new("0123456789abcdef--x"), now).unwrap();
+        assert_eq!(c.name, "-x");
+        for n in [
+            "0123456789abcdef-",
+            "0123456789abcdef",
+            "0123456789ABCDEF-a.pdf",
+            "0123456789abcdeg-a.pdf",
+            "0123456789abcdef_a.pdf",
+            "notes.txt",
+            "",
+        ] {
+            assert!(Claim::parse(OsStr::new(n), now).is_none(), "{n}");
+        }
+        let key = new_key();
+        assert_eq!(key.len(), KEY_LEN);
+        let mut name = OsString::from(&key);
+        name.push("-a.png");
+        assert_eq!(Claim::parse(&name, now).unwrap().key, key);
+    }
+
+    #[test]
     fn retries_back_off_up_to_a_cap() {
         let base = Duration::from_secs(10);
         assert_eq!(retry_delay(base, 1), Duration::from_secs(10));
@@ -756,7 +987,7 @@ mod tests {
         let src = dir.path().join("scan.pdf");
         std::fs::write(&src, b"one").unwrap();
         std::fs::write(done.join("scan.pdf"), b"older").unwrap();
-        let dest = move_durably(&src, &done).unwrap();
+        let dest = move_durably(&src, &done, OsStr::new("scan.pdf")).unwrap();
         assert_eq!(dest, done.join("scan-1.pdf"));
         assert!(!src.exists());
         assert_eq!(std::fs::read(&dest).unwrap(), b"one");

@@ -31,11 +31,14 @@
 //!   async calls for whoever asks (the panel, the CLI).
 //! - Out: the hot folder sends each [`Document`] as a [`HotFolderItem`]
 //!   on a bounded `mpsc::Sender<HotFolderItem>` given to it by the
-//!   topology (the fax send queue). The consumer confirms through the
-//!   item's [`HotFolderAck`] once the document is durably stored; only
-//!   then is the file moved to `done/`. Until then the hot folder waits,
-//!   leaving further files in the folder; an item dropped unconfirmed
-//!   leaves its file to be offered again.
+//!   topology (the fax send queue). The consumer stores the document
+//!   under the item's key (a key it already stored means "already
+//!   taken": no second copy after a restart) and confirms through the
+//!   item's [`HotFolderAck`]; only then is the file moved to `done/`.
+//!   Until then the hot folder waits, leaving further files in the
+//!   folder; an item dropped unconfirmed leaves its file in `processing/`
+//!   to be offered again, and [`HotFolderAck::refuse`] sends it to
+//!   `failed/` with the consumer's reason.
 //!
 //! # Limits
 //!

@@ -1,6 +1,6 @@
 //! The hot folder on a real folder: a slowly written file, a bad file,
-//! temporary names, documents confirmed or not by the consumer, and
-//! shutdown.
+//! temporary names, documents confirmed, refused or not by the consumer,
+//! claims that outlive a restart, and shutdown.
 
 use std::io::{Cursor, Write};
 use std::path::Path;
@@ -88,6 +88,11 @@ fn names(dir: &Path) -> Vec<String> {
     v
 }
 
+/// The claimed files: `processing/KEY-NAME`.
+fn claimed(dir: &Path) -> Vec<String> {
+    names(&dir.join("processing"))
+}
+
 /// Waits up to `secs` for `cond`.
 async fn wait_for(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
     tokio::time::timeout(Duration::from_secs(secs), async {
@@ -133,8 +138,14 @@ async fn slowly_written_file_is_taken_only_when_complete() {
     assert_eq!((status.done, status.failed), (0, 0));
     assert_eq!(status.waiting, 1, "{status:?}");
     // About 5 s of settling, then reading.
-    let HotFolderItem { document: doc, ack } = hf.next().await;
+    let HotFolderItem {
+        document: doc,
+        key,
+        ack,
+    } = hf.next().await;
     assert_eq!(doc.name, "slow.png");
+    assert_eq!(key.len(), 16, "{key}");
+    assert!(key.bytes().all(|b| b.is_ascii_hexdigit()), "{key}");
     assert_eq!(doc.origin, Origin::HotFolder(path.clone()));
     assert_eq!(doc.pages.len(), 1);
     let s = 1728.0 / 850.0;
@@ -144,13 +155,18 @@ async fn slowly_written_file_is_taken_only_when_complete() {
         3.0,
         "hot folder page",
     );
-    // Not moved before the consumer confirms that it stored the document.
+    // Claimed (in processing/ under its key), not moved to done/ before
+    // the consumer confirms that it stored the document.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(path.exists(), "moved before the document was confirmed");
+    assert!(!path.exists(), "not claimed");
+    assert_eq!(claimed(dir.path()), [format!("{key}-slow.png")]);
     assert!(names(&dir.path().join("done")).is_empty());
-    // Moved to done/ right after the confirmation.
+    // Moved to done/ under its own name right after the confirmation.
     assert!(ack.confirm(), "the hot folder waits for the confirmation");
-    wait_for(5, "slow.png moved to done/", || !path.exists()).await;
+    wait_for(5, "slow.png moved to done/", || {
+        claimed(dir.path()).is_empty()
+    })
+    .await;
     assert_eq!(names(&dir.path().join("done")), ["slow.png"]);
     assert_eq!(
         std::fs::read(dir.path().join("done/slow.png")).unwrap(),
@@ -196,9 +212,16 @@ async fn bad_files_go_to_failed_with_a_reason_and_temporaries_are_left() {
     );
     assert_eq!(
         names(dir.path()),
-        [".hidden.png", "done", "failed", "upload.pdf.part"],
+        [
+            ".hidden.png",
+            "done",
+            "failed",
+            "processing",
+            "upload.pdf.part"
+        ],
         "temporary names stay untouched"
     );
+    assert!(claimed(dir.path()).is_empty());
     assert!(matches!(hf.rx.try_recv(), Err(TryRecvError::Empty)));
     // The same name again does not overwrite failed/junk.png. The reason
     // file is written after the move, so wait for it too.
@@ -240,7 +263,14 @@ async fn a_slow_consumer_leaves_files_waiting() {
     // no file is moved and no other file is read.
     let first = hf.next().await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(pngs(), ["a.png", "b.png", "c.png"]);
+    let mut waiting = pngs();
+    waiting.push(first.document.name.clone());
+    waiting.sort();
+    assert_eq!(waiting, ["a.png", "b.png", "c.png"]);
+    assert_eq!(
+        claimed(dir.path()),
+        [format!("{}-{}", first.key, first.document.name)]
+    );
     assert!(names(&dir.path().join("done")).is_empty());
     assert!(matches!(hf.rx.try_recv(), Err(TryRecvError::Empty)));
     let mut got = vec![first.document.name.clone()];
@@ -257,6 +287,7 @@ async fn a_slow_consumer_leaves_files_waiting() {
     })
     .await;
     assert!(pngs().is_empty());
+    assert!(claimed(dir.path()).is_empty());
     hf.stop().await;
 }
 
@@ -273,6 +304,8 @@ async fn an_unconfirmed_document_stays_in_the_folder_and_is_offered_again() {
     std::fs::write(&path, &png).unwrap();
     let item = hf.next().await;
     assert_eq!(item.document.name, "fax.png");
+    let key = item.key.clone();
+    let claim = dir.path().join("processing").join(format!("{key}-fax.png"));
     // The consumer could not store it: it drops the item unconfirmed.
     drop(item);
     let status = hf.status().await;
@@ -282,18 +315,21 @@ async fn an_unconfirmed_document_stays_in_the_folder_and_is_offered_again() {
         "{status:?}"
     );
     assert!(
-        path.exists(),
-        "the file of an unconfirmed document was moved"
+        claim.exists(),
+        "the file of an unconfirmed document left processing/"
     );
     assert!(names(&dir.path().join("done")).is_empty());
     assert!(names(&dir.path().join("failed")).is_empty());
-    // Offered again after the retry delay, from the same file.
+    // Offered again after the retry delay, from the same file, with the
+    // same key.
     let again = hf.next().await;
     assert_eq!(again.document.name, "fax.png");
+    assert_eq!(again.key, key);
     assert_eq!(again.document.origin, Origin::HotFolder(path.clone()));
-    assert!(path.exists(), "moved before the document was confirmed");
+    assert!(claim.exists(), "moved before the document was confirmed");
     assert!(again.ack.confirm());
-    wait_for(5, "fax.png moved to done/", || !path.exists()).await;
+    wait_for(5, "fax.png moved to done/", || !claim.exists()).await;
+    assert!(!path.exists());
     assert_eq!(names(&dir.path().join("done")), ["fax.png"]);
     assert_eq!(std::fs::read(dir.path().join("done/fax.png")).unwrap(), png);
     assert!(names(&dir.path().join("failed")).is_empty());
@@ -324,14 +360,15 @@ async fn a_document_never_confirmed_goes_to_failed_with_a_reason() {
     for _ in 0..2 {
         let item = hf.next().await;
         assert_eq!(item.document.name, "lost.png");
-        assert!(path.exists(), "moved although not confirmed");
+        assert_eq!(claimed(dir.path()), [format!("{}-lost.png", item.key)]);
         drop(item);
     }
     let reason_path = dir.path().join("failed/lost.png.reason.txt");
     wait_for(5, "lost.png in failed/ with a reason", || {
-        !path.exists() && reason_path.exists()
+        claimed(dir.path()).is_empty() && reason_path.exists()
     })
     .await;
+    assert!(!path.exists());
     let reason = std::fs::read_to_string(&reason_path).unwrap();
     assert!(
         reason.contains("lost.png") && reason.contains("never confirmed"),
@@ -373,4 +410,117 @@ async fn a_missing_folder_is_refused() {
     .await
     .unwrap_err();
     assert!(err.to_string().contains("nope"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_document_claimed_before_a_restart_is_offered_again_with_its_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let png = png_bytes();
+    std::fs::write(dir.path().join("night.png"), &png).unwrap();
+    let mut hf = start(dir.path(), 200).await;
+    let item = hf.next().await;
+    let key = item.key.clone();
+    // The consumer stored it, but the daemon stops (or crashes) before
+    // the file could be moved: the confirmation never arrives.
+    hf.stop().await;
+    drop(item);
+    assert_eq!(claimed(dir.path()), [format!("{key}-night.png")]);
+    assert!(names(&dir.path().join("done")).is_empty());
+
+    // After the restart the same drop comes with the same key, so the
+    // consumer can tell that it already has it.
+    let mut hf = start(dir.path(), 200).await;
+    let again = hf.next().await;
+    assert_eq!(again.key, key);
+    assert_eq!(again.document.name, "night.png");
+    assert_eq!(
+        again.document.origin,
+        Origin::HotFolder(dir.path().join("night.png"))
+    );
+    assert!(again.ack.confirm());
+    wait_for(5, "night.png moved to done/", || {
+        claimed(dir.path()).is_empty()
+    })
+    .await;
+    assert_eq!(names(&dir.path().join("done")), ["night.png"]);
+    assert_eq!(
+        std::fs::read(dir.path().join("done/night.png")).unwrap(),
+        png
+    );
+
+    // Dropped again (the same bytes, under the same name), it is a new
+    // drop with a new key.
+    std::fs::write(dir.path().join("night.png"), &png).unwrap();
+    let third = hf.next().await;
+    assert_ne!(third.key, key);
+    assert!(third.ack.confirm());
+    wait_for(5, "the second night.png moved to done/", || {
+        names(&dir.path().join("done")).len() == 2
+    })
+    .await;
+    assert_eq!(
+        names(&dir.path().join("done")),
+        ["night-1.png", "night.png"]
+    );
+    // Names in processing/ that are no claim are left alone.
+    std::fs::write(dir.path().join("processing/notes.txt"), b"mine").unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(matches!(hf.rx.try_recv(), Err(TryRecvError::Empty)));
+    assert_eq!(claimed(dir.path()), ["notes.txt"]);
+    hf.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_document_goes_to_failed_at_once_with_the_consumers_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut hf = start_with(dir.path(), 200, |c| {
+        c.retry_delay = Duration::from_millis(100);
+        c.max_offers = 5;
+    })
+    .await;
+    std::fs::write(dir.path().join("wide.png"), png_bytes()).unwrap();
+    let item = hf.next().await;
+    assert!(item.ack.refuse("page 2 is wider than page 1"));
+    let reason_path = dir.path().join("failed/wide.png.reason.txt");
+    wait_for(5, "wide.png in failed/ with a reason", || {
+        reason_path.exists()
+    })
+    .await;
+    let reason = std::fs::read_to_string(&reason_path).unwrap();
+    assert!(
+        reason.contains("wide.png") && reason.contains("page 2 is wider than page 1"),
+        "{reason}"
+    );
+    assert!(claimed(dir.path()).is_empty());
+    assert!(names(&dir.path().join("done")).is_empty());
+    let status = hf.status().await;
+    assert_eq!(
+        (status.retrying, status.done, status.failed),
+        (0, 0, 1),
+        "{status:?}"
+    );
+    // Not offered again.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(matches!(hf.rx.try_recv(), Err(TryRecvError::Empty)));
+    hf.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_too_long_to_claim_goes_to_failed_with_a_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut hf = start(dir.path(), 200).await;
+    let long = format!("{}.png", "n".repeat(240));
+    std::fs::write(dir.path().join(&long), png_bytes()).unwrap();
+    let reason_path = dir.path().join("failed").join(format!("{long}.reason.txt"));
+    wait_for(5, "the long name in failed/ with a reason", || {
+        reason_path.exists()
+    })
+    .await;
+    let reason = std::fs::read_to_string(&reason_path).unwrap();
+    assert!(
+        reason.contains("244 bytes") && reason.contains("238"),
+        "{reason}"
+    );
+    assert!(matches!(hf.rx.try_recv(), Err(TryRecvError::Empty)));
+    hf.stop().await;
 }
