@@ -29,7 +29,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use faxgate_config::{ApplianceConfig, PaperName};
+use faxgate_config::{ApplianceConfig, FaxResolution, PaperName};
 use faxgate_relay::{ClientError, RelayClient};
 use faxgate_scanner::{ConvertOptions, Mode, Paper, SaneOptions, SaneScanner};
 use tokio_util::sync::CancellationToken;
@@ -134,29 +134,23 @@ impl Appliance {
         .spawn(relay.clone(), incoming, shutdown.child_token(), &tracker);
 
         let scanner = cfg.scanner.as_ref().map(|s| {
-            let resolution = resolution_of(s.resolution);
             let mut sane = SaneOptions::new(&s.device);
             sane.pages = s.pages;
-            sane.resolution_dpi = resolution.dpi().1.max(200);
+            sane.resolution_dpi = resolution_of(s.resolution).dpi().1.max(200);
             Arc::new(SaneScanner::new(
                 sane,
-                ConvertOptions {
-                    paper: match s.paper {
-                        PaperName::A4 => Paper::A4,
-                        PaperName::Letter => Paper::Letter,
-                        PaperName::B4 => Paper::B4,
-                        PaperName::A3 => Paper::A3,
-                    },
-                    resolution,
-                    mode: if s.mode == "photo" {
-                        Mode::Photo
-                    } else {
-                        Mode::Text
-                    },
-                    ..ConvertOptions::default()
-                },
+                convert_options(s.resolution, s.paper, &s.mode),
             ))
         });
+        crate::appliance::hotfolder::spawn(
+            &cfg.hot_folders,
+            |h| convert_options(h.resolution, h.paper, &h.mode),
+            &store,
+            &outbox,
+            &shutdown,
+            &tracker,
+        )
+        .await?;
         let panel_addr = panel::spawn(
             cfg.panel.listen,
             PanelState {
@@ -209,6 +203,25 @@ impl Appliance {
             Ok(Err(e)) => tracing::debug!(error = %e, "Logout was not clean."),
             Err(_) => tracing::info!("The relay did not answer the logout within 5 s; leaving."),
         }
+    }
+}
+
+/// How scanned and dropped pages become fax pages.
+fn convert_options(resolution: FaxResolution, paper: PaperName, mode: &str) -> ConvertOptions {
+    ConvertOptions {
+        paper: match paper {
+            PaperName::A4 => Paper::A4,
+            PaperName::Letter => Paper::Letter,
+            PaperName::B4 => Paper::B4,
+            PaperName::A3 => Paper::A3,
+        },
+        resolution: resolution_of(resolution),
+        mode: if mode == "photo" {
+            Mode::Photo
+        } else {
+            Mode::Text
+        },
+        ..ConvertOptions::default()
     }
 }
 

@@ -30,6 +30,10 @@ pub struct ApplianceConfig {
     /// The scanner `faxgate scan-send` uses. Absent: no scanning.
     #[serde(default)]
     pub scanner: Option<ScannerSection>,
+    /// Hot folders (`[[hot_folder]]`): every document dropped into one is
+    /// faxed to its relay user.
+    #[serde(default, rename = "hot_folder")]
+    pub hot_folders: Vec<HotFolderSection>,
     /// The front-panel API the `faxgate send|jobs|...` commands talk to.
     #[serde(default)]
     pub panel: PanelSection,
@@ -245,6 +249,34 @@ pub struct ScannerSection {
     /// `text` (adaptive threshold) or `photo` (dithering).
     #[serde(default = "defaults::mode")]
     pub mode: String,
+}
+
+/// A hot folder: every document (PDF, TIFF, PNG, JPEG, PNM) dropped
+/// into `dir` is converted to fax pages and queued for the relay user
+/// `to`, as `faxgate send` would. The file goes to `dir/done/` once the
+/// job is queued, or to `dir/failed/` with `NAME.reason.txt` saying why.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HotFolderSection {
+    /// The folder to watch; it must exist. Write a file under a temporary
+    /// name (`.part`, `.tmp`, a leading dot) and rename it when complete,
+    /// or just write it: a file is taken once unchanged for `settle`.
+    pub dir: PathBuf,
+    /// The relay user each document is faxed to.
+    pub to: String,
+    /// Resolution of the fax pages.
+    #[serde(default = "defaults::scan_resolution")]
+    pub resolution: FaxResolution,
+    /// Paper size of the fax pages.
+    #[serde(default = "defaults::paper")]
+    pub paper: PaperName,
+    /// `text` (adaptive threshold) or `photo` (dithering).
+    #[serde(default = "defaults::mode")]
+    pub mode: String,
+    /// How long a file's size and time must stay unchanged before it is
+    /// taken.
+    #[serde(default = "defaults::hot_folder_settle", with = "humantime_serde")]
+    pub settle: Duration,
 }
 
 /// The front-panel API.
@@ -796,12 +828,7 @@ impl ApplianceConfig {
             if s.device.is_empty() {
                 return Err(invalid("scanner.device", "must not be empty"));
             }
-            if !["text", "photo"].contains(&s.mode.as_str()) {
-                return Err(invalid(
-                    "scanner.mode",
-                    format!("`{}`: use text or photo", s.mode),
-                ));
-            }
+            check_mode("scanner.mode", &s.mode)?;
             if s.device.chars().any(char::is_control) {
                 return Err(invalid(
                     "scanner.device",
@@ -815,6 +842,35 @@ impl ApplianceConfig {
                 return Err(invalid(
                     "scanner.pages",
                     format!("{n} is outside 1..={MAX_SCAN_PAGES}"),
+                ));
+            }
+        }
+        for (i, h) in self.hot_folders.iter().enumerate() {
+            let field = |name: &str| format!("hot_folder[{i}].{name}");
+            check_path(&field("dir"), &h.dir)?;
+            if h.to.is_empty() || h.to.len() > 64 || h.to.chars().any(char::is_control) {
+                return Err(invalid(
+                    field("to"),
+                    format!(
+                        "`{}` is not a relay user ID (1..=64 bytes, no control characters)",
+                        h.to.escape_debug()
+                    ),
+                ));
+            }
+            check_mode(&field("mode"), &h.mode)?;
+            check_duration(
+                &field("settle"),
+                h.settle,
+                Duration::from_millis(100),
+                Duration::from_secs(3600),
+            )?;
+            if let Some(j) = self.hot_folders[..i].iter().position(|o| o.dir == h.dir) {
+                return Err(invalid(
+                    field("dir"),
+                    format!(
+                        "{} is also hot_folder[{j}].dir; one folder can feed one hot folder",
+                        h.dir.display()
+                    ),
                 ));
             }
         }
@@ -851,6 +907,15 @@ impl ApplianceConfig {
             }
         }
         Ok(())
+    }
+}
+
+/// A page conversion mode: `text` or `photo`.
+fn check_mode(field: &str, mode: &str) -> Result<(), ConfigError> {
+    if ["text", "photo"].contains(&mode) {
+        Ok(())
+    } else {
+        Err(invalid(field, format!("`{mode}`: use text or photo")))
     }
 }
 
@@ -928,6 +993,9 @@ mod defaults {
     pub fn mode() -> String {
         "text".into()
     }
+    pub fn hot_folder_settle() -> Duration {
+        Duration::from_secs(2)
+    }
     pub fn panel_listen() -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], 4680))
     }
@@ -986,6 +1054,63 @@ mod tests {
         assert_eq!(c.fax.timers.t1, Duration::from_secs(35));
         assert_eq!(c.panel.listen.port(), 4680);
         assert!(c.printer.is_none() && c.scanner.is_none());
+    }
+
+    #[test]
+    fn hot_folders_take_defaults_and_their_values_are_checked() {
+        let c = ApplianceConfig::from_str(&format!(
+            "{BASE}[[hot_folder]]\ndir = \"/srv/a\"\nto = \"osaka\"\n\
+             [[hot_folder]]\ndir = \"/srv/b\"\nto = \"kobe\"\nresolution = \"standard\"\nmode = \"photo\"\nsettle = \"500ms\"\n"
+        ))
+        .unwrap();
+        assert_eq!(c.hot_folders.len(), 2);
+        let (a, b) = (&c.hot_folders[0], &c.hot_folders[1]);
+        assert_eq!(
+            (a.to.as_str(), a.resolution, a.paper, a.mode.as_str()),
+            ("osaka", FaxResolution::Fine, PaperName::A4, "text")
+        );
+        assert_eq!(a.settle, Duration::from_secs(2));
+        assert_eq!(
+            (b.resolution, b.mode.as_str(), b.settle),
+            (FaxResolution::Standard, "photo", Duration::from_millis(500))
+        );
+        let hot =
+            |body: &str| format!("{BASE}[[hot_folder]]\ndir = \"/srv/a\"\nto = \"osaka\"\n{body}");
+        for (text, field) in [
+            (
+                format!("{BASE}[[hot_folder]]\ndir = \"\"\nto = \"osaka\"\n"),
+                "`hot_folder[0].dir`",
+            ),
+            (
+                format!("{BASE}[[hot_folder]]\ndir = \"/a\"\nto = \"\"\n"),
+                "`hot_folder[0].to`",
+            ),
+            (
+                format!(
+                    "{BASE}[[hot_folder]]\ndir = \"/a\"\nto = \"{}\"\n",
+                    "u".repeat(65)
+                ),
+                "`hot_folder[0].to`",
+            ),
+            (hot("mode = \"sepia\"\n"), "`hot_folder[0].mode`"),
+            (hot("settle = \"0s\"\n"), "`hot_folder[0].settle`"),
+            (
+                hot(
+                    "[[hot_folder]]\ndir = \"/srv/b\"\nto = \"x\"\n[[hot_folder]]\ndir = \"/srv/a\"\nto = \"y\"\n",
+                ),
+                "`hot_folder[2].dir`",
+            ),
+            (hot("colour = true\n"), "colour"),
+        ] {
+            let err = ApplianceConfig::from_str(&text).unwrap_err();
+            assert!(err.to_string().contains(field), "{text}: {err}");
+        }
+        assert!(
+            ApplianceConfig::from_str(BASE)
+                .unwrap()
+                .hot_folders
+                .is_empty()
+        );
     }
 
     #[test]

@@ -21,8 +21,8 @@ pub mod relay;
 pub mod secret;
 
 pub use appliance::{
-    ApplianceConfig, FaxCoding, FaxResolution, FaxSection, InboxSection, PanelSection, PaperName,
-    PrinterSection, ScannerSection, TimerSection,
+    ApplianceConfig, FaxCoding, FaxResolution, FaxSection, HotFolderSection, InboxSection,
+    PanelSection, PaperName, PrinterSection, ScannerSection, TimerSection,
 };
 pub use error::ConfigError;
 pub use relay::{

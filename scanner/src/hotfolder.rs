@@ -417,10 +417,10 @@ impl HotFolderActor {
         self.claims
             .retain(|n, _| claimed.iter().any(|(c, _)| c == n));
         for (n, claim) in claimed {
-            if !self.claims.contains_key(&n) {
+            if let std::collections::hash_map::Entry::Vacant(e) = self.claims.entry(n) {
                 // Claimed before a restart: offered again with its key.
                 info!(file = %claim.name.to_string_lossy(), key = %claim.key, "A document claimed before a restart is offered again.");
-                self.claims.insert(n, claim);
+                e.insert(claim);
             }
         }
         let now = Instant::now();

@@ -15,12 +15,15 @@
 //!   PDF and printer).
 //! - [`panel`]: the front-panel API (HTTP+JSON on loopback) that the
 //!   `faxgate send|jobs|cancel|users|inbox` commands call.
+//! - [`hotfolder`]: the hot folder feeders (documents dropped into a
+//!   `[[hot_folder]]` → outbox jobs, once each).
 //! - [`agent`]: the print agent (seed 000), an INFRA Proxy that serves
 //!   the printer at a site on the relay's IPP front.
 //! - This file: the event [`Bus`], and the conversions between config and
 //!   the fax engine.
 
 pub mod agent;
+pub mod hotfolder;
 pub mod inbound;
 pub mod outbox;
 pub mod panel;

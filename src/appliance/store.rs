@@ -452,10 +452,53 @@ impl Store {
         pages: Vec<Bitmap>,
         resolution: Resolution,
     ) -> anyhow::Result<JobInfo> {
+        let (job, _) = self.queue(None, to, title, pages, resolution).await?;
+        Ok(job)
+    }
+
+    /// As [`Store::add_job`], with the job id given by the source of the
+    /// document (16 lowercase hex digits, like the ids the store makes):
+    /// when a job with that id exists already, it is returned untouched
+    /// with `false` and nothing is stored. A source that offers the same
+    /// document again after a restart (the hot folder, whose key is the
+    /// id) so makes one job, never two.
+    pub async fn add_job_once(
+        &self,
+        id: &str,
+        to: &str,
+        title: &str,
+        pages: Vec<Bitmap>,
+        resolution: Resolution,
+    ) -> anyhow::Result<(JobInfo, bool)> {
+        if id.len() != 16 || !id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+            bail!("`{id}` is no job id (16 lowercase hex digits)");
+        }
+        self.queue(Some(id.to_owned()), to, title, pages, resolution)
+            .await
+    }
+
+    /// Queues a job under `id` (a new id when `None`) unless that id is
+    /// taken: see [`Store::add_job_once`].
+    async fn queue(
+        &self,
+        id: Option<String>,
+        to: &str,
+        title: &str,
+        pages: Vec<Bitmap>,
+        resolution: Resolution,
+    ) -> anyhow::Result<(JobInfo, bool)> {
         let width = check_document(&pages)?;
         let (to, title) = (to.to_owned(), title.to_owned());
         self.with(move |s| {
-            let id = new_job_id();
+            let id = match id {
+                Some(id) => {
+                    if let Some(job) = job_row(&s.conn, &id)? {
+                        return Ok((job, false));
+                    }
+                    id
+                }
+                None => new_job_id(),
+            };
             let dir = s.dir.join("outbox").join(&id);
             let queued = pages
                 .iter()
@@ -477,7 +520,7 @@ impl Store {
                 // Nothing refers to the pages: best effort, like a temp file.
                 let _ = std::fs::remove_dir_all(&dir);
             }
-            queued
+            queued.map(|job| (job, true))
         })
         .await
     }
@@ -1390,6 +1433,67 @@ mod tests {
     /// A job and its history line are queued together or not at all: a
     /// failed history insert leaves no job behind for the outbox to send
     /// while the user, told of the error, sends it again.
+    /// A document offered again under the same key (the hot folder after
+    /// a restart) makes one job: the second call stores nothing and
+    /// returns the first job, even with other pages.
+    #[tokio::test]
+    async fn a_job_added_once_under_a_key_is_not_added_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let (first, new) = store
+            .add_job_once(
+                "00112233aabbccdd",
+                "osaka",
+                "memo.tif",
+                vec![page(1), page(2)],
+                Resolution::Fine,
+            )
+            .await
+            .unwrap();
+        assert!(new);
+        assert_eq!(
+            (first.id.as_str(), first.pages, first.title.as_str()),
+            ("00112233aabbccdd", 2, "memo.tif")
+        );
+        let stored = std::fs::read(dir.path().join("outbox/00112233aabbccdd/0001.tif")).unwrap();
+        let (again, new) = store
+            .add_job_once(
+                "00112233aabbccdd",
+                "kobe",
+                "other",
+                vec![page(3)],
+                Resolution::Fine,
+            )
+            .await
+            .unwrap();
+        assert!(!new);
+        assert_eq!(
+            (again.id.as_str(), again.to.as_str(), again.pages),
+            ("00112233aabbccdd", "osaka", 2)
+        );
+        assert_eq!(store.jobs(10).await.unwrap().len(), 1);
+        assert_eq!(
+            std::fs::read(dir.path().join("outbox/00112233aabbccdd/0001.tif")).unwrap(),
+            stored,
+            "the first job's pages were overwritten"
+        );
+        assert!(!dir.path().join("outbox/00112233aabbccdd/0002.tif").exists());
+        for bad in [
+            "",
+            "00112233AABBCCDD",
+            "00112233aabbccd",
+            "../../etc/passwd0",
+            "00112233aabbccdde",
+        ] {
+            let err = store
+                .add_job_once(bad, "osaka", "t", vec![page(1)], Resolution::Fine)
+                .await
+                .unwrap_err();
+            assert!(err.to_string().contains("no job id"), "{bad}: {err}");
+        }
+        assert_eq!(store.jobs(10).await.unwrap().len(), 1);
+    }
+
     #[tokio::test]
     async fn a_job_is_queued_with_its_history_or_not_at_all() {
         let dir = tempfile::tempdir().unwrap();

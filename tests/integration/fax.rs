@@ -114,6 +114,8 @@ struct Opts {
     a_fax: &'static str,
     /// A's `[scanner]` section.
     a_scanner: bool,
+    /// A `[[hot_folder]]` at A: `hot/` in the test folder, faxing to osaka.
+    a_hot_folder: bool,
     /// Rate of A's uplink (`tc tbf`), e.g. "400kbit".
     uplink: Option<&'static str>,
 }
@@ -167,19 +169,20 @@ impl Site {
         }
         site.start_relay();
         std::fs::create_dir_all(d.join("printed")).unwrap();
-        let scanner = if opts.a_scanner {
-            "[scanner]\ndevice = \"test\"\npages = 10\nresolution = \"fine\"\n"
+        let mut scanner = if opts.a_scanner {
+            "[scanner]\ndevice = \"test\"\npages = 10\nresolution = \"fine\"\n".to_owned()
         } else {
-            ""
+            String::new()
         };
+        if opts.a_hot_folder {
+            std::fs::create_dir_all(d.join("hot")).unwrap();
+            scanner += &format!(
+                "[[hot_folder]]\ndir = {:?}\nto = \"osaka\"\nresolution = \"fine\"\nsettle = \"500ms\"\n",
+                d.join("hot").display().to_string()
+            );
+        }
         for (short, user, server, fax, extra) in [
-            (
-                "a",
-                "tokyo",
-                "192.0.2.1:4651",
-                opts.a_fax,
-                scanner.to_owned(),
-            ),
+            ("a", "tokyo", "192.0.2.1:4651", opts.a_fax, scanner),
             (
                 "b",
                 "osaka",
@@ -488,6 +491,81 @@ fn ten_pages_from_files_and_from_the_scanner_arrive_bit_exact_behind_nat() {
         &scanned,
     );
     assert_eq!(site.printed().len(), 2, "each document printed once");
+    site.assert_all_vacant();
+}
+
+/// A document dropped into A's hot folder is faxed to B once: B prints
+/// it bit-exact, and the file moves to `done/`. Then the state that a
+/// crash between queueing the job and moving the file leaves (the file
+/// still in `processing/` under its key, the job already queued) is made
+/// by hand: after A's restart the file is recognised by its key, moved
+/// to `done/`, and not sent again.
+#[test]
+fn a_document_dropped_into_the_hot_folder_is_faxed_once() {
+    use faxgate_fax::tiff::{TiffWriterOptions, write_tiff};
+    let mut site = Site::start(Opts {
+        a_hot_folder: true,
+        ..Opts::default()
+    });
+    let hot = site.d().join("hot");
+    let pages: Vec<Page> = (21..=23).map(page).collect();
+    let bitmaps: Vec<_> = pages
+        .iter()
+        .map(|(w, h, d)| faxgate_fax::Bitmap::from_packed(*w, *h, d.clone()).unwrap())
+        .collect();
+    let tiff = write_tiff(
+        &bitmaps,
+        faxgate_fax::Coding::Mmr,
+        faxgate_fax::Resolution::Fine,
+        TiffWriterOptions::default(),
+    )
+    .unwrap();
+    // Written under a temporary name and renamed, as a scanner would.
+    std::fs::write(hot.join("memo.tif.part"), &tiff).unwrap();
+    std::fs::rename(hot.join("memo.tif.part"), hot.join("memo.tif")).unwrap();
+    let jobs = |site: &Site| {
+        site.json("a", &["jobs", "--json"])
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    };
+    wait_for("a job for memo.tif at A", Duration::from_secs(30), || {
+        jobs(&site).iter().any(|j| j["title"] == "memo.tif")
+    });
+    let id = jobs(&site)[0]["id"].as_str().unwrap().to_owned();
+    let job = site.wait_state(&id, "done", Duration::from_secs(90));
+    assert_eq!(
+        (job["to"].as_str(), job["delivered"].as_u64()),
+        (Some("osaka"), Some(3))
+    );
+    assert_same_pages(&site.printed_pages(&id, Duration::from_secs(30)), &pages);
+    let claimed = || std::fs::read_dir(hot.join("processing")).unwrap().count();
+    wait_for("memo.tif in done/", Duration::from_secs(10), || {
+        hot.join("done/memo.tif").exists() && claimed() == 0
+    });
+    assert_eq!(std::fs::read(hot.join("done/memo.tif")).unwrap(), tiff);
+    assert!(!hot.join("memo.tif").exists());
+
+    site.kill_appliance("a");
+    std::fs::rename(
+        hot.join("done/memo.tif"),
+        hot.join("processing").join(format!("{id}-memo.tif")),
+    )
+    .unwrap();
+    site.start_appliance("a");
+    wait_for("memo.tif back in done/", Duration::from_secs(30), || {
+        hot.join("done/memo.tif").exists() && claimed() == 0
+    });
+    let all = jobs(&site);
+    assert_eq!(all.len(), 1, "the file made a second job: {all:?}");
+    assert_eq!(all[0]["state"], "done");
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(site.printed().len(), 1, "printed once");
+    assert!(
+        site.tail("a.log").contains("queued before a restart"),
+        "{}",
+        site.tail("a.log")
+    );
     site.assert_all_vacant();
 }
 
