@@ -349,4 +349,48 @@ mod tests {
         tracker.close();
         tracker.wait().await;
     }
+
+    /// A printer that answers every IPP request with server-error-busy
+    /// (as one does while it prints for someone else or warms up) keeps
+    /// the document pending with the printer's answer as the reason, and
+    /// it is asked again after `retry`; nothing is marked failed.
+    #[tokio::test]
+    async fn a_busy_ipp_printer_keeps_the_document_pending() {
+        let server =
+            crate::print::ipp::test_server::answering(faxgate_ipp::codes::status::BUSY).await;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("store")).unwrap();
+        let id = received(&store).await;
+        let shutdown = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let _handle = PrintHandle::spawn(
+            store.clone(),
+            Some(Printer::from_uri(&server.uri).unwrap()),
+            None,
+            Duration::from_millis(100),
+            Bus::default(),
+            shutdown.clone(),
+            &tracker,
+        );
+        let d = wait_doc(&store, id, |d| d.print_reason.is_some()).await;
+        assert_eq!(d.print, PrintState::Pending, "{d:?}");
+        let reason = d.print_reason.unwrap_or_default();
+        assert!(reason.contains("server-error-busy"), "{reason}");
+        // Asked again later, and still pending.
+        let seen = server.requests.load(std::sync::atomic::Ordering::SeqCst);
+        for _ in 0..500 {
+            if server.requests.load(std::sync::atomic::Ordering::SeqCst) > seen + 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(server.requests.load(std::sync::atomic::Ordering::SeqCst) > seen + 2);
+        assert_eq!(
+            store.inbox_doc(id).await.unwrap().unwrap().print,
+            PrintState::Pending
+        );
+        shutdown.cancel();
+        tracker.close();
+        tracker.wait().await;
+    }
 }

@@ -20,7 +20,9 @@ use tokio::net::TcpStream;
 use tokio_util::compat::{FuturesAsyncReadCompatExt as _, TokioAsyncReadCompatExt as _};
 use tokio_util::io::ReaderStream;
 
-use super::{Document, DocumentFormat, PrintError, PrintReport, PrinterState, PrinterStatus};
+use super::{
+    Document, DocumentFormat, IppFailure, PrintError, PrintReport, PrinterState, PrinterStatus,
+};
 use super::{PwgOptions, PwgType};
 
 /// A document body for an IPP request: a reader and its length.
@@ -258,7 +260,7 @@ impl IppPrinter {
                 return Err(PrintError::Ipp {
                     printer: self.uri(),
                     operation: "Print-Job",
-                    status: "no job-id in the response".into(),
+                    status: IppFailure::NoJobId,
                     message: None,
                 });
             }
@@ -378,7 +380,7 @@ impl IppPrinter {
                 return Err(PrintError::Ipp {
                     printer: self.uri(),
                     operation,
-                    status: format!("HTTP {}", resp.status()),
+                    status: IppFailure::Http(resp.status().as_u16()),
                     message: None,
                 });
             }
@@ -403,7 +405,7 @@ impl IppPrinter {
             .map_err(|e| PrintError::Ipp {
                 printer: self.uri(),
                 operation,
-                status: format!("unparsable response ({e})"),
+                status: IppFailure::Unparsable(e.to_string()),
                 message: None,
             })?;
         let status = resp.header().status_code();
@@ -411,7 +413,9 @@ impl IppPrinter {
             return Err(PrintError::Ipp {
                 printer: self.uri(),
                 operation,
-                status: format!("{status} (0x{:04x})", resp.header().operation_or_status),
+                status: IppFailure::Status(u16::from_be_bytes(
+                    resp.header().operation_or_status.to_be_bytes(),
+                )),
                 message: operation_attr(&resp, "status-message").map(|v| v.to_string()),
             });
         }
@@ -458,6 +462,117 @@ fn job_state_name(state: i32) -> &'static str {
         8 => "aborted",
         9 => "completed",
         _ => "unknown",
+    }
+}
+
+/// A stand-in IPP printer for unit tests: it answers every request with
+/// one status code and no attributes but the charset and language, as a
+/// printer that is busy or warming up does.
+#[cfg(test)]
+pub(crate) mod test_server {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    /// The server; it stops when dropped.
+    #[derive(Debug)]
+    pub(crate) struct StatusServer {
+        /// `ipp://127.0.0.1:PORT/ipp/print`.
+        pub(crate) uri: String,
+        /// Requests answered so far.
+        pub(crate) requests: Arc<AtomicUsize>,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    impl Drop for StatusServer {
+        fn drop(&mut self) {
+            self.task.abort();
+        }
+    }
+
+    /// The IPP response: version 1.1, `status`, the charset and language.
+    fn response(status: u16) -> Vec<u8> {
+        let mut b = vec![1, 1];
+        b.extend_from_slice(&status.to_be_bytes());
+        b.extend_from_slice(&1i32.to_be_bytes());
+        b.push(0x01);
+        for (tag, name, value) in [
+            (0x47u8, "attributes-charset", "utf-8"),
+            (0x48, "attributes-natural-language", "en"),
+        ] {
+            b.push(tag);
+            b.extend_from_slice(&(name.len() as u16).to_be_bytes());
+            b.extend_from_slice(name.as_bytes());
+            b.extend_from_slice(&(value.len() as u16).to_be_bytes());
+            b.extend_from_slice(value.as_bytes());
+        }
+        b.push(0x03);
+        b
+    }
+
+    /// Reads one HTTP request (headers and a Content-Length body).
+    async fn read_request(s: &mut tokio::net::TcpStream) -> std::io::Result<()> {
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        let end = loop {
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            let n = s.read(&mut chunk).await?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        };
+        let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        let mut have = buf.len() - end;
+        while have < length {
+            let n = s.read(&mut chunk).await?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            have += n;
+        }
+        Ok(())
+    }
+
+    /// Starts a server on a free loopback port that answers `status`.
+    pub(crate) async fn answering(status: u16) -> StatusServer {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let requests = Arc::new(AtomicUsize::new(0));
+        let counter = requests.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let counter = counter.clone();
+                tokio::spawn(async move {
+                    if read_request(&mut s).await.is_err() {
+                        return;
+                    }
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    let body = response(status);
+                    let head = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: application/ipp\r\n\
+                         Content-Length: {}\r\nConnection: close\r\n\r\n",
+                        body.len()
+                    );
+                    let _ = s.write_all(head.as_bytes()).await;
+                    let _ = s.write_all(&body).await;
+                    let _ = s.shutdown().await;
+                });
+            }
+        });
+        StatusServer {
+            uri: format!("ipp://127.0.0.1:{port}/ipp/print"),
+            requests,
+            task,
+        }
     }
 }
 
@@ -540,5 +655,65 @@ mod tests {
         let e = p.print(&doc).await.unwrap_err();
         assert!(e.keeps_job(), "{e}");
         assert!(e.to_string().contains("cannot reach"), "{e}");
+    }
+
+    /// A printer that answers server-error-busy (or another "not now"
+    /// status) keeps the document for a later try; one that answers a
+    /// client error refuses it for good.
+    #[tokio::test]
+    async fn busy_or_unavailable_printers_keep_the_job() {
+        use faxgate_ipp::codes::status;
+        let doc = Document {
+            title: "t".into(),
+            pages: vec![],
+        };
+        for (code, keeps, name) in [
+            (status::BUSY, true, "server-error-busy (0x0507)"),
+            (
+                status::SERVICE_UNAVAILABLE,
+                true,
+                "server-error-service-unavailable",
+            ),
+            (status::DEVICE_ERROR, true, "server-error-device-error"),
+            (
+                status::TEMPORARY_ERROR,
+                true,
+                "server-error-temporary-error",
+            ),
+            (
+                status::NOT_ACCEPTING_JOBS,
+                true,
+                "server-error-not-accepting-jobs",
+            ),
+            (status::NOT_AUTHORIZED, false, "client-error-not-authorized"),
+            (
+                status::VERSION_NOT_SUPPORTED,
+                false,
+                "server-error-version-not-supported",
+            ),
+        ] {
+            let server = test_server::answering(code).await;
+            let p = IppPrinter::new(&server.uri).unwrap();
+            let e = p.print(&doc).await.unwrap_err();
+            assert!(
+                matches!(&e, PrintError::Ipp { status: IppFailure::Status(c), .. } if *c == code),
+                "{e:?}"
+            );
+            assert_eq!(e.keeps_job(), keeps, "{e}");
+            assert!(e.to_string().contains(name), "{e}");
+            assert!(server.requests.load(std::sync::atomic::Ordering::SeqCst) >= 1);
+        }
+    }
+
+    #[test]
+    fn http_server_errors_are_temporary() {
+        assert!(IppFailure::Http(503).is_temporary());
+        assert!(IppFailure::Http(500).is_temporary());
+        assert!(!IppFailure::Http(404).is_temporary());
+        assert!(!IppFailure::NoJobId.is_temporary());
+        assert_eq!(
+            IppFailure::Http(503).to_string(),
+            "HTTP 503 Service Unavailable"
+        );
     }
 }

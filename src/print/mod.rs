@@ -455,8 +455,8 @@ pub enum PrintError {
         printer: String,
         /// The operation, e.g. `Print-Job`.
         operation: &'static str,
-        /// The IPP status code.
-        status: String,
+        /// What the printer answered: the IPP or HTTP status.
+        status: IppFailure,
         /// status-message, if any.
         message: Option<String>,
     },
@@ -520,17 +520,79 @@ pub enum PrintError {
 
 impl PrintError {
     /// Whether the document should stay queued and be tried again later:
-    /// true when the printer was stopped, unreachable, or timed out, false
-    /// when the document or the configuration is at fault.
+    /// true when the printer was stopped, unreachable, busy or otherwise
+    /// temporarily unable ([`IppFailure::is_temporary`]), or timed out;
+    /// false when the document or the configuration is at fault.
     pub fn keeps_job(&self) -> bool {
-        matches!(
-            self,
+        match self {
             PrintError::Stopped { .. }
-                | PrintError::Unreachable { .. }
-                | PrintError::JobTimeout { .. }
-                | PrintError::Command { .. }
-                | PrintError::Io { .. }
-        )
+            | PrintError::Unreachable { .. }
+            | PrintError::JobTimeout { .. }
+            | PrintError::Command { .. }
+            | PrintError::Io { .. } => true,
+            PrintError::Ipp { status, .. } => status.is_temporary(),
+            _ => false,
+        }
+    }
+}
+
+/// What an IPP printer answered instead of success.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum IppFailure {
+    /// An IPP status code (RFC 8011 section 4.1.6).
+    Status(u16),
+    /// An HTTP status other than success.
+    Http(u16),
+    /// A Print-Job answer that named no job.
+    NoJobId,
+    /// An answer that is no IPP message.
+    Unparsable(String),
+}
+
+impl IppFailure {
+    /// Whether the printer said "not now" rather than "no": IPP
+    /// server-error-service-unavailable (0x0502), -device-error (0x0504),
+    /// -temporary-error (0x0505), -not-accepting-jobs (0x0506) and -busy
+    /// (0x0507), which printers answer while busy, warming up or paused,
+    /// and any HTTP 5xx.
+    pub fn is_temporary(&self) -> bool {
+        use faxgate_ipp::codes::status;
+        match self {
+            IppFailure::Status(code) => matches!(
+                *code,
+                status::SERVICE_UNAVAILABLE
+                    | status::DEVICE_ERROR
+                    | status::TEMPORARY_ERROR
+                    | status::NOT_ACCEPTING_JOBS
+                    | status::BUSY
+            ),
+            IppFailure::Http(code) => (500..600).contains(code),
+            IppFailure::NoJobId | IppFailure::Unparsable(_) => false,
+        }
+    }
+}
+
+impl fmt::Display for IppFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            IppFailure::Status(code) => write!(
+                f,
+                "{} (0x{code:04x})",
+                faxgate_ipp::client::status_name(*code)
+            ),
+            IppFailure::Http(code) => {
+                write!(f, "HTTP {code}")?;
+                match hyper::StatusCode::from_u16(*code)
+                    .ok()
+                    .and_then(|s| s.canonical_reason())
+                {
+                    Some(reason) => write!(f, " {reason}"),
+                    None => Ok(()),
+                }
+            }
+            IppFailure::NoJobId => f.write_str("no job-id in the response"),
+            IppFailure::Unparsable(e) => write!(f, "unparsable response ({e})"),
+        }
     }
 }
 
