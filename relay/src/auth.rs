@@ -158,7 +158,9 @@ pub fn limit_key(ip: IpAddr) -> IpAddr {
 pub struct Attempt<'a> {
     auth: &'a Authenticator,
     ip: IpAddr,
-    user: String,
+    /// The user whose limit counts it (`None` for a RESUME, and for a
+    /// login from an address the user logged in from before).
+    user: Option<String>,
     at: Instant,
 }
 
@@ -166,9 +168,22 @@ impl Attempt<'_> {
     /// The check succeeded: its provisional failure is taken back.
     pub fn succeeded(self) {
         self.auth.by_ip.release(&self.ip, self.at);
-        self.auth.by_user.release(&self.user, self.at);
+        if let Some(user) = &self.user {
+            self.auth.by_user.release(user, self.at);
+        }
     }
 }
+
+/// How many addresses (IPv6: /64s) are remembered per user as ones it
+/// logged in from.
+const KNOWN_PER_USER: usize = 8;
+
+/// How long an address stays known after the user's last login from it.
+const KNOWN_FOR: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// Users remembered with known addresses at most (the least recently
+/// seen go first).
+const KNOWN_USERS: usize = 100_000;
 
 /// Checks passwords and owns the rate limiters.
 #[derive(Debug)]
@@ -180,6 +195,12 @@ pub struct Authenticator {
     argon2_slots: Semaphore,
     /// Verified against when the user is unknown, to equalise timing.
     dummy_hash: String,
+    /// Per user, the addresses it logged in from lately. A login from one
+    /// of them is counted against the address only, not the user: someone
+    /// failing passwords for a user from elsewhere cannot lock its own
+    /// devices out (the per-user limit still stops a guesser spread over
+    /// many addresses).
+    known: Mutex<HashMap<String, Vec<(IpAddr, Instant)>>>,
 }
 
 impl Authenticator {
@@ -200,6 +221,7 @@ impl Authenticator {
             by_user: FailureLimiter::new(max_per_user, window),
             argon2_slots: Semaphore::new(slots),
             dummy_hash,
+            known: Mutex::new(HashMap::new()),
         })
     }
 
@@ -211,23 +233,79 @@ impl Authenticator {
     /// Starts a login check for `user` from `ip`, counted as a failure
     /// until it succeeds; refused when the address or the user already
     /// has its limit of failures and checks under way.
+    ///
+    /// From an address the user logged in from lately, only the address
+    /// limit applies (see `known`).
     pub fn begin(&self, ip: IpAddr, user: &str) -> Result<Attempt<'_>, AuthFailure> {
         let now = Instant::now();
         let ip = limit_key(ip);
-        let user = user.to_owned();
         if !self.by_ip.try_reserve(&ip, now) {
             return Err(AuthFailure::RateLimited);
         }
-        if !self.by_user.try_reserve(&user, now) {
-            self.by_ip.release(&ip, now);
-            return Err(AuthFailure::RateLimited);
-        }
+        let user = if self.is_known(user, ip, now) {
+            None
+        } else {
+            let user = user.to_owned();
+            if !self.by_user.try_reserve(&user, now) {
+                self.by_ip.release(&ip, now);
+                return Err(AuthFailure::RateLimited);
+            }
+            Some(user)
+        };
         Ok(Attempt {
             auth: self,
             ip,
             user,
             at: now,
         })
+    }
+
+    /// Starts a RESUME check: only the address limit applies. A resume
+    /// token is 256 random bits, so the user's limit protects nothing
+    /// here, and counting against it would let anyone who fails passwords
+    /// for the user keep its device from opening spare connections.
+    pub fn begin_resume(&self, ip: IpAddr) -> Result<Attempt<'_>, AuthFailure> {
+        let now = Instant::now();
+        let ip = limit_key(ip);
+        if !self.by_ip.try_reserve(&ip, now) {
+            return Err(AuthFailure::RateLimited);
+        }
+        Ok(Attempt {
+            auth: self,
+            ip,
+            user: None,
+            at: now,
+        })
+    }
+
+    fn is_known(&self, user: &str, key: IpAddr, now: Instant) -> bool {
+        let known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        known.get(user).is_some_and(|v| {
+            v.iter()
+                .any(|(ip, at)| *ip == key && now.duration_since(*at) < KNOWN_FOR)
+        })
+    }
+
+    /// Remembers that `user` logged in from `ip` (by its limit key).
+    fn remember(&self, user: &str, ip: IpAddr) {
+        let (key, now) = (limit_key(ip), Instant::now());
+        let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        if known.len() >= KNOWN_USERS && !known.contains_key(user) {
+            // Forget the user seen least recently.
+            let oldest = known
+                .iter()
+                .min_by_key(|(_, v)| v.iter().map(|(_, at)| *at).max())
+                .map(|(u, _)| u.clone());
+            if let Some(u) = oldest {
+                known.remove(&u);
+            }
+        }
+        let v = known.entry(user.to_owned()).or_default();
+        v.retain(|(ip, at)| *ip != key && now.duration_since(*at) < KNOWN_FOR);
+        v.push((key, now));
+        if v.len() > KNOWN_PER_USER {
+            v.remove(0);
+        }
     }
 
     /// Verifies a password login. Runs Argon2 on the blocking pool.
@@ -252,6 +330,7 @@ impl Authenticator {
         };
         if result.is_ok() {
             attempt.succeeded();
+            self.remember(user, ip);
         }
         result
     }

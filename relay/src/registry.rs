@@ -247,6 +247,12 @@ fn epoch(t: SystemTime) -> u64 {
 }
 
 impl Registry {
+    /// The resume tokens a user keeps at most: two per connection it may
+    /// hold, the newest.
+    pub fn max_tokens(max_connections: u16) -> usize {
+        2 * usize::from(max_connections.max(1))
+    }
+
     /// An empty registry; connection kill tokens are children of `root`.
     pub fn new(acl: Acl, root: CancellationToken) -> Self {
         Self {
@@ -298,7 +304,20 @@ impl Registry {
         // changed them) for everyone's later ACL checks.
         presence.groups = groups.into();
         presence.tokens.push(token);
+        // Every password login issues a token; while the user stays
+        // logged in they would pile up (each RESUME compares them all,
+        // under the registry lock). The newest few stay valid.
+        let keep = Self::max_tokens(max);
+        if presence.tokens.len() > keep {
+            let drop = presence.tokens.len() - keep;
+            presence.tokens.drain(..drop);
+        }
         Ok(self.push_conn(presence, user, peer, tls))
+    }
+
+    /// The resume tokens `user` holds now (tests).
+    pub fn token_count(&self, user: &str) -> usize {
+        self.lock().users.get(user).map_or(0, |p| p.tokens.len())
     }
 
     /// Adds a spare connection that presented a resume token. Fails with

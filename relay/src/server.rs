@@ -55,7 +55,9 @@ impl Shared {
     }
 }
 
-/// Counts handshaking connections, globally and per source address.
+/// Counts handshaking connections, globally and per source address
+/// (IPv6 by its /64, like the login limits: one subscriber can use any
+/// address in its prefix).
 #[derive(Debug, Default)]
 struct PendingLimits {
     per_ip: Mutex<HashMap<IpAddr, usize>>,
@@ -87,6 +89,7 @@ impl Drop for PendingGuard {
 }
 
 fn try_pending(shared: &Arc<Shared>, ip: IpAddr) -> Option<PendingGuard> {
+    let ip = crate::auth::limit_key(ip);
     let mut map = shared
         .pending
         .per_ip
@@ -334,7 +337,10 @@ async fn serve_conn(
             }
         },
     };
-    let mut conn = Connection::new(stream, shared.cfg.max_data_frame as usize);
+    // No DATA before login: a DATA header with a length is refused at
+    // once instead of making the relay buffer up to max_data_frame for a
+    // peer that has not logged in.
+    let mut conn = Connection::new(stream, 0);
     let first = timeout_at(deadline, async {
         conn.read_preamble().await?;
         conn.read_frame().await
@@ -427,7 +433,10 @@ async fn serve_conn(
             }
         }
         Frame::Resume { user, token } => {
-            let attempt = match shared.auth.begin(peer.ip(), &user) {
+            // Only the address limit: a 256-bit token cannot be guessed,
+            // and someone failing passwords for this user must not keep
+            // its device from opening spare connections.
+            let attempt = match shared.auth.begin_resume(peer.ip()) {
                 Ok(a) => a,
                 Err(why) => {
                     login_failed(&shared, &mut conn, &user, why).await;
@@ -483,6 +492,7 @@ async fn serve_conn(
         }
     };
     drop(guard);
+    conn.max_data = shared.cfg.max_data_frame as usize;
     let ok = Frame::LoginOk {
         conn_id: ticket.id,
         hold_interval_ms: hold.as_millis().min(u128::from(u32::MAX)) as u32,
@@ -1147,5 +1157,39 @@ impl ConnTask {
             Ok(()) => Next::Serve(conn),
             Err(_) => Next::Gone,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::str::FromStr as _;
+
+    /// One IPv6 /64 is one address for the handshake cap, as for the
+    /// login limits: a subscriber's prefix cannot fill the global pool.
+    #[tokio::test]
+    async fn pending_handshakes_are_capped_per_ipv6_slash_64() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = RelayServerConfig::from_str(&format!(
+            "[relay]\nlisten = \"127.0.0.1:0\"\nstate_dir = {:?}\nargon2_memory_kib = 64\n\
+             argon2_iterations = 1\nmax_pending_per_ip = 1\n",
+            dir.path().display().to_string()
+        ))
+        .unwrap();
+        let server = RelayServer::start(cfg, CancellationToken::new())
+            .await
+            .unwrap();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let first = try_pending(&server.shared, ip("2001:db8:0:1::1"));
+        assert!(first.is_some());
+        assert!(
+            try_pending(&server.shared, ip("2001:db8:0:1::ffff:2")).is_none(),
+            "another address in the same /64 took a second slot"
+        );
+        let other = try_pending(&server.shared, ip("2001:db8:0:2::1"));
+        assert!(other.is_some(), "another /64 is another subscriber");
+        drop(first);
+        assert!(try_pending(&server.shared, ip("2001:db8:0:1::3")).is_some());
+        drop(other);
     }
 }

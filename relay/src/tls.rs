@@ -123,23 +123,46 @@ fn generate_self_signed(cert_path: &Path, key_path: &Path) -> Result<(), TlsErro
         let path = path.to_owned();
         move |source| TlsError::Io { what, path, source }
     };
-    write_private(key_path, certified.signing_key.serialize_pem().as_bytes())
-        .map_err(io("cannot write key", key_path))?;
-    std::fs::write(cert_path, certified.cert.pem())
+    // Key first: a crash between the two leaves no certificate, so the
+    // next start generates both again.
+    write_atomic(
+        key_path,
+        certified.signing_key.serialize_pem().as_bytes(),
+        0o600,
+    )
+    .map_err(io("cannot write key", key_path))?;
+    write_atomic(cert_path, certified.cert.pem().as_bytes(), 0o644)
         .map_err(io("cannot write certificate", cert_path))?;
     Ok(())
 }
 
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+/// Writes a file whole or not at all, with `mode` from its first byte
+/// on: a new temporary file (never an existing one, whose mode might let
+/// others read a private key), fsynced, renamed over `path`, its folder
+/// fsynced.
+fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    match std::fs::remove_file(&tmp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
     let mut f = std::fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)?;
-    f.write_all(bytes)
+        .create_new(true)
+        .mode(mode)
+        .open(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    std::fs::File::open(dir)?.sync_all()
 }
 
 /// SHA-256 of a DER certificate.
@@ -297,5 +320,27 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o077, 0, "key must not be readable by others");
+    }
+
+    /// A key file left readable by others (restored from a backup, say)
+    /// is replaced, not rewritten in place with its old mode, when the
+    /// identity is generated again; nothing temporary is left behind.
+    #[test]
+    fn a_regenerated_key_is_private_whatever_the_old_file_was() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("relay-key.pem");
+        std::fs::write(&key, b"old").unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let id = server_identity(None, dir.path()).unwrap();
+        assert!(id.generated);
+        let mode = std::fs::metadata(&key).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "mode {mode:o}");
+        let mut names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["relay-cert.pem", "relay-key.pem"]);
     }
 }

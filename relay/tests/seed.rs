@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{PW, Raw, pattern, relay, relay_with};
+use common::{PW, Raw, http, pattern, relay, relay_with};
 use faxgate_config::Secret;
 use faxgate_relay::RelayClient;
 use faxgate_relay::protocol::{Code, Frame};
@@ -768,30 +768,6 @@ async fn status_and_metrics_count_a_sessions_bytes() {
     ] {
         assert!(body.lines().any(|l| l == line), "no `{line}` in:\n{body}");
     }
-}
-
-async fn http(
-    addr: std::net::SocketAddr,
-    method: &str,
-    path: &str,
-    bearer: Option<&str>,
-) -> (u16, String) {
-    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let auth = bearer
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
-    );
-    tcp.write_all(req.as_bytes()).await.unwrap();
-    let mut resp = String::new();
-    tcp.read_to_string(&mut resp).await.unwrap();
-    let code = resp[9..12].parse().unwrap();
-    let body = resp
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (code, body)
 }
 
 /// (19)-(22) when one side never ends: after tokyo's TERMINATE, osaka

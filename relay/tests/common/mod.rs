@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::str::FromStr as _;
 use std::time::Duration;
 use tempfile::TempDir;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
@@ -130,8 +130,29 @@ impl Raw {
         Raw { conn }
     }
 
+    /// As [`Raw::open`], from the source address `from` (127.0.0.0/8
+    /// holds many: a second device, an attacker elsewhere).
+    pub async fn open_from(addr: SocketAddr, from: std::net::IpAddr) -> Raw {
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.bind(SocketAddr::new(from, 0)).unwrap();
+        let tcp = sock.connect(addr).await.unwrap();
+        let mut conn = Connection::new(Stream::Plain(tcp), protocol::MAX_DATA_PAYLOAD);
+        conn.stream.write_all(&PREAMBLE).await.unwrap();
+        Raw { conn }
+    }
+
     pub async fn login(addr: SocketAddr, user: &str, pw: &str) -> (Raw, Frame) {
-        let mut r = Raw::open(addr).await;
+        Raw::login_from(addr, "127.0.0.1".parse().unwrap(), user, pw).await
+    }
+
+    /// LOGIN from the source address `from`; the relay's answer.
+    pub async fn login_from(
+        addr: SocketAddr,
+        from: std::net::IpAddr,
+        user: &str,
+        pw: &str,
+    ) -> (Raw, Frame) {
+        let mut r = Raw::open_from(addr, from).await;
         r.send(&Frame::Login {
             user: user.into(),
             password: Secret::new(pw.into()),
@@ -190,4 +211,28 @@ pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
             (x >> 24) as u8
         })
         .collect()
+}
+
+pub async fn http(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    bearer: Option<&str>,
+) -> (u16, String) {
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let auth = bearer
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    tcp.write_all(req.as_bytes()).await.unwrap();
+    let mut resp = String::new();
+    tcp.read_to_string(&mut resp).await.unwrap();
+    let code = resp[9..12].parse().unwrap();
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (code, body)
 }
