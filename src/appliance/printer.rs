@@ -8,7 +8,7 @@
 //! A crash between the printer's confirmation and the store's update
 //! prints the document again on restart (at least once, never lost).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -121,7 +121,9 @@ impl PrintActor {
         tracing::info!("Output stage stopped.");
     }
 
-    /// Archives and prints one document. `Ok(false)`: try again later.
+    /// Archives (once) and prints one document. `Ok(false)`: try again
+    /// later. Errors are the store's; the archive's and the printer's are
+    /// recorded with the document.
     async fn output(&mut self, doc: &InboxDoc) -> anyhow::Result<bool> {
         let pages = self.store.inbox_pages(doc.id).await?;
         let mut title = format!("Fax {} from {}", doc.id, doc.from);
@@ -129,23 +131,8 @@ impl PrintActor {
             title.push_str(" (partial)");
         }
         let document = Document { title, pages };
-        let mut archived = None;
-        if let Some(dir) = &self.archive {
-            let path = dir.join(format!("fax-{:05}-{}.pdf", doc.id, doc.from));
-            // Rendered into a temporary file beside it, then renamed: an
-            // archive file is whole or absent, never half written.
-            crate::print::blocking(|| std::fs::create_dir_all(dir))
-                .with_context(|| format!("while creating {}", dir.display()))?;
-            let (tmp, _) = DocumentFormat::Pdf
-                .spool(&document, Some(dir))
-                .context("while writing the archive PDF")?;
-            crate::print::blocking(|| {
-                tmp.persist(&path)?;
-                crate::print::sync_dir(dir).map_err(|e| anyhow::anyhow!(e))
-            })
-            .with_context(|| format!("while writing {}", path.display()))?;
-            tracing::info!(doc = doc.id, path = %path.display(), "Archived.");
-            archived = Some(path.display().to_string());
+        if doc.archived.is_none() {
+            self.archive(doc, &document).await?;
         }
         let Some(printer) = &self.printer else {
             self.store
@@ -153,7 +140,6 @@ impl PrintActor {
                     doc.id,
                     PrintState::Held,
                     Some("no printer configured".into()),
-                    archived,
                 )
                 .await?;
             return Ok(true);
@@ -166,21 +152,20 @@ impl PrintActor {
                         doc.id,
                         PrintState::Printed,
                         Some(report.destination.clone()),
-                        archived,
                     )
                     .await?;
             }
             Err(e) if e.keeps_job() => {
                 tracing::warn!(doc = doc.id, error = %e, "Printer cannot take the document now; will retry.");
                 self.store
-                    .set_print_state(doc.id, PrintState::Pending, Some(e.to_string()), archived)
+                    .set_print_state(doc.id, PrintState::Pending, Some(e.to_string()))
                     .await?;
                 return Ok(false);
             }
             Err(e) => {
                 tracing::error!(doc = doc.id, error = %e, "Printer refused the document.");
                 self.store
-                    .set_print_state(doc.id, PrintState::Failed, Some(e.to_string()), archived)
+                    .set_print_state(doc.id, PrintState::Failed, Some(e.to_string()))
                     .await?;
             }
         }
@@ -189,6 +174,54 @@ impl PrintActor {
         }
         Ok(true)
     }
+
+    /// Writes the archive PDF of a document not archived yet and records
+    /// it, so that it is written once however often printing is retried.
+    /// A failure is recorded with the document (once per distinct
+    /// reason) and does not stop printing; it is tried again on the next
+    /// pass while the document waits for the printer.
+    async fn archive(&self, doc: &InboxDoc, document: &Document) -> anyhow::Result<()> {
+        let Some(dir) = &self.archive else {
+            return Ok(());
+        };
+        let path = dir.join(format!("fax-{:05}-{}.pdf", doc.id, doc.from));
+        match write_archive(dir, &path, document) {
+            Ok(()) => {
+                tracing::info!(doc = doc.id, path = %path.display(), "Archived.");
+                self.store
+                    .set_archived(doc.id, path.display().to_string())
+                    .await
+            }
+            Err(e) => {
+                let reason = format!("{e:#}");
+                if doc.archive_error.as_deref() == Some(reason.as_str()) {
+                    tracing::debug!(doc = doc.id, error = %reason, "Still cannot archive the document.");
+                    return Ok(());
+                }
+                tracing::error!(
+                    doc = doc.id,
+                    error = %reason,
+                    "Cannot archive the document; it is printed without an archive copy."
+                );
+                self.store.set_archive_failed(doc.id, reason).await
+            }
+        }
+    }
+}
+
+/// Renders `document` into a temporary file in `dir`, then renames it to
+/// `path`: an archive file is whole or absent, never half written.
+fn write_archive(dir: &Path, path: &Path, document: &Document) -> anyhow::Result<()> {
+    crate::print::blocking(|| std::fs::create_dir_all(dir))
+        .with_context(|| format!("while creating {}", dir.display()))?;
+    let (tmp, _) = DocumentFormat::Pdf
+        .spool(document, Some(dir))
+        .context("while writing the archive PDF")?;
+    crate::print::blocking(|| {
+        tmp.persist(path)?;
+        crate::print::sync_dir(dir).map_err(|e| anyhow::anyhow!(e))
+    })
+    .with_context(|| format!("while writing {}", path.display()))
 }
 
 #[cfg(test)]
@@ -392,5 +425,125 @@ mod tests {
         shutdown.cancel();
         tracker.close();
         tracker.wait().await;
+    }
+
+    /// Starts the actor on `store` with a printer URI, an archive folder
+    /// and a retry period.
+    fn spawn_actor(
+        store: &Store,
+        printer: Option<&str>,
+        archive: Option<PathBuf>,
+        retry: Duration,
+    ) -> (PrintHandle, CancellationToken, TaskTracker) {
+        let shutdown = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let handle = PrintHandle::spawn(
+            store.clone(),
+            printer.map(|u| Printer::from_uri(u).unwrap()),
+            archive,
+            retry,
+            Bus::default(),
+            shutdown.clone(),
+            &tracker,
+        );
+        (handle, shutdown, tracker)
+    }
+
+    async fn stop(shutdown: CancellationToken, tracker: TaskTracker) {
+        shutdown.cancel();
+        tracker.close();
+        tracker.wait().await;
+    }
+
+    /// An archive folder that cannot be made (its parent is a regular
+    /// file, which stops root too) does not stop printing: the document
+    /// is printed, and the archive failure is recorded with it (and in
+    /// its history) for the panel.
+    #[tokio::test]
+    async fn an_archive_failure_is_recorded_and_the_document_still_prints() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("store")).unwrap();
+        let id = received(&store).await;
+        let file = dir.path().join("not-a-folder");
+        std::fs::write(&file, b"").unwrap();
+        let archive = file.join("archive");
+        let out = dir.path().join("printer");
+        std::fs::create_dir(&out).unwrap();
+        let (_handle, shutdown, tracker) = spawn_actor(
+            &store,
+            Some(&format!("dir:{}", out.display())),
+            Some(archive.clone()),
+            Duration::from_millis(100),
+        );
+        let d = wait_doc(&store, id, |d| d.print != PrintState::Pending).await;
+        assert_eq!(d.print, PrintState::Printed, "{d:?}");
+        assert_eq!(files(&out).len(), 1);
+        assert_eq!(d.archived, None);
+        let err = d.archive_error.unwrap_or_default();
+        assert!(err.contains(&archive.display().to_string()), "{err}");
+        let history = store
+            .history(Some(format!("inbox:{id}")), 100)
+            .await
+            .unwrap();
+        assert!(
+            history
+                .iter()
+                .any(|h| h.message.starts_with("archive failed:")),
+            "{history:?}"
+        );
+        stop(shutdown, tracker).await;
+    }
+
+    /// While the printer is stopped the document is retried, but its
+    /// archive PDF is written once: the same file (inode) and one
+    /// `archived` line in its history, however many tries.
+    #[tokio::test]
+    async fn the_archive_is_written_once_while_printing_is_retried() {
+        use std::os::unix::fs::MetadataExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("store")).unwrap();
+        let id = received(&store).await;
+        let archive = dir.path().join("archive");
+        let out = dir.path().join("printer");
+        let (_handle, shutdown, tracker) = spawn_actor(
+            &store,
+            Some(&format!("dir:{}", out.display())),
+            Some(archive.clone()),
+            Duration::from_millis(100),
+        );
+        let d = wait_doc(&store, id, |d| d.archived.is_some()).await;
+        let path = PathBuf::from(d.archived.unwrap());
+        let inode = std::fs::metadata(&path).unwrap().ino();
+        let mut tries = 0;
+        for _ in 0..200 {
+            tries = store
+                .history(Some(format!("inbox:{id}")), 100)
+                .await
+                .unwrap()
+                .iter()
+                .filter(|h| h.message.starts_with("pending:"))
+                .count();
+            if tries >= 4 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(tries >= 4, "only {tries} tries in 10 s");
+        assert_eq!(std::fs::metadata(&path).unwrap().ino(), inode, "rewritten");
+        assert_eq!(files(&archive), vec![path.clone()]);
+        let archived = store
+            .history(Some(format!("inbox:{id}")), 100)
+            .await
+            .unwrap()
+            .iter()
+            .filter(|h| h.message.starts_with("archived:"))
+            .count();
+        assert_eq!(archived, 1);
+        // The printer comes back: printed, still the one archive file.
+        std::fs::create_dir(&out).unwrap();
+        let d = wait_doc(&store, id, |d| d.print != PrintState::Pending).await;
+        assert_eq!(d.print, PrintState::Printed);
+        assert_eq!(std::fs::metadata(&path).unwrap().ino(), inode);
+        stop(shutdown, tracker).await;
     }
 }

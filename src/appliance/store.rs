@@ -254,6 +254,9 @@ pub struct InboxDoc {
     pub resolution: Option<String>,
     /// Where the archived PDF is, once archived.
     pub archived: Option<String>,
+    /// Why the last attempt to archive it failed, while it is not
+    /// archived (printing goes on regardless).
+    pub archive_error: Option<String>,
     /// When the first page arrived (Unix ms).
     pub created_ms: i64,
     /// When it last changed (Unix ms).
@@ -325,6 +328,31 @@ CREATE TABLE IF NOT EXISTS history (
     message TEXT NOT NULL
 );
 ";
+
+/// Columns added after the first release, as (table, column,
+/// declaration). A store made before a column existed gains it when it is
+/// opened ([`migrate`]); new stores get them the same way, so there is one
+/// path for both. Only ever append, and only columns that may be NULL or
+/// have a default: old rows keep working.
+const ADDED_COLUMNS: [(&str, &str, &str); 1] = [("inbox", "archive_error", "TEXT")];
+
+/// Adds the [`ADDED_COLUMNS`] a store lacks, in one transaction.
+fn migrate(conn: &mut Connection) -> anyhow::Result<()> {
+    let tx = conn.transaction()?;
+    for (table, column, decl) in ADDED_COLUMNS {
+        let has: bool = tx.query_row(
+            "SELECT COUNT(*) FROM pragma_table_info(?1) WHERE name = ?2",
+            params![table, column],
+            |r| r.get::<_, i64>(0).map(|n| n > 0),
+        )?;
+        if !has {
+            tx.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {decl}"))
+                .with_context(|| format!("while adding {table}.{column}"))?;
+        }
+    }
+    tx.commit()?;
+    Ok(())
+}
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
@@ -410,10 +438,11 @@ impl Store {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("while creating {}", dir.display()))?;
         let path = dir.join("store.db");
-        let conn = Connection::open(&path)
+        let mut conn = Connection::open(&path)
             .with_context(|| format!("while opening the store {}", path.display()))?;
         conn.execute_batch(SCHEMA)
             .context("while creating the store's tables")?;
+        migrate(&mut conn).context("while updating the store's tables")?;
         conn.busy_timeout(Duration::from_secs(5))?;
         Ok(Store {
             inner: Arc::new(Mutex::new(Inner {
@@ -864,19 +893,52 @@ impl Store {
         .await
     }
 
+    /// Records that a document is archived at `path`.
+    pub async fn set_archived(&self, id: i64, path: String) -> anyhow::Result<()> {
+        self.with(move |s| {
+            s.conn.execute(
+                "UPDATE inbox SET archived = ?2, archive_error = NULL, updated = ?3
+                 WHERE id = ?1",
+                params![id, path, now_ms()],
+            )?;
+            history(
+                &s.conn,
+                &format!("inbox:{id}"),
+                &format!("archived: {path}"),
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Records why a document could not be archived.
+    pub async fn set_archive_failed(&self, id: i64, reason: String) -> anyhow::Result<()> {
+        self.with(move |s| {
+            s.conn.execute(
+                "UPDATE inbox SET archive_error = ?2, updated = ?3 WHERE id = ?1",
+                params![id, reason, now_ms()],
+            )?;
+            history(
+                &s.conn,
+                &format!("inbox:{id}"),
+                &format!("archive failed: {reason}"),
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
     /// Sets what the output stage did with a document.
     pub async fn set_print_state(
         &self,
         id: i64,
         state: PrintState,
         reason: Option<String>,
-        archived: Option<String>,
     ) -> anyhow::Result<()> {
         self.with(move |s| {
             s.conn.execute(
-                "UPDATE inbox SET print_state = ?2, print_reason = ?3,
-                   archived = COALESCE(?4, archived), updated = ?5 WHERE id = ?1",
-                params![id, state.as_str(), reason, archived, now_ms()],
+                "UPDATE inbox SET print_state = ?2, print_reason = ?3, updated = ?4 WHERE id = ?1",
+                params![id, state.as_str(), reason, now_ms()],
             )?;
             history(
                 &s.conn,
@@ -1132,7 +1194,8 @@ fn inbox_row(conn: &Connection, id: i64) -> anyhow::Result<Option<InboxDoc>> {
     let row = conn
         .query_row(
             "SELECT id, from_user, job_id, remote_ident, pages_expected, pages, state,
-               print_state, print_reason, resolution, archived, created, updated
+               print_state, print_reason, resolution, archived, created, updated,
+               archive_error
              FROM inbox WHERE id = ?1",
             [id],
             |r| {
@@ -1150,6 +1213,7 @@ fn inbox_row(conn: &Connection, id: i64) -> anyhow::Result<Option<InboxDoc>> {
                         print_reason: r.get(8)?,
                         resolution: r.get(9)?,
                         archived: r.get(10)?,
+                        archive_error: r.get(13)?,
                         created_ms: r.get(11)?,
                         updated_ms: r.get(12)?,
                     },
@@ -1320,6 +1384,59 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(again.state, InboxState::Complete);
+    }
+
+    /// A store written before the [`ADDED_COLUMNS`] existed (the tables
+    /// as [`SCHEMA`] makes them, with a document in them) gains the
+    /// columns when opened; its document reads as before, the new fields
+    /// empty, and they can be written. Opening it again changes nothing.
+    #[tokio::test]
+    async fn an_old_store_gains_the_new_columns() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let conn = Connection::open(dir.path().join("store.db")).unwrap();
+            conn.execute_batch(SCHEMA).unwrap();
+            conn.execute(
+                "INSERT INTO inbox (from_user, job_id, state, print_state, archived,
+                   created, updated)
+                 VALUES ('tokyo', 'old-1', 'complete', 'pending', '/a/fax.pdf', 1, 1)",
+                [],
+            )
+            .unwrap();
+        }
+        for _ in 0..2 {
+            let store = Store::open(dir.path()).unwrap();
+            let cols: Vec<String> = {
+                let inner = store.inner.lock().unwrap();
+                let mut st = inner
+                    .conn
+                    .prepare("SELECT name FROM pragma_table_info('inbox')")
+                    .unwrap();
+                st.query_map([], |r| r.get(0))
+                    .unwrap()
+                    .collect::<Result<_, _>>()
+                    .unwrap()
+            };
+            for (table, column, _) in ADDED_COLUMNS {
+                assert_eq!(table, "inbox");
+                assert!(cols.iter().any(|c| c == column), "{column}: {cols:?}");
+            }
+            let d = store.inbox_doc(1).await.unwrap().unwrap();
+            assert_eq!(d.job_id, "old-1");
+            assert_eq!(d.archived.as_deref(), Some("/a/fax.pdf"));
+            assert_eq!(store.print_queue().await.unwrap().len(), 1);
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(
+            store.inbox_doc(1).await.unwrap().unwrap().archive_error,
+            None
+        );
+        store
+            .set_archive_failed(1, "disk full".into())
+            .await
+            .unwrap();
+        let d = store.inbox_doc(1).await.unwrap().unwrap();
+        assert_eq!(d.archive_error.as_deref(), Some("disk full"));
     }
 
     #[tokio::test]
