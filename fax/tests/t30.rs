@@ -1948,3 +1948,176 @@ mod arbitrary_input {
         }
     }
 }
+
+// ---------------------------------------------------------------------------
+// Repeats and late responses around a page being stored or sent.
+
+fn simple(fcf_value: u8) -> Event {
+    frame_ev(frame::build(fcf_value, &[], true))
+}
+
+/// FCFs (X bit masked) of every frame the actions send.
+fn fcfs_of(actions: &[Action]) -> Vec<frame::Fcf> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::SendFrames(f) => Some(f),
+            _ => None,
+        })
+        .flatten()
+        .map(|f| frame::Frame::parse(f).unwrap().fcf)
+        .collect()
+}
+
+/// A caller past DIS and CFR with page 0 sent: returns it, the time, and
+/// the actions of sending the page.
+fn caller_with_page_out(pages: u32, caps: Capabilities) -> (T30, Instant, Vec<Action>) {
+    let now = Instant::now();
+    let mut c = T30::new(
+        caller_config(pages, Resolution::Standard, 1728, caps.clone()),
+        now,
+    )
+    .unwrap();
+    c.handle(
+        frame_ev(frame::build(frame::fcf::DIS, &caps.to_dis_fif(), true)),
+        now,
+    );
+    c.handle(simple(frame::fcf::CFR), now);
+    let params = drain(&mut c)
+        .into_iter()
+        .find_map(|a| match a {
+            Action::NeedPage { index: 0, params } => Some(params),
+            _ => None,
+        })
+        .expect("NeedPage");
+    let data = t30::encode_page(&page(1728, 30, 1), &params).unwrap();
+    c.handle(Event::Page(data), now);
+    let actions = drain(&mut c);
+    (c, now, actions)
+}
+
+/// After RTP the caller sends DCS again; a late copy of the RTP (or an
+/// MCF, or an RTN) that arrives before CFR is a stale duplicate and must
+/// neither end the call nor count for anything.
+#[test]
+fn caller_ignores_a_stale_response_while_waiting_for_cfr() {
+    let (mut c, now, _) = caller_with_page_out(2, Capabilities::minimal());
+    c.handle(simple(frame::fcf::RTP), now);
+    let actions = drain(&mut c);
+    assert!(
+        actions.contains(&Action::PageSent { index: 0 }),
+        "{actions:?}"
+    );
+    assert_eq!(fcfs_of(&actions).last(), Some(&frame::Fcf::Dcs));
+    for stale in [frame::fcf::RTP, frame::fcf::MCF, frame::fcf::RTN] {
+        c.handle(simple(stale), now);
+        let actions = drain(&mut c);
+        assert!(actions.is_empty(), "0x{stale:02X}: {actions:?}");
+        assert!(!c.is_finished());
+    }
+    c.handle(simple(frame::fcf::CFR), now);
+    let actions = drain(&mut c);
+    assert!(
+        matches!(actions[..], [Action::NeedPage { index: 1, .. }]),
+        "{actions:?}"
+    );
+}
+
+/// T4 runs from the moment the session reports the burst written
+/// (Event::Sent), not from when the page was queued: a page that takes
+/// longer than T4 to leave is not followed by an immediate repeat.
+#[test]
+fn t4_restarts_when_the_burst_is_reported_sent() {
+    let t4 = Timers::default().t4;
+    for caps in [Capabilities::minimal(), Capabilities::all()] {
+        let (mut c, now, _) = caller_with_page_out(1, caps.clone());
+        assert_eq!(c.poll_timeout(), Some(now + t4), "queued: {caps:?}");
+        let out = now + Duration::from_secs(20);
+        c.handle(Event::Sent, out);
+        assert_eq!(c.poll_timeout(), Some(out + t4), "sent: {caps:?}");
+        // The old deadline has no effect any more.
+        c.handle(Event::Timeout, now + t4);
+        assert!(drain(&mut c).is_empty());
+        // A second report (nothing new was queued) changes nothing.
+        c.handle(Event::Sent, out + Duration::from_secs(1));
+        assert_eq!(c.poll_timeout(), Some(out + t4));
+        c.handle(Event::Timeout, out + t4);
+        let repeat = fcfs_of(&drain(&mut c));
+        let want = if caps.ecm {
+            frame::Fcf::Pps
+        } else {
+            frame::Fcf::Eop
+        };
+        assert_eq!(repeat, vec![want]);
+    }
+}
+
+/// An answerer that has the page but not yet PageStored: a CRP (repeat
+/// your response) must not repeat the previous response (CFR, or the
+/// last page's MCF, which the sender would credit to this page). ECM
+/// says RNR; non-ECM stays silent until MCF.
+#[test]
+fn crp_while_storing_does_not_repeat_an_old_response() {
+    for ecm in [false, true] {
+        let now = Instant::now();
+        let caps = if ecm {
+            Capabilities::all()
+        } else {
+            Capabilities::minimal()
+        };
+        let mut a = T30::new(answerer_config(caps), now).unwrap();
+        drain(&mut a);
+        let p = Params {
+            resolution: Resolution::Standard,
+            width: 1728,
+            coding: Coding::Mh,
+            ecm,
+        };
+        a.handle(frame_ev(dcs_frame(&p)), now);
+        let data = t30::encode_page(&page(1728, 30, 3), &p).unwrap();
+        if ecm {
+            let mut n = 0u16;
+            for (i, chunk) in data.chunks(256).enumerate() {
+                let d: Vec<u8> = chunk.iter().map(|b| b.reverse_bits()).collect();
+                a.handle(
+                    Event::EcmFrame {
+                        bytes: frame::fcd_frame(i as u8, &d),
+                        fcs_ok: true,
+                    },
+                    now,
+                );
+                n += 1;
+            }
+            let pps = frame::Pps {
+                ppm: frame::fcf::MPS | 1,
+                page: 0,
+                block: 0,
+                frames: n,
+            };
+            a.handle(
+                frame_ev(frame::build(frame::fcf::PPS | 1, &pps.to_fif(), true)),
+                now,
+            );
+        } else {
+            a.handle(Event::ImageData(data), now);
+            a.handle(Event::ImageEnd, now);
+            a.handle(simple(frame::fcf::MPS | 1), now);
+        }
+        let actions = drain(&mut a);
+        assert!(
+            actions
+                .iter()
+                .any(|x| matches!(x, Action::PageReceived { index: 0, .. })),
+            "ecm {ecm}: {actions:?}"
+        );
+        a.handle(simple(frame::fcf::CRP | 1), now);
+        let sent = fcfs_of(&drain(&mut a));
+        let want = if ecm { vec![frame::Fcf::Rnr] } else { vec![] };
+        assert_eq!(sent, want, "ecm {ecm}");
+        a.handle(Event::PageStored, now);
+        let sent = fcfs_of(&drain(&mut a));
+        // Non-ECM: MCF at once; ECM: MCF waits for RR after the RNR.
+        let want = if ecm { vec![] } else { vec![frame::Fcf::Mcf] };
+        assert_eq!(sent, want, "ecm {ecm}");
+    }
+}

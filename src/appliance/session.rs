@@ -22,6 +22,7 @@
 //! this session, pages in the document), so a receiver recognises a
 //! resumed job and a repeated page.
 
+use std::collections::VecDeque;
 use std::time::Instant;
 
 use anyhow::{Context as _, anyhow};
@@ -82,6 +83,9 @@ impl JobTag {
 /// and hears `page_sent`; the receiver hears `nonstandard` and
 /// `page_received`. Each is awaited before the engine goes on, so a page
 /// is durable before MCF leaves, and recorded as delivered only after MCF.
+/// While `page_received` runs the session keeps reading the peer, so that
+/// a command repeated meanwhile is answered as T.30 wants (RNR, or nothing
+/// without ECM) and not with a second MCF after the store.
 pub trait Hooks {
     /// The coded page `index` (0-based within this session) for `params`.
     fn need_page(
@@ -163,10 +167,11 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send,
     H: Hooks + Send,
 {
-    let mut decoder = TpktDecoder::new();
-    let mut rx = AsyncRx::default();
+    let mut input = Input::default();
     let mut out = Vec::with_capacity(64 * 1024);
-    let mut buf = vec![0u8; 64 * 1024];
+    // Actions the engine queued while a page was being stored, other than
+    // frames (which went out at once), in order.
+    let mut backlog: VecDeque<Action> = VecDeque::new();
     let mut cancel_sent = false;
     let mut peer = Peer {
         ident: None,
@@ -182,8 +187,7 @@ where
     };
     write_ifp(&mut out, &Ifp::Indicator(tone));
     loop {
-        while let Some(action) = t30.poll_action() {
-            let now = Instant::now();
+        while let Some(action) = backlog.pop_front().or_else(|| t30.poll_action()) {
             match action {
                 Action::SendFrames(frames) => {
                     log_frames("T.30 out.", &frames);
@@ -216,7 +220,9 @@ where
                     }
                     tell_peer(hooks, &mut peer).await?;
                     let data = hooks.need_page(index, params).await?;
-                    t30.handle(Event::Page(data), now);
+                    // Coding the page took time: the engine's timers run
+                    // from now, not from when it asked.
+                    t30.handle(Event::Page(data), Instant::now());
                 }
                 Action::PageSent { index } => {
                     hooks.page_sent(index).await?;
@@ -235,7 +241,11 @@ where
                 } => {
                     tell_peer(hooks, &mut peer).await?;
                     tracing::debug!(page = index + 1, bad_lines, lines, "Page received.");
-                    hooks.page_received(index, params, page).await?;
+                    // What is queued so far (nothing, as the engine waits
+                    // for this page) goes out before the store starts.
+                    send(stream, t30, &mut out).await?;
+                    let store = hooks.page_received(index, params, page);
+                    store_page(stream, t30, &mut input, &mut out, &mut backlog, store).await?;
                     t30.handle(Event::PageStored, Instant::now());
                 }
                 Action::PageDiscarded {
@@ -258,48 +268,13 @@ where
                 }
             }
         }
-        if !out.is_empty() {
-            stream
-                .write_all(&out)
-                .await
-                .context("while sending T.38 packets")?;
-            stream.flush().await.context("while sending T.38 packets")?;
-            out.clear();
-        }
+        send(stream, t30, &mut out).await?;
         if park.is_cancelled() && page_boundary {
             return Ok(SessionEnd::Parked);
         }
         let deadline = t30.poll_timeout();
         tokio::select! {
-            n = stream.read(&mut buf) => {
-                let now = Instant::now();
-                let n = match n {
-                    Ok(n) => n,
-                    Err(e) => {
-                        tracing::info!(error = %e, "The session's stream failed.");
-                        0
-                    }
-                };
-                if n == 0 {
-                    t30.handle(Event::Closed, now);
-                    continue;
-                }
-                decoder.push(&buf[..n]);
-                while let Some(packet) = decoder
-                    .next_packet()
-                    .map_err(|e| anyhow!("malformed TPKT from the peer: {e}"))?
-                {
-                    let ifp = Ifp::decode(&packet)
-                        .map_err(|e| anyhow!("malformed T.38 IFP packet from the peer: {e}"))?;
-                    tracing::trace!(?ifp, "T.38 in.");
-                    for event in rx.events(ifp)? {
-                        if let Event::Frame { bytes, .. } = &event {
-                            log_frames("T.30 in.", std::slice::from_ref(bytes));
-                        }
-                        t30.handle(event, now);
-                    }
-                }
-            }
+            n = stream.read(&mut input.buf), if !input.eof => input.feed(n, t30)?,
             () = sleep_until(deadline) => t30.handle(Event::Timeout, Instant::now()),
             () = cancel.cancelled(), if !cancel_sent => {
                 cancel_sent = true;
@@ -307,6 +282,142 @@ where
             }
             () = park.cancelled(), if page_boundary => return Ok(SessionEnd::Parked),
         }
+    }
+}
+
+/// Writes and flushes what the actions queued, then tells the engine, so
+/// that a command's T4 starts once its burst (a whole page, maybe) is out.
+async fn send<S>(stream: &mut S, t30: &mut T30, out: &mut Vec<u8>) -> anyhow::Result<()>
+where
+    S: AsyncWrite + Unpin,
+{
+    if out.is_empty() {
+        return Ok(());
+    }
+    stream
+        .write_all(out)
+        .await
+        .context("while sending T.38 packets")?;
+    stream.flush().await.context("while sending T.38 packets")?;
+    out.clear();
+    t30.handle(Event::Sent, Instant::now());
+    Ok(())
+}
+
+/// Awaits `store` (the owner making a received page durable) while the
+/// peer goes on talking. A sender whose T4 runs out meanwhile repeats its
+/// post-page command (or PPS, RR, CRP); the engine, still storing, ignores
+/// it (non-ECM) or answers RNR (ECM), and that RNR goes out at once. Read
+/// only after the store, the repeat would get a second MCF, which the
+/// sender would take as the confirmation of its next page.
+///
+/// Other actions wait in `backlog` until the page is stored, and so do
+/// errors: a store that was started is always awaited to its end.
+async fn store_page<S, F>(
+    stream: &mut S,
+    t30: &mut T30,
+    input: &mut Input,
+    out: &mut Vec<u8>,
+    backlog: &mut VecDeque<Action>,
+    store: F,
+) -> anyhow::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    F: Future<Output = anyhow::Result<()>>,
+{
+    let mut store = std::pin::pin!(store);
+    let mut failed: Option<anyhow::Error> = None;
+    loop {
+        let listening = failed.is_none() && !input.eof && !t30.is_finished();
+        let deadline = t30.poll_timeout();
+        tokio::select! {
+            r = &mut store => {
+                r?;
+                return failed.map_or(Ok(()), Err);
+            }
+            n = stream.read(&mut input.buf), if listening => {
+                if let Err(e) = input.feed(n, t30) {
+                    failed = Some(e);
+                }
+            }
+            () = sleep_until(deadline), if failed.is_none() => {
+                t30.handle(Event::Timeout, Instant::now());
+            }
+        }
+        while let Some(action) = t30.poll_action() {
+            match action {
+                Action::SendFrames(frames) => {
+                    log_frames("T.30 out.", &frames);
+                    write_ifp(out, &Ifp::Indicator(Indicator::V21Preamble));
+                    write_hdlc(out, DataType::V21, &frames);
+                }
+                other => backlog.push_back(other),
+            }
+        }
+        if failed.is_none()
+            && let Err(e) = send(stream, t30, out).await
+        {
+            failed = Some(e);
+        }
+    }
+}
+
+/// The receiving side of the stream: bytes through TPKT and IFP into T.30
+/// events.
+struct Input {
+    decoder: TpktDecoder,
+    rx: AsyncRx,
+    buf: Vec<u8>,
+    /// The stream ended (or failed); the engine has had [`Event::Closed`].
+    eof: bool,
+}
+
+impl Default for Input {
+    fn default() -> Self {
+        Input {
+            decoder: TpktDecoder::new(),
+            rx: AsyncRx::default(),
+            buf: vec![0u8; 64 * 1024],
+            eof: false,
+        }
+    }
+}
+
+impl Input {
+    /// Hands the result of one read of `self.buf` to the engine: the events
+    /// of the packets it completes, or [`Event::Closed`] at the end of the
+    /// stream. Errors for bytes that are not T.38 over TPKT.
+    fn feed(&mut self, read: std::io::Result<usize>, t30: &mut T30) -> anyhow::Result<()> {
+        let now = Instant::now();
+        let n = match read {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::info!(error = %e, "The session's stream failed.");
+                0
+            }
+        };
+        if n == 0 {
+            self.eof = true;
+            t30.handle(Event::Closed, now);
+            return Ok(());
+        }
+        self.decoder.push(&self.buf[..n]);
+        while let Some(packet) = self
+            .decoder
+            .next_packet()
+            .map_err(|e| anyhow!("malformed TPKT from the peer: {e}"))?
+        {
+            let ifp = Ifp::decode(&packet)
+                .map_err(|e| anyhow!("malformed T.38 IFP packet from the peer: {e}"))?;
+            tracing::trace!(?ifp, "T.38 in.");
+            for event in self.rx.events(ifp)? {
+                if let Event::Frame { bytes, .. } = &event {
+                    log_frames("T.30 in.", std::slice::from_ref(bytes));
+                }
+                t30.handle(event, now);
+            }
+        }
+        Ok(())
     }
 }
 
@@ -495,6 +606,380 @@ impl AsyncRx {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
+
+    use faxgate_fax::t30::frame::{self, Fcf, Pps, fcf};
+    use faxgate_fax::t30::{self as t30, Capabilities, Config, Role, Timers};
+    use faxgate_fax::{Coding, Resolution};
+    use tokio::io::DuplexStream;
+    use tokio::sync::oneshot;
+
+    /// How long a test waits for anything from the session under test.
+    const PATIENCE: Duration = Duration::from_secs(10);
+
+    /// The session's owner, scripted: pages to send, and a store that can
+    /// be held until the test releases it.
+    #[derive(Default)]
+    struct TestHooks {
+        pages: Vec<Vec<u8>>,
+        sent: Vec<u32>,
+        received: Vec<u32>,
+        store_started: Option<oneshot::Sender<()>>,
+        store_release: Option<oneshot::Receiver<()>>,
+    }
+
+    impl Hooks for TestHooks {
+        async fn need_page(&mut self, index: u32, _params: Params) -> anyhow::Result<Vec<u8>> {
+            self.pages
+                .get(index as usize)
+                .cloned()
+                .ok_or_else(|| anyhow!("no page {index}"))
+        }
+
+        async fn page_sent(&mut self, index: u32) -> anyhow::Result<()> {
+            self.sent.push(index);
+            Ok(())
+        }
+
+        async fn peer(
+            &mut self,
+            _ident: Option<String>,
+            _nonstandard: Option<Vec<u8>>,
+        ) -> anyhow::Result<()> {
+            Ok(())
+        }
+
+        async fn page_received(
+            &mut self,
+            index: u32,
+            _params: Params,
+            _page: Bitmap,
+        ) -> anyhow::Result<()> {
+            if let Some(tx) = self.store_started.take() {
+                let _ = tx.send(());
+            }
+            if let Some(rx) = self.store_release.take() {
+                rx.await.context("the test dropped the store release")?;
+            }
+            self.received.push(index);
+            Ok(())
+        }
+
+        fn negotiated(&mut self, _params: Params) {}
+    }
+
+    fn config(role: Role, caps: Capabilities, t4: Duration) -> Config {
+        Config {
+            role,
+            ident: String::new(),
+            caps,
+            timers: Timers {
+                t4,
+                ..Timers::default()
+            },
+            non_standard: None,
+            max_bad_percent: 5,
+            max_consecutive_bad: 8,
+        }
+    }
+
+    /// Runs a session on one end of a duplex pipe; the task hands back how
+    /// it ended and the hooks, and drops its end (the peer sees EOF).
+    fn spawn_session(
+        io: DuplexStream,
+        t30: T30,
+        caller: bool,
+        hooks: TestHooks,
+    ) -> tokio::task::JoinHandle<(SessionEnd, TestHooks)> {
+        tokio::spawn(async move {
+            let mut io = io;
+            let mut hooks = hooks;
+            let end = run(
+                &mut io,
+                t30,
+                caller,
+                &mut hooks,
+                CancellationToken::new(),
+                CancellationToken::new(),
+            )
+            .await;
+            (end, hooks)
+        })
+    }
+
+    /// The other fax, played by hand over T.38: writes bursts, reads the
+    /// session's packets back as T.30 events, in chunks of `chunk` octets
+    /// with `pause` after each read (a slow link).
+    struct FakePeer {
+        io: DuplexStream,
+        decoder: TpktDecoder,
+        rx: AsyncRx,
+        events: VecDeque<Event>,
+        chunk: usize,
+        pause: Duration,
+    }
+
+    impl FakePeer {
+        fn new(io: DuplexStream) -> Self {
+            FakePeer {
+                io,
+                decoder: TpktDecoder::new(),
+                rx: AsyncRx::default(),
+                events: VecDeque::new(),
+                chunk: 64 * 1024,
+                pause: Duration::ZERO,
+            }
+        }
+
+        async fn frames(&mut self, frames: &[Vec<u8>]) {
+            let mut out = Vec::new();
+            write_ifp(&mut out, &Ifp::Indicator(Indicator::V21Preamble));
+            write_hdlc(&mut out, DataType::V21, frames);
+            self.io.write_all(&out).await.unwrap();
+        }
+
+        async fn command(&mut self, fcf_value: u8) {
+            self.frames(&[frame::build(fcf_value, &[], true)]).await;
+        }
+
+        async fn image(&mut self, data: &[u8]) {
+            let mut out = Vec::new();
+            write_ifp(&mut out, &Ifp::Indicator(Indicator::V17_14400LongTraining));
+            write_image(&mut out, data);
+            self.io.write_all(&out).await.unwrap();
+        }
+
+        async fn ecm(&mut self, frames: &[Vec<u8>]) {
+            let mut out = Vec::new();
+            write_ifp(&mut out, &Ifp::Indicator(Indicator::V17_14400LongTraining));
+            write_hdlc(&mut out, DataType::V17_14400, frames);
+            self.io.write_all(&out).await.unwrap();
+        }
+
+        /// The next event, None at EOF or after `wait` without one.
+        async fn event_within(&mut self, wait: Duration) -> Option<Event> {
+            let mut buf = vec![0u8; self.chunk];
+            loop {
+                if let Some(e) = self.events.pop_front() {
+                    return Some(e);
+                }
+                let n = match tokio::time::timeout(wait, self.io.read(&mut buf)).await {
+                    Ok(r) => r.unwrap(),
+                    Err(_) => return None,
+                };
+                if n == 0 {
+                    return None;
+                }
+                self.decoder.push(&buf[..n]);
+                while let Some(p) = self.decoder.next_packet().unwrap() {
+                    let ifp = Ifp::decode(&p).unwrap();
+                    self.events.extend(self.rx.events(ifp).unwrap());
+                }
+                if !self.pause.is_zero() {
+                    tokio::time::sleep(self.pause).await;
+                }
+            }
+        }
+
+        /// The FCF (X bit masked) of the next control frame within `wait`,
+        /// skipping image data; None at EOF or on time-out.
+        async fn fcf_within(&mut self, wait: Duration) -> Option<Fcf> {
+            loop {
+                if let Event::Frame { bytes, .. } = self.event_within(wait).await? {
+                    return Some(frame::Frame::parse(&bytes).unwrap().fcf);
+                }
+            }
+        }
+
+        /// Reads control frames until `want` (panics at EOF or time-out).
+        async fn expect(&mut self, want: Fcf) {
+            loop {
+                match self.fcf_within(PATIENCE).await {
+                    Some(f) if f == want => return,
+                    Some(_) => {}
+                    None => panic!("no {want:?} from the session"),
+                }
+            }
+        }
+
+        /// Every control frame until the session closes its end.
+        async fn rest(&mut self) -> Vec<Fcf> {
+            let mut all = Vec::new();
+            while let Some(f) = self.fcf_within(PATIENCE).await {
+                all.push(f);
+            }
+            all
+        }
+    }
+
+    fn std_params(ecm: bool) -> Params {
+        Params {
+            resolution: Resolution::Standard,
+            width: 1728,
+            coding: Coding::Mh,
+            ecm,
+        }
+    }
+
+    /// An ECM burst for a coded page: FCD frames of 256 octets, in HDLC bit
+    /// order, then RCP three times.
+    fn ecm_burst(coded: &[u8]) -> Vec<Vec<u8>> {
+        let mut burst: Vec<Vec<u8>> = coded
+            .chunks(256)
+            .enumerate()
+            .map(|(i, c)| {
+                let mut d: Vec<u8> = c.iter().map(|b| b.reverse_bits()).collect();
+                d.resize(256, 0);
+                frame::fcd_frame(i as u8, &d)
+            })
+            .collect();
+        burst.extend((0..3).map(|_| frame::rcp_frame()));
+        burst
+    }
+
+    /// A sender whose T4 runs out while we store its page repeats MPS (or
+    /// PPS-MPS). The session reads it during the store, so the engine
+    /// ignores it (non-ECM) or says RNR (ECM): the page gets exactly one
+    /// MCF. Read only after the store, the repeat got a second MCF, which
+    /// the sender took as the confirmation of its next page.
+    #[tokio::test]
+    async fn a_command_repeated_while_a_page_is_stored_gets_one_mcf() {
+        for ecm in [false, true] {
+            let caps = if ecm {
+                Capabilities::all()
+            } else {
+                Capabilities::minimal()
+            };
+            let cfg = config(Role::Answerer, caps, Duration::from_secs(3));
+            let t30 = T30::new(cfg, Instant::now()).unwrap();
+            let (ours, theirs) = tokio::io::duplex(64 * 1024);
+            let (started_tx, started_rx) = oneshot::channel();
+            let (release_tx, release_rx) = oneshot::channel();
+            let hooks = TestHooks {
+                store_started: Some(started_tx),
+                store_release: Some(release_rx),
+                ..TestHooks::default()
+            };
+            let task = spawn_session(ours, t30, false, hooks);
+            let mut peer = FakePeer::new(theirs);
+            peer.expect(Fcf::Dis).await;
+            let p = std_params(ecm);
+            peer.frames(&[frame::build(fcf::DCS | 1, &p.to_dcs_fif(), true)])
+                .await;
+            peer.expect(Fcf::Cfr).await;
+            let coded = t30::encode_page(&Bitmap::new(1728, 40), &p).unwrap();
+            let command = if ecm {
+                let burst = ecm_burst(&coded);
+                let pps = Pps {
+                    ppm: fcf::MPS | 1,
+                    page: 0,
+                    block: 0,
+                    frames: (burst.len() - 3) as u16,
+                };
+                peer.ecm(&burst).await;
+                frame::build(fcf::PPS | 1, &pps.to_fif(), true)
+            } else {
+                peer.image(&coded).await;
+                frame::build(fcf::MPS | 1, &[], true)
+            };
+            peer.frames(std::slice::from_ref(&command)).await;
+            tokio::time::timeout(PATIENCE, started_rx)
+                .await
+                .unwrap()
+                .unwrap();
+            // T4 ran out at the sender: the same command again.
+            peer.frames(std::slice::from_ref(&command)).await;
+            if ecm {
+                assert_eq!(peer.fcf_within(PATIENCE).await, Some(Fcf::Rnr), "ecm");
+            } else {
+                // Nothing to see: give the session time to read it.
+                assert_eq!(peer.fcf_within(Duration::from_millis(200)).await, None);
+            }
+            release_tx.send(()).unwrap();
+            if ecm {
+                // After RNR the sender asks with RR until the answer is
+                // no longer RNR (an RR may still catch the store).
+                let mut answer = Some(Fcf::Rnr);
+                for _ in 0..20 {
+                    peer.command(fcf::RR | 1).await;
+                    answer = peer.fcf_within(PATIENCE).await;
+                    if answer != Some(Fcf::Rnr) {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                assert_eq!(answer, Some(Fcf::Mcf), "ecm");
+            } else {
+                assert_eq!(peer.fcf_within(PATIENCE).await, Some(Fcf::Mcf));
+            }
+            peer.command(fcf::DCN | 1).await;
+            let rest = peer.rest().await;
+            assert!(
+                !rest.contains(&Fcf::Mcf),
+                "ecm {ecm}: a second MCF: {rest:?}"
+            );
+            let (end, hooks) = task.await.unwrap();
+            assert_eq!(hooks.received, vec![0], "ecm {ecm}");
+            match end {
+                SessionEnd::T30(o) => {
+                    assert_eq!((o.result, o.pages), (Ok(()), 1), "ecm {ecm}");
+                }
+                other => panic!("ecm {ecm}: {other:?}"),
+            }
+        }
+    }
+
+    /// A page that takes longer than T4 to leave (a slow link) is not
+    /// followed by a repeat of its post-page command as soon as it is out:
+    /// T4 starts when the burst has been written, not when it was queued.
+    #[tokio::test]
+    async fn t4_runs_from_when_a_slow_page_has_left() {
+        let t4 = Duration::from_millis(300);
+        let role = Role::Caller {
+            pages: 1,
+            document_resolution: Resolution::Standard,
+            document_width: 1728,
+        };
+        let t30 = T30::new(config(role, Capabilities::minimal(), t4), Instant::now()).unwrap();
+        // 48 KiB read 1 KiB per 15 ms: about 0.7 s on the wire.
+        let (ours, theirs) = tokio::io::duplex(1024);
+        let hooks = TestHooks {
+            pages: vec![vec![0x55; 48 * 1024]],
+            ..TestHooks::default()
+        };
+        let task = spawn_session(ours, t30, true, hooks);
+        let mut peer = FakePeer::new(theirs);
+        peer.frames(&[frame::build(
+            fcf::DIS,
+            &Capabilities::minimal().to_dis_fif(),
+            true,
+        )])
+        .await;
+        peer.expect(Fcf::Dcs).await;
+        peer.command(fcf::CFR).await;
+        peer.chunk = 1024;
+        peer.pause = Duration::from_millis(15);
+        let started = Instant::now();
+        peer.expect(Fcf::Eop).await;
+        assert!(
+            started.elapsed() > t4,
+            "the page took {:?}, no longer than T4",
+            started.elapsed()
+        );
+        peer.chunk = 64 * 1024;
+        peer.pause = Duration::ZERO;
+        // Well within T4 of the page's end, there must be no repeat.
+        let again = peer.fcf_within(t4 / 2).await;
+        assert_eq!(again, None, "EOP was repeated as soon as the page was out");
+        peer.command(fcf::MCF).await;
+        assert_eq!(peer.rest().await, vec![Fcf::Dcn]);
+        let (end, hooks) = task.await.unwrap();
+        assert_eq!(hooks.sent, vec![0]);
+        match end {
+            SessionEnd::T30(o) => assert_eq!((o.result, o.pages), (Ok(()), 1)),
+            other => panic!("{other:?}"),
+        }
+    }
 
     #[test]
     fn job_tags_round_trip_and_reject_others() {

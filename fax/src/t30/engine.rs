@@ -120,6 +120,9 @@ pub struct T30 {
     actions: VecDeque<Action>,
     state: State,
     timer: Option<(Instant, Timer)>,
+    /// The T4 running was armed when its burst was queued; [`Event::Sent`]
+    /// restarts it from when the burst was really out.
+    t4_unsent: bool,
     t1: Option<Instant>,
     t5: Option<Instant>,
     /// We received a valid DIS, so our FCFs carry the X bit.
@@ -248,6 +251,7 @@ impl T30 {
             actions: VecDeque::new(),
             state: State::CallWaitDis,
             timer: None,
+            t4_unsent: false,
             t1,
             t5: None,
             dis_received: false,
@@ -311,6 +315,7 @@ impl T30 {
             }
             Event::Page(data) => self.on_page(data, now),
             Event::PageStored => self.on_page_stored(now),
+            Event::Sent => self.on_sent(now),
             Event::Cancel => self.on_cancel(),
             Event::Timeout => self.on_timeout(now),
             Event::Closed => self.on_closed(),
@@ -415,6 +420,21 @@ impl T30 {
         self.rearm_t2(now);
     }
 
+    /// Starts T4 for a burst just queued. It runs from `now` until the
+    /// session reports the burst written ([`Event::Sent`]), which starts it
+    /// again: the wait for a response must not include the time a long
+    /// page took to leave over a slow link.
+    fn start_t4(&mut self, now: Instant) {
+        self.set_timer(now, self.cfg.timers.t4, Timer::T4);
+        self.t4_unsent = true;
+    }
+
+    fn on_sent(&mut self, now: Instant) {
+        if std::mem::take(&mut self.t4_unsent) && matches!(self.timer, Some((_, Timer::T4))) {
+            self.set_timer(now, self.cfg.timers.t4, Timer::T4);
+        }
+    }
+
     /// Sends a command and starts T4 for its response.
     fn command(&mut self, frames: Vec<Vec<u8>>, name: String, now: Instant) {
         let mut frames = frames;
@@ -423,7 +443,7 @@ impl T30 {
         self.command_name = name;
         self.tries = 1;
         self.actions.push_back(Action::SendFrames(frames));
-        self.set_timer(now, self.cfg.timers.t4, Timer::T4);
+        self.start_t4(now);
     }
 
     /// Repeats the last command if tries are left; false when exhausted.
@@ -434,7 +454,7 @@ impl T30 {
         self.tries += 1;
         self.actions
             .push_back(Action::SendFrames(self.command.clone()));
-        self.set_timer(now, self.cfg.timers.t4, Timer::T4);
+        self.start_t4(now);
         true
     }
 
@@ -621,7 +641,7 @@ impl T30 {
         }
         frames.push(frame::build(fcf::DIS, &self.cfg.caps.to_dis_fif(), true));
         self.send_frames(frames);
-        self.set_timer(now, self.cfg.timers.t4, Timer::T4);
+        self.start_t4(now);
     }
 
     fn answerer_frame(&mut self, f: &Frame<'_>, now: Instant) {
@@ -637,7 +657,7 @@ impl T30 {
             Fcf::Pps => self.ans_pps(f, now),
             Fcf::Rr => self.ans_rr(f, now),
             Fcf::Ctc => self.ans_ctc(f, now),
-            Fcf::Crp => self.resend_last_response(now),
+            Fcf::Crp => self.ans_crp(now),
             Fcf::Dcn => self.ans_dcn(),
             _ => self.unexpected(f),
         }
@@ -924,6 +944,17 @@ impl T30 {
         }
     }
 
+    /// CRP: the sender did not understand our last response. While a page
+    /// is being stored that response is still to come (the last one sent
+    /// belongs to the previous page): ECM says RNR, non-ECM stays silent.
+    fn ans_crp(&mut self, now: Instant) {
+        match self.state {
+            State::AnsStoring { .. } if self.params.is_some_and(|p| p.ecm) => self.send_rnr(),
+            State::AnsStoring { .. } => {}
+            _ => self.resend_last_response(now),
+        }
+    }
+
     fn ans_dcn(&mut self) {
         match self.state {
             State::AnsWaitDcn => self.finish(Ok(()), false),
@@ -970,8 +1001,10 @@ impl T30 {
             Fcf::Mcf | Fcf::Pip | Fcf::Rtp | Fcf::Rtn | Fcf::Pin | Fcf::Ppr | Fcf::Rnr => {
                 match self.state {
                     State::CallWaitResp => self.call_response(f, now),
-                    // Nothing is outstanding: a late duplicate response.
-                    State::CallNeedPage => {}
+                    // Nothing is outstanding (a page is being prepared), or
+                    // the DCS after RTP/RTN is: a late duplicate of the
+                    // response we acted on. Never credit it to anything.
+                    State::CallNeedPage | State::CallWaitCfr => {}
                     _ => self.unexpected(f),
                 }
             }

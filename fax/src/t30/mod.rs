@@ -37,9 +37,14 @@
 //! # Choices and limits
 //!
 //! - The answerer sends MCF only after [`Event::PageStored`]. In ECM a
-//!   repeated PPS (or RR) meanwhile gets RNR; without ECM, where T.30 has
-//!   no RNR, a repeated post-page command is left unanswered until the
-//!   page is stored, so storage must take less than `retries` x T4.
+//!   repeated PPS (or RR, or CRP) meanwhile gets RNR; without ECM, where
+//!   T.30 has no RNR, a repeated post-page command (or CRP) is left
+//!   unanswered until the page is stored, so storage must take less than
+//!   `retries` x T4. The driver must keep feeding the peer's frames while
+//!   the page is stored: read only afterwards, a repeat would get a second
+//!   MCF that the sender credits to its next page.
+//! - T4 runs from [`Event::Sent`] (the burst is written), not from when a
+//!   command was queued, so a long page on a slow link keeps its full T4.
 //! - DCS always selects V.17 14 400 bit/s and a 0 ms minimum scan line
 //!   time (no fill), as spandsp does in T.38 mode; a receiver whose DIS
 //!   asks for a scan line time gets no fill bits.
@@ -276,6 +281,12 @@ pub enum Event {
     /// Answerer: the page announced by [`Action::PageReceived`] is
     /// durable, so MCF may confirm it.
     PageStored,
+    /// Everything the actions drained so far asked to send has been
+    /// written and flushed. A command's T4 runs from here rather than from
+    /// when the burst was queued, so that a large page on a slow link does
+    /// not use up the wait for its response (a driver that never sends
+    /// this gets T4 from the queueing time).
+    Sent,
     /// The local user cancelled: finish politely with DCN.
     Cancel,
     /// [`T30::poll_timeout`] has passed.
