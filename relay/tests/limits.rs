@@ -97,8 +97,10 @@ async fn failed_passwords_from_elsewhere_lock_out_neither_resume_nor_a_known_add
         ),
         "{f:?}"
     );
-    // The device's spare connection resumes with its token.
-    let mut spare = Raw::open_from(r.addr, device).await;
+    // The device's spare connection resumes with its token, even from
+    // another address (a carrier-grade NAT maps a device's connections
+    // to a pool of public addresses).
+    let mut spare = Raw::open_from(r.addr, ip("127.0.0.4")).await;
     spare
         .send(&Frame::Resume {
             user: "tokyo".into(),
