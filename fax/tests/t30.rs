@@ -1969,6 +1969,105 @@ fn fcfs_of(actions: &[Action]) -> Vec<frame::Fcf> {
         .collect()
 }
 
+/// Feeds one ECM block holding `data` (one coded page of at most 256
+/// frames, MSB first) as FCD frames in HDLC bit order, then RCP.
+fn feed_ecm_block(a: &mut T30, data: &[u8], now: Instant) {
+    for (i, chunk) in data.chunks(256).enumerate() {
+        let d: Vec<u8> = chunk.iter().map(|b| b.reverse_bits()).collect();
+        a.handle(
+            Event::EcmFrame {
+                bytes: frame::fcd_frame(i as u8, &d),
+                fcs_ok: true,
+            },
+            now,
+        );
+    }
+    a.handle(
+        Event::EcmFrame {
+            bytes: frame::rcp_frame(),
+            fcs_ok: true,
+        },
+        now,
+    );
+}
+
+/// The PPS (from the caller, X bit set) for a block holding `data`.
+fn pps_ev(ppm: u8, page: u8, block: u8, data: &[u8]) -> Event {
+    let pps = frame::Pps {
+        ppm,
+        page,
+        block,
+        frames: data.len().div_ceil(256).max(1) as u16,
+    };
+    frame_ev(frame::build(frame::fcf::PPS | 1, &pps.to_fif(), true))
+}
+
+/// An answerer past DCS (CFR drained) for `params`.
+fn answerer_after_dcs(caps: Capabilities, params: &Params) -> (T30, Instant) {
+    let now = Instant::now();
+    let mut a = T30::new(answerer_config(caps), now).unwrap();
+    a.handle(frame_ev(dcs_frame(params)), now);
+    drain(&mut a);
+    (a, now)
+}
+
+const ECM_MH: Params = Params {
+    resolution: Resolution::Standard,
+    width: 1728,
+    coding: Coding::Mh,
+    ecm: true,
+};
+
+/// ECM has no RTN (spandsp's sender hangs up on it, ours would resend the
+/// same error-free data): a page with damaged lines is confirmed with its
+/// bad-line count, and one that yields no line at all ends the call with
+/// DCN and BadPageData.
+#[test]
+fn ecm_receiver_never_answers_rtn() {
+    // Damaged coding: MH resynchronises at each EOL, so lines decode.
+    let mut damaged = t30::encode_page(&page(1728, 60, 4), &ECM_MH).unwrap();
+    corrupt(&mut damaged);
+    let (mut a, now) = answerer_after_dcs(Capabilities::all(), &ECM_MH);
+    feed_ecm_block(&mut a, &damaged, now);
+    a.handle(pps_ev(frame::fcf::EOP | 1, 0, 0, &damaged), now);
+    let actions = drain(&mut a);
+    assert!(!fcfs_of(&actions).contains(&frame::Fcf::Rtn), "{actions:?}");
+    let bad = actions.iter().find_map(|x| match x {
+        Action::PageReceived {
+            index: 0,
+            bad_lines,
+            lines,
+            ..
+        } => Some((*bad_lines, *lines)),
+        _ => None,
+    });
+    let (bad_lines, lines) = bad.unwrap_or_else(|| panic!("no PageReceived: {actions:?}"));
+    assert!(
+        bad_lines * 100 > lines * 5,
+        "not beyond the RTN policy: {bad_lines}/{lines}"
+    );
+    a.handle(Event::PageStored, now);
+    assert_eq!(fcfs_of(&drain(&mut a)), vec![frame::Fcf::Mcf]);
+
+    // Nothing decodes: no RTN, DCN with a reason.
+    let garbage = vec![0u8; 600];
+    let (mut a, now) = answerer_after_dcs(Capabilities::all(), &ECM_MH);
+    feed_ecm_block(&mut a, &garbage, now);
+    a.handle(pps_ev(frame::fcf::EOP | 1, 0, 0, &garbage), now);
+    let actions = drain(&mut a);
+    assert_eq!(fcfs_of(&actions), vec![frame::Fcf::Dcn], "{actions:?}");
+    let o = outcome_of(&actions);
+    assert!(
+        matches!(&o.result, Err(Failure::BadPageData { index: 0, .. })),
+        "{o:?}"
+    );
+    assert!(
+        !actions
+            .iter()
+            .any(|x| matches!(x, Action::PageDiscarded { .. }))
+    );
+}
+
 /// A caller past DIS and CFR with page 0 sent: returns it, the time, and
 /// the actions of sending the page.
 fn caller_with_page_out(pages: u32, caps: Capabilities) -> (T30, Instant, Vec<Action>) {
@@ -2076,28 +2175,8 @@ fn crp_while_storing_does_not_repeat_an_old_response() {
         a.handle(frame_ev(dcs_frame(&p)), now);
         let data = t30::encode_page(&page(1728, 30, 3), &p).unwrap();
         if ecm {
-            let mut n = 0u16;
-            for (i, chunk) in data.chunks(256).enumerate() {
-                let d: Vec<u8> = chunk.iter().map(|b| b.reverse_bits()).collect();
-                a.handle(
-                    Event::EcmFrame {
-                        bytes: frame::fcd_frame(i as u8, &d),
-                        fcs_ok: true,
-                    },
-                    now,
-                );
-                n += 1;
-            }
-            let pps = frame::Pps {
-                ppm: frame::fcf::MPS | 1,
-                page: 0,
-                block: 0,
-                frames: n,
-            };
-            a.handle(
-                frame_ev(frame::build(frame::fcf::PPS | 1, &pps.to_fif(), true)),
-                now,
-            );
+            feed_ecm_block(&mut a, &data, now);
+            a.handle(pps_ev(frame::fcf::MPS | 1, 0, 0, &data), now);
         } else {
             a.handle(Event::ImageData(data), now);
             a.handle(Event::ImageEnd, now);

@@ -240,7 +240,16 @@ where
                     lines,
                 } => {
                     tell_peer(hooks, &mut peer).await?;
-                    tracing::debug!(page = index + 1, bad_lines, lines, "Page received.");
+                    if bad_lines > 0 {
+                        tracing::warn!(
+                            page = index + 1,
+                            bad_lines,
+                            lines,
+                            "Page received with lines that did not decode."
+                        );
+                    } else {
+                        tracing::debug!(page = index + 1, lines, "Page received.");
+                    }
                     // What is queued so far (nothing, as the engine waits
                     // for this page) goes out before the store starts.
                     send(stream, t30, &mut out).await?;

@@ -768,14 +768,23 @@ impl T30 {
     }
 
     /// A whole page is in: decode it and decide between MCF and RTN.
+    ///
+    /// In ECM there is no RTN (T.30 Annex A: the response to PPS is MCF,
+    /// PPR or RNR; spandsp's sender hangs up on RTN). The frames passed
+    /// their FCS, so the data is what the sender coded and sending it again
+    /// cannot help: a page with any lines is confirmed with its bad-line
+    /// count, and one that yields none ends the call with
+    /// [`Failure::BadPageData`].
     fn end_of_page(&mut self, ppm: Ppm, data: Vec<u8>, params: Params, now: Instant) {
         let index = self.page_index;
         let decoded = Bitmap::decode(&data, DecoderOptions::wire(params.coding, params.width));
+        let accept = |s: &crate::PageSummary| {
+            s.lines > 0
+                && (params.ecm
+                    || s.acceptable(self.cfg.max_bad_percent, self.cfg.max_consecutive_bad))
+        };
         match decoded {
-            Ok((page, s))
-                if s.lines > 0
-                    && s.acceptable(self.cfg.max_bad_percent, self.cfg.max_consecutive_bad) =>
-            {
+            Ok((page, s)) if accept(&s) => {
                 self.actions.push_back(Action::PageReceived {
                     index,
                     params,
@@ -786,6 +795,13 @@ impl T30 {
                 self.owe_response = true;
                 self.state = State::AnsStoring { ppm };
                 self.timer = None;
+            }
+            other if params.ecm => {
+                let reason = match other {
+                    Ok(_) => "no scan line decodes".to_string(),
+                    Err(e) => e.to_string(),
+                };
+                self.fail(Failure::BadPageData { index, reason });
             }
             other => {
                 let (bad_lines, lines) = match other {

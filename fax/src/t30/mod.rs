@@ -48,6 +48,10 @@
 //! - DCS always selects V.17 14 400 bit/s and a 0 ms minimum scan line
 //!   time (no fill), as spandsp does in T.38 mode; a receiver whose DIS
 //!   asks for a scan line time gets no fill bits.
+//! - An ECM receiver never answers RTN (not an ECM response): a page
+//!   whose frames all arrived is confirmed with its bad-line count, and
+//!   one that does not decode at all ends the call
+//!   ([`Failure::BadPageData`]).
 //! - ECM frames are sent with 256 octets; received frames of any size up
 //!   to 256 are accepted. After `retries` + 1 PPRs for one block the page
 //!   fails ([`Failure::PageRejected`]) instead of T.30's CTC/EOR; a CTC
@@ -228,6 +232,7 @@ pub struct Config {
     pub non_standard: Option<Vec<u8>>,
     /// RTN policy: the largest share of bad lines, in percent, of a page
     /// that is still confirmed (see [`crate::PageSummary::acceptable`]).
+    /// Non-ECM only: ECM has no RTN, and its pages arrive as sent.
     pub max_bad_percent: u32,
     /// RTN policy: the longest run of bad lines a confirmed page may have.
     pub max_consecutive_bad: u64,
@@ -348,7 +353,7 @@ pub enum Action {
         lines: u64,
     },
     /// Answerer: the page was too damaged; RTN was sent and the sender
-    /// will send it again.
+    /// will send it again. Never in ECM, which has no RTN.
     PageDiscarded {
         /// Zero-based page index.
         index: u32,
@@ -419,6 +424,16 @@ pub enum Failure {
     /// The transport closed under the call.
     #[error("the connection to the remote fax was lost")]
     TransportClosed,
+    /// Answerer: an ECM page arrived intact (every frame passed its FCS)
+    /// but not one scan line of it decodes. ECM has no RTN, and the same
+    /// data sent again would fail again, so the call ends.
+    #[error("page {} arrived intact (ECM) but does not decode: {reason}", .index + 1)]
+    BadPageData {
+        /// Zero-based page index.
+        index: u32,
+        /// What the decoder said.
+        reason: String,
+    },
     /// A page was refused too often (RTN, or PPR for one block).
     #[error("page {} was rejected by the receiver after {tries} tries", .index + 1)]
     PageRejected {
@@ -786,6 +801,10 @@ mod tests {
             Failure::Cancelled,
             Failure::TransportClosed,
             Failure::PageRejected { index: 0, tries: 3 },
+            Failure::BadPageData {
+                index: 0,
+                reason: "x".into(),
+            },
         ];
         for f in all {
             let s = f.to_string();
