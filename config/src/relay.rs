@@ -49,9 +49,26 @@ pub struct IppFrontSection {
     /// Shortest polling interval an agent may use (advertised).
     #[serde(default = "defaults::poll_interval_min", with = "humantime_serde")]
     pub poll_interval_min: Duration,
-    /// Deadline for the TLS handshake and for a request's headers.
+    /// Deadline for the TLS handshake.
     #[serde(default = "defaults::handshake_timeout", with = "humantime_serde")]
     pub handshake_timeout: Duration,
+    /// How long a client may take to send a request's headers (on a
+    /// kept-alive connection, from the end of the previous answer).
+    #[serde(default = "defaults::ipp_header_timeout", with = "humantime_serde")]
+    pub header_timeout: Duration,
+    /// How long a request's body may make no progress (each piece must
+    /// arrive within this time of the one before; an upload that keeps
+    /// moving may take as long as it needs). A stalled request gets
+    /// client-error-timeout and its connection is closed.
+    #[serde(default = "defaults::ipp_body_stall_timeout", with = "humantime_serde")]
+    pub body_stall_timeout: Duration,
+    /// Connections open at once, both listeners together; more are closed
+    /// as soon as they are accepted.
+    #[serde(default = "defaults::ipp_max_connections")]
+    pub max_connections: usize,
+    /// Connections open at once from one client address (IPv6: its /64).
+    #[serde(default = "defaults::ipp_max_connections_per_address")]
+    pub max_connections_per_address: usize,
     /// Largest document accepted, in bytes.
     #[serde(default = "defaults::max_document")]
     pub max_document: u64,
@@ -355,6 +372,18 @@ mod defaults {
     pub fn max_document() -> u64 {
         256 << 20
     }
+    pub fn ipp_header_timeout() -> Duration {
+        Duration::from_secs(30)
+    }
+    pub fn ipp_body_stall_timeout() -> Duration {
+        Duration::from_secs(30)
+    }
+    pub fn ipp_max_connections() -> usize {
+        512
+    }
+    pub fn ipp_max_connections_per_address() -> usize {
+        32
+    }
     pub fn job_retention() -> Duration {
         Duration::from_secs(24 * 3600)
     }
@@ -567,6 +596,31 @@ impl RelayServerConfig {
         }
         // The upper bound keeps the body limit (max_document plus the
         // attributes) far from overflowing.
+        for (field, d) in [
+            ("ipp.header_timeout", ipp.header_timeout),
+            ("ipp.body_stall_timeout", ipp.body_stall_timeout),
+        ] {
+            check_duration(
+                field,
+                d,
+                Duration::from_millis(100),
+                Duration::from_secs(3600),
+            )?;
+        }
+        if ipp.max_connections == 0 {
+            return Err(invalid("ipp.max_connections", "must be at least 1"));
+        }
+        if ipp.max_connections_per_address == 0
+            || ipp.max_connections_per_address > ipp.max_connections
+        {
+            return Err(invalid(
+                "ipp.max_connections_per_address",
+                format!(
+                    "{} is outside 1..=max_connections ({})",
+                    ipp.max_connections_per_address, ipp.max_connections
+                ),
+            ));
+        }
         if ipp.max_document == 0 || ipp.max_document > 1 << 40 {
             return Err(invalid(
                 "ipp.max_document",
@@ -978,6 +1032,19 @@ mod tests {
             ),
             (format!("{ipp}public_host = \"\"\n"), "ipp.public_host"),
             (format!("{ipp}max_document = 0\n"), "ipp.max_document"),
+            (
+                format!("{ipp}body_stall_timeout = \"0s\"\n"),
+                "ipp.body_stall_timeout",
+            ),
+            (
+                format!("{ipp}header_timeout = \"2h\"\n"),
+                "ipp.header_timeout",
+            ),
+            (format!("{ipp}max_connections = 0\n"), "ipp.max_connections"),
+            (
+                format!("{ipp}max_connections = 10\nmax_connections_per_address = 11\n"),
+                "ipp.max_connections_per_address",
+            ),
         ] {
             let err = RelayServerConfig::from_str(&format!("{MINIMAL}{extra}")).unwrap_err();
             assert!(

@@ -64,23 +64,12 @@ const MAX_SUBSCRIPTIONS: usize = 64;
 /// Most events a subscription keeps unread.
 const MAX_EVENTS: usize = 1000;
 
-/// Most connections open at once, both listeners together; more are
-/// closed as soon as they are accepted (and logged).
-const MAX_CONNECTIONS: usize = 512;
-
-/// Most connections open at once from one client address, so one slow or
-/// hostile client cannot take all of [`MAX_CONNECTIONS`].
-const MAX_CONNECTIONS_PER_ADDRESS: usize = 32;
-
-/// How long a client may take to send a request's headers (on a kept-alive
-/// connection, from the end of the previous answer).
-const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// How long a request's body may make no progress: each piece of it must
-/// arrive within this time after the one before (a large upload that keeps
-/// moving may take as long as it needs). A stalled request is answered
-/// with client-error-timeout and its connection closed.
-const BODY_STALL_TIMEOUT: Duration = Duration::from_secs(30);
+// Connection caps (`ipp.max_connections`, per address
+// `ipp.max_connections_per_address`, so one slow or hostile client cannot
+// take them all), the header deadline (`ipp.header_timeout`) and the body
+// stall deadline (`ipp.body_stall_timeout`: each piece of a body must
+// arrive within it; a stalled request is answered client-error-timeout
+// and its connection closed) come from the config.
 
 /// multiple-operation-time-out (RFC 8011 5.4.28), in seconds, as
 /// advertised: a job still taking documents that sees no operation for
@@ -442,8 +431,19 @@ fn unix_now() -> i64 {
         .unwrap_or(1)
 }
 
-/// The open connections, for the caps ([`MAX_CONNECTIONS`],
-/// [`MAX_CONNECTIONS_PER_ADDRESS`]).
+/// The key a client address is capped by: IPv4 (also when mapped into
+/// IPv6) as it is, IPv6 by its /64, which one subscriber holds whole.
+fn address_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => IpAddr::V6(std::net::Ipv6Addr::from(
+            u128::from(v6) & !((1u128 << 64) - 1),
+        )),
+        v4 => v4,
+    }
+}
+
+/// The open connections, for the caps (`ipp.max_connections`,
+/// `ipp.max_connections_per_address`).
 #[derive(Debug, Default)]
 struct Connections {
     total: usize,
@@ -453,17 +453,22 @@ struct Connections {
 impl Connections {
     /// Counts a new connection from `addr` in, or names the cap it would
     /// go over.
-    fn admit(this: &Arc<Mutex<Self>>, addr: IpAddr) -> Result<ConnSlot, &'static str> {
+    fn admit(
+        this: &Arc<Mutex<Self>>,
+        addr: IpAddr,
+        max: usize,
+        max_per_addr: usize,
+    ) -> Result<ConnSlot, &'static str> {
         let mut guard = match this.lock() {
             Ok(g) => g,
             Err(p) => p.into_inner(),
         };
         let c = &mut *guard;
-        if c.total >= MAX_CONNECTIONS {
+        if c.total >= max {
             return Err("the front's connection limit");
         }
         let n = c.by_addr.entry(addr).or_default();
-        if *n >= MAX_CONNECTIONS_PER_ADDRESS {
+        if *n >= max_per_addr {
             return Err("the per-address connection limit");
         }
         *n += 1;
@@ -533,7 +538,12 @@ async fn accept_loop(
                 }
             },
         };
-        let slot = match Connections::admit(&front.connections, peer.ip().to_canonical()) {
+        let slot = match Connections::admit(
+            &front.connections,
+            address_key(peer.ip()),
+            front.cfg.max_connections,
+            front.cfg.max_connections_per_address,
+        ) {
             Ok(slot) => slot,
             Err(limit) => {
                 warn!(%peer, "IPP connection refused: {limit} is reached; closing it.");
@@ -581,6 +591,7 @@ async fn serve<S>(
         tls,
         verified: Mutex::new(None),
     });
+    let header_timeout = front.cfg.header_timeout;
     let service = hyper::service::service_fn(move |req| {
         let front = Arc::clone(&front);
         let conn = Arc::clone(&conn);
@@ -588,7 +599,7 @@ async fn serve<S>(
     });
     let http = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_TIMEOUT)
+        .header_read_timeout(header_timeout)
         .serve_connection(TokioIo::new(stream), service);
     tokio::pin!(http);
     tokio::select! {
@@ -808,22 +819,25 @@ type BodyStream =
 
 /// The request body as a reader, cut off after `limit` bytes (the caller
 /// checks whether the limit was reached). A body that makes no progress
-/// for [`BODY_STALL_TIMEOUT`] ends with a `TimedOut` error (see
-/// [`stalled`]).
-fn body_reader(body: Incoming, limit: u64) -> tokio::io::Take<StreamReader<BodyStream, Bytes>> {
+/// for `stall` ends with a `TimedOut` error (see [`stalled`]).
+fn body_reader(
+    body: Incoming,
+    limit: u64,
+    stall: Duration,
+) -> tokio::io::Take<StreamReader<BodyStream, Bytes>> {
     use futures_util::StreamExt as _;
     let frames = Box::pin(http_body_util::BodyStream::new(body));
-    let stream = futures_util::stream::unfold(Some(frames), |frames| async move {
+    let stream = futures_util::stream::unfold(Some(frames), move |frames| async move {
         let mut frames = frames?;
-        match tokio::time::timeout(BODY_STALL_TIMEOUT, frames.next()).await {
+        match tokio::time::timeout(stall, frames.next()).await {
             Ok(None) => None,
             Ok(Some(Ok(frame))) => Some((Ok(frame.into_data().unwrap_or_default()), Some(frames))),
             Ok(Some(Err(e))) => Some((Err(std::io::Error::other(e)), Some(frames))),
             Err(_) => {
-                info!(timeout = ?BODY_STALL_TIMEOUT, "IPP request stalled: no body data within the timeout; answering client-error-timeout and closing the connection.");
+                info!(timeout = ?stall, "IPP request stalled: no body data within the timeout; answering client-error-timeout and closing the connection.");
                 let e = std::io::Error::new(
                     std::io::ErrorKind::TimedOut,
-                    format!("no request data for {} s", BODY_STALL_TIMEOUT.as_secs()),
+                    format!("no request data for {stall:?}"),
                 );
                 Some((Err(e), None))
             }
@@ -914,7 +928,7 @@ async fn handle(front: Arc<Front>, conn: Arc<Conn>, req: Request<Incoming>) -> R
         .map(str::to_owned);
     let body = req.into_body();
     let limit = MAX_ATTRIBUTE_BYTES + front.cfg.max_document + 1;
-    let mut reader = body_reader(body, limit);
+    let mut reader = body_reader(body, limit, front.cfg.body_stall_timeout);
 
     // The header first, so even an unparsable request is answered with its
     // own version and request-id.
@@ -1085,5 +1099,19 @@ async fn reaper(front: Arc<Front>, shutdown: CancellationToken) {
                 Err(e) => warn!(error = %e, "Purging finished jobs failed."),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod address_tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_clients_are_capped_by_their_slash_64() {
+        let k = |s: &str| address_key(s.parse().unwrap());
+        assert_eq!(k("2001:db8:0:1::1"), k("2001:db8:0:1:ffff::2"));
+        assert_ne!(k("2001:db8:0:1::1"), k("2001:db8:0:2::1"));
+        assert_eq!(k("::ffff:192.0.2.7"), k("192.0.2.7"));
+        assert_ne!(k("192.0.2.7"), k("192.0.2.8"));
     }
 }

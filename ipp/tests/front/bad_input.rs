@@ -398,13 +398,15 @@ async fn collections_nested_too_deep_are_a_bad_request() {
 
 /// A client that sends a request's headers and then nothing is answered
 /// with client-error-timeout and cut off once the body has made no
-/// progress for 30 s (it used to hold its connection and task forever),
-/// and the front serves others meanwhile.
+/// progress for `ipp.body_stall_timeout` (3 s here; it used to hold its
+/// connection and task forever), and the front serves others meanwhile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_body_that_stalls_is_cut_off_and_others_are_served() {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let dir = tempfile::tempdir().unwrap();
-    let t = TestFront::start(config("1s", "5s", TWO_SITES), dir.path()).await;
+    let mut cfg = config("1s", "5s", TWO_SITES);
+    cfg.body_stall_timeout = Duration::from_secs(3);
+    let t = TestFront::start(cfg, dir.path()).await;
     let mut stalled = tokio::net::TcpStream::connect(t.plain).await.unwrap();
     let head = format!(
         "POST /ipp/print/osaka HTTP/1.1\r\nHost: {}\r\nContent-Type: application/ipp\r\n\
@@ -415,14 +417,14 @@ async fn a_request_body_that_stalls_is_cut_off_and_others_are_served() {
     let started = tokio::time::Instant::now();
     still_serving(&t).await;
     let mut answer = Vec::new();
-    let read = tokio::time::timeout(Duration::from_secs(45), stalled.read_to_end(&mut answer))
+    let read = tokio::time::timeout(Duration::from_secs(20), stalled.read_to_end(&mut answer))
         .await
-        .expect("the stalled request still held its connection after 45 s");
+        .expect("the stalled request still held its connection after 20 s");
     read.expect("the stalled connection ends cleanly");
     let waited = started.elapsed();
     assert!(
-        waited >= Duration::from_secs(25),
-        "cut off after {waited:?}, before the 30 s stall timeout"
+        waited >= Duration::from_millis(2500),
+        "cut off after {waited:?}, before the 3 s stall timeout"
     );
     let text = String::from_utf8_lossy(&answer);
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
@@ -437,13 +439,16 @@ async fn a_request_body_that_stalls_is_cut_off_and_others_are_served() {
     still_serving(&t).await;
 }
 
-/// One client address holds at most 32 connections at once: the next is
-/// closed at once, while other addresses are served, and a place comes
-/// free when a connection ends.
+/// One client address holds at most `ipp.max_connections_per_address`
+/// connections at once (the default 32 here, then 5): the next is closed
+/// at once, while other addresses are served, and a place comes free when
+/// a connection ends.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_over_the_per_address_cap_are_closed() {
     let dir = tempfile::tempdir().unwrap();
-    let t = TestFront::start(config("1s", "5s", TWO_SITES), dir.path()).await;
+    let cfg = config("1s", "5s", TWO_SITES);
+    assert_eq!(cfg.max_connections_per_address, 32, "the default");
+    let t = TestFront::start(cfg, dir.path()).await;
     let body = t.req(op::GET_PRINTER_ATTRIBUTES, "osaka", "tester").bytes();
     let mut held = Vec::new();
     for _ in 0..32 {
@@ -453,6 +458,21 @@ async fn connections_over_the_per_address_cap_are_closed() {
     assert!(
         over.is_err(),
         "a 33rd connection from one address was served: {over:?}"
+    );
+    drop(held);
+    drop(t);
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config("1s", "5s", TWO_SITES);
+    cfg.max_connections_per_address = 5;
+    let t = TestFront::start(cfg, dir.path()).await;
+    let mut held = Vec::new();
+    for _ in 0..5 {
+        held.push(tokio::net::TcpStream::connect(t.plain).await.unwrap());
+    }
+    let over = try_post(t.plain, "/ipp/print/osaka", body.clone()).await;
+    assert!(
+        over.is_err(),
+        "a 6th connection from one address was served: {over:?}"
     );
     // Another address is not held up by this one.
     let elsewhere = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
