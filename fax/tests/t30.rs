@@ -2200,3 +2200,76 @@ fn crp_while_storing_does_not_repeat_an_old_response() {
         assert_eq!(sent, want, "ecm {ecm}");
     }
 }
+
+/// PPS counters (T.30 Annex A): a PPS must name the block being received.
+/// The PPS confirmed last, repeated (our MCF was lost), gets MCF again and
+/// nothing it brings is committed twice; any other page/block ends the
+/// call with DCN, its frames never put into the current block. The
+/// post-page octet is read with the X bit masked (PPS-NULL as 0x01).
+#[test]
+fn ecm_pps_counters_are_checked() {
+    let img = page(1728, 60, 4);
+    let coded = t30::encode_page(&img, &ECM_MH).unwrap();
+    let (first, second) = coded.split_at(512);
+    let null_x = frame::fcf::NULL | 1;
+
+    // Block 0 with PPS-NULL as 0x01, repeated twice (once with its frames
+    // again), then block 1 with PPS-EOP: the page is the original.
+    let (mut a, now) = answerer_after_dcs(Capabilities::all(), &ECM_MH);
+    feed_ecm_block(&mut a, first, now);
+    a.handle(pps_ev(null_x, 0, 0, first), now);
+    assert_eq!(fcfs_of(&drain(&mut a)), vec![frame::Fcf::Mcf]);
+    a.handle(pps_ev(null_x, 0, 0, first), now);
+    assert_eq!(
+        fcfs_of(&drain(&mut a)),
+        vec![frame::Fcf::Mcf],
+        "bare repeat"
+    );
+    feed_ecm_block(&mut a, first, now);
+    a.handle(pps_ev(null_x, 0, 0, first), now);
+    assert_eq!(
+        fcfs_of(&drain(&mut a)),
+        vec![frame::Fcf::Mcf],
+        "with frames"
+    );
+    feed_ecm_block(&mut a, second, now);
+    a.handle(pps_ev(frame::fcf::EOP | 1, 0, 1, second), now);
+    let actions = drain(&mut a);
+    let got = actions.iter().find_map(|x| match x {
+        Action::PageReceived { index: 0, page, .. } => Some(page.clone()),
+        _ => None,
+    });
+    assert!(got == Some(img.clone()), "the page differs: {actions:?}");
+
+    // Other counters: DCN, nothing committed.
+    for (name, page_no, block) in [
+        ("a later block", 0u8, 5u8),
+        ("another page", 3, 1),
+        ("the block before the last confirmed", 0, 255),
+    ] {
+        let (mut a, now) = answerer_after_dcs(Capabilities::all(), &ECM_MH);
+        feed_ecm_block(&mut a, first, now);
+        a.handle(pps_ev(frame::fcf::NULL, 0, 0, first), now);
+        assert_eq!(fcfs_of(&drain(&mut a)), vec![frame::Fcf::Mcf], "{name}");
+        feed_ecm_block(&mut a, second, now);
+        a.handle(pps_ev(frame::fcf::EOP | 1, page_no, block, second), now);
+        let actions = drain(&mut a);
+        assert_eq!(
+            fcfs_of(&actions),
+            vec![frame::Fcf::Dcn],
+            "{name}: {actions:?}"
+        );
+        let o = outcome_of(&actions);
+        assert!(
+            matches!(&o.result, Err(Failure::UnexpectedFrame(s))
+                if s.contains("PPS") && s.contains("page 1 block 1 was expected")),
+            "{name}: {o:?}"
+        );
+        assert!(
+            !actions
+                .iter()
+                .any(|x| matches!(x, Action::PageReceived { .. })),
+            "{name}"
+        );
+    }
+}

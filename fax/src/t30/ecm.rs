@@ -102,11 +102,11 @@ pub(super) struct EcmRx {
     count: usize,
     /// The page so far (whole blocks, MSB-first again).
     page: Vec<u8>,
-    /// An FCD arrived since the last response (so a PPS is not a repeat).
-    pub(super) fresh: bool,
     /// (page, block) counters of the last PPS answered with MCF, to spot
     /// a repeat whose MCF was lost.
     pub(super) last_confirmed: Option<(u8, u8)>,
+    /// The block counter (mod 256) the next PPS of this page must carry.
+    pub(super) block: u8,
 }
 
 impl EcmRx {
@@ -115,15 +115,14 @@ impl EcmRx {
             frames: vec![None; FRAMES_PER_BLOCK],
             count: 0,
             page: Vec::new(),
-            fresh: false,
             last_confirmed: None,
+            block: 0,
         }
     }
 
     /// Keeps a good FCD frame (a repeat replaces the earlier copy).
     pub(super) fn store(&mut self, number: u8, data: &[u8]) {
         self.frames[usize::from(number)] = Some(data.to_vec());
-        self.fresh = true;
     }
 
     /// The frames still missing from a block the PPS says has
@@ -159,13 +158,21 @@ impl EcmRx {
                 self.page.extend(d.iter().map(|b| b.reverse_bits()));
             }
         }
-        self.frames.iter_mut().for_each(|s| *s = None);
-        self.count = 0;
+        self.drop_block();
+        self.block = self.block.wrapping_add(1);
         true
     }
 
-    /// The whole page (after the last block), leaving the buffer empty.
+    /// Forgets the current block's frames (the page so far stays).
+    pub(super) fn drop_block(&mut self) {
+        self.frames.iter_mut().for_each(|s| *s = None);
+        self.count = 0;
+    }
+
+    /// The whole page (after the last block), leaving the buffer empty;
+    /// the next page starts at block 0.
     pub(super) fn take_page(&mut self) -> Vec<u8> {
+        self.block = 0;
         std::mem::take(&mut self.page)
     }
 

@@ -846,7 +846,6 @@ impl T30 {
         }
         self.last_ppm = Some(ppm);
         self.rx_fresh = false;
-        self.ecm_rx.fresh = false;
         match ppm {
             Ppm::Mps => {
                 self.state = State::AnsPage;
@@ -882,10 +881,11 @@ impl T30 {
             Ok(p) => p,
             Err(e) => return self.invalid(f, e),
         };
-        let ppm = if pps.ppm == fcf::NULL {
-            None
-        } else {
-            match Ppm::from_fcf(Fcf::from_byte(pps.ppm)) {
+        // The post-page octet carries the sender's X bit (PPS-NULL may come
+        // as 0x01): decode it as an FCF, as spandsp does (`& 0xFE`).
+        let ppm = match Fcf::from_byte(pps.ppm) {
+            Fcf::Null => None,
+            other => match Ppm::from_fcf(other) {
                 Some(p) => Some(p),
                 None => {
                     let msg = format!(
@@ -896,17 +896,32 @@ impl T30 {
                     self.fail(Failure::InvalidFrame(msg));
                     return;
                 }
-            }
+            },
         };
-        if !self.ecm_rx.fresh
-            && self.ecm_rx.last_confirmed == Some((pps.page, pps.block))
-            && self.last_response_fcf == Some(Fcf::Mcf)
-        {
-            // A block we confirmed already: our MCF was lost.
-            self.resend_last_response(now);
+        // The counters (mod 256) must name the block being received, or be
+        // a repeat of the PPS we confirmed last (our MCF was lost; T.30
+        // Annex A, spandsp `process_rx_pps`). Frames for any other block
+        // must not go into this one.
+        let expected = ((self.page_index % 256) as u8, self.ecm_rx.block);
+        if (pps.page, pps.block) != expected {
+            if self.ecm_rx.last_confirmed == Some((pps.page, pps.block)) {
+                // Whatever arrived since belongs to no block we expect.
+                self.ecm_rx.drop_block();
+                self.respond(fcf::MCF, &[]);
+                self.rearm_t2(now);
+            } else {
+                let msg = format!(
+                    "{} for page {} block {} while page {} block {} was expected",
+                    f.describe(),
+                    u32::from(pps.page) + 1,
+                    pps.block,
+                    u32::from(expected.0) + 1,
+                    expected.1
+                );
+                self.fail(Failure::UnexpectedFrame(msg));
+            }
             return;
         }
-        self.ecm_rx.fresh = false;
         let missing = self.ecm_rx.missing(pps.frames);
         if !missing.is_empty() {
             self.respond(fcf::PPR, &frame::ppr_fif(missing));
