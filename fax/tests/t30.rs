@@ -2273,3 +2273,92 @@ fn ecm_pps_counters_are_checked() {
         );
     }
 }
+
+/// CRP while the answerer waits for DCS asks for DIS again: the DIS burst
+/// goes out and its repeat timer (T4) restarts. Neither a CRP nor an RR
+/// there may stop the DIS repeats (they used to take the T4 timer away,
+/// leaving the answerer silent until T1).
+#[test]
+fn crp_in_phase_b_repeats_dis_and_keeps_its_timer() {
+    let t4 = Timers::default().t4;
+    let start = Instant::now();
+    let mut a = T30::new(answerer_config(Capabilities::all()), start).unwrap();
+    drain(&mut a);
+    let now = start + Duration::from_secs(1);
+    a.handle(simple(frame::fcf::CRP | 1), now);
+    let sent = fcfs_of(&drain(&mut a));
+    assert_eq!(
+        sent,
+        vec![frame::Fcf::Nsf, frame::Fcf::Csi, frame::Fcf::Dis],
+        "CRP"
+    );
+    assert_eq!(a.poll_timeout(), Some(now + t4));
+    // The DIS repeat still runs on T4 after that.
+    a.handle(Event::Timeout, now + t4);
+    assert_eq!(fcfs_of(&drain(&mut a)).last(), Some(&frame::Fcf::Dis));
+    assert_eq!(a.poll_timeout(), Some(now + t4 * 2));
+}
+
+/// EOM confirmed, back in phase B: a repeat of EOM (or PPS-EOM, or RR)
+/// before any DCS means our MCF was lost, and gets MCF again instead of
+/// DCN; the DIS repeat keeps its timer. The next document then follows.
+#[test]
+fn repeated_eom_after_a_lost_mcf_gets_mcf_again() {
+    let t4 = Timers::default().t4;
+    for ecm in [false, true] {
+        let p = Params { ecm, ..ECM_MH };
+        let caps = Capabilities::all();
+        let (mut a, start) = answerer_after_dcs(caps, &p);
+        let data = t30::encode_page(&page(1728, 30, 3), &p).unwrap();
+        let eom = if ecm {
+            feed_ecm_block(&mut a, &data, start);
+            pps_ev(frame::fcf::EOM | 1, 0, 0, &data)
+        } else {
+            a.handle(Event::ImageData(data.clone()), start);
+            a.handle(Event::ImageEnd, start);
+            simple(frame::fcf::EOM | 1)
+        };
+        a.handle(eom.clone(), start);
+        drain(&mut a);
+        a.handle(Event::PageStored, start);
+        let sent = fcfs_of(&drain(&mut a));
+        assert_eq!(sent.first(), Some(&frame::Fcf::Mcf), "ecm {ecm}");
+        assert_eq!(sent.last(), Some(&frame::Fcf::Dis), "ecm {ecm}");
+        let dis_repeat = start + t4;
+        assert_eq!(a.poll_timeout(), Some(dis_repeat));
+        // The MCF was lost: EOM again, then RR (an ECM sender after RNR).
+        let later = start + Duration::from_secs(1);
+        for (name, ev) in [("EOM", eom.clone()), ("RR", simple(frame::fcf::RR | 1))] {
+            a.handle(ev, later);
+            let actions = drain(&mut a);
+            assert_eq!(
+                fcfs_of(&actions),
+                vec![frame::Fcf::Mcf],
+                "ecm {ecm}, {name}: {actions:?}"
+            );
+            assert!(!a.is_finished());
+            assert_eq!(a.poll_timeout(), Some(dis_repeat), "ecm {ecm}, {name}");
+        }
+        // The next document: DCS, a page, EOP.
+        a.handle(frame_ev(dcs_frame(&p)), later);
+        assert_eq!(fcfs_of(&drain(&mut a)), vec![frame::Fcf::Cfr]);
+        if ecm {
+            feed_ecm_block(&mut a, &data, later);
+            a.handle(pps_ev(frame::fcf::EOP | 1, 1, 0, &data), later);
+        } else {
+            a.handle(Event::ImageData(data.clone()), later);
+            a.handle(Event::ImageEnd, later);
+            a.handle(simple(frame::fcf::EOP | 1), later);
+        }
+        assert!(
+            drain(&mut a)
+                .iter()
+                .any(|x| matches!(x, Action::PageReceived { index: 1, .. })),
+            "ecm {ecm}"
+        );
+        a.handle(Event::PageStored, later);
+        a.handle(simple(frame::fcf::DCN | 1), later);
+        let o = outcome_of(&drain(&mut a));
+        assert_eq!((o.result, o.pages), (Ok(()), 2), "ecm {ecm}");
+    }
+}

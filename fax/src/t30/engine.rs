@@ -390,8 +390,10 @@ impl T30 {
     }
 
     /// Restarts T2 with its current meaning (a command or data arrived).
+    /// Any other timer (the answerer's DIS repeat) is left running.
     fn rearm_t2(&mut self, now: Instant) {
-        if let Some((_, Timer::T2(what))) = self.timer.take() {
+        if let Some((_, Timer::T2(what))) = &self.timer {
+            let what = what.clone();
             self.set_t2(now, what);
         }
     }
@@ -758,9 +760,14 @@ impl T30 {
                 self.rx_fresh = false;
                 self.end_of_page(ppm, data, params, now);
             }
-            // Our RTN, or our MCF to EOP, was lost: say it again.
+            // Our RTN, or our MCF to EOP or EOM, was lost: say it again
+            // (spandsp process_state_iii_q_mcf). After EOM the DIS repeat
+            // keeps running.
             State::AnsWaitDcs { after_rtn: true } => self.resend_last_response(now),
             State::AnsWaitDcn if ppm == Ppm::Eop => self.resend_last_response(now),
+            State::AnsWaitDcs { after_rtn: false } if ppm == Ppm::Eom && self.after_eom() => {
+                self.resend_last_response(now);
+            }
             // MCF waits for PageStored; non-ECM has no RNR to say so.
             State::AnsStoring { .. } => {}
             _ => self.unexpected(f),
@@ -871,6 +878,8 @@ impl T30 {
             // Still storing the page this PPS ended: ask the sender to wait.
             State::AnsStoring { .. } => return self.send_rnr(),
             State::AnsWaitDcn => return self.resend_last_response(now),
+            // PPS-EOM again after our MCF: checked below.
+            State::AnsWaitDcs { after_rtn: false } if self.after_eom() => {}
             _ => return self.unexpected(f),
         }
         let Some(params) = self.params.filter(|p| p.ecm) else {
@@ -898,6 +907,15 @@ impl T30 {
                 }
             },
         };
+        if self.state != State::AnsPage {
+            // After EOM: only that PPS-EOM, repeated, makes sense.
+            if ppm == Some(Ppm::Eom) && self.ecm_rx.last_confirmed == Some((pps.page, pps.block)) {
+                self.resend_last_response(now);
+            } else {
+                self.unexpected(f);
+            }
+            return;
+        }
         // The counters (mod 256) must name the block being received, or be
         // a repeat of the PPS we confirmed last (our MCF was lost; T.30
         // Annex A, spandsp `process_rx_pps`). Frames for any other block
@@ -947,6 +965,14 @@ impl T30 {
         }
     }
 
+    /// Answerer back in phase B after confirming EOM, before any DCS: a
+    /// repeat of EOM (or PPS-EOM, or RR) means our MCF was lost.
+    fn after_eom(&self) -> bool {
+        self.state == (State::AnsWaitDcs { after_rtn: false })
+            && self.last_ppm == Some(Ppm::Eom)
+            && self.last_response_fcf == Some(Fcf::Mcf)
+    }
+
     fn send_rnr(&mut self) {
         let f = vec![self.simple(fcf::RNR)];
         self.owe_response = false;
@@ -975,13 +1001,16 @@ impl T30 {
         }
     }
 
-    /// CRP: the sender did not understand our last response. While a page
+    /// CRP: the sender did not understand our last frames. While a page
     /// is being stored that response is still to come (the last one sent
     /// belongs to the previous page): ECM says RNR, non-ECM stays silent.
     fn ans_crp(&mut self, now: Instant) {
         match self.state {
             State::AnsStoring { .. } if self.params.is_some_and(|p| p.ecm) => self.send_rnr(),
             State::AnsStoring { .. } => {}
+            // Phase B: what we sent last is DIS (a response to EOM came
+            // before it), and a DIS repeat restarts its T4.
+            State::AnsWaitDcs { after_rtn: false } => self.send_dis(now),
             _ => self.resend_last_response(now),
         }
     }
