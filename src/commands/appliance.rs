@@ -2,6 +2,7 @@
 //! to a running appliance over its loopback API: `send`, `scan-send`,
 //! `users`, `jobs`, `cancel` and `inbox`.
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -9,8 +10,10 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use clap::{Args, Subcommand};
 use faxgate_config::ApplianceConfig;
+use faxgate_fax::t30::frame::{line_widths, width_class};
+use faxgate_fax::t30::{Params, fit_page};
 use faxgate_fax::tiff::{TiffWriterOptions, write_tiff};
-use faxgate_fax::{Bitmap, Coding};
+use faxgate_fax::{Bitmap, Coding, Resolution};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
@@ -173,15 +176,15 @@ pub async fn history(args: HistoryArgs) -> anyhow::Result<()> {
 pub async fn send(args: SendArgs) -> anyhow::Result<()> {
     let addr = args.target.addr()?;
     let dpi = args.resolution.dpi();
-    let resolution = faxgate_fax::Resolution::from_dpi(f64::from(dpi.0), f64::from(dpi.1))
-        .context("unknown resolution")?;
+    let resolution =
+        Resolution::from_dpi(f64::from(dpi.0), f64::from(dpi.1)).context("unknown resolution")?;
     let mut pages: Vec<Bitmap> = Vec::new();
     for file in &args.files {
         for (i, p) in read_pages(file, dpi).await?.into_iter().enumerate() {
             let bmp = p
                 .to_bitmap()
                 .with_context(|| format!("page {} of {} does not decode", i + 1, file.display()))?;
-            let bmp = crate::print::page::rescale(&bmp, p.dpi(), dpi);
+            let bmp = to_fax_width(&bmp, p.dpi(), resolution);
             if let Some(first) = pages.first()
                 && first.width() != bmp.width()
             {
@@ -228,6 +231,38 @@ pub async fn send(args: SendArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     follow(addr, id).await
+}
+
+/// A page read from a file (`dpi` as the file says) brought to
+/// `target`, paper to paper: a page whose width is a T.4 paper (A4, B4, A3)
+/// at its resolution lands on that paper's scan line at `target` (1728
+/// pels at fine become 2592 at 300 dpi, not 2542), any other on the
+/// nearest paper, scaled with its aspect kept. The panel refuses a width
+/// that is no T.4 scan line, and the outbox could not send it.
+fn to_fax_width(bmp: &Bitmap, dpi: (u32, u32), target: Resolution) -> Bitmap {
+    // A page at no fax resolution is scaled to `target`'s first.
+    let (bmp, from) = match Resolution::from_dpi(f64::from(dpi.0), f64::from(dpi.1)) {
+        Some(r) => (Cow::Borrowed(bmp), r),
+        None => (
+            Cow::Owned(crate::print::page::rescale(bmp, dpi, target.dpi())),
+            target,
+        ),
+    };
+    let class = width_class(bmp.width(), from).unwrap_or_else(|| {
+        // Paper widths in 8 pels/mm terms, as fit_page compares them.
+        let paper = u64::from(bmp.width()) * 204 / u64::from(from.dpi().0);
+        let a4_b4_a3 = line_widths(Resolution::Standard);
+        (0..a4_b4_a3.len())
+            .min_by_key(|&c| paper.abs_diff(u64::from(a4_b4_a3[c])))
+            .unwrap_or(0)
+    });
+    let params = Params {
+        resolution: target,
+        width: line_widths(target)[class],
+        coding: Coding::Mmr,
+        ecm: false,
+    };
+    fit_page(&bmp, from, &params)
 }
 
 /// `faxgate scan-send`.
@@ -386,7 +421,9 @@ fn urlencode(s: &str) -> String {
 }
 
 /// One request to the panel API; an error status becomes an error with
-/// the panel's message.
+/// the panel's message. It carries the panel's own Host and
+/// [`crate::appliance::panel::PANEL_HEADER`], which the panel requires of
+/// every request that changes something.
 pub async fn api(
     addr: SocketAddr,
     method: &str,
@@ -406,6 +443,7 @@ pub async fn api(
         .method(method)
         .uri(path)
         .header("host", addr.to_string())
+        .header(crate::appliance::panel::PANEL_HEADER, "1")
         .header("content-type", "image/tiff")
         .body(Full::new(bytes::Bytes::from(body.unwrap_or_default())))?;
     let resp = sender.send_request(req).await?;
@@ -420,4 +458,60 @@ pub async fn api(
         bail!("the appliance answered {code}: {msg}");
     }
     Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `faxgate send` maps paper to paper: every page lands on the T.4
+    /// scan line of the target resolution for its paper (so the panel and
+    /// the outbox take it), with the lines scaled by the resolutions.
+    #[test]
+    fn send_maps_each_page_to_the_t4_width_of_the_target_resolution() {
+        use Resolution::{Fine, R300, R400, Standard, SuperFine};
+        let cases = [
+            // (width, height, dpi of the file, target, width, height)
+            (1728, 196, Fine.dpi(), R300, 2592, 300),
+            (2592, 300, R300.dpi(), Fine, 1728, 196),
+            (1728, 98, Standard.dpi(), Fine, 1728, 196),
+            (2048, 196, Fine.dpi(), R400, 4096, 400),
+            (3648, 300, R300.dpi(), SuperFine, 2432, 391),
+            (1728, 196, Fine.dpi(), Fine, 1728, 196),
+            // No T.4 width: scaled onto the nearest paper (A4 here), the
+            // aspect kept; 2480 is A4 as a 300 dpi scanner makes it.
+            (1700, 200, Fine.dpi(), Fine, 1728, 203),
+            (2480, 600, R300.dpi(), Fine, 1728, 402),
+            // No fax resolution: scaled to the target first, then as above.
+            (4960, 1200, (600, 600), R300, 2592, 615),
+        ];
+        for (w, h, dpi, target, want_w, want_h) in cases {
+            let page = to_fax_width(&Bitmap::new(w, h), dpi, target);
+            assert_eq!(
+                (page.width(), page.height()),
+                (want_w, want_h),
+                "{w}x{h} at {dpi:?} to {target:?}"
+            );
+        }
+    }
+
+    /// What is black stays where it was on the paper: the right edge of
+    /// an A4 page at fine is still near the right edge at 300 dpi.
+    #[test]
+    fn send_keeps_the_page_content_in_place() {
+        let mut bmp = Bitmap::with_width(1728);
+        let mut row = vec![0u8; 1728 / 8];
+        row[200] = 0xFF; // pels 1600..1608
+        for _ in 0..4 {
+            bmp.push_row(&row);
+        }
+        let page = to_fax_width(&bmp, Resolution::Fine.dpi(), Resolution::R300);
+        let black: Vec<usize> = (0..2592)
+            .filter(|&x| page.row(0)[x / 8] & (0x80 >> (x % 8)) != 0)
+            .collect();
+        let (first, last) = (black[0], black[black.len() - 1]);
+        // 1600/204 in = 2353 pels at 300 dpi.
+        assert!((2350..=2356).contains(&first), "{first}");
+        assert!((2362..=2368).contains(&last), "{last}");
+    }
 }
