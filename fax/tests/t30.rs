@@ -2362,3 +2362,133 @@ fn repeated_eom_after_a_lost_mcf_gets_mcf_again() {
         assert_eq!((o.result, o.pages), (Ok(()), 2), "ecm {ecm}");
     }
 }
+
+// ---------------------------------------------------------------------------
+// A hostile sender cannot keep the answerer in a loop.
+
+/// 50 rounds of DCS, a page that does not decode, EOP: the answerer says
+/// RTN `retries` times (as many as a sender may try a page) and ends the
+/// call with DCN at the next bad copy, instead of looping for ever.
+#[test]
+fn rtn_loop_ends_at_the_cap() {
+    let p = Params {
+        ecm: false,
+        ..ECM_MH
+    };
+    let now = Instant::now();
+    let mut a = T30::new(answerer_config(Capabilities::minimal()), now).unwrap();
+    drain(&mut a);
+    let mut rtns = 0;
+    let mut rounds = 0;
+    for _ in 0..50 {
+        rounds += 1;
+        a.handle(frame_ev(dcs_frame(&p)), now);
+        a.handle(Event::ImageData(vec![0x00; 300]), now);
+        a.handle(Event::ImageEnd, now);
+        a.handle(simple(frame::fcf::EOP | 1), now);
+        let actions = drain(&mut a);
+        rtns += fcfs_of(&actions)
+            .iter()
+            .filter(|f| **f == frame::Fcf::Rtn)
+            .count();
+        if a.is_finished() {
+            assert_eq!(fcfs_of(&actions).last(), Some(&frame::Fcf::Dcn));
+            let o = outcome_of(&actions);
+            assert_eq!(
+                o.result,
+                Err(Failure::PageRejected { index: 0, tries: 4 }),
+                "{o:?}"
+            );
+            break;
+        }
+    }
+    assert!(a.is_finished(), "still receiving after {rounds} rounds");
+    assert_eq!((rounds, rtns), (4, 3));
+}
+
+/// Loops a peer can drive with commands alone (each answer restarting T2)
+/// end with DCN and NoProgress once past their caps: RR and CRP after a
+/// page, the same EOP after MCF, DCS again and again, PPS for frames that
+/// never come (PPR), CTC.
+#[test]
+fn command_loops_end_at_their_caps() {
+    type Prime = Box<dyn Fn(&mut T30, Instant)>;
+    let non_ecm = Params {
+        ecm: false,
+        ..ECM_MH
+    };
+    let img = t30::encode_page(&page(1728, 30, 3), &non_ecm).unwrap();
+    // A page confirmed with MCF (MPS, or EOP: then waiting for DCN).
+    let confirmed = |ppm: u8| -> Prime {
+        let img = img.clone();
+        Box::new(move |a, now| {
+            a.handle(Event::ImageData(img.clone()), now);
+            a.handle(Event::ImageEnd, now);
+            a.handle(simple(ppm | 1), now);
+            a.handle(Event::PageStored, now);
+        })
+    };
+    let nothing: fn() -> Prime = || Box::new(|_, _| {});
+    let two_frames = frame::Pps {
+        ppm: frame::fcf::EOP | 1,
+        page: 0,
+        block: 0,
+        frames: 2,
+    };
+    let pps_no_frames = frame_ev(frame::build(
+        frame::fcf::PPS | 1,
+        &two_frames.to_fif(),
+        true,
+    ));
+    // (name, ecm, prime, the event repeated, answers before the cap)
+    let cases: Vec<(&str, bool, Prime, Event, usize)> = vec![
+        (
+            "RR",
+            false,
+            confirmed(frame::fcf::MPS),
+            simple(frame::fcf::RR | 1),
+            12,
+        ),
+        (
+            "CRP",
+            false,
+            confirmed(frame::fcf::MPS),
+            simple(frame::fcf::CRP | 1),
+            12,
+        ),
+        (
+            "EOP after MCF",
+            false,
+            confirmed(frame::fcf::EOP),
+            simple(frame::fcf::EOP | 1),
+            12,
+        ),
+        ("DCS", false, nothing(), frame_ev(dcs_frame(&non_ecm)), 12),
+        ("PPR", true, nothing(), pps_no_frames, 16),
+        ("CTC", true, nothing(), simple(frame::fcf::CTC | 1), 3),
+    ];
+    for (name, ecm, prime, ev, cap) in cases {
+        let p = Params { ecm, ..ECM_MH };
+        let (mut a, now) = answerer_after_dcs(Capabilities::all(), &p);
+        prime(&mut a, now);
+        drain(&mut a);
+        let mut answered = 0;
+        for _ in 0..50 {
+            a.handle(ev.clone(), now);
+            let actions = drain(&mut a);
+            if a.is_finished() {
+                assert_eq!(fcfs_of(&actions).last(), Some(&frame::Fcf::Dcn), "{name}");
+                let o = outcome_of(&actions);
+                assert!(
+                    matches!(&o.result, Err(Failure::NoProgress(_))),
+                    "{name}: {o:?}"
+                );
+                break;
+            }
+            assert!(!fcfs_of(&actions).is_empty(), "{name}: no answer");
+            answered += 1;
+        }
+        assert!(a.is_finished(), "{name}: still going after 50");
+        assert_eq!(answered, cap, "{name}");
+    }
+}

@@ -23,7 +23,7 @@
 //! resumed job and a repeated page.
 
 use std::collections::VecDeque;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, anyhow};
 use faxgate_fax::Bitmap;
@@ -127,13 +127,21 @@ pub enum SessionEnd {
 /// Image bytes go into IFP packets in chunks of this size.
 const IMAGE_CHUNK: usize = 16 * 1024;
 
+/// The longest one session may last, whatever the peer does. The engine
+/// ends the loops a peer can drive with commands (repeats, RTN, PPR, CTC);
+/// this is the backstop for the rest, such as page data trickled just
+/// faster than T2. Four hours is some 240 pages at 14 400 bit/s; a
+/// longer document goes on in the next session, which resumes at the
+/// first page without MCF.
+const MAX_SESSION: Duration = Duration::from_secs(4 * 3600);
+
 /// Runs a T.30 session over `stream` until it finishes. `cancel` asks
 /// the engine to stop politely (DCN after the page in flight); `park`
 /// stops at the next page boundary without DCN, so the peer keeps its
-/// state for a resume.
+/// state for a resume. A session lasts at most [`MAX_SESSION`].
 pub async fn run<S, H>(
     stream: &mut S,
-    mut t30: T30,
+    t30: T30,
     caller: bool,
     hooks: &mut H,
     cancel: CancellationToken,
@@ -143,7 +151,26 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send,
     H: Hooks + Send,
 {
-    match drive(stream, &mut t30, caller, hooks, &cancel, &park).await {
+    run_within(stream, t30, caller, hooks, cancel, park, MAX_SESSION).await
+}
+
+/// [`run`], with `limit` in place of [`MAX_SESSION`]: past it the session
+/// ends with [`SessionEnd::Error`] and no DCN, as a lost line would, so
+/// that a sender resumes and a receiver keeps the document open for it.
+async fn run_within<S, H>(
+    stream: &mut S,
+    mut t30: T30,
+    caller: bool,
+    hooks: &mut H,
+    cancel: CancellationToken,
+    park: CancellationToken,
+    limit: Duration,
+) -> SessionEnd
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+    H: Hooks + Send,
+{
+    match drive(stream, &mut t30, caller, hooks, &cancel, &park, limit).await {
         Ok(end) => end,
         Err(e) => SessionEnd::Error(e),
     }
@@ -162,11 +189,13 @@ async fn drive<S, H>(
     hooks: &mut H,
     cancel: &CancellationToken,
     park: &CancellationToken,
+    limit: Duration,
 ) -> anyhow::Result<SessionEnd>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
     H: Hooks + Send,
 {
+    let ends = tokio::time::Instant::now() + limit;
     let mut input = Input::default();
     let mut out = Vec::with_capacity(64 * 1024);
     // Actions the engine queued while a page was being stored, other than
@@ -290,6 +319,12 @@ where
                 t30.handle(Event::Cancel, Instant::now());
             }
             () = park.cancelled(), if page_boundary => return Ok(SessionEnd::Parked),
+            () = tokio::time::sleep_until(ends) => {
+                return Err(anyhow!(
+                    "the session reached its time limit ({}) without ending; hung up",
+                    humantime::format_duration(limit)
+                ));
+            }
         }
     }
 }
@@ -615,7 +650,6 @@ impl AsyncRx {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     use faxgate_fax::t30::frame::{self, Fcf, Pps, fcf};
     use faxgate_fax::t30::{self as t30, Capabilities, Config, Role, Timers};
@@ -936,6 +970,76 @@ mod tests {
                 other => panic!("ecm {ecm}: {other:?}"),
             }
         }
+    }
+
+    /// A peer that trickles page data just faster than T2, so that the
+    /// page never ends and no engine cap applies, is cut off at the
+    /// session's time limit (with no DCN, like a lost line).
+    #[tokio::test]
+    async fn a_session_ends_at_its_time_limit() {
+        let cfg = config(
+            Role::Answerer,
+            Capabilities::minimal(),
+            Duration::from_secs(3),
+        );
+        let t30 = T30::new(cfg, Instant::now()).unwrap();
+        let (ours, mut theirs) = tokio::io::duplex(64 * 1024);
+        let limit = Duration::from_millis(600);
+        let task = tokio::spawn(async move {
+            let mut io = ours;
+            let mut hooks = TestHooks::default();
+            run_within(
+                &mut io,
+                t30,
+                false,
+                &mut hooks,
+                CancellationToken::new(),
+                CancellationToken::new(),
+                limit,
+            )
+            .await
+        });
+        let started = Instant::now();
+        let mut peer = FakePeer::new(theirs);
+        peer.expect(Fcf::Dis).await;
+        let p = std_params(false);
+        peer.frames(&[frame::build(fcf::DCS | 1, &p.to_dcs_fif(), true)])
+            .await;
+        peer.expect(Fcf::Cfr).await;
+        theirs = peer.io;
+        let trickle = async {
+            loop {
+                let mut out = Vec::new();
+                write_ifp(
+                    &mut out,
+                    &Ifp::Data {
+                        modulation: DataType::V17_14400,
+                        fields: vec![Field {
+                            kind: FieldType::T4NonEcmData,
+                            data: Some(vec![0; 10]),
+                        }],
+                    },
+                );
+                if theirs.write_all(&out).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        };
+        let end = tokio::select! {
+            end = task => end.unwrap(),
+            () = trickle => panic!("the session closed its end but did not return"),
+            () = tokio::time::sleep(PATIENCE) => panic!("the session went on past its limit"),
+        };
+        let took = started.elapsed();
+        match end {
+            SessionEnd::Error(e) => {
+                let msg = format!("{e:#}");
+                assert!(msg.contains("time limit") && msg.contains("600ms"), "{msg}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(took >= limit && took < limit * 4, "took {took:?}");
     }
 
     /// A page that takes longer than T4 to leave (a slow link) is not

@@ -23,6 +23,10 @@ use crate::{Bitmap, DecoderOptions, Resolution};
 /// A3 page coded as badly as MH can be is far below this.
 const MAX_PAGE_BYTES: usize = 64 << 20;
 
+/// PPRs a T.30 sender sends for one block before it must send CTC or EOR
+/// (T.30 Annex A; spandsp `PPR_LIMIT_BEFORE_CTC_OR_EOR`).
+const PPRS_BEFORE_CTC: u32 = 4;
+
 /// A post-page message; the PRI variants are treated as the plain ones.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Ppm {
@@ -174,6 +178,14 @@ pub struct T30 {
     gone: Option<Gone>,
     /// The last confirmed post-page message (EOM/EOP end a document).
     last_ppm: Option<Ppm>,
+    /// RTNs sent for the current page.
+    rtns: u32,
+    /// PPRs and CTCs for the current ECM block.
+    pprs: u32,
+    ctcs: u32,
+    /// Responses repeated (or commands answered again) since the last
+    /// progress: new non-ECM page data, a block or a page confirmed.
+    repeats: u32,
 }
 
 fn validate(cfg: &Config) -> Result<(), T30Error> {
@@ -287,6 +299,10 @@ impl T30 {
             owe_response: false,
             gone: None,
             last_ppm: None,
+            rtns: 0,
+            pprs: 0,
+            ctcs: 0,
+            repeats: 0,
         };
         if !caller {
             t.state = State::AnsWaitDcs { after_rtn: false };
@@ -412,8 +428,12 @@ impl T30 {
         self.send_frames(f);
     }
 
-    /// T.30: a repeated command gets the last response again.
+    /// T.30: a repeated command gets the last response again, up to
+    /// [`T30::max_repeats`] times without progress.
     fn resend_last_response(&mut self, now: Instant) {
+        if !self.count_repeat("repeated commands (RR, CRP or the same command again)") {
+            return;
+        }
         if !self.last_response.is_empty() {
             let f = self.last_response.clone();
             self.owe_response = false;
@@ -679,10 +699,16 @@ impl T30 {
             self.fail(Failure::DcsNotOffered(msg));
             return;
         }
+        // DCS again before the page: our CFR was lost (or a loop).
+        if self.state == State::AnsPage && !self.count_repeat("DCS") {
+            return;
+        }
         self.t1 = None;
         self.announce(params);
         self.take_remote_info();
         self.params = Some(params);
+        self.pprs = 0;
+        self.ctcs = 0;
         self.rx_data.clear();
         self.rx_fresh = false;
         self.ecm_rx.reset();
@@ -702,6 +728,9 @@ impl T30 {
         }
         self.rx_data.extend_from_slice(data);
         self.rx_fresh = true;
+        if !data.is_empty() {
+            self.progress();
+        }
         self.rearm_t2(now);
     }
 
@@ -820,6 +849,14 @@ impl T30 {
                     bad_lines,
                     lines,
                 });
+                // A sender gives up after `retries` RTNs for one page; one
+                // that does not would loop DCS, bad page, RTN for ever.
+                if self.rtns >= self.cfg.timers.retries {
+                    let tries = self.rtns + 1;
+                    self.fail(Failure::PageRejected { index, tries });
+                    return;
+                }
+                self.rtns += 1;
                 self.respond(fcf::RTN, &[]);
                 self.state = State::AnsWaitDcs { after_rtn: true };
                 self.set_t2(now, "DCS after RTN".into());
@@ -833,6 +870,8 @@ impl T30 {
         };
         self.pages += 1;
         self.page_index += 1;
+        self.rtns = 0;
+        self.progress();
         if let Some(gone) = self.gone {
             let complete = ppm == Ppm::Eop;
             self.remote_ended_early = !complete;
@@ -923,6 +962,9 @@ impl T30 {
         let expected = ((self.page_index % 256) as u8, self.ecm_rx.block);
         if (pps.page, pps.block) != expected {
             if self.ecm_rx.last_confirmed == Some((pps.page, pps.block)) {
+                if !self.count_repeat("repeats of the last confirmed PPS") {
+                    return;
+                }
                 // Whatever arrived since belongs to no block we expect.
                 self.ecm_rx.drop_block();
                 self.respond(fcf::MCF, &[]);
@@ -942,6 +984,19 @@ impl T30 {
         }
         let missing = self.ecm_rx.missing(pps.frames);
         if !missing.is_empty() {
+            // T.30 lets a sender correct a block with PPRS_BEFORE_CTC PPRs
+            // per CTC, and we answer `retries` CTCs per block.
+            let limit = PPRS_BEFORE_CTC * (self.cfg.timers.retries + 1);
+            if self.pprs >= limit {
+                self.fail(Failure::NoProgress(format!(
+                    "page {} block {} still misses {} frames after {limit} PPRs",
+                    self.page_index + 1,
+                    pps.block,
+                    missing.len()
+                )));
+                return;
+            }
+            self.pprs += 1;
             self.respond(fcf::PPR, &frame::ppr_fif(missing));
             let what = format!("the frames PPR asked for (page {})", self.page_index + 1);
             self.set_t2(now, what);
@@ -951,6 +1006,9 @@ impl T30 {
             self.page_too_large();
             return;
         }
+        self.pprs = 0;
+        self.ctcs = 0;
+        self.progress();
         self.ecm_rx.last_confirmed = Some((pps.page, pps.block));
         match ppm {
             None => {
@@ -973,6 +1031,35 @@ impl T30 {
             && self.last_response_fcf == Some(Fcf::Mcf)
     }
 
+    /// Answerer: how often a peer may make us answer again without
+    /// progress. A T.30 sender repeats a command `retries` times and may
+    /// add CRPs and RRs; a peer past four times that is going round in a
+    /// loop (RR, CRP, a command or DCS again and again), which would keep
+    /// the call open for ever since every answer restarts T2.
+    fn max_repeats(&self) -> u32 {
+        self.cfg.timers.retries.saturating_mul(4)
+    }
+
+    /// Counts one answer given again; false, having ended the call with
+    /// [`Failure::NoProgress`], past [`T30::max_repeats`].
+    fn count_repeat(&mut self, what: &str) -> bool {
+        self.repeats += 1;
+        if self.repeats > self.max_repeats() {
+            let limit = self.max_repeats();
+            self.fail(Failure::NoProgress(format!(
+                "more than {limit} {what} on page {} without new data",
+                self.page_index + 1
+            )));
+            return false;
+        }
+        true
+    }
+
+    /// Progress on the receiving side: the loop counters start again.
+    fn progress(&mut self) {
+        self.repeats = 0;
+    }
+
     fn send_rnr(&mut self) {
         let f = vec![self.simple(fcf::RNR)];
         self.owe_response = false;
@@ -993,6 +1080,17 @@ impl T30 {
 
     fn ans_ctc(&mut self, f: &Frame<'_>, now: Instant) {
         if self.state == State::AnsPage && self.params.is_some_and(|p| p.ecm) {
+            if self.ctcs >= self.cfg.timers.retries {
+                let msg = format!(
+                    "CTC more than {} times for page {} block {}",
+                    self.cfg.timers.retries,
+                    self.page_index + 1,
+                    self.ecm_rx.block
+                );
+                self.fail(Failure::NoProgress(msg));
+                return;
+            }
+            self.ctcs += 1;
             // Continue to correct: the sender goes on resending the block.
             self.respond(fcf::CTR, &[]);
             self.rearm_t2(now);

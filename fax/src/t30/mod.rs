@@ -52,6 +52,12 @@
 //!   whose frames all arrived is confirmed with its bad-line count, and
 //!   one that does not decode at all ends the call
 //!   ([`Failure::BadPageData`]).
+//! - The answerer caps the loops a peer can drive with commands alone,
+//!   each of which would restart T2 for ever: `retries` RTNs per page,
+//!   `4 x (retries + 1)` PPRs and `retries` CTCs per ECM block, and
+//!   `4 x retries` answers given again (RR, CRP, a repeated command or
+//!   DCS) without new page data. Past a cap it sends DCN
+//!   ([`Failure::PageRejected`], [`Failure::NoProgress`]).
 //! - ECM frames are sent with 256 octets; received frames of any size up
 //!   to 256 are accepted. After `retries` + 1 PPRs for one block the page
 //!   fails ([`Failure::PageRejected`]) instead of T.30's CTC/EOR; a CTC
@@ -434,6 +440,11 @@ pub enum Failure {
         /// What the decoder said.
         reason: String,
     },
+    /// Answerer: the remote went round in a loop (the same command, RR or
+    /// CRP again and again, or a block it never completes) past the caps
+    /// that keep a hostile peer from holding the call open.
+    #[error("the remote fax made no progress: {0}")]
+    NoProgress(String),
     /// A page was refused too often (RTN, or PPR for one block).
     #[error("page {} was rejected by the receiver after {tries} tries", .index + 1)]
     PageRejected {
@@ -805,6 +816,7 @@ mod tests {
                 index: 0,
                 reason: "x".into(),
             },
+            Failure::NoProgress("x".into()),
         ];
         for f in all {
             let s = f.to_string();
