@@ -2492,3 +2492,86 @@ fn command_loops_end_at_their_caps() {
         assert_eq!(answered, cap, "{name}");
     }
 }
+
+/// EOR (the sender gives up correcting a block) is answered with ERR and
+/// the block is taken as it is: EOR-NULL mid-page, then the rest of the
+/// page; EOR-EOP ends the page, whose ERR waits for the store. A repeated
+/// EOR (our ERR lost) gets ERR again.
+#[test]
+fn eor_is_answered_with_err_and_the_block_kept() {
+    let img = page(1728, 200, 4);
+    let coded = t30::encode_page(&img, &ECM_MH).unwrap();
+    assert!(coded.len() > 4 * 256, "{} octets", coded.len());
+    let (block0, block1) = coded.split_at(3 * 256);
+    // Frames of `data` except `skip`, then RCP.
+    let feed_without = |a: &mut T30, data: &[u8], skip: usize, now: Instant| {
+        for (i, chunk) in data.chunks(256).enumerate() {
+            if i == skip {
+                continue;
+            }
+            let d: Vec<u8> = chunk.iter().map(|b| b.reverse_bits()).collect();
+            a.handle(
+                Event::EcmFrame {
+                    bytes: frame::fcd_frame(i as u8, &d),
+                    fcs_ok: true,
+                },
+                now,
+            );
+        }
+        a.handle(
+            Event::EcmFrame {
+                bytes: frame::rcp_frame(),
+                fcs_ok: true,
+            },
+            now,
+        );
+    };
+    let eor = |ppm: u8| frame_ev(frame::build(frame::fcf::EOR | 1, &[ppm], true));
+
+    // EOR-NULL for block 0 (frame 1 never came), then block 1 with EOP.
+    let (mut a, now) = answerer_after_dcs(Capabilities::all(), &ECM_MH);
+    feed_without(&mut a, block0, 1, now);
+    a.handle(pps_ev(frame::fcf::NULL, 0, 0, block0), now);
+    assert_eq!(fcfs_of(&drain(&mut a)), vec![frame::Fcf::Ppr]);
+    a.handle(eor(frame::fcf::NULL | 1), now);
+    assert_eq!(fcfs_of(&drain(&mut a)), vec![frame::Fcf::Err]);
+    a.handle(eor(frame::fcf::NULL | 1), now);
+    assert_eq!(fcfs_of(&drain(&mut a)), vec![frame::Fcf::Err], "repeat");
+    feed_ecm_block(&mut a, block1, now);
+    a.handle(pps_ev(frame::fcf::EOP | 1, 0, 1, block1), now);
+    let actions = drain(&mut a);
+    let lines = actions.iter().find_map(|x| match x {
+        Action::PageReceived {
+            index: 0, lines, ..
+        } => Some(*lines),
+        _ => None,
+    });
+    assert!(lines.is_some_and(|l| l > 0), "{actions:?}");
+    a.handle(Event::PageStored, now);
+    assert_eq!(fcfs_of(&drain(&mut a)), vec![frame::Fcf::Mcf]);
+
+    // EOR-EOP ends the page: ERR once it is stored, and again on a repeat.
+    let (mut a, now) = answerer_after_dcs(Capabilities::all(), &ECM_MH);
+    feed_without(&mut a, &coded, 1, now);
+    a.handle(pps_ev(frame::fcf::EOP | 1, 0, 0, &coded), now);
+    assert_eq!(fcfs_of(&drain(&mut a)), vec![frame::Fcf::Ppr]);
+    a.handle(eor(frame::fcf::EOP | 1), now);
+    let actions = drain(&mut a);
+    assert!(fcfs_of(&actions).is_empty(), "{actions:?}");
+    assert!(
+        actions
+            .iter()
+            .any(|x| matches!(x, Action::PageReceived { index: 0, .. })),
+        "{actions:?}"
+    );
+    a.handle(Event::PageStored, now);
+    assert_eq!(fcfs_of(&drain(&mut a)), vec![frame::Fcf::Err]);
+    a.handle(eor(frame::fcf::EOP | 1), now);
+    assert_eq!(fcfs_of(&drain(&mut a)), vec![frame::Fcf::Err], "repeat");
+    a.handle(simple(frame::fcf::DCN | 1), now);
+    let o = outcome_of(&drain(&mut a));
+    assert_eq!(
+        (o.result, o.pages, o.remote_ended_early),
+        (Ok(()), 1, false)
+    );
+}

@@ -163,6 +163,11 @@ impl EcmRx {
         true
     }
 
+    /// Whether no frame of the current block has arrived.
+    pub(super) fn is_empty(&self) -> bool {
+        self.frames.iter().all(Option::is_none)
+    }
+
     /// Forgets the current block's frames (the page so far stays).
     pub(super) fn drop_block(&mut self) {
         self.frames.iter_mut().for_each(|s| *s = None);

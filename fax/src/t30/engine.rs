@@ -80,7 +80,9 @@ enum State {
     /// Answerer: CFR or MCF sent; receiving a page.
     AnsPage,
     /// Answerer: PageReceived emitted; waiting for PageStored.
-    AnsStoring { ppm: Ppm },
+    /// `confirm` is the response owed once it is stored: MCF, or ERR when
+    /// the page ended with EOR.
+    AnsStoring { ppm: Ppm, confirm: u8 },
     /// Answerer: MCF to EOP sent; waiting for DCN.
     AnsWaitDcn,
     /// Caller: waiting for DIS.
@@ -679,6 +681,7 @@ impl T30 {
             Fcf::Pps => self.ans_pps(f, now),
             Fcf::Rr => self.ans_rr(f, now),
             Fcf::Ctc => self.ans_ctc(f, now),
+            Fcf::Eor => self.ans_eor(f, now),
             Fcf::Crp => self.ans_crp(now),
             Fcf::Dcn => self.ans_dcn(),
             _ => self.unexpected(f),
@@ -787,7 +790,7 @@ impl T30 {
                 }
                 let data = std::mem::take(&mut self.rx_data);
                 self.rx_fresh = false;
-                self.end_of_page(ppm, data, params, now);
+                self.end_of_page(ppm, data, params, fcf::MCF, now);
             }
             // Our RTN, or our MCF to EOP or EOM, was lost: say it again
             // (spandsp process_state_iii_q_mcf). After EOM the DIS repeat
@@ -811,7 +814,10 @@ impl T30 {
     /// cannot help: a page with any lines is confirmed with its bad-line
     /// count, and one that yields none ends the call with
     /// [`Failure::BadPageData`].
-    fn end_of_page(&mut self, ppm: Ppm, data: Vec<u8>, params: Params, now: Instant) {
+    ///
+    /// `confirm` is the response for a good page once it is stored (MCF,
+    /// or ERR after EOR).
+    fn end_of_page(&mut self, ppm: Ppm, data: Vec<u8>, params: Params, confirm: u8, now: Instant) {
         let index = self.page_index;
         let decoded = Bitmap::decode(&data, DecoderOptions::wire(params.coding, params.width));
         let accept = |s: &crate::PageSummary| {
@@ -829,7 +835,7 @@ impl T30 {
                     lines: s.lines,
                 });
                 self.owe_response = true;
-                self.state = State::AnsStoring { ppm };
+                self.state = State::AnsStoring { ppm, confirm };
                 self.timer = None;
             }
             other if params.ecm => {
@@ -865,7 +871,7 @@ impl T30 {
     }
 
     fn on_page_stored(&mut self, now: Instant) {
-        let State::AnsStoring { ppm } = self.state else {
+        let State::AnsStoring { ppm, confirm } = self.state else {
             return;
         };
         self.pages += 1;
@@ -884,11 +890,11 @@ impl T30 {
             return;
         }
         if self.owe_response {
-            self.respond(fcf::MCF, &[]);
+            self.respond(confirm, &[]);
         } else {
             // We said RNR; the next RR (or repeated PPS) gets this MCF.
-            self.last_response = vec![self.simple(fcf::MCF)];
-            self.last_response_fcf = Some(Fcf::Mcf);
+            self.last_response = vec![self.simple(confirm)];
+            self.last_response_fcf = Some(Fcf::from_byte(confirm));
         }
         self.last_ppm = Some(ppm);
         self.rx_fresh = false;
@@ -1018,7 +1024,7 @@ impl T30 {
             }
             Some(ppm) => {
                 let data = self.ecm_rx.take_page();
-                self.end_of_page(ppm, data, params, now);
+                self.end_of_page(ppm, data, params, fcf::MCF, now);
             }
         }
     }
@@ -1028,7 +1034,7 @@ impl T30 {
     fn after_eom(&self) -> bool {
         self.state == (State::AnsWaitDcs { after_rtn: false })
             && self.last_ppm == Some(Ppm::Eom)
-            && self.last_response_fcf == Some(Fcf::Mcf)
+            && matches!(self.last_response_fcf, Some(Fcf::Mcf | Fcf::Err))
     }
 
     /// Answerer: how often a peer may make us answer again without
@@ -1096,6 +1102,66 @@ impl T30 {
             self.rearm_t2(now);
         } else {
             self.unexpected(f);
+        }
+    }
+
+    /// EOR (end of retransmission, T.30 Annex A): the sender gives up
+    /// correcting the block. The block is taken as it is (missing frames
+    /// leave gaps the decoder counts as bad lines) and answered with ERR;
+    /// EOR with a post-page command also ends the page, and its ERR waits
+    /// for the store as MCF would. A repeat (our ERR lost) gets ERR again.
+    fn ans_eor(&mut self, f: &Frame<'_>, now: Instant) {
+        match self.state {
+            State::AnsPage => {}
+            State::AnsStoring { .. } => return self.send_rnr(),
+            State::AnsWaitDcn => return self.resend_last_response(now),
+            State::AnsWaitDcs { after_rtn: false } if self.after_eom() => {
+                return self.resend_last_response(now);
+            }
+            _ => return self.unexpected(f),
+        }
+        let Some(params) = self.params.filter(|p| p.ecm) else {
+            return self.unexpected(f);
+        };
+        let Some(&octet) = f.fif.first() else {
+            let msg = format!("{}: no post-page field", f.describe());
+            return self.fail(Failure::InvalidFrame(msg));
+        };
+        let ppm = match Fcf::from_byte(octet) {
+            Fcf::Null => None,
+            other => match Ppm::from_fcf(other) {
+                Some(p) => Some(p),
+                None => {
+                    let msg = format!(
+                        "{}: post-page FCF 0x{octet:02X} is not NULL, MPS, EOP or EOM",
+                        f.describe()
+                    );
+                    return self.fail(Failure::InvalidFrame(msg));
+                }
+            },
+        };
+        if self.last_response_fcf == Some(Fcf::Err) && self.ecm_rx.is_empty() {
+            // Nothing since our ERR: the sender missed it.
+            return self.resend_last_response(now);
+        }
+        let confirmed = ((self.page_index % 256) as u8, self.ecm_rx.block);
+        if !self.ecm_rx.commit_block(MAX_PAGE_BYTES) {
+            return self.page_too_large();
+        }
+        self.ecm_rx.last_confirmed = Some(confirmed);
+        self.pprs = 0;
+        self.ctcs = 0;
+        self.progress();
+        match ppm {
+            None => {
+                self.respond(fcf::ERR, &[]);
+                let what = format!("the next block of page {}", self.page_index + 1);
+                self.set_t2(now, what);
+            }
+            Some(ppm) => {
+                let data = self.ecm_rx.take_page();
+                self.end_of_page(ppm, data, params, fcf::ERR, now);
+            }
         }
     }
 

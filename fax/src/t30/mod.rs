@@ -60,8 +60,10 @@
 //!   ([`Failure::PageRejected`], [`Failure::NoProgress`]).
 //! - ECM frames are sent with 256 octets; received frames of any size up
 //!   to 256 are accepted. After `retries` + 1 PPRs for one block the page
-//!   fails ([`Failure::PageRejected`]) instead of T.30's CTC/EOR; a CTC
-//!   from the sender is answered with CTR, EOR is not supported.
+//!   fails ([`Failure::PageRejected`]) instead of T.30's CTC/EOR. As a
+//!   receiver, CTC is answered with CTR, and EOR with ERR: the block is
+//!   kept as it is (missing frames become bad lines) and the page goes on
+//!   (EOR with a post-page command ends it; ERR then waits for the store).
 //! - Not supported: polling (DTC/CIG/NSC are unexpected frames),
 //!   passwords and subaddresses (PWD/SUB/SID are ignored), EOM on the
 //!   sending side (the answerer handles it), colour and JBIG modes.
