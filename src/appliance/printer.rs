@@ -1,12 +1,20 @@
 //! The output-stage actor: prints complete received documents (and
-//! archives a PDF of each), one at a time, in arrival order.
+//! archives a PDF of each, once), one at a time, in arrival order.
 //!
-//! A document is marked printed only after the printer took it (IPP: the
-//! job completed). A printer that is stopped (media-empty, jam, offline)
-//! keeps the document pending and it is tried again after
-//! `printer.retry`; a printer that refuses it for good marks it failed.
-//! A crash between the printer's confirmation and the store's update
-//! prints the document again on restart (at least once, never lost).
+//! A document is marked printed only after the printer took it (IPP and
+//! CUPS: the job completed). A printer that is stopped (media-empty, jam,
+//! offline) or says "not now" keeps the document pending and it is tried
+//! again after `printer.retry`; a printer that refuses it for good marks
+//! it failed.
+//!
+//! Once a printer has accepted a document as a job, the job (printer URI
+//! and job-id) is stored with it and the document is `submitted`: a job
+//! still unfinished after `printer.job_timeout`, a printer unreachable
+//! while it is watched, or a restart, means the same job is followed
+//! again at the next pass, never that the document is sent again. A job
+//! the printer no longer knows (purged after it ended) counts as printed.
+//! Only a crash between the printer's answer to Print-Job and the store's
+//! commit sends a document twice (at least once, never lost).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -19,7 +27,7 @@ use tracing::Instrument as _;
 
 use super::store::{InboxDoc, PrintState, Store};
 use super::{Bus, BusEvent};
-use crate::print::{Document, DocumentFormat, Printer, PrinterStatus};
+use crate::print::{Document, DocumentFormat, Printer, PrinterJob, PrinterStatus, Submission};
 
 /// Handle to the print actor.
 #[derive(Clone, Debug)]
@@ -121,10 +129,16 @@ impl PrintActor {
         tracing::info!("Output stage stopped.");
     }
 
-    /// Archives (once) and prints one document. `Ok(false)`: try again
-    /// later. Errors are the store's; the archive's and the printer's are
-    /// recorded with the document.
+    /// Archives (once) and prints one document, or follows the printer
+    /// job it already is. `Ok(false)`: try again later. Errors are the
+    /// store's; the archive's and the printer's are recorded with the
+    /// document.
     async fn output(&mut self, doc: &InboxDoc) -> anyhow::Result<bool> {
+        if doc.print == PrintState::Submitted
+            && let Some(job) = &doc.printer_job
+        {
+            return self.follow(doc, job).await;
+        }
         let pages = self.store.inbox_pages(doc.id).await?;
         let mut title = format!("Fax {} from {}", doc.id, doc.from);
         if doc.state == super::store::InboxState::Partial {
@@ -144,16 +158,21 @@ impl PrintActor {
                 .await?;
             return Ok(true);
         };
-        match printer.print(&document).await {
-            Ok(report) => {
+        match printer.submit(&document).await {
+            Ok(Submission::Done(report)) => {
                 tracing::info!(doc = doc.id, pages = doc.pages, report = ?report, "Printed.");
                 self.store
-                    .set_print_state(
-                        doc.id,
-                        PrintState::Printed,
-                        Some(report.destination.clone()),
-                    )
+                    .set_print_state(doc.id, PrintState::Printed, Some(report.destination))
                     .await?;
+            }
+            Ok(Submission::Accepted { job, report }) => {
+                // Durable before the job is watched: from here on the job
+                // is followed, after a timeout or a restart too, and the
+                // document is never sent again.
+                tracing::info!(doc = doc.id, report = ?report, "The printer accepted the document.");
+                self.store.set_submitted(doc.id, job.clone()).await?;
+                self.publish(doc.id).await?;
+                return self.follow(doc, &job).await;
             }
             Err(e) if e.keeps_job() => {
                 tracing::warn!(doc = doc.id, error = %e, "Printer cannot take the document now; will retry.");
@@ -169,10 +188,66 @@ impl PrintActor {
                     .await?;
             }
         }
-        if let Some(d) = self.store.inbox_doc(doc.id).await? {
+        self.publish(doc.id).await?;
+        Ok(true)
+    }
+
+    /// Follows the printer job a document became until it ends. Shutdown
+    /// stops following at once: the job is in the store, and the next run
+    /// follows it again.
+    async fn follow(&mut self, doc: &InboxDoc, job: &PrinterJob) -> anyhow::Result<bool> {
+        let followed = match &self.printer {
+            Some(p) => {
+                tokio::select! {
+                    r = p.follow(job) => r,
+                    () = self.shutdown.cancelled() => return Ok(false),
+                }
+            }
+            // No printer configured any more: follow the job at its own.
+            None => {
+                let p = Printer::from_uri(&job.printer);
+                tokio::select! {
+                    r = async { p?.follow(job).await } => r,
+                    () = self.shutdown.cancelled() => return Ok(false),
+                }
+            }
+        };
+        match followed {
+            Ok(()) => {
+                tracing::info!(doc = doc.id, job = %job.destination(), "Printed.");
+                self.store
+                    .set_print_state(doc.id, PrintState::Printed, Some(job.destination()))
+                    .await?;
+            }
+            Err(e) if e.keeps_job() => {
+                tracing::warn!(
+                    doc = doc.id,
+                    job = %job.destination(),
+                    error = %e,
+                    "The print job has not ended yet; it is followed again later."
+                );
+                self.store
+                    .set_print_state(doc.id, PrintState::Submitted, Some(e.to_string()))
+                    .await?;
+                return Ok(false);
+            }
+            Err(e) => {
+                tracing::error!(doc = doc.id, job = %job.destination(), error = %e, "The print job failed.");
+                self.store
+                    .set_print_state(doc.id, PrintState::Failed, Some(e.to_string()))
+                    .await?;
+            }
+        }
+        self.publish(doc.id).await?;
+        Ok(true)
+    }
+
+    /// Tells the bus what became of a document.
+    async fn publish(&self, id: i64) -> anyhow::Result<()> {
+        if let Some(d) = self.store.inbox_doc(id).await? {
             self.bus.publish(BusEvent::Inbox(d));
         }
-        Ok(true)
+        Ok(())
     }
 
     /// Writes the archive PDF of a document not archived yet and records
@@ -256,14 +331,16 @@ mod tests {
 
     /// Polls the store until `done` holds (10 s at most).
     async fn wait_doc(store: &Store, id: i64, done: impl Fn(&InboxDoc) -> bool) -> InboxDoc {
+        let mut last = None;
         for _ in 0..500 {
             let d = store.inbox_doc(id).await.unwrap().unwrap();
             if done(&d) {
                 return d;
             }
+            last = Some(d);
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        panic!("inbox document {id} never reached the expected state");
+        panic!("inbox document {id} never reached the expected state: {last:?}");
     }
 
     fn files(dir: &std::path::Path) -> Vec<PathBuf> {
@@ -544,6 +621,138 @@ mod tests {
         let d = wait_doc(&store, id, |d| d.print != PrintState::Pending).await;
         assert_eq!(d.print, PrintState::Printed);
         assert_eq!(std::fs::metadata(&path).unwrap().ino(), inode);
+        stop(shutdown, tracker).await;
+    }
+
+    /// A stand-in printer that takes PDF and makes job 7 of a Print-Job;
+    /// Get-Job-Attributes answers as `phase` says: 0 processing, 1
+    /// server-error-busy, 2 completed, 3 client-error-not-found (purged).
+    async fn stand_in(
+        phase: std::sync::Arc<std::sync::atomic::AtomicU8>,
+    ) -> crate::print::ipp::test_server::StandIn {
+        use crate::print::ipp::test_server::{idle_pdf_printer, job, response, serve};
+        use faxgate_ipp::codes::{job_state, op, status};
+        serve(
+            move |o| match (o, phase.load(std::sync::atomic::Ordering::SeqCst)) {
+                (op::GET_PRINTER_ATTRIBUTES, _) => response(status::OK, &[idle_pdf_printer()]),
+                (op::PRINT_JOB, _) => response(status::OK, &[job(7, job_state::PENDING)]),
+                (op::GET_JOB_ATTRIBUTES, 0) => {
+                    response(status::OK, &[job(7, job_state::PROCESSING)])
+                }
+                (op::GET_JOB_ATTRIBUTES, 1) => response(status::BUSY, &[]),
+                (op::GET_JOB_ATTRIBUTES, 2) => {
+                    response(status::OK, &[job(7, job_state::COMPLETED)])
+                }
+                _ => response(status::NOT_FOUND, &[]),
+            },
+        )
+        .await
+    }
+
+    /// A job the printer accepted but that is slow to finish is followed,
+    /// never sent again: past the job timeout the document stays
+    /// `submitted` with job 7 in the store; while the printer is busy it
+    /// stays so; after a restart (a new actor on the reopened store) the
+    /// same job is followed; when it completes the document is printed.
+    /// One Print-Job in all.
+    #[tokio::test]
+    async fn a_slow_job_is_followed_to_its_end_and_never_sent_twice() {
+        use faxgate_ipp::codes::op;
+        use std::sync::atomic::{AtomicU8, Ordering};
+        let phase = std::sync::Arc::new(AtomicU8::new(0));
+        let printer = stand_in(phase.clone()).await;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("store")).unwrap();
+        let id = received(&store).await;
+        let start = |store: &Store| {
+            let shutdown = CancellationToken::new();
+            let tracker = TaskTracker::new();
+            let handle = PrintHandle::spawn(
+                store.clone(),
+                Some(
+                    Printer::from_uri(&printer.uri)
+                        .unwrap()
+                        .with_job_timeout(Duration::from_millis(300)),
+                ),
+                None,
+                Duration::from_millis(100),
+                Bus::default(),
+                shutdown.clone(),
+                &tracker,
+            );
+            (handle, shutdown, tracker)
+        };
+        let (_handle, shutdown, tracker) = start(&store);
+        let timed_out = |d: &InboxDoc| {
+            d.print_reason
+                .as_deref()
+                .is_some_and(|r| r.contains("still processing"))
+        };
+        let d = wait_doc(&store, id, timed_out).await;
+        assert_eq!(d.print, PrintState::Submitted, "{d:?}");
+        let job = d.printer_job.clone().unwrap();
+        assert_eq!(
+            (job.printer.as_str(), job.job_id),
+            (printer.uri.as_str(), 7)
+        );
+        // Busy while the job is followed: still submitted, still job 7.
+        phase.store(1, Ordering::SeqCst);
+        let d = wait_doc(&store, id, |d| {
+            d.print_reason
+                .as_deref()
+                .is_some_and(|r| r.contains("server-error-busy"))
+        })
+        .await;
+        assert_eq!(d.print, PrintState::Submitted, "{d:?}");
+        phase.store(0, Ordering::SeqCst);
+        wait_doc(&store, id, timed_out).await;
+        stop(shutdown, tracker).await;
+
+        // A restart: the job is followed, not sent again.
+        let store = Store::open(&dir.path().join("store")).unwrap();
+        let before = printer.requests.load(Ordering::SeqCst);
+        let (_handle, shutdown, tracker) = start(&store);
+        for _ in 0..500 {
+            if printer.requests.load(Ordering::SeqCst) > before + 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(
+            store.inbox_doc(id).await.unwrap().unwrap().print,
+            PrintState::Submitted
+        );
+        phase.store(2, Ordering::SeqCst);
+        let d = wait_doc(&store, id, |d| d.print != PrintState::Submitted).await;
+        assert_eq!(d.print, PrintState::Printed, "{d:?}");
+        assert_eq!(
+            d.print_reason.as_deref(),
+            Some(format!("{} job 7", printer.uri).as_str())
+        );
+        assert_eq!(printer.count(op::PRINT_JOB), 1, "sent again");
+        assert!(store.print_queue().await.unwrap().is_empty());
+        stop(shutdown, tracker).await;
+    }
+
+    /// A printer that purges ended jobs answers client-error-not-found
+    /// for the job it accepted: the document counts as printed (the
+    /// printer had it), not failed, and is not sent again.
+    #[tokio::test]
+    async fn a_job_the_printer_no_longer_knows_counts_as_printed() {
+        use faxgate_ipp::codes::op;
+        let printer = stand_in(std::sync::Arc::new(std::sync::atomic::AtomicU8::new(3))).await;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("store")).unwrap();
+        let id = received(&store).await;
+        let (_handle, shutdown, tracker) =
+            spawn_actor(&store, Some(&printer.uri), None, Duration::from_millis(100));
+        let d = wait_doc(&store, id, |d| {
+            !matches!(d.print, PrintState::Pending | PrintState::Submitted)
+        })
+        .await;
+        assert_eq!(d.print, PrintState::Printed, "{d:?}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(printer.count(op::PRINT_JOB), 1);
         stop(shutdown, tracker).await;
     }
 }

@@ -25,7 +25,7 @@ use faxgate_fax::{Bitmap, Coding, Resolution};
 use rusqlite::{Connection, OptionalExtension as _, params};
 use serde::Serialize;
 
-use crate::print::FaxPage;
+use crate::print::{FaxPage, PrinterJob};
 
 /// The states of an outbox job. `Done`, `Failed` and `Cancelled` are final.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -196,6 +196,9 @@ pub enum PrintState {
     Pending,
     /// Held for release (`inbox.print = false`).
     Held,
+    /// The printer accepted it as a job (`printer_job`), which is being
+    /// followed until it ends; never sent again meanwhile.
+    Submitted,
     /// Printed.
     Printed,
     /// The printer refused it for good; `print_reason` says why.
@@ -207,6 +210,7 @@ impl PrintState {
         match self {
             PrintState::Pending => "pending",
             PrintState::Held => "held",
+            PrintState::Submitted => "submitted",
             PrintState::Printed => "printed",
             PrintState::Failed => "failed",
         }
@@ -216,6 +220,7 @@ impl PrintState {
         Ok(match s {
             "pending" => PrintState::Pending,
             "held" => PrintState::Held,
+            "submitted" => PrintState::Submitted,
             "printed" => PrintState::Printed,
             "failed" => PrintState::Failed,
             other => bail!("unknown print state {other:?} in the store"),
@@ -257,6 +262,9 @@ pub struct InboxDoc {
     /// Why the last attempt to archive it failed, while it is not
     /// archived (printing goes on regardless).
     pub archive_error: Option<String>,
+    /// The printer job made of it, once a printer accepted it (kept
+    /// after it printed, as a record).
+    pub printer_job: Option<PrinterJob>,
     /// When the first page arrived (Unix ms).
     pub created_ms: i64,
     /// When it last changed (Unix ms).
@@ -334,7 +342,11 @@ CREATE TABLE IF NOT EXISTS history (
 /// opened ([`migrate`]); new stores get them the same way, so there is one
 /// path for both. Only ever append, and only columns that may be NULL or
 /// have a default: old rows keep working.
-const ADDED_COLUMNS: [(&str, &str, &str); 1] = [("inbox", "archive_error", "TEXT")];
+const ADDED_COLUMNS: [(&str, &str, &str); 3] = [
+    ("inbox", "archive_error", "TEXT"),
+    ("inbox", "printer_job", "TEXT"),
+    ("inbox", "printer_job_id", "INTEGER"),
+];
 
 /// Adds the [`ADDED_COLUMNS`] a store lacks, in one transaction.
 fn migrate(conn: &mut Connection) -> anyhow::Result<()> {
@@ -870,11 +882,12 @@ impl Store {
         self.with(move |s| inbox_row(&s.conn, id)).await
     }
 
-    /// Documents complete (or partial) and waiting for the printer.
+    /// Documents complete (or partial) and waiting for the printer, or
+    /// printing there (submitted).
     pub async fn print_queue(&self) -> anyhow::Result<Vec<InboxDoc>> {
         self.with(|s| {
             let sql = "SELECT id FROM inbox WHERE state IN ('complete', 'partial')
-                   AND print_state = 'pending' ORDER BY id";
+                   AND print_state IN ('pending', 'submitted') ORDER BY id";
             docs_where(&s.conn, sql, [])
         })
         .await
@@ -884,7 +897,7 @@ impl Store {
     pub async fn held_count(&self) -> anyhow::Result<usize> {
         self.with(|s| {
             Ok(s.conn.query_row(
-                "SELECT COUNT(*) FROM inbox WHERE print_state IN ('held', 'pending')
+                "SELECT COUNT(*) FROM inbox WHERE print_state IN ('held', 'pending', 'submitted')
                    AND state IN ('complete', 'partial')",
                 [],
                 |r| r.get::<_, i64>(0),
@@ -928,6 +941,27 @@ impl Store {
         .await
     }
 
+    /// Records that a printer accepted a document as `job`: the document
+    /// is `submitted`, and the job is followed from now on (after a
+    /// restart too) instead of the document being sent again.
+    pub async fn set_submitted(&self, id: i64, job: PrinterJob) -> anyhow::Result<()> {
+        self.with(move |s| {
+            let destination = job.destination();
+            s.conn.execute(
+                "UPDATE inbox SET print_state = 'submitted', print_reason = ?2,
+                   printer_job = ?3, printer_job_id = ?4, updated = ?5 WHERE id = ?1",
+                params![id, destination, job.printer, job.job_id, now_ms()],
+            )?;
+            history(
+                &s.conn,
+                &format!("inbox:{id}"),
+                &format!("submitted: {destination}"),
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
     /// Sets what the output stage did with a document.
     pub async fn set_print_state(
         &self,
@@ -963,7 +997,8 @@ impl Store {
                 d.print.as_str()
             );
             s.conn.execute(
-                "UPDATE inbox SET print_state = 'pending', print_reason = NULL, updated = ?2
+                "UPDATE inbox SET print_state = 'pending', print_reason = NULL,
+                   printer_job = NULL, printer_job_id = NULL, updated = ?2
                  WHERE id = ?1",
                 params![id, now_ms()],
             )?;
@@ -1195,7 +1230,7 @@ fn inbox_row(conn: &Connection, id: i64) -> anyhow::Result<Option<InboxDoc>> {
         .query_row(
             "SELECT id, from_user, job_id, remote_ident, pages_expected, pages, state,
                print_state, print_reason, resolution, archived, created, updated,
-               archive_error
+               archive_error, printer_job, printer_job_id
              FROM inbox WHERE id = ?1",
             [id],
             |r| {
@@ -1214,6 +1249,10 @@ fn inbox_row(conn: &Connection, id: i64) -> anyhow::Result<Option<InboxDoc>> {
                         resolution: r.get(9)?,
                         archived: r.get(10)?,
                         archive_error: r.get(13)?,
+                        printer_job: match (r.get(14)?, r.get(15)?) {
+                            (Some(printer), Some(job_id)) => Some(PrinterJob { printer, job_id }),
+                            _ => None,
+                        },
                         created_ms: r.get(11)?,
                         updated_ms: r.get(12)?,
                     },
@@ -1437,6 +1476,17 @@ mod tests {
             .unwrap();
         let d = store.inbox_doc(1).await.unwrap().unwrap();
         assert_eq!(d.archive_error.as_deref(), Some("disk full"));
+        let job = PrinterJob {
+            printer: "ipp://printer/ipp/print".into(),
+            job_id: 12,
+        };
+        store.set_submitted(1, job.clone()).await.unwrap();
+        drop(store);
+        let store = Store::open(dir.path()).unwrap();
+        let d = store.inbox_doc(1).await.unwrap().unwrap();
+        assert_eq!((d.print, d.printer_job), (PrintState::Submitted, Some(job)));
+        assert_eq!(store.print_queue().await.unwrap().len(), 1);
+        assert_eq!(store.held_count().await.unwrap(), 1);
     }
 
     #[tokio::test]

@@ -20,8 +20,11 @@ use tokio::net::TcpStream;
 use tokio_util::compat::{FuturesAsyncReadCompatExt as _, TokioAsyncReadCompatExt as _};
 use tokio_util::io::ReaderStream;
 
+use faxgate_ipp::codes::{job_state, status};
+
 use super::{
-    Document, DocumentFormat, IppFailure, PrintError, PrintReport, PrinterState, PrinterStatus,
+    Document, DocumentFormat, IppFailure, PrintError, PrintReport, PrinterJob, PrinterState,
+    PrinterStatus,
 };
 use super::{PwgOptions, PwgType};
 
@@ -220,8 +223,16 @@ impl IppPrinter {
         }
     }
 
-    /// Prints a document and watches the job to its end.
-    pub async fn print(&self, doc: &Document) -> Result<PrintReport, PrintError> {
+    /// The same printer settings for another printer URI (to follow a job
+    /// sent to a printer configured earlier).
+    pub fn at(&self, uri: &str) -> Result<Self, PrintError> {
+        Ok(IppPrinter::new(uri)?.with_job_watch(self.poll, self.job_timeout))
+    }
+
+    /// Sends a document (Print-Job) in the best format the printer takes;
+    /// returns the job the printer made of it. A printer that is stopped
+    /// gets nothing.
+    pub async fn submit(&self, doc: &Document) -> Result<(PrinterJob, PrintReport), PrintError> {
         let info = self.info().await?;
         if info.status.blocks_printing() {
             return Err(PrintError::Stopped {
@@ -244,9 +255,8 @@ impl IppPrinter {
             source: e,
         })?;
         let body: DocumentBody = (Box::new(tokio::fs::File::from_std(file).compat()), bytes);
-        let user = std::env::var("USER").unwrap_or_else(|_| "faxgate".into());
         let op = IppOperationBuilder::print_job(self.uri.clone(), IppPayload::empty())
-            .user_name(&user)
+            .user_name(requesting_user())
             .job_title(&doc.title)
             .document_format(format.mime())
             .build()
@@ -266,54 +276,82 @@ impl IppPrinter {
             }
         };
         tracing::info!(printer = %self.uri, job_id, format = format.mime(), bytes, "Print job accepted.");
-        self.watch_job(job_id, &user).await?;
-        Ok(PrintReport {
+        let job = PrinterJob {
+            printer: self.uri(),
+            job_id,
+        };
+        let report = PrintReport {
             format: format.mime(),
             bytes,
-            destination: format!("{} job {job_id}", self.uri),
-        })
+            destination: job.destination(),
+        };
+        Ok((job, report))
     }
 
-    /// Polls Get-Job-Attributes until the job ends.
-    async fn watch_job(&self, job_id: i32, user: &str) -> Result<(), PrintError> {
+    /// Polls Get-Job-Attributes until job `job_id` ends (see
+    /// [`super::Printer::follow`]). A poll that fails for a reason that
+    /// passes (the printer unreachable for a moment, busy) is tried again
+    /// at the next poll; at the job timeout the last such error, or
+    /// [`PrintError::JobTimeout`], is returned. Client-error-not-found
+    /// means the printer purged the job after it ended: done.
+    pub async fn follow(&self, job_id: i32) -> Result<(), PrintError> {
         let start = tokio::time::Instant::now();
-        let mut state = 3;
+        let user = requesting_user();
+        let mut state = job_state::PENDING;
         loop {
             let op = IppOperationBuilder::get_job_attributes(self.uri.clone(), job_id)
-                .user_name(user)
+                .user_name(&user)
                 .build()
                 .map_err(|e| self.bad_request(&e))?;
-            let resp = self
+            let mut failed = None;
+            match self
                 .call("Get-Job-Attributes", op.into_ipp_request(), None)
-                .await?;
-            if let Some(IppValue::Enum(s)) = job_attr(&resp, "job-state") {
-                state = *s;
-            }
-            match state {
-                9 => {
-                    tracing::info!(printer = %self.uri, job_id, "Print job completed.");
+                .await
+            {
+                Ok(resp) => {
+                    if let Some(IppValue::Enum(s)) = job_attr(&resp, "job-state") {
+                        state = *s;
+                    }
+                    match state {
+                        job_state::COMPLETED => {
+                            tracing::info!(printer = %self.uri, job_id, "Print job completed.");
+                            return Ok(());
+                        }
+                        job_state::CANCELED | job_state::ABORTED => {
+                            return Err(PrintError::JobFailed {
+                                printer: self.uri(),
+                                job_id,
+                                state: job_state::name(state).into(),
+                                reasons: keywords(job_attr(&resp, "job-state-reasons")).join(", "),
+                                message: job_attr(&resp, "job-state-message")
+                                    .map(|v| v.to_string())
+                                    .filter(|m| !m.is_empty()),
+                            });
+                        }
+                        _ => {}
+                    }
+                }
+                Err(e) if e.ipp_status() == Some(status::NOT_FOUND) => {
+                    tracing::info!(
+                        printer = %self.uri,
+                        job_id,
+                        "Print job no longer known to the printer (purged after it ended); counted as printed."
+                    );
                     return Ok(());
                 }
-                7 | 8 => {
-                    return Err(PrintError::JobFailed {
-                        printer: self.uri(),
-                        job_id,
-                        state: job_state_name(state).into(),
-                        reasons: keywords(job_attr(&resp, "job-state-reasons")).join(", "),
-                        message: job_attr(&resp, "job-state-message")
-                            .map(|v| v.to_string())
-                            .filter(|m| !m.is_empty()),
-                    });
+                Err(e) if e.keeps_job() => {
+                    tracing::debug!(printer = %self.uri, job_id, error = %e, "Cannot read the print job's state now.");
+                    failed = Some(e);
                 }
-                _ => {}
+                Err(e) => return Err(e),
             }
             if start.elapsed() >= self.job_timeout {
-                return Err(PrintError::JobTimeout {
+                return Err(failed.unwrap_or_else(|| PrintError::JobTimeout {
                     printer: self.uri(),
                     job_id,
-                    state: job_state_name(state).into(),
+                    state: job_state::name(state).into(),
                     waited: start.elapsed(),
-                });
+                }));
             }
             tokio::time::sleep(self.poll).await;
         }
@@ -446,73 +484,110 @@ fn operation_attr<'a>(resp: &'a IppRequestResponse, name: &str) -> Option<&'a Ip
     attr_in(resp, DelimiterTag::OperationAttributes, name)
 }
 
+/// The requesting-user-name we send: the login name, or `faxgate`.
+fn requesting_user() -> String {
+    std::env::var("USER").unwrap_or_else(|_| "faxgate".into())
+}
+
 /// The values of a (possibly one-valued) keyword or string attribute.
 fn keywords(v: Option<&IppValue>) -> Vec<String> {
     v.map(|v| v.into_iter().map(|k| k.to_string()).collect())
         .unwrap_or_default()
 }
 
-fn job_state_name(state: i32) -> &'static str {
-    match state {
-        3 => "pending",
-        4 => "pending-held",
-        5 => "processing",
-        6 => "processing-stopped",
-        7 => "canceled",
-        8 => "aborted",
-        9 => "completed",
-        _ => "unknown",
-    }
-}
-
-/// A stand-in IPP printer for unit tests: it answers every request with
-/// one status code and no attributes but the charset and language, as a
-/// printer that is busy or warming up does.
+/// A stand-in IPP printer for unit tests: a loopback HTTP server that
+/// answers each IPP request as a test's function says (by operation id),
+/// for behaviour a real printer shows only now and then: busy, warming
+/// up, purging jobs. The real ippeveprinter is used by the integration
+/// tests.
 #[cfg(test)]
 pub(crate) mod test_server {
-    use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
 
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
     /// The server; it stops when dropped.
     #[derive(Debug)]
-    pub(crate) struct StatusServer {
+    pub(crate) struct StandIn {
         /// `ipp://127.0.0.1:PORT/ipp/print`.
         pub(crate) uri: String,
         /// Requests answered so far.
         pub(crate) requests: Arc<AtomicUsize>,
+        /// The operation id of each request, in order.
+        ops: Arc<Mutex<Vec<u16>>>,
         task: tokio::task::JoinHandle<()>,
     }
 
-    impl Drop for StatusServer {
+    impl StandIn {
+        /// How many requests had operation id `op`.
+        pub(crate) fn count(&self, op: u16) -> usize {
+            self.ops
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|o| **o == op)
+                .count()
+        }
+    }
+
+    impl Drop for StandIn {
         fn drop(&mut self) {
             self.task.abort();
         }
     }
 
-    /// The IPP response: version 1.1, `status`, the charset and language.
-    fn response(status: u16) -> Vec<u8> {
+    /// One attribute: value tag, name, value.
+    fn attr(out: &mut Vec<u8>, tag: u8, name: &str, value: &[u8]) {
+        out.push(tag);
+        out.extend_from_slice(&(name.len() as u16).to_be_bytes());
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(&(value.len() as u16).to_be_bytes());
+        out.extend_from_slice(value);
+    }
+
+    /// An IPP response: version 1.1, `status`, the operation attributes
+    /// (charset, language), then `groups` as (group tag, attributes).
+    pub(crate) fn response(status: u16, groups: &[(u8, Vec<u8>)]) -> Vec<u8> {
         let mut b = vec![1, 1];
         b.extend_from_slice(&status.to_be_bytes());
         b.extend_from_slice(&1i32.to_be_bytes());
         b.push(0x01);
-        for (tag, name, value) in [
-            (0x47u8, "attributes-charset", "utf-8"),
-            (0x48, "attributes-natural-language", "en"),
-        ] {
-            b.push(tag);
-            b.extend_from_slice(&(name.len() as u16).to_be_bytes());
-            b.extend_from_slice(name.as_bytes());
-            b.extend_from_slice(&(value.len() as u16).to_be_bytes());
-            b.extend_from_slice(value.as_bytes());
+        attr(&mut b, 0x47, "attributes-charset", b"utf-8");
+        attr(&mut b, 0x48, "attributes-natural-language", b"en");
+        for (tag, attrs) in groups {
+            b.push(*tag);
+            b.extend_from_slice(attrs);
         }
         b.push(0x03);
         b
     }
 
-    /// Reads one HTTP request (headers and a Content-Length body).
-    async fn read_request(s: &mut tokio::net::TcpStream) -> std::io::Result<()> {
+    /// Printer attributes: idle, no reasons, takes PDF.
+    pub(crate) fn idle_pdf_printer() -> (u8, Vec<u8>) {
+        let mut a = Vec::new();
+        attr(&mut a, 0x23, "printer-state", &3i32.to_be_bytes());
+        attr(&mut a, 0x44, "printer-state-reasons", b"none");
+        attr(
+            &mut a,
+            0x49,
+            "document-format-supported",
+            b"application/pdf",
+        );
+        (0x04, a)
+    }
+
+    /// Job attributes: job-id and job-state.
+    pub(crate) fn job(id: i32, state: i32) -> (u8, Vec<u8>) {
+        let mut a = Vec::new();
+        attr(&mut a, 0x21, "job-id", &id.to_be_bytes());
+        attr(&mut a, 0x23, "job-state", &state.to_be_bytes());
+        (0x02, a)
+    }
+
+    /// Reads one HTTP request (headers and a Content-Length body);
+    /// returns the body.
+    async fn read_request(s: &mut tokio::net::TcpStream) -> std::io::Result<Vec<u8>> {
         let mut buf = Vec::new();
         let mut chunk = [0u8; 4096];
         let end = loop {
@@ -531,32 +606,39 @@ pub(crate) mod test_server {
             .find_map(|l| l.strip_prefix("content-length:"))
             .and_then(|v| v.trim().parse().ok())
             .unwrap_or(0);
-        let mut have = buf.len() - end;
-        while have < length {
+        let mut body = buf.split_off(end);
+        while body.len() < length {
             let n = s.read(&mut chunk).await?;
             if n == 0 {
                 return Err(std::io::ErrorKind::UnexpectedEof.into());
             }
-            have += n;
+            body.extend_from_slice(&chunk[..n]);
         }
-        Ok(())
+        Ok(body)
     }
 
-    /// Starts a server on a free loopback port that answers `status`.
-    pub(crate) async fn answering(status: u16) -> StatusServer {
+    /// Starts a server on a free loopback port; `answer` makes the IPP
+    /// response to each request from its operation id.
+    pub(crate) async fn serve(answer: impl Fn(u16) -> Vec<u8> + Send + Sync + 'static) -> StandIn {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let requests = Arc::new(AtomicUsize::new(0));
-        let counter = requests.clone();
+        let ops = Arc::new(Mutex::new(Vec::new()));
+        let answer = Arc::new(answer);
+        let (counter, seen) = (requests.clone(), ops.clone());
         let task = tokio::spawn(async move {
             while let Ok((mut s, _)) = listener.accept().await {
-                let counter = counter.clone();
+                let (counter, seen, answer) = (counter.clone(), seen.clone(), answer.clone());
                 tokio::spawn(async move {
-                    if read_request(&mut s).await.is_err() {
+                    let Ok(body) = read_request(&mut s).await else {
                         return;
-                    }
+                    };
+                    let op = body
+                        .get(2..4)
+                        .map_or(0, |b| u16::from_be_bytes([b[0], b[1]]));
+                    seen.lock().unwrap().push(op);
                     counter.fetch_add(1, Ordering::SeqCst);
-                    let body = response(status);
+                    let body = answer(op);
                     let head = format!(
                         "HTTP/1.1 200 OK\r\nContent-Type: application/ipp\r\n\
                          Content-Length: {}\r\nConnection: close\r\n\r\n",
@@ -568,11 +650,17 @@ pub(crate) mod test_server {
                 });
             }
         });
-        StatusServer {
+        StandIn {
             uri: format!("ipp://127.0.0.1:{port}/ipp/print"),
             requests,
+            ops,
             task,
         }
+    }
+
+    /// A server that answers every request with `status` and nothing else.
+    pub(crate) async fn answering(status: u16) -> StandIn {
+        serve(move |_| response(status, &[])).await
     }
 }
 
@@ -652,7 +740,7 @@ mod tests {
             title: "t".into(),
             pages: vec![],
         };
-        let e = p.print(&doc).await.unwrap_err();
+        let e = p.submit(&doc).await.unwrap_err();
         assert!(e.keeps_job(), "{e}");
         assert!(e.to_string().contains("cannot reach"), "{e}");
     }
@@ -694,7 +782,7 @@ mod tests {
         ] {
             let server = test_server::answering(code).await;
             let p = IppPrinter::new(&server.uri).unwrap();
-            let e = p.print(&doc).await.unwrap_err();
+            let e = p.submit(&doc).await.unwrap_err();
             assert!(
                 matches!(&e, PrintError::Ipp { status: IppFailure::Status(c), .. } if *c == code),
                 "{e:?}"

@@ -420,6 +420,39 @@ pub struct PrintReport {
     pub destination: String,
 }
 
+/// A job a printer accepted: where to follow it until it ends. The print
+/// actor keeps it with the document, so that a job that is slow to finish
+/// is followed again after a retry or a restart rather than sent again.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct PrinterJob {
+    /// The `ipp://` URI of the printer (or CUPS queue) that has the job.
+    pub printer: String,
+    /// The printer's job-id.
+    pub job_id: i32,
+}
+
+impl PrinterJob {
+    /// `PRINTER job N`, as reports and the inbox show it.
+    pub fn destination(&self) -> String {
+        format!("{} job {}", self.printer, self.job_id)
+    }
+}
+
+/// What [`Printer::submit`] did with a document.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Submission {
+    /// Printed: folders and devices are done once the bytes are written.
+    Done(PrintReport),
+    /// The printer accepted it as a job that has still to end
+    /// ([`Printer::follow`]) before the document counts as printed.
+    Accepted {
+        /// The job, to follow.
+        job: PrinterJob,
+        /// What was sent.
+        report: PrintReport,
+    },
+}
+
 /// Why printing failed. [`PrintError::keeps_job`] says whether the
 /// document should stay queued for another try.
 #[derive(Debug, thiserror::Error)]
@@ -532,6 +565,17 @@ impl PrintError {
             | PrintError::Io { .. } => true,
             PrintError::Ipp { status, .. } => status.is_temporary(),
             _ => false,
+        }
+    }
+
+    /// The IPP status code of a refused operation.
+    pub fn ipp_status(&self) -> Option<u16> {
+        match self {
+            PrintError::Ipp {
+                status: IppFailure::Status(code),
+                ..
+            } => Some(*code),
+            _ => None,
         }
     }
 }
@@ -728,9 +772,24 @@ impl Printer {
     }
 
     /// Prints a document and waits until the printer has it (IPP: until
-    /// the job is completed). A stopped printer gets nothing and the
-    /// error says so ([`PrintError::keeps_job`]).
+    /// the job is completed): [`Self::submit`], then [`Self::follow`]. A
+    /// stopped printer gets nothing and the error says so
+    /// ([`PrintError::keeps_job`]).
     pub async fn print(&self, doc: &Document) -> Result<PrintReport, PrintError> {
+        match self.submit(doc).await? {
+            Submission::Done(report) => Ok(report),
+            Submission::Accepted { job, report } => {
+                self.follow(&job).await?;
+                Ok(report)
+            }
+        }
+    }
+
+    /// Sends a document to the printer. Folders and devices are done
+    /// when this returns; an IPP printer (or CUPS queue) has accepted a
+    /// job, which [`Self::follow`] watches to its end. A stopped printer
+    /// gets nothing ([`PrintError::Stopped`]).
+    pub async fn submit(&self, doc: &Document) -> Result<Submission, PrintError> {
         if doc.pages.is_empty() {
             return Err(PrintError::Render(FaxError::Geometry {
                 reason: "the document has no pages".into(),
@@ -739,14 +798,33 @@ impl Printer {
         // Paper printers get a long page (a roll) as sheets; a folder
         // keeps the document as it came.
         if let Printer::Folder(p) = self {
-            return p.print(doc).await;
+            return p.print(doc).await.map(Submission::Done);
         }
         let paper = doc.on_paper()?;
         match self {
-            Printer::Ipp(p) => p.print(&paper).await,
-            Printer::Cups(p) => p.print(&paper).await,
-            Printer::Device(p) => p.print(&paper).await,
-            Printer::Folder(p) => p.print(doc).await,
+            Printer::Ipp(p) => p
+                .submit(&paper)
+                .await
+                .map(|(job, report)| Submission::Accepted { job, report }),
+            Printer::Cups(p) => p.print(&paper).await.map(Submission::Done),
+            Printer::Device(p) => p.print(&paper).await.map(Submission::Done),
+            Printer::Folder(p) => p.print(doc).await.map(Submission::Done),
+        }
+    }
+
+    /// Watches a job the printer accepted until it ends: `Ok` once it
+    /// completed, or once the printer no longer knows it (printers purge
+    /// ended jobs; it had the document). A job still pending or
+    /// processing after the job timeout, or a printer that cannot be
+    /// reached meanwhile, is an error that keeps the job
+    /// ([`PrintError::keeps_job`]): follow it again later, never send the
+    /// document again. A job that was not sent by this printer (the
+    /// configuration changed since) is followed at its own printer.
+    pub async fn follow(&self, job: &PrinterJob) -> Result<(), PrintError> {
+        match self {
+            Printer::Ipp(p) if p.uri() == job.printer => p.follow(job.job_id).await,
+            Printer::Ipp(p) => p.at(&job.printer)?.follow(job.job_id).await,
+            _ => ipp::IppPrinter::new(&job.printer)?.follow(job.job_id).await,
         }
     }
 }

@@ -1261,3 +1261,249 @@ fn a_roll_prints_on_a4_sheets_and_is_archived_whole() {
         "the archive keeps the roll as one page"
     );
 }
+
+/// Two appliances (tokyo sends, osaka prints) and a plain-TCP relay, all
+/// on loopback ports the kernel picks; each process logs into the test's
+/// folder and is killed when dropped.
+struct Branches {
+    dir: tempfile::TempDir,
+    _relay: Proc,
+    relay_addr: String,
+    tokyo: Option<(Proc, String)>,
+    osaka: Option<(Proc, String)>,
+}
+
+impl Branches {
+    /// Starts the relay and both appliances; osaka's `[printer]` section
+    /// is `printer` (TOML lines).
+    fn start(printer: &str) -> Branches {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let cfg = d.join("relay.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "[relay]\nlisten = \"127.0.0.1:0\"\nstate_dir = {:?}\n\
+                 argon2_memory_kib = 1024\nargon2_iterations = 1\n",
+                d.join("relay-state").display().to_string()
+            ),
+        )
+        .unwrap();
+        for user in ["tokyo", "osaka"] {
+            run(Command::new(faxgate())
+                .args(["relay", "--config"])
+                .arg(&cfg)
+                .args(["user", "add", user, "--group", "branches"])
+                .args(["--password-env", "FG_PW"])
+                .env("FG_PW", format!("pw-{user}-123")));
+        }
+        let relay = Proc(
+            Command::new(faxgate())
+                .args(["relay", "--config"])
+                .arg(&cfg)
+                .env("RUST_LOG", "info")
+                .env("NO_COLOR", "1")
+                .stdout(std::fs::File::create(d.join("relay.out")).unwrap())
+                .stderr(std::fs::File::create(d.join("relay.log")).unwrap())
+                .spawn()
+                .unwrap(),
+        );
+        let relay_addr = read_line_after(&d.join("relay.out"), "relay (tcp) listening on ");
+        let mut b = Branches {
+            dir,
+            _relay: relay,
+            relay_addr,
+            tokyo: None,
+            osaka: None,
+        };
+        b.write_config("tokyo", "+81 3 0000", "");
+        b.write_config("osaka", "+81 6 0000", printer);
+        b.tokyo = Some(b.start_appliance("tokyo"));
+        b.osaka = Some(b.start_appliance("osaka"));
+        b
+    }
+
+    fn write_config(&self, user: &str, ident: &str, extra: &str) {
+        let d = self.dir.path();
+        std::fs::write(
+            d.join(format!("{user}.toml")),
+            format!(
+                "state_dir = {:?}\n\
+                 [relay]\nserver = \"{}\"\nuser = \"{user}\"\npassword = \"pw-{user}-123\"\n\
+                 reconnect_initial = \"200ms\"\nreconnect_max = \"2s\"\n\
+                 [fax]\nident = \"{ident}\"\n\
+                 [panel]\nlisten = \"127.0.0.1:0\"\n{extra}",
+                d.join(format!("{user}-state")).display().to_string(),
+                self.relay_addr
+            ),
+        )
+        .unwrap();
+    }
+
+    /// Starts `faxgate appliance` for `user`; returns it and its panel
+    /// address.
+    fn start_appliance(&self, user: &str) -> (Proc, String) {
+        let d = self.dir.path();
+        let out = d.join(format!("{user}.out"));
+        let _ = std::fs::remove_file(&out);
+        let log = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(d.join(format!("{user}.log")))
+            .unwrap();
+        let p = Proc(
+            Command::new(faxgate())
+                .args(["appliance", "--config"])
+                .arg(d.join(format!("{user}.toml")))
+                .env("RUST_LOG", "info,faxgate=debug")
+                .env("NO_COLOR", "1")
+                .stdout(std::fs::File::create(&out).unwrap())
+                .stderr(log)
+                .spawn()
+                .unwrap(),
+        );
+        let panel = read_line_after(&out, "appliance: panel API on http://");
+        (p, panel)
+    }
+
+    /// A panel command (`send`, `inbox`...) at `user`'s appliance.
+    fn cli(&self, user: &str, args: &[&str]) -> std::process::Output {
+        let (_, panel) = if user == "tokyo" {
+            self.tokyo.as_ref()
+        } else {
+            self.osaka.as_ref()
+        }
+        .unwrap();
+        Command::new(faxgate())
+            .args(args)
+            .args(["--panel", panel])
+            .env("NO_COLOR", "1")
+            .output()
+            .unwrap()
+    }
+
+    /// Osaka's inbox entry for tokyo's job `job_id` (Null until it is
+    /// there).
+    fn received(&self, job_id: &str) -> serde_json::Value {
+        let out = self.cli("osaka", &["inbox", "--json"]);
+        serde_json::from_slice::<serde_json::Value>(&out.stdout)
+            .unwrap_or_default()
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|d| d["job_id"] == job_id)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    fn log(&self, user: &str) -> String {
+        let text = std::fs::read_to_string(self.dir.path().join(format!("{user}.log")))
+            .unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+}
+
+/// Waits (20 s at most) for a line starting with `prefix` in a file that
+/// a process is writing; returns the rest of the line.
+fn read_line_after(path: &Path, prefix: &str) -> String {
+    let mut found = String::new();
+    wait_for(
+        &format!("{prefix:?} in {}", path.display()),
+        Duration::from_secs(20),
+        || {
+            let text = std::fs::read_to_string(path).unwrap_or_default();
+            match text.lines().find_map(|l| l.strip_prefix(prefix)) {
+                Some(rest) => {
+                    found = rest.trim().to_owned();
+                    true
+                }
+                None => false,
+            }
+        },
+    );
+    found
+}
+
+/// A printer that is slow to finish (its print command takes 8 s) and an
+/// appliance that watches a job for 1 s and retries every 1 s: the job
+/// the printer accepted is followed until it completes, through timeouts
+/// and a restart of the appliance (SIGKILL while it follows the job),
+/// and never sent again. The printer ends with exactly one job, and the
+/// document is printed with that job as its destination.
+#[test]
+fn a_slow_printer_gets_one_job_through_timeouts_and_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let slow = script(dir.path(), "slow.sh", "sleep 8\nexit 0\n");
+    let eve = start_ippeveprinter("application/pdf", &slow);
+    let mut b = Branches::start(&format!(
+        "[printer]\nuri = \"{}\"\njob_timeout = \"1s\"\nretry = \"1s\"\n",
+        eve.uri
+    ));
+    let (_, pbm) = page_file(dir.path(), "page.pbm", 1728, 400);
+    let out = b.cli(
+        "tokyo",
+        &["send", "--to", "osaka", "--no-wait", pbm.to_str().unwrap()],
+    );
+    assert!(
+        out.status.success(),
+        "send: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // "job ID: ..." (the second word, as the fax tests read it).
+    let text = String::from_utf8_lossy(&out.stdout);
+    let job_id = text
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .trim_end_matches(':')
+        .to_owned();
+
+    // Once the job has timed out and is still followed (submitted),
+    // osaka is killed and started again; then the document must print.
+    let mut first = None;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let d = b.received(&job_id);
+        if first.is_none()
+            && d["print"] == "submitted"
+            && d["print_reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("still"))
+        {
+            drop(b.osaka.take());
+            b.osaka = Some(b.start_appliance("osaka"));
+            first = Some(d);
+            continue;
+        }
+        if d["print"] == "printed" || d["print"] == "failed" {
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Two more retry periods: nothing more is sent.
+    std::thread::sleep(Duration::from_secs(3));
+    let pdfs = spooled(eve.spool.path())
+        .into_iter()
+        .filter(|(_, bytes)| bytes.starts_with(b"%PDF"))
+        .count();
+    assert_eq!(
+        pdfs,
+        1,
+        "the printer got the document {pdfs} times\n{}",
+        b.log("osaka")
+    );
+    let first = first.expect("the job was never followed past its timeout (submitted)");
+    assert_eq!(first["printer_job"]["printer"], eve.uri.as_str(), "{first}");
+    let d = b.received(&job_id);
+    assert_eq!(d["print"], "printed", "{d}\n{}", b.log("osaka"));
+    assert_eq!(d["printer_job"], first["printer_job"], "{d}");
+    assert_eq!(
+        d["print_reason"].as_str().unwrap(),
+        format!("{} job {}", eve.uri, first["printer_job"]["job_id"]),
+        "{d}"
+    );
+}
