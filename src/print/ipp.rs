@@ -60,6 +60,8 @@ pub struct IppPrinter {
     path: String,
     poll: Duration,
     job_timeout: Duration,
+    /// What errors call the printer, when not its URI.
+    name: Option<String>,
 }
 
 /// What Get-Printer-Attributes told us.
@@ -148,6 +150,7 @@ impl IppPrinter {
             path,
             poll: Duration::from_millis(250),
             job_timeout: Duration::from_secs(600),
+            name: None,
         })
     }
 
@@ -158,9 +161,20 @@ impl IppPrinter {
         self
     }
 
+    /// Names the printer in errors (`cups:QUEUE`) instead of its URI.
+    pub fn named(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
     /// The printer URI.
     pub fn uri(&self) -> String {
         self.uri.to_string()
+    }
+
+    /// What errors call the printer: its name, or its URI.
+    pub fn name(&self) -> String {
+        self.name.clone().unwrap_or_else(|| self.uri())
     }
 
     /// Get-Printer-Attributes.
@@ -236,7 +250,7 @@ impl IppPrinter {
         let info = self.info().await?;
         if info.status.blocks_printing() {
             return Err(PrintError::Stopped {
-                printer: self.uri(),
+                printer: self.name(),
                 status: info.status,
             });
         }
@@ -244,7 +258,7 @@ impl IppPrinter {
         let format = info
             .choose_format(page_dpi)
             .ok_or_else(|| PrintError::NoFormat {
-                printer: self.uri(),
+                printer: self.name(),
                 offered: info.formats.join(", "),
             })?;
         // Rendered into a temporary file first: the body streams from it,
@@ -268,7 +282,7 @@ impl IppPrinter {
             Some(IppValue::Integer(id)) => *id,
             _ => {
                 return Err(PrintError::Ipp {
-                    printer: self.uri(),
+                    printer: self.name(),
                     operation: "Print-Job",
                     status: IppFailure::NoJobId,
                     message: None,
@@ -277,7 +291,7 @@ impl IppPrinter {
         };
         tracing::info!(printer = %self.uri, job_id, format = format.mime(), bytes, "Print job accepted.");
         let job = PrinterJob {
-            printer: self.uri(),
+            printer: self.uri.to_string(),
             job_id,
         };
         let report = PrintReport {
@@ -319,7 +333,7 @@ impl IppPrinter {
                         }
                         job_state::CANCELED | job_state::ABORTED => {
                             return Err(PrintError::JobFailed {
-                                printer: self.uri(),
+                                printer: self.name(),
                                 job_id,
                                 state: job_state::name(state).into(),
                                 reasons: keywords(job_attr(&resp, "job-state-reasons")).join(", "),
@@ -347,7 +361,7 @@ impl IppPrinter {
             }
             if start.elapsed() >= self.job_timeout {
                 return Err(failed.unwrap_or_else(|| PrintError::JobTimeout {
-                    printer: self.uri(),
+                    printer: self.name(),
                     job_id,
                     state: job_state::name(state).into(),
                     waited: start.elapsed(),
@@ -359,7 +373,7 @@ impl IppPrinter {
 
     fn bad_request(&self, e: &dyn std::fmt::Display) -> PrintError {
         PrintError::BadUri {
-            uri: self.uri(),
+            uri: self.name(),
             reason: format!("cannot build an IPP request: {e}"),
         }
     }
@@ -373,7 +387,7 @@ impl IppPrinter {
         document: Option<DocumentBody>,
     ) -> Result<IppRequestResponse, PrintError> {
         let unreachable = |reason: String| PrintError::Unreachable {
-            printer: self.uri(),
+            printer: self.name(),
             reason,
         };
         let length = req.to_bytes().len() as u64 + document.as_ref().map_or(0, |d| d.1);
@@ -416,7 +430,7 @@ impl IppPrinter {
                 .map_err(|e| unreachable(format!("{operation}: {e}")))?;
             if !resp.status().is_success() {
                 return Err(PrintError::Ipp {
-                    printer: self.uri(),
+                    printer: self.name(),
                     operation,
                     status: IppFailure::Http(resp.status().as_u16()),
                     message: None,
@@ -441,7 +455,7 @@ impl IppPrinter {
             .parse()
             .await
             .map_err(|e| PrintError::Ipp {
-                printer: self.uri(),
+                printer: self.name(),
                 operation,
                 status: IppFailure::Unparsable(e.to_string()),
                 message: None,
@@ -449,7 +463,7 @@ impl IppPrinter {
         let status = resp.header().status_code();
         if !status.is_success() {
             return Err(PrintError::Ipp {
-                printer: self.uri(),
+                printer: self.name(),
                 operation,
                 status: IppFailure::Status(u16::from_be_bytes(
                     resp.header().operation_or_status.to_be_bytes(),

@@ -1,19 +1,21 @@
-//! Printers on this machine: a CUPS queue (through `lp`), a folder of
+//! Printers on this machine: a CUPS queue (over IPP), a folder of
 //! PDF or TIFF-F files, and a raw device file.
 //!
 //! Their status is mapped onto IPP's: a folder or device that is missing
 //! or read-only is `stopped` (`offline-report` / `other-error`), one
-//! being written is `processing`; a CUPS queue reports what `lpstat -p`
-//! says.
+//! being written is `processing`. A CUPS queue is an IPP printer at the
+//! scheduler ([`CupsPrinter`]).
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
-use tokio::process::Command;
-
-use super::{Document, DocumentFormat, PrintError, PrintReport, PrinterState, PrinterStatus};
+use super::ipp::IppPrinter;
+use super::{
+    Document, DocumentFormat, PrintError, PrintReport, PrinterJob, PrinterState, PrinterStatus,
+};
 
 /// Counts jobs in progress; a printer with any is `processing`.
 #[derive(Debug, Default, Clone)]
@@ -69,126 +71,101 @@ fn refuse_if_stopped(printer: &str, status: PrinterStatus) -> Result<(), PrintEr
     Ok(())
 }
 
-/// A CUPS queue, printed to with `lp -d QUEUE` (PDF).
+/// A CUPS queue, driven over IPP at the scheduler
+/// (`ipp://SERVER/printers/QUEUE`) with the IPP printer's code: its
+/// status is the queue's printer-state, and a job is followed until CUPS
+/// says it completed, so that a filter failure, an abort, a cancel or a
+/// hold is seen, with the same job timeout as an IPP printer.
 #[derive(Debug, Clone)]
 pub struct CupsPrinter {
     queue: String,
+    ipp: IppPrinter,
 }
 
 impl CupsPrinter {
-    /// The queue `queue` of the local CUPS server.
-    pub fn new(queue: &str) -> Self {
-        CupsPrinter {
+    /// The queue `queue` of the CUPS scheduler that CUPS's own tools
+    /// would use ([`cups_server`]).
+    pub fn new(queue: &str) -> Result<Self, PrintError> {
+        let conf: Vec<String> = [Some(PathBuf::from("/etc/cups/client.conf"))]
+            .into_iter()
+            .chain([std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cups/client.conf"))])
+            .flatten()
+            .filter_map(|p| std::fs::read_to_string(p).ok())
+            .collect();
+        let conf: Vec<&str> = conf.iter().map(String::as_str).collect();
+        let server = cups_server(std::env::var("CUPS_SERVER").ok().as_deref(), &conf);
+        let ipp = IppPrinter::new(&format!("ipp://{server}/printers/{queue}"))?
+            .named(format!("cups:{queue} at {server}"));
+        Ok(CupsPrinter {
             queue: queue.to_string(),
-        }
-    }
-
-    fn name(&self) -> String {
-        format!("cups:{}", self.queue)
-    }
-
-    /// `lpstat -p QUEUE`: idle, printing, or disabled (with its reason).
-    pub async fn status(&self) -> PrinterStatus {
-        let out = Command::new("lpstat")
-            .arg("-p")
-            .arg(&self.queue)
-            .env("LC_ALL", "C")
-            .output()
-            .await;
-        match out {
-            Err(e) => PrinterStatus::stopped(
-                "offline-report",
-                format!("cannot run lpstat ({e}); apt-get install cups-client"),
-            ),
-            Ok(o) if !o.status.success() => PrinterStatus::stopped(
-                "offline-report",
-                String::from_utf8_lossy(&o.stderr).trim().to_string(),
-            ),
-            Ok(o) => parse_lpstat(&String::from_utf8_lossy(&o.stdout)),
-        }
-    }
-
-    /// Sends the document as PDF with `lp`; returns lp's request id.
-    pub async fn print(&self, doc: &Document) -> Result<PrintReport, PrintError> {
-        refuse_if_stopped(&self.name(), self.status().await)?;
-        let (tmp, len) = DocumentFormat::Pdf.spool(doc, None)?;
-        let command = format!(
-            "lp -d {} -t {:?} {}",
-            self.queue,
-            doc.title,
-            tmp.path().display()
-        );
-        let out = Command::new("lp")
-            .arg("-d")
-            .arg(&self.queue)
-            .arg("-t")
-            .arg(&doc.title)
-            .arg("--")
-            .arg(tmp.path())
-            .env("LC_ALL", "C")
-            .output()
-            .await
-            .map_err(|e| PrintError::Command {
-                command: command.clone(),
-                message: format!("{e} (apt-get install cups-client)"),
-            })?;
-        if !out.status.success() {
-            let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
-            return Err(PrintError::Command {
-                command,
-                message: if stderr.is_empty() {
-                    out.status.to_string()
-                } else {
-                    stderr
-                },
-            });
-        }
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        // "request id is QUEUE-12 (1 file(s))"
-        let request = stdout
-            .split_whitespace()
-            .skip_while(|w| *w != "is")
-            .nth(1)
-            .unwrap_or("")
-            .to_string();
-        Ok(PrintReport {
-            format: DocumentFormat::Pdf.mime(),
-            bytes: len,
-            destination: format!("{} request {request}", self.name()),
+            ipp,
         })
+    }
+
+    /// The IPP printer that is the queue.
+    pub fn ipp(&self) -> &IppPrinter {
+        &self.ipp
+    }
+
+    /// Sets how often a job is polled and how long it is watched.
+    pub fn with_job_watch(mut self, poll: Duration, timeout: Duration) -> Self {
+        self.ipp = self.ipp.with_job_watch(poll, timeout);
+        self
+    }
+
+    /// The queue's state (disabled is `stopped` with `paused`), or
+    /// `stopped` with `offline-report` when the scheduler cannot be asked.
+    pub async fn status(&self) -> PrinterStatus {
+        self.ipp.status().await
+    }
+
+    /// Sends the document (Print-Job, PDF when the queue takes it); the
+    /// report names the CUPS request id (`QUEUE-N`).
+    pub async fn submit(&self, doc: &Document) -> Result<(PrinterJob, PrintReport), PrintError> {
+        let (job, mut report) = self.ipp.submit(doc).await?;
+        report.destination = format!("cups:{} request {}-{}", self.queue, self.queue, job.job_id);
+        Ok((job, report))
     }
 }
 
-/// Reads `lpstat -p` output for one queue.
-fn parse_lpstat(out: &str) -> PrinterStatus {
-    let first = out.lines().next().unwrap_or("");
-    // Lines after the first, indented, hold the reason a queue is
-    // disabled or what it is doing.
-    let detail: Vec<&str> = out
-        .lines()
-        .skip(1)
+/// The CUPS scheduler's `host:port`, found as CUPS's own tools find it:
+/// `CUPS_SERVER`, else the last `ServerName` in the client.conf files
+/// given (`/etc/cups/client.conf`, then `~/.cups/client.conf`), else
+/// `localhost`; the port defaults to 631. A domain socket (a path) is
+/// reached as `localhost:631` instead, where cupsd listens too by
+/// default; a `/version=...` suffix is ignored.
+pub fn cups_server(env: Option<&str>, client_conf: &[&str]) -> String {
+    let from_conf = client_conf
+        .iter()
+        .flat_map(|c| c.lines())
+        .filter_map(|l| {
+            let mut words = l.split_whitespace();
+            match words.next() {
+                Some(k) if k.eq_ignore_ascii_case("ServerName") => words.next(),
+                _ => None,
+            }
+        })
+        .next_back();
+    let named = env
         .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .collect();
-    let message = (!detail.is_empty()).then(|| detail.join(" "));
-    if first.contains(" disabled") {
-        PrinterStatus {
-            state: PrinterState::Stopped,
-            reasons: vec!["paused".into()],
-            message,
-        }
-    } else if first.contains("now printing") {
-        PrinterStatus {
-            state: PrinterState::Processing,
-            reasons: Vec::new(),
-            message,
-        }
+        .filter(|s| !s.is_empty())
+        .or(from_conf)
+        .unwrap_or("localhost");
+    let named = named.split("/version=").next().unwrap_or(named);
+    if named.is_empty() || named.starts_with('/') {
+        return "localhost:631".into();
+    }
+    let has_port = named.rsplit_once(':').is_some_and(|(host, port)| {
+        !port.is_empty()
+            && port.chars().all(|c| c.is_ascii_digit())
+            && (!host.contains(':') || host.ends_with(']'))
+    });
+    if has_port {
+        named.to_string()
+    } else if named.contains(':') && !named.starts_with('[') {
+        format!("[{named}]:631")
     } else {
-        PrinterStatus {
-            state: PrinterState::Idle,
-            reasons: Vec::new(),
-            message,
-        }
+        format!("{named}:631")
     }
 }
 
@@ -359,14 +336,20 @@ mod tests {
     }
 
     #[test]
-    fn lpstat_output_maps_to_states() {
-        let s = parse_lpstat("printer office is idle.  enabled since Mon 01 Jan\n");
-        assert_eq!(s.state, PrinterState::Idle);
-        let s = parse_lpstat("printer office now printing office-3.  enabled since x\n");
-        assert_eq!(s.state, PrinterState::Processing);
-        let s = parse_lpstat("printer office disabled since x -\n\tPaper jam in tray 2\n");
-        assert_eq!(s.state, PrinterState::Stopped);
-        assert_eq!(s.message.as_deref(), Some("Paper jam in tray 2"));
+    fn the_cups_server_is_found_as_cups_tools_find_it() {
+        let conf = "# comment\nServerName print.example:8631\n";
+        for (env, conf, want) in [
+            (None, &[][..], "localhost:631"),
+            (Some("127.0.0.1:40123"), &[conf][..], "127.0.0.1:40123"),
+            (Some(""), &[conf][..], "print.example:8631"),
+            (None, &["ServerName a\n", "servername b\n"][..], "b:631"),
+            (Some("/run/cups/cups.sock"), &[][..], "localhost:631"),
+            (Some("cups.local/version=1.1"), &[][..], "cups.local:631"),
+            (Some("[::1]:631"), &[][..], "[::1]:631"),
+            (Some("::1"), &[][..], "[::1]:631"),
+        ] {
+            assert_eq!(cups_server(env, conf), want, "{env:?} {conf:?}");
+        }
     }
 
     #[tokio::test]

@@ -12,7 +12,7 @@
 //! - [`pwg`]: pages to PWG raster (PWG 5102.4), and a parser for tests.
 //! - [`ipp`]: an IPP printer: Get-Printer-Attributes, Print-Job, then
 //!   Get-Job-Attributes until the job ends.
-//! - [`local`]: a CUPS queue (`lp`), a folder, a device file.
+//! - [`local`]: a CUPS queue (over IPP), a folder, a device file.
 //! - This file: [`Printer`] (built from a URI), [`PrinterStatus`],
 //!   [`DocumentFormat`] and [`PrintError`].
 //!
@@ -529,14 +529,6 @@ pub enum PrintError {
         /// How long we watched.
         waited: std::time::Duration,
     },
-    /// A helper command (`lp`) failed.
-    #[error("`{command}` failed: {message}")]
-    Command {
-        /// The command line.
-        command: String,
-        /// Its error output, or why it could not run.
-        message: String,
-    },
     /// A local file operation failed.
     #[error("{what}: {source}")]
     Io {
@@ -561,7 +553,6 @@ impl PrintError {
             PrintError::Stopped { .. }
             | PrintError::Unreachable { .. }
             | PrintError::JobTimeout { .. }
-            | PrintError::Command { .. }
             | PrintError::Io { .. } => true,
             PrintError::Ipp { status, .. } => status.is_temporary(),
             _ => false,
@@ -643,7 +634,8 @@ impl fmt::Display for IppFailure {
 /// A printer, built from a URI:
 ///
 /// - `ipp://host[:port]/path`: an IPP printer (port 631 by default).
-/// - `cups:QUEUE` or `lp:QUEUE`: a CUPS queue, through `lp -d QUEUE`.
+/// - `cups:QUEUE` or `lp:QUEUE`: a CUPS queue, over IPP at the scheduler
+///   (`CUPS_SERVER`, client.conf's `ServerName`, or localhost:631).
 /// - `dir:/path` or `file:///path`: a folder; `?format=pdf` (default) or
 ///   `?format=tiff` (TIFF-F, MH; `tiff-mmr` for MMR).
 /// - `device:/dev/...`: a device file that takes the bytes raw;
@@ -691,7 +683,7 @@ impl Printer {
                 if queue.is_empty() || queue.contains(char::is_whitespace) {
                     return Err(bad("needs a queue name, e.g. cups:office"));
                 }
-                Ok(Printer::Cups(local::CupsPrinter::new(queue)))
+                Ok(Printer::Cups(local::CupsPrinter::new(queue)?))
             }
             "dir" | "file" => {
                 let path = if scheme.eq_ignore_ascii_case("file") {
@@ -760,13 +752,14 @@ impl Printer {
         }
     }
 
-    /// Sets how long an IPP job is watched before giving up (other
-    /// printers finish when the bytes are written).
+    /// Sets how long an IPP or CUPS job is watched before
+    /// [`PrintError::JobTimeout`] (other printers finish when the bytes
+    /// are written).
     pub fn with_job_timeout(self, timeout: std::time::Duration) -> Self {
+        let poll = std::time::Duration::from_millis(250);
         match self {
-            Printer::Ipp(p) => {
-                Printer::Ipp(p.with_job_watch(std::time::Duration::from_millis(250), timeout))
-            }
+            Printer::Ipp(p) => Printer::Ipp(p.with_job_watch(poll, timeout)),
+            Printer::Cups(p) => Printer::Cups(p.with_job_watch(poll, timeout)),
             other => other,
         }
     }
@@ -806,7 +799,10 @@ impl Printer {
                 .submit(&paper)
                 .await
                 .map(|(job, report)| Submission::Accepted { job, report }),
-            Printer::Cups(p) => p.print(&paper).await.map(Submission::Done),
+            Printer::Cups(p) => p
+                .submit(&paper)
+                .await
+                .map(|(job, report)| Submission::Accepted { job, report }),
             Printer::Device(p) => p.print(&paper).await.map(Submission::Done),
             Printer::Folder(p) => p.print(doc).await.map(Submission::Done),
         }
@@ -823,7 +819,9 @@ impl Printer {
     pub async fn follow(&self, job: &PrinterJob) -> Result<(), PrintError> {
         match self {
             Printer::Ipp(p) if p.uri() == job.printer => p.follow(job.job_id).await,
+            Printer::Cups(p) if p.ipp().uri() == job.printer => p.ipp().follow(job.job_id).await,
             Printer::Ipp(p) => p.at(&job.printer)?.follow(job.job_id).await,
+            Printer::Cups(p) => p.ipp().at(&job.printer)?.follow(job.job_id).await,
             _ => ipp::IppPrinter::new(&job.printer)?.follow(job.job_id).await,
         }
     }

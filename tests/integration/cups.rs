@@ -120,3 +120,75 @@ impl Cupsd {
         format!("ipp://{}/printers/{queue}", self.server)
     }
 }
+
+/// `faxgate print` to a queue of `cups`, with a job timeout; spawned with
+/// its output piped.
+fn spawn_print(cups: &Cupsd, file: &Path, printer: &str, timeout: &str) -> crate::common::Proc {
+    crate::common::Proc(
+        Command::new(crate::common::faxgate())
+            .arg("print")
+            .arg(file)
+            .args([
+                "--printer",
+                printer,
+                "--title",
+                "held",
+                "--job-timeout",
+                timeout,
+            ])
+            .env("CUPS_SERVER", &cups.server)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+/// A `cups:` printer follows its job in CUPS to the end, as an IPP
+/// printer does: on a queue that holds every job
+/// (`job-hold-until-default=indefinite`), printing waits while the job
+/// is held, fails naming the job and `canceled` once the test cancels
+/// it, and a hold never released ends at the job timeout with the job
+/// kept (`still pending-held`), not as printed.
+#[test]
+fn a_held_cups_job_is_followed_until_it_is_canceled() {
+    use std::time::{Duration, Instant};
+    let (cups, _eve) = crate::print::cups_queue("held");
+    cups.run(
+        "lpadmin",
+        &["-p", "held", "-o", "job-hold-until-default=indefinite"],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let (tiff, _) = crate::print::tiff_document(dir.path());
+
+    let mut job = spawn_print(&cups, &tiff, "cups:held", "60s");
+    crate::common::wait_for("CUPS to hold the job", Duration::from_secs(30), || {
+        cups.run("lpstat", &["-o", "held"]).contains("held-1")
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        job.0.try_wait().unwrap().is_none(),
+        "print returned while CUPS held the job"
+    );
+    let canceled_at = Instant::now();
+    cups.run("cancel", &["held-1"]);
+    let (ok, out, err) = crate::print::finish(job, Duration::from_secs(30));
+    assert!(!ok, "a canceled job must fail the print: {out}");
+    assert!(
+        err.contains("cups:held at") && err.contains("job 1 was canceled"),
+        "{err}\n{}",
+        cups.log()
+    );
+    assert!(!err.contains("the job is kept"), "{err}");
+    assert!(canceled_at.elapsed() < Duration::from_secs(10));
+
+    // Never released: the job timeout ends the watch, the job is kept.
+    let job = spawn_print(&cups, &tiff, "cups:held", "2s");
+    let (ok, out, err) = crate::print::finish(job, Duration::from_secs(30));
+    assert!(!ok, "a held job is not printed: {out}");
+    assert!(err.contains("job 2 still pending-held after"), "{err}");
+    assert!(
+        cups.run("lpstat", &["-o", "held"]).contains("held-2"),
+        "the held job is still in CUPS"
+    );
+}

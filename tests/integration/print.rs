@@ -411,7 +411,7 @@ fn print_cmd(file: &Path, printer: &str, title: &str) -> std::process::Output {
 }
 
 /// A two-page MMR TIFF-F at fine resolution; returns (path, pages).
-fn tiff_document(dir: &Path) -> (PathBuf, Vec<u8>) {
+pub(crate) fn tiff_document(dir: &Path) -> (PathBuf, Vec<u8>) {
     let (page, pbm) = page_file(dir, "in.pbm", 1728, 200);
     let tiff = dir.join("in.tiff");
     convert(&[
@@ -749,25 +749,40 @@ fn folder_and_device_printers_write_the_document() {
     );
 }
 
+/// Errors from a CUPS queue name the queue and the scheduler: no such
+/// queue at a real scheduler is client-error-not-found (refused for
+/// good); no scheduler at all is "cannot reach", and the job is kept.
 #[test]
-fn cups_queue_errors_carry_the_cups_tools_message() {
-    need("lp", "cups-client");
+fn cups_queue_errors_name_the_queue_and_the_scheduler() {
+    let cups = crate::cups::Cupsd::start();
     let dir = tempfile::tempdir().unwrap();
     let (tiff, _) = tiff_document(dir.path());
-    // No such queue (and, on a test machine, usually no scheduler): the
-    // error names the queue and repeats what lpstat said.
-    let out = print_cmd(&tiff, "cups:faxgate-no-such-queue", "x");
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("cups:faxgate-no-such-queue"), "{err}");
-    let lpstat = Command::new("lpstat")
-        .args(["-p", "faxgate-no-such-queue"])
-        .env("LC_ALL", "C")
+    let (ok, _, err) = print_via(&cups, &tiff, "cups:faxgate-no-such-queue", "x");
+    assert!(!ok);
+    assert!(
+        err.contains(&format!("cups:faxgate-no-such-queue at {}", cups.server))
+            && err.contains("client-error-not-found"),
+        "{err}"
+    );
+    assert!(!err.contains("the job is kept"), "{err}");
+    // A port nothing listens on: no scheduler there.
+    let reserved = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let closed = reserved.local_addr().unwrap().to_string();
+    drop(reserved);
+    let out = Command::new(faxgate())
+        .arg("print")
+        .arg(&tiff)
+        .args(["--printer", "cups:office"])
+        .env("CUPS_SERVER", &closed)
         .output()
         .unwrap();
-    let msg = String::from_utf8_lossy(&lpstat.stderr);
-    let first = msg.lines().next().unwrap_or("").trim();
-    assert!(!first.is_empty() && err.contains(first), "{err} vs {msg}");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("cannot reach printer cups:office at {closed}"))
+            && err.contains("try again"),
+        "{err}"
+    );
 }
 
 /// Runs an ipptool test file written from `body` against `uri`; returns
@@ -804,7 +819,7 @@ fn spawn_print(file: &Path, printer: &str, title: &str) -> Proc {
 }
 
 /// Waits for a spawned command to exit; returns (success, stdout, stderr).
-fn finish(mut p: Proc, limit: Duration) -> (bool, String, String) {
+pub(crate) fn finish(mut p: Proc, limit: Duration) -> (bool, String, String) {
     use std::io::Read as _;
     let mut status = None;
     wait_for("the print command to end", limit, || {
@@ -907,7 +922,7 @@ fn job_canceled_at_the_printer_is_reported_with_its_state() {
 
 /// A CUPS queue (raw, its device an ippeveprinter) in a `cupsd` of our
 /// own; returns (scheduler, printer).
-fn cups_queue(queue: &str) -> (crate::cups::Cupsd, EvePrinter) {
+pub(crate) fn cups_queue(queue: &str) -> (crate::cups::Cupsd, EvePrinter) {
     need("lp", "cups-client");
     need("lpstat", "cups-client");
     let eve = start_ippeveprinter(
