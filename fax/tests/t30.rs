@@ -2575,3 +2575,100 @@ fn eor_is_answered_with_err_and_the_block_kept() {
         (Ok(()), 1, false)
     );
 }
+
+// ---------------------------------------------------------------------------
+// DCS modem and minimum scan line time.
+
+/// A DIS that offers V.29 and V.27 ter only and asks for a 20 ms minimum
+/// scan line time: DCS selects V.29 9600 and declares 20 ms, the page goes
+/// with fill to at least 9600 x 20 ms = 192 bits per line, and every FTT
+/// steps down (V.29 7200, V.27 ter 4800, 2400) until there is nothing
+/// slower, when the call fails as incompatible.
+#[test]
+fn dcs_follows_the_dis_modems_and_scan_time_and_steps_down_on_ftt() {
+    let clear = |fif: &mut Vec<u8>, n: u32| fif[(n as usize - 1) / 8] &= !(1 << ((n - 1) % 8));
+    let mut dis = Capabilities::minimal().to_dis_fif();
+    clear(&mut dis, frame::BIT_MODEM_4);
+    for b in 21..=23 {
+        clear(&mut dis, b);
+    }
+    let now = Instant::now();
+    let mut c = T30::new(
+        caller_config(1, Resolution::Standard, 1728, Capabilities::minimal()),
+        now,
+    )
+    .unwrap();
+    c.handle(frame_ev(frame::build(frame::fcf::DIS, &dis, true)), now);
+    let dcs_of = |actions: &[Action]| -> Vec<u8> {
+        let f = last_frames(actions);
+        let dcs = f.last().unwrap();
+        assert_eq!(frame::Frame::parse(dcs).unwrap().fcf, frame::Fcf::Dcs);
+        dcs[3..].to_vec()
+    };
+    let dcs = dcs_of(&drain(&mut c));
+    assert_eq!(frame::Modem::from_dcs(&dcs), Some(frame::Modem::V29_9600));
+    assert_eq!(c.modem(), frame::Modem::V29_9600);
+    // Bits 21-23 clear: 20 ms.
+    assert_eq!((dcs[2] >> 4) & 7, 0, "{dcs:02X?}");
+
+    // The page after CFR has the fill.
+    c.handle(simple(frame::fcf::CFR), now);
+    let params = drain(&mut c)
+        .into_iter()
+        .find_map(|a| match a {
+            Action::NeedPage { params, .. } => Some(params),
+            _ => None,
+        })
+        .unwrap();
+    let img = page(1728, 80, 2);
+    let plain = t30::encode_page(&img, &params).unwrap();
+    c.handle(Event::Page(plain.clone()), now);
+    let sent = drain(&mut c)
+        .into_iter()
+        .find_map(|a| match a {
+            Action::SendImage(d) => Some(d),
+            _ => None,
+        })
+        .unwrap();
+    assert!(
+        sent.len() * 8 >= 80 * 192,
+        "{} octets for 80 lines of at least 192 bits (unpadded: {})",
+        sent.len(),
+        plain.len()
+    );
+    let (back, _) = faxgate_fax::Bitmap::decode(
+        &sent,
+        faxgate_fax::DecoderOptions::wire(params.coding, params.width),
+    )
+    .unwrap();
+    assert!(back == img, "the padded page decodes to the page");
+
+    // FTT steps down through what the DIS permits, then gives up.
+    let (mut c, now) = {
+        let now = Instant::now();
+        let mut c = T30::new(
+            caller_config(1, Resolution::Standard, 1728, Capabilities::minimal()),
+            now,
+        )
+        .unwrap();
+        c.handle(frame_ev(frame::build(frame::fcf::DIS, &dis, true)), now);
+        drain(&mut c);
+        (c, now)
+    };
+    for want in [
+        frame::Modem::V29_7200,
+        frame::Modem::V27ter4800,
+        frame::Modem::V27ter2400,
+    ] {
+        c.handle(simple(frame::fcf::FTT), now);
+        let dcs = dcs_of(&drain(&mut c));
+        assert_eq!(frame::Modem::from_dcs(&dcs), Some(want));
+        assert_eq!(c.modem(), want);
+    }
+    c.handle(simple(frame::fcf::FTT), now);
+    let o = outcome_of(&drain(&mut c));
+    assert!(
+        matches!(&o.result, Err(Failure::Incompatible(s)) if s.contains("2400")),
+        "{o:?}"
+    );
+}

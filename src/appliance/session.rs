@@ -8,8 +8,12 @@
 //! | T.30 | T.38 (IFP in TPKT) |
 //! |---|---|
 //! | control frames (V.21) | indicator `v21-preamble`, then per frame `data v21 [hdlc-data, hdlc-fcs-OK]`, the last with `hdlc-fcs-OK-sig-end` |
-//! | a non-ECM page | indicator `v17-14400-long-training`, `data v17-14400 [t4-non-ecm-data]`..., `t4-non-ecm-sig-end` |
-//! | ECM frames | indicator `v17-14400-long-training`, per frame `data v17-14400 [hdlc-data, hdlc-fcs-OK]`, the last with `-sig-end` |
+//! | a non-ECM page | the DCS modem's long training indicator (e.g. `v17-14400-long-training`), `data v17-14400 [t4-non-ecm-data]`..., `t4-non-ecm-sig-end` |
+//! | ECM frames | the same indicator, per frame `data v17-14400 [hdlc-data, hdlc-fcs-OK]`, the last with `-sig-end` |
+//!
+//! The high-speed data type is the modem the DCS selected
+//! ([`T30::modem`]: V.17 14 400 unless the receiver's DIS permits less or
+//! FTT stepped down), so that a gateway to a real line trains that modem.
 //!
 //! Over TCP no TCF is sent (T.38 clause 8 / T.30 over reliable transport).
 //! HDLC octets travel bit-reversed relative to the in-memory T.30 frame
@@ -27,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, anyhow};
 use faxgate_fax::Bitmap;
-use faxgate_fax::t30::frame::Frame;
+use faxgate_fax::t30::frame::{Frame, Modem};
 use faxgate_fax::t30::{Action, Event, Outcome, Params, T30};
 use faxgate_fax::t38::{
     DataType, Field, FieldType, Ifp, Indicator, TpktDecoder, reverse_bits, tpkt_frame,
@@ -224,13 +228,15 @@ where
                     write_hdlc(&mut out, DataType::V21, &frames);
                 }
                 Action::SendEcmFrames(frames) => {
-                    write_ifp(&mut out, &Ifp::Indicator(Indicator::V17_14400LongTraining));
-                    write_hdlc(&mut out, DataType::V17_14400, &frames);
+                    let modulation = data_type(t30.modem());
+                    write_training(&mut out, modulation);
+                    write_hdlc(&mut out, modulation, &frames);
                 }
                 Action::SendImage(data) => {
                     page_boundary = false;
-                    write_ifp(&mut out, &Ifp::Indicator(Indicator::V17_14400LongTraining));
-                    write_image(&mut out, &data);
+                    let modulation = data_type(t30.modem());
+                    write_training(&mut out, modulation);
+                    write_image(&mut out, modulation, &data);
                 }
                 Action::Negotiated(p) => hooks.negotiated(p),
                 Action::RemoteIdent(s) => peer.ident = Some(s),
@@ -536,13 +542,35 @@ fn write_hdlc(out: &mut Vec<u8>, modulation: DataType, frames: &[Vec<u8>]) {
     }
 }
 
-fn write_image(out: &mut Vec<u8>, data: &[u8]) {
+/// The T.38 data type of a T.30 high-speed modem.
+fn data_type(modem: Modem) -> DataType {
+    match modem {
+        Modem::V17_14400 => DataType::V17_14400,
+        Modem::V17_12000 => DataType::V17_12000,
+        Modem::V17_9600 => DataType::V17_9600,
+        Modem::V29_9600 => DataType::V29_9600,
+        Modem::V17_7200 => DataType::V17_7200,
+        Modem::V29_7200 => DataType::V29_7200,
+        Modem::V27ter4800 => DataType::V27_4800,
+        Modem::V27ter2400 => DataType::V27_2400,
+    }
+}
+
+/// The indicator that starts a high-speed burst: `modulation`'s long
+/// training (T.30 asks for it after DCS; over TCP it costs nothing).
+fn write_training(out: &mut Vec<u8>, modulation: DataType) {
+    if let Some(ind) = Indicator::training_for(modulation, true) {
+        write_ifp(out, &Ifp::Indicator(ind));
+    }
+}
+
+fn write_image(out: &mut Vec<u8>, modulation: DataType, data: &[u8]) {
     let chunks: Vec<&[u8]> = data.chunks(IMAGE_CHUNK).collect();
     for chunk in &chunks {
         write_ifp(
             out,
             &Ifp::Data {
-                modulation: DataType::V17_14400,
+                modulation,
                 fields: vec![Field {
                     kind: FieldType::T4NonEcmData,
                     data: Some(chunk.to_vec()),
@@ -553,7 +581,7 @@ fn write_image(out: &mut Vec<u8>, data: &[u8]) {
     write_ifp(
         out,
         &Ifp::Data {
-            modulation: DataType::V17_14400,
+            modulation,
             fields: vec![Field {
                 kind: FieldType::T4NonEcmSigEnd,
                 data: None,
@@ -758,6 +786,8 @@ mod tests {
         decoder: TpktDecoder,
         rx: AsyncRx,
         events: VecDeque<Event>,
+        /// Every packet read, in order.
+        ifps: Vec<Ifp>,
         chunk: usize,
         pause: Duration,
     }
@@ -769,6 +799,7 @@ mod tests {
                 decoder: TpktDecoder::new(),
                 rx: AsyncRx::default(),
                 events: VecDeque::new(),
+                ifps: Vec::new(),
                 chunk: 64 * 1024,
                 pause: Duration::ZERO,
             }
@@ -788,7 +819,7 @@ mod tests {
         async fn image(&mut self, data: &[u8]) {
             let mut out = Vec::new();
             write_ifp(&mut out, &Ifp::Indicator(Indicator::V17_14400LongTraining));
-            write_image(&mut out, data);
+            write_image(&mut out, DataType::V17_14400, data);
             self.io.write_all(&out).await.unwrap();
         }
 
@@ -816,6 +847,7 @@ mod tests {
                 self.decoder.push(&buf[..n]);
                 while let Some(p) = self.decoder.next_packet().unwrap() {
                     let ifp = Ifp::decode(&p).unwrap();
+                    self.ifps.push(ifp.clone());
                     self.events.extend(self.rx.events(ifp).unwrap());
                 }
                 if !self.pause.is_zero() {
@@ -1040,6 +1072,65 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(took >= limit && took < limit * 4, "took {took:?}");
+    }
+
+    /// The page goes with the T.38 data type (and training indicator) of
+    /// the modem the DCS selected: V.29 9600 for a DIS without V.17.
+    #[tokio::test]
+    async fn image_data_goes_with_the_dcs_modem() {
+        let role = Role::Caller {
+            pages: 1,
+            document_resolution: Resolution::Standard,
+            document_width: 1728,
+        };
+        let cfg = config(role, Capabilities::minimal(), Duration::from_secs(3));
+        let t30 = T30::new(cfg, Instant::now()).unwrap();
+        let (ours, theirs) = tokio::io::duplex(64 * 1024);
+        let page = t30::encode_page(&Bitmap::new(1728, 20), &std_params(false)).unwrap();
+        let hooks = TestHooks {
+            pages: vec![page],
+            ..TestHooks::default()
+        };
+        let task = spawn_session(ours, t30, true, hooks);
+        let mut peer = FakePeer::new(theirs);
+        let mut dis = Capabilities::minimal().to_dis_fif();
+        // Clear bit 14 (V.17): V.29 and V.27 ter remain.
+        dis[1] &= !0x20;
+        peer.frames(&[frame::build(fcf::DIS, &dis, true)]).await;
+        peer.expect(Fcf::Dcs).await;
+        peer.command(fcf::CFR).await;
+        peer.expect(Fcf::Eop).await;
+        peer.command(fcf::MCF).await;
+        assert_eq!(peer.rest().await, vec![Fcf::Dcn]);
+        assert!(matches!(task.await.unwrap().0, SessionEnd::T30(_)));
+        let image: Vec<&Ifp> = peer
+            .ifps
+            .iter()
+            .filter(|i| {
+                !matches!(
+                    i,
+                    Ifp::Data {
+                        modulation: DataType::V21,
+                        ..
+                    }
+                )
+            })
+            .filter(|i| !matches!(i, Ifp::Indicator(Indicator::V21Preamble | Indicator::Cng)))
+            .collect();
+        assert!(image.len() >= 3, "{image:?}");
+        assert_eq!(*image[0], Ifp::Indicator(Indicator::V29_9600Training));
+        for i in &image[1..] {
+            assert!(
+                matches!(
+                    i,
+                    Ifp::Data {
+                        modulation: DataType::V29_9600,
+                        ..
+                    }
+                ),
+                "{i:?}"
+            );
+        }
     }
 
     /// A page that takes longer than T4 to leave (a slow link) is not

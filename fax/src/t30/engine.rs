@@ -12,11 +12,11 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use super::ecm::{EcmRx, EcmTx};
-use super::frame::{self, EcmFrame, Fcf, Frame, FrameError, PageLength, Pps, fcf};
+use super::frame::{self, EcmFrame, Fcf, Frame, FrameError, MinScan, Modem, PageLength, Pps, fcf};
 use super::{
     Action, Capabilities, Config, Event, Failure, Outcome, Params, Role, T30Error, negotiate,
 };
-use crate::{Bitmap, DecoderOptions, Resolution};
+use crate::{Bitmap, Coding, DecoderOptions, EncoderOptions, Resolution};
 
 /// The most coded data one page may hold before the receiver gives up:
 /// a bound on memory against a peer that never ends its page. A 400 dpi
@@ -153,6 +153,14 @@ pub struct T30 {
     doc_res: Resolution,
     doc_width: u32,
     length: PageLength,
+    /// The modems the DIS permits, fastest first; `modem_step` indexes
+    /// the one in use (FTT steps down).
+    modems: Vec<Modem>,
+    modem_step: usize,
+    /// The minimum scan line time DCS declares (from the DIS).
+    min_scan: MinScan,
+    /// The modem of the last DCS sent (caller) or received (answerer).
+    modem: Modem,
     /// The current page, kept for a resend after RTN.
     page_data: Vec<u8>,
     ppm: Ppm,
@@ -188,6 +196,23 @@ pub struct T30 {
     /// Responses repeated (or commands answered again) since the last
     /// progress: new non-ECM page data, a block or a page confirmed.
     repeats: u32,
+}
+
+/// A non-ECM page coded again with at least `min_line_bits` bits per line
+/// (zero fill before each EOL), for a receiver whose DIS asks for a minimum
+/// scan line time. Pages come from [`super::encode_page`], which adds no
+/// fill; data that does not decode as `params` goes as it is.
+fn with_min_line_bits(data: &[u8], params: &Params, min_line_bits: u32) -> Vec<u8> {
+    if min_line_bits == 0 || params.coding == Coding::Mmr {
+        return data.to_vec();
+    }
+    let Ok((page, _)) = Bitmap::decode(data, DecoderOptions::wire(params.coding, params.width))
+    else {
+        return data.to_vec();
+    };
+    let mut opts = EncoderOptions::wire(params.coding, params.width);
+    opts.min_line_bits = min_line_bits;
+    page.encode(opts).unwrap_or_else(|_| data.to_vec())
 }
 
 fn validate(cfg: &Config) -> Result<(), T30Error> {
@@ -283,6 +308,10 @@ impl T30 {
             doc_res,
             doc_width,
             length: PageLength::A4,
+            modems: Vec::new(),
+            modem_step: 0,
+            min_scan: MinScan::Ms0,
+            modem: Modem::V17_14400,
             page_data: Vec::new(),
             ppm: Ppm::Eop,
             rtn_count: 0,
@@ -361,6 +390,14 @@ impl T30 {
     /// to get it).
     pub fn is_finished(&self) -> bool {
         self.finished
+    }
+
+    /// The modem the last DCS selected (sent as caller, received as
+    /// answerer); V.17 14 400 before any. The session names it in the T.38
+    /// data type of image data, so that a gateway to a real line trains
+    /// the modem the DCS announced.
+    pub fn modem(&self) -> Modem {
+        self.modem
     }
 
     /// Caller: whether the sender resumes the document in a later call if
@@ -710,6 +747,7 @@ impl T30 {
         self.announce(params);
         self.take_remote_info();
         self.params = Some(params);
+        self.modem = Modem::from_dcs(f.fif).unwrap_or(Modem::V17_14400);
         self.pprs = 0;
         self.ctcs = 0;
         self.rx_data.clear();
@@ -1216,12 +1254,7 @@ impl T30 {
             Fcf::Nsf | Fcf::Csi | Fcf::Dis => {}
             Fcf::Cfr if self.state == State::CallWaitCfr => self.call_cfr(now),
             Fcf::Cfr => {}
-            Fcf::Ftt if self.state == State::CallWaitCfr => {
-                if !self.repeat_command(now) {
-                    let msg = format!("training failed (FTT) {} times", self.tries);
-                    self.fail(Failure::Incompatible(msg));
-                }
-            }
+            Fcf::Ftt if self.state == State::CallWaitCfr => self.call_ftt(now),
             Fcf::Mcf | Fcf::Pip | Fcf::Rtp | Fcf::Rtn | Fcf::Pin | Fcf::Ppr | Fcf::Rnr => {
                 match self.state {
                     State::CallWaitResp => self.call_response(f, now),
@@ -1259,6 +1292,19 @@ impl T30 {
             Ok(p) => p,
             Err(e) => return self.fail(e),
         };
+        let Some(modems) = Modem::permitted_by_dis(f.fif) else {
+            let bits: Vec<u8> = (frame::BIT_MODEM_1..=frame::BIT_MODEM_4)
+                .map(|b| u8::from(frame::bit(f.fif, b)))
+                .collect();
+            self.fail(Failure::Incompatible(format!(
+                "the remote fax offers no modem a T.30 sender can use (DIS bits 11-14 are {bits:?})"
+            )));
+            return;
+        };
+        self.modems = modems;
+        self.modem_step = 0;
+        let no_fill = params.ecm || params.coding == Coding::Mmr;
+        self.min_scan = MinScan::for_dis(f.fif, params.resolution, no_fill);
         self.params = Some(params);
         self.length = frame::dis_page_length(f.fif);
         self.after_cfr = AfterCfr::NextPage;
@@ -1286,13 +1332,34 @@ impl T30 {
                 false,
             ));
         }
+        self.modem = self
+            .modems
+            .get(self.modem_step)
+            .copied()
+            .unwrap_or(Modem::V17_14400);
         frames.push(frame::build(
             fcf::DCS | x,
-            &params.to_dcs_fif_with_length(self.length),
+            &params.to_dcs_fif_with(self.length, self.modem, self.min_scan),
             true,
         ));
         self.command(frames, "DCS".into(), now);
         self.state = State::CallWaitCfr;
+    }
+
+    /// FTT: the receiver could not train; DCS again at the next slower
+    /// modem the DIS permits (spandsp `step_fallback_entry`), and fail
+    /// once there is none.
+    fn call_ftt(&mut self, now: Instant) {
+        if self.modem_step + 1 >= self.modems.len() {
+            let msg = format!(
+                "training failed (FTT) at every speed the remote offers, down to {} bit/s",
+                self.modem.bit_rate()
+            );
+            self.fail(Failure::Incompatible(msg));
+            return;
+        }
+        self.modem_step += 1;
+        self.send_dcs(now);
     }
 
     fn call_cfr(&mut self, now: Instant) {
@@ -1337,8 +1404,9 @@ impl T30 {
             self.ecm_tx = Some(EcmTx::new(&self.page_data));
             self.send_ecm_block(None, now);
         } else {
-            self.actions
-                .push_back(Action::SendImage(self.page_data.clone()));
+            let min_line_bits = self.min_scan.line_bits(self.modem);
+            let data = with_min_line_bits(&self.page_data, &params, min_line_bits);
+            self.actions.push_back(Action::SendImage(data));
             let ppm = vec![self.simple(self.ppm.fcf())];
             self.command(ppm, self.ppm.name().into(), now);
             self.state = State::CallWaitResp;

@@ -458,15 +458,213 @@ pub const BIT_400_400: u32 = 43;
 pub const BIT_INCH: u32 = 44;
 /// DIS: metric-based resolution preferred.
 pub const BIT_METRIC: u32 = 45;
+/// DIS: the minimum scan line time at superfine (and 400 dpi) is half the
+/// fine one (spandsp `T30_DIS_BIT_MIN_SCAN_TIME_HALVES`).
+pub const BIT_MIN_SCAN_HALVES: u32 = 46;
 
 /// DIS modem field: V.27 ter, V.29 and V.17 (bits 11, 12 and 14), as
 /// spandsp offers them. Over T.38 on TCP the modem is notional, but real
 /// receivers check the field.
 const DIS_MODEMS: [u32; 3] = [BIT_MODEM_1, BIT_MODEM_2, BIT_MODEM_4];
-/// DCS modem field: V.17 at 14 400 bit/s (bit 14 only; spandsp's
-/// `fallback_sequence` DCS code for V.17 14400 is DISBIT6 of octet 2).
-/// The session layer sends image data as T.38 `v17-14400` accordingly.
-const DCS_MODEM_V17_14400: [u32; 1] = [BIT_MODEM_4];
+/// A high-speed modem and bit rate a DCS can select (T.30 Table 2 bits
+/// 11-14). Over T.38 on TCP the modem is notional, but a gateway to a real
+/// line trains it, and the session layer names it in the T.38 data type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Modem {
+    /// V.17 at 14 400 bit/s.
+    V17_14400,
+    /// V.17 at 12 000 bit/s.
+    V17_12000,
+    /// V.17 at 9 600 bit/s.
+    V17_9600,
+    /// V.29 at 9 600 bit/s.
+    V29_9600,
+    /// V.17 at 7 200 bit/s.
+    V17_7200,
+    /// V.29 at 7 200 bit/s.
+    V29_7200,
+    /// V.27 ter at 4 800 bit/s.
+    V27ter4800,
+    /// V.27 ter at 2 400 bit/s.
+    V27ter2400,
+}
+
+/// Which modem family a [`Modem`] belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Family {
+    V17,
+    V29,
+    V27ter,
+}
+
+impl Modem {
+    /// spandsp's `fallback_sequence`: fastest first, the order a sender
+    /// steps down in after FTT.
+    pub const FALLBACK: [Modem; 8] = [
+        Modem::V17_14400,
+        Modem::V17_12000,
+        Modem::V17_9600,
+        Modem::V29_9600,
+        Modem::V17_7200,
+        Modem::V29_7200,
+        Modem::V27ter4800,
+        Modem::V27ter2400,
+    ];
+
+    /// The bit rate.
+    pub fn bit_rate(self) -> u32 {
+        match self {
+            Modem::V17_14400 => 14_400,
+            Modem::V17_12000 => 12_000,
+            Modem::V17_9600 | Modem::V29_9600 => 9_600,
+            Modem::V17_7200 | Modem::V29_7200 => 7_200,
+            Modem::V27ter4800 => 4_800,
+            Modem::V27ter2400 => 2_400,
+        }
+    }
+
+    fn family(self) -> Family {
+        match self {
+            Modem::V17_14400 | Modem::V17_12000 | Modem::V17_9600 | Modem::V17_7200 => Family::V17,
+            Modem::V29_9600 | Modem::V29_7200 => Family::V29,
+            Modem::V27ter4800 | Modem::V27ter2400 => Family::V27ter,
+        }
+    }
+
+    /// The DCS bits (of 11-14) that select it: spandsp's `dcs_code`
+    /// (DISBIT3..6 of octet 2 are bits 11..14).
+    fn dcs_bits(self) -> &'static [u32] {
+        match self {
+            Modem::V17_14400 => &[BIT_MODEM_4],
+            Modem::V17_12000 => &[BIT_MODEM_4, BIT_MODEM_2],
+            Modem::V17_9600 => &[BIT_MODEM_4, BIT_MODEM_1],
+            Modem::V29_9600 => &[BIT_MODEM_1],
+            Modem::V17_7200 => &[BIT_MODEM_4, BIT_MODEM_2, BIT_MODEM_1],
+            Modem::V29_7200 => &[BIT_MODEM_2, BIT_MODEM_1],
+            Modem::V27ter4800 => &[BIT_MODEM_2],
+            Modem::V27ter2400 => &[],
+        }
+    }
+
+    /// The modem a DCS selects, if its bits 11-14 are one of the codes.
+    pub fn from_dcs(fif: &[u8]) -> Option<Modem> {
+        let field = modem_field(fif);
+        Modem::FALLBACK.into_iter().find(|m| {
+            m.dcs_bits()
+                .iter()
+                .fold(0, |a, &b| a | 1 << (b - BIT_MODEM_1))
+                == field
+        })
+    }
+
+    /// What a DIS (or DTC) lets a sender use, in the order to try them
+    /// (spandsp `process_rx_dis_dtc`): V.17, V.29 and V.27 ter (bits 11,
+    /// 12, 14) start at V.17 14 400; V.29 and V.27 ter (11, 12) at V.29
+    /// 9 600; V.29 alone (11) has V.29 only; V.27 ter (12) starts at
+    /// 4 800; no bit at all is V.27 ter's 2 400 fall-back mode. Any other
+    /// field offers nothing a T.30 sender can use: `None`.
+    pub fn permitted_by_dis(fif: &[u8]) -> Option<Vec<Modem>> {
+        let (families, start): (&[Family], Modem) = match modem_field(fif) {
+            0b1011 => (
+                &[Family::V17, Family::V29, Family::V27ter],
+                Modem::V17_14400,
+            ),
+            0b0011 => (&[Family::V29, Family::V27ter], Modem::V29_9600),
+            0b0001 => (&[Family::V29], Modem::V29_9600),
+            0b0010 => (&[Family::V27ter], Modem::V27ter4800),
+            0b0000 => (&[Family::V27ter], Modem::V27ter2400),
+            _ => return None,
+        };
+        let from = Modem::FALLBACK.iter().position(|m| *m == start)?;
+        Some(
+            Modem::FALLBACK[from..]
+                .iter()
+                .copied()
+                .filter(|m| families.contains(&m.family()))
+                .collect(),
+        )
+    }
+}
+
+/// Bits 11-14 as a number, bit 11 the least significant.
+fn modem_field(fif: &[u8]) -> u8 {
+    (BIT_MODEM_1..=BIT_MODEM_4)
+        .enumerate()
+        .fold(0, |a, (i, b)| a | u8::from(bit(fif, b)) << i)
+}
+
+/// The minimum scan line time a DCS declares (bits 21-23), which the
+/// sender's coding must then respect with fill bits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum MinScan {
+    /// 0 ms: no fill.
+    Ms0,
+    /// 5 ms.
+    Ms5,
+    /// 10 ms.
+    Ms10,
+    /// 20 ms.
+    Ms20,
+    /// 40 ms.
+    Ms40,
+}
+
+impl MinScan {
+    /// Milliseconds.
+    pub fn millis(self) -> u32 {
+        match self {
+            MinScan::Ms0 => 0,
+            MinScan::Ms5 => 5,
+            MinScan::Ms10 => 10,
+            MinScan::Ms20 => 20,
+            MinScan::Ms40 => 40,
+        }
+    }
+
+    /// The DCS code of bits 21-23 (bit 21 the least significant), as
+    /// spandsp's `T30_MIN_SCAN_*`.
+    fn dcs_code(self) -> u8 {
+        match self {
+            MinScan::Ms20 => 0,
+            MinScan::Ms5 => 1,
+            MinScan::Ms10 => 2,
+            MinScan::Ms40 => 4,
+            MinScan::Ms0 => 7,
+        }
+    }
+
+    /// The minimum bits per coded line (EOL included) at `modem`'s rate.
+    pub fn line_bits(self, modem: Modem) -> u32 {
+        modem.bit_rate() * self.millis() / 1000
+    }
+
+    /// What a sender must declare (and respect) for a page at
+    /// `resolution` to a receiver whose DIS is `fif` (spandsp
+    /// `set_min_scan_time_code`). ECM and T.6 pages need none.
+    pub fn for_dis(fif: &[u8], resolution: Resolution, ecm: bool) -> MinScan {
+        use MinScan::*;
+        if ecm {
+            return Ms0;
+        }
+        // The DIS field (bits 21-23) by resolution row: standard, fine,
+        // and superfine when the DIS halves the fine time (bit 46).
+        const TRANSLATE: [[MinScan; 8]; 3] = [
+            [Ms20, Ms5, Ms10, Ms20, Ms40, Ms40, Ms10, Ms0],
+            [Ms20, Ms5, Ms10, Ms10, Ms40, Ms20, Ms5, Ms0],
+            [Ms10, Ms5, Ms5, Ms5, Ms20, Ms10, Ms5, Ms0],
+        ];
+        let field = (BIT_MIN_SCAN_1..BIT_MIN_SCAN_1 + 3)
+            .enumerate()
+            .fold(0usize, |a, (i, b)| a | usize::from(bit(fif, b)) << i);
+        let row = match resolution {
+            Resolution::Fine => 1,
+            Resolution::SuperFine | Resolution::R400 if bit(fif, BIT_MIN_SCAN_HALVES) => 2,
+            Resolution::SuperFine | Resolution::R400 => 1,
+            Resolution::Standard | Resolution::R300 => 0,
+        };
+        TRANSLATE[row][field]
+    }
+}
 
 /// The shortest DIS/DTC/DCS FIF T.30 allows (bits 1-24).
 pub const MIN_DIS_LEN: usize = 3;
@@ -665,16 +863,22 @@ impl Params {
         self.to_dcs_fif_with_length(PageLength::Unlimited)
     }
 
-    /// The DCS FIF for these parameters: receive, V.17 14 400, 0 ms
-    /// minimum scan line time, 256-octet ECM frames, and `length` (the
-    /// longest the receiver's DIS offered, see [`dis_page_length`]).
-    /// Resolution bits follow spandsp's `build_dcs`: fine = bit 15,
-    /// superfine = bit 41, 300x300 = bit 42 + inch bit 44, 400x400 = bit
-    /// 43 + bit 44. A width that is not a T.4 scan line encodes as A4.
+    /// The DCS FIF for these parameters with V.17 14 400 and a 0 ms
+    /// minimum scan line time. See [`Params::to_dcs_fif_with`].
     pub fn to_dcs_fif_with_length(&self, length: PageLength) -> Vec<u8> {
+        self.to_dcs_fif_with(length, Modem::V17_14400, MinScan::Ms0)
+    }
+
+    /// The DCS FIF for these parameters: receive, `modem`, `min_scan`,
+    /// 256-octet ECM frames, and `length` (the longest the receiver's DIS
+    /// offered, see [`dis_page_length`]). Resolution bits follow
+    /// spandsp's `build_dcs`: fine = bit 15, superfine = bit 41, 300x300 =
+    /// bit 42 + inch bit 44, 400x400 = bit 43 + bit 44. A width that is
+    /// not a T.4 scan line encodes as A4.
+    pub fn to_dcs_fif_with(&self, length: PageLength, modem: Modem, min_scan: MinScan) -> Vec<u8> {
         let mut fif = Vec::new();
         set_bit(&mut fif, BIT_READY_TO_RECEIVE);
-        for b in DCS_MODEM_V17_14400 {
+        for &b in modem.dcs_bits() {
             set_bit(&mut fif, b);
         }
         match self.resolution {
@@ -705,8 +909,11 @@ impl Params {
             PageLength::B4 => set_bit(&mut fif, BIT_LENGTH_B4),
             PageLength::Unlimited => set_bit(&mut fif, BIT_LENGTH_UNLIMITED),
         }
-        for b in BIT_MIN_SCAN_1..BIT_MIN_SCAN_1 + 3 {
-            set_bit(&mut fif, b);
+        let code = min_scan.dcs_code();
+        for (i, b) in (BIT_MIN_SCAN_1..BIT_MIN_SCAN_1 + 3).enumerate() {
+            if code & (1 << i) != 0 {
+                set_bit(&mut fif, b);
+            }
         }
         if self.ecm {
             set_bit(&mut fif, BIT_ECM);
@@ -1249,5 +1456,117 @@ mod tests {
         seal_burst(&mut burst);
         assert_eq!(burst[0][1], CONTROL_NON_FINAL);
         assert_eq!(burst[1][1], CONTROL_FINAL);
+    }
+
+    /// A DIS/DCS field with only `bits` set.
+    fn with_bits(bits: &[u32]) -> Vec<u8> {
+        let mut fif = vec![0; MIN_DIS_LEN];
+        for &b in bits {
+            set_bit(&mut fif, b);
+        }
+        fif
+    }
+
+    /// The modems a DIS permits follow spandsp's `process_rx_dis_dtc`, and
+    /// each modem's DCS code is spandsp's `fallback_sequence` one.
+    #[test]
+    fn modems_from_dis_and_dcs_codes() {
+        use Modem::*;
+        let cases: &[(&[u32], Option<&[Modem]>)] = &[
+            (
+                &[11, 12, 14],
+                Some(&[
+                    V17_14400, V17_12000, V17_9600, V29_9600, V17_7200, V29_7200, V27ter4800,
+                    V27ter2400,
+                ]),
+            ),
+            (
+                &[11, 12],
+                Some(&[V29_9600, V29_7200, V27ter4800, V27ter2400]),
+            ),
+            (&[11], Some(&[V29_9600, V29_7200])),
+            (&[12], Some(&[V27ter4800, V27ter2400])),
+            (&[], Some(&[V27ter2400])),
+            (&[13], None),
+            (&[14], None),
+            (&[11, 12, 13, 14], None),
+        ];
+        for (bits, want) in cases {
+            let got = Modem::permitted_by_dis(&with_bits(bits));
+            assert_eq!(got.as_deref(), *want, "DIS bits {bits:?}");
+        }
+        // DCS octet 2 (bits 9-16): spandsp's dcs_code values.
+        let codes: &[(Modem, u8)] = &[
+            (V17_14400, 0x20),
+            (V17_12000, 0x28),
+            (V17_9600, 0x24),
+            (V29_9600, 0x04),
+            (V17_7200, 0x2C),
+            (V29_7200, 0x0C),
+            (V27ter4800, 0x08),
+            (V27ter2400, 0x00),
+        ];
+        let p = Params {
+            resolution: Resolution::Standard,
+            width: 1728,
+            coding: crate::Coding::Mh,
+            ecm: false,
+        };
+        for &(m, octet) in codes {
+            let fif = p.to_dcs_fif_with(PageLength::A4, m, MinScan::Ms0);
+            assert_eq!(fif[1] & 0x3C, octet, "{m:?}");
+            assert_eq!(Modem::from_dcs(&fif), Some(m));
+            assert_eq!(Params::from_dcs_fif(&fif).unwrap(), p);
+        }
+        assert_eq!(V29_7200.bit_rate(), 7200);
+    }
+
+    /// The minimum scan line time a sender declares for a DIS (spandsp
+    /// `set_min_scan_time_code`), and its DCS code in bits 21-23.
+    #[test]
+    fn min_scan_line_time() {
+        use MinScan::*;
+        use Resolution::*;
+        // (DIS bits 21-23 set, bit 46, resolution, ecm, want)
+        let cases: &[(&[u32], bool, Resolution, bool, MinScan)] = &[
+            (&[], false, Standard, false, Ms20),
+            (&[], false, Fine, false, Ms20),
+            (&[], true, SuperFine, false, Ms10),
+            (&[21], false, Standard, false, Ms5),
+            (&[22], false, Standard, false, Ms10),
+            (&[21, 22], false, Standard, false, Ms20),
+            (&[21, 22], false, Fine, false, Ms10),
+            (&[23], false, Standard, false, Ms40),
+            (&[21, 23], false, Fine, false, Ms20),
+            (&[22, 23], false, Standard, false, Ms10),
+            (&[22, 23], true, R400, false, Ms5),
+            (&[21, 22, 23], false, Standard, false, Ms0),
+            (&[], false, Standard, true, Ms0),
+        ];
+        for &(bits, halves, res, ecm, want) in cases {
+            let mut fif = with_bits(bits);
+            if halves {
+                set_bit(&mut fif, BIT_MIN_SCAN_HALVES);
+            }
+            assert_eq!(
+                MinScan::for_dis(&fif, res, ecm),
+                want,
+                "{bits:?} halves {halves} {res:?} ecm {ecm}"
+            );
+        }
+        // DCS bits 21-23 (octet 3, bits 4-6): 20 ms = 0, 5 = 1, 10 = 2,
+        // 40 = 4, 0 ms = 7.
+        let p = Params {
+            resolution: Resolution::Standard,
+            width: 1728,
+            coding: crate::Coding::Mh,
+            ecm: false,
+        };
+        for (m, code) in [(Ms20, 0), (Ms5, 1), (Ms10, 2), (Ms40, 4), (Ms0, 7)] {
+            let fif = p.to_dcs_fif_with(PageLength::A4, Modem::V17_14400, m);
+            assert_eq!((fif[2] >> 4) & 7, code, "{m:?}");
+        }
+        assert_eq!(Ms20.line_bits(Modem::V17_14400), 288);
+        assert_eq!(Ms10.line_bits(Modem::V27ter2400), 24);
     }
 }

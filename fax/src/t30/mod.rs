@@ -45,9 +45,12 @@
 //!   MCF that the sender credits to its next page.
 //! - T4 runs from [`Event::Sent`] (the burst is written), not from when a
 //!   command was queued, so a long page on a slow link keeps its full T4.
-//! - DCS always selects V.17 14 400 bit/s and a 0 ms minimum scan line
-//!   time (no fill), as spandsp does in T.38 mode; a receiver whose DIS
-//!   asks for a scan line time gets no fill bits.
+//! - DCS selects the fastest modem the DIS permits ([`frame::Modem`],
+//!   spandsp's fallback sequence) and steps down one at each FTT. It
+//!   declares the minimum scan line time the DIS asks for
+//!   ([`frame::MinScan`]; 0 ms with ECM or MMR), and a non-ECM page is
+//!   coded again with that many bits per line (rate x time) before it
+//!   goes. RTN retrains at the same speed (spandsp also steps down).
 //! - An ECM receiver never answers RTN (not an ECM response): a page
 //!   whose frames all arrived is confirmed with its bad-line count, and
 //!   one that does not decode at all ends the call
