@@ -217,8 +217,9 @@ pub struct PrinterSection {
     /// A printer URI as `faxgate print --printer` takes it: `ipp://...`,
     /// `cups:QUEUE`, `dir:/path?format=pdf|tiff`, `device:/dev/...`.
     pub uri: String,
-    /// How long an IPP job is watched before it counts as failed
-    /// (1 s..=24 h).
+    /// How long an IPP (or CUPS) job is watched in one go (1 s..=24 h).
+    /// A job not finished by then stays at the printer and is followed
+    /// again on the next pass (every `retry`), never sent twice.
     #[serde(default = "defaults::job_timeout", with = "humantime_serde")]
     pub job_timeout: Duration,
     /// Delay before a failed print is tried again (1 s..=1 h).

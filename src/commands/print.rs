@@ -81,7 +81,33 @@ fn hint(e: &PrintError) -> &'static str {
     match e {
         PrintError::Stopped { status, .. } if status.has("media-empty") => " (load paper)",
         PrintError::Stopped { status, .. } if status.has("media-jam") => " (clear the paper jam)",
+        // The job is at the printer: running the command again would
+        // print it twice.
+        PrintError::JobTimeout { .. } => {
+            " (the job is still at the printer; look there before printing it again)"
+        }
         e if e.keeps_job() => " (nothing was printed; try again when the printer is ready)",
         _ => "",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A job that outlived the watch is still at the printer: the hint
+    /// must not invite the operator to print it again.
+    #[test]
+    fn a_timed_out_job_is_not_called_unprinted() {
+        let e = PrintError::JobTimeout {
+            printer: "ipp://p/ipp/print".into(),
+            job_id: 7,
+            state: "processing".into(),
+            waited: std::time::Duration::from_secs(300),
+        };
+        assert!(e.keeps_job());
+        let h = hint(&e);
+        assert!(h.contains("still at the printer"), "{h}");
+        assert!(!h.contains("nothing was printed"), "{h}");
     }
 }
