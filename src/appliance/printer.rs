@@ -343,6 +343,27 @@ mod tests {
         panic!("inbox document {id} never reached the expected state: {last:?}");
     }
 
+    /// Waits (10 s at most) until the document's history shows `n` tries
+    /// that left it pending. Polled: each try writes the store with an
+    /// fsync, which can take a while on a loaded machine.
+    async fn wait_tries(store: &Store, id: i64, n: usize) {
+        let mut tries = 0;
+        for _ in 0..200 {
+            tries = store
+                .history(Some(format!("inbox:{id}")), 100)
+                .await
+                .unwrap()
+                .iter()
+                .filter(|h| h.message.starts_with("pending:"))
+                .count();
+            if tries >= n {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("only {tries} tries in 10 s");
+    }
+
     fn files(dir: &std::path::Path) -> Vec<PathBuf> {
         match std::fs::read_dir(dir) {
             Ok(rd) => rd.map(|e| e.unwrap().path()).collect(),
@@ -412,21 +433,7 @@ mod tests {
         // pending, nothing printed. Polled (10 s at most) rather than a
         // fixed sleep: each retry writes the store with an fsync, which
         // can take a while on a loaded machine.
-        let mut tries = 0;
-        for _ in 0..200 {
-            tries = store
-                .history(Some(format!("inbox:{id}")), 100)
-                .await
-                .unwrap()
-                .iter()
-                .filter(|h| h.message.starts_with("pending:"))
-                .count();
-            if tries >= 3 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        assert!(tries >= 3, "only {tries} tries in 10 s");
+        wait_tries(&store, id, 3).await;
         let d = store.inbox_doc(id).await.unwrap().unwrap();
         assert_eq!(d.print, PrintState::Pending);
         assert!(files(&out).is_empty());
@@ -591,21 +598,7 @@ mod tests {
         let d = wait_doc(&store, id, |d| d.archived.is_some()).await;
         let path = PathBuf::from(d.archived.unwrap());
         let inode = std::fs::metadata(&path).unwrap().ino();
-        let mut tries = 0;
-        for _ in 0..200 {
-            tries = store
-                .history(Some(format!("inbox:{id}")), 100)
-                .await
-                .unwrap()
-                .iter()
-                .filter(|h| h.message.starts_with("pending:"))
-                .count();
-            if tries >= 4 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        assert!(tries >= 4, "only {tries} tries in 10 s");
+        wait_tries(&store, id, 4).await;
         assert_eq!(std::fs::metadata(&path).unwrap().ino(), inode, "rewritten");
         assert_eq!(files(&archive), vec![path.clone()]);
         let archived = store

@@ -63,6 +63,24 @@ pub fn need(tool: &str, package: &str) {
 /// A child process killed (and reaped) when dropped.
 pub struct Proc(pub Child);
 
+/// Starts `faxgate relay --config cfg` with its stdout in `dir/relay.out`
+/// (the listen lines tests read addresses from) and its log in
+/// `dir/relay.log`.
+pub fn spawn_relay(cfg: &std::path::Path, dir: &std::path::Path) -> Proc {
+    Proc(
+        Command::new(faxgate())
+            .args(["relay", "--config"])
+            .arg(cfg)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::fs::File::create(dir.join("relay.out")).unwrap())
+            .stderr(std::fs::File::create(dir.join("relay.log")).unwrap())
+            .spawn()
+            .unwrap(),
+    )
+}
+
 impl Drop for Proc {
     fn drop(&mut self) {
         let _ = self.0.kill();

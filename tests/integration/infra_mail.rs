@@ -164,18 +164,7 @@ impl Relay {
                 .args(["user", "add", user, "--password-env", "FG_PW"])
                 .env("FG_PW", password));
         }
-        let proc = Proc(
-            Command::new(faxgate())
-                .args(["relay", "--config"])
-                .arg(&cfg)
-                .env("RUST_LOG", "info")
-                .env("NO_COLOR", "1")
-                .stdin(Stdio::null())
-                .stdout(std::fs::File::create(dir.join("relay.out")).unwrap())
-                .stderr(std::fs::File::create(dir.join("relay.log")).unwrap())
-                .spawn()
-                .unwrap(),
-        );
+        let proc = crate::common::spawn_relay(&cfg, &dir);
         let mut relay = Relay {
             proc,
             ipp: SocketAddr::from(([127, 0, 0, 1], 0)),

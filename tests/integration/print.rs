@@ -1312,17 +1312,7 @@ impl Branches {
                 .args(["--password-env", "FG_PW"])
                 .env("FG_PW", format!("pw-{user}-123")));
         }
-        let relay = Proc(
-            Command::new(faxgate())
-                .args(["relay", "--config"])
-                .arg(&cfg)
-                .env("RUST_LOG", "info")
-                .env("NO_COLOR", "1")
-                .stdout(std::fs::File::create(d.join("relay.out")).unwrap())
-                .stderr(std::fs::File::create(d.join("relay.log")).unwrap())
-                .spawn()
-                .unwrap(),
-        );
+        let relay = crate::common::spawn_relay(&cfg, d);
         let relay_addr = read_line_after(&d.join("relay.out"), "relay (tcp) listening on ");
         let mut b = Branches {
             dir,

@@ -44,17 +44,7 @@ impl RelayProc {
         let boot = d.join("relay.toml");
         let state = d.join("state");
         std::fs::write(&boot, relay_toml(&state, "127.0.0.1:0", "127.0.0.1:0")).unwrap();
-        let proc = Proc(
-            Command::new(faxgate())
-                .args(["relay", "--config"])
-                .arg(&boot)
-                .env("RUST_LOG", "info")
-                .env("NO_COLOR", "1")
-                .stdout(std::fs::File::create(d.join("relay.out")).unwrap())
-                .stderr(std::fs::File::create(d.join("relay.log")).unwrap())
-                .spawn()
-                .unwrap(),
-        );
+        let proc = crate::common::spawn_relay(&boot, d);
         let (mut addr, mut status) = (String::new(), String::new());
         wait_for("the relay's listen lines", Duration::from_secs(20), || {
             let out = std::fs::read_to_string(d.join("relay.out")).unwrap_or_default();
