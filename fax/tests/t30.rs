@@ -479,7 +479,7 @@ fn sessions_deliver_pages_pixel_identical() {
         let sent: Vec<u32> = h
             .actions(Side::Caller)
             .filter_map(|a| match a {
-                Action::PageSent { index } => Some(*index),
+                Action::PageSent { index, .. } => Some(*index),
                 _ => None,
             })
             .collect();
@@ -1559,7 +1559,7 @@ fn closed_transport() {
         Capabilities::minimal(),
     );
     h.hook = Box::new(|from, a| match (from, a) {
-        (Side::Caller, Action::PageSent { index: 0 }) => {
+        (Side::Caller, Action::PageSent { index: 0, .. }) => {
             vec![
                 (Side::Caller, Event::Closed),
                 (Side::Answerer, Event::Closed),
@@ -1661,8 +1661,108 @@ fn ecm_ppr_resends_only_the_missing_frames() {
     );
 }
 
+/// T.30 Annex A: a block whose frame 3 never arrives intact. The first
+/// PPR confirms every other frame (progress), so after 4 PPRs the caller
+/// sends CTC one modem slower; the 4 PPRs after CTR confirm nothing, so it
+/// sends EOR-EOP, and the answerer's ERR completes the page, which both
+/// sides record as having uncorrected errors.
 #[test]
-fn ecm_ppr_limit_rejects_the_page() {
+fn ecm_ppr_gives_way_to_ctc_then_eor_and_err_completes_the_page() {
+    // MH, so that the lines after the missing frame decode again.
+    let c = caps(&[Resolution::Fine], &[], false, false, true);
+    let mut h = Harness::new(
+        caller_config(1, Resolution::Fine, 1728, c.clone()),
+        answerer_config(c),
+        vec![noise_page(1728, 40, 11)],
+        Resolution::Fine,
+    );
+    h.fault = Box::new(|from, ev| {
+        if let (Side::Caller, Event::EcmFrame { bytes, fcs_ok }) = (from, ev)
+            && bytes[2] == frame::fcf::FCD
+            && bytes[3] == 3
+        {
+            *fcs_ok = false;
+        }
+        true
+    });
+    h.run();
+    let log = h.summary();
+    let caller = h.outcome(Side::Caller);
+    assert_eq!((&caller.result, caller.pages), (&Ok(()), 1), "{log:#?}");
+    assert_eq!(caller.uncorrected_pages, vec![0]);
+    let answerer = h.outcome(Side::Answerer);
+    assert_eq!((&answerer.result, answerer.pages), (&Ok(()), 1), "{log:#?}");
+    assert_eq!(answerer.uncorrected_pages, vec![0]);
+    assert!(
+        h.actions(Side::Caller).any(|a| *a
+            == Action::PageSent {
+                index: 0,
+                uncorrected: true
+            }),
+        "{log:#?}"
+    );
+    let fcfs: Vec<frame::Fcf> = h
+        .sent_fcfs(Side::Caller)
+        .into_iter()
+        .filter(|f| matches!(f, frame::Fcf::Pps | frame::Fcf::Ctc | frame::Fcf::Eor))
+        .collect();
+    use frame::Fcf::{Ctc, Eor, Pps};
+    assert_eq!(
+        fcfs,
+        [Pps, Pps, Pps, Pps, Ctc, Pps, Pps, Pps, Pps, Eor],
+        "{log:#?}"
+    );
+    assert_eq!(h.count_sent(Side::Answerer, frame::Fcf::Ppr), 8);
+    assert_eq!(h.count_sent(Side::Answerer, frame::Fcf::Ctr), 1);
+    assert_eq!(h.count_sent(Side::Answerer, frame::Fcf::Err), 1);
+    // CTC steps down one modem, and the answerer follows.
+    let first = h.actions(Side::Caller).find_map(|a| match a {
+        Action::SendFrames(f) => f
+            .iter()
+            .find(|f| frame::Frame::parse(f).unwrap().fcf == frame::Fcf::Dcs)
+            .and_then(|f| frame::Modem::from_dcs(&f[3..])),
+        _ => None,
+    });
+    let ctc = h
+        .wire
+        .iter()
+        .find(|(_, s, f)| *s == Side::Caller && f[2] & 0xFE == frame::fcf::CTC)
+        .map(|(_, _, f)| f.clone())
+        .unwrap();
+    let stepped = frame::parse_ctc(&ctc[3..]);
+    let fallback = frame::Modem::FALLBACK;
+    let at = |m| fallback.iter().position(|x| Some(*x) == m);
+    assert_eq!(
+        at(stepped),
+        at(first).map(|i| i + 1),
+        "{first:?} -> {stepped:?}"
+    );
+    assert_eq!(Some(h.engines[0].modem()), stepped);
+    assert_eq!(Some(h.engines[1].modem()), stepped);
+    // The EOR carries the page's post-page command.
+    let eor = h
+        .wire
+        .iter()
+        .find(|(_, s, f)| *s == Side::Caller && f[2] & 0xFE == frame::fcf::EOR)
+        .map(|(_, _, f)| f.clone())
+        .unwrap();
+    assert_eq!(eor[3] & 0xFE, frame::fcf::EOP);
+    // The page arrived with the lost frame's lines marked bad.
+    let bad: u64 = h
+        .actions(Side::Answerer)
+        .filter_map(|a| match a {
+            Action::PageReceived { bad_lines, .. } => Some(*bad_lines),
+            _ => None,
+        })
+        .sum();
+    assert!(bad > 0, "{log:#?}");
+}
+
+/// A frame that never arrives in a one-frame block: no PPR confirms
+/// anything, so there is no CTC; EOR after 4 PPRs, and the page that is
+/// left (nothing) cannot be decoded, so the answerer hangs up.
+#[test]
+fn ecm_ppr_without_progress_goes_straight_to_eor() {
     let mut h = Harness::pair(
         1,
         Resolution::Fine,
@@ -1670,28 +1770,142 @@ fn ecm_ppr_limit_rejects_the_page() {
         Capabilities::all(),
         Capabilities::all(),
     );
-    // Frame 0 never arrives intact.
     h.fault = Box::new(|from, ev| {
         if let (Side::Caller, Event::EcmFrame { bytes, fcs_ok }) = (from, ev)
             && bytes[2] == frame::fcf::FCD
-            && bytes[3] == 0
         {
             *fcs_ok = false;
         }
         true
     });
     h.run();
-    assert_eq!(
-        h.outcome(Side::Caller).result,
-        Err(Failure::PageRejected { index: 0, tries: 4 }),
+    assert_eq!(h.count_sent(Side::Answerer, frame::Fcf::Ppr), 4);
+    assert_eq!(h.count_sent(Side::Caller, frame::Fcf::Ctc), 0);
+    assert_eq!(h.count_sent(Side::Caller, frame::Fcf::Eor), 1);
+    assert!(
+        matches!(
+            h.outcome(Side::Answerer).result,
+            Err(Failure::BadPageData { index: 0, .. })
+        ),
         "{:#?}",
         h.summary()
     );
-    assert_eq!(h.count_sent(Side::Answerer, frame::Fcf::Ppr), 4);
     assert_eq!(
-        h.outcome(Side::Answerer).result,
+        h.outcome(Side::Caller).result,
         Err(Failure::RemoteDisconnected)
     );
+}
+
+/// The caller against a scripted answerer: CTC only with progress, at
+/// most `retries` CTCs per block (then EOR even with progress), CTR
+/// resends exactly what the last PPR asked for, and an RNR to EOR is
+/// polled with RR until ERR.
+#[test]
+fn caller_ctc_is_capped_and_eor_waits_through_rnr() {
+    let c = caps(&[], &[], false, false, true);
+    let now = Instant::now();
+    let mut t = T30::new(caller_config(1, Resolution::Standard, 1728, c.clone()), now).unwrap();
+    t.handle(
+        frame_ev(frame::build(frame::fcf::DIS, &c.to_dis_fif(), true)),
+        now,
+    );
+    t.handle(simple(frame::fcf::CFR), now);
+    let params = drain(&mut t)
+        .into_iter()
+        .find_map(|a| match a {
+            Action::NeedPage { params, .. } => Some(params),
+            _ => None,
+        })
+        .unwrap();
+    let data = t30::encode_page(&noise_page(1728, 40, 5), &params).unwrap();
+    let frames = data.len().div_ceil(256);
+    assert!(frames > 20, "{frames} frames");
+    t.handle(Event::Page(data), now);
+    drain(&mut t);
+    let ppr = |asked: &[usize]| {
+        frame_ev(frame::build(
+            frame::fcf::PPR,
+            &frame::ppr_fif(asked.iter().copied()),
+            true,
+        ))
+    };
+    let burst_len = |actions: &[Action]| {
+        actions.iter().find_map(|a| match a {
+            Action::SendEcmFrames(f) => Some(f.len() - 3),
+            _ => None,
+        })
+    };
+    let mut modems = vec![t.modem()];
+    // Each round of 4 PPRs lets one more frame through: progress.
+    for round in 0..3 {
+        for n in 0..4 {
+            let asked: Vec<usize> = (round..10).collect();
+            t.handle(ppr(&asked), now);
+            let actions = drain(&mut t);
+            if n < 3 {
+                assert_eq!(burst_len(&actions), Some(asked.len()), "round {round}");
+                continue;
+            }
+            assert_eq!(fcfs_of(&actions), [frame::Fcf::Ctc], "round {round}");
+            let ctc = last_frames(&actions).pop().unwrap();
+            assert_eq!(frame::parse_ctc(&ctc[3..]), Some(t.modem()));
+            modems.push(t.modem());
+            // CTR: the frames the last PPR named, then PPS.
+            t.handle(simple(frame::fcf::CTR), now);
+            let actions = drain(&mut t);
+            assert_eq!(burst_len(&actions), Some(asked.len()));
+            assert_eq!(fcfs_of(&actions), [frame::Fcf::Pps]);
+        }
+    }
+    let fallback = frame::Modem::FALLBACK;
+    let steps: Vec<usize> = modems
+        .iter()
+        .map(|m| fallback.iter().position(|x| x == m).unwrap())
+        .collect();
+    assert_eq!(steps, [0, 1, 2, 3], "one step per CTC: {modems:?}");
+    // Three CTCs (retries) used up: the fourth round ends in EOR although
+    // it made progress.
+    for n in 0..4 {
+        t.handle(ppr(&(3 + n..10).collect::<Vec<_>>()), now);
+    }
+    let actions = drain(&mut t);
+    assert_eq!(fcfs_of(&actions).last(), Some(&frame::Fcf::Eor));
+    let eor = last_frames(&actions).pop().unwrap();
+    assert_eq!(eor[3] & 0xFE, frame::fcf::EOP);
+    // RNR: RR after a pause, then ERR delivers the page.
+    t.handle(simple(frame::fcf::RNR), now);
+    assert!(drain(&mut t).is_empty());
+    let later = t.poll_timeout().unwrap();
+    t.handle(Event::Timeout, later);
+    assert_eq!(fcfs_of(&drain(&mut t)), [frame::Fcf::Rr]);
+    t.handle(simple(frame::fcf::ERR), later);
+    let actions = drain(&mut t);
+    assert!(
+        actions.contains(&Action::PageSent {
+            index: 0,
+            uncorrected: true
+        }),
+        "{actions:?}"
+    );
+    let o = outcome_of(&actions);
+    assert_eq!(
+        (o.result, o.pages, o.uncorrected_pages),
+        (Ok(()), 1, vec![0])
+    );
+}
+
+/// CTR or ERR that answers nothing we sent is a protocol error.
+#[test]
+fn caller_rejects_ctr_and_err_out_of_turn() {
+    for fcf_value in [frame::fcf::CTR, frame::fcf::ERR] {
+        let (mut c, now, _) = caller_with_page_out(1, Capabilities::all());
+        c.handle(simple(fcf_value), now);
+        let o = outcome_of(&drain(&mut c));
+        assert!(
+            matches!(o.result, Err(Failure::UnexpectedFrame(_))),
+            "0x{fcf_value:02X}: {o:?}"
+        );
+    }
 }
 
 /// A sender that never ends its ECM page (full block after full block,
@@ -2104,7 +2318,10 @@ fn caller_ignores_a_stale_response_while_waiting_for_cfr() {
     c.handle(simple(frame::fcf::RTP), now);
     let actions = drain(&mut c);
     assert!(
-        actions.contains(&Action::PageSent { index: 0 }),
+        actions.contains(&Action::PageSent {
+            index: 0,
+            uncorrected: false
+        }),
         "{actions:?}"
     );
     assert_eq!(fcfs_of(&actions).last(), Some(&frame::Fcf::Dcs));

@@ -259,7 +259,14 @@ where
                     // from now, not from when it asked.
                     t30.handle(Event::Page(data), Instant::now());
                 }
-                Action::PageSent { index } => {
+                Action::PageSent { index, uncorrected } => {
+                    if uncorrected {
+                        tracing::warn!(
+                            page = index + 1,
+                            "Page delivered with uncorrected errors: the receiver took a block \
+                             with frames missing (ECM EOR/ERR)."
+                        );
+                    }
                     hooks.page_sent(index).await?;
                     page_boundary = true;
                 }

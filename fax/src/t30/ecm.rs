@@ -24,8 +24,17 @@ pub(super) struct EcmTx {
     frames: Vec<Vec<u8>>,
     /// The block being sent (0-based).
     block: usize,
-    /// PPRs received for the current block.
+    /// PPRs received for the current block since the last CTC.
     pub(super) ppr_count: u32,
+    /// CTCs sent for the current block.
+    pub(super) ctc_count: u32,
+    /// Frames of the current block the receiver has not confirmed yet.
+    unconfirmed: Vec<bool>,
+    /// Frames newly confirmed by PPRs since the last CTC (spandsp
+    /// `ecm_progress`): whether correcting is getting anywhere.
+    pub(super) progress: u32,
+    /// The frames the last PPR asked for, sent again after CTR.
+    pub(super) asked: Vec<usize>,
 }
 
 impl EcmTx {
@@ -42,11 +51,44 @@ impl EcmTx {
         if frames.is_empty() {
             frames.push(vec![0; FRAME_SIZE]);
         }
-        EcmTx {
+        let mut tx = EcmTx {
             frames,
             block: 0,
             ppr_count: 0,
+            ctc_count: 0,
+            unconfirmed: Vec::new(),
+            progress: 0,
+            asked: Vec::new(),
+        };
+        tx.start_block();
+        tx
+    }
+
+    /// Resets the per-block correction state.
+    fn start_block(&mut self) {
+        self.ppr_count = 0;
+        self.ctc_count = 0;
+        self.unconfirmed = vec![true; self.frame_count()];
+        self.progress = 0;
+        self.asked.clear();
+    }
+
+    /// Takes a PPR's list: the frames of this block to send again (those
+    /// it names that exist). Every frame it does not name counts as
+    /// confirmed, and each one confirmed for the first time counts as
+    /// progress (T.30 Annex A: CTC only while correcting gets somewhere).
+    pub(super) fn take_ppr(&mut self, asked: &[usize]) -> Vec<usize> {
+        let n = self.frame_count();
+        let only: Vec<usize> = asked.iter().copied().filter(|&i| i < n).collect();
+        for (i, open) in self.unconfirmed.iter_mut().enumerate() {
+            let again = only.contains(&i);
+            if *open && !again {
+                self.progress += 1;
+            }
+            *open = again;
         }
+        self.asked.clone_from(&only);
+        only
     }
 
     /// The current block number (0-based).
@@ -76,7 +118,7 @@ impl EcmTx {
     /// Moves to the next block.
     pub(super) fn next_block(&mut self) {
         self.block += 1;
-        self.ppr_count = 0;
+        self.start_block();
     }
 
     /// The high-speed burst for the current block: every frame, or only
@@ -254,6 +296,21 @@ mod tests {
         assert!(rx.missing(1).is_empty());
         assert!(rx.commit_block(usize::MAX));
         assert_eq!(rx.take_page(), page);
+    }
+
+    #[test]
+    fn ppr_progress_counts_frames_confirmed_for_the_first_time() {
+        let mut tx = EcmTx::new(&vec![0x55u8; FRAME_SIZE * 5]);
+        assert_eq!(tx.take_ppr(&[1, 3, 300]), vec![1, 3], "no frame 300");
+        assert_eq!(tx.progress, 3, "frames 0, 2 and 4");
+        assert_eq!(tx.take_ppr(&[1, 3]), vec![1, 3]);
+        assert_eq!(tx.progress, 3, "the same frames again: no progress");
+        assert_eq!(tx.take_ppr(&[3]), vec![3]);
+        assert_eq!(tx.progress, 4);
+        assert_eq!(tx.asked, vec![3]);
+        tx.progress = 0;
+        tx.next_block();
+        assert_eq!((tx.progress, tx.ppr_count, tx.ctc_count), (0, 0, 0));
     }
 
     #[test]

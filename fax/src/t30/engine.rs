@@ -104,6 +104,17 @@ enum AfterCfr {
     ResendPage,
 }
 
+/// The ECM command the caller is waiting on a response to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum EcmCmd {
+    /// PPS (or RR after it): MCF, PPR or RNR.
+    Pps,
+    /// CTC: CTR.
+    Ctc,
+    /// EOR (or RR after it): ERR or RNR.
+    Eor,
+}
+
 /// How the remote went away while the answerer was storing a page.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Gone {
@@ -143,6 +154,10 @@ pub struct T30 {
     pending_ns: Option<Vec<u8>>,
     /// Pages delivered (caller) or stored (answerer).
     pages: u32,
+    /// Of those, the ones an EOR left with uncorrected errors.
+    uncorrected: Vec<u32>,
+    /// EOR was sent (caller) or received (answerer) for the current page.
+    page_uncorrected: bool,
     /// The page being sent or received (0-based).
     page_index: u32,
     remote_ended_early: bool,
@@ -166,6 +181,7 @@ pub struct T30 {
     ppm: Ppm,
     rtn_count: u32,
     ecm_tx: Option<EcmTx>,
+    ecm_cmd: EcmCmd,
     after_cfr: AfterCfr,
     cancel: bool,
     /// A retryable failure ends the call without DCN (see
@@ -301,6 +317,8 @@ impl T30 {
             pending_ident: None,
             pending_ns: None,
             pages: 0,
+            uncorrected: Vec::new(),
+            page_uncorrected: false,
             page_index: 0,
             remote_ended_early: false,
             finished: false,
@@ -316,6 +334,7 @@ impl T30 {
             ppm: Ppm::Eop,
             rtn_count: 0,
             ecm_tx: None,
+            ecm_cmd: EcmCmd::Pps,
             after_cfr: AfterCfr::NextPage,
             cancel: false,
             resumable: false,
@@ -547,6 +566,7 @@ impl T30 {
         self.actions.push_back(Action::Finished(Outcome {
             result,
             pages: self.pages,
+            uncorrected_pages: self.uncorrected.clone(),
             remote_ident: self.remote_ident.clone(),
             remote_ended_early: self.remote_ended_early,
         }));
@@ -750,6 +770,7 @@ impl T30 {
         self.modem = Modem::from_dcs(f.fif).unwrap_or(Modem::V17_14400);
         self.pprs = 0;
         self.ctcs = 0;
+        self.page_uncorrected = false;
         self.rx_data.clear();
         self.rx_fresh = false;
         self.ecm_rx.reset();
@@ -912,6 +933,9 @@ impl T30 {
         let State::AnsStoring { ppm, confirm } = self.state else {
             return;
         };
+        if std::mem::take(&mut self.page_uncorrected) {
+            self.uncorrected.push(self.page_index);
+        }
         self.pages += 1;
         self.page_index += 1;
         self.rtns = 0;
@@ -1135,7 +1159,11 @@ impl T30 {
                 return;
             }
             self.ctcs += 1;
-            // Continue to correct: the sender goes on resending the block.
+            // Continue to correct: the sender goes on resending the block,
+            // at the speed the CTC names.
+            if let Some(m) = frame::parse_ctc(f.fif) {
+                self.modem = m;
+            }
             self.respond(fcf::CTR, &[]);
             self.rearm_t2(now);
         } else {
@@ -1189,6 +1217,7 @@ impl T30 {
         self.ecm_rx.last_confirmed = Some(confirmed);
         self.pprs = 0;
         self.ctcs = 0;
+        self.page_uncorrected = true;
         self.progress();
         match ppm {
             None => {
@@ -1255,7 +1284,15 @@ impl T30 {
             Fcf::Cfr if self.state == State::CallWaitCfr => self.call_cfr(now),
             Fcf::Cfr => {}
             Fcf::Ftt if self.state == State::CallWaitCfr => self.call_ftt(now),
-            Fcf::Mcf | Fcf::Pip | Fcf::Rtp | Fcf::Rtn | Fcf::Pin | Fcf::Ppr | Fcf::Rnr => {
+            Fcf::Mcf
+            | Fcf::Pip
+            | Fcf::Rtp
+            | Fcf::Rtn
+            | Fcf::Pin
+            | Fcf::Ppr
+            | Fcf::Rnr
+            | Fcf::Ctr
+            | Fcf::Err => {
                 match self.state {
                     State::CallWaitResp => self.call_response(f, now),
                     // Nothing is outstanding (a page is being prepared), or
@@ -1388,6 +1425,7 @@ impl T30 {
         }
         self.page_data = data;
         self.rtn_count = 0;
+        self.page_uncorrected = false;
         self.send_page(now);
     }
 
@@ -1436,43 +1474,71 @@ impl T30 {
         self.actions.push_back(Action::SendEcmFrames(burst));
         let f = vec![frame::build(fcf::PPS | x, &pps.to_fif(), true)];
         self.command(f, name, now);
+        self.ecm_cmd = EcmCmd::Pps;
         self.state = State::CallWaitResp;
     }
 
     fn call_response(&mut self, f: &Frame<'_>, now: Instant) {
         let ecm = self.params.is_some_and(|p| p.ecm);
+        let cmd = self.ecm_cmd;
         match f.fcf {
-            Fcf::Mcf | Fcf::Pip => {
-                self.t5 = None;
-                let more_blocks = self.ecm_tx.as_ref().is_some_and(|t| !t.is_last_block());
-                if ecm && more_blocks {
-                    if self.cancel {
-                        // The page is incomplete; the receiver drops it.
-                        self.fail(Failure::Cancelled);
-                        return;
-                    }
-                    if let Some(tx) = self.ecm_tx.as_mut() {
-                        tx.next_block();
-                    }
-                    self.send_ecm_block(None, now);
-                } else {
-                    self.page_sent(false, now);
-                }
+            // MCF to EOR is not T.30's answer (ERR is), but it accepts the
+            // block all the same.
+            Fcf::Mcf | Fcf::Pip if cmd != EcmCmd::Ctc => self.block_accepted(now),
+            Fcf::Err if ecm && cmd == EcmCmd::Eor => self.block_accepted(now),
+            Fcf::Ctr if ecm && cmd == EcmCmd::Ctc => {
+                // T.30 Annex A: go on correcting (at the CTC's speed):
+                // the frames the last PPR asked for, then PPS again.
+                let asked = self
+                    .ecm_tx
+                    .as_ref()
+                    .map(|t| t.asked.clone())
+                    .unwrap_or_default();
+                self.send_ecm_block(Some(&asked), now);
             }
-            Fcf::Rtp => {
+            Fcf::Rtp if cmd == EcmCmd::Pps => {
                 self.t5 = None;
                 self.page_sent(true, now);
             }
-            Fcf::Rtn | Fcf::Pin => self.page_rtn(now),
-            Fcf::Ppr if ecm => self.page_ppr(f, now),
-            Fcf::Rnr if ecm => self.page_rnr(now),
+            Fcf::Rtn | Fcf::Pin if cmd == EcmCmd::Pps => self.page_rtn(now),
+            Fcf::Ppr if ecm && cmd == EcmCmd::Pps => self.page_ppr(f, now),
+            Fcf::Rnr if ecm && cmd != EcmCmd::Ctc => self.page_rnr(now),
             _ => self.unexpected(f),
+        }
+    }
+
+    /// MCF (or ERR after EOR): the block is done; the next block, or the
+    /// page is delivered. After EOR it is delivered with the errors left.
+    fn block_accepted(&mut self, now: Instant) {
+        self.t5 = None;
+        if self.ecm_cmd == EcmCmd::Eor {
+            self.page_uncorrected = true;
+        }
+        let ecm = self.params.is_some_and(|p| p.ecm);
+        let more_blocks = self.ecm_tx.as_ref().is_some_and(|t| !t.is_last_block());
+        if ecm && more_blocks {
+            if self.cancel {
+                // The page is incomplete; the receiver drops it.
+                self.fail(Failure::Cancelled);
+                return;
+            }
+            if let Some(tx) = self.ecm_tx.as_mut() {
+                tx.next_block();
+            }
+            self.send_ecm_block(None, now);
+        } else {
+            self.page_sent(false, now);
         }
     }
 
     fn page_sent(&mut self, retrain: bool, now: Instant) {
         let index = self.page_index;
-        self.actions.push_back(Action::PageSent { index });
+        let uncorrected = std::mem::take(&mut self.page_uncorrected);
+        if uncorrected {
+            self.uncorrected.push(index);
+        }
+        self.actions
+            .push_back(Action::PageSent { index, uncorrected });
         self.pages += 1;
         self.page_index += 1;
         self.rtn_count = 0;
@@ -1487,6 +1553,17 @@ impl T30 {
             self.send_dcs(now);
         } else {
             self.need_page();
+        }
+    }
+
+    /// The next slower modem the DIS permits, for the next DCS or CTC;
+    /// false (staying at the slowest) when there is none.
+    fn step_down(&mut self) -> bool {
+        if self.modem_step + 1 < self.modems.len() {
+            self.modem_step += 1;
+            true
+        } else {
+            false
         }
     }
 
@@ -1512,6 +1589,12 @@ impl T30 {
         }
     }
 
+    /// PPR: send the frames it names again. After [`PPRS_BEFORE_CTC`]
+    /// PPRs for the block, T.30 Annex A (and spandsp `process_rx_ppr`)
+    /// has the sender choose: CTC (continue to correct, one modem slower)
+    /// if the last PPRs confirmed any frame, or EOR (end of
+    /// retransmission: the block goes with its errors) if they did not.
+    /// At most `retries` CTCs per block, matching the answerer's cap.
     fn page_ppr(&mut self, f: &Frame<'_>, now: Instant) {
         let asked = match frame::parse_ppr(f.fif) {
             Ok(v) => v,
@@ -1522,23 +1605,50 @@ impl T30 {
             self.fail(Failure::Cancelled);
             return;
         }
+        let retries = self.cfg.timers.retries;
         let Some(tx) = self.ecm_tx.as_mut() else {
             return;
         };
+        let only = tx.take_ppr(&asked);
         tx.ppr_count += 1;
-        let count = tx.ppr_count;
-        let frames = tx.frame_count();
-        if count > self.cfg.timers.retries {
-            // T.30 would now try CTC/EOR; we give up on the page.
-            let index = self.page_index;
-            self.fail(Failure::PageRejected {
-                index,
-                tries: count,
-            });
+        if tx.ppr_count < PPRS_BEFORE_CTC {
+            self.send_ecm_block(Some(&only), now);
             return;
         }
-        let only: Vec<usize> = asked.into_iter().filter(|&n| n < frames).collect();
-        self.send_ecm_block(Some(&only), now);
+        tx.ppr_count = 0;
+        let correcting = tx.progress > 0 && tx.ctc_count < retries;
+        if correcting {
+            tx.progress = 0;
+            tx.ctc_count += 1;
+            let ctcs = tx.ctc_count;
+            self.step_down();
+            self.modem = self
+                .modems
+                .get(self.modem_step)
+                .copied()
+                .unwrap_or(self.modem);
+            let f = vec![frame::build(
+                fcf::CTC | self.x(),
+                &frame::ctc_fif(self.modem),
+                true,
+            )];
+            self.command(f, format!("CTC ({ctcs} for this block)"), now);
+            self.ecm_cmd = EcmCmd::Ctc;
+        } else {
+            let last = tx.is_last_block();
+            let (octet, name) = if last {
+                (
+                    self.ppm.fcf() | self.x(),
+                    format!("EOR-{}", self.ppm.name()),
+                )
+            } else {
+                (fcf::NULL, "EOR-NULL".to_string())
+            };
+            let f = vec![frame::build(fcf::EOR | self.x(), &[octet], true)];
+            self.command(f, name, now);
+            self.ecm_cmd = EcmCmd::Eor;
+        }
+        self.state = State::CallWaitResp;
     }
 
     fn page_rnr(&mut self, now: Instant) {

@@ -1101,6 +1101,26 @@ impl Pps {
     }
 }
 
+/// The CTC field (T.30 Annex A): two octets shaped as DCS bits 1-16,
+/// of which only the modem (bits 11-14) is set: the speed the sender
+/// goes on correcting at (spandsp sends `0, dcs_code`).
+pub fn ctc_fif(modem: Modem) -> Vec<u8> {
+    let mut fif = vec![0u8; 2];
+    for &b in modem.dcs_bits() {
+        set_bit(&mut fif, b);
+    }
+    fif
+}
+
+/// The modem a CTC field names; `None` for a field too short to hold
+/// bits 11-14 or a code that is no modem.
+pub fn parse_ctc(fif: &[u8]) -> Option<Modem> {
+    if fif.len() < 2 {
+        return None;
+    }
+    Modem::from_dcs(fif)
+}
+
 /// The 32-octet PPR field asking again for the frames marked `true`:
 /// frame `n` is bit `n % 8` of octet `n / 8` (spandsp `process_rx_pps`).
 pub fn ppr_fif(missing: impl IntoIterator<Item = usize>) -> Vec<u8> {
@@ -1517,7 +1537,11 @@ mod tests {
             assert_eq!(fif[1] & 0x3C, octet, "{m:?}");
             assert_eq!(Modem::from_dcs(&fif), Some(m));
             assert_eq!(Params::from_dcs_fif(&fif).unwrap(), p);
+            // CTC carries the same code in its second octet.
+            assert_eq!(ctc_fif(m), vec![0, octet], "{m:?}");
+            assert_eq!(parse_ctc(&ctc_fif(m)), Some(m));
         }
+        assert_eq!(parse_ctc(&[0]), None, "too short for bits 11-14");
         assert_eq!(V29_7200.bit_rate(), 7200);
     }
 

@@ -62,8 +62,16 @@
 //!   DCS) without new page data. Past a cap it sends DCN
 //!   ([`Failure::PageRejected`], [`Failure::NoProgress`]).
 //! - ECM frames are sent with 256 octets; received frames of any size up
-//!   to 256 are accepted. After `retries` + 1 PPRs for one block the page
-//!   fails ([`Failure::PageRejected`]) instead of T.30's CTC/EOR. As a
+//!   to 256 are accepted. After 4 PPRs for one block the sender sends
+//!   CTC, one modem slower, if those PPRs confirmed any frame, and EOR if
+//!   not (T.30 Annex A, spandsp `process_rx_ppr`); at most `retries` CTCs
+//!   per block (the answerer's cap), and at the slowest modem CTC keeps
+//!   that speed (spandsp sends EOR there). ERR to EOR moves on to the next
+//!   block or page, which counts as delivered with uncorrected errors
+//!   ([`Action::PageSent`]'s `uncorrected`, [`Outcome::uncorrected_pages`]):
+//!   T.30 has the sender go on after ERR, and the receiver has already
+//!   kept the page, so a resend in a later call would duplicate it
+//!   (spandsp hangs up after ERR instead, marked as a TODO there). As a
 //!   receiver, CTC is answered with CTR, and EOR with ERR: the block is
 //!   kept as it is (missing frames become bad lines) and the page goes on
 //!   (EOR with a post-page command ends it; ERR then waits for the store).
@@ -190,7 +198,8 @@ pub struct Timers {
     /// T5: how long an ECM receiver may stay not ready (RNR). 60 s.
     pub t5: Duration,
     /// How many times a command is sent before giving up (T.30: 3). Also
-    /// the RTN limit per page and, plus one, the PPR limit per block.
+    /// the RTN limit per page and the CTC limit per ECM block (each CTC
+    /// after 4 PPRs).
     pub retries: u32,
 }
 
@@ -337,10 +346,15 @@ pub enum Action {
         /// The form the page must have.
         params: Params,
     },
-    /// Caller: MCF (or RTP) received: page `index` is delivered.
+    /// Caller: MCF (or RTP, or ERR after EOR) received: page `index` is
+    /// delivered.
     PageSent {
         /// Zero-based page index.
         index: u32,
+        /// ECM: the sender gave up correcting a block of it (EOR, T.30
+        /// Annex A) and the receiver took it with frames missing (ERR).
+        /// The receiver has the page, with some lines lost.
+        uncorrected: bool,
     },
     /// Caller: the receiver rejected the page (RTN); it will be sent again.
     PageRetry {
@@ -384,6 +398,11 @@ pub struct Outcome {
     pub result: Result<(), Failure>,
     /// Pages delivered (caller) or stored (answerer).
     pub pages: u32,
+    /// Zero-based indices of the pages among `pages` that went with
+    /// uncorrected errors: a block of them ended with EOR/ERR (ECM, T.30
+    /// Annex A) instead of MCF. The call still counts as a success, as the
+    /// receiver confirmed the page, but the job record should say so.
+    pub uncorrected_pages: Vec<u32>,
     /// The peer's identity, if it sent one.
     pub remote_ident: Option<String>,
     /// Answerer: the sender disconnected before EOP, so the stored pages
@@ -450,12 +469,12 @@ pub enum Failure {
     /// that keep a hostile peer from holding the call open.
     #[error("the remote fax made no progress: {0}")]
     NoProgress(String),
-    /// A page was refused too often (RTN, or PPR for one block).
+    /// A page was refused too often (RTN).
     #[error("page {} was rejected by the receiver after {tries} tries", .index + 1)]
     PageRejected {
         /// Zero-based page index.
         index: u32,
-        /// How often it was sent (RTN) or corrected (PPR).
+        /// How often it was sent.
         tries: u32,
     },
 }
