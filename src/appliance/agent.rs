@@ -417,7 +417,12 @@ pub mod proto {
                 }
                 next = next.max(seq.saturating_add(1));
             }
-            let Some(job_id) = get("job-id").and_then(as_int) else {
+            // RFC 3995 names it notify-job-id (what ippserver sends and
+            // ippproxy reads); faxgate's front also sends job-id.
+            let Some(job_id) = get("notify-job-id")
+                .or_else(|| get("job-id"))
+                .and_then(as_int)
+            else {
                 continue;
             };
             let state = get("job-state").and_then(as_int);
@@ -3092,6 +3097,27 @@ mod tests {
         assert_eq!(n.get_interval, Some(Duration::from_secs(30)));
         // Another subscription's events are not ours.
         assert!(parse_notifications(&resp, 8, 1).events.is_empty());
+    }
+
+    /// An Infrastructure Printer that follows RFC 3995 to the letter (as
+    /// ippserver does) names the job only `notify-job-id`.
+    #[test]
+    fn events_naming_the_job_notify_job_id_are_read() {
+        let resp = response(vec![group(
+            DelimiterTag::EventNotificationAttributes,
+            vec![
+                attribute("notify-subscription-id", IppValue::Integer(7)),
+                attribute("notify-sequence-number", IppValue::Integer(1)),
+                attribute("notify-subscribed-event", keyword("job-fetchable")),
+                attribute("notify-job-id", IppValue::Integer(5)),
+                attribute("job-state", IppValue::Enum(3)),
+                attribute("job-state-reasons", keywords(&["job-fetchable"])),
+            ],
+        )]);
+        assert_eq!(
+            parse_notifications(&resp, 7, 1).events,
+            [Event::Fetchable(5)]
+        );
     }
 
     #[test]
