@@ -717,6 +717,83 @@ fn rtn_makes_the_caller_resend_and_the_page_arrives_once() {
     }
 }
 
+/// RTN and RTP retrain one modem slower (spandsp `step_fallback_entry`);
+/// a page RTN rejected at the slowest modem goes again at that speed
+/// until the RTN limit.
+#[test]
+fn rtn_and_rtp_retrain_one_modem_slower() {
+    let dcs_modem = |actions: &[Action]| {
+        let f = last_frames(actions);
+        let dcs = f.last().unwrap();
+        assert_eq!(frame::Frame::parse(dcs).unwrap().fcf, frame::Fcf::Dcs);
+        frame::Modem::from_dcs(&dcs[3..]).unwrap()
+    };
+    let step = |m: frame::Modem| frame::Modem::FALLBACK.iter().position(|x| *x == m);
+    let (mut c, now, _) = caller_with_page_out(3, Capabilities::minimal());
+    let m0 = c.modem();
+    c.handle(simple(frame::fcf::RTN), now);
+    let actions = drain(&mut c);
+    let m1 = dcs_modem(&actions);
+    assert_eq!(step(m1), step(m0).map(|i| i + 1), "{m0:?} -> {m1:?}");
+    assert_eq!(c.modem(), m1);
+    let reason = actions
+        .iter()
+        .find_map(|a| match a {
+            Action::PageRetry { reason, .. } => Some(reason.clone()),
+            _ => None,
+        })
+        .unwrap();
+    assert!(reason.contains(&m1.bit_rate().to_string()), "{reason}");
+    // CFR: page 0 again, now RTP: delivered, and the DCS for page 1 is
+    // another step slower.
+    c.handle(simple(frame::fcf::CFR), now);
+    drain(&mut c);
+    c.handle(simple(frame::fcf::RTP), now);
+    let actions = drain(&mut c);
+    assert!(actions.contains(&Action::PageSent {
+        index: 0,
+        uncorrected: false
+    }));
+    let m2 = dcs_modem(&actions);
+    assert_eq!(step(m2), step(m1).map(|i| i + 1), "{m1:?} -> {m2:?}");
+
+    // V.27 ter only (DIS bit 12): 4800, then 2400, which stays.
+    let mut dis = Capabilities::minimal().to_dis_fif();
+    for b in frame::BIT_MODEM_1..=frame::BIT_MODEM_4 {
+        dis[(b as usize - 1) / 8] &= !(1 << ((b - 1) % 8));
+    }
+    frame::set_bit(&mut dis, frame::BIT_MODEM_2);
+    let mut c = T30::new(
+        caller_config(1, Resolution::Standard, 1728, Capabilities::minimal()),
+        now,
+    )
+    .unwrap();
+    c.handle(frame_ev(frame::build(frame::fcf::DIS, &dis, true)), now);
+    assert_eq!(dcs_modem(&drain(&mut c)), frame::Modem::V27ter4800);
+    c.handle(simple(frame::fcf::CFR), now);
+    let params = drain(&mut c)
+        .into_iter()
+        .find_map(|a| match a {
+            Action::NeedPage { params, .. } => Some(params),
+            _ => None,
+        })
+        .unwrap();
+    c.handle(
+        Event::Page(t30::encode_page(&page(1728, 30, 1), &params).unwrap()),
+        now,
+    );
+    drain(&mut c);
+    for _ in 0..2 {
+        c.handle(simple(frame::fcf::RTN), now);
+        assert_eq!(dcs_modem(&drain(&mut c)), frame::Modem::V27ter2400);
+        c.handle(simple(frame::fcf::CFR), now);
+        drain(&mut c);
+    }
+    c.handle(simple(frame::fcf::RTN), now);
+    let o = outcome_of(&drain(&mut c));
+    assert_eq!(o.result, Err(Failure::PageRejected { index: 0, tries: 3 }));
+}
+
 #[test]
 fn rtn_limit_rejects_the_page() {
     let mut h = Harness::pair(

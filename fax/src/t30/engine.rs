@@ -1549,6 +1549,9 @@ impl T30 {
         } else if self.cancel {
             self.fail(Failure::Cancelled);
         } else if retrain {
+            // RTP: the page is kept, but the receiver asks for retraining;
+            // spandsp retrains one modem slower.
+            self.step_down();
             self.after_cfr = AfterCfr::NextPage;
             self.send_dcs(now);
         } else {
@@ -1578,8 +1581,19 @@ impl T30 {
             let tries = self.rtn_count;
             self.fail(Failure::PageRejected { index, tries });
         } else {
+            // Retrain one modem slower, as spandsp does
+            // (`step_fallback_entry` on RTN). At the slowest modem the page
+            // goes again at that speed: spandsp gives up there, but the
+            // RTN limit bounds us anyway, and over T.38 the speed is
+            // seldom what damaged the page.
+            self.step_down();
+            let rate = self
+                .modems
+                .get(self.modem_step)
+                .map_or(self.modem.bit_rate(), |m| m.bit_rate());
             let reason = format!(
-                "the receiver rejected page {} (RTN); sending it again (try {} of {retries})",
+                "the receiver rejected page {} (RTN); sending it again at {rate} bit/s \
+                 (try {} of {retries})",
                 index + 1,
                 self.rtn_count + 1
             );

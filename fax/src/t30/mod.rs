@@ -50,7 +50,9 @@
 //!   declares the minimum scan line time the DIS asks for
 //!   ([`frame::MinScan`]; 0 ms with ECM or MMR), and a non-ECM page is
 //!   coded again with that many bits per line (rate x time) before it
-//!   goes. RTN retrains at the same speed (spandsp also steps down).
+//!   goes. RTN and RTP retrain one modem slower (spandsp
+//!   `step_fallback_entry`); at the slowest modem a page RTN rejected goes
+//!   again at that speed, within the RTN limit (spandsp gives up there).
 //! - An ECM receiver never answers RTN (not an ECM response): a page
 //!   whose frames all arrived is confirmed with its bad-line count, and
 //!   one that does not decode at all ends the call
