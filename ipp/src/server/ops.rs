@@ -1841,7 +1841,7 @@ async fn get_notifications(ctx: &Ctx<'_>, site: &Arc<Site>, req: &Parsed) -> OpR
             out
         };
         if !events.is_empty() || !wait || tokio::time::Instant::now() >= deadline {
-            return Ok(notifications_answer(ctx, req, events));
+            return Ok(notifications_answer(ctx, site, req, events));
         }
         tokio::select! {
             _ = changes.changed() => {}
@@ -1850,30 +1850,42 @@ async fn get_notifications(ctx: &Ctx<'_>, site: &Arc<Site>, req: &Parsed) -> OpR
     }
 }
 
-fn notifications_answer(ctx: &Ctx<'_>, req: &Parsed, events: Vec<(i32, Event)>) -> Answer {
+/// A Get-Notifications answer (RFC 3996 5.2.2): `notify-get-interval`
+/// and `printer-up-time` in the operation group, then one
+/// event-notification group per event with what RFC 3995 5.3.3 requires
+/// of a job event. The job is named by `notify-job-id`, which Proxies
+/// such as ippsample's ippproxy read; `job-id` repeats it for agents that
+/// still read that.
+fn notifications_answer(
+    ctx: &Ctx<'_>,
+    site: &Site,
+    req: &Parsed,
+    events: Vec<(i32, Event)>,
+) -> Answer {
     let mut answer = ok(req);
     let interval = ctx.front.cfg.notify_wait.as_secs().max(1) as i32;
+    let up_time = IppValue::Integer(unix_now().clamp(1, i64::from(i32::MAX)) as i32);
+    let printer_uri = printer_uri_of(ctx, site);
     let ops = DelimiterTag::OperationAttributes;
     answer.resp.attributes_mut().add(
         ops,
         attribute("notify-get-interval", IppValue::Integer(interval)),
     );
-    answer.resp.attributes_mut().add(
-        ops,
-        attribute(
-            "printer-up-time",
-            IppValue::Integer(unix_now().clamp(1, i64::from(i32::MAX)) as i32),
-        ),
-    );
+    answer
+        .resp
+        .attributes_mut()
+        .add(ops, attribute("printer-up-time", up_time.clone()));
     for (id, e) in events {
         let mut g = IppAttributeGroup::new(DelimiterTag::EventNotificationAttributes);
         let a = g.attributes_mut();
         a.push(attribute("notify-subscription-id", IppValue::Integer(id)));
+        a.push(attribute("notify-printer-uri", message::uri(&printer_uri)));
+        a.push(attribute("notify-subscribed-event", keyword(e.kind)));
+        a.push(attribute("printer-up-time", up_time.clone()));
         a.push(attribute(
             "notify-sequence-number",
             IppValue::Integer(e.seq),
         ));
-        a.push(attribute("notify-subscribed-event", keyword(e.kind)));
         a.push(attribute(
             "notify-charset",
             IppValue::Charset(ipp::value::IppCharset::new_truncated("utf-8".to_owned())),
@@ -1882,6 +1894,16 @@ fn notifications_answer(ctx: &Ctx<'_>, req: &Parsed, events: Vec<(i32, Event)>) 
             "notify-natural-language",
             IppValue::NaturalLanguage(ipp::value::IppLanguage::new_truncated("en".to_owned())),
         ));
+        a.push(attribute(
+            "notify-text",
+            message::text(&format!(
+                "job {} is {}",
+                e.job_id,
+                job_state::name(e.job_state)
+            )),
+        ));
+        a.push(attribute("notify-job-id", IppValue::Integer(e.job_id)));
+        // Kept while agents that read only job-id are about.
         a.push(attribute("job-id", IppValue::Integer(e.job_id)));
         a.push(attribute("job-state", IppValue::Enum(e.job_state)));
         a.push(attribute(

@@ -110,7 +110,7 @@ pub fn events(resp: &Ipp) -> Vec<(i32, String, i32, i32)> {
             (
                 int("notify-sequence-number"),
                 event,
-                int("job-id"),
+                int("notify-job-id"),
                 int("job-state"),
             )
         })
@@ -791,5 +791,40 @@ async fn pause_and_resume_and_the_printer_lists() {
             .collect();
         assert_eq!(names.len(), 2, "{}: {names:?}", op::name(code));
         assert!(names.contains(&"osaka".to_owned()));
+    }
+}
+
+/// RFC 3995 5.3.3 and what ippsample's ippproxy reads: each event names
+/// its job by `notify-job-id` (integer), and carries
+/// `notify-printer-uri` and `printer-up-time`. (`job-id` stays while
+/// agents that read only it are about.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_name_their_job_by_notify_job_id_and_their_printer() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = TestFront::start(config("5s", "10s", TWO_SITES), dir.path()).await;
+    t.register("osaka", OSAKA, DEVICE_A, printer_attrs()).await;
+    let sub = subscribe(&t).await;
+    let job = t.print("osaka", "alice", &pdf(10)).await;
+    let notes = long_poll(&t, sub, 1).await;
+    let groups = notes.groups(DelimiterTag::EventNotificationAttributes);
+    assert!(!groups.is_empty(), "an event after the Print-Job");
+    for g in groups {
+        let get = |n: &str| g.get(n).map(IppAttribute::value);
+        assert_eq!(
+            get("notify-job-id"),
+            Some(&IppValue::Integer(job)),
+            "notify-job-id (integer) names the job: {g:?}"
+        );
+        assert_eq!(get("job-id"), Some(&IppValue::Integer(job)));
+        let printer_uri = get("notify-printer-uri").expect("notify-printer-uri");
+        assert!(
+            matches!(printer_uri, IppValue::Uri(_))
+                && message::as_str(printer_uri).is_some_and(|u| u.ends_with("/ipp/print/osaka")),
+            "notify-printer-uri is the site's URI: {printer_uri:?}"
+        );
+        assert!(
+            matches!(get("printer-up-time"), Some(IppValue::Integer(n)) if *n > 0),
+            "printer-up-time in the event group: {g:?}"
+        );
     }
 }
