@@ -2043,15 +2043,9 @@ async fn fetch_document(ctx: &Ctx<'_>, site: &Arc<Site>, req: &Parsed) -> OpResu
         ));
     }
     let number = document_number(req)?;
-    if let Some(c) = op_attr(req, "compression-accepted") {
-        let accepted = message::strings(Some(c));
-        if !accepted.is_empty() && !accepted.iter().any(|a| a == "none") {
-            return Err(Refusal::new(
-                status::COMPRESSION_NOT_SUPPORTED,
-                "documents are sent uncompressed; compression-accepted must include none",
-            ));
-        }
-    }
+    // compression-accepted only says what the Proxy could take: the bytes
+    // go as the client sent them, and `compression` = none says so
+    // (ippproxy sends gzip and must not be refused for it).
     let docs = ctx.front.store.documents(job.id).map_err(store_err)?;
     let Some(d) = docs.into_iter().find(|d| d.number == number) else {
         return Err(Refusal::new(
@@ -2059,6 +2053,29 @@ async fn fetch_document(ctx: &Ctx<'_>, site: &Arc<Site>, req: &Parsed) -> OpResu
             format!("job {} has no document {number}", job.id),
         ));
     };
+    // The front converts nothing: a Proxy that takes none of the formats
+    // the document is in cannot fetch it (as ippserver answers when it
+    // cannot transform). application/octet-stream among them takes any.
+    if let Some(v) = op_attr(req, "document-format-accepted") {
+        let accepted = message::strings(Some(v));
+        let takes = |f: &str| {
+            accepted
+                .iter()
+                .any(|a| a.eq_ignore_ascii_case(f) || a == "application/octet-stream")
+        };
+        if !accepted.is_empty() && !takes(&d.format) {
+            return Err(Refusal::new(
+                status::NOT_FETCHABLE,
+                format!(
+                    "document {number} of job {} is {}, which is not among \
+                     document-format-accepted ({}); the front does not convert documents",
+                    job.id,
+                    d.format,
+                    accepted.join(", ")
+                ),
+            ));
+        }
+    }
     let mut answer = ok(req);
     let ops = DelimiterTag::OperationAttributes;
     answer

@@ -828,3 +828,56 @@ async fn events_name_their_job_by_notify_job_id_and_their_printer() {
         );
     }
 }
+
+/// Fetch-Document as ippsample's ippproxy asks for it: compression-accepted
+/// only allows compression, so `gzip` gets the bytes as they are with
+/// `compression` = none; a document-format-accepted without the
+/// document's format is client-error-not-fetchable (the front converts
+/// nothing), one with it gets the document.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fetch_document_takes_compression_accepted_and_honours_document_format_accepted() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = TestFront::start(config("1s", "10s", TWO_SITES), dir.path()).await;
+    t.register("osaka", OSAKA, DEVICE_A, printer_attrs()).await;
+    let doc = pdf(3_000);
+    let job = t.print("osaka", "alice", &doc).await;
+    acknowledge(&t, DEVICE_A, job).await;
+    let fetch = |extra: Vec<(&'static str, IppValue)>| {
+        let mut req = infra(&t, op::FETCH_DOCUMENT, DEVICE_A)
+            .op("job-id", IppValue::Integer(job))
+            .op("document-number", IppValue::Integer(1));
+        for (n, v) in extra {
+            req = req.op(n, v);
+        }
+        req
+    };
+
+    let req = fetch(vec![("compression-accepted", keyword("gzip"))]);
+    let d = t.agent("osaka", OSAKA, &req).await;
+    assert_eq!(d.status(), status::OK, "{}", d.message());
+    assert_eq!(d.op("compression").and_then(message::as_str), Some("none"));
+    assert!(d.doc == doc, "the bytes as the client sent them");
+
+    let req = fetch(vec![
+        ("compression-accepted", keywords(&["gzip", "deflate"])),
+        (
+            "document-format-accepted",
+            message::one_or_many(vec![mime("image/urf"), mime("image/pwg-raster")]),
+        ),
+    ]);
+    let d = t.agent("osaka", OSAKA, &req).await;
+    assert_eq!(d.status(), status::NOT_FETCHABLE, "{}", d.message());
+    assert!(d.doc.is_empty(), "no document in another format");
+
+    let req = fetch(vec![(
+        "document-format-accepted",
+        message::one_or_many(vec![mime("image/urf"), mime("application/pdf")]),
+    )]);
+    let d = t.agent("osaka", OSAKA, &req).await;
+    assert_eq!(d.status(), status::OK, "{}", d.message());
+    assert_eq!(
+        d.op("document-format").and_then(message::as_str),
+        Some("application/pdf")
+    );
+    assert!(d.doc == doc);
+}
