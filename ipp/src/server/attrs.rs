@@ -415,6 +415,10 @@ pub struct JobView<'a> {
     /// job's owner and the site's agent do; for anyone else they are left
     /// out.
     pub private: bool,
+    /// Whether the requester is the site's agent: only it is shown
+    /// `output-device-assigned` (a device's UUID is the agent's business,
+    /// and was once enough to act for it).
+    pub agent: bool,
 }
 
 /// The attributes of a job, filtered by `want`.
@@ -465,7 +469,7 @@ pub fn job_attributes(job: &JobRow, v: &JobView<'_>, want: &Requested) -> Vec<Ip
             IppValue::Integer(v.intervening.min(i32::MAX as usize) as i32),
         );
     }
-    if !job.device.is_empty() {
+    if v.agent && !job.device.is_empty() {
         put("output-device-assigned", name(&job.device));
     }
     // The seed's client identification.

@@ -204,7 +204,8 @@ impl Front {
 
     /// What a job's attributes depend on besides its row. `private`:
     /// whether the requester sees the job's private attributes (see
-    /// [`Requester::sees_private`]).
+    /// [`Requester::sees_private`]); `agent`: whether it is the site's
+    /// agent, the only one shown which output device holds the job.
     fn job_view<'a>(
         &self,
         ctx: &Ctx<'_>,
@@ -212,6 +213,7 @@ impl Front {
         printer_uri: &'a str,
         job: &JobRow,
         private: bool,
+        agent: bool,
     ) -> JobView<'a> {
         let _ = ctx;
         let intervening = if job.is_final() {
@@ -228,6 +230,7 @@ impl Front {
             now: unix_now(),
             intervening,
             private,
+            agent,
         }
     }
 
@@ -236,8 +239,9 @@ impl Front {
     /// one transaction, so a Cancel-Job at the same moment is not lost.
     pub(crate) fn detach(&self, site: &Arc<Site>, uuid: &str) {
         let jobs = blocking(|| {
-            let _ = self.store.detach_device(uuid);
+            let _ = self.store.detach_device(&site.cfg.name, uuid);
             self.store.hand_back(
+                &site.cfg.name,
                 uuid,
                 "canceled; the printer agent left before confirming",
                 "the printer agent left before finishing; offered again",
@@ -890,7 +894,9 @@ async fn spool_document(
 fn job_response(ctx: &Ctx<'_>, site: &Site, req: &Parsed, job: &JobRow) -> Answer {
     let printer_uri = printer_uri_of(ctx, site);
     // The fixed set below holds no private attribute.
-    let view = ctx.front.job_view(ctx, site, &printer_uri, job, false);
+    let view = ctx
+        .front
+        .job_view(ctx, site, &printer_uri, job, false, false);
     let mut answer = ok(req);
     // Print-Job and friends answer with these whatever
     // requested-attributes says.
@@ -1392,12 +1398,17 @@ async fn get_job_attributes(ctx: &Ctx<'_>, site: &Arc<Site>, req: &Parsed) -> Op
     let who = requester(ctx, site, req).await?;
     if who.agent {
         // An agent polling the jobs it holds renews its lease.
-        touch(site, req);
+        touch(ctx, site, req);
     }
     let printer_uri = printer_uri_of(ctx, site);
-    let view = ctx
-        .front
-        .job_view(ctx, site, &printer_uri, &job, who.sees_private(&job));
+    let view = ctx.front.job_view(
+        ctx,
+        site,
+        &printer_uri,
+        &job,
+        who.sees_private(&job),
+        who.agent,
+    );
     let want = Requested::from_request(req, &["all"]);
     let mut answer = ok(req);
     answer
@@ -1417,7 +1428,7 @@ async fn get_jobs(ctx: &Ctx<'_>, site: &Arc<Site>, req: &Parsed) -> OpResult {
     let jobs = match which.as_str() {
         "fetchable" => {
             agent(ctx, site).await?;
-            touch(site, req);
+            touch(ctx, site, req);
             if paused {
                 Vec::new()
             } else {
@@ -1481,9 +1492,14 @@ async fn get_jobs(ctx: &Ctx<'_>, site: &Arc<Site>, req: &Parsed) -> OpResult {
     let printer_uri = printer_uri_of(ctx, site);
     let mut answer = ok(req);
     for job in jobs.iter().filter(|j| !my_jobs || who.owns(j)).take(limit) {
-        let view = ctx
-            .front
-            .job_view(ctx, site, &printer_uri, job, who.sees_private(job));
+        let view = ctx.front.job_view(
+            ctx,
+            site,
+            &printer_uri,
+            job,
+            who.sees_private(job),
+            who.agent,
+        );
         answer
             .resp
             .attributes_mut()
@@ -1584,9 +1600,32 @@ fn device_uuid(req: &Parsed) -> Result<String, Refusal> {
         })
 }
 
+/// The request's output-device-uuid, refused (client-error-forbidden)
+/// when another site's agent registered that UUID: a UUID names a device
+/// within its site, and one site's agent must not act for another's
+/// device (its Deregister would hand that site's jobs back).
+fn own_device_uuid(ctx: &Ctx<'_>, site: &Site, req: &Parsed) -> Result<String, Refusal> {
+    let uuid = device_uuid(req)?;
+    let other = blocking(|| {
+        ctx.front
+            .store
+            .device_of_another(&uuid, &site.cfg.name, &site.cfg.agent)
+    })
+    .map_err(store_err)?;
+    if let Some(other) = other {
+        info!(site = %site.cfg.name, device = %uuid, %other, "An agent named another site's output device; refused.");
+        return Err(Refusal::new(
+            status::FORBIDDEN,
+            format!("output device {uuid} is registered to another site"),
+        ));
+    }
+    Ok(uuid)
+}
+
 /// Renews the lease of the device named in the request, when it is the
-/// attached one; re-attaches it when it was detached by lease expiry.
-fn touch(site: &Site, req: &Parsed) {
+/// attached one; re-attaches it when it was detached by lease expiry (a
+/// device this site registered, never one it does not know).
+fn touch(ctx: &Ctx<'_>, site: &Site, req: &Parsed) {
     let Ok(uuid) = device_uuid(req) else { return };
     let mut st = site.lock();
     // A device that deregistered stays gone until it registers again (a
@@ -1597,19 +1636,31 @@ fn touch(site: &Site, req: &Parsed) {
         Some(_) => {}
         None if gone => {}
         None => {
-            st.device = Some(Attached {
-                uuid,
-                last_seen: Instant::now(),
-            });
-            st.wake = None;
+            drop(st);
+            let known = ctx
+                .front
+                .store
+                .devices(&site.cfg.name)
+                .is_ok_and(|ds| ds.iter().any(|d| d.uuid == uuid));
+            if !known {
+                return;
+            }
+            let mut st = site.lock();
+            if st.device.is_none() && !st.deregistered.contains(&uuid) {
+                st.device = Some(Attached {
+                    uuid,
+                    last_seen: Instant::now(),
+                });
+                st.wake = None;
+            }
         }
     }
 }
 
 /// The request's device must be the attached one.
-fn attached_device(site: &Site, req: &Parsed) -> Result<String, Refusal> {
-    let uuid = device_uuid(req)?;
-    touch(site, req);
+fn attached_device(ctx: &Ctx<'_>, site: &Site, req: &Parsed) -> Result<String, Refusal> {
+    let uuid = own_device_uuid(ctx, site, req)?;
+    touch(ctx, site, req);
     let st = site.lock();
     match &st.device {
         Some(d) if d.uuid == uuid => Ok(uuid),
@@ -1622,7 +1673,7 @@ fn attached_device(site: &Site, req: &Parsed) -> Result<String, Refusal> {
 
 async fn update_device(ctx: &Ctx<'_>, site: &Arc<Site>, req: &Parsed) -> OpResult {
     let user = agent(ctx, site).await?;
-    let uuid = device_uuid(req)?;
+    let uuid = own_device_uuid(ctx, site, req)?;
     let incoming: Vec<IppAttribute> = req
         .attributes()
         .groups_of(DelimiterTag::PrinterAttributes)
@@ -1692,7 +1743,7 @@ async fn update_device(ctx: &Ctx<'_>, site: &Arc<Site>, req: &Parsed) -> OpResul
 
 async fn deregister(ctx: &Ctx<'_>, site: &Arc<Site>, req: &Parsed) -> OpResult {
     agent(ctx, site).await?;
-    let uuid = device_uuid(req)?;
+    let uuid = own_device_uuid(ctx, site, req)?;
     let was = {
         let mut st = site.lock();
         if st.deregistered.len() >= 64 {
@@ -1713,7 +1764,7 @@ async fn deregister(ctx: &Ctx<'_>, site: &Arc<Site>, req: &Parsed) -> OpResult {
 
 async fn create_subscriptions(ctx: &Ctx<'_>, site: &Arc<Site>, req: &Parsed) -> OpResult {
     agent(ctx, site).await?;
-    touch(site, req);
+    touch(ctx, site, req);
     let groups: Vec<&IppAttributeGroup> = req
         .attributes()
         .groups_of(DelimiterTag::SubscriptionAttributes)
@@ -1814,7 +1865,7 @@ async fn get_notifications(ctx: &Ctx<'_>, site: &Arc<Site>, req: &Parsed) -> OpR
     let mut changes = site.events.subscribe();
     let deadline = tokio::time::Instant::now() + ctx.front.cfg.notify_wait;
     loop {
-        touch(site, req);
+        touch(ctx, site, req);
         // Mark the current version seen *before* reading the queues: an
         // event published after this point wakes the wait below, so none
         // is missed between the read and the wait.
@@ -1921,7 +1972,7 @@ fn notifications_answer(
 
 async fn fetch_job(ctx: &Ctx<'_>, site: &Arc<Site>, req: &Parsed) -> OpResult {
     agent(ctx, site).await?;
-    let uuid = attached_device(site, req)?;
+    let uuid = attached_device(ctx, site, req)?;
     let job = job_of(ctx, site, req)?;
     if !(job.is_fetchable() || job.device == uuid) || job.is_final() {
         return Err(Refusal::new(
@@ -1934,7 +1985,9 @@ async fn fetch_job(ctx: &Ctx<'_>, site: &Arc<Site>, req: &Parsed) -> OpResult {
         ));
     }
     let printer_uri = printer_uri_of(ctx, site);
-    let view = ctx.front.job_view(ctx, site, &printer_uri, &job, true);
+    let view = ctx
+        .front
+        .job_view(ctx, site, &printer_uri, &job, true, true);
     let want = Requested::from_request(&*BLANK, &["all"]);
     let mut answer = ok(req);
     answer
@@ -1947,7 +2000,7 @@ async fn fetch_job(ctx: &Ctx<'_>, site: &Arc<Site>, req: &Parsed) -> OpResult {
 
 async fn acknowledge_job(ctx: &Ctx<'_>, site: &Arc<Site>, req: &Parsed) -> OpResult {
     agent(ctx, site).await?;
-    let uuid = attached_device(site, req)?;
+    let uuid = attached_device(ctx, site, req)?;
     let job = job_of(ctx, site, req)?;
     if job.device == uuid {
         return Ok(ok(req));
@@ -2030,7 +2083,7 @@ fn document_number(req: &Parsed) -> Result<i32, Refusal> {
 
 async fn fetch_document(ctx: &Ctx<'_>, site: &Arc<Site>, req: &Parsed) -> OpResult {
     agent(ctx, site).await?;
-    let uuid = attached_device(site, req)?;
+    let uuid = attached_device(ctx, site, req)?;
     let job = job_of(ctx, site, req)?;
     if !(job.device == uuid || job.is_fetchable()) || job.is_final() {
         return Err(Refusal::new(
@@ -2108,7 +2161,7 @@ async fn fetch_document(ctx: &Ctx<'_>, site: &Arc<Site>, req: &Parsed) -> OpResu
 
 async fn acknowledge_document(ctx: &Ctx<'_>, site: &Arc<Site>, req: &Parsed) -> OpResult {
     agent(ctx, site).await?;
-    let uuid = attached_device(site, req)?;
+    let uuid = attached_device(ctx, site, req)?;
     let job = owned_job(ctx, site, req, &uuid)?;
     let number = document_number(req)?;
     blocking(|| {
@@ -2122,7 +2175,7 @@ async fn acknowledge_document(ctx: &Ctx<'_>, site: &Arc<Site>, req: &Parsed) -> 
 
 async fn update_job_status(ctx: &Ctx<'_>, site: &Arc<Site>, req: &Parsed) -> OpResult {
     agent(ctx, site).await?;
-    let uuid = attached_device(site, req)?;
+    let uuid = attached_device(ctx, site, req)?;
     let job = owned_job(ctx, site, req, &uuid)?;
     let get = |n: &str| message::attr(req, DelimiterTag::JobAttributes, n);
     let Some(state) = get("output-device-job-state").and_then(as_int) else {
@@ -2176,7 +2229,7 @@ async fn update_job_status(ctx: &Ctx<'_>, site: &Arc<Site>, req: &Parsed) -> OpR
 
 async fn update_document_status(ctx: &Ctx<'_>, site: &Arc<Site>, req: &Parsed) -> OpResult {
     agent(ctx, site).await?;
-    let uuid = attached_device(site, req)?;
+    let uuid = attached_device(ctx, site, req)?;
     let job = owned_job(ctx, site, req, &uuid)?;
     let number = document_number(req)?;
     let state = message::attr(

@@ -260,6 +260,23 @@ const MIGRATIONS: &[&str] = &[
     // 2: whether the job's user was authenticated; jobs from before were
     // not (their owner is known by name and address).
     "ALTER TABLE jobs ADD COLUMN authenticated INTEGER NOT NULL DEFAULT 0;",
+    // 3: an output device is known within its site, (site, uuid): one
+    // site's agent naming another site's UUID must not reach that
+    // site's device. SQLite cannot change a primary key in place.
+    "CREATE TABLE devices_by_site (
+         uuid TEXT NOT NULL,
+         site TEXT NOT NULL,
+         user TEXT NOT NULL,
+         attrs BLOB NOT NULL,
+         registered INTEGER NOT NULL,
+         detached INTEGER NOT NULL DEFAULT 0,
+         PRIMARY KEY (site, uuid)
+     );
+     INSERT INTO devices_by_site (uuid, site, user, attrs, registered, detached)
+         SELECT uuid, site, user, attrs, registered, detached FROM devices
+         ORDER BY registered, rowid;
+     DROP TABLE devices;
+     ALTER TABLE devices_by_site RENAME TO devices;",
 ];
 
 /// Brings the schema up to the newest version.
@@ -803,7 +820,8 @@ impl JobStore {
         .map(|n| n > 0)
     }
 
-    /// Hands back the unfinished jobs of a device that is gone, in one
+    /// Hands back the unfinished jobs of `site` a device that is gone
+    /// holds (a UUID names a device within its site only), in one
     /// transaction with reading them, so a Cancel-Job or a state report at
     /// the same moment is not lost: a job with a cancel waiting for the
     /// device (`processing-to-stop-point`) is canceled
@@ -812,6 +830,7 @@ impl JobStore {
     /// jobs changed, as they are now.
     pub fn hand_back(
         &self,
+        site: &str,
         device: &str,
         canceled_message: &str,
         offered_message: &str,
@@ -821,10 +840,10 @@ impl JobStore {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let held: Vec<JobRow> = {
                 let mut st = tx.prepare(&format!(
-                    "SELECT {JOB_COLUMNS} FROM jobs WHERE device = ? \
+                    "SELECT {JOB_COLUMNS} FROM jobs WHERE site = ? AND device = ? \
                      AND state NOT IN (7, 8, 9) ORDER BY id"
                 ))?;
-                let rows = st.query_map(params![device], job_from_row)?;
+                let rows = st.query_map(params![site, device], job_from_row)?;
                 rows.collect::<rusqlite::Result<_>>()?
             };
             let mut changed = Vec::with_capacity(held.len());
@@ -1018,7 +1037,7 @@ impl JobStore {
         Ok(n)
     }
 
-    /// Registers or updates a device.
+    /// Registers or updates the device `uuid` of `site`.
     pub fn upsert_device(
         &self,
         uuid: &str,
@@ -1030,23 +1049,44 @@ impl JobStore {
         self.with(|c| {
             c.execute(
                 "INSERT INTO devices (uuid, site, user, attrs, registered, detached) \
-                 VALUES (?,?,?,?,?,0) ON CONFLICT(uuid) DO UPDATE SET attrs = excluded.attrs, \
-                 detached = 0",
+                 VALUES (?,?,?,?,?,0) ON CONFLICT(site, uuid) DO UPDATE SET \
+                 attrs = excluded.attrs, user = excluded.user, detached = 0",
                 params![uuid, site, user, attrs, now],
             )
         })
         .map(drop)
     }
 
-    /// Marks a device detached.
-    pub fn detach_device(&self, uuid: &str) -> Result<(), StoreError> {
+    /// Marks the device `uuid` of `site` detached.
+    pub fn detach_device(&self, site: &str, uuid: &str) -> Result<(), StoreError> {
         self.with(|c| {
             c.execute(
-                "UPDATE devices SET detached = 1 WHERE uuid = ?",
-                params![uuid],
+                "UPDATE devices SET detached = 1 WHERE site = ? AND uuid = ?",
+                params![site, uuid],
             )
         })
         .map(drop)
+    }
+
+    /// Another site than `site` where a user other than `user` registered
+    /// the device `uuid`, if any: that UUID is not this agent's to use.
+    /// (One agent user serving two sites may register the same printer,
+    /// under the same UUID, in both.)
+    pub fn device_of_another(
+        &self,
+        uuid: &str,
+        site: &str,
+        user: &str,
+    ) -> Result<Option<String>, StoreError> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT site FROM devices WHERE uuid = ? AND site != ? AND user != ? \
+                 ORDER BY registered DESC LIMIT 1",
+                params![uuid, site, user],
+                |r| r.get(0),
+            )
+            .optional()
+        })
     }
 
     /// The devices of a site, newest registration last.
@@ -1070,14 +1110,15 @@ impl JobStore {
         })
     }
 
-    /// Jobs a device acknowledged that are not final: the ones to offer
-    /// again when the device is gone.
-    pub fn unfinished_of_device(&self, uuid: &str) -> Result<Vec<JobRow>, StoreError> {
+    /// Jobs of `site` the device `uuid` acknowledged that are not final:
+    /// the ones to offer again when the device is gone.
+    pub fn unfinished_of_device(&self, site: &str, uuid: &str) -> Result<Vec<JobRow>, StoreError> {
         self.with(|c| {
             let mut st = c.prepare(&format!(
-                "SELECT {JOB_COLUMNS} FROM jobs WHERE device = ? AND state NOT IN (7, 8, 9) ORDER BY id"
+                "SELECT {JOB_COLUMNS} FROM jobs WHERE site = ? AND device = ? \
+                 AND state NOT IN (7, 8, 9) ORDER BY id"
             ))?;
-            let rows = st.query_map(params![uuid], job_from_row)?;
+            let rows = st.query_map(params![site, uuid], job_from_row)?;
             rows.collect()
         })
     }
@@ -1195,7 +1236,13 @@ mod tests {
         store
             .set_state(job.id, 5, &["job-printing".into()], "", 1010)
             .unwrap();
-        assert_eq!(store.unfinished_of_device("urn:uuid:dev").unwrap().len(), 1);
+        assert_eq!(
+            store
+                .unfinished_of_device("a", "urn:uuid:dev")
+                .unwrap()
+                .len(),
+            1
+        );
         store
             .set_state(job.id, 9, &["job-completed-successfully".into()], "", 1020)
             .unwrap();
@@ -1203,7 +1250,7 @@ mod tests {
         assert_eq!((j.processing, j.completed), (1010, 1020));
         assert!(
             store
-                .unfinished_of_device("urn:uuid:dev")
+                .unfinished_of_device("a", "urn:uuid:dev")
                 .unwrap()
                 .is_empty()
         );
@@ -1244,7 +1291,7 @@ mod tests {
         assert_eq!((j.device.as_str(), j.completed), ("", 1010));
         assert!(
             store
-                .unfinished_of_device("urn:uuid:dev")
+                .unfinished_of_device("a", "urn:uuid:dev")
                 .unwrap()
                 .is_empty()
         );
@@ -1454,7 +1501,7 @@ mod tests {
         // The device leaves: the job with the cancel is canceled, the
         // other offered again; a late report of either changes nothing.
         let back = store
-            .hand_back(dev, "canceled: left", "offered", 1030)
+            .hand_back("a", dev, "canceled: left", "offered", 1030)
             .unwrap();
         let states: Vec<(i32, i32)> = back.iter().map(|j| (j.id, j.state)).collect();
         assert_eq!(
@@ -1499,7 +1546,7 @@ mod tests {
         assert_eq!((j.state, j.message.as_str(), j.completed), (9, "", 1041));
         assert!(
             store
-                .hand_back(dev, "canceled", "offered", 1042)
+                .hand_back("a", dev, "canceled", "offered", 1042)
                 .unwrap()
                 .is_empty()
         );
@@ -1705,5 +1752,70 @@ mod tests {
             .unwrap();
         assert_eq!(version, MIGRATIONS.len() as i64);
         assert_eq!(store.jobs("a", None).unwrap()[0].activity, 1234);
+    }
+    /// A device is known by (site, uuid): the same UUID in two sites is
+    /// two devices, and handing one back leaves the other's jobs alone.
+    /// A store from before keeps its devices.
+    #[test]
+    fn devices_are_keyed_by_site_and_uuid() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("spool")).unwrap();
+        {
+            let c = Connection::open(dir.path().join("ipp.db")).unwrap();
+            // As version 2 left it.
+            c.execute_batch(SCHEMA).unwrap();
+            for sql in &MIGRATIONS[..2] {
+                c.execute_batch(sql).unwrap();
+            }
+            c.execute_batch("PRAGMA user_version = 2").unwrap();
+            c.execute(
+                "INSERT INTO devices (uuid, site, user, attrs, registered) \
+                 VALUES ('urn:uuid:old', 'a', 'osaka', x'', 900)",
+                [],
+            )
+            .unwrap();
+        }
+        let store = JobStore::open(dir.path()).unwrap();
+        let old = store.devices("a").unwrap();
+        assert_eq!(
+            (old.len(), old[0].uuid.as_str(), old[0].user.as_str()),
+            (1, "urn:uuid:old", "osaka")
+        );
+
+        let dev = "urn:uuid:dev";
+        store.upsert_device(dev, "a", "osaka", b"", 1000).unwrap();
+        store.upsert_device(dev, "b", "kyoto", b"", 1001).unwrap();
+        assert_eq!(store.devices("a").unwrap().len(), 2);
+        assert_eq!(store.devices("b").unwrap().len(), 1);
+        assert_eq!(
+            store
+                .device_of_another(dev, "b", "kyoto")
+                .unwrap()
+                .as_deref(),
+            Some("a")
+        );
+        assert_eq!(store.device_of_another(dev, "b", "osaka").unwrap(), None);
+        assert_eq!(
+            store
+                .device_of_another("urn:uuid:new", "b", "kyoto")
+                .unwrap(),
+            None
+        );
+
+        let job = fetchable_job(&store);
+        assert!(store.acknowledge_job(job.id, dev, "fetched", 1010).unwrap());
+        store.detach_device("b", dev).unwrap();
+        assert!(
+            store
+                .hand_back("b", dev, "c", "o", 1011)
+                .unwrap()
+                .is_empty()
+        );
+        let j = store.job(job.id).unwrap().unwrap();
+        assert_eq!((j.state, j.device.as_str()), (job_state::PROCESSING, dev));
+        let a = store.devices("a").unwrap();
+        assert!(a.iter().all(|d| !d.detached), "site a's device stays");
+        assert!(store.devices("b").unwrap()[0].detached);
+        assert_eq!(store.hand_back("a", dev, "c", "o", 1012).unwrap().len(), 1);
     }
 }

@@ -245,3 +245,84 @@ async fn another_sites_agent_is_not_authorized() {
             .contains(&"offline-report".to_owned())
     );
 }
+
+/// A device UUID names a device within its site. kyoto's agent learns
+/// osaka's UUID (output-device-assigned was once shown to anyone) and
+/// sends Deregister-Output-Device for it through its own site: refused,
+/// and osaka's job stays with osaka's device, whose report is taken (it
+/// was: handed back, fetched again, printed twice). kyoto cannot register
+/// that UUID either, and anonymous clients are not shown it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_sites_agent_cannot_deregister_or_take_a_devices_uuid() {
+    use crate::infra::{acknowledge, printer_attrs, report};
+    use faxgate_ipp::codes::job_state;
+
+    let dir = tempfile::tempdir().unwrap();
+    let t = TestFront::start(config("1s", "10s", TWO_SITES), dir.path()).await;
+    let resp = t.register("osaka", OSAKA, DEVICE_A, printer_attrs()).await;
+    assert_eq!(resp.status(), status::OK, "{}", resp.message());
+    let job = t.print("osaka", "alice", &pdf(100)).await;
+    acknowledge(&t, DEVICE_A, job).await;
+
+    // Anyone may read the job, but not which device holds it.
+    let seen = t.job("osaka", job).await;
+    assert_eq!(seen.job_int("job-state"), Some(job_state::PROCESSING));
+    assert!(
+        seen.job_attr("output-device-assigned").is_none(),
+        "an anonymous client is shown the device: {:?}",
+        seen.job_attr("output-device-assigned")
+    );
+    // osaka's agent is.
+    let req = t
+        .req(op::GET_JOB_ATTRIBUTES, "osaka", "osaka")
+        .op("job-id", IppValue::Integer(job));
+    let mine = t.agent("osaka", OSAKA, &req).await;
+    assert_eq!(
+        mine.job_str("output-device-assigned").as_deref(),
+        Some(DEVICE_A)
+    );
+
+    // kyoto, through its own site, with osaka's UUID.
+    let req = t
+        .req(op::DEREGISTER_OUTPUT_DEVICE, "kyoto", "kyoto")
+        .op("output-device-uuid", message::uri(DEVICE_A));
+    let resp = t.agent("kyoto", KYOTO, &req).await;
+    assert_eq!(resp.status(), status::FORBIDDEN, "{}", resp.message());
+    let resp = t
+        .register(
+            "kyoto",
+            KYOTO,
+            DEVICE_A,
+            vec![("printer-state", IppValue::Enum(3))],
+        )
+        .await;
+    assert_eq!(resp.status(), status::FORBIDDEN, "{}", resp.message());
+
+    // osaka's job is still osaka's device's, and its report lands.
+    let j = t.job("osaka", job).await;
+    assert_eq!(j.job_int("job-state"), Some(job_state::PROCESSING));
+    assert!(
+        j.job_strings("job-state-reasons")
+            .contains(&"job-fetched".to_owned()),
+        "{:?}",
+        j.job_strings("job-state-reasons")
+    );
+    report(
+        &t,
+        job,
+        job_state::COMPLETED,
+        &["job-completed-successfully"],
+        "done",
+    )
+    .await;
+    assert_eq!(
+        t.job("osaka", job).await.job_int("job-state"),
+        Some(job_state::COMPLETED)
+    );
+    assert!(
+        !t.printer("osaka")
+            .await
+            .printer_strings("printer-state-reasons")
+            .contains(&"offline-report".to_owned())
+    );
+}
