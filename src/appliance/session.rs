@@ -20,6 +20,32 @@
 //! (the first bit on the line is the MSB of a T.38 octet; HDLC sends LSB
 //! first), T.4 image data unchanged (MSB first, as our encoder writes it).
 //!
+//! # T.38 editions
+//!
+//! T.38 has two ASN.1 editions that differ in one bit per data item
+//! ([`Asn1Edition`]): a `T38FaxVersion:0` peer (a gateway, or spandsp set
+//! to version 0) may speak the 1998 one, where `t4-non-ecm-data`,
+//! `t4-non-ecm-sig-end` and the `-sig-end` FCS items are misread, or
+//! refused, by a 2002 decoder. Over the relay there is no SDP or H.245 to
+//! announce the version, so the session finds it out from the packets: it
+//! starts in 2002 (what faxgate peers speak) and, at the first packet
+//! from the peer that is not a valid 2002 packet but is a valid 1998 one,
+//! reads and writes 1998 for the rest of the session. That comes soon:
+//! the last frame of every V.21 burst ends in `hdlc-fcs-OK-sig-end`,
+//! which a 1998 peer writes in a form no 2002 decoder accepts, so a
+//! 1998 answerer shows itself with its first DIS and a 1998 caller with
+//! its first DCS. Before that, what a 1998 peer gets from us still works
+//! (checked by a test against a 1998-only session): read as 1998, our
+//! final frame's `hdlc-fcs-OK-sig-end` is `hdlc-fcs-OK`, so the DIS
+//! arrives; only the frames before it in the burst (NSF, CSI) are lost,
+//! their `hdlc-fcs-OK` being `hdlc-sig-end` in 1998. The switch is made
+//! once and never back, so a peer's later garbage cannot flip it. Packets
+//! that both editions read but differently (a 1998 `hdlc-fcs-OK` is a
+//! 2002 `hdlc-fcs-OK-sig-end`, a 1998 `hdlc-fcs-BAD` a 2002
+//! `t4-non-ecm-data` without data) can only come before the switch, in
+//! the peer's first burst, where the first is harmless and the second
+//! (a damaged frame from a gateway's line) merges into the next frame.
+//!
 //! faxgate's own information rides in the T.30 non-standard frames, with
 //! faxgate's T.35 code ([`faxgate_fax::t30`] adds and strips it): the
 //! caller's NSS carries a [`JobTag`] (job id, index of the first page in
@@ -34,7 +60,7 @@ use faxgate_fax::Bitmap;
 use faxgate_fax::t30::frame::{Frame, Modem};
 use faxgate_fax::t30::{Action, Event, Outcome, Params, T30};
 use faxgate_fax::t38::{
-    DataType, Field, FieldType, Ifp, Indicator, TpktDecoder, reverse_bits, tpkt_frame,
+    Asn1Edition, DataType, Field, FieldType, Ifp, Indicator, TpktDecoder, reverse_bits, tpkt_frame,
 };
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio_util::sync::CancellationToken;
@@ -174,7 +200,12 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send,
     H: Hooks + Send,
 {
-    match drive(stream, &mut t30, caller, hooks, &cancel, &park, limit).await {
+    let input = Input::default();
+    match drive(
+        stream, &mut t30, caller, hooks, &cancel, &park, limit, input,
+    )
+    .await
+    {
         Ok(end) => end,
         Err(e) => SessionEnd::Error(e),
     }
@@ -186,6 +217,7 @@ struct Peer {
     told: bool,
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn drive<S, H>(
     stream: &mut S,
     t30: &mut T30,
@@ -194,13 +226,13 @@ async fn drive<S, H>(
     cancel: &CancellationToken,
     park: &CancellationToken,
     limit: Duration,
+    mut input: Input,
 ) -> anyhow::Result<SessionEnd>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
     H: Hooks + Send,
 {
     let ends = tokio::time::Instant::now() + limit;
-    let mut input = Input::default();
     let mut out = Vec::with_capacity(64 * 1024);
     // Actions the engine queued while a page was being stored, other than
     // frames (which went out at once), in order.
@@ -218,25 +250,28 @@ where
     } else {
         Indicator::Ced
     };
-    write_ifp(&mut out, &Ifp::Indicator(tone));
+    write_ifp(&mut out, input.edition, &Ifp::Indicator(tone));
     loop {
         while let Some(action) = backlog.pop_front().or_else(|| t30.poll_action()) {
+            // The edition may change once, when the peer shows it speaks
+            // 1998 (see `Input::decode`).
+            let ed = input.edition;
             match action {
                 Action::SendFrames(frames) => {
                     log_frames("T.30 out.", &frames);
-                    write_ifp(&mut out, &Ifp::Indicator(Indicator::V21Preamble));
-                    write_hdlc(&mut out, DataType::V21, &frames);
+                    write_ifp(&mut out, ed, &Ifp::Indicator(Indicator::V21Preamble));
+                    write_hdlc(&mut out, ed, DataType::V21, &frames);
                 }
                 Action::SendEcmFrames(frames) => {
                     let modulation = data_type(t30.modem());
-                    write_training(&mut out, modulation);
-                    write_hdlc(&mut out, modulation, &frames);
+                    write_training(&mut out, ed, modulation);
+                    write_hdlc(&mut out, ed, modulation, &frames);
                 }
                 Action::SendImage(data) => {
                     page_boundary = false;
                     let modulation = data_type(t30.modem());
-                    write_training(&mut out, modulation);
-                    write_image(&mut out, modulation, &data);
+                    write_training(&mut out, ed, modulation);
+                    write_image(&mut out, ed, modulation, &data);
                 }
                 Action::Negotiated(p) => hooks.negotiated(p),
                 Action::RemoteIdent(s) => peer.ident = Some(s),
@@ -405,8 +440,9 @@ where
             match action {
                 Action::SendFrames(frames) => {
                     log_frames("T.30 out.", &frames);
-                    write_ifp(out, &Ifp::Indicator(Indicator::V21Preamble));
-                    write_hdlc(out, DataType::V21, &frames);
+                    let ed = input.edition;
+                    write_ifp(out, ed, &Ifp::Indicator(Indicator::V21Preamble));
+                    write_hdlc(out, ed, DataType::V21, &frames);
                 }
                 other => backlog.push_back(other),
             }
@@ -427,20 +463,52 @@ struct Input {
     buf: Vec<u8>,
     /// The stream ended (or failed); the engine has had [`Event::Closed`].
     eof: bool,
+    /// The ASN.1 edition the peer's packets are read in, and ours written.
+    edition: Asn1Edition,
+    /// Whether a peer packet may still switch `edition` to 1998.
+    detecting: bool,
 }
 
 impl Default for Input {
+    /// 2002, switching to 1998 if the peer turns out to speak it.
     fn default() -> Self {
         Input {
             decoder: TpktDecoder::new(),
             rx: AsyncRx::default(),
             buf: vec![0u8; 64 * 1024],
             eof: false,
+            edition: Asn1Edition::Y2002,
+            detecting: true,
         }
     }
 }
 
 impl Input {
+    /// Decodes one IFP packet from the peer. A packet that is no 2002
+    /// packet but a valid 1998 one, before any such choice was made,
+    /// shows a `T38FaxVersion:0` peer: the session reads and writes the
+    /// 1998 edition from then on (module docs, "T.38 editions").
+    fn decode(&mut self, packet: &[u8]) -> anyhow::Result<Ifp> {
+        let err = match Ifp::decode_as(packet, self.edition) {
+            Ok(ifp) => return Ok(ifp),
+            Err(e) => e,
+        };
+        if self.detecting
+            && let Ok(ifp) = Ifp::decode_as(packet, Asn1Edition::Y1998)
+        {
+            tracing::info!(
+                "The peer speaks the 1998 ASN.1 of T.38 (T38FaxVersion 0); switching to it."
+            );
+            self.edition = Asn1Edition::Y1998;
+            self.detecting = false;
+            return Ok(ifp);
+        }
+        Err(anyhow!(
+            "malformed T.38 IFP packet from the peer ({:?} ASN.1): {err}",
+            self.edition
+        ))
+    }
+
     /// Hands the result of one read of `self.buf` to the engine: the events
     /// of the packets it completes, or [`Event::Closed`] at the end of the
     /// stream. Errors for bytes that are not T.38 over TPKT.
@@ -464,8 +532,7 @@ impl Input {
             .next_packet()
             .map_err(|e| anyhow!("malformed TPKT from the peer: {e}"))?
         {
-            let ifp = Ifp::decode(&packet)
-                .map_err(|e| anyhow!("malformed T.38 IFP packet from the peer: {e}"))?;
+            let ifp = self.decode(&packet)?;
             tracing::trace!(?ifp, "T.38 in.");
             for event in self.rx.events(ifp)? {
                 if let Event::Frame { bytes, .. } = &event {
@@ -509,9 +576,15 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
-fn write_ifp(out: &mut Vec<u8>, ifp: &Ifp) {
+fn write_ifp(out: &mut Vec<u8>, edition: Asn1Edition, ifp: &Ifp) {
     tracing::trace!(?ifp, "T.38 out.");
-    let bytes = ifp.to_bytes();
+    let mut bytes = Vec::new();
+    // Ours are root values with 1 to IMAGE_CHUNK octets of data, which
+    // both editions encode.
+    if let Err(e) = ifp.encode_as(edition, &mut bytes) {
+        tracing::error!(error = %e, "Cannot encode a T.38 packet.");
+        return;
+    }
     // Only an empty packet or one over 65531 bytes cannot be framed; ours
     // carry at most IMAGE_CHUNK bytes of data.
     if let Err(e) = tpkt_frame(&bytes, out) {
@@ -519,7 +592,7 @@ fn write_ifp(out: &mut Vec<u8>, ifp: &Ifp) {
     }
 }
 
-fn write_hdlc(out: &mut Vec<u8>, modulation: DataType, frames: &[Vec<u8>]) {
+fn write_hdlc(out: &mut Vec<u8>, edition: Asn1Edition, modulation: DataType, frames: &[Vec<u8>]) {
     for (i, frame) in frames.iter().enumerate() {
         // HDLC sends each octet LSB first; T.38 carries the first bit on
         // the line in the MSB, so the in-memory T.30 frame is reversed.
@@ -532,6 +605,7 @@ fn write_hdlc(out: &mut Vec<u8>, modulation: DataType, frames: &[Vec<u8>]) {
         };
         write_ifp(
             out,
+            edition,
             &Ifp::Data {
                 modulation,
                 fields: vec![
@@ -565,17 +639,18 @@ fn data_type(modem: Modem) -> DataType {
 
 /// The indicator that starts a high-speed burst: `modulation`'s long
 /// training (T.30 asks for it after DCS; over TCP it costs nothing).
-fn write_training(out: &mut Vec<u8>, modulation: DataType) {
+fn write_training(out: &mut Vec<u8>, edition: Asn1Edition, modulation: DataType) {
     if let Some(ind) = Indicator::training_for(modulation, true) {
-        write_ifp(out, &Ifp::Indicator(ind));
+        write_ifp(out, edition, &Ifp::Indicator(ind));
     }
 }
 
-fn write_image(out: &mut Vec<u8>, modulation: DataType, data: &[u8]) {
+fn write_image(out: &mut Vec<u8>, edition: Asn1Edition, modulation: DataType, data: &[u8]) {
     let chunks: Vec<&[u8]> = data.chunks(IMAGE_CHUNK).collect();
     for chunk in &chunks {
         write_ifp(
             out,
+            edition,
             &Ifp::Data {
                 modulation,
                 fields: vec![Field {
@@ -587,6 +662,7 @@ fn write_image(out: &mut Vec<u8>, modulation: DataType, data: &[u8]) {
     }
     write_ifp(
         out,
+        edition,
         &Ifp::Data {
             modulation,
             fields: vec![Field {
@@ -694,6 +770,9 @@ mod tests {
 
     /// How long a test waits for anything from the session under test.
     const PATIENCE: Duration = Duration::from_secs(10);
+
+    /// The edition the scripted peers speak.
+    const ED: Asn1Edition = Asn1Edition::Y2002;
 
     /// The session's owner, scripted: pages to send, and a store that can
     /// be held until the test releases it.
@@ -814,8 +893,8 @@ mod tests {
 
         async fn frames(&mut self, frames: &[Vec<u8>]) {
             let mut out = Vec::new();
-            write_ifp(&mut out, &Ifp::Indicator(Indicator::V21Preamble));
-            write_hdlc(&mut out, DataType::V21, frames);
+            write_ifp(&mut out, ED, &Ifp::Indicator(Indicator::V21Preamble));
+            write_hdlc(&mut out, ED, DataType::V21, frames);
             self.io.write_all(&out).await.unwrap();
         }
 
@@ -825,15 +904,23 @@ mod tests {
 
         async fn image(&mut self, data: &[u8]) {
             let mut out = Vec::new();
-            write_ifp(&mut out, &Ifp::Indicator(Indicator::V17_14400LongTraining));
-            write_image(&mut out, DataType::V17_14400, data);
+            write_ifp(
+                &mut out,
+                ED,
+                &Ifp::Indicator(Indicator::V17_14400LongTraining),
+            );
+            write_image(&mut out, ED, DataType::V17_14400, data);
             self.io.write_all(&out).await.unwrap();
         }
 
         async fn ecm(&mut self, frames: &[Vec<u8>]) {
             let mut out = Vec::new();
-            write_ifp(&mut out, &Ifp::Indicator(Indicator::V17_14400LongTraining));
-            write_hdlc(&mut out, DataType::V17_14400, frames);
+            write_ifp(
+                &mut out,
+                ED,
+                &Ifp::Indicator(Indicator::V17_14400LongTraining),
+            );
+            write_hdlc(&mut out, ED, DataType::V17_14400, frames);
             self.io.write_all(&out).await.unwrap();
         }
 
@@ -1051,6 +1138,7 @@ mod tests {
                 let mut out = Vec::new();
                 write_ifp(
                     &mut out,
+                    ED,
                     &Ifp::Data {
                         modulation: DataType::V17_14400,
                         fields: vec![Field {
@@ -1190,6 +1278,156 @@ mod tests {
             SessionEnd::T30(o) => assert_eq!((o.result, o.pages), (Ok(()), 1)),
             other => panic!("{other:?}"),
         }
+    }
+
+    /// A session that speaks only the 1998 ASN.1 of T.38, as a
+    /// `T38FaxVersion:0` gateway does: it reads our packets in 1998 too.
+    fn spawn_v0_session(
+        io: DuplexStream,
+        t30: T30,
+        caller: bool,
+        hooks: TestHooks,
+    ) -> tokio::task::JoinHandle<(SessionEnd, TestHooks)> {
+        tokio::spawn(async move {
+            let (mut io, mut hooks, mut t30) = (io, hooks, t30);
+            let input = Input {
+                edition: Asn1Edition::Y1998,
+                detecting: false,
+                ..Input::default()
+            };
+            let (cancel, park) = (CancellationToken::new(), CancellationToken::new());
+            let end = drive(
+                &mut io,
+                &mut t30,
+                caller,
+                &mut hooks,
+                &cancel,
+                &park,
+                MAX_SESSION,
+                input,
+            )
+            .await
+            .unwrap_or_else(SessionEnd::Error);
+            (end, hooks)
+        })
+    }
+
+    /// A whole document, with and without ECM, each way, between our
+    /// session and a 1998-only peer. The peer's first HDLC burst ends in
+    /// `hdlc-fcs-OK-sig-end`, which is no 2002 packet: from there on we
+    /// read and write 1998 (with the 2002 ASN.1 alone, that packet, and
+    /// all of the peer's image data, failed to decode).
+    #[tokio::test]
+    async fn a_t38_version_0_peer_gets_a_whole_document_both_ways() {
+        for ecm in [false, true] {
+            for we_call in [true, false] {
+                let caps = Capabilities {
+                    resolutions: vec![Resolution::Standard],
+                    widths: vec![1728],
+                    mr: false,
+                    mmr: false,
+                    ecm,
+                };
+                let p = std_params(ecm);
+                let mut img = Bitmap::new(1728, 60);
+                for y in 0..60 {
+                    img.set_pixel(y * 7, y, true);
+                }
+                let page = t30::encode_page(&img, &p).unwrap();
+                let caller_cfg = Config {
+                    ident: "+1 555 0100".into(),
+                    ..config(
+                        Role::Caller {
+                            pages: 2,
+                            document_resolution: Resolution::Standard,
+                            document_width: 1728,
+                        },
+                        caps.clone(),
+                        Duration::from_secs(3),
+                    )
+                };
+                let answerer_cfg = Config {
+                    ident: "+1 555 0200".into(),
+                    ..config(Role::Answerer, caps, Duration::from_secs(3))
+                };
+                let caller = T30::new(caller_cfg, Instant::now()).unwrap();
+                let answerer = T30::new(answerer_cfg, Instant::now()).unwrap();
+                let sender = TestHooks {
+                    pages: vec![page.clone(), page],
+                    ..TestHooks::default()
+                };
+                let (a, b) = tokio::io::duplex(64 * 1024);
+                let (caller_task, answerer_task) = if we_call {
+                    (
+                        spawn_session(a, caller, true, sender),
+                        spawn_v0_session(b, answerer, false, TestHooks::default()),
+                    )
+                } else {
+                    (
+                        spawn_v0_session(a, caller, true, sender),
+                        spawn_session(b, answerer, false, TestHooks::default()),
+                    )
+                };
+                let what = format!("ecm {ecm}, we call {we_call}");
+                let (c_end, c_hooks) = tokio::time::timeout(PATIENCE, caller_task)
+                    .await
+                    .unwrap()
+                    .unwrap();
+                let (a_end, a_hooks) = tokio::time::timeout(PATIENCE, answerer_task)
+                    .await
+                    .unwrap()
+                    .unwrap();
+                for (side, end) in [("caller", c_end), ("answerer", a_end)] {
+                    match end {
+                        SessionEnd::T30(o) => {
+                            assert_eq!((o.result, o.pages), (Ok(()), 2), "{what}: {side}");
+                        }
+                        other => panic!("{what}: {side}: {other:?}"),
+                    }
+                }
+                assert_eq!(c_hooks.sent, vec![0, 1], "{what}");
+                assert_eq!(a_hooks.received, vec![0, 1], "{what}");
+            }
+        }
+    }
+
+    /// The switch to 1998 happens once, on a packet that only 1998 reads;
+    /// a session fixed to one edition (or already switched) refuses it.
+    #[test]
+    fn input_switches_to_1998_on_a_1998_only_packet() {
+        let ifp = Ifp::Data {
+            modulation: DataType::V21,
+            fields: vec![
+                Field::with_data(FieldType::HdlcData, vec![0xFF, 0xC8, 0x01]),
+                Field::without_data(FieldType::HdlcFcsOkSigEnd),
+            ],
+        };
+        let mut v0 = Vec::new();
+        ifp.encode_as(Asn1Edition::Y1998, &mut v0).unwrap();
+        assert!(Ifp::decode(&v0).is_err(), "not a 2002 packet");
+        let mut input = Input::default();
+        // A packet both editions read leaves the choice open.
+        let mut both = Vec::new();
+        write_ifp(&mut both, ED, &Ifp::Indicator(Indicator::Ced));
+        let mut tpkt = TpktDecoder::new();
+        tpkt.push(&both);
+        let ced = tpkt.next_packet().unwrap().unwrap();
+        assert_eq!(input.decode(&ced).unwrap(), Ifp::Indicator(Indicator::Ced));
+        assert_eq!((input.edition, input.detecting), (Asn1Edition::Y2002, true));
+        assert_eq!(input.decode(&v0).unwrap(), ifp);
+        assert_eq!(
+            (input.edition, input.detecting),
+            (Asn1Edition::Y1998, false)
+        );
+        assert_eq!(input.decode(&v0).unwrap(), ifp);
+        // Garbage is an error in either edition.
+        assert!(input.decode(&[0xFF, 0xFF, 0xFF]).is_err());
+        let mut fixed = Input {
+            detecting: false,
+            ..Input::default()
+        };
+        let msg = format!("{:#}", fixed.decode(&v0).unwrap_err());
+        assert!(msg.contains("malformed") && msg.contains("Y2002"), "{msg}");
     }
 
     #[test]

@@ -92,7 +92,11 @@
 //!   field-type, so its items are a bit shorter; peers that announce
 //!   `T38FaxVersion:0` may use it (spandsp does for version 0, and
 //!   Wireshark dissects with it by default). [`Asn1Edition`] chooses;
-//!   [`Ifp::encode`] and [`Ifp::decode`] use the 2002 edition.
+//!   [`Ifp::encode`] and [`Ifp::decode`] use the 2002 edition. A packet
+//!   that is valid in both editions may mean different things in each
+//!   (a 1998 `hdlc-fcs-OK` item reads as a 2002 `hdlc-fcs-OK-sig-end`),
+//!   so the edition must be known or found out per peer; faxgate's
+//!   session switches to 1998 at the first packet only 1998 reads.
 //! - **Item alignment.** spandsp (`src/t38_core.c`, `t38_encode_data()`
 //!   and `t38_core_rx_ifp_stream()`) starts every 2002-edition item on a
 //!   new octet, where PER packs an item without field-data straight after
