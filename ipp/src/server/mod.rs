@@ -325,7 +325,21 @@ struct SiteState {
 #[derive(Debug, Clone)]
 struct Attached {
     uuid: String,
+    /// The last sign of life: its lease runs from here.
     last_seen: Instant,
+    /// Get-Notifications long polls open now on its subscriptions: a
+    /// device waiting in one is alive however long the wait.
+    polls: usize,
+}
+
+impl Attached {
+    fn new(uuid: String) -> Self {
+        Self {
+            uuid,
+            last_seen: Instant::now(),
+            polls: 0,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -335,6 +349,13 @@ struct Subscription {
     lease: Duration,
     next_seq: i32,
     queue: std::collections::VecDeque<Event>,
+    /// The output device whose agent polls it: a Get-Notifications on it
+    /// renews that device's lease even when it names no device (ippproxy
+    /// names none). Set from output-device-uuid at Create-Printer-
+    /// Subscriptions, or later (see `ops::vouched_devices`).
+    device: Option<String>,
+    /// Who created it, to tie it to the device registered next from there.
+    addr: IpAddr,
 }
 
 #[derive(Debug, Clone)]
@@ -367,10 +388,7 @@ impl Site {
             state.attrs = attrs::decode(&last.attrs);
             if !last.detached {
                 // Give the device one lease to come back after a restart.
-                state.device = Some(Attached {
-                    uuid: last.uuid.clone(),
-                    last_seen: Instant::now(),
-                });
+                state.device = Some(Attached::new(last.uuid.clone()));
             }
         }
         Ok(Self {
@@ -1077,7 +1095,10 @@ async fn reaper(front: Arc<Front>, shutdown: CancellationToken) {
                 let mut st = site.lock();
                 st.subscriptions.retain(|_, s| s.lease_until > now);
                 match &st.device {
-                    Some(d) if now.duration_since(d.last_seen) > front.cfg.agent_lease => {
+                    Some(d)
+                        if d.polls == 0
+                            && now.duration_since(d.last_seen) > front.cfg.agent_lease =>
+                    {
                         st.device.take().map(|d| d.uuid)
                     }
                     _ => None,

@@ -1622,11 +1622,18 @@ fn own_device_uuid(ctx: &Ctx<'_>, site: &Site, req: &Parsed) -> Result<String, R
     Ok(uuid)
 }
 
-/// Renews the lease of the device named in the request, when it is the
-/// attached one; re-attaches it when it was detached by lease expiry (a
-/// device this site registered, never one it does not know).
+/// Renews the lease of the device named in the request (see
+/// [`touch_uuid`]).
 fn touch(ctx: &Ctx<'_>, site: &Site, req: &Parsed) {
-    let Ok(uuid) = device_uuid(req) else { return };
+    if let Ok(uuid) = device_uuid(req) {
+        touch_uuid(ctx, site, uuid);
+    }
+}
+
+/// Renews the lease of the device `uuid`, when it is the attached one;
+/// re-attaches it when it was detached by lease expiry (a device this
+/// site registered, never one it does not know).
+fn touch_uuid(ctx: &Ctx<'_>, site: &Site, uuid: String) {
     let mut st = site.lock();
     // A device that deregistered stays gone until it registers again (a
     // long poll still open at its Deregister must not undo it).
@@ -1647,10 +1654,8 @@ fn touch(ctx: &Ctx<'_>, site: &Site, req: &Parsed) {
             }
             let mut st = site.lock();
             if st.device.is_none() && !st.deregistered.contains(&uuid) {
-                st.device = Some(Attached {
-                    uuid,
-                    last_seen: Instant::now(),
-                });
+                info!(site = %site.cfg.name, device = %uuid, "Printer agent back after its lease ran out; attached again.");
+                st.device = Some(Attached::new(uuid));
                 st.wake = None;
             }
         }
@@ -1699,11 +1704,20 @@ async fn update_device(ctx: &Ctx<'_>, site: &Arc<Site>, req: &Parsed) -> OpResul
         }
         st.attrs = merged.clone();
         st.deregistered.remove(&uuid);
-        st.device = Some(Attached {
-            uuid: uuid.clone(),
-            last_seen: Instant::now(),
-        });
+        match &mut st.device {
+            Some(d) if d.uuid == uuid => d.last_seen = Instant::now(),
+            _ => st.device = Some(Attached::new(uuid.clone())),
+        }
         st.wake = None;
+        // The subscriptions this agent made before registering (ippproxy
+        // subscribes first, and names no device in it) poll for this
+        // device.
+        let from = ctx.conn.peer.ip().to_canonical();
+        for sub in st.subscriptions.values_mut() {
+            if sub.device.is_none() && sub.addr == from {
+                sub.device = Some(uuid.clone());
+            }
+        }
         (previous, merged)
     };
     let encoded = attrs::encode(&merged);
@@ -1764,6 +1778,10 @@ async fn deregister(ctx: &Ctx<'_>, site: &Arc<Site>, req: &Parsed) -> OpResult {
 
 async fn create_subscriptions(ctx: &Ctx<'_>, site: &Arc<Site>, req: &Parsed) -> OpResult {
     agent(ctx, site).await?;
+    let device = match op_attr(req, "output-device-uuid") {
+        Some(_) => Some(own_device_uuid(ctx, site, req)?),
+        None => None,
+    };
     touch(ctx, site, req);
     let groups: Vec<&IppAttributeGroup> = req
         .attributes()
@@ -1821,6 +1839,8 @@ async fn create_subscriptions(ctx: &Ctx<'_>, site: &Arc<Site>, req: &Parsed) -> 
                     lease,
                     next_seq: 1,
                     queue: Default::default(),
+                    device: device.clone(),
+                    addr: ctx.conn.peer.ip().to_canonical(),
                 },
             );
         }
@@ -1862,10 +1882,18 @@ async fn get_notifications(ctx: &Ctx<'_>, site: &Arc<Site>, req: &Parsed) -> OpR
     let wait = op_attr(req, "notify-wait")
         .and_then(as_bool)
         .unwrap_or(false);
+    let vouched = vouched_devices(ctx, site, req, &ids)?;
+    for uuid in &vouched {
+        touch_uuid(ctx, site, uuid.clone());
+    }
+    // The devices are alive while this poll waits, and when it ends.
+    let _hold = LeaseHold::new(site, &vouched);
     let mut changes = site.events.subscribe();
     let deadline = tokio::time::Instant::now() + ctx.front.cfg.notify_wait;
     loop {
-        touch(ctx, site, req);
+        for uuid in &vouched {
+            touch_uuid(ctx, site, uuid.clone());
+        }
         // Mark the current version seen *before* reading the queues: an
         // event published after this point wakes the wait below, so none
         // is missed between the read and the wait.
@@ -1897,6 +1925,76 @@ async fn get_notifications(ctx: &Ctx<'_>, site: &Arc<Site>, req: &Parsed) -> OpR
         tokio::select! {
             _ = changes.changed() => {}
             () = tokio::time::sleep_until(deadline) => {}
+        }
+    }
+}
+
+/// The devices a Get-Notifications vouches for: the one it names, and
+/// the ones its subscriptions poll for. A subscription not yet tied to a
+/// device is tied to the one the request names, or to the site's only
+/// attached device. (ippproxy's Get-Notifications names no device, and
+/// it makes no other request while its printer runs a job: its
+/// subscription keeps its device's lease.)
+fn vouched_devices(
+    ctx: &Ctx<'_>,
+    site: &Site,
+    req: &Parsed,
+    ids: &[i32],
+) -> Result<Vec<String>, Refusal> {
+    let named = match op_attr(req, "output-device-uuid") {
+        Some(_) => Some(own_device_uuid(ctx, site, req)?),
+        None => None,
+    };
+    let mut st = site.lock();
+    let only = st.device.as_ref().map(|d| d.uuid.clone());
+    let mut out: Vec<String> = named.iter().cloned().collect();
+    for id in ids {
+        let Some(sub) = st.subscriptions.get_mut(id) else {
+            continue;
+        };
+        if sub.device.is_none() {
+            sub.device = named.clone().or_else(|| only.clone());
+        }
+        if let Some(d) = &sub.device
+            && !out.contains(d)
+        {
+            out.push(d.clone());
+        }
+    }
+    Ok(out)
+}
+
+/// Devices with a long poll open: counted in [`Attached::polls`] (the
+/// reaper leaves them be) until dropped, which renews their leases.
+struct LeaseHold<'a> {
+    site: &'a Site,
+    devices: Vec<String>,
+}
+
+impl<'a> LeaseHold<'a> {
+    fn new(site: &'a Site, devices: &[String]) -> Self {
+        let mut st = site.lock();
+        if let Some(d) = st.device.as_mut().filter(|d| devices.contains(&d.uuid)) {
+            d.polls += 1;
+        }
+        drop(st);
+        Self {
+            site,
+            devices: devices.to_vec(),
+        }
+    }
+}
+
+impl Drop for LeaseHold<'_> {
+    fn drop(&mut self) {
+        let mut st = self.site.lock();
+        if let Some(d) = st
+            .device
+            .as_mut()
+            .filter(|d| self.devices.contains(&d.uuid))
+        {
+            d.polls = d.polls.saturating_sub(1);
+            d.last_seen = Instant::now();
         }
     }
 }
@@ -2063,15 +2161,44 @@ fn not_fetchable(job: &JobRow, uuid: &str) -> Refusal {
     )
 }
 
+/// The request's job, which must be held by the device `uuid`. A job
+/// handed back from that device (its lease ran out while it printed) that
+/// no other device has taken since is taken back: the device's report
+/// about it is the truth, and offering it again would print it twice.
 fn owned_job(ctx: &Ctx<'_>, site: &Site, req: &Parsed, uuid: &str) -> Result<JobRow, Refusal> {
     let job = job_of(ctx, site, req)?;
-    if job.device != uuid {
-        return Err(Refusal::new(
+    if job.device == uuid {
+        return Ok(job);
+    }
+    let not_this_devices = || {
+        Refusal::new(
             status::NOT_POSSIBLE,
             format!("job {} was not acknowledged by this output device", job.id),
-        ));
+        )
+    };
+    if !(job.is_fetchable() && job.last_device == uuid) {
+        return Err(not_this_devices());
     }
-    Ok(job)
+    let (reclaimed, row) = blocking(|| {
+        let reclaimed = ctx.front.store.reclaim_job(
+            job.id,
+            uuid,
+            "fetched by the printer agent (taken back after its lease ran out)",
+            unix_now(),
+        )?;
+        Ok::<_, super::StoreError>((reclaimed, ctx.front.store.job(job.id)?))
+    })
+    .map_err(store_err)?;
+    match row {
+        Some(j) if reclaimed || j.device == uuid => {
+            if reclaimed {
+                info!(site = %site.cfg.name, job_id = j.id, device = %uuid, "Job taken back by the device it was handed back from.");
+                site.publish("job-state-changed", &j);
+            }
+            Ok(j)
+        }
+        _ => Err(not_this_devices()),
+    }
 }
 
 fn document_number(req: &Parsed) -> Result<i32, Refusal> {

@@ -87,6 +87,10 @@ pub struct JobRow {
     /// Whether `user` was authenticated (HTTP Basic) when the job was
     /// created; then only that user's credentials make its owner.
     pub authenticated: bool,
+    /// The device the job was last handed back from (its lease ran out,
+    /// or it left), empty = none: while no other device has taken the
+    /// job, that device's report takes it again ([`JobStore::reclaim_job`]).
+    pub last_device: String,
 }
 
 impl JobRow {
@@ -277,6 +281,9 @@ const MIGRATIONS: &[&str] = &[
          ORDER BY registered, rowid;
      DROP TABLE devices;
      ALTER TABLE devices_by_site RENAME TO devices;",
+    // 4: the device a job was handed back from, so that device's late
+    // report can take the job again while no other device has.
+    "ALTER TABLE jobs ADD COLUMN last_device TEXT NOT NULL DEFAULT '';",
 ];
 
 /// Brings the schema up to the newest version.
@@ -312,7 +319,7 @@ const OPEN: &str = "closed = 0 AND state = 3";
 
 const JOB_COLUMNS: &str = "id, site, uuid, state, reasons, message, name, user, client_addr, \
      client_port, format, template, created, processing, completed, device, closed, documents, \
-     octets, impressions, activity, authenticated";
+     octets, impressions, activity, authenticated, last_device";
 
 /// Job `id` read inside `c` (a connection or a transaction).
 fn job_in(c: &Connection, id: i32) -> rusqlite::Result<Option<JobRow>> {
@@ -349,6 +356,7 @@ fn job_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<JobRow> {
         impressions: r.get(19)?,
         activity: r.get(20)?,
         authenticated: r.get(21)?,
+        last_device: r.get(22)?,
     })
 }
 
@@ -698,6 +706,38 @@ impl JobStore {
         .map(|n| n > 0)
     }
 
+    /// A late report from the device a job was handed back from (its lease
+    /// ran out while it was printing, and it comes back): the job is that
+    /// device's again, processing with `job-fetched` and `message`. A
+    /// compare-and-set on the job still waiting, untaken, with `device` as
+    /// its last holder: false, and nothing changed, when another device
+    /// acknowledged it, it was canceled, or it ended meanwhile.
+    pub fn reclaim_job(
+        &self,
+        id: i32,
+        device: &str,
+        message: &str,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        self.with(|c| {
+            c.execute(
+                &format!(
+                    "UPDATE jobs SET {STATE_COLUMNS}, device = ?6 WHERE id = ?5 \
+                     AND device = '' AND last_device = ?6 AND state = 3 AND closed = 1"
+                ),
+                params![
+                    job_state::PROCESSING,
+                    "job-fetched",
+                    message,
+                    now,
+                    id,
+                    device
+                ],
+            )
+        })
+        .map(|n| n > 0)
+    }
+
     /// Cancel-Job, atomic against a device acknowledging the job at the
     /// same moment. A job no device holds is canceled
     /// (`job-canceled-by-user`, `canceled_message`). A job a device holds
@@ -859,8 +899,8 @@ impl JobStore {
                 };
                 tx.execute(
                     &format!(
-                        "UPDATE jobs SET {STATE_COLUMNS}, device = '' WHERE id = ?5 \
-                         AND device = ?6 AND state NOT IN (7, 8, 9)"
+                        "UPDATE jobs SET {STATE_COLUMNS}, device = '', last_device = ?6 \
+                         WHERE id = ?5 AND device = ?6 AND state NOT IN (7, 8, 9)"
                     ),
                     params![state, reason, message, now, j.id, device],
                 )?;
@@ -1817,5 +1857,31 @@ mod tests {
         assert!(a.iter().all(|d| !d.detached), "site a's device stays");
         assert!(store.devices("b").unwrap()[0].detached);
         assert_eq!(store.hand_back("a", dev, "c", "o", 1012).unwrap().len(), 1);
+    }
+    /// A job handed back from a device can be taken back by that device
+    /// only, and only while no other device took it.
+    #[test]
+    fn only_the_former_holder_reclaims_and_only_while_untaken() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = JobStore::open(dir.path()).unwrap();
+        let (a, b) = ("urn:uuid:a", "urn:uuid:b");
+        let job = fetchable_job(&store);
+        assert!(!store.reclaim_job(job.id, a, "back", 1000).unwrap());
+        assert!(store.acknowledge_job(job.id, a, "fetched", 1001).unwrap());
+        let back = store.hand_back("a", a, "c", "offered", 1002).unwrap();
+        assert_eq!(back[0].last_device, a);
+        assert!(back[0].is_fetchable());
+        assert!(!store.reclaim_job(job.id, b, "back", 1003).unwrap());
+        assert!(store.reclaim_job(job.id, a, "back", 1004).unwrap());
+        let j = store.job(job.id).unwrap().unwrap();
+        assert_eq!(
+            (j.state, j.device.as_str(), j.message.as_str()),
+            (job_state::PROCESSING, a, "back")
+        );
+        // Handed back again, then taken by another device first.
+        store.hand_back("a", a, "c", "offered", 1005).unwrap();
+        assert!(store.acknowledge_job(job.id, b, "fetched", 1006).unwrap());
+        assert!(!store.reclaim_job(job.id, a, "back", 1007).unwrap());
+        assert_eq!(store.job(job.id).unwrap().unwrap().device, b);
     }
 }

@@ -159,3 +159,124 @@ async fn an_expired_lease_detaches_the_device_and_hands_its_job_back() {
             .contains(&"offline-report".to_owned())
     );
 }
+
+/// ippproxy subscribes before it registers, and its Get-Notifications
+/// names no device; while its printer runs a job it makes no other
+/// request. Its long polls keep its device's lease: the job is not handed
+/// back, the site stays online, and its final report is taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_polls_without_a_device_uuid_keep_the_lease() {
+    use faxgate_ipp::message::{self, keyword, keywords};
+    use ipp::model::DelimiterTag;
+
+    let dir = tempfile::tempdir().unwrap();
+    // notify_wait 3 s, lease 1 s.
+    let t = TestFront::start(config("3s", "1s", TWO_SITES), dir.path()).await;
+    let req = t
+        .req(op::CREATE_PRINTER_SUBSCRIPTIONS, "osaka", "osaka")
+        .add(
+            DelimiterTag::SubscriptionAttributes,
+            "notify-pull-method",
+            keyword("ippget"),
+        )
+        .add(
+            DelimiterTag::SubscriptionAttributes,
+            "notify-events",
+            keywords(&["job-fetchable", "job-state-changed"]),
+        );
+    let resp = t.agent("osaka", OSAKA, &req).await;
+    assert_eq!(resp.status(), status::OK, "{}", resp.message());
+    let sub = resp
+        .get(
+            DelimiterTag::SubscriptionAttributes,
+            "notify-subscription-id",
+        )
+        .and_then(message::as_int)
+        .unwrap();
+    t.register("osaka", OSAKA, DEVICE_A, printer_attrs()).await;
+    let job = t.print("osaka", "alice", &pdf(10)).await;
+    acknowledge(&t, DEVICE_A, job).await;
+
+    let poll = |seq: i32, wait: bool| {
+        t.req(op::GET_NOTIFICATIONS, "osaka", "osaka")
+            .op("notify-subscription-ids", IppValue::Integer(sub))
+            .op("notify-sequence-numbers", IppValue::Integer(seq))
+            .op("notify-wait", IppValue::Boolean(wait))
+    };
+    let resp = t.agent("osaka", OSAKA, &poll(1, false)).await;
+    assert_eq!(resp.status(), status::OK, "{}", resp.message());
+    let next = 1 + crate::infra::events(&resp)
+        .iter()
+        .map(|e| e.0)
+        .max()
+        .unwrap_or(0);
+    // Three leases long, with no event to end it early.
+    let long = poll(next, true);
+    let (resp, (printer, j)) = tokio::join!(t.agent("osaka", OSAKA, &long), async {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        (t.printer("osaka").await, t.job("osaka", job).await)
+    });
+    assert_eq!(resp.status(), status::OK, "{}", resp.message());
+    assert!(
+        !printer
+            .printer_strings("printer-state-reasons")
+            .contains(&"offline-report".to_owned()),
+        "offline while the agent long-polls: {:?}",
+        printer.printer_strings("printer-state-reasons")
+    );
+    assert_eq!(j.job_int("job-state"), Some(job_state::PROCESSING));
+
+    report(
+        &t,
+        job,
+        job_state::COMPLETED,
+        &["job-completed-successfully"],
+        "done",
+    )
+    .await;
+    assert_eq!(
+        t.job("osaka", job).await.job_int("job-state"),
+        Some(job_state::COMPLETED)
+    );
+    assert!(
+        !t.printer("osaka")
+            .await
+            .printer_strings("printer-state-reasons")
+            .contains(&"offline-report".to_owned())
+    );
+}
+
+/// A device whose lease ran out while it printed (its job was handed
+/// back) and that comes back with its report takes the job back while no
+/// other device has: its report is taken, and the job is not printed
+/// again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_former_holder_takes_back_a_handed_back_job_with_its_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = TestFront::start(config("200ms", "600ms", TWO_SITES), dir.path()).await;
+    t.register("osaka", OSAKA, DEVICE_A, printer_attrs()).await;
+    let job = t.print("osaka", "alice", &pdf(10)).await;
+    acknowledge(&t, DEVICE_A, job).await;
+    // Silent for longer than its lease.
+    let tr = &t;
+    eventually(
+        Duration::from_secs(3),
+        "the job handed back",
+        || async move {
+            let j = tr.job("osaka", job).await;
+            (j.job_int("job-state") == Some(job_state::PENDING)).then_some(())
+        },
+    )
+    .await;
+    report(
+        &t,
+        job,
+        job_state::COMPLETED,
+        &["job-completed-successfully"],
+        "done",
+    )
+    .await;
+    let j = t.job("osaka", job).await;
+    assert_eq!(j.job_int("job-state"), Some(job_state::COMPLETED));
+    assert!(fetchable(&t, DEVICE_A).await.is_empty());
+}
