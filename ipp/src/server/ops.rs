@@ -257,16 +257,27 @@ impl Front {
         };
         for j in jobs {
             info!(site = %site.cfg.name, job_id = j.id, state = job_state::name(j.state), "Job handed back from a detached device.");
-            site.publish(
-                if j.state == job_state::CANCELED {
-                    "job-state-changed"
-                } else {
-                    "job-fetchable"
-                },
-                &j,
-            );
+            if j.state == job_state::CANCELED {
+                site.publish("job-state-changed", &j);
+            } else {
+                self.offer(site, &j);
+            }
         }
         self.maybe_wake(site);
+    }
+
+    /// Whether the site is paused (Pause-Printer).
+    pub(crate) fn paused(&self, site: &Site) -> bool {
+        self.store.is_paused(&site.cfg.name).unwrap_or(false)
+    }
+
+    /// Tells the agents a job waits to be fetched (`job-fetchable`),
+    /// unless the site is paused: then nothing is offered, and
+    /// Resume-Printer offers what waits.
+    pub(crate) fn offer(&self, site: &Site, job: &JobRow) {
+        if !self.paused(site) {
+            site.publish("job-fetchable", job);
+        }
     }
 
     /// Starts a wake-up when jobs wait, no device is attached, the site
@@ -522,14 +533,11 @@ impl Front {
         };
         for j in ended {
             info!(site = %site.cfg.name, job_id = j.id, state = job_state::name(j.state), closed = j.closed, "Open job ended by the multiple-operation time-out.");
-            site.publish(
-                if j.is_fetchable() {
-                    "job-fetchable"
-                } else {
-                    "job-state-changed"
-                },
-                &j,
-            );
+            if j.is_fetchable() {
+                self.offer(site, &j);
+            } else {
+                site.publish("job-state-changed", &j);
+            }
         }
     }
 }
@@ -623,18 +631,53 @@ fn get_printers(ctx: &Ctx<'_>, req: &Parsed) -> OpResult {
     Ok(answer)
 }
 
+/// Pause-Printer and Resume-Printer. While paused, the jobs waiting for
+/// a device say `printer-stopped` and "the printer is paused", none is
+/// offered (no `job-fetchable` event, none in Get-Jobs fetchable) and
+/// none may be fetched or acknowledged. Resume-Printer makes them
+/// `job-fetchable` again, without the paused message, and offers them.
 fn pause(ctx: &Ctx<'_>, site: &Arc<Site>, req: &Parsed, paused: bool) -> OpResult {
-    blocking(|| ctx.front.store.set_paused(&site.cfg.name, paused)).map_err(store_err)?;
-    info!(site = %site.cfg.name, paused, "Site paused or resumed.");
+    let name = &site.cfg.name;
+    let (reasons, message) = if paused {
+        (vec!["printer-stopped".to_owned()], PAUSED_MESSAGE)
+    } else if site.attached() {
+        (vec!["job-fetchable".to_owned()], "")
+    } else {
+        (vec!["job-fetchable".to_owned()], WAITING_MESSAGE)
+    };
+    let jobs = blocking(|| {
+        ctx.front.store.set_paused(name, paused)?;
+        ctx.front
+            .store
+            .set_waiting_reasons(name, &reasons, message, unix_now())
+    })
+    .map_err(store_err)?;
+    info!(site = %name, paused, jobs = jobs.len(), "Site paused or resumed.");
     if !paused {
-        if let Ok(jobs) = ctx.front.store.jobs(&site.cfg.name, Some(false)) {
-            for j in jobs.iter().filter(|j| j.is_fetchable()) {
-                site.publish("job-fetchable", j);
-            }
+        for j in &jobs {
+            site.publish("job-fetchable", j);
         }
         ctx.front.maybe_wake(site);
     }
     Ok(ok(req))
+}
+
+/// job-state-message of a job waiting while its site is paused.
+const PAUSED_MESSAGE: &str = "the printer is paused";
+
+/// job-state-message of a job waiting while no device is attached.
+const WAITING_MESSAGE: &str = "waiting for the printer agent to attach";
+
+/// client-error-not-fetchable for a job a device does not hold yet while
+/// the site is paused.
+fn paused_refusal(job: &JobRow) -> Refusal {
+    Refusal::new(
+        status::NOT_FETCHABLE,
+        format!(
+            "job {} is not fetchable: the printer is paused (Resume-Printer offers it again)",
+            job.id
+        ),
+    )
 }
 
 // ---------------------------------------------------------------- jobs
@@ -990,16 +1033,13 @@ fn new_job_uuid() -> String {
 }
 
 fn initial_reasons(ctx: &Ctx<'_>, site: &Site) -> (Vec<&'static str>, String) {
-    if ctx.front.store.is_paused(&site.cfg.name).unwrap_or(false) {
-        return (vec!["printer-stopped"], "the printer is paused".into());
+    if ctx.front.paused(site) {
+        return (vec!["printer-stopped"], PAUSED_MESSAGE.into());
     }
     if site.attached() {
         (vec!["job-fetchable"], String::new())
     } else {
-        (
-            vec!["job-fetchable"],
-            "waiting for the printer agent to attach".into(),
-        )
+        (vec!["job-fetchable"], WAITING_MESSAGE.into())
     }
 }
 
@@ -1038,7 +1078,7 @@ async fn print_job(ctx: &Ctx<'_>, site: &Arc<Site>, req: &Parsed, doc: Doc<'_>) 
         }
     };
     info!(site = %site.cfg.name, job_id = job.id, bytes = size, %format, client = %ctx.conn.peer, "Job accepted and spooled.");
-    site.publish("job-fetchable", &job);
+    ctx.front.offer(site, &job);
     ctx.front.maybe_wake(site);
     let job = ctx.front.store.job(job.id).ok().flatten().unwrap_or(job);
     Ok(with_ignored(job_response(ctx, site, req, &job), ignored))
@@ -1193,7 +1233,7 @@ async fn send_document(ctx: &Ctx<'_>, site: &Arc<Site>, req: &Parsed, doc: Doc<'
     };
     info!(site = %site.cfg.name, job_id = job.id, document = job.documents, bytes = size, last, "Document spooled.");
     if job.is_fetchable() {
-        site.publish("job-fetchable", &job);
+        ctx.front.offer(site, &job);
         ctx.front.maybe_wake(site);
     }
     Ok(job_response(ctx, site, req, &job))
@@ -1223,7 +1263,7 @@ async fn close_job(ctx: &Ctx<'_>, site: &Arc<Site>, req: &Parsed) -> OpResult {
     .map_err(store_err)?;
     let job = row.unwrap_or(job);
     if closed {
-        site.publish("job-fetchable", &job);
+        ctx.front.offer(site, &job);
         ctx.front.maybe_wake(site);
     }
     Ok(job_response(ctx, site, req, &job))
@@ -1372,13 +1412,17 @@ async fn release_job(ctx: &Ctx<'_>, site: &Arc<Site>, req: &Parsed) -> OpResult 
     // A compare-and-set on the job still being held: one canceled since
     // the read above stays canceled.
     let id = job.id;
+    let (reason, message) = if ctx.front.paused(site) {
+        ("printer-stopped", "released; the printer is paused")
+    } else {
+        ("job-fetchable", "released; waiting for the printer agent")
+    };
     let released = blocking(|| {
-        if ctx.front.store.release_job(
-            id,
-            &["job-fetchable".to_owned()],
-            "released; waiting for the printer agent",
-            unix_now(),
-        )? {
+        if ctx
+            .front
+            .store
+            .release_job(id, &[reason.to_owned()], message, unix_now())?
+        {
             ctx.front.store.job(id)
         } else {
             Ok(None)
@@ -1388,7 +1432,7 @@ async fn release_job(ctx: &Ctx<'_>, site: &Arc<Site>, req: &Parsed) -> OpResult 
     let Some(job) = released else {
         return Err(not_held(id));
     };
-    site.publish("job-fetchable", &job);
+    ctx.front.offer(site, &job);
     ctx.front.maybe_wake(site);
     Ok(ok(req))
 }
@@ -1424,7 +1468,7 @@ async fn get_jobs(ctx: &Ctx<'_>, site: &Arc<Site>, req: &Parsed) -> OpResult {
         .and_then(as_str)
         .unwrap_or("not-completed")
         .to_owned();
-    let paused = ctx.front.store.is_paused(&site.cfg.name).unwrap_or(false);
+    let paused = ctx.front.paused(site);
     let jobs = match which.as_str() {
         "fetchable" => {
             agent(ctx, site).await?;
@@ -1742,7 +1786,9 @@ async fn update_device(ctx: &Ctx<'_>, site: &Arc<Site>, req: &Parsed) -> OpResul
         for other in others {
             ctx.front.detach(site, &other);
         }
-        if let Ok(jobs) = ctx.front.store.jobs(&site.cfg.name, Some(false)) {
+        if !ctx.front.paused(site)
+            && let Ok(jobs) = ctx.front.store.jobs(&site.cfg.name, Some(false))
+        {
             for j in jobs.iter().filter(|j| j.is_fetchable()) {
                 // No more wake-up note (only while still pending).
                 let _ = blocking(|| ctx.front.store.set_pending_message(j.id, ""));
@@ -2082,6 +2128,11 @@ async fn fetch_job(ctx: &Ctx<'_>, site: &Arc<Site>, req: &Parsed) -> OpResult {
             ),
         ));
     }
+    // The device holding it may fetch it again (a resume); nothing new
+    // starts while paused.
+    if job.device != uuid && ctx.front.paused(site) {
+        return Err(paused_refusal(&job));
+    }
     let printer_uri = printer_uri_of(ctx, site);
     let view = ctx
         .front
@@ -2105,6 +2156,9 @@ async fn acknowledge_job(ctx: &Ctx<'_>, site: &Arc<Site>, req: &Parsed) -> OpRes
     }
     if !job.is_fetchable() {
         return Err(not_fetchable(&job, &uuid));
+    }
+    if ctx.front.paused(site) {
+        return Err(paused_refusal(&job));
     }
     // A compare-and-set on the job still being fetchable: a Cancel-Job
     // (or another device) that came after the read above wins, and the
@@ -2221,6 +2275,9 @@ async fn fetch_document(ctx: &Ctx<'_>, site: &Arc<Site>, req: &Parsed) -> OpResu
                 job_state::name(job.state)
             ),
         ));
+    }
+    if job.device != uuid && ctx.front.paused(site) {
+        return Err(paused_refusal(&job));
     }
     let number = document_number(req)?;
     // compression-accepted only says what the Proxy could take: the bytes

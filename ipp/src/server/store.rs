@@ -846,6 +846,41 @@ impl JobStore {
         .map(|n| n > 0)
     }
 
+    /// Sets the reasons and message of every job of `site` waiting for a
+    /// device (pending, all documents in, no device): Pause-Printer and
+    /// Resume-Printer. One transaction, so a job a device acknowledges or
+    /// a client cancels at the same moment keeps what that did. Returns the
+    /// jobs changed, as they are now.
+    pub fn set_waiting_reasons(
+        &self,
+        site: &str,
+        reasons: &[String],
+        message: &str,
+        now: i64,
+    ) -> Result<Vec<JobRow>, StoreError> {
+        self.with(|c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let ids: Vec<i32> = {
+                let mut st = tx.prepare(
+                    "SELECT id FROM jobs WHERE site = ? AND state = 3 AND closed = 1 \
+                     AND device = '' ORDER BY id",
+                )?;
+                let rows = st.query_map(params![site], |r| r.get(0))?;
+                rows.collect::<rusqlite::Result<_>>()?
+            };
+            let mut changed = Vec::with_capacity(ids.len());
+            for id in ids {
+                tx.execute(
+                    &format!("UPDATE jobs SET {STATE_COLUMNS} WHERE id = ?5"),
+                    params![job_state::PENDING, reasons.join(" "), message, now, id],
+                )?;
+                changed.push(job_in(&tx, id)?.ok_or(rusqlite::Error::QueryReturnedNoRows)?);
+            }
+            tx.commit()?;
+            Ok(changed)
+        })
+    }
+
     /// Sets the job-state-message of a job that is still pending (what
     /// the wake-up is doing, or nothing once a device is attached). A
     /// compare-and-set: false, and nothing changed, when it is not pending

@@ -724,9 +724,12 @@ async fn unsupported_template_values_follow_ipp_attribute_fidelity() {
 }
 
 /// The seed's printer on/off line: Pause-Printer (by the site's agent
-/// only) stops the site and keeps new jobs from being fetched;
-/// Resume-Printer offers them again. CUPS-Get-Printers and Get-Printers
-/// list both sites with their state.
+/// only) stops the site and keeps new jobs from being fetched, also by
+/// an agent that goes by events rather than Get-Jobs: no job-fetchable
+/// event, and Fetch-Job and Acknowledge-Job answer
+/// client-error-not-fetchable. Resume-Printer offers them again, as
+/// job-fetchable, without the paused message. CUPS-Get-Printers and
+/// Get-Printers list both sites with their state.
 #[tokio::test(flavor = "multi_thread")]
 async fn pause_and_resume_and_the_printer_lists() {
     let dir = tempfile::tempdir().unwrap();
@@ -736,6 +739,14 @@ async fn pause_and_resume_and_the_printer_lists() {
             .await
             .status(),
         status::OK
+    );
+    let sub = subscribe(&t).await;
+    // A job waiting from before the pause.
+    let before = t.print("osaka", "tester", &pdf(100)).await;
+    let seen = events(&long_poll(&t, sub, 1).await);
+    assert_eq!(
+        seen.iter().map(|e| (e.1.as_str(), e.2)).collect::<Vec<_>>(),
+        [("job-fetchable", before)]
     );
     // A client cannot pause the site.
     let pause = t.req(op::PAUSE_PRINTER, "osaka", "tester");
@@ -753,22 +764,67 @@ async fn pause_and_resume_and_the_printer_lists() {
             .contains(&"paused".to_owned())
     );
     let id = t.print("osaka", "tester", &pdf(2000)).await;
-    assert_eq!(
-        t.job("osaka", id).await.job_int("job-state"),
-        Some(job_state::PENDING)
-    );
+    for job in [before, id] {
+        let j = t.job("osaka", job).await;
+        assert_eq!(j.job_int("job-state"), Some(job_state::PENDING));
+        assert_eq!(j.job_strings("job-state-reasons"), ["printer-stopped"]);
+        assert_eq!(
+            j.job_str("job-state-message").as_deref(),
+            Some("the printer is paused")
+        );
+    }
     assert!(
         fetchable(&t, DEVICE_A).await.is_empty(),
         "nothing is fetchable while paused"
     );
+    // An agent that goes by events hears of nothing (the long poll ends
+    // after notify_wait with no event)...
+    assert!(
+        events(&long_poll(&t, sub, 2).await).is_empty(),
+        "no job-fetchable while paused"
+    );
+    // ...and may not fetch what it heard of before.
+    for job in [before, id] {
+        for code in [op::FETCH_JOB, op::ACKNOWLEDGE_JOB, op::FETCH_DOCUMENT] {
+            let req = infra(&t, code, DEVICE_A)
+                .op("job-id", IppValue::Integer(job))
+                .op("document-number", IppValue::Integer(1));
+            let resp = t.agent("osaka", OSAKA, &req).await;
+            assert_eq!(
+                resp.status(),
+                status::NOT_FETCHABLE,
+                "{} of job {job} while paused: {}",
+                op::name(code),
+                resp.message()
+            );
+            assert!(resp.doc.is_empty());
+        }
+    }
 
     let resume = t.req(op::RESUME_PRINTER, "osaka", "osaka");
     assert_eq!(t.agent("osaka", OSAKA, &resume).await.status(), status::OK);
-    assert_eq!(fetchable(&t, DEVICE_A).await, [id]);
+    let seen = events(&long_poll(&t, sub, 2).await);
+    assert_eq!(
+        seen.iter().map(|e| (e.1.as_str(), e.2)).collect::<Vec<_>>(),
+        [("job-fetchable", before), ("job-fetchable", id)],
+        "Resume-Printer offers what waits"
+    );
+    for job in [before, id] {
+        let j = t.job("osaka", job).await;
+        assert_eq!(j.job_strings("job-state-reasons"), ["job-fetchable"]);
+        assert!(
+            j.job_str("job-state-message")
+                .is_none_or(|m| !m.contains("paused")),
+            "{:?}",
+            j.job_str("job-state-message")
+        );
+    }
+    assert_eq!(fetchable(&t, DEVICE_A).await, [before, id]);
     assert_eq!(
         t.printer("osaka").await.printer_int("printer-state"),
         Some(3)
     );
+    acknowledge(&t, DEVICE_A, id).await;
 
     for code in [op::CUPS_GET_PRINTERS, op::GET_PRINTERS] {
         let req = crate::common::Req::new(
