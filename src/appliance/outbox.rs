@@ -453,22 +453,50 @@ async fn attempt(ctx: &SendCtx, job: JobInfo) -> anyhow::Result<()> {
     // (the relay gives it the terminate deadline) must not hold the job's
     // state back. Then TERMINATE, drain, RELEASE: the connection goes back
     // to vacant.
-    let recorded = record_outcome(ctx, &job, end).await;
+    let recorded = record_outcome(ctx, &job, first, end).await;
     if let Err(e) = stream.close().await {
         tracing::debug!(error = %e, "Session close was not clean.");
     }
     recorded
 }
 
+/// "page 3" or "pages 3, 5": one-based job page numbers of the session's
+/// zero-based `pages`, the session having started at job page `first`
+/// (zero-based).
+fn uncorrected_text(first: u32, pages: &[u32]) -> String {
+    let list: Vec<String> = pages.iter().map(|p| (first + p + 1).to_string()).collect();
+    match list.len() {
+        1 => format!("page {}", list[0]),
+        _ => format!("pages {}", list.join(", ")),
+    }
+}
+
 /// Records how a sending session ended: done, retry, failed, cancelled
 /// or parked.
-async fn record_outcome(ctx: &SendCtx, job: &JobInfo, end: SessionEnd) -> anyhow::Result<()> {
+async fn record_outcome(
+    ctx: &SendCtx,
+    job: &JobInfo,
+    first: u32,
+    end: SessionEnd,
+) -> anyhow::Result<()> {
     let now = ctx.store.job(&job.id).await?.context("the job vanished")?;
+    // Pages the receiver confirmed after ECM gave up correcting a block
+    // (EOR/ERR): delivered, but the job says so, in its history and, when
+    // this session finishes it, in its reason.
+    let uncorrected = match &end {
+        SessionEnd::T30(o) if !o.uncorrected_pages.is_empty() => {
+            let text = uncorrected_text(first, &o.uncorrected_pages);
+            tracing::warn!(pages = %text, "Pages went with uncorrected errors.");
+            ctx.store.note(job.id.clone(), format!("{text} went with uncorrected errors: ECM gave up correcting a block (EOR/ERR) and the receiver kept what it got")).await?;
+            Some(format!("{text} went with uncorrected errors"))
+        }
+        _ => None,
+    };
     match end {
         SessionEnd::T30(outcome) => match outcome.result {
             Ok(()) if now.delivered >= now.pages => {
                 tracing::info!(pages = now.delivered, "Job done.");
-                ctx.set(&job.id, JobState::Done, None, None).await?;
+                ctx.set(&job.id, JobState::Done, uncorrected, None).await?;
             }
             Ok(()) => {
                 ctx.retry(
@@ -578,6 +606,12 @@ impl Hooks for SenderHooks<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn uncorrected_pages_are_named_by_their_job_page_numbers() {
+        assert_eq!(uncorrected_text(0, &[2]), "page 3");
+        assert_eq!(uncorrected_text(4, &[0, 3]), "pages 5, 8");
+    }
     use faxgate_fax::{Bitmap, Resolution};
 
     /// A job that failed locally is held for the backoff, longer after
