@@ -6,8 +6,8 @@
 //! [`IppFront::start`] binds the plain and TLS listeners and spawns one
 //! task per connection (hyper HTTP/1.1). Requests share one [`Front`]:
 //! the durable [`store::JobStore`] and, per site, a small in-memory state
-//! (the attached device, subscriptions and their event queues, the wake-up
-//! state) behind a mutex, plus a `watch` counter that wakes long polls.
+//! (the attached devices and their leases, subscriptions and their event
+//! queues, the wake-up state) behind a mutex, plus a `watch` counter that wakes long polls.
 //! A reaper task expires device leases, subscriptions and open jobs, and
 //! purges old finished jobs.
 //!
@@ -311,9 +311,12 @@ pub(crate) struct Site {
 
 #[derive(Debug, Default)]
 struct SiteState {
-    /// The attached device.
-    device: Option<Attached>,
-    /// The last registered device's printer attributes.
+    /// The attached output devices, by UUID: a site may have several
+    /// (PWG 5100.18), each holding the jobs it acknowledged; the first
+    /// Acknowledge-Job of a job wins it.
+    devices: HashMap<String, Attached>,
+    /// The printer attributes the site mirrors: those of the device that
+    /// last sent Update-Output-Device-Attributes.
     attrs: Vec<IppAttribute>,
     subscriptions: HashMap<i32, Subscription>,
     wake: Option<Wake>,
@@ -322,9 +325,10 @@ struct SiteState {
     deregistered: std::collections::HashSet<String>,
 }
 
+/// An attached output device (the key of [`SiteState::devices`] is its
+/// UUID).
 #[derive(Debug, Clone)]
 struct Attached {
-    uuid: String,
     /// The last sign of life: its lease runs from here.
     last_seen: Instant,
     /// Get-Notifications long polls open now on its subscriptions: a
@@ -333,9 +337,8 @@ struct Attached {
 }
 
 impl Attached {
-    fn new(uuid: String) -> Self {
+    fn new() -> Self {
         Self {
-            uuid,
             last_seen: Instant::now(),
             polls: 0,
         }
@@ -386,10 +389,11 @@ impl Site {
         let mut state = SiteState::default();
         if let Some(last) = devices.last() {
             state.attrs = attrs::decode(&last.attrs);
-            if !last.detached {
-                // Give the device one lease to come back after a restart.
-                state.device = Some(Attached::new(last.uuid.clone()));
-            }
+        }
+        // Give each device that had not left one lease to come back after
+        // a restart.
+        for d in devices.iter().filter(|d| !d.detached) {
+            state.devices.insert(d.uuid.clone(), Attached::new());
         }
         Ok(Self {
             cfg,
@@ -407,7 +411,7 @@ impl Site {
     }
 
     fn attached(&self) -> bool {
-        self.lock().device.is_some()
+        !self.lock().devices.is_empty()
     }
 
     /// Queues an event for every subscription that wants it and wakes the
@@ -771,7 +775,8 @@ impl Front {
         let st = site.lock();
         serde_json::json!({
             "site": site.cfg.name,
-            "attached": st.device.is_some(),
+            "attached": !st.devices.is_empty(),
+            "devices": st.devices.len(),
             "paused": self.store.is_paused(&site.cfg.name).unwrap_or(false),
             "waking": st.wake.is_some(),
             "jobs": jobs.iter().map(|j| serde_json::json!({
@@ -1091,20 +1096,23 @@ async fn reaper(front: Arc<Front>, shutdown: CancellationToken) {
         }
         let now = Instant::now();
         for site in &front.list {
-            let expired = {
+            let expired: Vec<String> = {
                 let mut st = site.lock();
                 st.subscriptions.retain(|_, s| s.lease_until > now);
-                match &st.device {
-                    Some(d)
-                        if d.polls == 0
-                            && now.duration_since(d.last_seen) > front.cfg.agent_lease =>
-                    {
-                        st.device.take().map(|d| d.uuid)
-                    }
-                    _ => None,
+                let expired: Vec<String> = st
+                    .devices
+                    .iter()
+                    .filter(|(_, d)| {
+                        d.polls == 0 && now.duration_since(d.last_seen) > front.cfg.agent_lease
+                    })
+                    .map(|(uuid, _)| uuid.clone())
+                    .collect();
+                for uuid in &expired {
+                    st.devices.remove(uuid);
                 }
+                expired
             };
-            if let Some(uuid) = expired {
+            for uuid in expired {
                 info!(site = %site.cfg.name, device = %uuid, "Printer agent lease expired; detaching it.");
                 front.detach(site, &uuid);
             }

@@ -177,7 +177,7 @@ impl Front {
         device: &'a [IppAttribute],
     ) -> PrinterView<'a> {
         let st = site.lock();
-        let attached = st.device.is_some();
+        let attached = !st.devices.is_empty();
         let wake_note = st.wake.as_ref().map(|w| match (&w.sent, &w.error) {
             (_, Some(e)) => format!("wake-up mail not sent yet ({e}); retrying"),
             (Some(_), None) => "wake-up mail sent; waiting for the agent".to_owned(),
@@ -309,7 +309,7 @@ impl Front {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         {
             let mut st = site.lock();
-            if st.device.is_some() {
+            if !st.devices.is_empty() {
                 return;
             }
             if let Some(w) = st.wake.as_mut() {
@@ -480,7 +480,7 @@ impl Front {
             let mut st = site.lock();
             match &st.wake {
                 Some(w)
-                    if st.device.is_none()
+                    if st.devices.is_empty()
                         && w.sent
                             .is_some_and(|t| now.duration_since(t) >= wake_cfg.timeout) =>
                 {
@@ -1679,30 +1679,29 @@ fn touch(ctx: &Ctx<'_>, site: &Site, req: &Parsed) {
 /// site registered, never one it does not know).
 fn touch_uuid(ctx: &Ctx<'_>, site: &Site, uuid: String) {
     let mut st = site.lock();
+    if let Some(d) = st.devices.get_mut(&uuid) {
+        d.last_seen = Instant::now();
+        return;
+    }
     // A device that deregistered stays gone until it registers again (a
     // long poll still open at its Deregister must not undo it).
-    let gone = st.deregistered.contains(&uuid);
-    match &mut st.device {
-        Some(d) if d.uuid == uuid => d.last_seen = Instant::now(),
-        Some(_) => {}
-        None if gone => {}
-        None => {
-            drop(st);
-            let known = ctx
-                .front
-                .store
-                .devices(&site.cfg.name)
-                .is_ok_and(|ds| ds.iter().any(|d| d.uuid == uuid));
-            if !known {
-                return;
-            }
-            let mut st = site.lock();
-            if st.device.is_none() && !st.deregistered.contains(&uuid) {
-                info!(site = %site.cfg.name, device = %uuid, "Printer agent back after its lease ran out; attached again.");
-                st.device = Some(Attached::new(uuid));
-                st.wake = None;
-            }
-        }
+    if st.deregistered.contains(&uuid) {
+        return;
+    }
+    drop(st);
+    let known = ctx
+        .front
+        .store
+        .device(&site.cfg.name, &uuid)
+        .is_ok_and(|d| d.is_some());
+    if !known {
+        return;
+    }
+    let mut st = site.lock();
+    if !st.devices.contains_key(&uuid) && !st.deregistered.contains(&uuid) {
+        info!(site = %site.cfg.name, device = %uuid, "Printer agent back after its lease ran out; attached again.");
+        st.devices.insert(uuid, Attached::new());
+        st.wake = None;
     }
 }
 
@@ -1711,8 +1710,8 @@ fn attached_device(ctx: &Ctx<'_>, site: &Site, req: &Parsed) -> Result<String, R
     let uuid = own_device_uuid(ctx, site, req)?;
     touch(ctx, site, req);
     let st = site.lock();
-    match &st.device {
-        Some(d) if d.uuid == uuid => Ok(uuid),
+    match st.devices.get(&uuid) {
+        Some(_) => Ok(uuid),
         _ => Err(Refusal::new(
             status::NOT_POSSIBLE,
             "this output device is not registered; send Update-Output-Device-Attributes first",
@@ -1728,14 +1727,13 @@ async fn update_device(ctx: &Ctx<'_>, site: &Arc<Site>, req: &Parsed) -> OpResul
         .groups_of(DelimiterTag::PrinterAttributes)
         .flat_map(|g| g.attributes().iter().cloned())
         .collect();
-    let (previous, merged) = {
+    // Later calls under the same UUID merge into what it sent before
+    // (kept in the store, so also across a lease that ran out or a
+    // restart of the front).
+    let stored = blocking(|| ctx.front.store.device(&site.cfg.name, &uuid)).map_err(store_err)?;
+    let (new, merged) = {
         let mut st = site.lock();
-        let previous = st.device.as_ref().map(|d| d.uuid.clone());
-        let mut merged = if previous.as_deref() == Some(uuid.as_str()) {
-            st.attrs.clone()
-        } else {
-            Vec::new()
-        };
+        let mut merged = stored.map(|d| attrs::decode(&d.attrs)).unwrap_or_default();
         for a in incoming {
             if let Some(slot) = merged.iter_mut().find(|m| m.name() == a.name()) {
                 *slot = a;
@@ -1748,10 +1746,16 @@ async fn update_device(ctx: &Ctx<'_>, site: &Arc<Site>, req: &Parsed) -> OpResul
         }
         st.attrs = merged.clone();
         st.deregistered.remove(&uuid);
-        match &mut st.device {
-            Some(d) if d.uuid == uuid => d.last_seen = Instant::now(),
-            _ => st.device = Some(Attached::new(uuid.clone())),
-        }
+        let new = match st.devices.get_mut(&uuid) {
+            Some(d) => {
+                d.last_seen = Instant::now();
+                false
+            }
+            None => {
+                st.devices.insert(uuid.clone(), Attached::new());
+                true
+            }
+        };
         st.wake = None;
         // The subscriptions this agent made before registering (ippproxy
         // subscribes first, and names no device in it) poll for this
@@ -1762,7 +1766,7 @@ async fn update_device(ctx: &Ctx<'_>, site: &Arc<Site>, req: &Parsed) -> OpResul
                 sub.device = Some(uuid.clone());
             }
         }
-        (previous, merged)
+        (new, merged)
     };
     let encoded = attrs::encode(&merged);
     blocking(|| {
@@ -1771,21 +1775,11 @@ async fn update_device(ctx: &Ctx<'_>, site: &Arc<Site>, req: &Parsed) -> OpResul
             .upsert_device(&uuid, &site.cfg.name, &user, &encoded, unix_now())
     })
     .map_err(store_err)?;
-    if previous.as_deref() != Some(uuid.as_str()) {
+    if new {
+        // Other devices of the site stay as they are, with their jobs: a
+        // site may have several (an agent that restarts under a new UUID
+        // should deregister the old one; otherwise its lease runs out).
         info!(site = %site.cfg.name, device = %uuid, %user, "Printer agent attached.");
-        // Every other device of this site is gone: hand its jobs back.
-        let others: Vec<String> = ctx
-            .front
-            .store
-            .devices(&site.cfg.name)
-            .map_err(store_err)?
-            .into_iter()
-            .filter(|d| d.uuid != uuid)
-            .map(|d| d.uuid)
-            .collect();
-        for other in others {
-            ctx.front.detach(site, &other);
-        }
         if !ctx.front.paused(site)
             && let Ok(jobs) = ctx.front.store.jobs(&site.cfg.name, Some(false))
         {
@@ -1810,12 +1804,7 @@ async fn deregister(ctx: &Ctx<'_>, site: &Arc<Site>, req: &Parsed) -> OpResult {
             st.deregistered.clear();
         }
         st.deregistered.insert(uuid.clone());
-        if st.device.as_ref().is_some_and(|d| d.uuid == uuid) {
-            st.device = None;
-            true
-        } else {
-            false
-        }
+        st.devices.remove(&uuid).is_some()
     };
     info!(site = %site.cfg.name, device = %uuid, was_attached = was, "Printer agent deregistered.");
     ctx.front.detach(site, &uuid);
@@ -1992,7 +1981,10 @@ fn vouched_devices(
         None => None,
     };
     let mut st = site.lock();
-    let only = st.device.as_ref().map(|d| d.uuid.clone());
+    let only = match st.devices.len() {
+        1 => st.devices.keys().next().cloned(),
+        _ => None,
+    };
     let mut out: Vec<String> = named.iter().cloned().collect();
     for id in ids {
         let Some(sub) = st.subscriptions.get_mut(id) else {
@@ -2020,8 +2012,10 @@ struct LeaseHold<'a> {
 impl<'a> LeaseHold<'a> {
     fn new(site: &'a Site, devices: &[String]) -> Self {
         let mut st = site.lock();
-        if let Some(d) = st.device.as_mut().filter(|d| devices.contains(&d.uuid)) {
-            d.polls += 1;
+        for uuid in devices {
+            if let Some(d) = st.devices.get_mut(uuid) {
+                d.polls += 1;
+            }
         }
         drop(st);
         Self {
@@ -2034,13 +2028,11 @@ impl<'a> LeaseHold<'a> {
 impl Drop for LeaseHold<'_> {
     fn drop(&mut self) {
         let mut st = self.site.lock();
-        if let Some(d) = st
-            .device
-            .as_mut()
-            .filter(|d| self.devices.contains(&d.uuid))
-        {
-            d.polls = d.polls.saturating_sub(1);
-            d.last_seen = Instant::now();
+        for uuid in &self.devices {
+            if let Some(d) = st.devices.get_mut(uuid) {
+                d.polls = d.polls.saturating_sub(1);
+                d.last_seen = Instant::now();
+            }
         }
     }
 }

@@ -360,6 +360,17 @@ fn job_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<JobRow> {
     })
 }
 
+fn device_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeviceRow> {
+    Ok(DeviceRow {
+        uuid: r.get(0)?,
+        site: r.get(1)?,
+        user: r.get(2)?,
+        attrs: r.get(3)?,
+        registered: r.get(4)?,
+        detached: r.get(5)?,
+    })
+}
+
 fn doc_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DocRow> {
     let path: String = r.get(4)?;
     Ok(DocRow {
@@ -1164,6 +1175,19 @@ impl JobStore {
         })
     }
 
+    /// The device `uuid` of `site`, attached or not.
+    pub fn device(&self, site: &str, uuid: &str) -> Result<Option<DeviceRow>, StoreError> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT uuid, site, user, attrs, registered, detached FROM devices \
+                 WHERE site = ? AND uuid = ?",
+                params![site, uuid],
+                device_from_row,
+            )
+            .optional()
+        })
+    }
+
     /// The devices of a site, newest registration last.
     pub fn devices(&self, site: &str) -> Result<Vec<DeviceRow>, StoreError> {
         self.with(|c| {
@@ -1171,16 +1195,7 @@ impl JobStore {
                 "SELECT uuid, site, user, attrs, registered, detached FROM devices \
                  WHERE site = ? ORDER BY registered, rowid",
             )?;
-            let rows = st.query_map(params![site], |r| {
-                Ok(DeviceRow {
-                    uuid: r.get(0)?,
-                    site: r.get(1)?,
-                    user: r.get(2)?,
-                    attrs: r.get(3)?,
-                    registered: r.get(4)?,
-                    detached: r.get(5)?,
-                })
-            })?;
+            let rows = st.query_map(params![site], device_from_row)?;
             rows.collect()
         })
     }

@@ -1,5 +1,6 @@
-//! Jobs outlive the front and the agent: a restart keeps them, and a new
-//! device (or an expired lease) takes back what the old one left.
+//! Jobs outlive the front and the agent: a restart keeps them, a device
+//! that leaves (or whose lease runs out) hands back what it held, and
+//! several devices share a site.
 
 use std::time::Duration;
 
@@ -35,7 +36,8 @@ async fn jobs_survive_a_restart() {
         (waiting, printing, sub)
     };
 
-    let t = TestFront::start(config("1s", "10s", TWO_SITES), dir.path()).await;
+    // A 1 s lease this time.
+    let t = TestFront::start(config("1s", "1s", TWO_SITES), dir.path()).await;
     // Both jobs are still there, as they were.
     // (Its owner sees who printed it.)
     let j = t.job_as("osaka", waiting, "alice").await;
@@ -56,10 +58,11 @@ async fn jobs_survive_a_restart() {
     // The agent comes back as a new process: a new UUID.
     let resp = t.register("osaka", OSAKA, DEVICE_B, printer_attrs()).await;
     assert_eq!(resp.status(), status::OK, "{}", resp.message());
-    // The job the old process was printing is offered again, oldest first.
+    // The old process's device had one lease after the restart; when it
+    // ran out, the job it was printing is offered again, oldest first.
     let tr = &t;
     let ids = eventually(
-        Duration::from_secs(2),
+        Duration::from_secs(5),
         "both jobs fetchable",
         || async move {
             let ids = fetchable(tr, DEVICE_B).await;
@@ -81,8 +84,12 @@ async fn jobs_survive_a_restart() {
     t.stop().await;
 }
 
+/// A site may have several output devices (PWG 5100.18): a second one
+/// registering leaves the first attached with the job it is printing
+/// (it was: handed back, printed twice), the first Acknowledge-Job of a
+/// job wins it, and a device that leaves hands back only its own jobs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_new_device_takes_back_the_old_devices_jobs() {
+async fn a_second_device_does_not_evict_the_first() {
     let dir = tempfile::tempdir().unwrap();
     let t = TestFront::start(config("1s", "10s", TWO_SITES), dir.path()).await;
     t.register("osaka", OSAKA, DEVICE_A, printer_attrs()).await;
@@ -97,35 +104,62 @@ async fn a_new_device_takes_back_the_old_devices_jobs() {
         "printing",
     )
     .await;
-    assert!(fetchable(&t, DEVICE_A).await.is_empty());
 
-    // The agent was killed while printing and starts again.
     let resp = t.register("osaka", OSAKA, DEVICE_B, printer_attrs()).await;
     assert_eq!(resp.status(), status::OK, "{}", resp.message());
     let j = t.job("osaka", job).await;
-    assert_eq!(j.job_int("job-state"), Some(job_state::PENDING));
-    assert!(
-        j.job_strings("job-state-reasons")
-            .contains(&"job-fetchable".to_owned())
-    );
-    assert_eq!(fetchable(&t, DEVICE_B).await, [job]);
-    acknowledge(&t, DEVICE_B, job).await;
-    let d = fetch_document(&t, DEVICE_B, job).await;
-    assert!(d.doc == doc);
-
-    // The old device cannot report on it any more.
-    let req = infra(&t, op::UPDATE_JOB_STATUS, DEVICE_A)
-        .op("job-id", IppValue::Integer(job))
-        .add(
-            ipp::model::DelimiterTag::JobAttributes,
-            "output-device-job-state",
-            IppValue::Enum(job_state::COMPLETED),
-        );
+    assert_eq!(j.job_int("job-state"), Some(job_state::PROCESSING));
+    assert_eq!(j.job_strings("job-state-reasons"), ["job-printing"]);
+    assert!(fetchable(&t, DEVICE_B).await.is_empty());
+    // B cannot take it.
+    let req = infra(&t, op::ACKNOWLEDGE_JOB, DEVICE_B).op("job-id", IppValue::Integer(job));
     let resp = t.agent("osaka", OSAKA, &req).await;
-    assert_eq!(resp.status(), status::NOT_POSSIBLE, "{}", resp.message());
+    assert_eq!(resp.status(), status::NOT_FETCHABLE, "{}", resp.message());
+    let d = fetch_document(&t, DEVICE_B, job).await;
+    assert_eq!(d.status(), status::NOT_FETCHABLE, "{}", d.message());
+    assert!(d.doc.is_empty());
+
+    // A new job: the first device to acknowledge it has it.
+    let second = t.print("osaka", "bob", &doc).await;
+    assert_eq!(fetchable(&t, DEVICE_B).await, [second]);
+    assert_eq!(fetchable(&t, DEVICE_A).await, [second]);
+    acknowledge(&t, DEVICE_B, second).await;
+    let req = infra(&t, op::ACKNOWLEDGE_JOB, DEVICE_A).op("job-id", IppValue::Integer(second));
+    let resp = t.agent("osaka", OSAKA, &req).await;
+    assert_eq!(resp.status(), status::NOT_FETCHABLE, "{}", resp.message());
+
+    // A finishes its job.
+    report(
+        &t,
+        job,
+        job_state::COMPLETED,
+        &["job-completed-successfully"],
+        "done",
+    )
+    .await;
     assert_eq!(
         t.job("osaka", job).await.job_int("job-state"),
-        Some(job_state::PROCESSING)
+        Some(job_state::COMPLETED)
+    );
+
+    // A leaves: B keeps its job, and the site stays online.
+    let third = t.print("osaka", "carol", &doc).await;
+    acknowledge(&t, DEVICE_A, third).await;
+    let req = infra(&t, op::DEREGISTER_OUTPUT_DEVICE, DEVICE_A);
+    assert_eq!(t.agent("osaka", OSAKA, &req).await.status(), status::OK);
+    let j = t.job("osaka", second).await;
+    assert_eq!(j.job_int("job-state"), Some(job_state::PROCESSING));
+    assert_eq!(
+        t.job("osaka", third).await.job_int("job-state"),
+        Some(job_state::PENDING),
+        "A's own job is handed back"
+    );
+    assert_eq!(fetchable(&t, DEVICE_B).await, [third]);
+    assert!(
+        !t.printer("osaka")
+            .await
+            .printer_strings("printer-state-reasons")
+            .contains(&"offline-report".to_owned())
     );
 }
 
