@@ -146,6 +146,16 @@ pub const OWNED: &[&str] = &[
     "ippget-event-life",
 ];
 
+/// Acknowledge-Identify-Printer (PWG 5100.18), not in `crate::codes::op`.
+pub const ACKNOWLEDGE_IDENTIFY_PRINTER: u16 = 0x0040;
+
+/// Update-Active-Jobs (PWG 5100.18), not in `crate::codes::op`.
+pub const UPDATE_ACTIVE_JOBS: u16 = 0x0045;
+
+/// The identify-actions a site takes (PWG 5100.13); its agent carries
+/// them out on the real printer.
+pub const IDENTIFY_ACTIONS: &[&str] = &["display", "flash", "sound", "speak"];
+
 /// The operations a site serves.
 pub const OPERATIONS: &[u16] = &[
     op::PRINT_JOB,
@@ -163,10 +173,14 @@ pub const OPERATIONS: &[u16] = &[
     op::CANCEL_SUBSCRIPTION,
     op::GET_NOTIFICATIONS,
     op::CLOSE_JOB,
+    op::IDENTIFY_PRINTER,
     op::ACKNOWLEDGE_DOCUMENT,
+    ACKNOWLEDGE_IDENTIFY_PRINTER,
     op::ACKNOWLEDGE_JOB,
     op::FETCH_DOCUMENT,
     op::FETCH_JOB,
+    op::GET_OUTPUT_DEVICE_ATTRIBUTES,
+    UPDATE_ACTIVE_JOBS,
     op::DEREGISTER_OUTPUT_DEVICE,
     op::UPDATE_DOCUMENT_STATUS,
     op::UPDATE_JOB_STATUS,
@@ -207,6 +221,9 @@ pub struct PrinterView<'a> {
     pub now: i64,
     /// Extra reason/message while waking the agent, e.g. mail trouble.
     pub wake_note: Option<String>,
+    /// An Identify-Printer waits for the agent's
+    /// Acknowledge-Identify-Printer (`identify-printer-requested`).
+    pub identify: bool,
 }
 
 fn device_attr<'a>(device: &'a [IppAttribute], n: &str) -> Option<&'a IppValue> {
@@ -242,6 +259,9 @@ pub fn printer_status(v: &PrinterView<'_>) -> (i32, Vec<String>, String) {
             Some(note) => format!("No printer agent attached: {note}"),
             None => "No printer agent attached; jobs wait until it connects.".into(),
         };
+    }
+    if v.identify {
+        reasons.push("identify-printer-requested".into());
     }
     if v.paused {
         state = printer_state::STOPPED;
@@ -348,6 +368,12 @@ pub fn printer_attributes(v: &PrinterView<'_>, want: &Requested) -> Vec<IppAttri
         keywords(&["completed", "not-completed", "all", "fetchable"]),
     );
     put("job-ids-supported", IppValue::Boolean(true));
+    if device_attr(v.device, "identify-actions-supported").is_none() {
+        put("identify-actions-supported", keywords(IDENTIFY_ACTIONS));
+    }
+    if device_attr(v.device, "identify-actions-default").is_none() {
+        put("identify-actions-default", keyword("flash"));
+    }
     let formats = message::strings(device_attr(v.device, "document-format-supported"));
     let mut formats: Vec<&str> = if formats.is_empty() {
         DEFAULT_FORMATS.to_vec()
@@ -505,6 +531,19 @@ pub fn final_reason(state: i32) -> &'static str {
     }
 }
 
+/// An output device's stored attributes as Get-Output-Device-Attributes
+/// answers them, filtered by `want`.
+pub fn device_attributes(stored: &[IppAttribute], want: &Requested) -> Vec<IppAttribute> {
+    stored
+        .iter()
+        .filter(|a| {
+            let n = a.name().as_str();
+            want.wants(n, is_template_printer_attr(n))
+        })
+        .cloned()
+        .collect()
+}
+
 /// Whether `value` is among the device's `supported` values: members of
 /// a 1setOf, or inside a rangeOfInteger. Collections are not checked.
 pub fn value_supported(value: &IppValue, supported: &IppValue) -> bool {
@@ -591,6 +630,7 @@ mod tests {
             queued: 0,
             now: 5,
             wake_note: None,
+            identify: false,
         };
         let (state, reasons, _) = printer_status(&v);
         assert_eq!(state, printer_state::STOPPED);

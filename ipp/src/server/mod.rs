@@ -323,6 +323,9 @@ struct SiteState {
     /// Devices that deregistered (bounded): only a new registration
     /// brings them back.
     deregistered: std::collections::HashSet<String>,
+    /// An Identify-Printer waiting for the agent: its identify-actions
+    /// and message, handed over by Acknowledge-Identify-Printer.
+    identify: Option<(Vec<String>, Option<String>)>,
 }
 
 /// An attached output device (the key of [`SiteState::devices`] is its

@@ -141,6 +141,10 @@ async fn run(ctx: &Ctx<'_>, req: &Parsed, code: u16, doc: Doc<'_>) -> OpResult {
         op::UPDATE_JOB_STATUS => update_job_status(ctx, s, req).await,
         op::UPDATE_DOCUMENT_STATUS => update_document_status(ctx, s, req).await,
         op::DEREGISTER_OUTPUT_DEVICE => deregister(ctx, s, req).await,
+        op::GET_OUTPUT_DEVICE_ATTRIBUTES => get_device_attributes(ctx, s, req).await,
+        attrs::UPDATE_ACTIVE_JOBS => update_active_jobs(ctx, s, req).await,
+        op::IDENTIFY_PRINTER => identify_printer(ctx, s, req).await,
+        attrs::ACKNOWLEDGE_IDENTIFY_PRINTER => acknowledge_identify(ctx, s, req).await,
         other => Err(Refusal::new(
             status::OPERATION_NOT_SUPPORTED,
             format!(
@@ -178,6 +182,7 @@ impl Front {
     ) -> PrinterView<'a> {
         let st = site.lock();
         let attached = !st.devices.is_empty();
+        let identify = st.identify.is_some();
         let wake_note = st.wake.as_ref().map(|w| match (&w.sent, &w.error) {
             (_, Some(e)) => format!("wake-up mail not sent yet ({e}); retrying"),
             (Some(_), None) => "wake-up mail sent; waiting for the agent".to_owned(),
@@ -199,6 +204,7 @@ impl Front {
                 .unwrap_or(0),
             now: unix_now(),
             wake_note,
+            identify,
         }
     }
 
@@ -2422,4 +2428,176 @@ async fn update_document_status(ctx: &Ctx<'_>, site: &Arc<Site>, req: &Parsed) -
     })?;
     blocking(|| ctx.front.store.set_document_state(job.id, number, state)).map_err(store_err)?;
     Ok(ok(req))
+}
+
+/// Get-Output-Device-Attributes (PWG 5100.18): what the device `uuid` of
+/// this site last told the front (Update-Output-Device-Attributes,
+/// merged), attached or not, filtered by requested-attributes.
+async fn get_device_attributes(ctx: &Ctx<'_>, site: &Arc<Site>, req: &Parsed) -> OpResult {
+    agent(ctx, site).await?;
+    let uuid = own_device_uuid(ctx, site, req)?;
+    touch(ctx, site, req);
+    let Some(row) =
+        blocking(|| ctx.front.store.device(&site.cfg.name, &uuid)).map_err(store_err)?
+    else {
+        return Err(Refusal::new(
+            status::NOT_FOUND,
+            format!("no output device {uuid} is registered on this printer"),
+        ));
+    };
+    let want = Requested::from_request(req, &["all"]);
+    let mut group = IppAttributeGroup::new(DelimiterTag::PrinterAttributes);
+    group
+        .attributes_mut()
+        .extend(attrs::device_attributes(&attrs::decode(&row.attrs), &want));
+    let mut answer = ok(req);
+    answer.resp.attributes_mut().groups_mut().push(group);
+    Ok(answer)
+}
+
+/// Update-Active-Jobs (PWG 5100.18), as ippserver answers it. The Proxy
+/// lists the jobs it has (`job-ids`) with their states at the printer
+/// (`output-device-job-states`). The answer lists, as `job-ids` and
+/// `output-device-job-states` (the front's state), the listed jobs the
+/// front has stopped or ended (processing-stopped and after) in another
+/// state than the Proxy's, and the unfinished jobs this device holds
+/// that the Proxy did not list; ids that are not this device's jobs on
+/// this site go back in the unsupported-attributes group.
+async fn update_active_jobs(ctx: &Ctx<'_>, site: &Arc<Site>, req: &Parsed) -> OpResult {
+    agent(ctx, site).await?;
+    let uuid = attached_device(ctx, site, req)?;
+    let ints_of = |name: &str| -> Result<Vec<i32>, Refusal> {
+        let v = op_attr(req, name).ok_or_else(|| {
+            Refusal::new(
+                status::BAD_REQUEST,
+                format!("missing {name} operation attribute"),
+            )
+        })?;
+        let all = message::values(v);
+        let ints: Vec<i32> = all.iter().copied().filter_map(as_int).collect();
+        if ints.len() != all.len() {
+            return Err(Refusal::new(
+                status::BAD_REQUEST,
+                format!("{name} must hold integers"),
+            ));
+        }
+        Ok(ints)
+    };
+    let ids = ints_of("job-ids")?;
+    let states = ints_of("output-device-job-states")?;
+    if ids.len() != states.len() {
+        return Err(Refusal::new(
+            status::BAD_REQUEST,
+            "job-ids and output-device-job-states do not have the same number of values",
+        ));
+    }
+    let mut different: Vec<(i32, i32)> = Vec::new();
+    let mut unsupported: Vec<i32> = Vec::new();
+    for (&id, &state) in ids.iter().zip(&states) {
+        match ctx.front.store.job(id).map_err(store_err)? {
+            Some(j) if j.site == site.cfg.name && j.device == uuid => {
+                if j.state >= job_state::PROCESSING_STOPPED && j.state != state {
+                    different.push((j.id, j.state));
+                }
+            }
+            _ => unsupported.push(id),
+        }
+    }
+    let held = ctx
+        .front
+        .store
+        .unfinished_of_device(&site.cfg.name, &uuid)
+        .map_err(store_err)?;
+    for j in held.iter().filter(|j| !ids.contains(&j.id)) {
+        different.push((j.id, j.state));
+    }
+    let mut answer = ok(req);
+    if !different.is_empty() {
+        let ops = DelimiterTag::OperationAttributes;
+        answer.resp.attributes_mut().add(
+            ops,
+            attribute(
+                "job-ids",
+                message::one_or_many(different.iter().map(|d| IppValue::Integer(d.0)).collect()),
+            ),
+        );
+        answer.resp.attributes_mut().add(
+            ops,
+            attribute(
+                "output-device-job-states",
+                message::one_or_many(different.iter().map(|d| IppValue::Enum(d.1)).collect()),
+            ),
+        );
+    }
+    if !unsupported.is_empty() {
+        answer.resp.attributes_mut().add(
+            DelimiterTag::UnsupportedAttributes,
+            attribute(
+                "job-ids",
+                message::one_or_many(unsupported.into_iter().map(IppValue::Integer).collect()),
+            ),
+        );
+    }
+    Ok(answer)
+}
+
+/// Identify-Printer (PWG 5100.13) from any client: kept until the site's
+/// agent takes it with Acknowledge-Identify-Printer and carries it out on
+/// the real printer; meanwhile printer-state-reasons says
+/// `identify-printer-requested` (PWG 5100.18), which is how the agent
+/// learns of it.
+async fn identify_printer(_ctx: &Ctx<'_>, site: &Arc<Site>, req: &Parsed) -> OpResult {
+    let mut actions = message::strings(op_attr(req, "identify-actions"));
+    if actions.is_empty() {
+        actions.push("flash".to_owned());
+    }
+    let bad: Vec<String> = actions
+        .iter()
+        .filter(|a| !attrs::IDENTIFY_ACTIONS.contains(&a.as_str()))
+        .cloned()
+        .collect();
+    if !bad.is_empty() {
+        let mut r = Refusal::new(
+            status::ATTRIBUTES_OR_VALUES_NOT_SUPPORTED,
+            format!("identify-actions {} not supported", bad.join(", ")),
+        );
+        r.unsupported = vec![("identify-actions".to_owned(), message::keywords(&bad))];
+        return Err(r);
+    }
+    let text = op_attr(req, "message")
+        .and_then(as_str)
+        .map(|m| message::truncate(m, 127));
+    info!(site = %site.cfg.name, ?actions, "Identify-Printer; waiting for the agent to acknowledge it.");
+    site.lock().identify = Some((actions, text));
+    Ok(ok(req))
+}
+
+/// Acknowledge-Identify-Printer (PWG 5100.18): the site's agent takes the
+/// waiting Identify-Printer: its identify-actions (and message), or
+/// identify-actions `none` when nothing waits.
+async fn acknowledge_identify(ctx: &Ctx<'_>, site: &Arc<Site>, req: &Parsed) -> OpResult {
+    agent(ctx, site).await?;
+    attached_device(ctx, site, req)?;
+    let pending = site.lock().identify.take();
+    let mut answer = ok(req);
+    let ops = DelimiterTag::OperationAttributes;
+    match pending {
+        Some((actions, text)) => {
+            answer.resp.attributes_mut().add(
+                ops,
+                attribute("identify-actions", message::keywords(&actions)),
+            );
+            if let Some(t) = text {
+                answer
+                    .resp
+                    .attributes_mut()
+                    .add(ops, attribute("message", message::text(&t)));
+            }
+        }
+        None => answer
+            .resp
+            .attributes_mut()
+            .add(ops, attribute("identify-actions", keyword("none"))),
+    }
+    Ok(answer)
 }

@@ -937,3 +937,198 @@ async fn fetch_document_takes_compression_accepted_and_honours_document_format_a
     );
     assert!(d.doc == doc);
 }
+
+/// Update-Active-Jobs (0x0045) as ippserver answers it: the listed jobs
+/// the front has ended in another state, the unfinished jobs the device
+/// holds that it did not list, and the ids that are not its jobs in the
+/// unsupported-attributes group.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn update_active_jobs_tells_the_proxy_what_differs() {
+    const UPDATE_ACTIVE_JOBS: u16 = 0x0045;
+    let dir = tempfile::tempdir().unwrap();
+    let t = TestFront::start(config("1s", "10s", TWO_SITES), dir.path()).await;
+    t.register("osaka", OSAKA, DEVICE_A, printer_attrs()).await;
+    let ended = t.print("osaka", "alice", &pdf(10)).await;
+    let forgotten = t.print("osaka", "alice", &pdf(10)).await;
+    let same = t.print("osaka", "alice", &pdf(10)).await;
+    let waiting = t.print("osaka", "alice", &pdf(10)).await;
+    for job in [ended, forgotten, same] {
+        acknowledge(&t, DEVICE_A, job).await;
+    }
+    report(
+        &t,
+        ended,
+        job_state::COMPLETED,
+        &["job-completed-successfully"],
+        "done",
+    )
+    .await;
+    report(&t, same, job_state::PROCESSING, &["job-printing"], "").await;
+
+    // The Proxy thinks `ended` still prints, has `same`, lists `waiting`
+    // (not its job) and a job that does not exist, and forgot `forgotten`.
+    let req = infra(&t, UPDATE_ACTIVE_JOBS, DEVICE_A)
+        .op(
+            "job-ids",
+            message::one_or_many(vec![
+                IppValue::Integer(ended),
+                IppValue::Integer(same),
+                IppValue::Integer(waiting),
+                IppValue::Integer(9999),
+            ]),
+        )
+        .op(
+            "output-device-job-states",
+            message::one_or_many(vec![IppValue::Enum(5); 4]),
+        );
+    let resp = t.agent("osaka", OSAKA, &req).await;
+    assert_eq!(resp.status(), status::OK, "{}", resp.message());
+    let ints = |v: Option<&IppValue>| message::ints(v);
+    assert_eq!(ints(resp.op("job-ids")), [ended, forgotten]);
+    assert_eq!(
+        resp.op("output-device-job-states").map(message::values),
+        Some(vec![
+            &IppValue::Enum(job_state::COMPLETED),
+            &IppValue::Enum(job_state::PROCESSING)
+        ])
+    );
+    assert_eq!(
+        ints(resp.get(DelimiterTag::UnsupportedAttributes, "job-ids")),
+        [waiting, 9999]
+    );
+
+    // Mismatched lists are a bad request.
+    let req = infra(&t, UPDATE_ACTIVE_JOBS, DEVICE_A)
+        .op("job-ids", IppValue::Integer(same))
+        .op(
+            "output-device-job-states",
+            message::one_or_many(vec![IppValue::Enum(5), IppValue::Enum(5)]),
+        );
+    let resp = t.agent("osaka", OSAKA, &req).await;
+    assert_eq!(resp.status(), status::BAD_REQUEST, "{}", resp.message());
+}
+
+/// Get-Output-Device-Attributes (0x0044): what each device of the site
+/// reported, merged, filtered by requested-attributes; an unknown UUID
+/// is not found, another site's is forbidden.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_output_device_attributes_answers_each_devices_own() {
+    use crate::common::{DEVICE_B, KYOTO};
+    let dir = tempfile::tempdir().unwrap();
+    let t = TestFront::start(config("1s", "10s", TWO_SITES), dir.path()).await;
+    t.register("osaka", OSAKA, DEVICE_A, printer_attrs()).await;
+    t.register(
+        "osaka",
+        OSAKA,
+        DEVICE_A,
+        vec![("printer-state", IppValue::Enum(5))],
+    )
+    .await;
+    t.register(
+        "osaka",
+        OSAKA,
+        DEVICE_B,
+        vec![(
+            "printer-make-and-model",
+            message::text("Another Printer 9000"),
+        )],
+    )
+    .await;
+    let get = |device: &str| infra(&t, op::GET_OUTPUT_DEVICE_ATTRIBUTES, device);
+    let a = t.agent("osaka", OSAKA, &get(DEVICE_A)).await;
+    assert_eq!(a.status(), status::OK, "{}", a.message());
+    assert_eq!(
+        a.printer_strings("printer-make-and-model"),
+        ["Brother HL-L2350DW"]
+    );
+    assert_eq!(a.printer_int("printer-state"), Some(5));
+    assert!(
+        a.printer_strings("document-format-supported")
+            .contains(&"application/pdf".to_owned())
+    );
+    let req = get(DEVICE_A).op("requested-attributes", keyword("printer-state"));
+    let only = t.agent("osaka", OSAKA, &req).await;
+    let names: Vec<String> = only.groups(DelimiterTag::PrinterAttributes)[0]
+        .attributes()
+        .iter()
+        .map(|a| a.name().as_str().to_owned())
+        .collect();
+    assert_eq!(names, ["printer-state"]);
+    let b = t.agent("osaka", OSAKA, &get(DEVICE_B)).await;
+    assert_eq!(
+        b.printer_strings("printer-make-and-model"),
+        ["Another Printer 9000"]
+    );
+
+    let unknown = get("urn:uuid:0b7e5a52-9999-4999-8999-000000000009");
+    let resp = t.agent("osaka", OSAKA, &unknown).await;
+    assert_eq!(resp.status(), status::NOT_FOUND, "{}", resp.message());
+    let req = t
+        .req(op::GET_OUTPUT_DEVICE_ATTRIBUTES, "kyoto", "kyoto")
+        .op("output-device-uuid", uri(DEVICE_A));
+    let resp = t.agent("kyoto", KYOTO, &req).await;
+    assert_eq!(resp.status(), status::FORBIDDEN, "{}", resp.message());
+}
+
+/// Identify-Printer from a client waits for the agent
+/// (`identify-printer-requested`); Acknowledge-Identify-Printer (0x0040)
+/// hands its identify-actions and message over once, and answers `none`
+/// when nothing waits. The operations are advertised.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledge_identify_printer_hands_over_a_waiting_identify() {
+    const ACKNOWLEDGE_IDENTIFY_PRINTER: u16 = 0x0040;
+    let dir = tempfile::tempdir().unwrap();
+    let t = TestFront::start(config("1s", "10s", TWO_SITES), dir.path()).await;
+    t.register("osaka", OSAKA, DEVICE_A, printer_attrs()).await;
+    let ack = infra(&t, ACKNOWLEDGE_IDENTIFY_PRINTER, DEVICE_A);
+    let resp = t.agent("osaka", OSAKA, &ack).await;
+    assert_eq!(resp.status(), status::OK, "{}", resp.message());
+    assert_eq!(
+        message::strings(resp.op("identify-actions")),
+        ["none"],
+        "nothing waits"
+    );
+
+    let identify = t
+        .req(op::IDENTIFY_PRINTER, "osaka", "alice")
+        .op("identify-actions", keywords(&["flash", "sound"]))
+        .op("message", message::text("Where are you?"));
+    let resp = t.client("osaka", &identify, b"").await;
+    assert_eq!(resp.status(), status::OK, "{}", resp.message());
+    assert!(
+        t.printer("osaka")
+            .await
+            .printer_strings("printer-state-reasons")
+            .contains(&"identify-printer-requested".to_owned())
+    );
+    let resp = t.agent("osaka", OSAKA, &ack).await;
+    assert_eq!(resp.status(), status::OK, "{}", resp.message());
+    assert_eq!(
+        message::strings(resp.op("identify-actions")),
+        ["flash", "sound"]
+    );
+    assert_eq!(
+        resp.op("message").and_then(message::as_str),
+        Some("Where are you?")
+    );
+    assert!(
+        !t.printer("osaka")
+            .await
+            .printer_strings("printer-state-reasons")
+            .contains(&"identify-printer-requested".to_owned())
+    );
+    let resp = t.agent("osaka", OSAKA, &ack).await;
+    assert_eq!(message::strings(resp.op("identify-actions")), ["none"]);
+
+    let ops = message::ints(
+        t.printer("osaka")
+            .await
+            .get(DelimiterTag::PrinterAttributes, "operations-supported"),
+    );
+    for code in [0x003C, 0x0040, 0x0044, 0x0045] {
+        assert!(
+            ops.contains(&code),
+            "operations-supported lacks {code:#06x}"
+        );
+    }
+}
