@@ -8,7 +8,10 @@
 //! 1. Reads the front's description document to choose long poll or poll.
 //! 2. Reads the real printer (Get-Printer-Attributes) and registers it as
 //!    the site's output device (Update-Output-Device-Attributes) under a
-//!    `urn:uuid` made fresh at each process start.
+//!    `urn:uuid` made fresh at each process start (kept in
+//!    `state_dir/agent-device`; the previous process's device is
+//!    deregistered first, so that the site offers its unfinished jobs again
+//!    at once instead of when its lease runs out).
 //! 3. Waits for jobs: Get-Notifications with notify-wait on a
 //!    subscription, or Get-Jobs `which-jobs=fetchable` every interval.
 //! 4. Takes each job in turn: Fetch-Job, Acknowledge-Job, then per
@@ -1059,6 +1062,15 @@ impl AgentHandle {
             .build()
             .context("while setting up the printer client")?;
         let uuid = proto::device_uuid(rand::random());
+        let device_file = state_dir.join(DEVICE_FILE);
+        let previous_device = std::fs::read_to_string(&device_file)
+            .ok()
+            .map(|t| t.trim().to_owned())
+            .filter(|t| t.starts_with("urn:uuid:") && t.len() == 45);
+        if let Err(e) = crate::appliance::store::write_durable(&device_file, uuid.as_bytes()) {
+            // Only the hand-back at the next start is slower (the lease).
+            warn!(path = %device_file.display(), error = %format!("{e:#}"), "Cannot note the device UUID.");
+        }
         let mail = match (&cfg.attach, &cfg.mail) {
             (AttachMode::OnMail, Some(m)) => {
                 let (watcher, rx) = start_watcher(&cfg, m, state_dir, &shutdown)?;
@@ -1106,6 +1118,7 @@ impl AgentHandle {
             unreported: Vec::new(),
             recent: VecDeque::new(),
             retry_until: None,
+            previous_device,
         };
         tracker.spawn(actor.run().instrument(span));
         Ok(AgentHandle { status })
@@ -1451,7 +1464,13 @@ struct AgentActor {
     recent: VecDeque<i32>,
     /// `on-mail`: keep attaching again after failures until then.
     retry_until: Option<Instant>,
+    /// The device UUID of the process before this one, deregistered at
+    /// the first attach.
+    previous_device: Option<String>,
 }
+
+/// The file in `state_dir` naming the device UUID of the running process.
+const DEVICE_FILE: &str = "agent-device";
 
 /// Awaits an optional future; pending forever without one.
 async fn maybe<F: Future + Unpin>(f: &mut Option<F>) -> F::Output {
@@ -1587,7 +1606,7 @@ impl AgentActor {
     /// (from the job records): they are sent after the first
     /// registration, before any job is fetched, and their jobs are not
     /// printed again when the site offers them (it does: this process
-    /// registers under a new device UUID).
+    /// deregisters the earlier one's device and registers a new one).
     async fn load_unreported(&mut self) {
         for (job_id, record) in self.ctx.book.all().await {
             if let Some(report) = record.report {
@@ -1676,6 +1695,33 @@ impl AgentActor {
     }
 
     /// Reads the printer and registers it (Update-Output-Device-Attributes).
+    /// Deregisters the device of the process before this one (it may have
+    /// crashed holding jobs): the site hands its unfinished jobs back at
+    /// once, and this device fetches them (resuming from the job records)
+    /// instead of waiting out the old device's lease. Any IPP answer
+    /// settles it (not-found: it was deregistered already); a transport
+    /// error is tried again at the next attach.
+    async fn retire_previous_device(&mut self) -> Result<(), ClientError> {
+        let Some(old) = self.previous_device.clone() else {
+            return Ok(());
+        };
+        let infra = proto::Infra {
+            uuid: old.clone(),
+            ..self.ctx.infra.clone()
+        };
+        match self.ctx.site.call(infra.deregister(), None).await {
+            Ok(_) => {
+                info!(device = %old, "The device of the previous run is deregistered; the site offers its unfinished jobs again.");
+            }
+            Err(e) if e.ipp_status().is_some() => {
+                debug!(device = %old, error = %e, "The device of the previous run was not deregistered (the site answered).");
+            }
+            Err(e) => return Err(e),
+        }
+        self.previous_device = None;
+        Ok(())
+    }
+
     async fn register(&mut self) -> Result<(), ClientError> {
         let req = proto::printer_attributes_request(&self.ctx.printer_uri, &["all"]);
         let attrs = match self.ctx.printer.call(req, None).await {
@@ -1822,6 +1868,7 @@ impl AgentActor {
         plan: &mut Plan,
         queue: &mut VecDeque<i32>,
     ) -> Result<Option<(i32, i32)>, ClientError> {
+        self.retire_previous_device().await?;
         self.register().await?;
         let mut sub = None;
         if plan.transport == Transport::LongPoll {
