@@ -591,6 +591,18 @@ pub(crate) mod test_server {
         (0x04, a)
     }
 
+    /// Printer attributes as (value tag, name, values): a one-set
+    /// attribute's further values go with an empty name.
+    pub(crate) fn printer_attrs(list: &[(u8, &str, &[&[u8]])]) -> (u8, Vec<u8>) {
+        let mut a = Vec::new();
+        for (tag, name, values) in list {
+            for (i, v) in values.iter().enumerate() {
+                attr(&mut a, *tag, if i == 0 { name } else { "" }, v);
+            }
+        }
+        (0x04, a)
+    }
+
     /// Job attributes: job-id and job-state.
     pub(crate) fn job(id: i32, state: i32) -> (u8, Vec<u8>) {
         let mut a = Vec::new();
@@ -804,6 +816,61 @@ mod tests {
             assert_eq!(e.keeps_job(), keeps, "{e}");
             assert!(e.to_string().contains(name), "{e}");
             assert!(server.requests.load(std::sync::atomic::Ordering::SeqCst) >= 1);
+        }
+    }
+
+    /// A one-page fine A4 document.
+    fn a4_doc() -> Document {
+        let mut bmp = faxgate_fax::Bitmap::new(1728, 2287);
+        bmp.set_pixel(10, 10, true);
+        let page =
+            super::super::FaxPage::from_bitmap(&bmp, (204, 196), faxgate_fax::Coding::Mmr).unwrap();
+        Document {
+            title: "Fax 1 from tokyo".into(),
+            pages: vec![page],
+        }
+    }
+
+    /// An idle printer that reports an empty tray as `media-empty-report`
+    /// (an optional tray on a multi-tray printer) gets the job: -report
+    /// is informational (RFC 8011 5.4.12). The same condition as
+    /// `media-empty-error` stops it, and nothing is sent. (A stand-in
+    /// printer: ippeveprinter never reports -error while idle.)
+    #[tokio::test]
+    async fn a_report_reason_does_not_hold_the_job_but_an_error_does() {
+        use faxgate_ipp::codes::{job_state, op, status};
+        use test_server::{job, printer_attrs, response, serve};
+        for (reason, prints) in [("media-empty-report", true), ("media-empty-error", false)] {
+            let server = serve(move |o| match o {
+                op::GET_PRINTER_ATTRIBUTES => response(
+                    status::OK,
+                    &[printer_attrs(&[
+                        (0x23, "printer-state", &[&3i32.to_be_bytes()]),
+                        (0x44, "printer-state-reasons", &[reason.as_bytes()]),
+                        (0x49, "document-format-supported", &[b"application/pdf"]),
+                    ])],
+                ),
+                op::PRINT_JOB => response(status::OK, &[job(3, job_state::PENDING)]),
+                _ => response(status::NOT_FOUND, &[]),
+            })
+            .await;
+            let p = IppPrinter::new(&server.uri).unwrap();
+            let s = p.status().await;
+            assert!(s.has("media-empty"), "{s}");
+            let r = p.submit(&a4_doc()).await;
+            if prints {
+                assert_eq!(s.state, PrinterState::Idle, "{s}");
+                assert_eq!(r.unwrap().0.job_id, 3);
+                assert_eq!(server.count(op::PRINT_JOB), 1);
+            } else {
+                assert_eq!(s.state, PrinterState::Stopped, "{s}");
+                let e = r.unwrap_err();
+                assert!(
+                    matches!(e, PrintError::Stopped { .. }) && e.keeps_job(),
+                    "{e}"
+                );
+                assert_eq!(server.count(op::PRINT_JOB), 0);
+            }
         }
     }
 

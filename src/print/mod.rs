@@ -320,9 +320,11 @@ impl PrinterStatus {
         }
     }
 
-    /// Builds a status from IPP's printer-state and reasons. A printer
-    /// that reports a reason that stops printing is `stopped`, whatever
-    /// its printer-state says.
+    /// Builds a status from IPP's printer-state and reasons. A reason
+    /// with the `-error` suffix means the printer is stopped (RFC 8011
+    /// 5.4.12: a printer that reports an error MUST be stopped), whatever
+    /// its printer-state says; `-report` and `-warning` reasons are kept
+    /// for display and leave the state as the printer gave it.
     pub fn from_ipp(state: PrinterState, reasons: Vec<String>, message: Option<String>) -> Self {
         let state = if reasons.iter().any(|r| reason_stops_printing(r)) {
             PrinterState::Stopped
@@ -356,43 +358,27 @@ impl PrinterStatus {
     }
 
     /// Whether a job sent now would be refused or stall: the printer is
-    /// stopped, or reports a reason that stops printing.
+    /// stopped (printer-state 5, whatever its reasons), or reports an
+    /// `-error` reason ([`reason_stops_printing`]). `-report` and
+    /// `-warning` reasons (`media-empty-report` for an empty optional
+    /// tray, `toner-low-warning`) never hold the queue.
     pub fn blocks_printing(&self) -> bool {
         self.state == PrinterState::Stopped || self.reasons.iter().any(|r| reason_stops_printing(r))
     }
 }
 
-/// printer-state-reasons that mean nothing can print until someone acts.
-const STOPPING_REASONS: [&str; 13] = [
-    "media-empty",
-    "media-needed",
-    "media-jam",
-    "door-open",
-    "cover-open",
-    "interlock-open",
-    "input-tray-missing",
-    "output-area-full",
-    "marker-supply-empty",
-    "toner-empty",
-    "offline",
-    "paused",
-    "shutdown",
-];
-
-/// Whether one printer-state-reasons keyword stops printing: any
-/// `-error`, or one of [`STOPPING_REASONS`] unless it is only a
-/// `-warning`. Printers differ in the suffix they use for the same
-/// condition (ippeveprinter reports an empty tray as
-/// `media-empty-report` while it stays `idle`), so the condition counts.
+/// Whether one printer-state-reasons keyword by itself stops printing:
+/// only an `-error` reason does. RFC 8011 (5.4.12) makes `-report`
+/// informational and `-warning` a precursor that "MUST contain nothing
+/// that prevents a job from completing"; a multi-tray printer reports an
+/// empty optional tray as `media-empty-report` (ippeveprinter reports
+/// every condition as `-report` while idle) and still prints from its
+/// other trays. An unsuffixed reason (`paused`, `connecting-to-device`,
+/// `moving-to-paused`) is a sub-state rather than a severity: it stops
+/// printing only together with printer-state stopped, which
+/// [`PrinterStatus::blocks_printing`] checks on its own.
 pub fn reason_stops_printing(reason: &str) -> bool {
-    if reason.ends_with("-error") {
-        return true;
-    }
-    if reason.ends_with("-warning") {
-        return false;
-    }
-    let base = reason.strip_suffix("-report").unwrap_or(reason);
-    STOPPING_REASONS.contains(&base)
+    reason.ends_with("-error")
 }
 
 impl fmt::Display for PrinterStatus {
@@ -949,12 +935,39 @@ mod tests {
             s.to_string(),
             "stopped (media-empty-error, toner-low-report)"
         );
+        // An idle printer that reports an empty (optional) tray as a
+        // report is still idle and still prints: RFC 8011 makes -report
+        // informational, and ippeveprinter reports every condition so
+        // while idle.
         let s = PrinterStatus::from_ipp(
             PrinterState::Idle,
             vec!["media-empty-report".into()],
             Some("Idle.".into()),
         );
+        assert_eq!(s.state, PrinterState::Idle);
+        assert!(!s.blocks_printing());
+        assert!(s.has("media-empty"));
+        assert_eq!(s.to_string(), "idle (media-empty-report): Idle.");
+        // Unsuffixed sub-states do not stop an idle or processing printer.
+        for r in ["media-empty", "connecting-to-device", "moving-to-paused"] {
+            let s = PrinterStatus::from_ipp(PrinterState::Processing, vec![r.into()], None);
+            assert_eq!(s.state, PrinterState::Processing, "{r}");
+            assert!(!s.blocks_printing(), "{r}");
+        }
+        // ...but a stopped printer is stopped whatever its reasons say.
+        let s = PrinterStatus::from_ipp(PrinterState::Stopped, vec!["paused".into()], None);
+        assert!(s.blocks_printing());
+        let s =
+            PrinterStatus::from_ipp(PrinterState::Stopped, vec!["toner-low-report".into()], None);
+        assert!(s.blocks_printing());
+        // An -error reason stops printing even where printer-state lags.
+        let s = PrinterStatus::from_ipp(
+            PrinterState::Idle,
+            vec!["media-empty-error".into(), "toner-low-report".into()],
+            None,
+        );
         assert_eq!(s.state, PrinterState::Stopped);
+        assert!(s.blocks_printing());
         let s = PrinterStatus::from_ipp(PrinterState::Idle, vec!["toner-low-warning".into()], None);
         assert_eq!(s.state, PrinterState::Idle);
         assert!(!s.blocks_printing());
