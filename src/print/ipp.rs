@@ -1,6 +1,14 @@
 //! An IPP printer (RFC 8011) reached over HTTP: Get-Printer-Attributes to
-//! learn its state and formats, Print-Job, then Get-Job-Attributes until
-//! the job is completed, aborted or canceled.
+//! learn its state, formats and paper, Print-Job, then Get-Job-Attributes
+//! until the job is completed, aborted or canceled.
+//!
+//! The paper is chosen for the fax ([`PrinterInfo::choose_media`]): of
+//! the media loaded (media-ready), else the default (media-default), else
+//! any the printer supports, the one the page suits best. The job names
+//! it (`media`) when the printer lists it in media-supported; PWG raster
+//! is rendered onto it (printers do not scale raster), and a PDF job asks
+//! for `print-scaling=fit` where the printer supports it, so that a page
+//! larger than the paper shrinks rather than being clipped.
 //!
 //! Messages are built and parsed by the `ipp` crate; the HTTP exchange is
 //! a one-shot hyper connection per request, and the document is streamed
@@ -21,7 +29,9 @@ use tokio_util::compat::{FuturesAsyncReadCompatExt as _, TokioAsyncReadCompatExt
 use tokio_util::io::ReaderStream;
 
 use faxgate_ipp::codes::{job_state, status};
+use faxgate_ipp::message::{attribute, keyword};
 
+use super::media::{Media, best_media, page_mm};
 use super::{
     Document, DocumentFormat, IppFailure, PrintError, PrintReport, PrinterJob, PrinterState,
     PrinterStatus,
@@ -42,13 +52,17 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
 const MAX_RESPONSE: usize = 1 << 20;
 
 /// The printer attributes we ask for.
-const PRINTER_ATTRIBUTES: [&str; 6] = [
+const PRINTER_ATTRIBUTES: [&str; 10] = [
     "printer-state",
     "printer-state-reasons",
     "printer-state-message",
     "document-format-supported",
     "pwg-raster-document-type-supported",
     "pwg-raster-document-resolution-supported",
+    "media-ready",
+    "media-default",
+    "media-supported",
+    "print-scaling-supported",
 ];
 
 /// An IPP printer at an `ipp://` URI.
@@ -75,13 +89,68 @@ pub struct PrinterInfo {
     pub pwg_types: Vec<String>,
     /// pwg-raster-document-resolution-supported, in dpi.
     pub pwg_resolutions: Vec<(u32, u32)>,
+    /// media-ready: the paper loaded, as media keywords.
+    pub media_ready: Vec<String>,
+    /// media-default.
+    pub media_default: Option<String>,
+    /// media-supported: what a job's `media` may name.
+    pub media_supported: Vec<String>,
+    /// print-scaling-supported (`auto`, `fit`, `fill`, `none`...).
+    pub print_scaling: Vec<String>,
 }
 
 impl PrinterInfo {
+    /// The paper for a fax page of `page_mm` millimetres
+    /// ([`best_media`]): chosen among the media loaded (media-ready),
+    /// else the default, else those supported, with the default first
+    /// among equals. `None` when the printer names no paper we can size.
+    pub fn choose_media(&self, page_mm: (f64, f64)) -> Option<Media> {
+        let sized = |names: &[String]| -> Vec<Media> {
+            // The default first: it wins a tie.
+            let mut v: Vec<Media> = self
+                .media_default
+                .iter()
+                .filter(|d| names.contains(d))
+                .chain(
+                    names
+                        .iter()
+                        .filter(|n| Some(*n) != self.media_default.as_ref()),
+                )
+                .filter_map(|n| Media::named(n))
+                .collect();
+            v.dedup();
+            v
+        };
+        let ready = sized(&self.media_ready);
+        if !ready.is_empty() {
+            return best_media(page_mm, &ready);
+        }
+        if let Some(d) = self.media_default.as_deref().and_then(Media::named) {
+            return Some(d);
+        }
+        best_media(page_mm, &sized(&self.media_supported))
+    }
+
+    /// Whether a job may name `media`: the printer lists it in
+    /// media-supported.
+    pub fn takes_media(&self, media: &Media) -> bool {
+        self.media_supported.contains(&media.name)
+    }
+
+    /// Whether a job may ask for `print-scaling=fit`.
+    pub fn scales_to_fit(&self) -> bool {
+        self.print_scaling.iter().any(|s| s == "fit")
+    }
+
     /// The format to send: PDF if the printer takes it, else PWG raster
     /// in the best 1-bit type and the nearest resolution at or above the
-    /// pages' own.
-    pub fn choose_format(&self, page_dpi: (u32, u32)) -> Option<DocumentFormat> {
+    /// pages' own, rendered onto `media` (each page's own paper if
+    /// `None`).
+    pub fn choose_format(
+        &self,
+        page_dpi: (u32, u32),
+        media: Option<Media>,
+    ) -> Option<DocumentFormat> {
         let takes = |m: &str| self.formats.iter().any(|f| f.eq_ignore_ascii_case(m));
         if takes("application/pdf") {
             return Some(DocumentFormat::Pdf);
@@ -114,6 +183,7 @@ impl PrinterInfo {
         Some(DocumentFormat::PwgRaster(PwgOptions {
             kind,
             dpi: Some(dpi),
+            media,
         }))
     }
 }
@@ -225,6 +295,10 @@ impl IppPrinter {
             formats: keywords(get("document-format-supported")),
             pwg_types: keywords(get("pwg-raster-document-type-supported")),
             pwg_resolutions,
+            media_ready: keywords(get("media-ready")),
+            media_default: keywords(get("media-default")).into_iter().next(),
+            media_supported: keywords(get("media-supported")),
+            print_scaling: keywords(get("print-scaling-supported")),
         })
     }
 
@@ -255,12 +329,27 @@ impl IppPrinter {
             });
         }
         let page_dpi = doc.pages.first().map_or((300, 300), |p| p.dpi());
-        let format = info
-            .choose_format(page_dpi)
-            .ok_or_else(|| PrintError::NoFormat {
-                printer: self.name(),
-                offered: info.formats.join(", "),
-            })?;
+        // The paper is chosen for the widest (then longest) page.
+        let size = doc
+            .pages
+            .iter()
+            .map(page_mm)
+            .max_by(|a, b| a.0.total_cmp(&b.0).then(a.1.total_cmp(&b.1)))
+            .unwrap_or((210.0, 297.0));
+        let media = info.choose_media(size);
+        let format =
+            info.choose_format(page_dpi, media.clone())
+                .ok_or_else(|| PrintError::NoFormat {
+                    printer: self.name(),
+                    offered: info.formats.join(", "),
+                })?;
+        let mut job_attributes = Vec::new();
+        if let Some(m) = media.as_ref().filter(|m| info.takes_media(m)) {
+            job_attributes.push(attribute("media", keyword(&m.name)));
+        }
+        if format == DocumentFormat::Pdf && info.scales_to_fit() {
+            job_attributes.push(attribute("print-scaling", keyword("fit")));
+        }
         // Rendered into a temporary file first: the body streams from it,
         // and its length is known for Content-Length.
         let (spooled, bytes) = format.spool(doc, None)?;
@@ -273,6 +362,7 @@ impl IppPrinter {
             .user_name(requesting_user())
             .job_title(&doc.title)
             .document_format(format.mime())
+            .attributes(job_attributes)
             .build()
             .map_err(|e| self.bad_request(&e))?;
         let resp = self
@@ -289,7 +379,14 @@ impl IppPrinter {
                 });
             }
         };
-        tracing::info!(printer = %self.uri, job_id, format = format.mime(), bytes, "Print job accepted.");
+        tracing::info!(
+            printer = %self.uri,
+            job_id,
+            format = format.mime(),
+            media = media.as_ref().map_or("", |m| m.name.as_str()),
+            bytes,
+            "Print job accepted."
+        );
         let job = PrinterJob {
             printer: self.uri.to_string(),
             job_id,
@@ -521,6 +618,9 @@ pub(crate) mod test_server {
 
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
+    /// The operation id and body of each request answered, in order.
+    type Seen = Arc<Mutex<Vec<(u16, Vec<u8>)>>>;
+
     /// The server; it stops when dropped.
     #[derive(Debug)]
     pub(crate) struct StandIn {
@@ -528,8 +628,8 @@ pub(crate) mod test_server {
         pub(crate) uri: String,
         /// Requests answered so far.
         pub(crate) requests: Arc<AtomicUsize>,
-        /// The operation id of each request, in order.
-        ops: Arc<Mutex<Vec<u16>>>,
+        /// The operation id and body of each request, in order.
+        ops: Seen,
         task: tokio::task::JoinHandle<()>,
     }
 
@@ -540,8 +640,20 @@ pub(crate) mod test_server {
                 .lock()
                 .unwrap()
                 .iter()
-                .filter(|o| **o == op)
+                .filter(|o| o.0 == op)
                 .count()
+        }
+
+        /// The bodies (IPP message and document) of the requests with
+        /// operation id `op`.
+        pub(crate) fn bodies(&self, op: u16) -> Vec<Vec<u8>> {
+            self.ops
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|o| o.0 == op)
+                .map(|o| o.1.clone())
+                .collect()
         }
     }
 
@@ -662,7 +774,7 @@ pub(crate) mod test_server {
                     let op = body
                         .get(2..4)
                         .map_or(0, |b| u16::from_be_bytes([b[0], b[1]]));
-                    seen.lock().unwrap().push(op);
+                    seen.lock().unwrap().push((op, body));
                     counter.fetch_add(1, Ordering::SeqCst);
                     let body = answer(op);
                     let head = format!(
@@ -700,40 +812,88 @@ mod tests {
             formats: formats.iter().map(|s| s.to_string()).collect(),
             pwg_types: types.iter().map(|s| s.to_string()).collect(),
             pwg_resolutions: res.to_vec(),
+            media_ready: Vec::new(),
+            media_default: None,
+            media_supported: Vec::new(),
+            print_scaling: Vec::new(),
         }
     }
 
     #[test]
     fn pdf_is_preferred_then_pwg_raster() {
         let both = info(&["image/pwg-raster", "application/pdf"], &["black_1"], &[]);
-        assert_eq!(both.choose_format((204, 196)), Some(DocumentFormat::Pdf));
+        assert_eq!(
+            both.choose_format((204, 196), None),
+            Some(DocumentFormat::Pdf)
+        );
         let pwg = info(
             &["image/pwg-raster"],
             &["srgb_8", "sgray_8", "black_1"],
             &[(300, 300), (600, 600)],
         );
         assert_eq!(
-            pwg.choose_format((204, 196)),
+            pwg.choose_format((204, 196), None),
             Some(DocumentFormat::PwgRaster(PwgOptions {
                 kind: PwgType::Black1,
                 dpi: Some((300, 300)),
+                media: None,
             }))
         );
         let grey = info(&["image/pwg-raster"], &["sgray_8"], &[(150, 150)]);
         assert_eq!(
-            grey.choose_format((400, 400)),
+            grey.choose_format((400, 400), None),
             Some(DocumentFormat::PwgRaster(PwgOptions {
                 kind: PwgType::Sgray8,
                 dpi: Some((150, 150)),
+                media: None,
             }))
         );
         assert_eq!(
-            info(&["image/jpeg"], &[], &[]).choose_format((204, 98)),
+            info(&["image/jpeg"], &[], &[]).choose_format((204, 98), None),
             None
         );
         assert_eq!(
-            info(&["image/pwg-raster"], &["srgb_8"], &[]).choose_format((204, 98)),
+            info(&["image/pwg-raster"], &["srgb_8"], &[]).choose_format((204, 98), None),
             None
+        );
+    }
+
+    /// The paper for an A4 fax: the loaded media it suits best (A4 over
+    /// Letter, Letter over an envelope), else the default, else the best
+    /// supported; none when the printer names no paper.
+    #[test]
+    fn the_paper_is_chosen_from_ready_then_default_then_supported() {
+        let page = (215.1, 296.4);
+        let strings = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let mut i = info(&["application/pdf"], &[], &[]);
+        assert_eq!(i.choose_media(page), None);
+        i.media_supported =
+            strings(&["na_letter_8.5x11in", "iso_a4_210x297mm", "iso_a3_297x420mm"]);
+        assert_eq!(i.choose_media(page).unwrap().name, "iso_a4_210x297mm");
+        i.media_default = Some("na_letter_8.5x11in".into());
+        assert_eq!(i.choose_media(page).unwrap().name, "na_letter_8.5x11in");
+        i.media_ready = strings(&["na_number-10_4.125x9.5in", "na_letter_8.5x11in"]);
+        assert_eq!(i.choose_media(page).unwrap().name, "na_letter_8.5x11in");
+        i.media_ready = strings(&["na_letter_8.5x11in", "iso_a4_210x297mm"]);
+        let a4 = i.choose_media(page).unwrap();
+        assert_eq!(a4.name, "iso_a4_210x297mm");
+        assert!(i.takes_media(&a4));
+        assert!(!i.takes_media(&Media::named("na_legal_8.5x14in").unwrap()));
+        // A B4 page goes on A3 when no B4 is loaded.
+        i.media_ready = strings(&["iso_a4_210x297mm", "iso_a3_297x420mm"]);
+        assert_eq!(
+            i.choose_media((255.0, 364.0)).unwrap().name,
+            "iso_a3_297x420mm"
+        );
+        // PWG raster is rendered onto the chosen paper.
+        let pwg = info(&["image/pwg-raster"], &["black_1"], &[(300, 300)]);
+        assert_eq!(
+            pwg.choose_format((204, 196), Some(a4.clone())),
+            Some(DocumentFormat::PwgRaster(PwgOptions {
+                kind: PwgType::Black1,
+                dpi: Some((300, 300)),
+                media: Some(a4),
+            }))
         );
     }
 
@@ -870,6 +1030,82 @@ mod tests {
                     "{e}"
                 );
                 assert_eq!(server.count(op::PRINT_JOB), 0);
+            }
+        }
+    }
+
+    /// A Print-Job's job attributes (name = value) and its document.
+    async fn sent_job(body: &[u8]) -> (Vec<(String, String)>, Vec<u8>) {
+        use futures_util::AsyncReadExt as _;
+        let req = AsyncIppParser::new(futures_util::io::Cursor::new(body.to_vec()))
+            .parse()
+            .await
+            .unwrap();
+        let attrs = req
+            .attributes()
+            .groups_of(DelimiterTag::JobAttributes)
+            .flat_map(|g| g.attributes().iter())
+            .map(|a| (a.name().to_string(), a.value().to_string()))
+            .collect();
+        let mut doc = Vec::new();
+        req.into_payload().read_to_end(&mut doc).await.unwrap();
+        (attrs, doc)
+    }
+
+    /// The job names the paper chosen for the fax and, for PDF, asks the
+    /// printer to fit the page to it where print-scaling is supported; a
+    /// PWG raster job is rendered onto that paper. (Stand-in printers
+    /// for attributes ippeveprinter does not report, such as
+    /// print-scaling-supported; the integration tests check ippeveprinter
+    /// itself.)
+    #[tokio::test]
+    async fn the_job_asks_for_the_chosen_paper_and_fit_scaling() {
+        use faxgate_ipp::codes::{job_state, op, status};
+        use test_server::{job, printer_attrs, response, serve};
+        const LETTER: &[&[u8]] = &[b"na_letter_8.5x11in"];
+        const BOTH: &[&[u8]] = &[b"na_letter_8.5x11in", b"iso_a4_210x297mm"];
+        const FIT: &[&[u8]] = &[b"auto", b"fit"];
+        const NONE: &[&[u8]] = &[b"none"];
+        let (media, fit) = (("media", "na_letter_8.5x11in"), ("print-scaling", "fit"));
+        let a4 = ("media", "iso_a4_210x297mm");
+        for (format, ready, scaling, want) in [
+            ("application/pdf", LETTER, FIT, &[media, fit][..]),
+            ("application/pdf", BOTH, NONE, &[a4][..]),
+            ("image/pwg-raster", BOTH, FIT, &[a4][..]),
+        ] {
+            let supported = BOTH;
+            let server = serve(move |o| match o {
+                op::GET_PRINTER_ATTRIBUTES => response(
+                    status::OK,
+                    &[printer_attrs(&[
+                        (0x23, "printer-state", &[&3i32.to_be_bytes()]),
+                        (0x44, "printer-state-reasons", &[b"none"]),
+                        (0x49, "document-format-supported", &[format.as_bytes()]),
+                        (0x44, "pwg-raster-document-type-supported", &[b"black_1"]),
+                        (0x44, "media-default", &[b"na_letter_8.5x11in"]),
+                        (0x44, "media-ready", ready),
+                        (0x44, "media-supported", supported),
+                        (0x44, "print-scaling-supported", scaling),
+                    ])],
+                ),
+                op::PRINT_JOB => response(status::OK, &[job(3, job_state::PENDING)]),
+                _ => response(status::NOT_FOUND, &[]),
+            })
+            .await;
+            let p = IppPrinter::new(&server.uri).unwrap();
+            p.submit(&a4_doc()).await.unwrap();
+            let bodies = server.bodies(op::PRINT_JOB);
+            assert_eq!(bodies.len(), 1);
+            let (attrs, doc) = sent_job(&bodies[0]).await;
+            let want: Vec<(String, String)> = want
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.to_string()))
+                .collect();
+            assert_eq!(attrs, want, "{format}");
+            if format == "image/pwg-raster" {
+                let pages = super::super::pwg::parse_pwg(&doc).unwrap();
+                assert_eq!(pages[0].string(1732), "iso_a4_210x297mm");
+                assert_eq!((pages[0].field(352), pages[0].field(356)), (595, 842));
             }
         }
     }

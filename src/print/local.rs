@@ -396,8 +396,9 @@ mod tests {
         let format = DocumentFormat::PwgRaster(crate::print::PwgOptions {
             kind: crate::print::PwgType::Black1,
             dpi: None,
+            media: None,
         });
-        let d = DevicePrinter::new(&path, format);
+        let d = DevicePrinter::new(&path, format.clone());
         let r1 = d.print(&doc()).await.unwrap();
         let r2 = d.print(&doc()).await.unwrap();
         let written = std::fs::read(&path).unwrap();

@@ -7,11 +7,15 @@
 //! # Layout
 //!
 //! - [`page`]: [`FaxPage`], loading TIFF-F and bitmaps, resampling.
+//! - [`media`]: paper sizes, and which of a printer's media suits a
+//!   fax page.
 //! - [`pdf`]: pages to PDF, written as it goes (/CCITTFaxDecode image
 //!   XObjects; pdf-writer for the objects).
-//! - [`pwg`]: pages to PWG raster (PWG 5102.4), and a parser for tests.
-//! - [`ipp`]: an IPP printer: Get-Printer-Attributes, Print-Job, then
-//!   Get-Job-Attributes until the job ends.
+//! - [`pwg`]: pages to PWG raster (PWG 5102.4), each page rendered
+//!   onto its paper, and a parser for tests.
+//! - [`ipp`]: an IPP printer: Get-Printer-Attributes (state, formats,
+//!   media), Print-Job with the chosen media, then Get-Job-Attributes
+//!   until the job ends.
 //! - [`local`]: a CUPS queue (over IPP), a folder, a device file.
 //! - This file: [`Printer`] (built from a URI), [`PrinterStatus`],
 //!   [`DocumentFormat`] and [`PrintError`].
@@ -22,6 +26,7 @@
 
 pub mod ipp;
 pub mod local;
+pub mod media;
 pub mod page;
 pub mod pdf;
 pub mod pwg;
@@ -32,6 +37,7 @@ use std::io::Write;
 use faxgate_fax::tiff::{EncodedPage, TiffWriter, TiffWriterOptions};
 use faxgate_fax::{Coding, FaxError};
 
+pub use media::Media;
 pub use page::{FaxPage, PageCoding};
 pub use pwg::{PwgOptions, PwgType};
 
@@ -64,7 +70,7 @@ impl Document {
 }
 
 /// What bytes a printer is sent.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum DocumentFormat {
     /// `application/pdf`.
     Pdf,
@@ -97,7 +103,7 @@ impl DocumentFormat {
     pub fn render(&self, doc: &Document) -> Result<Vec<u8>, FaxError> {
         match self {
             DocumentFormat::Pdf => pdf::render_pdf(&doc.pages, &doc.title),
-            DocumentFormat::PwgRaster(o) => pwg::render_pwg(&doc.pages, *o),
+            DocumentFormat::PwgRaster(o) => pwg::render_pwg(&doc.pages, o),
             DocumentFormat::Tiff(coding) => render_tiff(&doc.pages, *coding),
         }
     }
@@ -113,7 +119,7 @@ impl DocumentFormat {
             DocumentFormat::Pdf => {
                 pdf::write_pdf(&doc.pages, &doc.title, &mut out).map_err(write_error)
             }
-            DocumentFormat::PwgRaster(o) => write_chunks(pwg::pwg_chunks(&doc.pages, *o), &mut out),
+            DocumentFormat::PwgRaster(o) => write_chunks(pwg::pwg_chunks(&doc.pages, o), &mut out),
             DocumentFormat::Tiff(coding) => {
                 write_chunks(tiff_chunks(&doc.pages, *coding), &mut out)
             }
@@ -626,7 +632,8 @@ impl fmt::Display for IppFailure {
 ///   `?format=tiff` (TIFF-F, MH; `tiff-mmr` for MMR).
 /// - `device:/dev/...`: a device file that takes the bytes raw;
 ///   `?format=pdf` (default) or `?format=pwg` (black_1, `&dpi=300` to
-///   resample).
+///   resample, `&media=na_letter_8.5x11in` for the paper; each page's
+///   own paper, A4 for a 1728-dot page, by default).
 #[derive(Debug)]
 pub enum Printer {
     /// An IPP printer.
@@ -709,11 +716,18 @@ impl Printer {
                             .ok_or_else(|| bad("dpi must be a number from 72 to 2400"))?,
                     ),
                 };
+                let media = match param("media") {
+                    None => None,
+                    Some(m) => Some(Media::named(m).ok_or_else(|| {
+                        bad("media must be a PWG media name with its size, e.g. iso_a4_210x297mm")
+                    })?),
+                };
                 let format = match param("format").unwrap_or("pdf") {
                     "pdf" => DocumentFormat::Pdf,
                     "pwg" => DocumentFormat::PwgRaster(PwgOptions {
                         kind: PwgType::Black1,
                         dpi: dpi.map(|d| (d, d)),
+                        media,
                     }),
                     other => {
                         return Err(bad(&format!("format {other:?}: devices take pdf or pwg")));
@@ -842,6 +856,7 @@ mod tests {
         let pwg = PwgOptions {
             kind: PwgType::Black1,
             dpi: None,
+            media: None,
         };
         for format in [
             DocumentFormat::Pdf,
@@ -904,6 +919,10 @@ mod tests {
             Printer::from_uri("device:/dev/usb/lp0?format=pwg&dpi=300"),
             Ok(Printer::Device(_))
         ));
+        assert!(matches!(
+            Printer::from_uri("device:/dev/usb/lp0?format=pwg&media=na_letter_8.5x11in"),
+            Ok(Printer::Device(_))
+        ));
         for (uri, needle) in [
             ("nothing", "no scheme"),
             ("gopher://x", "unknown scheme"),
@@ -912,6 +931,7 @@ mod tests {
             ("file://host/x", "file:///"),
             ("dir:/x?format=png", "format"),
             ("device:/dev/x?dpi=5", "dpi"),
+            ("device:/dev/x?format=pwg&media=letter", "media"),
             ("ipp://", "host"),
             ("ipps://printer/ipp", "not supported"),
         ] {

@@ -483,16 +483,115 @@ fn cstr(h: &[u8], off: usize) -> String {
     String::from_utf8_lossy(&b[..b.iter().position(|&c| c == 0).unwrap_or(64)]).into_owned()
 }
 
-#[test]
-fn ippeveprinter_without_pdf_gets_pwg_raster_per_pwg_5102_4() {
-    let printer = start_ippeveprinter("image/pwg-raster", "/bin/true");
-    let dir = tempfile::tempdir().unwrap();
-    let (tiff, page) = tiff_document(dir.path());
-    let out = print_cmd(&tiff, &printer.uri, "raster");
+/// A job's attribute as ippeveprinter keeps it (`name (type) = value`),
+/// asked with ipptool.
+fn eve_job_attribute(uri: &str, job_id: u32, name: &str, dir: &Path) -> String {
+    let text = ipptool_try(
+        uri,
+        dir,
+        &format!("job-{job_id}-{name}"),
+        &job_operation(
+            "Get-Job-Attributes",
+            job_id,
+            &format!(" ATTR keyword requested-attributes {name}\n DISPLAY {name}\n"),
+        ),
+    )
+    .unwrap_or_else(|| panic!("ipptool could not read job {job_id}"));
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix(&format!("{name} (")))
+        .and_then(|l| l.split_once(" = "))
+        .map(|(_, v)| v.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// The printer attribute `name` of an ippeveprinter, asked with ipptool.
+fn eve_printer_attribute(uri: &str, name: &str, dir: &Path) -> String {
+    let text = ipptool_run(
+        uri,
+        dir,
+        &format!("printer-{name}"),
+        &format!(
+            "{{\n NAME \"printer {name}\"\n OPERATION Get-Printer-Attributes\n \
+             GROUP operation-attributes-tag\n ATTR charset attributes-charset utf-8\n \
+             ATTR naturalLanguage attributes-natural-language en\n ATTR uri printer-uri $uri\n \
+             ATTR keyword requested-attributes {name}\n STATUS successful-ok\n DISPLAY {name}\n}}\n"
+        ),
+    );
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix(&format!("{name} (")))
+        .and_then(|l| l.split_once(" = "))
+        .map(|(_, v)| v.trim().to_string())
+        .unwrap_or_else(|| panic!("no {name} in {text}"))
+}
+
+/// The job id in `faxgate print`'s report (`... job N`).
+fn printed_job_id(out: &std::process::Output) -> u32 {
+    let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
         "print failed: {}",
         String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+        .split_whitespace()
+        .skip_while(|w| *w != "job")
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no job id in {stdout:?}"))
+}
+
+/// Decodes the lines of one PWG raster page at `pos` (PackBits-style
+/// runs); returns them and the position after them.
+fn pwg_lines(data: &[u8], mut pos: usize, bpl: usize, h: usize) -> (Vec<Vec<u8>>, usize) {
+    let mut lines: Vec<Vec<u8>> = Vec::new();
+    while lines.len() < h {
+        let repeat = data[pos];
+        pos += 1;
+        let mut line = Vec::new();
+        while line.len() < bpl {
+            let n = data[pos] as usize;
+            pos += 1;
+            if n < 128 {
+                line.extend(std::iter::repeat_n(data[pos], n + 1));
+                pos += 1;
+            } else {
+                assert_ne!(n, 128, "code 128 is not PWG");
+                line.extend_from_slice(&data[pos..pos + 257 - n]);
+                pos += 257 - n;
+            }
+        }
+        assert_eq!(line.len(), bpl);
+        for _ in 0..=repeat {
+            lines.push(line.clone());
+        }
+    }
+    assert_eq!(lines.len(), h, "line repeats overrun the page");
+    (lines, pos)
+}
+
+/// A printer without PDF gets PWG raster, and printers do not scale
+/// raster: each fax page is rendered onto the paper the printer has. An
+/// ippeveprinter out of the box is a Letter printer (media-default and
+/// the main tray's media-ready are na_letter_8.5x11in), so the job asks
+/// for `media=na_letter_8.5x11in` and every page is a Letter sheet
+/// (PageSize 612 x 792 pt, PageSizeName na_letter_8.5x11in, 2550 x 3300
+/// dots at 300 dpi) with the fax page on it at its true size (it fits:
+/// 215.1 mm on 215.9 mm), centred across and from the top.
+#[test]
+fn ippeveprinter_without_pdf_gets_pwg_raster_on_its_letter_paper() {
+    let printer = start_ippeveprinter("image/pwg-raster", "/bin/true");
+    let dir = tempfile::tempdir().unwrap();
+    assert_eq!(
+        eve_printer_attribute(&printer.uri, "media-default", dir.path()),
+        "na_letter_8.5x11in",
+        "ippeveprinter's default paper"
+    );
+    let (tiff, page) = tiff_document(dir.path());
+    let job_id = printed_job_id(&print_cmd(&tiff, &printer.uri, "raster"));
+    assert_eq!(
+        eve_job_attribute(&printer.uri, job_id, "media", dir.path()),
+        "na_letter_8.5x11in",
+        "the job's media"
     );
     // ippeveprinter keeps the document (.pwg) and its command's output (.prn).
     let files: Vec<_> = spooled(printer.spool.path())
@@ -510,7 +609,10 @@ fn ippeveprinter_without_pdf_gets_pwg_raster_per_pwg_5102_4() {
     // ippeveprinter offers black_1 and sgray_8 at 300 and 600 dpi: we pick
     // black_1 at 300 dpi, the lowest at or above the page's 204x196.
     let (sw, sh) = (1728u32, 200u32);
-    let (w, h) = ((sw * 300).div_ceil(204), (sh * 300).div_ceil(196));
+    let (w, h) = (2550u32, 3300u32);
+    // The page at 300 dpi: 2541.2 x 306.1 dots, rounded; centred across.
+    let (tw, th) = (2541u32, 306u32);
+    let left = (w - tw) / 2;
     let mut pos = 4;
     for page_no in 1..=2 {
         let hdr = &data[pos..pos + 1796];
@@ -518,9 +620,8 @@ fn ippeveprinter_without_pdf_gets_pwg_raster_per_pwg_5102_4() {
         assert_eq!(cstr(hdr, 0), "PwgRaster");
         assert_eq!((be(hdr, 276), be(hdr, 280)), (300, 300), "HWResolution");
         assert_eq!(be(hdr, 340), 1, "NumCopies");
-        // PageSize: the fax page's, rounded: 1728/204 in = 609.9 pt,
-        // 200/196 in = 73.5 pt.
-        assert_eq!((be(hdr, 352), be(hdr, 356)), (610, 73), "PageSize");
+        assert_eq!((be(hdr, 352), be(hdr, 356)), (612, 792), "PageSize");
+        assert_eq!(cstr(hdr, 1732), "na_letter_8.5x11in", "PageSizeName");
         assert_eq!((be(hdr, 372), be(hdr, 376)), (w, h), "Width, Height");
         assert_eq!((be(hdr, 384), be(hdr, 388)), (1, 1), "BitsPerColor/Pixel");
         assert_eq!(be(hdr, 392), w.div_ceil(8), "BytesPerLine");
@@ -529,45 +630,73 @@ fn ippeveprinter_without_pdf_gets_pwg_raster_per_pwg_5102_4() {
         assert_eq!(be(hdr, 420), 1, "NumColors");
         assert_eq!(be(hdr, 452), 2, "TotalPageCount");
         assert_eq!((be(hdr, 456), be(hdr, 460)), (1, 1), "transforms");
+        let image_box = (be(hdr, 464), be(hdr, 468), be(hdr, 472), be(hdr, 476));
+        assert_eq!(image_box, (left, 0, left + tw, th), "ImageBox");
         assert_eq!(be(hdr, 480), 0x00FF_FFFF, "AlternatePrimary");
-        // Decode the PackBits-style lines and compare every pixel with a
-        // nearest-neighbour resampling of the fax page.
-        let bpl = w.div_ceil(8) as usize;
-        let mut lines: Vec<Vec<u8>> = Vec::new();
-        while lines.len() < h as usize {
-            let repeat = data[pos];
-            pos += 1;
-            let mut line = Vec::new();
-            while line.len() < bpl {
-                let n = data[pos] as usize;
-                pos += 1;
-                if n < 128 {
-                    line.extend(std::iter::repeat_n(data[pos], n + 1));
-                    pos += 1;
-                } else {
-                    assert_ne!(n, 128, "code 128 is not PWG");
-                    line.extend_from_slice(&data[pos..pos + 257 - n]);
-                    pos += 257 - n;
-                }
-            }
-            assert_eq!(line.len(), bpl);
-            for _ in 0..=repeat {
-                lines.push(line.clone());
-            }
-        }
-        assert_eq!(lines.len(), h as usize, "page {page_no} height");
+        let (lines, next) = pwg_lines(data, pos, w.div_ceil(8) as usize, h as usize);
+        pos = next;
+        // Every dot of the sheet against a nearest-neighbour enlargement
+        // of the fax page placed at (left, 0); white elsewhere.
         let stride = sw.div_ceil(8) as usize;
         for y in 0..h {
-            let sy = (y * 196 / 300) as usize;
             for x in 0..w {
-                let sx = ((x * 204) / 300) as usize;
-                let want = page[sy * stride + sx / 8] & (0x80 >> (sx % 8)) != 0;
+                let want = if x >= left && x < left + tw && y < th {
+                    let (sx, sy) = ((x - left) * sw / tw, y * sh / th);
+                    page[(sy as usize) * stride + (sx / 8) as usize] & (0x80 >> (sx % 8)) != 0
+                } else {
+                    false
+                };
                 let got = lines[y as usize][(x / 8) as usize] & (0x80 >> (x % 8)) != 0;
                 assert_eq!(got, want, "page {page_no} pixel ({x},{y})");
             }
         }
     }
     assert_eq!(pos, data.len(), "trailing bytes");
+}
+
+/// What an ippeveprinter has loaded decides the paper: the same A4 fax
+/// goes out as `media=na_letter_8.5x11in` while Letter is in the main
+/// tray (as out of the box; the PDF keeps its size, and this printer
+/// reports no print-scaling-supported, so none is asked for), and as
+/// `media=iso_a4_210x297mm` once the tray holds A4 (set through
+/// ippeveprinter's own media page, as an operator would).
+#[test]
+fn the_job_names_the_paper_the_printer_has_loaded() {
+    let printer = start_ippeveprinter("application/pdf", "/bin/true");
+    let dir = tempfile::tempdir().unwrap();
+    let (tiff, _) = tiff_document(dir.path());
+    let job = printed_job_id(&print_cmd(&tiff, &printer.uri, "on-letter"));
+    assert_eq!(
+        eve_job_attribute(&printer.uri, job, "media", dir.path()),
+        "na_letter_8.5x11in"
+    );
+    assert_eq!(
+        eve_job_attribute(&printer.uri, job, "print-scaling", dir.path()),
+        "",
+        "print-scaling is asked for only where supported"
+    );
+    // Load A4 in the main tray.
+    let web = printer
+        .uri
+        .replace("ipp://", "http://")
+        .replace("/ipp/print", "");
+    need("curl", "curl");
+    run(Command::new("curl").args([
+        "-sf",
+        &format!(
+            "{web}/media?size1=iso_a4_210x297mm&type1=stationery&level1=250\
+             &size3=&type3=&level3=-2"
+        ),
+    ]));
+    assert!(
+        eve_printer_attribute(&printer.uri, "media-ready", dir.path()).contains("iso_a4_210x297mm"),
+        "the tray holds A4 now"
+    );
+    let job = printed_job_id(&print_cmd(&tiff, &printer.uri, "on-a4"));
+    assert_eq!(
+        eve_job_attribute(&printer.uri, job, "media", dir.path()),
+        "iso_a4_210x297mm"
+    );
 }
 
 /// ippeveprinter's print command reports an empty tray (as a driver
