@@ -13,8 +13,13 @@
 //! while it is watched, or a restart, means the same job is followed
 //! again at the next pass, never that the document is sent again. A job
 //! the printer no longer knows (purged after it ended) counts as printed.
-//! Only a crash between the printer's answer to Print-Job and the store's
-//! commit sends a document twice (at least once, never lost).
+//! A document tried before is looked for at the printer first (by its
+//! job name, unique per document: [`Printer::resubmit`]), so a Print-Job
+//! whose answer was lost (the connection dropped, the printer stopped
+//! reading) is followed rather than sent again, after a retry or a
+//! restart. Only a printer that cannot list jobs, or a crash between the
+//! printer's answer to Print-Job and the store's commit on a first try,
+//! sends a document twice (at least once, never lost).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -140,10 +145,7 @@ impl PrintActor {
             return self.follow(doc, job).await;
         }
         let pages = self.store.inbox_pages(doc.id).await?;
-        let mut title = format!("Fax {} from {}", doc.id, doc.from);
-        if doc.state == super::store::InboxState::Partial {
-            title.push_str(" (partial)");
-        }
+        let title = job_name(doc);
         let document = Document { title, pages };
         if doc.archived.is_none() {
             self.archive(doc, &document).await?;
@@ -158,7 +160,30 @@ impl PrintActor {
                 .await?;
             return Ok(true);
         };
-        match printer.submit(&document).await {
+        // A document tried before may have become a job already (a
+        // Print-Job whose answer was lost, then a retry or a restart):
+        // the printer is asked for it before the document is sent again.
+        let sending = async {
+            if doc.print_reason.is_some() {
+                printer.resubmit(&document).await
+            } else {
+                printer.submit(&document).await
+            }
+        };
+        let sent = if matches!(printer, Printer::Device(_)) {
+            // A device that takes no data holds a write for its stall
+            // time; shutdown does not wait for that (the document stays
+            // pending). An IPP exchange is finished (bounded by its
+            // inactivity deadlines), so that the printer is not left
+            // with half a document.
+            tokio::select! {
+                r = sending => r,
+                () = self.shutdown.cancelled() => return Ok(false),
+            }
+        } else {
+            sending.await
+        };
+        match sent {
             Ok(Submission::Done(report)) => {
                 tracing::info!(doc = doc.id, pages = doc.pages, report = ?report, "Printed.");
                 self.store
@@ -282,6 +307,25 @@ impl PrintActor {
             }
         }
     }
+}
+
+/// The job name of a document at the printer: its number, sender and
+/// arrival time, unique per document (numbers start again with a new
+/// store), so that a printer's job list can be searched for it
+/// ([`Printer::resubmit`]).
+fn job_name(doc: &InboxDoc) -> String {
+    let received =
+        std::time::UNIX_EPOCH + Duration::from_millis(u64::try_from(doc.created_ms).unwrap_or(0));
+    let mut name = format!(
+        "Fax {} from {}, received {}",
+        doc.id,
+        doc.from,
+        humantime::format_rfc3339_seconds(received)
+    );
+    if doc.state == super::store::InboxState::Partial {
+        name.push_str(" (partial)");
+    }
+    name
 }
 
 /// Renders `document` into a temporary file in `dir`, then renames it to
@@ -746,6 +790,224 @@ mod tests {
         assert_eq!(d.print, PrintState::Printed, "{d:?}");
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert_eq!(printer.count(op::PRINT_JOB), 1);
+        stop(shutdown, tracker).await;
+    }
+
+    /// A document (sender's job `job`) received from `osaka` whose one
+    /// page is noise: as PWG
+    /// raster it is far larger than a pipe holds.
+    async fn received_noise(store: &Store, job: &str) -> i64 {
+        let d = store
+            .begin_receive("osaka", job, None, Some(1))
+            .await
+            .unwrap();
+        let mut page = Bitmap::new(1728, 600);
+        let mut x: u32 = 0x9E37_79B9;
+        for y in 0..600 {
+            for c in 0..1728 {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                if x & 1 == 1 {
+                    page.set_pixel(c, y, true);
+                }
+            }
+        }
+        assert!(
+            store
+                .store_page(d.id, 0, page, Resolution::Fine)
+                .await
+                .unwrap()
+        );
+        store
+            .finish_receive(d.id, InboxState::Complete, false)
+            .await
+            .unwrap();
+        d.id
+    }
+
+    /// A device printer that stops taking data (a pipe whose reader stops
+    /// reading, as a USB printer out of paper stops its port) does not
+    /// hold the print actor: the attempt ends after the stall time, the
+    /// document stays pending saying the device is not taking data, the
+    /// printer shows stopped, and the runtime runs on meanwhile (a ticker
+    /// task keeps ticking). Once the device takes data the document
+    /// prints. And shutdown during a stalled write (the default 60 s
+    /// stall) is prompt. (Before, the write blocked the actor, and on a
+    /// single-threaded runtime everything, for ever.)
+    #[tokio::test]
+    async fn a_device_that_takes_no_data_keeps_the_document_and_the_actor_responsive() {
+        use crate::print::local::tests::{drain, fifo, idle_reader};
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("store")).unwrap();
+        let id = received_noise(&store, "job-8").await;
+        let path = fifo(dir.path(), "lp0");
+        let reader = idle_reader(&path);
+        let uri = format!("device:{}?format=pwg", path.display());
+        let ticks = Arc::new(AtomicU32::new(0));
+        let ticker = {
+            let ticks = ticks.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    ticks.fetch_add(1, Ordering::SeqCst);
+                }
+            })
+        };
+        let shutdown = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let handle = PrintHandle::spawn(
+            store.clone(),
+            Some(
+                Printer::from_uri(&uri)
+                    .unwrap()
+                    .with_deadlines(Duration::from_millis(500), Duration::from_secs(1)),
+            ),
+            None,
+            Duration::from_millis(200),
+            Bus::default(),
+            shutdown.clone(),
+            &tracker,
+        );
+        let before = ticks.load(Ordering::SeqCst);
+        let d = wait_doc(&store, id, |d| d.print_reason.is_some()).await;
+        assert_eq!(d.print, PrintState::Pending, "{d:?}");
+        let reason = d.print_reason.unwrap_or_default();
+        assert!(reason.contains("is not taking data"), "{reason}");
+        assert!(
+            ticks.load(Ordering::SeqCst) > before + 10,
+            "the runtime stood still during the write"
+        );
+        for _ in 0..500 {
+            if handle.status().blocks_printing() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let status = handle.status();
+        assert!(status.to_string().contains("not taking data"), "{status}");
+        // Retries meanwhile write nothing more to the full device.
+        wait_tries(&store, id, 2).await;
+
+        // The printer takes data again.
+        let stop_reading = Arc::new(AtomicBool::new(false));
+        let reading = {
+            let stop = stop_reading.clone();
+            std::thread::spawn(move || {
+                let mut got = Vec::new();
+                while !stop.load(Ordering::SeqCst) {
+                    got.extend(drain(&reader));
+                }
+                got
+            })
+        };
+        let d = wait_doc(&store, id, |d| d.print != PrintState::Pending).await;
+        assert_eq!(d.print, PrintState::Printed, "{d:?}");
+        stop_reading.store(true, Ordering::SeqCst);
+        // What the full pipe held (64 KiB), then the whole document.
+        let got = reading.join().unwrap().len();
+        assert!(got > 65_536 + 100_000, "{got} bytes");
+        stop(shutdown, tracker).await;
+
+        // Shutdown while a write is stalled, with the default stall time.
+        let path = fifo(dir.path(), "lp1");
+        let _reader = idle_reader(&path);
+        let id = received_noise(&store, "job-9").await;
+        let (_handle, shutdown, tracker) = spawn_actor(
+            &store,
+            Some(&format!("device:{}?format=pwg", path.display())),
+            None,
+            Duration::from_millis(200),
+        );
+        // The pipe fills, then the write waits for the device.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(
+            store.inbox_doc(id).await.unwrap().unwrap().print,
+            PrintState::Pending
+        );
+        let start = std::time::Instant::now();
+        shutdown.cancel();
+        tracker.close();
+        tokio::time::timeout(Duration::from_secs(3), tracker.wait())
+            .await
+            .expect("shutdown waited for the stalled device");
+        assert!(start.elapsed() < Duration::from_secs(3));
+        ticker.abort();
+    }
+
+    /// A printer that made the job but lost its answer to Print-Job
+    /// (closed the connection once it had the whole request) and lists
+    /// the job only a moment later: the document stays pending, saying
+    /// the printer may have it; after a restart (a new actor on the
+    /// reopened store) the printer is asked for the job by its name
+    /// (Get-Jobs) before anything is sent, and the job is followed to
+    /// completion. One Print-Job in all. (A test double; before, the
+    /// retry sent the document again.)
+    #[tokio::test]
+    async fn a_lost_print_job_answer_is_looked_for_after_a_restart_not_sent_again() {
+        use crate::print::ipp::test_server::{
+            Answer, Reading, attribute_value, idle_pdf_printer, job, named_job, response,
+            serve_with,
+        };
+        use faxgate_ipp::codes::{job_state, op, status};
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::{Arc, Mutex};
+        let listed = Arc::new(AtomicBool::new(false));
+        let name = Arc::new(Mutex::new(String::new()));
+        let (l, n) = (listed.clone(), name.clone());
+        let user = std::env::var("USER").unwrap_or_else(|_| "faxgate".into());
+        let printer = serve_with(Reading::Fast, move |o, body| match o {
+            op::GET_PRINTER_ATTRIBUTES => {
+                Answer::Reply(response(status::OK, &[idle_pdf_printer()]))
+            }
+            op::PRINT_JOB => {
+                *n.lock().unwrap() = attribute_value(body, "job-name").unwrap_or_default();
+                Answer::Hang
+            }
+            op::GET_JOBS if l.load(Ordering::SeqCst) => {
+                let ours = n.lock().unwrap().clone();
+                Answer::Reply(response(
+                    status::OK,
+                    &[named_job(4, job_state::PROCESSING, &ours, &user)],
+                ))
+            }
+            op::GET_JOBS => Answer::Reply(response(status::OK, &[])),
+            op::GET_JOB_ATTRIBUTES => {
+                Answer::Reply(response(status::OK, &[job(4, job_state::COMPLETED)]))
+            }
+            _ => Answer::Reply(response(status::NOT_FOUND, &[])),
+        })
+        .await;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("store")).unwrap();
+        let id = received(&store).await;
+        // A long retry: the restart comes first.
+        let (_handle, shutdown, tracker) =
+            spawn_actor(&store, Some(&printer.uri), None, Duration::from_secs(600));
+        let d = wait_doc(&store, id, |d| d.print_reason.is_some()).await;
+        assert_eq!(d.print, PrintState::Pending, "{d:?}");
+        let reason = d.print_reason.unwrap_or_default();
+        assert!(reason.contains("may have the job"), "{reason}");
+        stop(shutdown, tracker).await;
+        // The job name carries the document's number and arrival time.
+        let sent = name.lock().unwrap().clone();
+        assert!(
+            sent.starts_with(&format!("Fax {id} from tokyo, received 20")),
+            "{sent}"
+        );
+
+        listed.store(true, Ordering::SeqCst);
+        let store = Store::open(&dir.path().join("store")).unwrap();
+        let (_handle, shutdown, tracker) =
+            spawn_actor(&store, Some(&printer.uri), None, Duration::from_secs(600));
+        let d = wait_doc(&store, id, |d| d.print == PrintState::Printed).await;
+        assert_eq!(
+            d.print_reason.as_deref(),
+            Some(format!("{} job 4", printer.uri).as_str())
+        );
+        assert_eq!(printer.count(op::PRINT_JOB), 1, "sent again");
         stop(shutdown, tracker).await;
     }
 }

@@ -13,6 +13,8 @@
 //!   XObjects; pdf-writer for the objects).
 //! - [`pwg`]: pages to PWG raster (PWG 5102.4), each page rendered
 //!   onto its paper, and a parser for tests.
+//! - [`conn`]: one HTTP exchange with a printer, watched by inactivity
+//!   deadlines rather than a total one.
 //! - [`ipp`]: an IPP printer: Get-Printer-Attributes (state, formats,
 //!   media), Print-Job with the chosen media, then Get-Job-Attributes
 //!   until the job ends.
@@ -24,6 +26,7 @@
 
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod conn;
 pub mod ipp;
 pub mod local;
 pub mod media;
@@ -465,6 +468,32 @@ pub enum PrintError {
         /// Its status.
         status: PrinterStatus,
     },
+    /// A request broke after part of it was sent (the connection dropped,
+    /// the printer stopped reading or never answered): the printer may
+    /// have made a job of it, so it is looked for ([`Printer::resubmit`])
+    /// before the document is sent again.
+    #[error(
+        "printer {printer}: {operation} broke after it was sent ({reason}); the printer may have the job, and it is looked for there before the document is sent again"
+    )]
+    OutcomeUnknown {
+        /// The printer URI.
+        printer: String,
+        /// The operation, e.g. `Print-Job`.
+        operation: &'static str,
+        /// What broke.
+        reason: String,
+        /// Whether the printer had acknowledged all of the request.
+        whole: bool,
+    },
+    /// A device file stopped taking the document (a printer out of paper
+    /// or switched off with its buffer full), or nothing reads it.
+    #[error("{device} is not taking data: {reason}")]
+    DeviceStuck {
+        /// `device:/path`.
+        device: String,
+        /// How long it took nothing, and how much it had taken.
+        reason: String,
+    },
     /// The printer could not be reached.
     #[error("cannot reach printer {printer}: {reason}")]
     Unreachable {
@@ -544,6 +573,8 @@ impl PrintError {
         match self {
             PrintError::Stopped { .. }
             | PrintError::Unreachable { .. }
+            | PrintError::OutcomeUnknown { .. }
+            | PrintError::DeviceStuck { .. }
             | PrintError::JobTimeout { .. }
             | PrintError::Io { .. } => true,
             PrintError::Ipp { status, .. } => status.is_temporary(),
@@ -764,6 +795,23 @@ impl Printer {
         }
     }
 
+    /// Sets how long a printer may take none of a document before the
+    /// attempt fails: an IPP printer or CUPS not reading the request for
+    /// `idle`, or not answering within `answer` once it has all of it; a
+    /// device taking no data for `idle`. (The defaults are 60 s and 120
+    /// s.) No total deadline applies: a printer that reads a long fax
+    /// slowly as it prints is given the time it takes.
+    // Test-only until the [printer] configuration has a setting for it.
+    #[cfg(test)]
+    pub fn with_deadlines(self, idle: std::time::Duration, answer: std::time::Duration) -> Self {
+        match self {
+            Printer::Ipp(p) => Printer::Ipp(p.with_deadlines(idle, answer)),
+            Printer::Cups(p) => Printer::Cups(p.with_deadlines(idle, answer)),
+            Printer::Device(p) => Printer::Device(p.with_stall_timeout(idle)),
+            other => other,
+        }
+    }
+
     /// Prints a document and waits until the printer has it (IPP: until
     /// the job is completed): [`Self::submit`], then [`Self::follow`]. A
     /// stopped printer gets nothing and the error says so
@@ -805,6 +853,33 @@ impl Printer {
                 .map(|(job, report)| Submission::Accepted { job, report }),
             Printer::Device(p) => p.print(&paper).await.map(Submission::Done),
             Printer::Folder(p) => p.print(doc).await.map(Submission::Done),
+        }
+    }
+
+    /// Sends a document that was tried before. An IPP printer or CUPS
+    /// queue is first asked for a job of ours with the document's title
+    /// (an earlier Print-Job whose answer was lost, before a retry or a
+    /// restart, may have made one; [`PrintError::OutcomeUnknown`]), and
+    /// that job is returned to follow instead of sending the document
+    /// again. Other printers: as [`Self::submit`].
+    pub async fn resubmit(&self, doc: &Document) -> Result<Submission, PrintError> {
+        if doc.pages.is_empty() {
+            return self.submit(doc).await;
+        }
+        match self {
+            Printer::Ipp(p) => {
+                let paper = doc.on_paper()?;
+                p.resubmit(&paper)
+                    .await
+                    .map(|(job, report)| Submission::Accepted { job, report })
+            }
+            Printer::Cups(p) => {
+                let paper = doc.on_paper()?;
+                p.resubmit(&paper)
+                    .await
+                    .map(|(job, report)| Submission::Accepted { job, report })
+            }
+            _ => self.submit(doc).await,
         }
     }
 

@@ -1424,6 +1424,108 @@ fn a_roll_prints_on_a4_sheets_and_is_archived_whole() {
     );
 }
 
+/// A fax whose printer was tried before is looked for at the printer
+/// before it is sent again, by its job name (number, sender and arrival
+/// time: unique per document) and user, through real CUPS Get-Jobs: here
+/// the queue is stopped at the first try, and meanwhile a job of that
+/// name is put in the queue (as a Print-Job whose answer was lost would
+/// have left it). The retry follows that job to completion instead of
+/// sending the fax: the printer behind the queue gets that job's
+/// document and nothing else.
+#[test]
+fn a_fax_tried_before_is_looked_for_in_the_queue_before_it_is_sent_again() {
+    let (cups, eve) = cups_queue("office");
+    cups.run("cupsdisable", &["-r", "Paper jam", "office"]);
+    let mut b = Branches::start(&format!(
+        "[printer]\nuri = \"{}\"\njob_timeout = \"2s\"\nretry = \"1s\"\n",
+        cups.queue_uri("office")
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let (_, pbm) = page_file(dir.path(), "page.pbm", 1728, 200);
+    let out = b.cli(
+        "tokyo",
+        &["send", "--to", "osaka", "--no-wait", pbm.to_str().unwrap()],
+    );
+    assert!(
+        out.status.success(),
+        "send: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let job_id = text
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .trim_end_matches(':')
+        .to_owned();
+    wait_for(
+        "the fax held by the stopped queue",
+        Duration::from_secs(60),
+        || {
+            let d = b.received(&job_id);
+            d["print"] == "pending"
+                && d["print_reason"]
+                    .as_str()
+                    .is_some_and(|r| r.contains("stopped"))
+        },
+    );
+    // The job an earlier try would have left: same name, same user.
+    let d = b.received(&job_id);
+    let received = std::time::UNIX_EPOCH
+        + Duration::from_millis(d["created_ms"].as_u64().expect("created_ms"));
+    let name = format!(
+        "Fax {} from tokyo, received {}",
+        d["id"],
+        humantime::format_rfc3339_seconds(received)
+    );
+    let user = std::env::var("USER").unwrap_or_else(|_| "faxgate".into());
+    let earlier = dir.path().join("earlier.pdf");
+    convert(&[pbm.to_str().unwrap(), "-o", earlier.to_str().unwrap()]);
+    let lp = cups.run(
+        "lp",
+        &[
+            "-d",
+            "office",
+            "-U",
+            &user,
+            "-t",
+            &name,
+            earlier.to_str().unwrap(),
+        ],
+    );
+    let queued: u32 = lp
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("office-"))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no request id in {lp:?}"));
+    cups.run("cupsenable", &["office"]);
+    wait_for("the fax printed", Duration::from_secs(60), || {
+        let d = b.received(&job_id);
+        d["print"] == "printed" || d["print"] == "failed"
+    });
+    let d = b.received(&job_id);
+    assert_eq!(d["print"], "printed", "{d}\n{}", b.log("osaka"));
+    assert_eq!(
+        d["printer_job"]["job_id"],
+        queued,
+        "{d}\n{}",
+        b.log("osaka")
+    );
+    // Two more retry periods: the printer has the earlier job's document only.
+    std::thread::sleep(Duration::from_secs(3));
+    let pdfs: Vec<Vec<u8>> = spooled(eve.spool.path())
+        .into_iter()
+        .map(|(_, bytes)| bytes)
+        .filter(|bytes| bytes.starts_with(b"%PDF"))
+        .collect();
+    assert_eq!(pdfs.len(), 1, "{}", b.log("osaka"));
+    assert!(
+        pdfs[0] == std::fs::read(&earlier).unwrap(),
+        "the printer got the fax itself"
+    );
+    drop(b.osaka.take());
+}
+
 /// Two appliances (tokyo sends, osaka prints) and a plain-TCP relay, all
 /// on loopback ports the kernel picks; each process logs into the test's
 /// folder and is killed when dropped.
