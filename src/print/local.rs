@@ -443,7 +443,7 @@ impl DeviceWrite {
             file: dev,
             stall: self.stall,
             cancel: self.cancel.clone(),
-            last: Instant::now(),
+            blocked_since: None,
             written: 0,
             stalled: false,
         };
@@ -508,8 +508,8 @@ struct Paced {
     file: std::fs::File,
     stall: Duration,
     cancel: Arc<AtomicBool>,
-    /// When the device last took bytes.
-    last: Instant,
+    /// Since when the device has refused bytes we had for it.
+    blocked_since: Option<Instant>,
     written: u64,
     stalled: bool,
 }
@@ -526,11 +526,15 @@ impl std::io::Write for Paced {
             match self.file.write(buf) {
                 Ok(n) => {
                     self.written += n as u64;
-                    self.last = Instant::now();
+                    self.blocked_since = None;
                     return Ok(n);
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    let idle = self.last.elapsed();
+                    // Time spent rendering between writes does not count.
+                    let idle = self
+                        .blocked_since
+                        .get_or_insert_with(Instant::now)
+                        .elapsed();
                     if idle >= self.stall {
                         self.stalled = true;
                         continue;
@@ -776,8 +780,20 @@ pub(crate) mod tests {
         );
         assert!(held.len() > 60_000, "{}", held.len());
         assert_eq!(d.status(), PrinterStatus::idle());
-        let reading = std::thread::spawn(move || drain(&reader));
+        let stop = Arc::new(AtomicBool::new(false));
+        let reading = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut got = Vec::new();
+                while !stop.load(Ordering::SeqCst) {
+                    got.extend(drain(&reader));
+                }
+                got.extend(drain(&reader));
+                got
+            })
+        };
         let r = d.print(&big_doc()).await.unwrap();
+        stop.store(true, Ordering::SeqCst);
         let got = reading.join().unwrap();
         assert_eq!(got.len() as u64, r.bytes);
         assert_eq!(got, format.render(&big_doc()).unwrap());
