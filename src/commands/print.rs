@@ -86,6 +86,13 @@ fn hint(e: &PrintError) -> &'static str {
         PrintError::JobTimeout { .. } => {
             " (the job is still at the printer; look there before printing it again)"
         }
+        // The printer may have the job; or the device some of the bytes.
+        PrintError::OutcomeUnknown { .. } => {
+            " (the printer may have the job: look at its queue before printing it again)"
+        }
+        PrintError::DeviceStuck { .. } => {
+            " (part of the document may have reached the device; check it before printing again)"
+        }
         e if e.keeps_job() => " (nothing was printed; try again when the printer is ready)",
         _ => "",
     }
@@ -109,5 +116,24 @@ mod tests {
         let h = hint(&e);
         assert!(h.contains("still at the printer"), "{h}");
         assert!(!h.contains("nothing was printed"), "{h}");
+        for e in [
+            PrintError::OutcomeUnknown {
+                printer: "ipp://p/ipp/print".into(),
+                operation: "Print-Job",
+                reason: "connection reset".into(),
+                whole: true,
+            },
+            PrintError::DeviceStuck {
+                device: "device:/dev/usb/lp0".into(),
+                reason: "took nothing for 60 s".into(),
+            },
+        ] {
+            assert!(e.keeps_job());
+            assert!(
+                !hint(&e).contains("nothing was printed"),
+                "{e}: {}",
+                hint(&e)
+            );
+        }
     }
 }

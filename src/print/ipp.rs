@@ -1401,16 +1401,6 @@ mod tests {
         );
     }
 
-    /// The same at full scale with the default deadlines: about 1 KB/s
-    /// for over two minutes, past the old 120 s cap. (Slow: run with
-    /// `--ignored`.)
-    #[tokio::test]
-    #[ignore = "takes over two minutes"]
-    async fn a_printer_that_reads_slowly_gets_the_job_once_at_full_scale() {
-        let took = slow_reader_case(1024, Duration::from_secs(1), None).await;
-        assert!(took > Duration::from_secs(125), "{took:?}");
-    }
-
     /// A printer that loses its answer to Print-Job (it closes the
     /// connection once it has the whole request, having made job 9 of
     /// it): the try fails keeping the document and saying the printer may
