@@ -698,23 +698,7 @@ impl JobStore {
         message: &str,
         now: i64,
     ) -> Result<bool, StoreError> {
-        self.with(|c| {
-            c.execute(
-                &format!(
-                    "UPDATE jobs SET {STATE_COLUMNS}, device = ?6 WHERE id = ?5 \
-                     AND device = '' AND state = 3 AND closed = 1"
-                ),
-                params![
-                    job_state::PROCESSING,
-                    "job-fetched",
-                    message,
-                    now,
-                    id,
-                    device
-                ],
-            )
-        })
-        .map(|n| n > 0)
+        self.take_job(id, device, message, now, "")
     }
 
     /// A late report from the device a job was handed back from (its lease
@@ -730,11 +714,26 @@ impl JobStore {
         message: &str,
         now: i64,
     ) -> Result<bool, StoreError> {
+        self.take_job(id, device, message, now, "AND last_device = ?6")
+    }
+
+    /// Gives a waiting, untaken, closed job to `device` (processing,
+    /// `job-fetched`, `message`) when it also meets `also` (SQL over the
+    /// same parameters: ?5 the job, ?6 the device); false, and nothing
+    /// changed, otherwise.
+    fn take_job(
+        &self,
+        id: i32,
+        device: &str,
+        message: &str,
+        now: i64,
+        also: &str,
+    ) -> Result<bool, StoreError> {
         self.with(|c| {
             c.execute(
                 &format!(
                     "UPDATE jobs SET {STATE_COLUMNS}, device = ?6 WHERE id = ?5 \
-                     AND device = '' AND last_device = ?6 AND state = 3 AND closed = 1"
+                     AND device = '' {also} AND state = 3 AND closed = 1"
                 ),
                 params![
                     job_state::PROCESSING,
