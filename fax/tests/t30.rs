@@ -2263,7 +2263,16 @@ fn fcfs_of(actions: &[Action]) -> Vec<frame::Fcf> {
 /// Feeds one ECM block holding `data` (one coded page of at most 256
 /// frames, MSB first) as FCD frames in HDLC bit order, then RCP.
 fn feed_ecm_block(a: &mut T30, data: &[u8], now: Instant) {
+    feed_ecm_block_skipping(a, data, None, now);
+}
+
+/// As [`feed_ecm_block`], leaving out frame `skip` (a frame lost on the
+/// way).
+fn feed_ecm_block_skipping(a: &mut T30, data: &[u8], skip: Option<usize>, now: Instant) {
     for (i, chunk) in data.chunks(256).enumerate() {
+        if Some(i) == skip {
+            continue;
+        }
         let d: Vec<u8> = chunk.iter().map(|b| b.reverse_bits()).collect();
         a.handle(
             Event::EcmFrame {
@@ -2797,34 +2806,11 @@ fn eor_is_answered_with_err_and_the_block_kept() {
     let coded = t30::encode_page(&img, &ECM_MH).unwrap();
     assert!(coded.len() > 4 * 256, "{} octets", coded.len());
     let (block0, block1) = coded.split_at(3 * 256);
-    // Frames of `data` except `skip`, then RCP.
-    let feed_without = |a: &mut T30, data: &[u8], skip: usize, now: Instant| {
-        for (i, chunk) in data.chunks(256).enumerate() {
-            if i == skip {
-                continue;
-            }
-            let d: Vec<u8> = chunk.iter().map(|b| b.reverse_bits()).collect();
-            a.handle(
-                Event::EcmFrame {
-                    bytes: frame::fcd_frame(i as u8, &d),
-                    fcs_ok: true,
-                },
-                now,
-            );
-        }
-        a.handle(
-            Event::EcmFrame {
-                bytes: frame::rcp_frame(),
-                fcs_ok: true,
-            },
-            now,
-        );
-    };
     let eor = |ppm: u8| frame_ev(frame::build(frame::fcf::EOR | 1, &[ppm], true));
 
     // EOR-NULL for block 0 (frame 1 never came), then block 1 with EOP.
     let (mut a, now) = answerer_after_dcs(Capabilities::all(), &ECM_MH);
-    feed_without(&mut a, block0, 1, now);
+    feed_ecm_block_skipping(&mut a, block0, Some(1), now);
     a.handle(pps_ev(frame::fcf::NULL, 0, 0, block0), now);
     assert_eq!(fcfs_of(&drain(&mut a)), vec![frame::Fcf::Ppr]);
     a.handle(eor(frame::fcf::NULL | 1), now);
@@ -2846,7 +2832,7 @@ fn eor_is_answered_with_err_and_the_block_kept() {
 
     // EOR-EOP ends the page: ERR once it is stored, and again on a repeat.
     let (mut a, now) = answerer_after_dcs(Capabilities::all(), &ECM_MH);
-    feed_without(&mut a, &coded, 1, now);
+    feed_ecm_block_skipping(&mut a, &coded, Some(1), now);
     a.handle(pps_ev(frame::fcf::EOP | 1, 0, 0, &coded), now);
     assert_eq!(fcfs_of(&drain(&mut a)), vec![frame::Fcf::Ppr]);
     a.handle(eor(frame::fcf::EOP | 1), now);
