@@ -1498,6 +1498,23 @@ fn a_fax_tried_before_is_looked_for_in_the_queue_before_it_is_sent_again() {
         .find_map(|w| w.strip_prefix("office-"))
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no request id in {lp:?}"));
+    // The queue stays stopped until the stage has taken the earlier job
+    // as its own: a try that looked before `lp` ran still finds the queue
+    // stopped and sends nothing, and the next try must find job `queued`.
+    // (Enabling the queue at once would let a try that looked just before
+    // `lp` see it running and send the fax.)
+    wait_for(
+        "the stage following the earlier job",
+        Duration::from_secs(60),
+        || !b.received(&job_id)["printer_job"].is_null(),
+    );
+    let d = b.received(&job_id);
+    assert_eq!(
+        d["printer_job"]["job_id"],
+        queued,
+        "{d}\n{}",
+        b.log("osaka")
+    );
     cups.run("cupsenable", &["office"]);
     wait_for("the fax printed", Duration::from_secs(60), || {
         let d = b.received(&job_id);
