@@ -75,6 +75,7 @@ fn caller_config(pages: u32, res: Resolution, width: u32, caps: Capabilities) ->
         non_standard: Some(b"caller-hello".to_vec()),
         max_bad_percent: 5,
         max_consecutive_bad: 8,
+        training: false,
     }
 }
 
@@ -87,6 +88,7 @@ fn answerer_config(caps: Capabilities) -> Config {
         non_standard: Some(b"answerer-hello".to_vec()),
         max_bad_percent: 5,
         max_consecutive_bad: 8,
+        training: false,
     }
 }
 
@@ -2153,6 +2155,7 @@ mod arbitrary_input {
             1 => Just(Event::ImageEnd),
             1 => prop::collection::vec(any::<u8>(), 0..200).prop_map(Event::Page),
             1 => Just(Event::PageStored),
+            1 => any::<bool>().prop_map(|ok| Event::Training { ok }),
             1 => Just(Event::Timeout),
             1 => Just(Event::Cancel),
         ]
@@ -2170,6 +2173,8 @@ mod arbitrary_input {
         if finals == 1 {
             assert!(matches!(actions.last(), Some(Action::Finished(_))));
         }
+        // TCF goes only right after a burst ending in DCS.
+        dcs_and_tcf(actions);
         for a in actions {
             if let Action::SendFrames(frames) = a {
                 assert!(!frames.is_empty());
@@ -2189,6 +2194,7 @@ mod arbitrary_input {
             caller in any::<bool>(),
             prime in any::<bool>(),
             ecm in any::<bool>(),
+            training in any::<bool>(),
             events in prop::collection::vec((event(), 0u64..4000), 0..60),
         ) {
             let start = Instant::now();
@@ -2198,6 +2204,7 @@ mod arbitrary_input {
             } else {
                 answerer_config(c.clone())
             };
+            let cfg = Config { training, ..cfg };
             let mut t = T30::new(cfg, start).unwrap();
             let mut now = start;
             let mut finished = false;
@@ -2951,4 +2958,351 @@ fn dcs_follows_the_dis_modems_and_scan_time_and_steps_down_on_ftt() {
         matches!(&o.result, Err(Failure::Incompatible(s)) if s.contains("2400")),
         "{o:?}"
     );
+}
+
+// ---------------------------------------------------------------------------
+// The training check (TCF) on a line that carries it (a modem line).
+
+fn with_training(cfg: Config) -> Config {
+    Config {
+        training: true,
+        ..cfg
+    }
+}
+
+/// The modem of the DCS that ends `a`, if `a` is a burst ending in DCS.
+fn dcs_modem_of(a: &Action) -> Option<frame::Modem> {
+    let Action::SendFrames(f) = a else {
+        return None;
+    };
+    let last = frame::Frame::parse(f.last()?).ok()?;
+    if last.fcf != frame::Fcf::Dcs {
+        return None;
+    }
+    frame::Modem::from_dcs(last.fif)
+}
+
+/// Each DCS burst in `actions` with its modem and that of the
+/// SendTraining right after it (None without one). Panics on a
+/// SendTraining anywhere else.
+fn dcs_and_tcf<'a>(
+    actions: impl IntoIterator<Item = &'a Action>,
+) -> Vec<(frame::Modem, Option<frame::Modem>)> {
+    let actions: Vec<&Action> = actions.into_iter().collect();
+    let mut out = Vec::new();
+    for (i, a) in actions.iter().enumerate() {
+        if let Action::SendTraining { .. } = a {
+            let after_dcs = i > 0 && dcs_modem_of(actions[i - 1]).is_some();
+            assert!(after_dcs, "SendTraining at {i} does not follow a DCS");
+        } else if let Some(m) = dcs_modem_of(a) {
+            let tcf = match actions.get(i + 1) {
+                Some(Action::SendTraining { modem }) => Some(*modem),
+                _ => None,
+            };
+            out.push((m, tcf));
+        }
+    }
+    out
+}
+
+/// The modems of the answerer's ReceiveTraining actions.
+fn tcf_checks<'a>(actions: impl IntoIterator<Item = &'a Action>) -> Vec<frame::Modem> {
+    actions
+        .into_iter()
+        .filter_map(|a| match a {
+            Action::ReceiveTraining { modem } => Some(*modem),
+            _ => None,
+        })
+        .collect()
+}
+
+fn training_ev(ok: bool) -> Event {
+    Event::Training { ok }
+}
+
+/// With training, TCF at the DCS's modem follows every DCS the caller
+/// sends: the first, a repeat on T4 or CRP, the one after FTT (one modem
+/// slower), and the retrains after RTN and RTP. T4 for CFR runs from the
+/// Sent that follows the TCF.
+#[test]
+fn caller_with_training_sends_tcf_after_every_dcs() {
+    use frame::Modem::*;
+    let t4 = Timers::default().t4;
+    let mut now = Instant::now();
+    let caps = Capabilities::minimal();
+    let cfg = with_training(caller_config(2, Resolution::Standard, 1728, caps.clone()));
+    let mut c = T30::new(cfg, now).unwrap();
+    c.handle(
+        frame_ev(frame::build(frame::fcf::DIS, &caps.to_dis_fif(), true)),
+        now,
+    );
+    assert_eq!(dcs_and_tcf(&drain(&mut c)), [(V17_14400, Some(V17_14400))]);
+    // The TCF takes 1.5 s; T4 starts again once it is out.
+    now += Duration::from_millis(1500);
+    c.handle(Event::Sent, now);
+    assert_eq!(c.poll_timeout(), Some(now + t4));
+
+    // No CFR: DCS and TCF again on T4, and on CRP.
+    now += t4;
+    c.handle(Event::Timeout, now);
+    assert_eq!(dcs_and_tcf(&drain(&mut c)), [(V17_14400, Some(V17_14400))]);
+    c.handle(simple(frame::fcf::CRP), now);
+    assert_eq!(dcs_and_tcf(&drain(&mut c)), [(V17_14400, Some(V17_14400))]);
+
+    // FTT: one modem slower, with TCF at that modem.
+    c.handle(simple(frame::fcf::FTT), now);
+    assert_eq!(dcs_and_tcf(&drain(&mut c)), [(V17_12000, Some(V17_12000))]);
+    assert_eq!(c.modem(), V17_12000);
+
+    // CFR, page 0, RTN: the retrain DCS has its TCF too.
+    c.handle(simple(frame::fcf::CFR), now);
+    let params = drain(&mut c)
+        .into_iter()
+        .find_map(|a| match a {
+            Action::NeedPage { index: 0, params } => Some(params),
+            _ => None,
+        })
+        .expect("NeedPage");
+    let data = t30::encode_page(&page(1728, 30, 1), &params).unwrap();
+    c.handle(Event::Page(data), now);
+    assert_eq!(dcs_and_tcf(&drain(&mut c)), []);
+    c.handle(simple(frame::fcf::RTN), now);
+    assert_eq!(dcs_and_tcf(&drain(&mut c)), [(V17_9600, Some(V17_9600))]);
+
+    // CFR, page 0 again, RTP: delivered, and the retrain for page 1 too.
+    c.handle(simple(frame::fcf::CFR), now);
+    assert_eq!(dcs_and_tcf(&drain(&mut c)), []);
+    c.handle(simple(frame::fcf::RTP), now);
+    let actions = drain(&mut c);
+    assert!(actions.contains(&Action::PageSent {
+        index: 0,
+        uncorrected: false
+    }));
+    assert_eq!(dcs_and_tcf(&actions), [(V29_9600, Some(V29_9600))]);
+}
+
+/// With training, the answerer has the TCF after each DCS checked before
+/// it answers: FTT for a failed check (and it waits for DCS again), CFR
+/// for a good one. A DCS repeated after CFR is checked again; a result
+/// nobody asked for is ignored.
+#[test]
+fn answerer_with_training_answers_cfr_or_ftt_by_the_check() {
+    use frame::Modem::*;
+    let now = Instant::now();
+    let mut a = T30::new(with_training(answerer_config(Capabilities::all())), now).unwrap();
+    drain(&mut a);
+    let p = Params {
+        resolution: Resolution::Standard,
+        width: 1728,
+        coding: Coding::Mh,
+        ecm: false,
+    };
+    let dcs_at = |m: frame::Modem| {
+        let fif = p.to_dcs_fif_with(frame::PageLength::A4, m, frame::MinScan::Ms0);
+        frame_ev(frame::build(frame::fcf::DCS | 1, &fif, true))
+    };
+
+    // DCS: the parameters, and a check at its modem; no answer yet.
+    a.handle(dcs_at(V17_14400), now);
+    let actions = drain(&mut a);
+    assert!(actions.contains(&Action::Negotiated(p)), "{actions:?}");
+    assert_eq!(tcf_checks(&actions), [V17_14400]);
+    assert_eq!(fcfs_of(&actions), []);
+    assert_eq!(a.modem(), V17_14400);
+
+    // A failed check: FTT, and nothing else.
+    a.handle(training_ev(false), now);
+    let actions = drain(&mut a);
+    assert_eq!(fcfs_of(&actions), [frame::Fcf::Ftt]);
+    assert_eq!(actions.len(), 1, "{actions:?}");
+
+    // The caller steps down: checked again at the new modem, then CFR.
+    a.handle(dcs_at(V17_12000), now);
+    let actions = drain(&mut a);
+    assert_eq!(tcf_checks(&actions), [V17_12000]);
+    assert_eq!(fcfs_of(&actions), []);
+    a.handle(training_ev(true), now);
+    assert_eq!(fcfs_of(&drain(&mut a)), [frame::Fcf::Cfr]);
+    // A result now answers nothing.
+    a.handle(training_ev(false), now);
+    assert_eq!(drain(&mut a), []);
+
+    // Our CFR was lost: the DCS again comes with TCF again.
+    a.handle(dcs_at(V17_12000), now);
+    let actions = drain(&mut a);
+    assert_eq!(tcf_checks(&actions), [V17_12000]);
+    assert_eq!(fcfs_of(&actions), []);
+    a.handle(training_ev(true), now);
+    assert_eq!(fcfs_of(&drain(&mut a)), [frame::Fcf::Cfr]);
+
+    // The page follows as without training.
+    let img = page(1728, 40, 3);
+    a.handle(Event::ImageData(t30::encode_page(&img, &p).unwrap()), now);
+    a.handle(Event::ImageEnd, now);
+    a.handle(simple(frame::fcf::EOP | 1), now);
+    let got = drain(&mut a)
+        .into_iter()
+        .find_map(|x| match x {
+            Action::PageReceived { index: 0, page, .. } => Some(page),
+            _ => None,
+        })
+        .expect("PageReceived");
+    assert!(got == img);
+    a.handle(Event::PageStored, now);
+    assert_eq!(fcfs_of(&drain(&mut a)), [frame::Fcf::Mcf]);
+}
+
+/// No result within T2 is a failed check (FTT); the DCS after FTT has
+/// its own T2.
+#[test]
+fn answerer_training_without_a_result_is_a_failed_check() {
+    let t2 = Timers::default().t2;
+    let start = Instant::now();
+    let mut a = T30::new(with_training(answerer_config(Capabilities::all())), start).unwrap();
+    drain(&mut a);
+    a.handle(frame_ev(dcs_frame(&ECM_MH)), start);
+    assert_eq!(tcf_checks(&drain(&mut a)), [frame::Modem::V17_14400]);
+    assert_eq!(a.poll_timeout(), Some(start + t2));
+    a.handle(Event::Timeout, start + t2);
+    assert_eq!(fcfs_of(&drain(&mut a)), [frame::Fcf::Ftt]);
+    assert_eq!(a.poll_timeout(), Some(start + t2 * 2));
+    a.handle(Event::Timeout, start + t2 * 2);
+    let actions = drain(&mut a);
+    assert_eq!(fcfs_of(&actions), [frame::Fcf::Dcn]);
+    assert!(
+        matches!(
+            &outcome_of(&actions).result,
+            Err(Failure::T2Expired { waiting_for }) if waiting_for == "DCS after FTT"
+        ),
+        "{actions:?}"
+    );
+}
+
+/// A caller that never trains, or that repeats DCS without waiting for
+/// the check, cannot hold the answerer: FTT at most once per speed a
+/// sender can step down through plus `retries` times per page, and DCS
+/// repeated within the repeat cap; then DCN.
+#[test]
+fn answerer_training_loops_are_capped() {
+    let retries = Timers::default().retries;
+    let cap = frame::Modem::FALLBACK.len() + retries as usize;
+    let now = Instant::now();
+    let mut a = T30::new(with_training(answerer_config(Capabilities::all())), now).unwrap();
+    let mut sent = fcfs_of(&drain(&mut a));
+    for _ in 0..=cap {
+        a.handle(frame_ev(dcs_frame(&ECM_MH)), now);
+        a.handle(training_ev(false), now);
+        sent.extend(fcfs_of(&drain(&mut a)));
+    }
+    let ftts = sent.iter().filter(|f| **f == frame::Fcf::Ftt).count();
+    assert_eq!(ftts, cap, "{sent:?}");
+    assert_eq!(sent.last(), Some(&frame::Fcf::Dcn), "{sent:?}");
+    assert!(a.is_finished());
+
+    // DCS again and again while the check is on: the repeat cap.
+    let mut a = T30::new(with_training(answerer_config(Capabilities::all())), now).unwrap();
+    drain(&mut a);
+    let mut checks = 0;
+    let mut last = Vec::new();
+    for _ in 0..100 {
+        a.handle(frame_ev(dcs_frame(&ECM_MH)), now);
+        last = drain(&mut a);
+        checks += tcf_checks(&last).len();
+        if a.is_finished() {
+            break;
+        }
+    }
+    assert_eq!(checks, 1 + 4 * retries as usize);
+    assert_eq!(fcfs_of(&last), [frame::Fcf::Dcn]);
+    assert!(matches!(
+        outcome_of(&last).result,
+        Err(Failure::NoProgress(_))
+    ));
+}
+
+/// Both sides with training over a line that trains only at 9600 bit/s
+/// and below: the caller steps down at each FTT with TCF at every DCS,
+/// the answerer checks each at the DCS's modem, and the page arrives.
+#[test]
+fn training_on_both_sides_steps_down_until_the_line_trains() {
+    use frame::Modem::*;
+    let caps = Capabilities::minimal();
+    let doc = vec![page(1728, 60, 1), page(1728, 70, 2)];
+    let mut h = Harness::new(
+        with_training(caller_config(2, Resolution::Standard, 1728, caps.clone())),
+        with_training(answerer_config(caps)),
+        doc,
+        Resolution::Standard,
+    );
+    h.hook = Box::new(|from, action| match (from, action) {
+        (Side::Answerer, Action::ReceiveTraining { modem }) => {
+            vec![(Side::Answerer, training_ev(modem.bit_rate() <= 9600))]
+        }
+        _ => Vec::new(),
+    });
+    h.run();
+    assert_ok(h.outcome(Side::Caller), 2);
+    assert_ok(h.outcome(Side::Answerer), 2);
+    h.assert_pages_identical();
+    let trained = [V17_14400, V17_12000, V17_9600];
+    let sent: Vec<_> = trained.iter().map(|m| (*m, Some(*m))).collect();
+    assert_eq!(dcs_and_tcf(h.actions(Side::Caller)), sent);
+    assert_eq!(tcf_checks(h.actions(Side::Answerer)), trained);
+    assert_eq!(tcf_checks(h.actions(Side::Caller)), []);
+    assert_eq!(dcs_and_tcf(h.actions(Side::Answerer)), []);
+    assert_eq!(h.count_sent(Side::Answerer, frame::Fcf::Ftt), 2);
+    assert_eq!(h.count_sent(Side::Answerer, frame::Fcf::Cfr), 1);
+}
+
+/// Without training (T.38 over TCP) neither side ever asks for TCF, even
+/// in a call with a repeated DCS (its CFR lost) and a retrain after RTN.
+#[test]
+fn without_training_no_tcf_is_sent_or_checked() {
+    let mut h = Harness::pair(
+        2,
+        Resolution::Standard,
+        1728,
+        Capabilities::minimal(),
+        Capabilities::minimal(),
+    );
+    let cfrs = Rc::new(Cell::new(0));
+    let pages = Rc::new(Cell::new(0));
+    let (c, p) = (cfrs.clone(), pages.clone());
+    h.fault = Box::new(move |from, ev| match (from, ev) {
+        (Side::Answerer, Event::Frame { bytes, .. })
+            if frame::Frame::parse(bytes).unwrap().fcf == frame::Fcf::Cfr =>
+        {
+            c.set(c.get() + 1);
+            c.get() != 1
+        }
+        (Side::Caller, Event::ImageData(d)) => {
+            if p.get() == 0 {
+                corrupt(d);
+            }
+            true
+        }
+        (Side::Caller, Event::ImageEnd) => {
+            p.set(p.get() + 1);
+            true
+        }
+        _ => true,
+    });
+    h.run();
+    assert_ok(h.outcome(Side::Caller), 2);
+    assert_ok(h.outcome(Side::Answerer), 2);
+    h.assert_pages_identical();
+    assert_eq!(h.count_sent(Side::Caller, frame::Fcf::Dcs), 3);
+    assert_eq!(h.count_sent(Side::Answerer, frame::Fcf::Rtn), 1);
+    let tcf: Vec<&Action> = h
+        .log
+        .iter()
+        .map(|(_, _, a)| a)
+        .filter(|a| {
+            matches!(
+                a,
+                Action::SendTraining { .. } | Action::ReceiveTraining { .. }
+            )
+        })
+        .collect();
+    assert_eq!(tcf, Vec::<&Action>::new(), "{:#?}", h.summary());
 }

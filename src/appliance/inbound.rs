@@ -126,6 +126,8 @@ impl Inbound {
             non_standard: None,
             max_bad_percent: self.fax.max_bad_percent,
             max_consecutive_bad: self.fax.max_consecutive_bad,
+            // T.38 over TCP carries no training check (TCF).
+            training: false,
         };
         let engine = match T30::new(config, std::time::Instant::now()) {
             Ok(e) => e,

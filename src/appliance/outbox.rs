@@ -413,6 +413,8 @@ async fn attempt(ctx: &SendCtx, job: JobInfo) -> anyhow::Result<()> {
         ),
         max_bad_percent: ctx.fax.max_bad_percent,
         max_consecutive_bad: ctx.fax.max_consecutive_bad,
+        // T.38 over TCP carries no training check (TCF).
+        training: false,
     };
     let mut engine = match T30::new(config, std::time::Instant::now()) {
         Ok(e) => e,

@@ -284,6 +284,11 @@ where
                     write_training(&mut out, ed, modulation);
                     write_image(&mut out, ed, modulation, &data);
                 }
+                // The training check (TCF) after DCS is for a line that
+                // carries it. T.38 over TCP does not: the configs this
+                // session runs never set `training`, so the engine never
+                // asks for either.
+                Action::SendTraining { .. } | Action::ReceiveTraining { .. } => {}
                 Action::Negotiated(p) => hooks.negotiated(p),
                 Action::RemoteIdent(s) => peer.ident = Some(s),
                 Action::RemoteNonStandard(b) => peer.nonstandard = Some(b),
@@ -848,6 +853,7 @@ mod tests {
             non_standard: None,
             max_bad_percent: 5,
             max_consecutive_bad: 8,
+            training: false,
         }
     }
 

@@ -1,12 +1,13 @@
 //! The T.30 state machine for one call, on either side.
 //!
 //! The phases follow T.30 (and spandsp's `t30.c`): B (NSF/CSI/DIS, then
-//! NSS/TSI/DCS and CFR), C (page data, or ECM blocks), D (MPS/EOP/EOM or
-//! PPS, answered by MCF/RTP/RTN or PPR/RNR) and E (DCN). Every wait has a
-//! timer, every command is repeated on T4 up to `retries` times, and the
-//! receiver answers a repeated command with its last response instead of
-//! acting on it twice (as T.30's flow diagrams and spandsp do), so a lost
-//! response never duplicates a page.
+//! NSS/TSI/DCS, TCF on a line that carries it, and CFR or FTT), C (page
+//! data, or ECM blocks), D (MPS/EOP/EOM or PPS, answered by MCF/RTP/RTN
+//! or PPR/RNR) and E (DCN). Every wait has a timer, every command is
+//! repeated on T4 up to `retries` times, and the receiver answers a
+//! repeated command with its last response instead of acting on it twice
+//! (as T.30's flow diagrams and spandsp do), so a lost response never
+//! duplicates a page.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -71,12 +72,31 @@ enum Timer {
     T4,
     /// Caller after RNR: time to ask again with RR.
     RrPause,
+    /// Answerer with training: waiting (T2) for [`Event::Training`]; on
+    /// expiry the check failed.
+    Tcf,
+}
+
+/// What the answerer sent last while it waits for DCS.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum WaitDcs {
+    /// DIS (the start, or after EOM): repeated on T4.
+    Dis,
+    /// RTN (a bad page): a repeated post-page command gets it again.
+    Rtn,
+    /// FTT (the training check failed): the caller sends DCS and TCF
+    /// again.
+    Ftt,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum State {
-    /// Answerer: DIS (or, after a bad page, RTN) sent; waiting for DCS.
-    AnsWaitDcs { after_rtn: bool },
+    /// Answerer: DIS, RTN or FTT sent (which one is the field); waiting
+    /// for DCS.
+    AnsWaitDcs(WaitDcs),
+    /// Answerer with training: DCS accepted and ReceiveTraining queued;
+    /// waiting for Event::Training.
+    AnsWaitTraining,
     /// Answerer: CFR or MCF sent; receiving a page.
     AnsPage,
     /// Answerer: PageReceived emitted; waiting for PageStored.
@@ -189,6 +209,9 @@ pub struct T30 {
     resumable: bool,
     /// The last command burst, repeated on T4 and CRP.
     command: Vec<Vec<u8>>,
+    /// With training: the modem of the TCF that follows `command` (a
+    /// DCS) each time it goes.
+    command_tcf: Option<Modem>,
     command_name: String,
     tries: u32,
 
@@ -206,6 +229,8 @@ pub struct T30 {
     last_ppm: Option<Ppm>,
     /// RTNs sent for the current page.
     rtns: u32,
+    /// FTTs sent for the current page (training only).
+    ftts: u32,
     /// PPRs and CTCs for the current ECM block.
     pprs: u32,
     ctcs: u32,
@@ -339,6 +364,7 @@ impl T30 {
             cancel: false,
             resumable: false,
             command: Vec::new(),
+            command_tcf: None,
             command_name: String::new(),
             tries: 0,
             rx_data: Vec::new(),
@@ -350,12 +376,13 @@ impl T30 {
             gone: None,
             last_ppm: None,
             rtns: 0,
+            ftts: 0,
             pprs: 0,
             ctcs: 0,
             repeats: 0,
         };
         if !caller {
-            t.state = State::AnsWaitDcs { after_rtn: false };
+            t.state = State::AnsWaitDcs(WaitDcs::Dis);
             t.send_dis(now);
         }
         Ok(t)
@@ -381,6 +408,7 @@ impl T30 {
             }
             Event::Page(data) => self.on_page(data, now),
             Event::PageStored => self.on_page_stored(now),
+            Event::Training { ok } => self.on_training(ok, now),
             Event::Sent => self.on_sent(now),
             Event::Cancel => self.on_cancel(),
             Event::Timeout => self.on_timeout(now),
@@ -517,13 +545,34 @@ impl T30 {
 
     /// Sends a command and starts T4 for its response.
     fn command(&mut self, frames: Vec<Vec<u8>>, name: String, now: Instant) {
-        let mut frames = frames;
+        self.command_with_tcf(frames, name, None, now);
+    }
+
+    /// As [`T30::command`], followed by TCF at `tcf` (a DCS with
+    /// training), here and at every repeat.
+    fn command_with_tcf(
+        &mut self,
+        mut frames: Vec<Vec<u8>>,
+        name: String,
+        tcf: Option<Modem>,
+        now: Instant,
+    ) {
         frame::seal_burst(&mut frames);
-        self.command = frames.clone();
+        self.command = frames;
+        self.command_tcf = tcf;
         self.command_name = name;
         self.tries = 1;
-        self.actions.push_back(Action::SendFrames(frames));
+        self.push_command();
         self.start_t4(now);
+    }
+
+    /// Queues the last command's burst, and its TCF if it has one.
+    fn push_command(&mut self) {
+        self.actions
+            .push_back(Action::SendFrames(self.command.clone()));
+        if let Some(modem) = self.command_tcf {
+            self.actions.push_back(Action::SendTraining { modem });
+        }
     }
 
     /// Repeats the last command if tries are left; false when exhausted.
@@ -532,8 +581,7 @@ impl T30 {
             return false;
         }
         self.tries += 1;
-        self.actions
-            .push_back(Action::SendFrames(self.command.clone()));
+        self.push_command();
         self.start_t4(now);
         true
     }
@@ -582,8 +630,10 @@ impl T30 {
 
     fn doing(&self) -> &'static str {
         match self.state {
-            State::AnsWaitDcs { after_rtn: false } => "waiting for DCS",
-            State::AnsWaitDcs { after_rtn: true } => "waiting for DCS after RTN",
+            State::AnsWaitDcs(WaitDcs::Dis) => "waiting for DCS",
+            State::AnsWaitDcs(WaitDcs::Rtn) => "waiting for DCS after RTN",
+            State::AnsWaitDcs(WaitDcs::Ftt) => "waiting for DCS after FTT",
+            State::AnsWaitTraining => "waiting for the training check (TCF)",
             State::AnsPage => "receiving a page",
             State::AnsStoring { .. } => "storing a page",
             State::AnsWaitDcn => "waiting for DCN after EOP",
@@ -669,9 +719,10 @@ impl T30 {
             return;
         };
         match (self.state, kind) {
-            (State::AnsWaitDcs { after_rtn: false }, Timer::T4) => self.send_dis(now),
+            (State::AnsWaitDcs(WaitDcs::Dis), Timer::T4) => self.send_dis(now),
             // The document is complete; a missing DCN is no failure.
             (State::AnsWaitDcn, Timer::T2(_)) => self.finish(Ok(()), true),
+            (State::AnsWaitTraining, Timer::Tcf) => self.on_training(false, now),
             (_, Timer::T2(waiting_for)) => self.fail(Failure::T2Expired { waiting_for }),
             (State::CallWaitCfr | State::CallWaitResp, Timer::T4) => self.repeat_or_give_up(now),
             (State::CallWaitResp, Timer::RrPause) => {
@@ -746,7 +797,10 @@ impl T30 {
     }
 
     fn ans_dcs(&mut self, f: &Frame<'_>, now: Instant) {
-        if !matches!(self.state, State::AnsWaitDcs { .. } | State::AnsPage) {
+        if !matches!(
+            self.state,
+            State::AnsWaitDcs(_) | State::AnsPage | State::AnsWaitTraining
+        ) {
             self.unexpected(f);
             return;
         }
@@ -759,8 +813,12 @@ impl T30 {
             self.fail(Failure::DcsNotOffered(msg));
             return;
         }
-        // DCS again before the page: our CFR was lost (or a loop).
-        if self.state == State::AnsPage && !self.count_repeat("DCS") {
+        // DCS again before the page: our CFR was lost (or a loop). With
+        // training, DCS again before the check's result: the caller's T4
+        // ran out while the check was on (or a loop).
+        if matches!(self.state, State::AnsPage | State::AnsWaitTraining)
+            && !self.count_repeat("DCS")
+        {
             return;
         }
         self.t1 = None;
@@ -774,10 +832,57 @@ impl T30 {
         self.rx_data.clear();
         self.rx_fresh = false;
         self.ecm_rx.reset();
+        if self.cfg.training {
+            // TCF follows every DCS: CFR or FTT waits for its check.
+            self.actions
+                .push_back(Action::ReceiveTraining { modem: self.modem });
+            self.state = State::AnsWaitTraining;
+            self.set_timer(now, self.cfg.timers.t2, Timer::Tcf);
+        } else {
+            self.confirm_dcs(now);
+        }
+    }
+
+    /// CFR: the page may come.
+    fn confirm_dcs(&mut self, now: Instant) {
         self.respond(fcf::CFR, &[]);
         self.state = State::AnsPage;
         let what = format!("page {} after CFR", self.page_index + 1);
         self.set_t2(now, what);
+    }
+
+    /// Answerer: how many training checks may fail (each answered FTT)
+    /// for one page. A sender steps down a modem at each FTT, or tries
+    /// the same one again: one for each speed of [`Modem::FALLBACK`] and
+    /// `retries` more cover that; past it a peer is going round in a loop.
+    fn max_ftts(&self) -> u32 {
+        (Modem::FALLBACK.len() as u32).saturating_add(self.cfg.timers.retries)
+    }
+
+    /// The training check's result (or T2 without one: a failure). CFR
+    /// starts the page; FTT sends the caller back to DCS, at most
+    /// [`T30::max_ftts`] times per page.
+    fn on_training(&mut self, ok: bool, now: Instant) {
+        if self.state != State::AnsWaitTraining {
+            // Late (a repeated DCS asked again), or never asked for.
+            return;
+        }
+        if ok {
+            self.confirm_dcs(now);
+            return;
+        }
+        let limit = self.max_ftts();
+        if self.ftts >= limit {
+            self.fail(Failure::NoProgress(format!(
+                "the training check (TCF) failed more than {limit} times before page {}",
+                self.page_index + 1
+            )));
+            return;
+        }
+        self.ftts += 1;
+        self.respond(fcf::FTT, &[]);
+        self.state = State::AnsWaitDcs(WaitDcs::Ftt);
+        self.set_t2(now, "DCS after FTT".into());
     }
 
     fn on_image_data(&mut self, data: &[u8], now: Instant) {
@@ -854,9 +959,9 @@ impl T30 {
             // Our RTN, or our MCF to EOP or EOM, was lost: say it again
             // (spandsp process_state_iii_q_mcf). After EOM the DIS repeat
             // keeps running.
-            State::AnsWaitDcs { after_rtn: true } => self.resend_last_response(now),
+            State::AnsWaitDcs(WaitDcs::Rtn) => self.resend_last_response(now),
             State::AnsWaitDcn if ppm == Ppm::Eop => self.resend_last_response(now),
-            State::AnsWaitDcs { after_rtn: false } if ppm == Ppm::Eom && self.after_eom() => {
+            State::AnsWaitDcs(WaitDcs::Dis) if ppm == Ppm::Eom && self.after_eom() => {
                 self.resend_last_response(now);
             }
             // MCF waits for PageStored; non-ECM has no RNR to say so.
@@ -923,7 +1028,7 @@ impl T30 {
                 }
                 self.rtns += 1;
                 self.respond(fcf::RTN, &[]);
-                self.state = State::AnsWaitDcs { after_rtn: true };
+                self.state = State::AnsWaitDcs(WaitDcs::Rtn);
                 self.set_t2(now, "DCS after RTN".into());
             }
         }
@@ -939,6 +1044,7 @@ impl T30 {
         self.pages += 1;
         self.page_index += 1;
         self.rtns = 0;
+        self.ftts = 0;
         self.progress();
         if let Some(gone) = self.gone {
             let complete = ppm == Ppm::Eop;
@@ -972,7 +1078,7 @@ impl T30 {
             }
             Ppm::Eom => {
                 // Back to phase B for the next document.
-                self.state = State::AnsWaitDcs { after_rtn: false };
+                self.state = State::AnsWaitDcs(WaitDcs::Dis);
                 self.t1 = now.checked_add(self.cfg.timers.t1);
                 self.send_dis(now);
             }
@@ -986,7 +1092,7 @@ impl T30 {
             State::AnsStoring { .. } => return self.send_rnr(),
             State::AnsWaitDcn => return self.resend_last_response(now),
             // PPS-EOM again after our MCF: checked below.
-            State::AnsWaitDcs { after_rtn: false } if self.after_eom() => {}
+            State::AnsWaitDcs(WaitDcs::Dis) if self.after_eom() => {}
             _ => return self.unexpected(f),
         }
         let Some(params) = self.params.filter(|p| p.ecm) else {
@@ -1094,7 +1200,7 @@ impl T30 {
     /// Answerer back in phase B after confirming EOM, before any DCS: a
     /// repeat of EOM (or PPS-EOM, or RR) means our MCF was lost.
     fn after_eom(&self) -> bool {
-        self.state == (State::AnsWaitDcs { after_rtn: false })
+        self.state == State::AnsWaitDcs(WaitDcs::Dis)
             && self.last_ppm == Some(Ppm::Eom)
             && matches!(self.last_response_fcf, Some(Fcf::Mcf | Fcf::Err))
     }
@@ -1137,7 +1243,7 @@ impl T30 {
     fn ans_rr(&mut self, f: &Frame<'_>, now: Instant) {
         match self.state {
             State::AnsStoring { .. } => self.send_rnr(),
-            State::AnsPage | State::AnsWaitDcn | State::AnsWaitDcs { .. }
+            State::AnsPage | State::AnsWaitDcn | State::AnsWaitDcs(_)
                 if self.last_response_fcf.is_some() =>
             {
                 self.resend_last_response(now);
@@ -1181,7 +1287,7 @@ impl T30 {
             State::AnsPage => {}
             State::AnsStoring { .. } => return self.send_rnr(),
             State::AnsWaitDcn => return self.resend_last_response(now),
-            State::AnsWaitDcs { after_rtn: false } if self.after_eom() => {
+            State::AnsWaitDcs(WaitDcs::Dis) if self.after_eom() => {
                 return self.resend_last_response(now);
             }
             _ => return self.unexpected(f),
@@ -1239,9 +1345,11 @@ impl T30 {
         match self.state {
             State::AnsStoring { .. } if self.params.is_some_and(|p| p.ecm) => self.send_rnr(),
             State::AnsStoring { .. } => {}
+            // Our response to the DCS (CFR or FTT) is still to come.
+            State::AnsWaitTraining => {}
             // Phase B: what we sent last is DIS (a response to EOM came
             // before it), and a DIS repeat restarts its T4.
-            State::AnsWaitDcs { after_rtn: false } => self.send_dis(now),
+            State::AnsWaitDcs(WaitDcs::Dis) => self.send_dis(now),
             _ => self.resend_last_response(now),
         }
     }
@@ -1251,7 +1359,7 @@ impl T30 {
             State::AnsWaitDcn => self.finish(Ok(()), false),
             State::AnsStoring { .. } => self.gone = Some(Gone::Dcn),
             // After EOM + MCF the document was complete.
-            State::AnsWaitDcs { after_rtn: false } if self.last_ppm == Some(Ppm::Eom) => {
+            State::AnsWaitDcs(WaitDcs::Dis) if self.last_ppm == Some(Ppm::Eom) => {
                 self.finish(Ok(()), false);
             }
             _ => {
@@ -1379,7 +1487,8 @@ impl T30 {
             &params.to_dcs_fif_with(self.length, self.modem, self.min_scan),
             true,
         ));
-        self.command(frames, "DCS".into(), now);
+        let tcf = self.cfg.training.then_some(self.modem);
+        self.command_with_tcf(frames, "DCS".into(), tcf, now);
         self.state = State::CallWaitCfr;
     }
 

@@ -8,10 +8,14 @@
 //! clock, a socket or a file; the session layer owns those and maps the
 //! actions onto T.38 packets.
 //!
-//! The transport is T.38 over TCP: reliable, so there is no training check
-//! (TCF) and the answerer confirms DCS with CFR at once; the T.30 timers
-//! (T1, T2, T4, T5) and command repetition still run, because the far end
-//! may be a gateway to a real line.
+//! The transport is T.38 over TCP by default: reliable, so there is no
+//! training check (TCF) and the answerer confirms DCS with CFR at once;
+//! the T.30 timers (T1, T2, T4, T5) and command repetition still run,
+//! because the far end may be a gateway to a real line. On a line that
+//! carries TCF, as a modem line does, [`Config::training`] turns the check
+//! on: the caller sends TCF after every DCS ([`Action::SendTraining`]),
+//! and the answerer has it checked ([`Action::ReceiveTraining`]) and
+//! answers CFR or FTT by the result ([`Event::Training`]).
 //!
 //! # Layout
 //!
@@ -45,6 +49,18 @@
 //!   MCF that the sender credits to its next page.
 //! - T4 runs from [`Event::Sent`] (the burst is written), not from when a
 //!   command was queued, so a long page on a slow link keeps its full T4.
+//!   With training, the TCF after DCS belongs to that burst: the driver
+//!   reports `Sent` once both are out, so T4 for CFR runs from the end of
+//!   TCF.
+//! - With training, the answerer judges nothing itself: the driver
+//!   receives TCF at the DCS's modem and says whether it passed. No
+//!   result within T2 counts as a failed check. Each failure is answered
+//!   FTT and the answerer waits for DCS again (the caller steps down a
+//!   modem, or tries the same one again); at most
+//!   `Modem::FALLBACK.len() + retries` FTTs per page (one for each speed
+//!   a sender can step down through, and `retries` more), then DCN
+//!   ([`Failure::NoProgress`]). A DCS repeated after CFR (the caller
+//!   missed it) comes with TCF again and is checked again.
 //! - DCS selects the fastest modem the DIS permits ([`frame::Modem`],
 //!   spandsp's fallback sequence) and steps down one at each FTT. It
 //!   declares the minimum scan line time the DIS asks for
@@ -258,6 +274,12 @@ pub struct Config {
     pub max_bad_percent: u32,
     /// RTN policy: the longest run of bad lines a confirmed page may have.
     pub max_consecutive_bad: u64,
+    /// The line carries the training check (TCF), as a modem line does:
+    /// the caller sends TCF after each DCS ([`Action::SendTraining`]) and
+    /// the answerer has it checked before it answers CFR or FTT
+    /// ([`Action::ReceiveTraining`], [`Event::Training`]). False for T.38
+    /// over TCP, where the answerer confirms DCS with CFR at once.
+    pub training: bool,
 }
 
 /// A [`Config`] that cannot work.
@@ -308,11 +330,22 @@ pub enum Event {
     /// Answerer: the page announced by [`Action::PageReceived`] is
     /// durable, so MCF may confirm it.
     PageStored,
+    /// Answerer, with [`Config::training`]: the result of the training
+    /// check asked for by the latest [`Action::ReceiveTraining`]. `ok` is
+    /// answered with CFR and starts the page; a failure is answered with
+    /// FTT, and the caller sends DCS and TCF again, usually one modem
+    /// slower. A result nothing asked for (any more) is ignored.
+    Training {
+        /// Whether TCF arrived well enough to receive a page at its modem.
+        ok: bool,
+    },
     /// Everything the actions drained so far asked to send has been
     /// written and flushed. A command's T4 runs from here rather than from
     /// when the burst was queued, so that a large page on a slow link does
     /// not use up the wait for its response (a driver that never sends
-    /// this gets T4 from the queueing time).
+    /// this gets T4 from the queueing time). With training, send it only
+    /// once the [`Action::SendTraining`] after a DCS is out too, so that
+    /// T4 for CFR runs from the end of TCF.
     Sent,
     /// The local user cancelled: finish politely with DCN.
     Cancel,
@@ -332,6 +365,25 @@ pub enum Action {
     SendImage(Vec<u8>),
     /// One ECM high-speed burst of HDLC frames (FCD..., RCP, RCP, RCP).
     SendEcmFrames(Vec<Vec<u8>>),
+    /// Caller, with [`Config::training`]: send the training check (TCF)
+    /// right after the [`Action::SendFrames`] burst before it, which ends
+    /// with DCS: 1.5 s (T.30: ±10 %) of zeros at `modem`, so that the
+    /// answerer can judge the line at that speed. It follows every DCS,
+    /// also a repeated one. Report [`Event::Sent`] once both are out: T4
+    /// for CFR runs from there.
+    SendTraining {
+        /// The modem the DCS selected.
+        modem: frame::Modem,
+    },
+    /// Answerer, with [`Config::training`]: a DCS was accepted; receive
+    /// the caller's TCF at `modem`, judge it, and report
+    /// [`Event::Training`]. The criterion is the driver's (spandsp wants
+    /// a long enough run of zeros). CFR or FTT waits for the result; none
+    /// within T2 counts as a failure.
+    ReceiveTraining {
+        /// The modem the DCS selected.
+        modem: frame::Modem,
+    },
     /// Informational: the parameters, once DCS is sent (caller) or
     /// accepted (answerer), and again if a later DCS changes them.
     Negotiated(Params),
