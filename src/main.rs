@@ -40,6 +40,8 @@ enum Command {
     Convert(commands::convert::ConvertArgs),
     /// Print a document (TIFF-F, PBM, PNG, JPEG, PDF) on a printer given by URI.
     Print(Box<commands::print::PrintArgs>),
+    /// Fax over a telephone line through a Class 1 fax modem: send, receive.
+    Modem(commands::modem::ModemArgs),
     /// Run the appliance daemon: relay login, fax sessions, print, panel.
     Appliance(commands::appliance::DaemonArgs),
     /// Send files to a relay user through the running appliance.
@@ -95,6 +97,7 @@ fn main() -> std::process::ExitCode {
             Command::Bench(a) => commands::bench::run(a, shutdown).await,
             Command::Convert(a) => commands::convert::run(a).await,
             Command::Print(a) => commands::print::run(*a, shutdown).await,
+            Command::Modem(a) => commands::modem::run(a, shutdown).await,
             Command::Appliance(a) => commands::appliance::daemon(a, shutdown).await,
             Command::Send(a) => commands::appliance::send(a).await,
             Command::ScanSend(a) => commands::appliance::scan_send(a).await,

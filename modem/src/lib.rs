@@ -1,4 +1,31 @@
-//! faxgate-modem: the PSTN side (issue #4 and later).
+//! faxgate-modem: the PSTN side, a fax modem on a serial line.
 //!
-//! This crate will own the AT command engine, the Class 2.0 and Class 1
-//! drivers, and the modem emulator used by tests.
+//! faxgate sends and receives faxes over a telephone line through a fax
+//! modem in Class 1 (ITU-T T.31): the modem modulates, and faxgate runs
+//! T.30 itself with the same sans-io engine that runs its real-time fax
+//! over the relay ([`faxgate_fax::t30`]), in training mode (TCF), since a
+//! phone line needs it.
+//!
+//! # Layout
+//!
+//! - [`dle`]: the DLE framing of Class 1 data, and bit order (pure).
+//! - [`port`]: the serial device, raw and non-blocking, as an async stream.
+//! - [`class1`]: the Class 1 AT commands as async primitives: dial,
+//!   answer, send and receive HDLC frames and high-speed data.
+//! - [`fax`]: one fax call, sending or receiving, driving the T.30 engine
+//!   over [`class1::Class1`].
+//!
+//! # Limits
+//!
+//! - No ECM over the modem (and so no MMR): Class 1 ECM needs the DTE to
+//!   frame HDLC at high speed, which is not built. Pages go MH or MR with
+//!   RTN and retrain for errors.
+//! - Class 2/2.0 modems (which run T.30 themselves) are not supported.
+
+pub mod class1;
+pub mod dle;
+mod error;
+pub mod fax;
+pub mod port;
+
+pub use error::ModemError;

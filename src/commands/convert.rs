@@ -208,8 +208,8 @@ pub async fn run(args: ConvertArgs) -> anyhow::Result<()> {
 }
 
 /// Writes a file through a temporary file in the same folder, so a
-/// reader never sees half of it.
-fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+/// reader never sees half of it, and syncs it and the folder.
+pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     use std::io::Write as _;
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
@@ -221,7 +221,15 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
         .with_context(|| format!("cannot create a file in {}", dir.display()))?;
     tmp.write_all(bytes)
         .with_context(|| format!("cannot write {}", path.display()))?;
+    // Durable before it is reported (`faxgate modem receive` confirms a
+    // page with MCF only after this returns).
+    tmp.as_file()
+        .sync_all()
+        .with_context(|| format!("cannot write {}", path.display()))?;
     tmp.persist(path)
         .with_context(|| format!("cannot write {}", path.display()))?;
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("cannot sync {}", dir.display()))?;
     Ok(())
 }

@@ -7,6 +7,7 @@ pub mod bench_ipp;
 pub mod convert;
 pub mod demo;
 pub mod print;
+pub mod modem;
 pub mod print_mail;
 pub mod relay;
 pub mod relay_client;

@@ -10,6 +10,7 @@ mod demo;
 mod fax;
 mod infra;
 mod infra_mail;
+mod modem;
 mod nat;
 mod netns;
 mod print;

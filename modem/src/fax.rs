@@ -1,0 +1,370 @@
+//! One fax call over a Class 1 modem: the T.30 engine's actions carried
+//! out with AT commands, and what the modem hears fed back to it.
+//!
+//! Class 1 is half duplex and the DTE says what it expects next, so the
+//! driver decides after each burst whether to listen for V.21 frames
+//! (`+FRH=3`) or for page data (`+FRM`): the answerer listens for a page
+//! after it sent CFR, or MCF to an MPS; everything else is frames. A page
+//! listened for that turns out to be frames (`+FCERROR`, the sender
+//! repeating a command) is received as frames.
+
+use std::time::Duration;
+
+use faxgate_fax::t30::frame::{Modem, fcf};
+use faxgate_fax::t30::{self, Action, Event, Outcome, Params, T30};
+use faxgate_fax::{Bitmap, Resolution};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::ModemError;
+use crate::class1::{Class1, Received, Training};
+use crate::dle;
+
+/// How long the modem may take to dial and hear the answerer.
+pub const DIAL_WAIT: Duration = Duration::from_secs(90);
+
+/// A page to send, in the form it was scanned or rendered.
+#[derive(Clone, Debug)]
+pub struct Page {
+    /// The image.
+    pub bitmap: Bitmap,
+    /// Its resolution.
+    pub resolution: Resolution,
+}
+
+/// Why a call could not be carried out (T.30 failures are in the
+/// [`Outcome`] instead).
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// The modem failed.
+    #[error(transparent)]
+    Modem(#[from] ModemError),
+    /// The engine's configuration was refused.
+    #[error("T.30 configuration: {0}")]
+    Config(#[from] t30::T30Error),
+    /// A page could not be coded for the line.
+    #[error("page {page}: {source}")]
+    Page {
+        /// 1-based page number.
+        page: u32,
+        /// The codec's error.
+        #[source]
+        source: faxgate_fax::FaxError,
+    },
+    /// The receiving side could not keep a page.
+    #[error("page {page} could not be stored: {reason}")]
+    Store {
+        /// 1-based page number.
+        page: u32,
+        /// Why.
+        reason: String,
+    },
+    /// The engine asked for something this driver cannot do.
+    #[error("{0}")]
+    Unsupported(&'static str),
+}
+
+/// Dials `number` and sends `pages` as the caller. `config` is the
+/// engine's caller configuration; its role and training are set here, and
+/// ECM is turned off (see the crate's limits).
+pub async fn send<S>(
+    modem: &mut Class1<S>,
+    number: &str,
+    mut config: t30::Config,
+    pages: &[Page],
+) -> Result<Outcome, CallError>
+where
+    S: AsyncRead + AsyncWrite,
+{
+    let first = pages.first().ok_or(CallError::Unsupported("no pages to send"))?;
+    config.role = t30::Role::Caller {
+        pages: u32::try_from(pages.len()).map_err(|_| CallError::Unsupported("too many pages"))?,
+        document_resolution: first.resolution,
+        document_width: first.bitmap.width(),
+    };
+    let t30 = engine(config)?;
+    modem.dial(number, DIAL_WAIT).await?;
+    tracing::info!(number, "Call answered; sending.");
+    let mut refuse = |_: u32, _: Params, _: Bitmap| -> Result<(), String> {
+        Err("a sending call received a page".into())
+    };
+    let result = drive(modem, t30, true, pages, &mut refuse).await;
+    modem.hangup().await.ok();
+    result
+}
+
+/// Answers a ringing line and receives a fax, handing each good page to
+/// `store` (which returns once the page is durable: MCF waits for it).
+pub async fn receive<S, F>(
+    modem: &mut Class1<S>,
+    mut config: t30::Config,
+    mut store: F,
+) -> Result<Outcome, CallError>
+where
+    S: AsyncRead + AsyncWrite,
+    F: FnMut(u32, Params, Bitmap) -> Result<(), String>,
+{
+    config.role = t30::Role::Answerer;
+    let t30 = engine(config)?;
+    modem.answer().await?;
+    tracing::info!("Call answered; receiving.");
+    let result = drive(modem, t30, false, &[], &mut store).await;
+    modem.hangup().await.ok();
+    result
+}
+
+fn engine(mut config: t30::Config) -> Result<T30, CallError> {
+    config.training = true;
+    config.caps.ecm = false;
+    config.caps.mmr = false;
+    Ok(T30::new(config, std::time::Instant::now())?)
+}
+
+/// What the line carried last, for choosing the next receive command.
+struct Line {
+    /// The modem is transmitting V.21 already (after `ATA`).
+    tx_connected: bool,
+    /// The modem is receiving V.21 already (after `ATD`).
+    rx_connected: bool,
+    /// The last burst was received, so a send waits for silence first.
+    received_last: bool,
+    /// FCF (X bit cleared) of the last frame we sent.
+    last_sent: Option<u8>,
+    /// FCF of the last post-page command received (answerer).
+    last_ppm: Option<u8>,
+}
+
+async fn drive<S>(
+    modem: &mut Class1<S>,
+    mut t30: T30,
+    caller: bool,
+    pages: &[Page],
+    store: &mut dyn FnMut(u32, Params, Bitmap) -> Result<(), String>,
+) -> Result<Outcome, CallError>
+where
+    S: AsyncRead + AsyncWrite,
+{
+    let mut line = Line {
+        tx_connected: !caller,
+        rx_connected: caller,
+        received_last: false,
+        last_sent: None,
+        last_ppm: None,
+    };
+    loop {
+        let mut sent = false;
+        while let Some(action) = t30.poll_action() {
+            match action {
+                Action::SendFrames(frames) => {
+                    log_frames("T.30 out.", &frames);
+                    if line.received_last && !line.tx_connected {
+                        modem.wait_silence().await?;
+                    }
+                    modem.send_frames(&frames, line.tx_connected).await?;
+                    line.tx_connected = false;
+                    line.rx_connected = false;
+                    line.received_last = false;
+                    line.last_sent = frames.last().and_then(|f| f.get(2)).map(|f| f & 0xFE);
+                    sent = true;
+                }
+                Action::SendTraining { modem: m } => {
+                    // TCF: 1.5 s of zeros at the DCS's modem.
+                    let zeros = vec![0u8; tcf_len(m)];
+                    modem.send_data(m, Training::Long, &zeros).await?;
+                    line.received_last = false;
+                    sent = true;
+                }
+                Action::ReceiveTraining { modem: m } => {
+                    let ok = receive_training(modem, &t30, m).await?;
+                    tracing::debug!(modem = ?m, ok, "Training check (TCF).");
+                    line.received_last = true;
+                    t30.handle(Event::Training { ok }, std::time::Instant::now());
+                }
+                Action::SendImage(data) => {
+                    modem
+                        .send_data(t30.modem(), Training::Short, &dle::reverse_bits(&data))
+                        .await?;
+                    line.received_last = false;
+                    sent = true;
+                }
+                Action::SendEcmFrames(_) => {
+                    return Err(CallError::Unsupported(
+                        "ECM over a Class 1 modem is not supported (the engine chose ECM)",
+                    ));
+                }
+                Action::NeedPage { index, params } => {
+                    let page = pages
+                        .get(index as usize)
+                        .ok_or(CallError::Unsupported("the engine asked for a page past the end"))?;
+                    let fitted = t30::fit_page(&page.bitmap, page.resolution, &params);
+                    let coded = t30::encode_page(&fitted, &params).map_err(|source| {
+                        CallError::Page {
+                            page: index + 1,
+                            source,
+                        }
+                    })?;
+                    t30.handle(Event::Page(coded), std::time::Instant::now());
+                }
+                Action::PageReceived {
+                    index,
+                    params,
+                    page,
+                    bad_lines,
+                    lines,
+                } => {
+                    tracing::info!(page = index + 1, lines, bad_lines, "Page received.");
+                    store(index, params, page).map_err(|reason| CallError::Store {
+                        page: index + 1,
+                        reason,
+                    })?;
+                    t30.handle(Event::PageStored, std::time::Instant::now());
+                }
+                Action::Negotiated(p) => tracing::info!(params = ?p, modem = ?t30.modem(), "Negotiated."),
+                Action::RemoteIdent(id) => tracing::info!(remote = %id, "Remote identity."),
+                Action::RemoteNonStandard(_) => {}
+                Action::PageSent { index, .. } => tracing::info!(page = index + 1, "Page sent."),
+                Action::PageRetry { index, reason } => {
+                    tracing::warn!(page = index + 1, %reason, "Page will be sent again.");
+                }
+                Action::PageDiscarded {
+                    index, bad_lines, ..
+                } => tracing::warn!(page = index + 1, bad_lines, "Page too damaged; RTN sent."),
+                Action::Finished(outcome) => return Ok(outcome),
+            }
+        }
+        if sent {
+            t30.handle(Event::Sent, std::time::Instant::now());
+            continue;
+        }
+        let deadline = deadline(&t30);
+        let expect_page = !caller
+            && (line.last_sent == Some(fcf::CFR)
+                || (line.last_sent == Some(fcf::MCF) && line.last_ppm == Some(fcf::MPS)));
+        if expect_page {
+            let m = t30.modem();
+            let got = modem
+                .receive_data(m, Training::Short, deadline, |d| {
+                    t30.handle(
+                        Event::ImageData(dle::reverse_bits(d)),
+                        std::time::Instant::now(),
+                    );
+                })
+                .await?;
+            line.received_last = true;
+            match got {
+                Received::Got(()) => {
+                    // The page is over; its post-page command comes as frames.
+                    line.last_sent = None;
+                    t30.handle(Event::ImageEnd, std::time::Instant::now());
+                }
+                Received::Frames => line.last_sent = None,
+                Received::NoCarrier => expire(&mut t30, deadline),
+                Received::Timeout => t30.handle(Event::Timeout, std::time::Instant::now()),
+            }
+            continue;
+        }
+        match modem.receive_frame(deadline, line.rx_connected).await? {
+            Received::Got(frame) => {
+                line.rx_connected = false;
+                line.received_last = true;
+                if let Some(f) = frame.bytes.get(2).map(|f| f & 0xFE)
+                    && frame.fcs_ok
+                    && [fcf::MPS, fcf::EOP, fcf::EOM].contains(&f)
+                {
+                    line.last_ppm = Some(f);
+                }
+                log_frames("T.30 in.", std::slice::from_ref(&frame.bytes));
+                t30.handle(
+                    Event::Frame {
+                        bytes: frame.bytes,
+                        fcs_ok: frame.fcs_ok,
+                    },
+                    std::time::Instant::now(),
+                );
+            }
+            Received::NoCarrier | Received::Frames => {
+                line.rx_connected = false;
+                expire(&mut t30, deadline);
+            }
+            Received::Timeout => t30.handle(Event::Timeout, std::time::Instant::now()),
+        }
+    }
+}
+
+/// Receives TCF and judges it: good if it holds a run of zeros of at
+/// least one second (of the 1.5 s sent), as spandsp's receiver does.
+async fn receive_training<S>(
+    modem: &mut Class1<S>,
+    t30: &T30,
+    m: Modem,
+) -> Result<bool, ModemError>
+where
+    S: AsyncRead + AsyncWrite,
+{
+    let (mut run, mut best) = (0usize, 0usize);
+    let got = modem
+        .receive_data(m, Training::Long, deadline(t30), |d| {
+            for &b in d {
+                if b == 0 {
+                    run += 1;
+                    best = best.max(run);
+                } else {
+                    run = 0;
+                }
+            }
+        })
+        .await?;
+    Ok(got == Received::Got(()) && best >= one_second(m))
+}
+
+/// Octets of TCF: 1.5 s at `m`'s bit rate.
+fn tcf_len(m: Modem) -> usize {
+    one_second(m) * 3 / 2
+}
+
+fn one_second(m: Modem) -> usize {
+    m.bit_rate() as usize / 8
+}
+
+/// The engine's next timeout as a tokio deadline (a minute if it has
+/// none, so that a silent line is looked at again).
+fn deadline(t30: &T30) -> tokio::time::Instant {
+    let now = std::time::Instant::now();
+    let at = t30
+        .poll_timeout()
+        .unwrap_or(now + Duration::from_secs(60))
+        .max(now);
+    tokio::time::Instant::now() + (at - now)
+}
+
+/// No carrier came: if the engine's deadline has passed, that is its
+/// timeout; otherwise the caller listens again.
+fn expire(t30: &mut T30, deadline: tokio::time::Instant) {
+    if tokio::time::Instant::now() >= deadline {
+        t30.handle(Event::Timeout, std::time::Instant::now());
+    }
+}
+
+fn log_frames(what: &'static str, frames: &[Vec<u8>]) {
+    if tracing::enabled!(tracing::Level::DEBUG) {
+        let names: Vec<String> = frames
+            .iter()
+            .map(|f| {
+                t30::frame::Frame::parse(f)
+                    .map(|fr| fr.describe())
+                    .unwrap_or_else(|_| format!("{f:02x?}"))
+            })
+            .collect();
+        tracing::debug!(frames = %names.join(" "), "{what}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tcf_is_one_and_a_half_seconds() {
+        assert_eq!(tcf_len(Modem::V17_14400), 2700);
+        assert_eq!(tcf_len(Modem::V27ter2400), 450);
+    }
+}

@@ -1,0 +1,343 @@
+//! Faxes over a telephone line: `faxgate modem` against efax, a fax
+//! program that drives Class 1 modems, through two software fax modems.
+//!
+//! iaxmodem (Debian package) is spandsp's T.31 fax modem on a pty; two of
+//! them joined by an IAX2 call on loopback stand in for two modems on a
+//! phone line. Nothing is mocked: the modems modulate and demodulate real
+//! V.21 and V.17/V.29/V.27ter audio, so T.30 timing, TCF training and the
+//! DLE framing of Class 1 all happen as on a line.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::common::{Proc, faxgate, need, wait_for};
+
+/// Two iaxmodems, A (the caller's) and B (number [`Line::B_NUMBER`]),
+/// each on a free UDP port with its config under /etc/iaxmodem (where
+/// iaxmodem reads it); both stopped and their files removed on drop.
+struct Line {
+    dir: tempfile::TempDir,
+    names: [String; 2],
+    _modems: Vec<Proc>,
+}
+
+impl Line {
+    const B_NUMBER: &'static str = "200";
+
+    fn start() -> Line {
+        need("iaxmodem", "iaxmodem");
+        let dir = tempfile::tempdir().unwrap();
+        let ports = [free_udp_port(), free_udp_port()];
+        let tag = format!("fgtest-{}-{}", std::process::id(), ports[0]);
+        let names = [format!("{tag}-a"), format!("{tag}-b")];
+        std::fs::create_dir_all("/etc/iaxmodem").unwrap();
+        let mut modems = Vec::new();
+        for (i, name) in names.iter().enumerate() {
+            let tty = dir.path().join(if i == 0 { "ttyA" } else { "ttyB" });
+            // A calls B: its "server" is B's port. B never calls.
+            let cfg = format!(
+                "device {}\nowner root:root\nmode 660\nport {}\nrefresh 0\nserver 127.0.0.1:{}\n\
+                 peername {name}\nsecret x\ncidname {name}\ncidnumber {}\ncodec slinear\n",
+                tty.display(),
+                ports[i],
+                ports[1],
+                100 + i
+            );
+            std::fs::write(format!("/etc/iaxmodem/{name}"), cfg).unwrap();
+            let log = std::fs::File::create(dir.path().join(format!("{name}.log"))).unwrap();
+            modems.push(Proc(
+                Command::new("iaxmodem")
+                    .arg(name)
+                    .stdout(Stdio::null())
+                    .stderr(log)
+                    .spawn()
+                    .expect("iaxmodem"),
+            ));
+            wait_for("iaxmodem's pty", Duration::from_secs(10), || tty.exists());
+            if i == 0 {
+                // libiax2 seeds its call numbers from the clock's
+                // seconds: two modems started in the same second would
+                // pick the same numbers and refuse each other's calls.
+                std::thread::sleep(Duration::from_millis(1100));
+            }
+        }
+        Line {
+            dir,
+            names,
+            _modems: modems,
+        }
+    }
+
+    fn tty(&self, side: usize) -> PathBuf {
+        self.dir
+            .path()
+            .join(if side == 0 { "ttyA" } else { "ttyB" })
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+impl Drop for Line {
+    fn drop(&mut self) {
+        for name in &self.names {
+            std::fs::remove_file(format!("/etc/iaxmodem/{name}")).ok();
+        }
+    }
+}
+
+fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A fine-resolution A4-wide page with text-like detail: stripes, a
+/// checkerboard and diagonal strokes, different on each page.
+fn page(seed: u32, rows: u32) -> Vec<Vec<bool>> {
+    (0..rows)
+        .map(|y| {
+            (0..1728u32)
+                .map(|x| match (y / 40) % 3 {
+                    0 => (x / (8 + seed)) % 2 == 0 && y % 40 < 30,
+                    1 => ((x / 16) + (y / 16) + seed) % 2 == 0,
+                    _ => (x + y * (1 + seed)) % 97 < 6,
+                })
+                .collect()
+        })
+        .collect()
+}
+
+fn write_pbm(path: &Path, rows: &[Vec<bool>]) {
+    let w = rows[0].len();
+    let mut out = format!("P4\n{w} {}\n", rows.len()).into_bytes();
+    for row in rows {
+        for chunk in row.chunks(8) {
+            let mut b = 0u8;
+            for (i, &black) in chunk.iter().enumerate() {
+                if black {
+                    b |= 0x80 >> i;
+                }
+            }
+            out.push(b);
+        }
+    }
+    std::fs::write(path, out).unwrap();
+}
+
+/// The pixels of every page of a TIFF, decoded by netpbm's tifftopnm
+/// (libtiff), not by faxgate's codec.
+fn tiff_pages(path: &Path) -> Vec<Vec<Vec<bool>>> {
+    need("tifftopnm", "netpbm");
+    need("tiffsplit", "libtiff-tools");
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = dir.path().join("p");
+    let out = Command::new("tiffsplit")
+        .arg(path)
+        .arg(&prefix)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "tiffsplit {}: {out:?}", path.display());
+    let mut parts: Vec<PathBuf> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    parts.sort();
+    parts
+        .iter()
+        .map(|p| {
+            let out = Command::new("sh")
+                .arg("-c")
+                .arg(format!("tifftopnm {} 2>/dev/null | pamtopnm -plain", p.display()))
+                .output()
+                .unwrap();
+            plain_pbm(&out.stdout)
+        })
+        .collect()
+}
+
+/// Parses a plain (P1) PBM.
+fn plain_pbm(text: &[u8]) -> Vec<Vec<bool>> {
+    let text = String::from_utf8_lossy(text);
+    let mut tokens = text
+        .lines()
+        .map(|l| l.split('#').next().unwrap_or(""))
+        .flat_map(str::split_whitespace)
+        .flat_map(|t| {
+            if t.len() > 1 && t.chars().all(|c| c == '0' || c == '1') {
+                t.chars().map(|c| c.to_string()).collect()
+            } else {
+                vec![t.to_owned()]
+            }
+        });
+    assert_eq!(tokens.next().as_deref(), Some("P1"), "not a plain PBM");
+    let w: usize = tokens.next().unwrap().parse().unwrap();
+    let h: usize = tokens.next().unwrap().parse().unwrap();
+    let bits: Vec<bool> = tokens.map(|t| t == "1").collect();
+    assert_eq!(bits.len(), w * h, "PBM data length");
+    bits.chunks(w).map(<[bool]>::to_vec).collect()
+}
+
+/// Waits until efax's log shows it waiting for a call, then 6 s more:
+/// iaxmodem refuses calls as busy for 5 s after the ATZ efax starts with.
+fn wait_for_efax_ready(log: &Path) {
+    wait_for("efax waiting for a call", Duration::from_secs(20), || {
+        std::fs::read_to_string(log).is_ok_and(|t| t.contains("waiting for activity"))
+    });
+    std::thread::sleep(Duration::from_secs(6));
+}
+
+fn wait_exit(child: &mut std::process::Child, what: &str, limit: Duration) -> std::process::ExitStatus {
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(start.elapsed() < limit, "{what} did not finish within {limit:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn faxgate_faxes_two_pages_to_efax_over_a_phone_line() {
+    need("efax", "efax");
+    let line = Line::start();
+    let pages = [page(0, 600), page(3, 500)];
+    let src = line.path("doc.pbm");
+    let mut both = Vec::new();
+    for (i, p) in pages.iter().enumerate() {
+        let one = line.path(&format!("p{i}.pbm"));
+        write_pbm(&one, p);
+        both.extend(std::fs::read(&one).unwrap());
+    }
+    std::fs::write(&src, both).unwrap();
+    let efax_log = line.path("efax.log");
+    let mut efax = Proc(
+        Command::new("efax")
+            .args(["-d", line.tty(1).to_str().unwrap()])
+            .args(["-o1", "-kZ", "-w", "-iS0=1", "-v", "ewinchamr"])
+            .args(["-r", line.path("rx").to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&efax_log).unwrap())
+            .spawn()
+            .expect("efax"),
+    );
+    wait_for_efax_ready(&efax_log);
+    let out = Command::new(faxgate())
+        .args(["modem", "send", "--device", line.tty(0).to_str().unwrap()])
+        .args(["--to", Line::B_NUMBER, "--ident", "+81 3 1111"])
+        .arg(&src)
+        .env("RUST_LOG", "faxgate_modem=debug,info")
+        .output()
+        .unwrap();
+    let efax_text = || std::fs::read_to_string(&efax_log).unwrap_or_default();
+    assert!(
+        out.status.success(),
+        "faxgate modem send failed: {}\n{}\nefax:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        efax_text()
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("sent 2 page(s) to 200"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let status = wait_exit(&mut efax.0, "efax", Duration::from_secs(60));
+    assert!(status.success(), "efax: {status}\n{}", efax_text());
+    for (i, want) in pages.iter().enumerate() {
+        let file = line.path(&format!("rx.{:03}", i + 1));
+        let got = tiff_pages(&file);
+        assert_eq!(got.len(), 1, "{} pages in {}", got.len(), file.display());
+        assert_eq!(
+            got[0].len(),
+            want.len(),
+            "page {}: rows received by efax",
+            i + 1
+        );
+        let differing = got[0].iter().zip(want).filter(|(a, b)| a != b).count();
+        assert_eq!(differing, 0, "page {}: {differing} rows differ", i + 1);
+    }
+    assert!(
+        efax_text().contains("+81 3 1111"),
+        "efax did not see our TSI:\n{}",
+        efax_text()
+    );
+}
+
+#[test]
+fn efax_faxes_two_pages_to_faxgate_over_a_phone_line() {
+    need("efax", "efax");
+    need("efix", "efax");
+    let line = Line::start();
+    let pages = [page(1, 450), page(2, 700)];
+    let mut raw = Vec::new();
+    for (i, p) in pages.iter().enumerate() {
+        let pbm = line.path(&format!("p{i}.pbm"));
+        write_pbm(&pbm, p);
+        let g3 = line.path(&format!("p{i}.g3"));
+        let out = Command::new("efix")
+            .args(["-i", "pbm", "-o", "fax"])
+            .arg(&pbm)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "efix: {out:?}");
+        std::fs::write(&g3, out.stdout).unwrap();
+        raw.push(g3);
+    }
+    let inbox = line.path("inbox");
+    let fg_log = line.path("faxgate.log");
+    let mut rx = Proc(
+        Command::new(faxgate())
+            .args(["modem", "receive", "--device", line.tty(1).to_str().unwrap()])
+            .args(["--ident", "+81 6 2222", "--calls", "1", "--out"])
+            .arg(&inbox)
+            .env("RUST_LOG", "faxgate_modem=debug,info")
+            .stdout(std::fs::File::create(line.path("faxgate.out")).unwrap())
+            .stderr(std::fs::File::create(&fg_log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    // faxgate sends no ATZ, so the modem takes calls at once; its log
+    // says when the modem is set up.
+    wait_for("faxgate waiting for a call", Duration::from_secs(20), || {
+        std::fs::read_to_string(&fg_log).is_ok_and(|t| t.contains("Waiting for calls."))
+    });
+    let out = Command::new("efax")
+        .args(["-d", line.tty(0).to_str().unwrap()])
+        .args(["-o1", "-v", "ewinchamr", "-l", "+49 30 3333"])
+        .args(["-t", Line::B_NUMBER])
+        .args(&raw)
+        .output()
+        .unwrap();
+    let fg_text = || std::fs::read_to_string(&fg_log).unwrap_or_default();
+    assert!(
+        out.status.success(),
+        "efax send: {}\n{}\nfaxgate:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr),
+        fg_text()
+    );
+    let status = wait_exit(&mut rx.0, "faxgate modem receive", Duration::from_secs(60));
+    let said = std::fs::read_to_string(line.path("faxgate.out")).unwrap();
+    assert!(status.success(), "faxgate: {status}\n{said}\n{}", fg_text());
+    assert!(said.contains("received 2 page(s) from \"+49 30 3333\""), "{said}\n{}", fg_text());
+    let files: Vec<PathBuf> = std::fs::read_dir(&inbox)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "tif"))
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    let got = tiff_pages(&files[0]);
+    assert_eq!(got.len(), 2, "pages in {}", files[0].display());
+    for (i, want) in pages.iter().enumerate() {
+        // efax sends its pages as they are: the rows arrive unchanged.
+        assert_eq!(got[i].len(), want.len(), "page {}: rows", i + 1);
+        let differing = got[i].iter().zip(want).filter(|(a, b)| a != b).count();
+        assert_eq!(differing, 0, "page {}: {differing} rows differ", i + 1);
+    }
+}
