@@ -15,6 +15,7 @@ PKGS=(
   cups-daemon curl                                    # printing through a firewall: a client-side cupsd, the site status page
   strace                                              # durability: a printed file's folder is synced after the rename
   procps                                              # pgrep/pkill: the print tests stop an avahi-daemon they cannot check
+  iaxmodem efax                                       # fax over a phone line: two software Class 1 modems (spandsp) and a reference fax program
 )
 missing=()
 for p in "${PKGS[@]}"; do

@@ -29,6 +29,10 @@ use crate::dle::{self, Unstuffer, XOFF, XON};
 /// most 3 + 253 octets, plus FCS; ECM frames 260).
 const MAX_FRAME: usize = 300;
 
+/// The longest gap in high-speed data a modem may leave while it has a
+/// carrier (it reports the carrier's end with DLE ETX and NO CARRIER).
+pub const DATA_STALL: Duration = Duration::from_secs(10);
+
 /// How long an ordinary command may take to be answered.
 const COMMAND_WAIT: Duration = Duration::from_secs(5);
 
@@ -184,7 +188,8 @@ impl<S: AsyncRead + AsyncWrite> Class1<S> {
     pub async fn init(&mut self, setup: &[String]) -> Result<(), ModemError> {
         // Anything a previous user left (a RING, a half line) is noise.
         self.buf.clear();
-        self.expect("E0V1Q0", COMMAND_WAIT, Response::Ok, "OK").await?;
+        self.expect("E0V1Q0", COMMAND_WAIT, Response::Ok, "OK")
+            .await?;
         for cmd in setup {
             self.expect(cmd, COMMAND_WAIT, Response::Ok, "OK").await?;
         }
@@ -306,14 +311,16 @@ impl<S: AsyncRead + AsyncWrite> Class1<S> {
             self.write(b"AT+FRH=3\r", "asking for a frame").await?;
         }
         // After ATD's CONNECT the frame follows without another CONNECT.
-        while !connected {
-            match self.wait_connect(deadline, "+FRH=3").await? {
-                Some(Response::Connect) => break,
-                Some(Response::NoCarrier | Response::Error | Response::FcError) => {
-                    return Ok(Received::NoCarrier);
+        if !connected {
+            loop {
+                match self.wait_connect(deadline, "+FRH=3").await? {
+                    Some(Response::Connect) => break,
+                    Some(Response::NoCarrier | Response::Error | Response::FcError) => {
+                        return Ok(Received::NoCarrier);
+                    }
+                    Some(_) => {}
+                    None => return self.abort("+FRH=3").await.map(|()| Received::Timeout),
                 }
-                Some(_) => {}
-                None => return self.abort("+FRH=3").await.map(|()| Received::Timeout),
             }
         }
         let mut data = Vec::new();
@@ -322,7 +329,9 @@ impl<S: AsyncRead + AsyncWrite> Class1<S> {
             DataEnd::Line => return Ok(Received::NoCarrier),
             DataEnd::Timeout => return self.abort("+FRH=3").await.map(|()| Received::Timeout),
         }
-        let result = self.final_response(COMMAND_WAIT, "+FRH=3 frame end").await?;
+        let result = self
+            .final_response(COMMAND_WAIT, "+FRH=3 frame end")
+            .await?;
         // The modem delivers the frame's two FCS octets too.
         data.truncate(data.len().saturating_sub(2));
         let fcs_ok = result == Response::Ok && data_len_ok(&data);
@@ -335,7 +344,8 @@ impl<S: AsyncRead + AsyncWrite> Class1<S> {
     /// Waits until the line has been silent for 70 ms (`+FRS=7`): the
     /// T.30 gap before answering what was just received.
     pub async fn wait_silence(&mut self) -> Result<(), ModemError> {
-        self.expect("+FRS=7", COMMAND_WAIT, Response::Ok, "OK").await
+        self.expect("+FRS=7", COMMAND_WAIT, Response::Ok, "OK")
+            .await
     }
 
     /// Sends high-speed data at `modem` after 80 ms of silence (`+FTS=8`,
@@ -347,7 +357,8 @@ impl<S: AsyncRead + AsyncWrite> Class1<S> {
         training: Training,
         data: &[u8],
     ) -> Result<(), ModemError> {
-        self.expect("+FTS=8", COMMAND_WAIT, Response::Ok, "OK").await?;
+        self.expect("+FTS=8", COMMAND_WAIT, Response::Ok, "OK")
+            .await?;
         let code = modulation_code(modem, training);
         self.expect(
             &format!("+FTM={code}"),
@@ -376,8 +387,10 @@ impl<S: AsyncRead + AsyncWrite> Class1<S> {
         Ok(())
     }
 
-    /// Receives high-speed data at `modem` by `deadline`, each piece (in
-    /// line order) handed to `sink` as it comes, until the carrier drops.
+    /// Receives high-speed data at `modem`: the carrier must come by
+    /// `deadline`; then each piece (in line order) goes to `sink` as it
+    /// comes, until the carrier drops. A modem that delivers nothing for
+    /// [`DATA_STALL`] meanwhile is an error.
     pub async fn receive_data(
         &mut self,
         modem: Modem,
@@ -400,8 +413,17 @@ impl<S: AsyncRead + AsyncWrite> Class1<S> {
         let mut u = Unstuffer::new();
         let mut out = Vec::with_capacity(8192);
         loop {
-            if self.buf.is_empty() && !self.fill(deadline, "receiving data").await? {
-                return self.abort("+FRM").await.map(|()| Received::Timeout);
+            if self.buf.is_empty()
+                && !self
+                    .fill(Instant::now() + DATA_STALL, "receiving data")
+                    .await?
+            {
+                // Once it has a carrier, a modem cannot be stopped by a
+                // character (spandsp ignores it): this one is stuck.
+                return Err(ModemError::Timeout {
+                    command: format!("data after AT+FRM={code}"),
+                    waited: DATA_STALL,
+                });
             }
             let used = u.feed(&self.buf, &mut out);
             self.buf.drain(..used);
@@ -583,7 +605,9 @@ impl<S: AsyncRead + AsyncWrite> Class1<S> {
             // A CR last in the buffer may have its LF still coming: wait
             // for it a moment, so that it is not taken for data that
             // follows a CONNECT.
-            if self.buf.last() == Some(&b'\r') && find_line(&self.buf[..self.buf.len() - 1]).is_none() {
+            if self.buf.last() == Some(&b'\r')
+                && find_line(&self.buf[..self.buf.len() - 1]).is_none()
+            {
                 let soon = (Instant::now() + Duration::from_millis(50)).min(deadline);
                 self.fill(soon, what).await?;
             }
@@ -743,7 +767,9 @@ mod tests {
     /// go back. (The real modem, spandsp's T.31 in iaxmodem, is driven by
     /// the integration tests; this checks framing details it cannot
     /// force, such as a repeated CONNECT and XOFF in the middle of data.)
-    async fn scripted(script: Vec<(&'static [u8], &'static [u8])>) -> Class1<tokio::io::DuplexStream> {
+    async fn scripted(
+        script: Vec<(&'static [u8], &'static [u8])>,
+    ) -> Class1<tokio::io::DuplexStream> {
         let (dte, mut dce) = tokio::io::duplex(1 << 16);
         tokio::spawn(async move {
             let mut got = Vec::new();

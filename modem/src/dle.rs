@@ -150,7 +150,10 @@ mod tests {
 
     #[test]
     fn reversing_bits_is_an_involution() {
-        assert_eq!(reverse_bits(&[0x01, 0x80, 0xF0, 0x00]), [0x80, 0x01, 0x0F, 0x00]);
+        assert_eq!(
+            reverse_bits(&[0x01, 0x80, 0xF0, 0x00]),
+            [0x80, 0x01, 0x0F, 0x00]
+        );
         let all: Vec<u8> = (0..=255).collect();
         assert_eq!(reverse_bits(&reverse_bits(&all)), all);
     }

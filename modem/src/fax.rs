@@ -75,7 +75,9 @@ pub async fn send<S>(
 where
     S: AsyncRead + AsyncWrite,
 {
-    let first = pages.first().ok_or(CallError::Unsupported("no pages to send"))?;
+    let first = pages
+        .first()
+        .ok_or(CallError::Unsupported("no pages to send"))?;
     config.role = t30::Role::Caller {
         pages: u32::try_from(pages.len()).map_err(|_| CallError::Unsupported("too many pages"))?,
         document_resolution: first.resolution,
@@ -192,16 +194,15 @@ where
                     ));
                 }
                 Action::NeedPage { index, params } => {
-                    let page = pages
-                        .get(index as usize)
-                        .ok_or(CallError::Unsupported("the engine asked for a page past the end"))?;
+                    let page = pages.get(index as usize).ok_or(CallError::Unsupported(
+                        "the engine asked for a page past the end",
+                    ))?;
                     let fitted = t30::fit_page(&page.bitmap, page.resolution, &params);
-                    let coded = t30::encode_page(&fitted, &params).map_err(|source| {
-                        CallError::Page {
+                    let coded =
+                        t30::encode_page(&fitted, &params).map_err(|source| CallError::Page {
                             page: index + 1,
                             source,
-                        }
-                    })?;
+                        })?;
                     t30.handle(Event::Page(coded), std::time::Instant::now());
                 }
                 Action::PageReceived {
@@ -218,7 +219,9 @@ where
                     })?;
                     t30.handle(Event::PageStored, std::time::Instant::now());
                 }
-                Action::Negotiated(p) => tracing::info!(params = ?p, modem = ?t30.modem(), "Negotiated."),
+                Action::Negotiated(p) => {
+                    tracing::info!(params = ?p, modem = ?t30.modem(), "Negotiated.")
+                }
                 Action::RemoteIdent(id) => tracing::info!(remote = %id, "Remote identity."),
                 Action::RemoteNonStandard(_) => {}
                 Action::PageSent { index, .. } => tracing::info!(page = index + 1, "Page sent."),
@@ -257,8 +260,7 @@ where
                     t30.handle(Event::ImageEnd, std::time::Instant::now());
                 }
                 Received::Frames => line.last_sent = None,
-                Received::NoCarrier => expire(&mut t30, deadline),
-                Received::Timeout => t30.handle(Event::Timeout, std::time::Instant::now()),
+                Received::NoCarrier | Received::Timeout => expire(&mut t30),
             }
             continue;
         }
@@ -281,22 +283,17 @@ where
                     std::time::Instant::now(),
                 );
             }
-            Received::NoCarrier | Received::Frames => {
+            Received::NoCarrier | Received::Frames | Received::Timeout => {
                 line.rx_connected = false;
-                expire(&mut t30, deadline);
+                expire(&mut t30);
             }
-            Received::Timeout => t30.handle(Event::Timeout, std::time::Instant::now()),
         }
     }
 }
 
 /// Receives TCF and judges it: good if it holds a run of zeros of at
 /// least one second (of the 1.5 s sent), as spandsp's receiver does.
-async fn receive_training<S>(
-    modem: &mut Class1<S>,
-    t30: &T30,
-    m: Modem,
-) -> Result<bool, ModemError>
+async fn receive_training<S>(modem: &mut Class1<S>, t30: &T30, m: Modem) -> Result<bool, ModemError>
 where
     S: AsyncRead + AsyncWrite,
 {
@@ -336,11 +333,13 @@ fn deadline(t30: &T30) -> tokio::time::Instant {
     tokio::time::Instant::now() + (at - now)
 }
 
-/// No carrier came: if the engine's deadline has passed, that is its
-/// timeout; otherwise the caller listens again.
-fn expire(t30: &mut T30, deadline: tokio::time::Instant) {
-    if tokio::time::Instant::now() >= deadline {
-        t30.handle(Event::Timeout, std::time::Instant::now());
+/// Nothing came: if the engine's timer has run out, that is its
+/// timeout; otherwise (data meanwhile re-armed it, or the modem gave up
+/// early) the driver listens again.
+fn expire(t30: &mut T30) {
+    let now = std::time::Instant::now();
+    if t30.poll_timeout().is_some_and(|t| t <= now) {
+        t30.handle(Event::Timeout, now);
     }
 }
 

@@ -22,6 +22,8 @@
 //!   RTN and retrain for errors.
 //! - Class 2/2.0 modems (which run T.30 themselves) are not supported.
 
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
+
 pub mod class1;
 pub mod dle;
 mod error;

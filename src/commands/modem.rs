@@ -117,8 +117,14 @@ async fn send(args: SendArgs, shutdown: CancellationToken) -> anyhow::Result<()>
     for file in &args.files {
         for (i, p) in read_pages(file, dpi).await?.into_iter().enumerate() {
             let (x, y) = p.dpi();
-            let resolution = Resolution::from_dpi(f64::from(x), f64::from(y))
-                .with_context(|| format!("{} page {}: {x}x{y} dpi is no fax resolution", file.display(), i + 1))?;
+            let resolution =
+                Resolution::from_dpi(f64::from(x), f64::from(y)).with_context(|| {
+                    format!(
+                        "{} page {}: {x}x{y} dpi is no fax resolution",
+                        file.display(),
+                        i + 1
+                    )
+                })?;
             let bitmap = p
                 .to_bitmap()
                 .with_context(|| format!("while decoding {} page {}", file.display(), i + 1))?;

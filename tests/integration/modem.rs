@@ -103,8 +103,8 @@ fn page(seed: u32, rows: u32) -> Vec<Vec<bool>> {
         .map(|y| {
             (0..1728u32)
                 .map(|x| match (y / 40) % 3 {
-                    0 => (x / (8 + seed)) % 2 == 0 && y % 40 < 30,
-                    1 => ((x / 16) + (y / 16) + seed) % 2 == 0,
+                    0 => (x / (8 + seed)).is_multiple_of(2) && y % 40 < 30,
+                    1 => ((x / 16) + (y / 16) + seed).is_multiple_of(2),
                     _ => (x + y * (1 + seed)) % 97 < 6,
                 })
                 .collect()
@@ -141,7 +141,11 @@ fn tiff_pages(path: &Path) -> Vec<Vec<Vec<bool>>> {
         .arg(&prefix)
         .output()
         .unwrap();
-    assert!(out.status.success(), "tiffsplit {}: {out:?}", path.display());
+    assert!(
+        out.status.success(),
+        "tiffsplit {}: {out:?}",
+        path.display()
+    );
     let mut parts: Vec<PathBuf> = std::fs::read_dir(dir.path())
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -152,7 +156,10 @@ fn tiff_pages(path: &Path) -> Vec<Vec<Vec<bool>>> {
         .map(|p| {
             let out = Command::new("sh")
                 .arg("-c")
-                .arg(format!("tifftopnm {} 2>/dev/null | pamtopnm -plain", p.display()))
+                .arg(format!(
+                    "tifftopnm {} 2>/dev/null | pamtopnm -plain",
+                    p.display()
+                ))
                 .output()
                 .unwrap();
             plain_pbm(&out.stdout)
@@ -191,13 +198,20 @@ fn wait_for_efax_ready(log: &Path) {
     std::thread::sleep(Duration::from_secs(6));
 }
 
-fn wait_exit(child: &mut std::process::Child, what: &str, limit: Duration) -> std::process::ExitStatus {
+fn wait_exit(
+    child: &mut std::process::Child,
+    what: &str,
+    limit: Duration,
+) -> std::process::ExitStatus {
     let start = std::time::Instant::now();
     loop {
         if let Some(status) = child.try_wait().unwrap() {
             return status;
         }
-        assert!(start.elapsed() < limit, "{what} did not finish within {limit:?}");
+        assert!(
+            start.elapsed() < limit,
+            "{what} did not finish within {limit:?}"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
 }
@@ -293,7 +307,12 @@ fn efax_faxes_two_pages_to_faxgate_over_a_phone_line() {
     let fg_log = line.path("faxgate.log");
     let mut rx = Proc(
         Command::new(faxgate())
-            .args(["modem", "receive", "--device", line.tty(1).to_str().unwrap()])
+            .args([
+                "modem",
+                "receive",
+                "--device",
+                line.tty(1).to_str().unwrap(),
+            ])
             .args(["--ident", "+81 6 2222", "--calls", "1", "--out"])
             .arg(&inbox)
             .env("RUST_LOG", "faxgate_modem=debug,info")
@@ -304,12 +323,14 @@ fn efax_faxes_two_pages_to_faxgate_over_a_phone_line() {
     );
     // faxgate sends no ATZ, so the modem takes calls at once; its log
     // says when the modem is set up.
-    wait_for("faxgate waiting for a call", Duration::from_secs(20), || {
-        std::fs::read_to_string(&fg_log).is_ok_and(|t| t.contains("Waiting for calls."))
-    });
+    wait_for(
+        "faxgate waiting for a call",
+        Duration::from_secs(20),
+        || std::fs::read_to_string(&fg_log).is_ok_and(|t| t.contains("Waiting for calls.")),
+    );
     let out = Command::new("efax")
         .args(["-d", line.tty(0).to_str().unwrap()])
-        .args(["-o1", "-v", "ewinchamr", "-l", "+49 30 3333"])
+        .args(["-o1", "-v", "ewinchamr", "-l", "+49 30 3333", "-h", ""])
         .args(["-t", Line::B_NUMBER])
         .args(&raw)
         .output()
@@ -325,7 +346,11 @@ fn efax_faxes_two_pages_to_faxgate_over_a_phone_line() {
     let status = wait_exit(&mut rx.0, "faxgate modem receive", Duration::from_secs(60));
     let said = std::fs::read_to_string(line.path("faxgate.out")).unwrap();
     assert!(status.success(), "faxgate: {status}\n{said}\n{}", fg_text());
-    assert!(said.contains("received 2 page(s) from \"+49 30 3333\""), "{said}\n{}", fg_text());
+    assert!(
+        said.contains("received 2 page(s) from \"+49 30 3333\""),
+        "{said}\n{}",
+        fg_text()
+    );
     let files: Vec<PathBuf> = std::fs::read_dir(&inbox)
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -335,9 +360,17 @@ fn efax_faxes_two_pages_to_faxgate_over_a_phone_line() {
     let got = tiff_pages(&files[0]);
     assert_eq!(got.len(), 2, "pages in {}", files[0].display());
     for (i, want) in pages.iter().enumerate() {
-        // efax sends its pages as they are: the rows arrive unchanged.
-        assert_eq!(got[i].len(), want.len(), "page {}: rows", i + 1);
-        let differing = got[i].iter().zip(want).filter(|(a, b)| a != b).count();
+        // efax puts a header band above each page (blank with -h ""):
+        // 20 white rows, then the page's rows unchanged.
+        let page = &got[i];
+        assert_eq!(page.len(), want.len() + 20, "page {}: rows", i + 1);
+        let (header, body) = page.split_at(20);
+        assert!(
+            header.iter().flatten().all(|&black| !black),
+            "page {}: the header band is not blank",
+            i + 1
+        );
+        let differing = body.iter().zip(want).filter(|(a, b)| a != b).count();
         assert_eq!(differing, 0, "page {}: {differing} rows differ", i + 1);
     }
 }
