@@ -41,6 +41,10 @@ pub struct ApplianceConfig {
     /// (seed 000). Absent: no agent.
     #[serde(default)]
     pub agent: Option<AgentSection>,
+    /// A Class 1 fax modem on a telephone line that answers fax calls
+    /// and puts the faxes in the inbox. Absent: no PSTN line.
+    #[serde(default)]
+    pub modem: Option<ModemSection>,
 }
 
 /// A fax resolution by its T.30 name.
@@ -278,6 +282,27 @@ pub struct HotFolderSection {
     /// taken.
     #[serde(default = "defaults::hot_folder_settle", with = "humantime_serde")]
     pub settle: Duration,
+}
+
+/// A Class 1 fax modem (ITU-T T.31) on a serial line: a real modem on
+/// `/dev/ttyS0` or a USB adapter, or a software modem's pty (iaxmodem).
+/// It answers fax calls, and each fax received goes to the inbox (from
+/// the user `pstn`) and is printed like one received over the relay.
+/// The engine runs with `[fax]`'s identity, capabilities and timers, in
+/// training mode (TCF) and without ECM (not built for Class 1).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModemSection {
+    /// The modem's serial device, e.g. `/dev/ttyS0` or `/dev/ttyIAX0`.
+    pub device: String,
+    /// Extra AT commands (without `AT`) sent before `+FCLASS=1`, for a
+    /// modem that needs them (e.g. `["&F", "S7=60"]`).
+    #[serde(default)]
+    pub init: Vec<String>,
+    /// Answer fax calls on the line. `false` leaves the line alone (the
+    /// modem is neither opened nor answered).
+    #[serde(default = "defaults::yes")]
+    pub answer: bool,
 }
 
 /// The front-panel API.
@@ -894,6 +919,27 @@ impl ApplianceConfig {
                 Duration::from_secs(3600),
             )?;
         }
+        if let Some(m) = &self.modem {
+            if m.device.is_empty() {
+                return Err(invalid("modem.device", "must not be empty"));
+            }
+            if m.device.chars().any(char::is_control) {
+                return Err(invalid(
+                    "modem.device",
+                    "must not contain control characters",
+                ));
+            }
+            for (i, cmd) in m.init.iter().enumerate() {
+                // One command per entry, sent as `AT<cmd>\r`: a line
+                // break would smuggle in a second command.
+                if cmd.is_empty() || cmd.chars().any(char::is_control) {
+                    return Err(invalid(
+                        format!("modem.init[{i}]"),
+                        "must be one AT command without `AT`, not empty, no control characters",
+                    ));
+                }
+            }
+        }
         if let Some(agent) = &self.agent {
             agent.validate()?;
             let takes_ipp = self.printer.as_ref().is_some_and(|p| {
@@ -1054,7 +1100,37 @@ mod tests {
         assert!(c.fax.ecm && c.fax.answer && c.inbox.print);
         assert_eq!(c.fax.timers.t1, Duration::from_secs(35));
         assert_eq!(c.panel.listen.port(), 4680);
-        assert!(c.printer.is_none() && c.scanner.is_none());
+        assert!(c.printer.is_none() && c.scanner.is_none() && c.modem.is_none());
+    }
+
+    #[test]
+    fn modem_takes_defaults_and_checks_its_values() {
+        let c = ApplianceConfig::from_str(&format!("{BASE}[modem]\ndevice = \"/dev/ttyS0\"\n"))
+            .unwrap();
+        let m = c.modem.unwrap();
+        assert_eq!(m.device, "/dev/ttyS0");
+        assert!(m.answer && m.init.is_empty());
+        let c = ApplianceConfig::from_str(&format!(
+            "{BASE}[modem]\ndevice = \"/dev/ttyIAX0\"\ninit = [\"&F\", \"S7=60\"]\nanswer = false\n"
+        ))
+        .unwrap();
+        let m = c.modem.unwrap();
+        assert_eq!(m.init, ["&F", "S7=60"]);
+        assert!(!m.answer);
+        for (section, field) in [
+            ("device = \"\"\n", "`modem.device`"),
+            ("device = \"/dev/tty\\nS0\"\n", "`modem.device`"),
+            ("device = \"/dev/ttyS0\"\ninit = [\"\"]\n", "`modem.init[0]`"),
+            (
+                "device = \"/dev/ttyS0\"\ninit = [\"&F\", \"Z\\rD123\"]\n",
+                "`modem.init[1]`",
+            ),
+            ("device = \"/dev/ttyS0\"\nspeed = 9600\n", "speed"),
+            ("init = []\n", "device"),
+        ] {
+            let err = ApplianceConfig::from_str(&format!("{BASE}[modem]\n{section}")).unwrap_err();
+            assert!(err.to_string().contains(field), "{section}: {err}");
+        }
     }
 
     #[test]

@@ -22,7 +22,7 @@ pub mod secret;
 
 pub use appliance::{
     ApplianceConfig, FaxCoding, FaxResolution, FaxSection, HotFolderSection, InboxSection,
-    PanelSection, PaperName, PrinterSection, ScannerSection, TimerSection,
+    ModemSection, PanelSection, PaperName, PrinterSection, ScannerSection, TimerSection,
 };
 pub use error::ConfigError;
 pub use relay::{
