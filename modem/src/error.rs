@@ -6,7 +6,7 @@ use std::time::Duration;
 #[derive(Debug, thiserror::Error)]
 pub enum ModemError {
     /// The serial device could not be opened or set up.
-    #[error("serial device {device}: {what}: {source}")]
+    #[error("serial device {device}: {what}")]
     Device {
         /// The device path.
         device: String,
@@ -17,7 +17,7 @@ pub enum ModemError {
         source: std::io::Error,
     },
     /// Reading or writing the serial device failed.
-    #[error("serial I/O while {what}: {source}")]
+    #[error("serial I/O while {what}")]
     Io {
         /// What was being done.
         what: String,
