@@ -8,6 +8,7 @@
 //! listened for that turns out to be frames (`+FCERROR`, the sender
 //! repeating a command) is received as frames.
 
+use std::future::Future;
 use std::time::Duration;
 
 use faxgate_fax::t30::frame::{Modem, fcf};
@@ -29,6 +30,40 @@ pub struct Page {
     pub bitmap: Bitmap,
     /// Its resolution.
     pub resolution: Resolution,
+}
+
+/// Where a receiving call puts its pages.
+///
+/// [`receive`] hands each good page to [`Pages::page`] and answers MCF
+/// only once the returned future has finished: a page is durable before
+/// the sender is told it arrived. An error answers no MCF and ends the
+/// call ([`CallError::Store`]).
+pub trait Pages {
+    /// Keeps page `index` (0-based) of the document. `remote_ident` is
+    /// the sender's TSI, which T.30 gives before any page (if it gave
+    /// one at all).
+    fn page(
+        &mut self,
+        remote_ident: Option<&str>,
+        index: u32,
+        params: Params,
+        page: Bitmap,
+    ) -> impl Future<Output = Result<(), String>> + Send;
+}
+
+/// The pages of a sending call: there should be none.
+struct Refuse;
+
+impl Pages for Refuse {
+    async fn page(
+        &mut self,
+        _remote_ident: Option<&str>,
+        _index: u32,
+        _params: Params,
+        _page: Bitmap,
+    ) -> Result<(), String> {
+        Err("a sending call received a page".into())
+    }
 }
 
 /// Why a call could not be carried out (T.30 failures are in the
@@ -86,30 +121,28 @@ where
     let t30 = engine(config)?;
     modem.dial(number, DIAL_WAIT).await?;
     tracing::info!(number, "Call answered; sending.");
-    let mut refuse = |_: u32, _: Params, _: Bitmap| -> Result<(), String> {
-        Err("a sending call received a page".into())
-    };
-    let result = drive(modem, t30, true, pages, &mut refuse).await;
+    let result = drive(modem, t30, true, pages, &mut Refuse).await;
     modem.hangup().await.ok();
     result
 }
 
 /// Answers a ringing line and receives a fax, handing each good page to
-/// `store` (which returns once the page is durable: MCF waits for it).
-pub async fn receive<S, F>(
+/// `store` (whose future finishes once the page is durable: MCF waits
+/// for it).
+pub async fn receive<S, P>(
     modem: &mut Class1<S>,
     mut config: t30::Config,
-    mut store: F,
+    store: &mut P,
 ) -> Result<Outcome, CallError>
 where
     S: AsyncRead + AsyncWrite,
-    F: FnMut(u32, Params, Bitmap) -> Result<(), String>,
+    P: Pages,
 {
     config.role = t30::Role::Answerer;
     let t30 = engine(config)?;
     modem.answer().await?;
     tracing::info!("Call answered; receiving.");
-    let result = drive(modem, t30, false, &[], &mut store).await;
+    let result = drive(modem, t30, false, &[], store).await;
     modem.hangup().await.ok();
     result
 }
@@ -135,16 +168,19 @@ struct Line {
     last_ppm: Option<u8>,
 }
 
-async fn drive<S>(
+async fn drive<S, P>(
     modem: &mut Class1<S>,
     mut t30: T30,
     caller: bool,
     pages: &[Page],
-    store: &mut dyn FnMut(u32, Params, Bitmap) -> Result<(), String>,
+    store: &mut P,
 ) -> Result<Outcome, CallError>
 where
     S: AsyncRead + AsyncWrite,
+    P: Pages,
 {
+    // The sender's TSI, which comes before its first page.
+    let mut remote_ident: Option<String> = None;
     let mut line = Line {
         tx_connected: !caller,
         rx_connected: caller,
@@ -213,16 +249,22 @@ where
                     lines,
                 } => {
                     tracing::info!(page = index + 1, lines, bad_lines, "Page received.");
-                    store(index, params, page).map_err(|reason| CallError::Store {
-                        page: index + 1,
-                        reason,
-                    })?;
+                    store
+                        .page(remote_ident.as_deref(), index, params, page)
+                        .await
+                        .map_err(|reason| CallError::Store {
+                            page: index + 1,
+                            reason,
+                        })?;
                     t30.handle(Event::PageStored, std::time::Instant::now());
                 }
                 Action::Negotiated(p) => {
                     tracing::info!(params = ?p, modem = ?t30.modem(), "Negotiated.")
                 }
-                Action::RemoteIdent(id) => tracing::info!(remote = %id, "Remote identity."),
+                Action::RemoteIdent(id) => {
+                    tracing::info!(remote = %id, "Remote identity.");
+                    remote_ident = Some(id);
+                }
                 Action::RemoteNonStandard(_) => {}
                 Action::PageSent { index, .. } => tracing::info!(page = index + 1, "Page sent."),
                 Action::PageRetry { index, reason } => {

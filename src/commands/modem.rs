@@ -174,23 +174,11 @@ async fn receive(args: ReceiveArgs, shutdown: CancellationToken) -> anyhow::Resu
             .to_string()
             .replace(':', "");
         let path = args.out.join(format!("fax-{stamp}-{taken}.tif"));
-        let mut pages: Vec<FaxPage> = Vec::new();
-        // Each page is written (atomically, with the ones before it)
-        // before MCF confirms it.
-        let store = |index: u32, params: t30::Params, bmp: faxgate_fax::Bitmap| {
-            let page = FaxPage::from_bitmap(&bmp, params.resolution.dpi(), Coding::Mh)
-                .map_err(|e| format!("coding page {}: {e}", index + 1))?;
-            pages.push(page);
-            let doc = Document {
-                title: "fax".into(),
-                pages: pages.clone(),
-            };
-            let bytes = DocumentFormat::Tiff(Coding::Mh)
-                .render(&doc)
-                .map_err(|e| format!("{e:#}"))?;
-            write_atomically(&path, &bytes).map_err(|e| format!("{e:#}"))
+        let mut store = TiffFile {
+            path: path.clone(),
+            pages: Vec::new(),
         };
-        let call = fax::receive(&mut modem, t30_config(&args.line.ident), store);
+        let call = fax::receive(&mut modem, t30_config(&args.line.ident), &mut store);
         let outcome = tokio::select! {
             r = call => r,
             () = shutdown.cancelled() => {
@@ -219,4 +207,34 @@ async fn receive(args: ReceiveArgs, shutdown: CancellationToken) -> anyhow::Resu
         }
     }
     Ok(())
+}
+
+/// A received fax as one TIFF-F file: each page is written (atomically,
+/// with the ones before it) before MCF confirms it.
+struct TiffFile {
+    path: PathBuf,
+    pages: Vec<FaxPage>,
+}
+
+impl fax::Pages for TiffFile {
+    async fn page(
+        &mut self,
+        _remote_ident: Option<&str>,
+        index: u32,
+        params: t30::Params,
+        bmp: faxgate_fax::Bitmap,
+    ) -> Result<(), String> {
+        // Synchronous writes: this command runs one call at a time.
+        let page = FaxPage::from_bitmap(&bmp, params.resolution.dpi(), Coding::Mh)
+            .map_err(|e| format!("coding page {}: {e}", index + 1))?;
+        self.pages.push(page);
+        let doc = Document {
+            title: "fax".into(),
+            pages: self.pages.clone(),
+        };
+        let bytes = DocumentFormat::Tiff(Coding::Mh)
+            .render(&doc)
+            .map_err(|e| format!("{e:#}"))?;
+        write_atomically(&self.path, &bytes).map_err(|e| format!("{e:#}"))
+    }
 }
