@@ -7,6 +7,7 @@
 //!      │ scan (SANE)      └──────────── store (due jobs) ◀───────────────┘
 //!      ▼
 //!  relay client ──Incoming demands──▶ inbound ──session──▶ store ──wake──▶ print ──▶ printer/archive
+//!  modem (RING) ──▶ pstn ──T.30 over Class 1──▶ store ──wake──▶ print
 //!                                   all actors ──BusEvent──▶ bus (broadcast)
 //!
 //!  IMAP watcher ──Incoming commands──▶ agent ──INFRA (outbound)──▶ relay's IPP front
@@ -21,8 +22,9 @@
 //! flight is finished and made durable, or resent after restart), the
 //! print actor finishes the document it is printing, the agent finishes
 //! the document at the printer (or hands its job back unreported) and
-//! deregisters, then the relay client logs out. [`Appliance::stop`] waits
-//! with a deadline.
+//! deregisters, the modem hangs up a call in progress (its pages are
+//! kept as a partial document), then the relay client logs out.
+//! [`Appliance::stop`] waits with a deadline.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -38,6 +40,7 @@ use tracing::Instrument as _;
 
 use crate::appliance::inbound::Inbound;
 use crate::appliance::panel::{self, PanelState};
+use crate::appliance::pstn::Pstn;
 use crate::appliance::store::Store;
 use crate::appliance::{AgentHandle, Bus, OutboxHandle, PrintHandle, resolution_of};
 use crate::print::Printer;
@@ -132,6 +135,19 @@ impl Appliance {
             bus: bus.clone(),
         }
         .spawn(relay.clone(), incoming, shutdown.child_token(), &tracker);
+        match &cfg.modem {
+            Some(m) if m.answer => Pstn {
+                store: store.clone(),
+                modem: m.clone(),
+                fax: cfg.fax.clone(),
+                inbox: cfg.inbox.clone(),
+                print: print.clone(),
+                bus: bus.clone(),
+            }
+            .spawn(shutdown.child_token(), &tracker),
+            Some(m) => tracing::info!(device = %m.device, "The fax modem is set not to answer."),
+            None => {}
+        }
 
         let scanner = cfg.scanner.as_ref().map(|s| {
             let mut sane = SaneOptions::new(&s.device);

@@ -1120,7 +1120,10 @@ mod tests {
         for (section, field) in [
             ("device = \"\"\n", "`modem.device`"),
             ("device = \"/dev/tty\\nS0\"\n", "`modem.device`"),
-            ("device = \"/dev/ttyS0\"\ninit = [\"\"]\n", "`modem.init[0]`"),
+            (
+                "device = \"/dev/ttyS0\"\ninit = [\"\"]\n",
+                "`modem.init[0]`",
+            ),
             (
                 "device = \"/dev/ttyS0\"\ninit = [\"&F\", \"Z\\rD123\"]\n",
                 "`modem.init[1]`",

@@ -11,6 +11,8 @@
 //!   delivered pages, retries with backoff).
 //! - [`inbound`]: the answering actor (relay demands → accept/reject →
 //!   session → durable pages → print).
+//! - [`pstn`]: the telephone-line answering actor (`[modem]`: RING →
+//!   answer → T.30 over a Class 1 modem → durable pages → print).
 //! - [`printer`]: the output-stage actor (complete documents → archive
 //!   PDF and printer).
 //! - [`panel`]: the front-panel API (HTTP+JSON on loopback) that the
@@ -28,6 +30,7 @@ pub mod inbound;
 pub mod outbox;
 pub mod panel;
 pub mod printer;
+pub mod pstn;
 pub mod session;
 pub mod store;
 
