@@ -162,3 +162,24 @@ pub fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// Waits (20 s at most) for a line starting with `prefix` in a file that
+/// a process is writing; returns the rest of the line.
+pub fn read_line_after(path: &std::path::Path, prefix: &str) -> String {
+    let mut found = String::new();
+    wait_for(
+        &format!("{prefix:?} in {}", path.display()),
+        Duration::from_secs(20),
+        || {
+            let text = std::fs::read_to_string(path).unwrap_or_default();
+            match text.lines().find_map(|l| l.strip_prefix(prefix)) {
+                Some(rest) => {
+                    found = rest.trim().to_owned();
+                    true
+                }
+                None => false,
+            }
+        },
+    );
+    found
+}

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::common::{Proc, faxgate, need, wait_for};
+use crate::common::{Proc, faxgate, need, read_line_after, run, wait_for};
 
 /// Two iaxmodems, A (the caller's) and B (number [`Line::B_NUMBER`]),
 /// each on a free UDP port with its config under /etc/iaxmodem (where
@@ -216,6 +216,62 @@ fn wait_exit(
     }
 }
 
+/// Codes `pages` for efax with efix (PBM in, raw G3 out), as
+/// `p0.g3`, `p1.g3`... in the line's folder.
+fn efax_pages(line: &Line, pages: &[Vec<Vec<bool>>]) -> Vec<PathBuf> {
+    need("efix", "efax");
+    let mut raw = Vec::new();
+    for (i, p) in pages.iter().enumerate() {
+        let pbm = line.path(&format!("p{i}.pbm"));
+        write_pbm(&pbm, p);
+        let g3 = line.path(&format!("p{i}.g3"));
+        let out = Command::new("efix")
+            .args(["-i", "pbm", "-o", "fax"])
+            .arg(&pbm)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "efix: {out:?}");
+        std::fs::write(&g3, out.stdout).unwrap();
+        raw.push(g3);
+    }
+    raw
+}
+
+/// efax on modem A faxes `raw` to B's number as "+49 30 3333".
+fn efax_send(line: &Line, raw: &[PathBuf]) -> std::process::Output {
+    need("efax", "efax");
+    Command::new("efax")
+        .args(["-d", line.tty(0).to_str().unwrap()])
+        .args(["-o1", "-v", "ewinchamr", "-l", "+49 30 3333", "-h", ""])
+        .args(["-t", Line::B_NUMBER])
+        .args(raw)
+        .output()
+        .unwrap()
+}
+
+/// Asserts that `got` (pages received from efax) are `want` below
+/// efax's header band: blank with `-h ""`, 20 white rows, then the
+/// page's rows unchanged.
+fn assert_efax_pages(what: &str, got: &[Vec<Vec<bool>>], want: &[Vec<Vec<bool>>]) {
+    assert_eq!(got.len(), want.len(), "{what}: pages");
+    for (i, (page, want)) in got.iter().zip(want).enumerate() {
+        assert_eq!(page.len(), want.len() + 20, "{what} page {}: rows", i + 1);
+        let (header, body) = page.split_at(20);
+        assert!(
+            header.iter().flatten().all(|&black| !black),
+            "{what} page {}: the header band is not blank",
+            i + 1
+        );
+        let differing = body.iter().zip(want).filter(|(a, b)| a != b).count();
+        assert_eq!(
+            differing,
+            0,
+            "{what} page {}: {differing} rows differ",
+            i + 1
+        );
+    }
+}
+
 #[test]
 fn faxgate_faxes_two_pages_to_efax_over_a_phone_line() {
     need("efax", "efax");
@@ -285,24 +341,9 @@ fn faxgate_faxes_two_pages_to_efax_over_a_phone_line() {
 
 #[test]
 fn efax_faxes_two_pages_to_faxgate_over_a_phone_line() {
-    need("efax", "efax");
-    need("efix", "efax");
     let line = Line::start();
     let pages = [page(1, 450), page(2, 700)];
-    let mut raw = Vec::new();
-    for (i, p) in pages.iter().enumerate() {
-        let pbm = line.path(&format!("p{i}.pbm"));
-        write_pbm(&pbm, p);
-        let g3 = line.path(&format!("p{i}.g3"));
-        let out = Command::new("efix")
-            .args(["-i", "pbm", "-o", "fax"])
-            .arg(&pbm)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "efix: {out:?}");
-        std::fs::write(&g3, out.stdout).unwrap();
-        raw.push(g3);
-    }
+    let raw = efax_pages(&line, &pages);
     let inbox = line.path("inbox");
     let fg_log = line.path("faxgate.log");
     let mut rx = Proc(
@@ -328,13 +369,7 @@ fn efax_faxes_two_pages_to_faxgate_over_a_phone_line() {
         Duration::from_secs(20),
         || std::fs::read_to_string(&fg_log).is_ok_and(|t| t.contains("Waiting for calls.")),
     );
-    let out = Command::new("efax")
-        .args(["-d", line.tty(0).to_str().unwrap()])
-        .args(["-o1", "-v", "ewinchamr", "-l", "+49 30 3333", "-h", ""])
-        .args(["-t", Line::B_NUMBER])
-        .args(&raw)
-        .output()
-        .unwrap();
+    let out = efax_send(&line, &raw);
     let fg_text = || std::fs::read_to_string(&fg_log).unwrap_or_default();
     assert!(
         out.status.success(),
@@ -357,20 +392,138 @@ fn efax_faxes_two_pages_to_faxgate_over_a_phone_line() {
         .filter(|p| p.extension().is_some_and(|e| e == "tif"))
         .collect();
     assert_eq!(files.len(), 1, "{files:?}");
-    let got = tiff_pages(&files[0]);
-    assert_eq!(got.len(), 2, "pages in {}", files[0].display());
-    for (i, want) in pages.iter().enumerate() {
-        // efax puts a header band above each page (blank with -h ""):
-        // 20 white rows, then the page's rows unchanged.
-        let page = &got[i];
-        assert_eq!(page.len(), want.len() + 20, "page {}: rows", i + 1);
-        let (header, body) = page.split_at(20);
-        assert!(
-            header.iter().flatten().all(|&black| !black),
-            "page {}: the header band is not blank",
-            i + 1
-        );
-        let differing = body.iter().zip(want).filter(|(a, b)| a != b).count();
-        assert_eq!(differing, 0, "page {}: {differing} rows differ", i + 1);
+    assert_efax_pages(
+        &files[0].display().to_string(),
+        &tiff_pages(&files[0]),
+        &pages,
+    );
+}
+
+/// A relay and one appliance ("tokyo") whose `[modem]` is iaxmodem B:
+/// efax on modem A faxes two pages to B's number; the appliance answers,
+/// keeps the fax in its inbox (from "pstn", with efax's TSI) and prints
+/// it to a folder, pixel for pixel.
+#[test]
+fn efax_faxes_to_the_appliance_which_prints_it() {
+    let line = Line::start();
+    let pages = [page(4, 520), page(5, 380)];
+    let raw = efax_pages(&line, &pages);
+    let d = line.path("site");
+    let printed = d.join("printed");
+    std::fs::create_dir_all(&printed).unwrap();
+    let relay_cfg = d.join("relay.toml");
+    std::fs::write(
+        &relay_cfg,
+        format!(
+            "[relay]\nlisten = \"127.0.0.1:0\"\nstate_dir = {:?}\n\
+             argon2_memory_kib = 1024\nargon2_iterations = 1\n",
+            d.join("relay-state").display().to_string()
+        ),
+    )
+    .unwrap();
+    run(Command::new(faxgate())
+        .args(["relay", "--config"])
+        .arg(&relay_cfg)
+        .args(["user", "add", "tokyo", "--password-env", "FG_PW"])
+        .env("FG_PW", "pw-tokyo-123"));
+    let _relay = crate::common::spawn_relay(&relay_cfg, &d);
+    let relay_addr = read_line_after(&d.join("relay.out"), "relay (tcp) listening on ");
+    let cfg = d.join("tokyo.toml");
+    let state = d.join("tokyo-state");
+    std::fs::write(
+        &cfg,
+        format!(
+            "state_dir = {:?}\n\
+             [relay]\nserver = \"{relay_addr}\"\nuser = \"tokyo\"\npassword = \"pw-tokyo-123\"\n\
+             [fax]\nident = \"+81 3 0000\"\n\
+             [panel]\nlisten = \"127.0.0.1:0\"\n\
+             [printer]\nuri = \"dir:{}?format=tiff\"\nretry = \"1s\"\n\
+             [modem]\ndevice = {:?}\n",
+            state.display().to_string(),
+            printed.display(),
+            line.tty(1).display().to_string(),
+        ),
+    )
+    .unwrap();
+    let log = d.join("tokyo.log");
+    let out = d.join("tokyo.out");
+    let _appliance = Proc(
+        Command::new(faxgate())
+            .args(["appliance", "--config"])
+            .arg(&cfg)
+            .env("RUST_LOG", "info,faxgate=debug,faxgate_modem=debug")
+            .env("NO_COLOR", "1")
+            .stdout(std::fs::File::create(&out).unwrap())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let panel = read_line_after(&out, "appliance: panel API on http://");
+    let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
+    wait_for(
+        "the appliance's modem waiting for calls",
+        Duration::from_secs(20),
+        || log_text().contains("Waiting for calls."),
+    );
+
+    let sent = efax_send(&line, &raw);
+    assert!(
+        sent.status.success(),
+        "efax send: {}\n{}\nappliance:\n{}",
+        sent.status,
+        String::from_utf8_lossy(&sent.stderr),
+        log_text()
+    );
+
+    let inbox = || -> Vec<serde_json::Value> {
+        let out = Command::new(faxgate())
+            .args(["inbox", "--json", "--panel", &panel])
+            .env("NO_COLOR", "1")
+            .output()
+            .unwrap();
+        serde_json::from_slice::<serde_json::Value>(&out.stdout)
+            .ok()
+            .and_then(|v| v.as_array().cloned())
+            .unwrap_or_default()
+    };
+    let mut doc = serde_json::Value::Null;
+    let done = std::time::Instant::now() + Duration::from_secs(60);
+    while std::time::Instant::now() < done {
+        if let Some(d) = inbox().into_iter().find(|d| d["from"] == "pstn")
+            && d["print"] == "printed"
+        {
+            doc = d;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
     }
+    assert!(
+        doc["print"] == "printed",
+        "no printed document from pstn: {:?}\nappliance:\n{}",
+        inbox(),
+        log_text()
+    );
+    assert_eq!(doc["state"], "complete", "{doc}");
+    assert_eq!(doc["pages"], 2, "{doc}");
+    assert_eq!(doc["remote_ident"], "+49 30 3333", "{doc}");
+    let job_id = doc["job_id"].as_str().unwrap_or_default();
+    assert!(
+        job_id.len() == 16 && job_id.chars().all(|c| c.is_ascii_hexdigit()),
+        "job id {job_id:?}"
+    );
+    assert_eq!(inbox().len(), 1, "one call, one document: {:?}", inbox());
+
+    // The pages as stored, one TIFF each, and as printed, one TIFF.
+    let id = doc["id"].as_i64().unwrap();
+    let stored: Vec<Vec<Vec<bool>>> = (0..2)
+        .flat_map(|i| tiff_pages(&state.join(format!("inbox/{id}/{i:04}.tif"))))
+        .collect();
+    assert_efax_pages("stored", &stored, &pages);
+    let files: Vec<PathBuf> = std::fs::read_dir(&printed)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "tif" || e == "tiff"))
+        .collect();
+    assert_eq!(files.len(), 1, "printed: {files:?}");
+    assert_efax_pages("printed", &tiff_pages(&files[0]), &pages);
 }

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::common::{Proc, faxgate, need, run, wait_for};
+use crate::common::{Proc, faxgate, need, read_line_after, run, wait_for};
 
 /// A bilevel test page (1 = black, rows packed MSB first): diagonal
 /// stripes, a solid box, isolated dots and a ragged right edge, so every
@@ -1673,27 +1673,6 @@ impl Branches {
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(40)..].join("\n")
     }
-}
-
-/// Waits (20 s at most) for a line starting with `prefix` in a file that
-/// a process is writing; returns the rest of the line.
-fn read_line_after(path: &Path, prefix: &str) -> String {
-    let mut found = String::new();
-    wait_for(
-        &format!("{prefix:?} in {}", path.display()),
-        Duration::from_secs(20),
-        || {
-            let text = std::fs::read_to_string(path).unwrap_or_default();
-            match text.lines().find_map(|l| l.strip_prefix(prefix)) {
-                Some(rest) => {
-                    found = rest.trim().to_owned();
-                    true
-                }
-                None => false,
-            }
-        },
-    );
-    found
 }
 
 /// A printer that is slow to finish (its print command takes 8 s) and an
