@@ -153,6 +153,24 @@ pub struct Class1<S> {
     buf: Vec<u8>,
     /// The `+FTM` modulations the modem listed at [`Class1::init`].
     modulations: Vec<u16>,
+    /// The modem's last flow control character was XOFF.
+    paused: bool,
+    /// Turns the line's XON/XOFF output flow control on and off (a real
+    /// serial port), so that the driver's transmit buffer stops at XOFF
+    /// too, not only the writes not yet made.
+    flow: Option<crate::port::FlowSwitch>,
+}
+
+impl Class1<crate::port::SerialPort> {
+    /// Wraps a serial port; its XON/XOFF output flow control is on while
+    /// page data goes out (and off otherwise: received data holds those
+    /// octets).
+    pub fn on_port(port: crate::port::SerialPort) -> Result<Self, ModemError> {
+        let flow = port.flow_switch()?;
+        let mut m = Class1::new(port);
+        m.flow = Some(flow);
+        Ok(m)
+    }
 }
 
 impl<S> std::fmt::Debug for Class1<S> {
@@ -173,6 +191,8 @@ impl<S: AsyncRead + AsyncWrite> Class1<S> {
             tx,
             buf: Vec::with_capacity(4096),
             modulations: Vec::new(),
+            paused: false,
+            flow: None,
         }
     }
 
@@ -188,7 +208,27 @@ impl<S: AsyncRead + AsyncWrite> Class1<S> {
     pub async fn init(&mut self, setup: &[String]) -> Result<(), ModemError> {
         // Anything a previous user left (a RING, a half line) is noise.
         self.buf.clear();
+        // A modem left in a data mode or with a half-typed command answers
+        // the first AT late or with ERROR: ask until it says OK.
+        let mut ready = false;
+        for _ in 0..3 {
+            if let Ok((_, Response::Ok)) = self.command("", Duration::from_secs(2)).await {
+                ready = true;
+                break;
+            }
+            self.buf.clear();
+        }
+        if !ready {
+            return Err(ModemError::Timeout {
+                command: "AT (is a modem on this port?)".into(),
+                waited: Duration::from_secs(6),
+            });
+        }
         self.expect("E0V1Q0", COMMAND_WAIT, Response::Ok, "OK")
+            .await?;
+        // On hook, and no auto-answer: calls are answered with ATA.
+        self.expect("H0", COMMAND_WAIT, Response::Ok, "OK").await?;
+        self.expect("S0=0", COMMAND_WAIT, Response::Ok, "OK")
             .await?;
         for cmd in setup {
             self.expect(cmd, COMMAND_WAIT, Response::Ok, "OK").await?;
@@ -257,8 +297,13 @@ impl<S: AsyncRead + AsyncWrite> Class1<S> {
             .await
     }
 
-    /// Hangs up (`ATH0`). Errors are the caller's to ignore.
+    /// Hangs up (`ATH0`), first stopping whatever the modem was doing (a
+    /// receive waiting for a carrier takes a character as its abort, and
+    /// would swallow the `A` of `ATH0`). Errors are the caller's to
+    /// ignore or report.
     pub async fn hangup(&mut self) -> Result<(), ModemError> {
+        self.abort("the call before hanging up").await.ok();
+        self.buf.clear();
         self.expect("H0", COMMAND_WAIT, Response::Ok, "OK").await
     }
 
@@ -315,8 +360,18 @@ impl<S: AsyncRead + AsyncWrite> Class1<S> {
             loop {
                 match self.wait_connect(deadline, "+FRH=3").await? {
                     Some(Response::Connect) => break,
-                    Some(Response::NoCarrier | Response::Error | Response::FcError) => {
+                    Some(Response::NoCarrier | Response::FcError) => {
+                        // Not at once again: a modem that answers at once
+                        // would be asked in a tight loop.
+                        tokio::time::sleep(Duration::from_millis(100)).await;
                         return Ok(Received::NoCarrier);
+                    }
+                    Some(Response::Error) => {
+                        return Err(ModemError::Unexpected {
+                            command: "AT+FRH=3".into(),
+                            response: "ERROR".into(),
+                            expected: "CONNECT (the line may have hung up)",
+                        });
                     }
                     Some(_) => {}
                     None => return self.abort("+FRH=3").await.map(|()| Received::Timeout),
@@ -348,6 +403,12 @@ impl<S: AsyncRead + AsyncWrite> Class1<S> {
             .await
     }
 
+    /// Keeps the line silent for `tens` x 10 ms (`+FTS`).
+    pub async fn pause(&mut self, tens: u8) -> Result<(), ModemError> {
+        self.expect(&format!("+FTS={tens}"), COMMAND_WAIT, Response::Ok, "OK")
+            .await
+    }
+
     /// Sends high-speed data at `modem` after 80 ms of silence (`+FTS=8`,
     /// the T.30 gap between V.21 and a high-speed signal): TCF, or a page.
     /// `data` is in line order (LSB first).
@@ -370,7 +431,14 @@ impl<S: AsyncRead + AsyncWrite> Class1<S> {
         let mut out = Vec::with_capacity(data.len() + data.len() / 64 + 2);
         dle::stuff(data, &mut out);
         dle::end(&mut out);
-        self.write_paced(&out).await?;
+        if let Some(flow) = &self.flow {
+            flow.set(true)?;
+        }
+        let written = self.write_paced(&out).await;
+        if let Some(flow) = &self.flow {
+            flow.set(false)?;
+        }
+        written?;
         // The modem answers OK once the last bit has left: the data's
         // time on the line, with training and margin.
         let secs = data.len() as u64 * 8 / u64::from(modem.bit_rate()) + 30;
@@ -405,7 +473,17 @@ impl<S: AsyncRead + AsyncWrite> Class1<S> {
             match self.wait_connect(deadline, "+FRM").await? {
                 Some(Response::Connect) => break,
                 Some(Response::FcError) => return Ok(Received::Frames),
-                Some(Response::NoCarrier | Response::Error) => return Ok(Received::NoCarrier),
+                Some(Response::NoCarrier) => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    return Ok(Received::NoCarrier);
+                }
+                Some(Response::Error) => {
+                    return Err(ModemError::Unexpected {
+                        command: format!("AT+FRM={code}"),
+                        response: "ERROR".into(),
+                        expected: "CONNECT (the modem may lack this modulation, or the line hung up)",
+                    });
+                }
                 Some(_) => {}
                 None => return self.abort("+FRM").await.map(|()| Received::Timeout),
             }
@@ -550,6 +628,9 @@ impl<S: AsyncRead + AsyncWrite> Class1<S> {
                 return Ok(DataEnd::Timeout);
             }
         }
+        // The deadline (T2, T4) is for the frame to start; once it has,
+        // it may take its time at 300 bit/s (HylaFAX gives it 5 s too).
+        let deadline = deadline.max(Instant::now() + Duration::from_secs(5));
         let mut u = Unstuffer::new();
         loop {
             let used = u.feed(&self.buf, out);
@@ -566,36 +647,32 @@ impl<S: AsyncRead + AsyncWrite> Class1<S> {
         }
     }
 
-    /// Stops a receive command that is still waiting (any character
-    /// aborts it, T.31 section 8.3.4) and reads up to its result code.
+    /// Stops a receive command that is still waiting: any character
+    /// aborts it (T.31 section 8.3.4; spandsp also ends a receive under
+    /// way with DLE ETX and OK). Any final result code ends the abort
+    /// (the command may have ended by itself, with +FCERROR say); a modem
+    /// that says nothing is asked `AT` until it answers OK (some send no
+    /// OK after an abort). Only a modem that answers nothing at all is an
+    /// error.
     async fn abort(&mut self, what: &str) -> Result<(), ModemError> {
         self.write(b"\r", "aborting a receive command").await?;
-        let deadline = Instant::now() + COMMAND_WAIT;
-        // Whatever data was under way, then OK (or NO CARRIER).
-        loop {
-            if self.buf.is_empty() && !self.fill(deadline, what).await? {
-                return Err(ModemError::Timeout {
-                    command: format!("aborting {what}"),
-                    waited: COMMAND_WAIT,
-                });
-            }
-            // Drop everything up to a final result code line.
-            if let Some(end) = find_line(&self.buf) {
-                let line: Vec<u8> = self.buf.drain(..end.1).collect();
-                let text = String::from_utf8_lossy(&line[..end.0]).trim().to_owned();
-                if matches!(
-                    Response::parse(&text),
-                    Some(Response::Ok | Response::NoCarrier | Response::Error)
-                ) {
-                    return Ok(());
-                }
-            } else if !self.fill(deadline, what).await? {
-                return Err(ModemError::Timeout {
-                    command: format!("aborting {what}"),
-                    waited: COMMAND_WAIT,
-                });
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while let Some(line) = self.line(deadline, what).await? {
+            if Response::parse(&line).is_some() {
+                return Ok(());
             }
         }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        self.buf.clear();
+        for _ in 0..3 {
+            if let Ok((_, Response::Ok)) = self.command("", Duration::from_secs(2)).await {
+                return Ok(());
+            }
+        }
+        Err(ModemError::Timeout {
+            command: format!("aborting {what} (and AT after it)"),
+            waited: Duration::from_secs(8),
+        })
     }
 
     /// The next non-empty text line (CR/LF stripped, echoed `AT` lines and
@@ -615,6 +692,13 @@ impl<S: AsyncRead + AsyncWrite> Class1<S> {
                 let raw: Vec<u8> = self.buf.drain(..used).collect();
                 // XON/XOFF may come between lines; never inside data,
                 // which is not read here.
+                for &b in &raw[..len] {
+                    match b {
+                        XOFF => self.paused = true,
+                        XON => self.paused = false,
+                        _ => {}
+                    }
+                }
                 let raw: Vec<u8> = raw[..len]
                     .iter()
                     .copied()
@@ -665,7 +749,8 @@ impl<S: AsyncRead + AsyncWrite> Class1<S> {
     /// kept for the result code.
     async fn write_paced(&mut self, bytes: &[u8]) -> Result<(), ModemError> {
         let mut off = 0;
-        let mut paused = false;
+        // An XOFF may have come with the CONNECT.
+        let mut paused = self.paused;
         let mut chunk = [0u8; 256];
         // A modem that holds XOFF this long is stuck.
         let stall = Duration::from_secs(30);
@@ -685,6 +770,18 @@ impl<S: AsyncRead + AsyncWrite> Class1<S> {
                             other => self.buf.push(other),
                         }
                     }
+                    // A result code while data goes out (ERROR, NO
+                    // CARRIER: the line dropped) ends the write.
+                    if let Some((len, _)) = find_line(&self.buf)
+                        && let Some(r) =
+                            Response::parse(String::from_utf8_lossy(&self.buf[..len]).trim())
+                    {
+                        return Err(ModemError::Unexpected {
+                            command: "page data (+FTM)".into(),
+                            response: format!("{r:?}"),
+                            expected: "to take all the data",
+                        });
+                    }
                 }
                 w = self.tx.write(&bytes[off..end]), if !paused => {
                     off += w.map_err(|e| ModemError::io("sending data", e))?;
@@ -697,6 +794,7 @@ impl<S: AsyncRead + AsyncWrite> Class1<S> {
                 }
             }
         }
+        self.paused = paused;
         self.tx
             .flush()
             .await

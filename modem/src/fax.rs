@@ -118,8 +118,11 @@ where
         document_resolution: first.resolution,
         document_width: first.bitmap.width(),
     };
-    let t30 = engine(config)?;
+    // Checked before the call is made, but started once it is answered:
+    // T1 (35 s) is for the answerer's DIS, not for the rings.
+    engine(config.clone())?;
     modem.dial(number, DIAL_WAIT).await?;
+    let t30 = engine(config)?;
     tracing::info!(number, "Call answered; sending.");
     let result = drive(modem, t30, true, pages, &mut Refuse).await;
     modem.hangup().await.ok();
@@ -139,8 +142,9 @@ where
     P: Pages,
 {
     config.role = t30::Role::Answerer;
-    let t30 = engine(config)?;
+    engine(config.clone())?;
     modem.answer().await?;
+    let t30 = engine(config)?;
     tracing::info!("Call answered; receiving.");
     let result = drive(modem, t30, false, &[], store).await;
     modem.hangup().await.ok();
@@ -166,6 +170,11 @@ struct Line {
     last_sent: Option<u8>,
     /// FCF of the last post-page command received (answerer).
     last_ppm: Option<u8>,
+    /// The last frame received was not its burst's last.
+    in_burst: bool,
+    /// The last thing sent was page data (a post-page command waits 75
+    /// ms after it).
+    after_image: bool,
 }
 
 async fn drive<S, P>(
@@ -187,6 +196,8 @@ where
         received_last: false,
         last_sent: None,
         last_ppm: None,
+        in_burst: false,
+        after_image: false,
     };
     loop {
         let mut sent = false;
@@ -196,7 +207,12 @@ where
                     log_frames("T.30 out.", &frames);
                     if line.received_last && !line.tx_connected {
                         modem.wait_silence().await?;
+                    } else if line.after_image {
+                        // T.30's 75 ms between the page and its command
+                        // (HylaFAX: +FTS=7).
+                        modem.pause(7).await?;
                     }
+                    line.after_image = false;
                     modem.send_frames(&frames, line.tx_connected).await?;
                     line.tx_connected = false;
                     line.rx_connected = false;
@@ -222,6 +238,7 @@ where
                         .send_data(t30.modem(), Training::Short, &dle::reverse_bits(&data))
                         .await?;
                     line.received_last = false;
+                    line.after_image = true;
                     sent = true;
                 }
                 Action::SendEcmFrames(_) => {
@@ -283,11 +300,17 @@ where
         let deadline = deadline(&t30);
         let expect_page = !caller
             && (line.last_sent == Some(fcf::CFR)
-                || (line.last_sent == Some(fcf::MCF) && line.last_ppm == Some(fcf::MPS)));
+                || (line.last_sent == Some(fcf::MCF)
+                    && matches!(line.last_ppm, Some(fcf::MPS | fcf::PRI_MPS))));
         if expect_page {
             let m = t30.modem();
+            // A page starts within a second or two of our CFR or MCF; a
+            // sender that missed it repeats its command on V.21, which a
+            // modem that does not say +FCERROR would never hear under
+            // +FRM: after T4 and a second, listen for frames instead.
+            let carrier_by = deadline.min(tokio::time::Instant::now() + Duration::from_secs(4));
             let got = modem
-                .receive_data(m, Training::Short, deadline, |d| {
+                .receive_data(m, Training::Short, carrier_by, |d| {
                     t30.handle(
                         Event::ImageData(dle::reverse_bits(d)),
                         std::time::Instant::now(),
@@ -302,17 +325,31 @@ where
                     t30.handle(Event::ImageEnd, std::time::Instant::now());
                 }
                 Received::Frames => line.last_sent = None,
-                Received::NoCarrier | Received::Timeout => expire(&mut t30),
+                Received::NoCarrier | Received::Timeout => {
+                    if tokio::time::Instant::now() < deadline {
+                        line.last_sent = None;
+                    } else {
+                        expire(&mut t30);
+                    }
+                }
             }
             continue;
         }
+        // The next frame of a burst follows at once, whatever is left of
+        // the engine's timer.
+        let deadline = if line.in_burst {
+            deadline.max(tokio::time::Instant::now() + Duration::from_secs(3))
+        } else {
+            deadline
+        };
         match modem.receive_frame(deadline, line.rx_connected).await? {
             Received::Got(frame) => {
                 line.rx_connected = false;
                 line.received_last = true;
+                line.in_burst = !frame.is_final();
                 if let Some(f) = frame.bytes.get(2).map(|f| f & 0xFE)
                     && frame.fcs_ok
-                    && [fcf::MPS, fcf::EOP, fcf::EOM].contains(&f)
+                    && [fcf::MPS, fcf::PRI_MPS, fcf::EOP, fcf::EOM].contains(&f)
                 {
                     line.last_ppm = Some(f);
                 }
@@ -327,6 +364,10 @@ where
             }
             Received::NoCarrier | Received::Frames | Received::Timeout => {
                 line.rx_connected = false;
+                line.in_burst = false;
+                // Whatever the modem heard may still be on the line: wait
+                // for silence before answering.
+                line.received_last = true;
                 expire(&mut t30);
             }
         }

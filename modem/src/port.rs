@@ -44,11 +44,69 @@ impl SerialPort {
             .open(device)
             .map_err(|e| err("opening", e))?;
         raw_mode(&file).map_err(|e| err("setting raw mode", e))?;
+        // Nobody else opens it while we have it (a getty, ModemManager's
+        // probes; root can still), and what a previous user left unread
+        // would shift every answer by a line.
+        // SAFETY: plain ioctls on the open descriptor `file` owns.
+        unsafe {
+            libc::ioctl(file.as_raw_fd(), libc::TIOCEXCL);
+            libc::tcflush(file.as_raw_fd(), libc::TCIOFLUSH);
+        }
         // SAFETY: the descriptor is owned by `file`, which the AsyncFd owns
         // from here until it is dropped; nothing else closes or replaces it.
         let fd = unsafe { AsyncFd::register(file) }
             .map_err(|e| err("registering with the runtime", e.into()))?;
         Ok(SerialPort { fd })
+    }
+}
+
+/// Turns XON/XOFF output flow control of a serial line on and off (a
+/// duplicate of the port's descriptor, so it can be used after the port
+/// was split into reader and writer).
+#[derive(Debug)]
+pub struct FlowSwitch(std::os::fd::OwnedFd);
+
+impl SerialPort {
+    /// A [`FlowSwitch`] for this port.
+    pub fn flow_switch(&self) -> Result<FlowSwitch, ModemError> {
+        let fd = self
+            .fd
+            .get_ref()
+            .try_clone()
+            .map_err(|e| ModemError::io("duplicating the serial descriptor", e))?;
+        Ok(FlowSwitch(fd.into()))
+    }
+}
+
+impl FlowSwitch {
+    /// On: the driver stops sending at the modem's XOFF until XON, down to
+    /// the bytes in its transmit buffer (which user space cannot recall).
+    /// Off: XON and XOFF arrive as data, as received page data needs.
+    pub fn set(&self, on: bool) -> Result<(), ModemError> {
+        let fd = self.0.as_raw_fd();
+        // SAFETY: `fd` is open for the life of `self`; `t` is filled by
+        // tcgetattr before use.
+        let r = unsafe {
+            let mut t: libc::termios = std::mem::zeroed();
+            if libc::tcgetattr(fd, &mut t) != 0 {
+                -1
+            } else {
+                if on {
+                    t.c_iflag |= libc::IXON;
+                } else {
+                    t.c_iflag &= !libc::IXON;
+                }
+                libc::tcsetattr(fd, libc::TCSANOW, &t)
+            }
+        };
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(ModemError::io(
+                "switching XON/XOFF flow control",
+                io::Error::last_os_error(),
+            ))
+        }
     }
 }
 

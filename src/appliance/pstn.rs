@@ -156,7 +156,7 @@ impl Pstn {
     /// Opens the device and puts the modem in fax Class 1.
     async fn open(&self) -> anyhow::Result<Class1<SerialPort>> {
         let port = SerialPort::open(&self.modem.device)?;
-        let mut modem = Class1::new(port);
+        let mut modem = Class1::on_port(port)?;
         modem
             .init(&self.modem.init)
             .await

@@ -101,7 +101,7 @@ fn t30_config(ident: &str) -> t30::Config {
 
 async fn open(line: &LineArgs) -> anyhow::Result<Class1<SerialPort>> {
     let port = SerialPort::open(&line.device)?;
-    let mut modem = Class1::new(port);
+    let mut modem = Class1::on_port(port)?;
     modem
         .init(&line.init)
         .await

@@ -362,13 +362,14 @@ fn efax_faxes_two_pages_to_faxgate_over_a_phone_line() {
             .spawn()
             .unwrap(),
     );
-    // faxgate sends no ATZ, so the modem takes calls at once; its log
-    // says when the modem is set up.
+    // Its log says when the modem is set up; iaxmodem then refuses calls
+    // as busy for 5 s after the ATH0 of that setup.
     wait_for(
         "faxgate waiting for a call",
         Duration::from_secs(20),
         || std::fs::read_to_string(&fg_log).is_ok_and(|t| t.contains("Waiting for calls.")),
     );
+    std::thread::sleep(Duration::from_secs(6));
     let out = efax_send(&line, &raw);
     let fg_text = || std::fs::read_to_string(&fg_log).unwrap_or_default();
     assert!(
@@ -465,6 +466,8 @@ fn efax_faxes_to_the_appliance_which_prints_it() {
         Duration::from_secs(20),
         || log_text().contains("Waiting for calls."),
     );
+    // iaxmodem refuses calls as busy for 5 s after the setup's ATH0.
+    std::thread::sleep(Duration::from_secs(6));
 
     let sent = efax_send(&line, &raw);
     assert!(
