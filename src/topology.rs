@@ -119,9 +119,26 @@ impl Appliance {
             shutdown.child_token(),
             &tracker,
         );
+        // The telephone line (one actor: it answers calls and places the
+        // outbox's calls to tel: numbers).
+        let pstn = cfg.modem.as_ref().map(|m| {
+            if !m.answer {
+                tracing::info!(device = %m.device, "The fax modem is set not to answer; it only places calls.");
+            }
+            Pstn {
+                store: store.clone(),
+                modem: m.clone(),
+                fax: cfg.fax.clone(),
+                inbox: cfg.inbox.clone(),
+                print: print.clone(),
+                bus: bus.clone(),
+            }
+            .spawn(shutdown.child_token(), &tracker)
+        });
         let outbox = OutboxHandle::spawn(
             store.clone(),
             relay.clone(),
+            pstn,
             cfg.fax.clone(),
             bus.clone(),
             shutdown.child_token(),
@@ -135,19 +152,6 @@ impl Appliance {
             bus: bus.clone(),
         }
         .spawn(relay.clone(), incoming, shutdown.child_token(), &tracker);
-        match &cfg.modem {
-            Some(m) if m.answer => Pstn {
-                store: store.clone(),
-                modem: m.clone(),
-                fax: cfg.fax.clone(),
-                inbox: cfg.inbox.clone(),
-                print: print.clone(),
-                bus: bus.clone(),
-            }
-            .spawn(shutdown.child_token(), &tracker),
-            Some(m) => tracing::info!(device = %m.device, "The fax modem is set not to answer."),
-            None => {}
-        }
 
         let scanner = cfg.scanner.as_ref().map(|s| {
             let mut sane = SaneOptions::new(&s.device);

@@ -287,8 +287,10 @@ pub struct HotFolderSection {
 /// A Class 1 fax modem (ITU-T T.31) on a serial line: a real modem on
 /// `/dev/ttyS0` or a USB adapter, or a software modem's pty (iaxmodem).
 /// It answers fax calls, and each fax received goes to the inbox (from
-/// the user `pstn`) and is printed like one received over the relay.
-/// The engine runs with `[fax]`'s identity, capabilities and timers, in
+/// the user `pstn`) and is printed like one received over the relay; and
+/// it places the outbox's jobs to telephone numbers (`faxgate send --to
+/// tel:NUMBER`), one call at a time between incoming ones. The engine
+/// runs with `[fax]`'s identity, capabilities, timers and retries, in
 /// training mode (TCF) and without ECM (not built for Class 1).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -299,8 +301,8 @@ pub struct ModemSection {
     /// modem that needs them (e.g. `["&F", "S7=60"]`).
     #[serde(default)]
     pub init: Vec<String>,
-    /// Answer fax calls on the line. `false` leaves the line alone (the
-    /// modem is neither opened nor answered).
+    /// Answer fax calls on the line. `false`: calls are not answered; the
+    /// modem still places the outbox's calls to telephone numbers.
     #[serde(default = "defaults::yes")]
     pub answer: bool,
 }

@@ -259,11 +259,7 @@ impl<S: AsyncRead + AsyncWrite> Class1<S> {
     /// Dials `number` (tone); `Ok` once the modem hears the answerer's
     /// V.21 and is receiving its first HDLC frame.
     pub async fn dial(&mut self, number: &str, wait: Duration) -> Result<(), ModemError> {
-        let valid = !number.is_empty()
-            && number
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "+*#,-() W@!".contains(c));
-        if !valid {
+        if !valid_dial_string(number) {
             return Err(ModemError::DialFailed {
                 number: number.to_owned(),
                 result: "not a dial string (digits, letters, + * # , W @ ! only)".into(),
@@ -810,6 +806,16 @@ enum DataEnd {
     Line,
     /// The deadline passed.
     Timeout,
+}
+
+/// Whether `number` may go after `ATDT`: 1 to 64 of digits, letters (a
+/// keypad's, or the modem's dial modifiers), `+ * # , - ( ) W @ !` and
+/// spaces. Nothing that could end the command (CR, `;`) or start another.
+pub fn valid_dial_string(number: &str) -> bool {
+    (1..=64).contains(&number.len())
+        && number
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "+*#,-() W@!".contains(c))
 }
 
 /// A frame must at least have address, control and FCF.

@@ -51,6 +51,49 @@ pub trait Pages {
     ) -> impl Future<Output = Result<(), String>> + Send;
 }
 
+/// Where a sending call gets its pages, and whom it tells of each page
+/// the receiver confirmed.
+///
+/// [`send`] asks for page `index` (0-based in this call) when T.30 needs
+/// it, and calls [`Document::delivered`] once the receiver confirmed it
+/// with MCF (or RTP): a page counts as sent only then.
+pub trait Document {
+    /// Page `index` (0-based in this call) as scanned or rendered.
+    fn page(&mut self, index: u32) -> impl Future<Output = Result<Page, String>> + Send;
+    /// The receiver confirmed page `index`.
+    fn delivered(&mut self, index: u32) -> impl Future<Output = Result<(), String>> + Send;
+}
+
+/// Pages in memory, as `faxgate modem send` has them.
+#[derive(Debug)]
+pub struct InMemory<'a>(pub &'a [Page]);
+
+impl Document for InMemory<'_> {
+    async fn page(&mut self, index: u32) -> Result<Page, String> {
+        self.0
+            .get(index as usize)
+            .cloned()
+            .ok_or_else(|| format!("no page {}", index + 1))
+    }
+
+    async fn delivered(&mut self, _index: u32) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// The document of a receiving call: it has no pages to send.
+struct Nothing;
+
+impl Document for Nothing {
+    async fn page(&mut self, index: u32) -> Result<Page, String> {
+        Err(format!("the caller asked us for page {}", index + 1))
+    }
+
+    async fn delivered(&mut self, _index: u32) -> Result<(), String> {
+        Ok(())
+    }
+}
+
 /// The pages of a sending call: there should be none.
 struct Refuse;
 
@@ -85,6 +128,14 @@ pub enum CallError {
         #[source]
         source: faxgate_fax::FaxError,
     },
+    /// The sending side could not read a page or record it delivered.
+    #[error("page {page}: {reason}")]
+    Document {
+        /// 1-based page number (in this call).
+        page: u32,
+        /// Why.
+        reason: String,
+    },
     /// The receiving side could not keep a page.
     #[error("page {page} could not be stored: {reason}")]
     Store {
@@ -98,25 +149,31 @@ pub enum CallError {
     Unsupported(&'static str),
 }
 
-/// Dials `number` and sends `pages` as the caller. `config` is the
-/// engine's caller configuration; its role and training are set here, and
-/// ECM is turned off (see the crate's limits).
-pub async fn send<S>(
+/// Dials `number` and sends a document of `pages` pages, the first of
+/// which has the form `first` (resolution, scan line width: what T.30
+/// negotiates from), as the caller, taking each page from `doc` when it
+/// is needed. `config` is the engine's caller configuration; its role
+/// and training are set here, and ECM is turned off (see the crate's
+/// limits).
+pub async fn send<S, D>(
     modem: &mut Class1<S>,
     number: &str,
     mut config: t30::Config,
-    pages: &[Page],
+    pages: u32,
+    first: (Resolution, u32),
+    doc: &mut D,
 ) -> Result<Outcome, CallError>
 where
     S: AsyncRead + AsyncWrite,
+    D: Document,
 {
-    let first = pages
-        .first()
-        .ok_or(CallError::Unsupported("no pages to send"))?;
+    if pages == 0 {
+        return Err(CallError::Unsupported("no pages to send"));
+    }
     config.role = t30::Role::Caller {
-        pages: u32::try_from(pages.len()).map_err(|_| CallError::Unsupported("too many pages"))?,
-        document_resolution: first.resolution,
-        document_width: first.bitmap.width(),
+        pages,
+        document_resolution: first.0,
+        document_width: first.1,
     };
     // Checked before the call is made, but started once it is answered:
     // T1 (35 s) is for the answerer's DIS, not for the rings.
@@ -124,7 +181,7 @@ where
     modem.dial(number, DIAL_WAIT).await?;
     let t30 = engine(config)?;
     tracing::info!(number, "Call answered; sending.");
-    let result = drive(modem, t30, true, pages, &mut Refuse).await;
+    let result = drive(modem, t30, true, doc, &mut Refuse).await;
     modem.hangup().await.ok();
     result
 }
@@ -146,7 +203,7 @@ where
     modem.answer().await?;
     let t30 = engine(config)?;
     tracing::info!("Call answered; receiving.");
-    let result = drive(modem, t30, false, &[], store).await;
+    let result = drive(modem, t30, false, &mut Nothing, store).await;
     modem.hangup().await.ok();
     result
 }
@@ -177,15 +234,16 @@ struct Line {
     after_image: bool,
 }
 
-async fn drive<S, P>(
+async fn drive<S, D, P>(
     modem: &mut Class1<S>,
     mut t30: T30,
     caller: bool,
-    pages: &[Page],
+    doc: &mut D,
     store: &mut P,
 ) -> Result<Outcome, CallError>
 where
     S: AsyncRead + AsyncWrite,
+    D: Document,
     P: Pages,
 {
     // The sender's TSI, which comes before its first page.
@@ -247,9 +305,13 @@ where
                     ));
                 }
                 Action::NeedPage { index, params } => {
-                    let page = pages.get(index as usize).ok_or(CallError::Unsupported(
-                        "the engine asked for a page past the end",
-                    ))?;
+                    let page = doc
+                        .page(index)
+                        .await
+                        .map_err(|reason| CallError::Document {
+                            page: index + 1,
+                            reason,
+                        })?;
                     let fitted = t30::fit_page(&page.bitmap, page.resolution, &params);
                     let coded =
                         t30::encode_page(&fitted, &params).map_err(|source| CallError::Page {
@@ -283,7 +345,15 @@ where
                     remote_ident = Some(id);
                 }
                 Action::RemoteNonStandard(_) => {}
-                Action::PageSent { index, .. } => tracing::info!(page = index + 1, "Page sent."),
+                Action::PageSent { index, .. } => {
+                    tracing::info!(page = index + 1, "Page sent.");
+                    doc.delivered(index)
+                        .await
+                        .map_err(|reason| CallError::Document {
+                            page: index + 1,
+                            reason,
+                        })?;
+                }
                 Action::PageRetry { index, reason } => {
                     tracing::warn!(page = index + 1, %reason, "Page will be sent again.");
                 }

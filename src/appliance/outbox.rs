@@ -19,6 +19,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
+use super::pstn::{Call, JobPages, PstnHandle};
 use super::session::{self, Hooks, JobTag, SessionEnd};
 use super::store::{JobInfo, JobState, Store, now_ms, parse_resolution};
 use super::{Bus, BusEvent, fax_caps};
@@ -46,6 +47,7 @@ impl OutboxHandle {
     pub fn spawn(
         store: Store,
         relay: RelayClient,
+        pstn: Option<PstnHandle>,
         fax: FaxSection,
         bus: Bus,
         shutdown: CancellationToken,
@@ -55,6 +57,7 @@ impl OutboxHandle {
         let actor = OutboxActor {
             store,
             relay,
+            pstn,
             fax,
             bus,
             rx,
@@ -149,6 +152,7 @@ impl LocalHolds {
 struct OutboxActor {
     store: Store,
     relay: RelayClient,
+    pstn: Option<PstnHandle>,
     fax: FaxSection,
     bus: Bus,
     rx: mpsc::Receiver<OutboxMsg>,
@@ -226,6 +230,7 @@ impl OutboxActor {
             let ctx = SendCtx {
                 store: self.store.clone(),
                 relay: self.relay.clone(),
+                pstn: self.pstn.clone(),
                 fax: self.fax.clone(),
                 bus: self.bus.clone(),
                 cancel,
@@ -269,6 +274,7 @@ impl OutboxActor {
 struct SendCtx {
     store: Store,
     relay: RelayClient,
+    pstn: Option<PstnHandle>,
     fax: FaxSection,
     bus: Bus,
     cancel: CancellationToken,
@@ -376,6 +382,9 @@ async fn attempt(ctx: &SendCtx, job: JobInfo) -> anyhow::Result<()> {
     let connecting = ctx
         .set(&job.id, JobState::Connecting, job.reason.clone(), None)
         .await?;
+    if let Some(number) = tel_number(&job.to) {
+        return attempt_pstn(ctx, &job, number).await;
+    }
     let mut stream = match ctx.relay.connect(&job.to).await {
         Ok(s) => s,
         Err(e) => {
@@ -460,6 +469,61 @@ async fn attempt(ctx: &SendCtx, job: JobInfo) -> anyhow::Result<()> {
         tracing::debug!(error = %e, "Session close was not clean.");
     }
     recorded
+}
+
+/// The number of a job to a telephone number (`tel:NUMBER`), if it is one.
+pub fn tel_number(to: &str) -> Option<&str> {
+    to.strip_prefix("tel:")
+}
+
+/// One attempt of a job to a telephone number: the line's actor dials
+/// and sends the pages not yet confirmed, as a fax of their own (a fax
+/// machine cannot resume a document); each page is recorded delivered
+/// after its MCF.
+async fn attempt_pstn(ctx: &SendCtx, job: &JobInfo, number: &str) -> anyhow::Result<()> {
+    let Some(pstn) = &ctx.pstn else {
+        ctx.set(
+            &job.id,
+            JobState::Failed,
+            Some("no [modem] is set up for telephone numbers (tel:)".into()),
+            None,
+        )
+        .await?;
+        return Ok(());
+    };
+    let first = job.delivered;
+    let resolution = parse_resolution(&job.resolution)?;
+    let config = t30::Config {
+        // The driver sets the caller's role, training on and ECM off.
+        role: Role::Answerer,
+        ident: ctx.fax.ident.clone(),
+        caps: fax_caps(&ctx.fax),
+        timers: super::timers(&ctx.fax),
+        non_standard: None,
+        max_bad_percent: ctx.fax.max_bad_percent,
+        max_consecutive_bad: ctx.fax.max_consecutive_bad,
+        training: true,
+    };
+    let call = Call {
+        number: number.to_owned(),
+        config,
+        pages: job.pages - first,
+        form: (resolution, job.width),
+        doc: JobPages {
+            store: ctx.store.clone(),
+            bus: ctx.bus.clone(),
+            job_id: job.id.clone(),
+            first,
+            delivered: 0,
+        },
+        cancel: ctx.cancel.clone(),
+    };
+    let end = match pstn.dial(call).await {
+        Ok(outcome) => SessionEnd::T30(outcome),
+        Err(_) if ctx.park.is_cancelled() => SessionEnd::Parked,
+        Err(e) => SessionEnd::Error(anyhow::anyhow!("modem: {e}")),
+    };
+    record_outcome(ctx, job, first, end).await
 }
 
 /// "page 3" or "pages 3, 5": one-based job page numbers of the session's

@@ -309,7 +309,17 @@ struct SendQuery {
 
 /// Refuses a recipient the relay would refuse (as a protocol violation,
 /// at every attempt of the job): [`faxgate_relay::protocol::valid_user_id`].
+/// `tel:NUMBER` is a telephone number, faxed through `[modem]`; the
+/// number must be a dial string the modem can take.
 fn check_user(to: &str) -> Result<(), ApiError> {
+    if let Some(number) = super::outbox::tel_number(to) {
+        if !faxgate_modem::class1::valid_dial_string(number) {
+            return Err(bad(format!(
+                "{to:?} is not a telephone number: after tel: give 1 to 64 digits,                  letters, '+', '*', '#', ',', '-', '(', ')', 'W', '@', '!' or spaces"
+            )));
+        }
+        return Ok(());
+    }
     if !faxgate_relay::protocol::valid_user_id(to) {
         return Err(bad(format!(
             "{to:?} is not a relay user ID: it must be 1 to 64 ASCII letters, digits, \

@@ -12,24 +12,33 @@
 //! [`InboxState::Partial`] and those pages print; a call that brought no
 //! page is only noted in the history.
 //!
+//! The same actor places the outbox's calls to telephone numbers (jobs
+//! to `tel:NUMBER`, [`PstnHandle::dial`]), between incoming calls: the
+//! modem is one line. Each page of such a call is taken from the job's
+//! stored pages when T.30 needs it, and recorded delivered once the
+//! receiver confirmed it (MCF); a retry sends the pages not yet
+//! confirmed, as a new fax (a fax machine cannot resume a document).
+//!
 //! A missing device or a modem that refuses its setup is retried with
-//! backoff, never fatal to the daemon. On shutdown a call in progress is
-//! hung up and ends as a failed one would.
+//! backoff, never fatal to the daemon; calls asked for meanwhile fail at
+//! once (the outbox retries them). On shutdown a call in progress is hung
+//! up and ends as a failed one would.
 
 use std::time::Duration;
 
 use anyhow::Context as _;
 use faxgate_config::{FaxSection, InboxSection, ModemSection};
-use faxgate_fax::Bitmap;
-use faxgate_fax::t30::{self, Outcome, Params, Role};
+use faxgate_fax::t30::{self, Failure, Outcome, Params, Role};
+use faxgate_fax::{Bitmap, Resolution};
 use faxgate_modem::class1::Class1;
-use faxgate_modem::fax::{self, CallError, Pages};
+use faxgate_modem::fax::{self, CallError, Document, Page, Pages};
 use faxgate_modem::port::SerialPort;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
 
-use super::store::{InboxDoc, InboxState, Store};
+use super::store::{InboxDoc, InboxState, JobState, Store};
 use super::{Bus, BusEvent, PrintHandle, fax_caps};
 
 /// The `from` of every document received on the telephone line.
@@ -63,6 +72,102 @@ pub struct Pstn {
     pub bus: Bus,
 }
 
+/// A call the outbox asks for: fax a queued job's pages to a number.
+#[derive(Debug)]
+pub struct Call {
+    /// The number to dial (a dial string).
+    pub number: String,
+    /// The caller's T.30 settings (identity, capabilities, timers).
+    pub config: t30::Config,
+    /// Pages in this call, and the first one's form.
+    pub pages: u32,
+    /// Resolution and scan line width of the document.
+    pub form: (Resolution, u32),
+    /// Where the pages come from and are recorded delivered.
+    pub doc: JobPages,
+    /// The user cancelled the job: hang up.
+    pub cancel: CancellationToken,
+}
+
+/// A [`Call`] with the way back for its end: the engine's outcome, or why
+/// there was no proper call (dialing failed, the modem failed).
+#[derive(Debug)]
+struct Dial {
+    call: Call,
+    reply: oneshot::Sender<Result<Outcome, String>>,
+}
+
+/// Handle to the line's actor, for placing calls.
+#[derive(Clone, Debug)]
+pub struct PstnHandle {
+    tx: mpsc::Sender<Dial>,
+}
+
+impl PstnHandle {
+    /// Places a call once the line is free, and waits for its end.
+    pub async fn dial(&self, call: Call) -> Result<Outcome, String> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Dial { call, reply })
+            .await
+            .map_err(|_| "the telephone line's actor has stopped".to_owned())?;
+        rx.await
+            .map_err(|_| "the telephone line's actor has stopped".to_owned())?
+    }
+}
+
+/// A queued job's pages, read from the store as T.30 asks for them;
+/// delivered pages are recorded at once (after MCF).
+#[derive(Debug)]
+pub struct JobPages {
+    /// The store.
+    pub store: Store,
+    /// The event bus (job progress).
+    pub bus: Bus,
+    /// The job.
+    pub job_id: String,
+    /// The job's page this call starts at (0-based).
+    pub first: u32,
+    /// Pages of this call confirmed so far.
+    pub delivered: u32,
+}
+
+impl Document for JobPages {
+    async fn page(&mut self, index: u32) -> Result<Page, String> {
+        if index == 0 {
+            // The call is answered and T.30 wants the first page.
+            let job = self
+                .store
+                .set_job_state(&self.job_id, JobState::Sending, None, None)
+                .await
+                .map_err(|e| format!("{e:#}"))?;
+            self.bus.publish(BusEvent::Job(job));
+        }
+        let (bitmap, resolution) = self
+            .store
+            .job_page(&self.job_id, self.first + index)
+            .await
+            .map_err(|e| format!("{e:#}"))?;
+        Ok(Page { bitmap, resolution })
+    }
+
+    async fn delivered(&mut self, index: u32) -> Result<(), String> {
+        let job = self
+            .store
+            .page_delivered(&self.job_id, self.first + index)
+            .await
+            .map_err(|e| format!("{e:#}"))?;
+        self.delivered = self.delivered.max(index + 1);
+        tracing::info!(
+            page = self.first + index + 1,
+            of = job.pages,
+            "Page delivered."
+        );
+        self.bus.publish(BusEvent::Job(job));
+        Ok(())
+    }
+}
+
 /// How a call ended, for the inbox.
 enum CallEnd {
     /// The engine finished (well or not).
@@ -74,26 +179,37 @@ enum CallEnd {
 }
 
 impl Pstn {
-    /// Starts the answering loop on the modem.
-    pub fn spawn(self, shutdown: CancellationToken, tracker: &TaskTracker) {
+    /// Starts the line's actor: it answers calls (if `[modem] answer`)
+    /// and places the calls asked for through the handle.
+    pub fn spawn(self, shutdown: CancellationToken, tracker: &TaskTracker) -> PstnHandle {
+        let (tx, rx) = mpsc::channel(16);
         let span = tracing::info_span!("pstn", device = %self.modem.device);
-        tracker.spawn(async move { self.run(shutdown).await }.instrument(span));
+        tracker.spawn(async move { self.run(rx, shutdown).await }.instrument(span));
+        PstnHandle { tx }
     }
 
-    async fn run(self, shutdown: CancellationToken) {
+    async fn run(self, mut dials: mpsc::Receiver<Dial>, shutdown: CancellationToken) {
         // Consecutive failures of the modem, for the backoff.
         let mut failures = 0u32;
+        let mut last_error = String::new();
         'setup: loop {
             if failures > 0 {
                 let delay = super::outbox::backoff(RETRY_INITIAL, RETRY_MAX, failures - 1);
-                tokio::select! {
-                    () = tokio::time::sleep(delay) => {}
-                    () = shutdown.cancelled() => break 'setup,
+                let until = tokio::time::Instant::now() + delay;
+                loop {
+                    tokio::select! {
+                        () = tokio::time::sleep_until(until) => break,
+                        Some(d) = dials.recv() => {
+                            let _ = d.reply.send(Err(format!("the fax modem is not working: {last_error}")));
+                        }
+                        () = shutdown.cancelled() => break 'setup,
+                    }
                 }
             }
             let mut modem = match self.open().await {
                 Ok(m) => m,
                 Err(e) => {
+                    last_error = format!("{e:#}");
                     failures += 1;
                     let retry_in = super::outbox::backoff(RETRY_INITIAL, RETRY_MAX, failures - 1);
                     tracing::error!(
@@ -109,6 +225,18 @@ impl Pstn {
             loop {
                 let ring = tokio::select! {
                     r = modem.wait_for_ring() => r,
+                    Some(d) = dials.recv() => {
+                        if !self.place_call(&mut modem, d, &shutdown).await {
+                            if shutdown.is_cancelled() {
+                                break 'setup;
+                            }
+                            last_error = "the modem failed during a call".into();
+                            failures += 1;
+                            continue 'setup;
+                        }
+                        tracing::info!("Waiting for calls.");
+                        continue;
+                    }
                     () = shutdown.cancelled() => break 'setup,
                 };
                 if let Err(e) = ring {
@@ -120,6 +248,9 @@ impl Pstn {
                     continue 'setup;
                 }
                 failures = 0;
+                if !self.modem.answer {
+                    continue;
+                }
                 let now = tokio::time::Instant::now();
                 if refused_at.is_some_and(|t| now - t < SAME_CALL) {
                     refused_at = Some(now);
@@ -151,6 +282,62 @@ impl Pstn {
             }
         }
         tracing::info!("Answering on the telephone line stopped.");
+    }
+
+    /// Places one call for the outbox and replies with its end. Returns
+    /// whether the modem can take the next call as it is.
+    async fn place_call(
+        &self,
+        modem: &mut Class1<SerialPort>,
+        dial: Dial,
+        shutdown: &CancellationToken,
+    ) -> bool {
+        let Dial {
+            call:
+                Call {
+                    number,
+                    config,
+                    pages,
+                    form,
+                    mut doc,
+                    cancel,
+                },
+            reply,
+        } = dial;
+        let span = tracing::info_span!("send", to = %number, job_id = %doc.job_id);
+        async {
+            tracing::info!(pages, first = doc.first + 1, "Dialing.");
+            let ended = {
+                let call = fax::send(modem, &number, config, pages, form, &mut doc);
+                tokio::select! {
+                    r = call => Ended::Call(r),
+                    () = cancel.cancelled() => Ended::Cancelled,
+                    () = shutdown.cancelled() => Ended::Shutdown,
+                }
+            };
+            let (result, modem_ok) = match ended {
+                Ended::Call(Ok(o)) => (Ok(o), true),
+                Ended::Call(Err(
+                    e @ CallError::Modem(faxgate_modem::ModemError::DialFailed { .. }),
+                )) => (Err(format!("{e:#}")), true),
+                Ended::Call(Err(e @ CallError::Modem(_))) => (Err(format!("{e:#}")), false),
+                Ended::Call(Err(e)) => (Err(format!("{e:#}")), true),
+                Ended::Cancelled => (Ok(cut_short(Failure::Cancelled, doc.delivered)), false),
+                Ended::Shutdown => (Err("shutdown; the call was hung up".to_owned()), false),
+            };
+            if !modem_ok {
+                // Dropped mid-command: the first command may only end
+                // the modem's data mode.
+                let hung_up = modem.hangup().await.is_ok() || modem.hangup().await.is_ok();
+                if !hung_up {
+                    tracing::warn!("The modem did not confirm the hangup.");
+                }
+            }
+            let _ = reply.send(result);
+            modem_ok
+        }
+        .instrument(span)
+        .await
     }
 
     /// Opens the device and puts the modem in fax Class 1.
@@ -322,6 +509,27 @@ impl Pstn {
         }
         self.bus.publish(BusEvent::Inbox(done));
         Ok(())
+    }
+}
+
+/// How a placed call ended.
+enum Ended {
+    /// The call ran to its end.
+    Call(Result<Outcome, CallError>),
+    /// The user cancelled the job.
+    Cancelled,
+    /// The daemon is stopping.
+    Shutdown,
+}
+
+/// The outcome of a call we ended ourselves, after `delivered` pages.
+fn cut_short(failure: Failure, delivered: u32) -> Outcome {
+    Outcome {
+        result: Err(failure),
+        pages: delivered,
+        uncorrected_pages: Vec::new(),
+        remote_ident: None,
+        remote_ended_early: false,
     }
 }
 

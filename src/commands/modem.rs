@@ -131,8 +131,21 @@ async fn send(args: SendArgs, shutdown: CancellationToken) -> anyhow::Result<()>
             pages.push(Page { bitmap, resolution });
         }
     }
+    let Some(first) = pages.first() else {
+        bail!("no pages to send");
+    };
+    let form = (first.resolution, first.bitmap.width());
+    let count = u32::try_from(pages.len()).context("too many pages")?;
     let mut modem = open(&args.line).await?;
-    let call = fax::send(&mut modem, &args.to, t30_config(&args.line.ident), &pages);
+    let mut doc = fax::InMemory(&pages);
+    let call = fax::send(
+        &mut modem,
+        &args.to,
+        t30_config(&args.line.ident),
+        count,
+        form,
+        &mut doc,
+    );
     let outcome = tokio::select! {
         r = call => r.with_context(|| format!("while faxing {}", args.to))?,
         () = shutdown.cancelled() => {

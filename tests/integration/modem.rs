@@ -404,70 +404,113 @@ fn efax_faxes_two_pages_to_faxgate_over_a_phone_line() {
 /// efax on modem A faxes two pages to B's number; the appliance answers,
 /// keeps the fax in its inbox (from "pstn", with efax's TSI) and prints
 /// it to a folder, pixel for pixel.
+/// A relay and one appliance ("tokyo") whose `[modem]` is iaxmodem
+/// `side` of `line` (answering calls if `answer`), printing to a folder
+/// as TIFF; both stopped when dropped.
+struct Appliance {
+    panel: String,
+    log: PathBuf,
+    state: PathBuf,
+    printed: PathBuf,
+    _relay: Proc,
+    _appliance: Proc,
+}
+
+impl Appliance {
+    fn start(line: &Line, side: usize, answer: bool) -> Appliance {
+        let d = line.path("site");
+        let printed = d.join("printed");
+        std::fs::create_dir_all(&printed).unwrap();
+        let relay_cfg = d.join("relay.toml");
+        std::fs::write(
+            &relay_cfg,
+            format!(
+                "[relay]\nlisten = \"127.0.0.1:0\"\nstate_dir = {:?}\n\
+                 argon2_memory_kib = 1024\nargon2_iterations = 1\n",
+                d.join("relay-state").display().to_string()
+            ),
+        )
+        .unwrap();
+        run(Command::new(faxgate())
+            .args(["relay", "--config"])
+            .arg(&relay_cfg)
+            .args(["user", "add", "tokyo", "--password-env", "FG_PW"])
+            .env("FG_PW", "pw-tokyo-123"));
+        let relay = crate::common::spawn_relay(&relay_cfg, &d);
+        let relay_addr = read_line_after(&d.join("relay.out"), "relay (tcp) listening on ");
+        let cfg = d.join("tokyo.toml");
+        let state = d.join("tokyo-state");
+        std::fs::write(
+            &cfg,
+            format!(
+                "state_dir = {:?}\n\
+                 [relay]\nserver = \"{relay_addr}\"\nuser = \"tokyo\"\npassword = \"pw-tokyo-123\"\n\
+                 [fax]\nident = \"+81 3 0000\"\nretry_initial = \"1s\"\n\
+                 [panel]\nlisten = \"127.0.0.1:0\"\n\
+                 [printer]\nuri = \"dir:{}?format=tiff\"\nretry = \"1s\"\n\
+                 [modem]\ndevice = {:?}\nanswer = {answer}\n",
+                state.display().to_string(),
+                printed.display(),
+                line.tty(side).display().to_string(),
+            ),
+        )
+        .unwrap();
+        let log = d.join("tokyo.log");
+        let out = d.join("tokyo.out");
+        let appliance = Proc(
+            Command::new(faxgate())
+                .args(["appliance", "--config"])
+                .arg(&cfg)
+                .env("RUST_LOG", "info,faxgate=debug,faxgate_modem=debug")
+                .env("NO_COLOR", "1")
+                .stdout(std::fs::File::create(&out).unwrap())
+                .stderr(std::fs::File::create(&log).unwrap())
+                .spawn()
+                .unwrap(),
+        );
+        let panel = read_line_after(&out, "appliance: panel API on http://");
+        let a = Appliance {
+            panel,
+            log,
+            state,
+            printed,
+            _relay: relay,
+            _appliance: appliance,
+        };
+        wait_for(
+            "the appliance's modem set up",
+            Duration::from_secs(20),
+            || a.log_text().contains("Waiting for calls."),
+        );
+        // iaxmodem refuses calls as busy for 5 s after the setup's ATH0.
+        std::thread::sleep(Duration::from_secs(6));
+        a
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// `faxgate ARGS --json --panel P`, parsed.
+    fn json(&self, args: &[&str]) -> serde_json::Value {
+        let out = Command::new(faxgate())
+            .args(args)
+            .args(["--json", "--panel", &self.panel])
+            .env("NO_COLOR", "1")
+            .output()
+            .unwrap();
+        serde_json::from_slice(&out.stdout).unwrap_or_default()
+    }
+}
+
 #[test]
 fn efax_faxes_to_the_appliance_which_prints_it() {
     let line = Line::start();
     let pages = [page(4, 520), page(5, 380)];
     let raw = efax_pages(&line, &pages);
-    let d = line.path("site");
-    let printed = d.join("printed");
-    std::fs::create_dir_all(&printed).unwrap();
-    let relay_cfg = d.join("relay.toml");
-    std::fs::write(
-        &relay_cfg,
-        format!(
-            "[relay]\nlisten = \"127.0.0.1:0\"\nstate_dir = {:?}\n\
-             argon2_memory_kib = 1024\nargon2_iterations = 1\n",
-            d.join("relay-state").display().to_string()
-        ),
-    )
-    .unwrap();
-    run(Command::new(faxgate())
-        .args(["relay", "--config"])
-        .arg(&relay_cfg)
-        .args(["user", "add", "tokyo", "--password-env", "FG_PW"])
-        .env("FG_PW", "pw-tokyo-123"));
-    let _relay = crate::common::spawn_relay(&relay_cfg, &d);
-    let relay_addr = read_line_after(&d.join("relay.out"), "relay (tcp) listening on ");
-    let cfg = d.join("tokyo.toml");
-    let state = d.join("tokyo-state");
-    std::fs::write(
-        &cfg,
-        format!(
-            "state_dir = {:?}\n\
-             [relay]\nserver = \"{relay_addr}\"\nuser = \"tokyo\"\npassword = \"pw-tokyo-123\"\n\
-             [fax]\nident = \"+81 3 0000\"\n\
-             [panel]\nlisten = \"127.0.0.1:0\"\n\
-             [printer]\nuri = \"dir:{}?format=tiff\"\nretry = \"1s\"\n\
-             [modem]\ndevice = {:?}\n",
-            state.display().to_string(),
-            printed.display(),
-            line.tty(1).display().to_string(),
-        ),
-    )
-    .unwrap();
-    let log = d.join("tokyo.log");
-    let out = d.join("tokyo.out");
-    let _appliance = Proc(
-        Command::new(faxgate())
-            .args(["appliance", "--config"])
-            .arg(&cfg)
-            .env("RUST_LOG", "info,faxgate=debug,faxgate_modem=debug")
-            .env("NO_COLOR", "1")
-            .stdout(std::fs::File::create(&out).unwrap())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap(),
-    );
-    let panel = read_line_after(&out, "appliance: panel API on http://");
-    let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
-    wait_for(
-        "the appliance's modem waiting for calls",
-        Duration::from_secs(20),
-        || log_text().contains("Waiting for calls."),
-    );
-    // iaxmodem refuses calls as busy for 5 s after the setup's ATH0.
-    std::thread::sleep(Duration::from_secs(6));
+    let site = Appliance::start(&line, 1, true);
+    let (state, printed) = (site.state.clone(), site.printed.clone());
+    let log_text = || site.log_text();
 
     let sent = efax_send(&line, &raw);
     assert!(
@@ -479,14 +522,9 @@ fn efax_faxes_to_the_appliance_which_prints_it() {
     );
 
     let inbox = || -> Vec<serde_json::Value> {
-        let out = Command::new(faxgate())
-            .args(["inbox", "--json", "--panel", &panel])
-            .env("NO_COLOR", "1")
-            .output()
-            .unwrap();
-        serde_json::from_slice::<serde_json::Value>(&out.stdout)
-            .ok()
-            .and_then(|v| v.as_array().cloned())
+        site.json(&["inbox"])
+            .as_array()
+            .cloned()
             .unwrap_or_default()
     };
     let mut doc = serde_json::Value::Null;
@@ -529,4 +567,103 @@ fn efax_faxes_to_the_appliance_which_prints_it() {
         .collect();
     assert_eq!(files.len(), 1, "printed: {files:?}");
     assert_efax_pages("printed", &tiff_pages(&files[0]), &pages);
+}
+
+#[test]
+fn the_appliance_faxes_a_job_to_a_telephone_number() {
+    need("efax", "efax");
+    let line = Line::start();
+    let pages = [page(6, 480), page(7, 360)];
+    let doc = line.path("letter.pbm");
+    let mut both = Vec::new();
+    for (i, p) in pages.iter().enumerate() {
+        let one = line.path(&format!("l{i}.pbm"));
+        write_pbm(&one, p);
+        both.extend(std::fs::read(&one).unwrap());
+    }
+    std::fs::write(&doc, both).unwrap();
+    // The appliance's modem is A and does not answer; efax answers on B.
+    let site = Appliance::start(&line, 0, false);
+    let efax_log = line.path("efax.log");
+    let mut efax = Proc(
+        Command::new("efax")
+            .args(["-d", line.tty(1).to_str().unwrap()])
+            .args(["-o1", "-kZ", "-w", "-iS0=1", "-v", "ewinchamr"])
+            .args(["-r", line.path("rx").to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&efax_log).unwrap())
+            .spawn()
+            .expect("efax"),
+    );
+    wait_for_efax_ready(&efax_log);
+    let out = Command::new(faxgate())
+        .args([
+            "send",
+            "--no-wait",
+            "--to",
+            &format!("tel:{}", Line::B_NUMBER),
+        ])
+        .args(["--panel", &site.panel])
+        .arg(&doc)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "faxgate send: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A telephone number that no modem could dial is refused at once.
+    let bad = Command::new(faxgate())
+        .args([
+            "send",
+            "--no-wait",
+            "--to",
+            "tel:12;H",
+            "--panel",
+            &site.panel,
+        ])
+        .arg(&doc)
+        .output()
+        .unwrap();
+    assert!(!bad.status.success(), "a dial string with ';' was taken");
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("is not a telephone number"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+    let efax_text = || std::fs::read_to_string(&efax_log).unwrap_or_default();
+    let mut job = serde_json::Value::Null;
+    let until = std::time::Instant::now() + Duration::from_secs(150);
+    while std::time::Instant::now() < until {
+        let jobs = site.json(&["jobs"]);
+        if let Some(j) = jobs.as_array().and_then(|a| a.first())
+            && (j["state"] == "done" || j["state"] == "failed")
+        {
+            job = j.clone();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert_eq!(
+        job["state"],
+        "done",
+        "{job}\nappliance:\n{}\nefax:\n{}",
+        site.log_text(),
+        efax_text()
+    );
+    assert_eq!(job["delivered"], 2, "{job}");
+    let status = wait_exit(&mut efax.0, "efax", Duration::from_secs(60));
+    assert!(status.success(), "efax: {status}\n{}", efax_text());
+    assert!(
+        efax_text().contains("+81 3 0000"),
+        "efax did not see the appliance's TSI:\n{}",
+        efax_text()
+    );
+    for (i, want) in pages.iter().enumerate() {
+        let got = tiff_pages(&line.path(&format!("rx.{:03}", i + 1)));
+        assert_eq!(got.len(), 1, "rx.{:03}", i + 1);
+        assert_eq!(got[0].len(), want.len(), "page {}: rows", i + 1);
+        let differing = got[0].iter().zip(want).filter(|(a, b)| a != b).count();
+        assert_eq!(differing, 0, "page {}: {differing} rows differ", i + 1);
+    }
 }
