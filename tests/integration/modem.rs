@@ -418,7 +418,20 @@ struct Appliance {
 
 impl Appliance {
     fn start(line: &Line, side: usize, answer: bool) -> Appliance {
-        let d = line.path("site");
+        let a = Appliance::on_device(line.path("site"), &line.tty(side), answer);
+        wait_for(
+            "the appliance's modem set up",
+            Duration::from_secs(20),
+            || a.log_text().contains("Waiting for calls."),
+        );
+        // iaxmodem refuses calls as busy for 5 s after the setup's ATH0.
+        std::thread::sleep(Duration::from_secs(6));
+        a
+    }
+
+    /// The relay and the appliance in `d`, its `[modem]` on `device`,
+    /// without waiting for the modem.
+    fn on_device(d: PathBuf, device: &Path, answer: bool) -> Appliance {
         let printed = d.join("printed");
         std::fs::create_dir_all(&printed).unwrap();
         let relay_cfg = d.join("relay.toml");
@@ -451,7 +464,7 @@ impl Appliance {
                  [modem]\ndevice = {:?}\nanswer = {answer}\n",
                 state.display().to_string(),
                 printed.display(),
-                line.tty(side).display().to_string(),
+                device.display().to_string(),
             ),
         )
         .unwrap();
@@ -469,22 +482,14 @@ impl Appliance {
                 .unwrap(),
         );
         let panel = read_line_after(&out, "appliance: panel API on http://");
-        let a = Appliance {
+        Appliance {
             panel,
             log,
             state,
             printed,
             _relay: relay,
             _appliance: appliance,
-        };
-        wait_for(
-            "the appliance's modem set up",
-            Duration::from_secs(20),
-            || a.log_text().contains("Waiting for calls."),
-        );
-        // iaxmodem refuses calls as busy for 5 s after the setup's ATH0.
-        std::thread::sleep(Duration::from_secs(6));
-        a
+        }
     }
 
     fn log_text(&self) -> String {
@@ -666,4 +671,62 @@ fn the_appliance_faxes_a_job_to_a_telephone_number() {
         let differing = got[0].iter().zip(want).filter(|(a, b)| a != b).count();
         assert_eq!(differing, 0, "page {}: {differing} rows differ", i + 1);
     }
+}
+
+/// A modem that is not there does not stop the daemon: the relay side
+/// works, the line's actor says why and keeps trying, and a job to a
+/// telephone number is put back to retrying with that reason rather
+/// than waiting for ever or failing for good.
+#[test]
+fn a_missing_modem_leaves_the_appliance_running_and_tel_jobs_retrying() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no-such-tty");
+    let site = Appliance::on_device(dir.path().join("site"), &missing, true);
+    wait_for(
+        "the appliance saying the modem cannot be set up",
+        Duration::from_secs(20),
+        || site.log_text().contains("Cannot set up the fax modem"),
+    );
+    assert!(
+        site.log_text().contains("no-such-tty"),
+        "the log does not name the device:\n{}",
+        site.log_text()
+    );
+    // The panel answers: the daemon is up.
+    let users = site.json(&["users"]);
+    assert!(users.is_array(), "users: {users}");
+    let pbm = dir.path().join("p.pbm");
+    write_pbm(&pbm, &page(1, 100));
+    let out = Command::new(faxgate())
+        .args([
+            "send",
+            "--no-wait",
+            "--to",
+            "tel:200",
+            "--panel",
+            &site.panel,
+        ])
+        .arg(&pbm)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "faxgate send: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut job = serde_json::Value::Null;
+    wait_for("the tel: job retrying", Duration::from_secs(30), || {
+        job = site
+            .json(&["jobs"])
+            .as_array()
+            .and_then(|a| a.first().cloned())
+            .unwrap_or_default();
+        job["state"] == "retrying"
+    });
+    let reason = job["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("fax modem is not working") && reason.contains("no-such-tty"),
+        "{job}"
+    );
+    assert_eq!(job["delivered"], 0, "{job}");
 }
