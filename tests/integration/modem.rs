@@ -189,6 +189,37 @@ fn plain_pbm(text: &[u8]) -> Vec<Vec<bool>> {
     bits.chunks(w).map(<[bool]>::to_vec).collect()
 }
 
+/// `pages` as one multi-page PBM file `name` in the line's folder.
+fn pbm_document(line: &Line, name: &str, pages: &[Vec<Vec<bool>>]) -> PathBuf {
+    let path = line.path(name);
+    let mut all = Vec::new();
+    for (i, p) in pages.iter().enumerate() {
+        let one = line.path(&format!("{name}.{i}.pbm"));
+        write_pbm(&one, p);
+        all.extend(std::fs::read(&one).unwrap());
+    }
+    std::fs::write(&path, all).unwrap();
+    path
+}
+
+/// efax answering one call on modem B, receiving into `rx.NNN` in the
+/// line's folder; returns once it takes calls, with its log's path.
+fn efax_answering(line: &Line) -> (Proc, PathBuf) {
+    let log = line.path("efax.log");
+    let efax = Proc(
+        Command::new("efax")
+            .args(["-d", line.tty(1).to_str().unwrap()])
+            .args(["-o1", "-kZ", "-w", "-iS0=1", "-v", "ewinchamr"])
+            .args(["-r", line.path("rx").to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("efax"),
+    );
+    wait_for_efax_ready(&log);
+    (efax, log)
+}
+
 /// Waits until efax's log shows it waiting for a call, then 6 s more:
 /// iaxmodem refuses calls as busy for 5 s after the ATZ efax starts with.
 fn wait_for_efax_ready(log: &Path) {
@@ -277,26 +308,8 @@ fn faxgate_faxes_two_pages_to_efax_over_a_phone_line() {
     need("efax", "efax");
     let line = Line::start();
     let pages = [page(0, 600), page(3, 500)];
-    let src = line.path("doc.pbm");
-    let mut both = Vec::new();
-    for (i, p) in pages.iter().enumerate() {
-        let one = line.path(&format!("p{i}.pbm"));
-        write_pbm(&one, p);
-        both.extend(std::fs::read(&one).unwrap());
-    }
-    std::fs::write(&src, both).unwrap();
-    let efax_log = line.path("efax.log");
-    let mut efax = Proc(
-        Command::new("efax")
-            .args(["-d", line.tty(1).to_str().unwrap()])
-            .args(["-o1", "-kZ", "-w", "-iS0=1", "-v", "ewinchamr"])
-            .args(["-r", line.path("rx").to_str().unwrap()])
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&efax_log).unwrap())
-            .spawn()
-            .expect("efax"),
-    );
-    wait_for_efax_ready(&efax_log);
+    let src = pbm_document(&line, "doc.pbm", &pages);
+    let (mut efax, efax_log) = efax_answering(&line);
     let out = Command::new(faxgate())
         .args(["modem", "send", "--device", line.tty(0).to_str().unwrap()])
         .args(["--to", Line::B_NUMBER, "--ident", "+81 3 1111"])
@@ -579,28 +592,10 @@ fn the_appliance_faxes_a_job_to_a_telephone_number() {
     need("efax", "efax");
     let line = Line::start();
     let pages = [page(6, 480), page(7, 360)];
-    let doc = line.path("letter.pbm");
-    let mut both = Vec::new();
-    for (i, p) in pages.iter().enumerate() {
-        let one = line.path(&format!("l{i}.pbm"));
-        write_pbm(&one, p);
-        both.extend(std::fs::read(&one).unwrap());
-    }
-    std::fs::write(&doc, both).unwrap();
+    let doc = pbm_document(&line, "letter.pbm", &pages);
     // The appliance's modem is A and does not answer; efax answers on B.
     let site = Appliance::start(&line, 0, false);
-    let efax_log = line.path("efax.log");
-    let mut efax = Proc(
-        Command::new("efax")
-            .args(["-d", line.tty(1).to_str().unwrap()])
-            .args(["-o1", "-kZ", "-w", "-iS0=1", "-v", "ewinchamr"])
-            .args(["-r", line.path("rx").to_str().unwrap()])
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&efax_log).unwrap())
-            .spawn()
-            .expect("efax"),
-    );
-    wait_for_efax_ready(&efax_log);
+    let (mut efax, efax_log) = efax_answering(&line);
     let out = Command::new(faxgate())
         .args([
             "send",
