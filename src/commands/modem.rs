@@ -137,20 +137,39 @@ async fn send(args: SendArgs, shutdown: CancellationToken) -> anyhow::Result<()>
     let form = (first.resolution, first.bitmap.width());
     let count = u32::try_from(pages.len()).context("too many pages")?;
     let mut modem = open(&args.line).await?;
-    let mut doc = fax::InMemory(&pages);
-    let call = fax::send(
-        &mut modem,
-        &args.to,
-        t30_config(&args.line.ident),
-        count,
-        form,
-        &mut doc,
-    );
-    let outcome = tokio::select! {
-        r = call => r.with_context(|| format!("while faxing {}", args.to))?,
-        () = shutdown.cancelled() => {
+    let mut doc = Counted {
+        pages: &pages,
+        delivered: 0,
+    };
+    let ended = {
+        let call = fax::send(
+            &mut modem,
+            &args.to,
+            t30_config(&args.line.ident),
+            count,
+            form,
+            &mut doc,
+        );
+        tokio::select! {
+            r = call => Some(r),
+            () = shutdown.cancelled() => None,
+        }
+    };
+    let outcome = match ended {
+        Some(Ok(o)) => o,
+        Some(Err(e)) => {
+            return Err(anyhow::Error::new(e).context(format!(
+                "while faxing {} ({} of {count} page(s) confirmed before this)",
+                args.to, doc.delivered
+            )));
+        }
+        None => {
             modem.hangup().await.ok();
-            bail!("stopped; the call to {} was hung up", args.to);
+            bail!(
+                "stopped; the call to {} was hung up after {} of {count} page(s)",
+                args.to,
+                doc.delivered
+            );
         }
     };
     let remote = outcome.remote_ident.clone().unwrap_or_default();
@@ -191,13 +210,23 @@ async fn receive(args: ReceiveArgs, shutdown: CancellationToken) -> anyhow::Resu
             path: path.clone(),
             pages: Vec::new(),
         };
-        let call = fax::receive(&mut modem, t30_config(&args.line.ident), &mut store);
-        let outcome = tokio::select! {
-            r = call => r,
-            () = shutdown.cancelled() => {
-                modem.hangup().await.ok();
-                return Ok(());
+        let ended = {
+            let call = fax::receive(&mut modem, t30_config(&args.line.ident), &mut store);
+            tokio::select! {
+                r = call => Some(r),
+                () = shutdown.cancelled() => None,
             }
+        };
+        let Some(outcome) = ended else {
+            modem.hangup().await.ok();
+            if !store.pages.is_empty() {
+                println!(
+                    "stopped; {} page(s) received so far are in {}",
+                    store.pages.len(),
+                    path.display()
+                );
+            }
+            return Ok(());
         };
         match outcome {
             Ok(o) => {
@@ -216,7 +245,20 @@ async fn receive(args: ReceiveArgs, shutdown: CancellationToken) -> anyhow::Resu
                     Err(f) => eprintln!("faxgate: a call from {from:?} brought no page: {f}"),
                 }
             }
-            Err(e) => eprintln!("faxgate: the call failed: {e:#}"),
+            Err(e) => {
+                eprintln!("faxgate: the call failed: {e:#}");
+                if !store.pages.is_empty() {
+                    println!(
+                        "received {} page(s) into {} before the call failed",
+                        store.pages.len(),
+                        path.display()
+                    );
+                }
+                // The modem may be left mid-command: set it up again.
+                modem.init(&args.line.init).await.with_context(|| {
+                    format!("while setting up the modem on {} again", args.line.device)
+                })?;
+            }
         }
     }
     Ok(())
@@ -224,6 +266,26 @@ async fn receive(args: ReceiveArgs, shutdown: CancellationToken) -> anyhow::Resu
 
 /// A received fax as one TIFF-F file: each page is written (atomically,
 /// with the ones before it) before MCF confirms it.
+/// Pages in memory, counting those the receiver confirmed.
+struct Counted<'a> {
+    pages: &'a [Page],
+    delivered: u32,
+}
+
+impl fax::Document for Counted<'_> {
+    async fn page(&mut self, index: u32) -> Result<Page, String> {
+        self.pages
+            .get(index as usize)
+            .cloned()
+            .ok_or_else(|| format!("no page {}", index + 1))
+    }
+
+    async fn delivered(&mut self, index: u32) -> Result<(), String> {
+        self.delivered = self.delivered.max(index + 1);
+        Ok(())
+    }
+}
+
 struct TiffFile {
     path: PathBuf,
     pages: Vec<FaxPage>,
