@@ -59,6 +59,7 @@ fn caps(res: &[Resolution], widths: &[u32], mr: bool, mmr: bool, ecm: bool) -> C
         mr,
         mmr,
         ecm,
+        modems: Vec::new(),
     }
 }
 
@@ -3305,4 +3306,168 @@ fn without_training_no_tcf_is_sent_or_checked() {
         })
         .collect();
     assert_eq!(tcf, Vec::<&Action>::new(), "{:#?}", h.summary());
+}
+
+// ---------------------------------------------------------------------------
+// The local modem's limits (`Capabilities::modems`).
+
+/// `Capabilities::minimal()` limited to `modems`.
+fn with_modems(modems: &[frame::Modem]) -> Capabilities {
+    Capabilities {
+        modems: modems.to_vec(),
+        ..Capabilities::minimal()
+    }
+}
+
+/// The DIS FIF of the first DIS in `actions`.
+fn dis_of<'a>(actions: impl IntoIterator<Item = &'a Action>) -> Vec<u8> {
+    actions
+        .into_iter()
+        .filter_map(|a| match a {
+            Action::SendFrames(f) => Some(f),
+            _ => None,
+        })
+        .flatten()
+        .find_map(|f| {
+            let f = frame::Frame::parse(f).unwrap();
+            (f.fcf == frame::Fcf::Dis).then(|| f.fif.to_vec())
+        })
+        .expect("a DIS")
+}
+
+/// A caller whose modem has V.29 and V.27 ter only answers a DIS that
+/// offers V.17 with DCS at V.29 9600, not V.17 14400.
+#[test]
+fn caller_limited_to_v29_and_v27ter_sends_dcs_at_v29_to_a_v17_dis() {
+    use frame::Modem::*;
+    let dis = Capabilities::minimal().to_dis_fif();
+    assert_eq!(frame::Modem::permitted_by_dis(&dis).unwrap()[0], V17_14400);
+    let now = Instant::now();
+    let caps = with_modems(&[V29_9600, V29_7200, V27ter4800, V27ter2400]);
+    let mut c = T30::new(
+        with_training(caller_config(1, Resolution::Standard, 1728, caps)),
+        now,
+    )
+    .unwrap();
+    c.handle(frame_ev(frame::build(frame::fcf::DIS, &dis, true)), now);
+    assert_eq!(dcs_and_tcf(&drain(&mut c)), [(V29_9600, Some(V29_9600))]);
+    assert_eq!(c.modem(), V29_9600);
+}
+
+/// An answerer whose modem lacks V.17 offers no V.17 in its DIS (bit 14
+/// clear): V.29 alone (bit 11) for a V.29-only modem, V.29 and V.27 ter
+/// (bits 11 and 12) for one with both; and a caller that could use
+/// anything then trains at V.29 9600 and delivers the page.
+#[test]
+fn answerer_limited_to_v29_sends_a_dis_without_v17() {
+    use frame::Modem::*;
+    let cases: &[(&[frame::Modem], [bool; 4])] = &[
+        (&[V29_9600, V29_7200], [true, false, false, false]),
+        (
+            &[V29_9600, V29_7200, V27ter4800, V27ter2400],
+            [true, true, false, false],
+        ),
+    ];
+    for (modems, bits) in cases {
+        let now = Instant::now();
+        let mut a = T30::new(answerer_config(with_modems(modems)), now).unwrap();
+        let dis = dis_of(&drain(&mut a));
+        let got: Vec<bool> = (frame::BIT_MODEM_1..=frame::BIT_MODEM_4)
+            .map(|b| frame::bit(&dis, b))
+            .collect();
+        assert_eq!(got, bits, "{modems:?}: DIS {dis:02X?}");
+        assert_eq!(
+            frame::Modem::permitted_by_dis(&dis).as_deref(),
+            Some(*modems),
+            "{modems:?}"
+        );
+    }
+
+    let mut h = Harness::new(
+        with_training(caller_config(
+            1,
+            Resolution::Standard,
+            1728,
+            Capabilities::minimal(),
+        )),
+        with_training(answerer_config(with_modems(&[V29_9600, V29_7200]))),
+        vec![page(1728, 60, 1)],
+        Resolution::Standard,
+    );
+    h.hook = Box::new(|from, action| match (from, action) {
+        (Side::Answerer, Action::ReceiveTraining { .. }) => {
+            vec![(Side::Answerer, training_ev(true))]
+        }
+        _ => Vec::new(),
+    });
+    h.run();
+    assert_ok(h.outcome(Side::Caller), 1);
+    assert_ok(h.outcome(Side::Answerer), 1);
+    h.assert_pages_identical();
+    assert_eq!(
+        dcs_and_tcf(h.actions(Side::Caller)),
+        [(V29_9600, Some(V29_9600))]
+    );
+    assert_eq!(tcf_checks(h.actions(Side::Answerer)), [V29_9600]);
+}
+
+/// FTT steps down only through modems both the DIS and the caller's list
+/// allow (the list's order does not matter), and past the slowest of
+/// them the call fails as incompatible.
+#[test]
+fn ftt_step_down_stays_within_the_allowed_modems() {
+    use frame::Modem::*;
+    let now = Instant::now();
+    let caps = with_modems(&[V27ter2400, V29_9600, V17_12000]);
+    let mut c = T30::new(
+        with_training(caller_config(1, Resolution::Standard, 1728, caps)),
+        now,
+    )
+    .unwrap();
+    let dis = Capabilities::minimal().to_dis_fif();
+    c.handle(frame_ev(frame::build(frame::fcf::DIS, &dis, true)), now);
+    let mut sent = dcs_and_tcf(&drain(&mut c));
+    for _ in 0..2 {
+        c.handle(simple(frame::fcf::FTT), now);
+        sent.extend(dcs_and_tcf(&drain(&mut c)));
+    }
+    assert_eq!(
+        sent,
+        [
+            (V17_12000, Some(V17_12000)),
+            (V29_9600, Some(V29_9600)),
+            (V27ter2400, Some(V27ter2400)),
+        ]
+    );
+    c.handle(simple(frame::fcf::FTT), now);
+    let o = outcome_of(&drain(&mut c));
+    assert!(
+        matches!(&o.result, Err(Failure::Incompatible(s)) if s.contains("2400")),
+        "{o:?}"
+    );
+}
+
+/// A caller whose modems the answerer's DIS does not offer (V.17 only
+/// against a V.29/V.27 ter answerer) ends the call before any DCS, as
+/// incompatible, and the answerer sees the call end too.
+#[test]
+fn no_modem_in_common_ends_the_call_with_a_failure() {
+    use frame::Modem::*;
+    let mut h = Harness::pair(
+        1,
+        Resolution::Standard,
+        1728,
+        with_modems(&[V17_14400, V17_12000]),
+        with_modems(&[V29_9600, V29_7200, V27ter4800, V27ter2400]),
+    );
+    h.run();
+    let o = h.outcome(Side::Caller);
+    assert!(
+        matches!(&o.result, Err(Failure::Incompatible(s)) if s.contains("no modem in common")),
+        "{o:?}"
+    );
+    assert!(!o.result.as_ref().unwrap_err().is_retryable());
+    assert!(h.outcome(Side::Answerer).result.is_err());
+    assert_eq!(h.count_sent(Side::Caller, frame::Fcf::Dcs), 0);
+    assert!(h.received.is_empty());
 }

@@ -114,6 +114,7 @@ pub fn fax_caps(fax: &FaxSection) -> Capabilities {
         mr: fax.codings.contains(&FaxCoding::Mr),
         mmr: fax.codings.contains(&FaxCoding::Mmr),
         ecm: fax.ecm,
+        modems: Vec::new(),
     }
 }
 

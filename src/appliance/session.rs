@@ -1344,6 +1344,7 @@ mod tests {
                     mr: false,
                     mmr: false,
                     ecm,
+                    modems: Vec::new(),
                 };
                 let p = std_params(ecm);
                 let mut img = Bitmap::new(1728, 60);

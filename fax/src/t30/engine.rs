@@ -188,8 +188,9 @@ pub struct T30 {
     doc_res: Resolution,
     doc_width: u32,
     length: PageLength,
-    /// The modems the DIS permits, fastest first; `modem_step` indexes
-    /// the one in use (FTT steps down).
+    /// The modems both the DIS and our [`Capabilities::modems`] permit,
+    /// fastest first; `modem_step` indexes the one in use (FTT steps
+    /// down).
     modems: Vec<Modem>,
     modem_step: usize,
     /// The minimum scan line time DCS declares (from the DIS).
@@ -1446,7 +1447,27 @@ impl T30 {
             )));
             return;
         };
-        self.modems = modems;
+        let ours = &self.cfg.caps;
+        let usable: Vec<Modem> = modems
+            .iter()
+            .copied()
+            .filter(|m| ours.allows_modem(*m))
+            .collect();
+        if usable.is_empty() {
+            let names = |ms: &[Modem]| {
+                ms.iter()
+                    .map(|m| format!("{m:?}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            self.fail(Failure::Incompatible(format!(
+                "no modem in common: the remote fax offers {} and this station can use {}",
+                names(&modems),
+                names(&ours.modems)
+            )));
+            return;
+        }
+        self.modems = usable;
         self.modem_step = 0;
         let no_fill = params.ecm || params.coding == Coding::Mmr;
         self.min_scan = MinScan::for_dis(f.fif, params.resolution, no_fill);

@@ -462,10 +462,12 @@ pub const BIT_METRIC: u32 = 45;
 /// fine one (spandsp `T30_DIS_BIT_MIN_SCAN_TIME_HALVES`).
 pub const BIT_MIN_SCAN_HALVES: u32 = 46;
 
-/// DIS modem field: V.27 ter, V.29 and V.17 (bits 11, 12 and 14), as
-/// spandsp offers them. Over T.38 on TCP the modem is notional, but real
-/// receivers check the field.
-const DIS_MODEMS: [u32; 3] = [BIT_MODEM_1, BIT_MODEM_2, BIT_MODEM_4];
+/// The DIS modem fields (bits 11-14, bit 11 the least significant) a
+/// T.30 sender can use, best first: V.17, V.29 and V.27 ter (bits 11, 12
+/// and 14, as spandsp offers them); V.29 and V.27 ter; V.29 alone; V.27
+/// ter; V.27 ter's 2 400 fall-back mode. Over T.38 on TCP the modem is
+/// notional, but real receivers check the field.
+const DIS_MODEM_FIELDS: [u8; 5] = [0b1011, 0b0011, 0b0001, 0b0010, 0b0000];
 /// A high-speed modem and bit rate a DCS can select (T.30 Table 2 bits
 /// 11-14). Over T.38 on TCP the modem is notional, but a gateway to a real
 /// line trains it, and the session layer names it in the T.38 data type.
@@ -564,7 +566,13 @@ impl Modem {
     /// 4 800; no bit at all is V.27 ter's 2 400 fall-back mode. Any other
     /// field offers nothing a T.30 sender can use: `None`.
     pub fn permitted_by_dis(fif: &[u8]) -> Option<Vec<Modem>> {
-        let (families, start): (&[Family], Modem) = match modem_field(fif) {
+        Modem::permitted_by_field(modem_field(fif))
+    }
+
+    /// [`Modem::permitted_by_dis`] for the field of bits 11-14 as a number
+    /// (bit 11 the least significant).
+    fn permitted_by_field(field: u8) -> Option<Vec<Modem>> {
+        let (families, start): (&[Family], Modem) = match field {
             0b1011 => (
                 &[Family::V17, Family::V29, Family::V27ter],
                 Modem::V17_14400,
@@ -757,8 +765,16 @@ pub fn width_class(width: u32, resolution: Resolution) -> Option<usize> {
 
 impl Capabilities {
     /// The DIS FIF that offers these capabilities, as the answerer sends
-    /// it: ready to receive, V.27 ter/V.29/V.17, unlimited length, 0 ms
-    /// minimum scan line time, no 64-octet ECM preference.
+    /// it: ready to receive, the modems of [`Capabilities::modems`] (V.27
+    /// ter/V.29/V.17 when it is empty), unlimited length, 0 ms minimum
+    /// scan line time, no 64-octet ECM preference.
+    ///
+    /// The modem field is the best one (of [`DIS_MODEM_FIELDS`]) that lets
+    /// a sender use only allowed modems: V.29 and V.27 ter without V.17,
+    /// for example. If no field fits (a list without V.27 ter 2 400 and
+    /// without both V.29 rates, say), it is the one that allows at least
+    /// one listed modem and the fewest unlisted ones (the best of those
+    /// on a tie).
     ///
     /// DIS cannot say "A3 but not B4" (bits 17-18 offer A4, A4+B4 or
     /// A4+B4+A3), so such a set is offered as A4 only; and T.6 is offered
@@ -769,8 +785,11 @@ impl Capabilities {
     pub fn to_dis_fif(&self) -> Vec<u8> {
         let mut fif = Vec::new();
         set_bit(&mut fif, BIT_READY_TO_RECEIVE);
-        for b in DIS_MODEMS {
-            set_bit(&mut fif, b);
+        let field = self.dis_modem_field();
+        for (i, b) in (BIT_MODEM_1..=BIT_MODEM_4).enumerate() {
+            if field & 1 << i != 0 {
+                set_bit(&mut fif, b);
+            }
         }
         let res = |r| self.resolutions.contains(&r);
         if res(Resolution::Fine) {
@@ -816,10 +835,30 @@ impl Capabilities {
         finish_fif(fif)
     }
 
+    /// The DIS modem field (bits 11-14 as a number, bit 11 the least
+    /// significant) for [`Capabilities::modems`]; see
+    /// [`Capabilities::to_dis_fif`].
+    fn dis_modem_field(&self) -> u8 {
+        DIS_MODEM_FIELDS
+            .into_iter()
+            .enumerate()
+            .filter_map(|(rank, field)| {
+                let permitted = Modem::permitted_by_field(field).unwrap_or_default();
+                let (ok, not): (Vec<Modem>, Vec<Modem>) =
+                    permitted.into_iter().partition(|m| self.allows_modem(*m));
+                (!ok.is_empty()).then_some((not.len(), rank, field))
+            })
+            .min()
+            .map_or(DIS_MODEM_FIELDS[0], |(_, _, field)| field)
+    }
+
     /// Reads the capabilities a received DIS (or DTC) offers. Only a field
     /// shorter than T.30's minimum of three octets is an error; absent
     /// octets read as zero, as in spandsp's `analyze_rx_dis_dtc`. MMR is
     /// taken as offered only together with ECM.
+    /// [`Capabilities::modems`] is left empty: the modem field is read by
+    /// [`Modem::permitted_by_dis`], which can also say that it offers
+    /// nothing usable.
     pub fn from_dis_fif(fif: &[u8]) -> Result<Capabilities, FrameError> {
         if fif.len() < MIN_DIS_LEN {
             return Err(bad_field(
@@ -852,6 +891,7 @@ impl Capabilities {
             mr: bit(fif, BIT_2D),
             mmr: ecm && bit(fif, BIT_T6),
             ecm,
+            modems: Vec::new(),
         })
     }
 }
@@ -1295,6 +1335,7 @@ mod tests {
                     mr: true,
                     mmr: false,
                     ecm: false,
+                    modems: Vec::new(),
                 },
                 &[0x00, 0xEE, 0xF9, 0x80, 0x80, 0x10],
             ),
@@ -1307,6 +1348,7 @@ mod tests {
                     mr: false,
                     mmr: true,
                     ecm: false,
+                    modems: Vec::new(),
                 },
                 &[0x00, 0x2E, 0x78],
             ),
@@ -1543,6 +1585,42 @@ mod tests {
         }
         assert_eq!(parse_ctc(&[0]), None, "too short for bits 11-14");
         assert_eq!(V29_7200.bit_rate(), 7200);
+    }
+
+    /// The DIS modem field for a list of allowed modems: the best field
+    /// that claims nothing outside the list, else one with a listed modem
+    /// and the fewest unlisted ones.
+    #[test]
+    fn dis_modem_field_follows_the_allowed_modems() {
+        use Modem::*;
+        let cases: &[(&[Modem], u8)] = &[
+            (&[], 0b1011),
+            (&Modem::FALLBACK, 0b1011),
+            (&[V29_9600, V29_7200, V27ter4800, V27ter2400], 0b0011),
+            (&[V27ter2400, V27ter4800, V29_7200, V29_9600], 0b0011),
+            (&[V29_9600, V29_7200], 0b0001),
+            (&[V29_9600, V29_7200, V27ter4800], 0b0001),
+            (
+                &[V17_14400, V17_12000, V17_9600, V17_7200, V29_9600, V29_7200],
+                0b0001,
+            ),
+            (&[V27ter4800, V27ter2400], 0b0010),
+            (&[V27ter2400], 0b0000),
+            // Nothing fits exactly: a listed modem and the fewest others.
+            (&[V29_9600], 0b0001),
+            (&[V17_14400], 0b1011),
+            (&[V27ter4800], 0b0010),
+            (&[V17_14400, V29_9600], 0b0001),
+        ];
+        for (modems, want) in cases {
+            let caps = Capabilities {
+                modems: modems.to_vec(),
+                ..Capabilities::minimal()
+            };
+            let fif = caps.to_dis_fif();
+            assert_eq!(modem_field(&fif), *want, "{modems:?}");
+            assert!(Modem::permitted_by_dis(&fif).is_some(), "{modems:?}");
+        }
     }
 
     /// The minimum scan line time a sender declares for a DIS (spandsp

@@ -61,9 +61,12 @@
 //!   a sender can step down through, and `retries` more), then DCN
 //!   ([`Failure::NoProgress`]). A DCS repeated after CFR (the caller
 //!   missed it) comes with TCF again and is checked again.
-//! - DCS selects the fastest modem the DIS permits ([`frame::Modem`],
-//!   spandsp's fallback sequence) and steps down one at each FTT. It
-//!   declares the minimum scan line time the DIS asks for
+//! - DCS selects the fastest modem that both the DIS and our
+//!   [`Capabilities::modems`] permit ([`frame::Modem`], spandsp's fallback
+//!   sequence; none in common is [`Failure::Incompatible`]) and steps
+//!   down one of those at each FTT. The answerer's DIS offers only modem
+//!   families its [`Capabilities::modems`] cover. DCS declares the
+//!   minimum scan line time the DIS asks for
 //!   ([`frame::MinScan`]; 0 ms with ECM or MMR), and a non-ECM page is
 //!   coded again with that many bits per line (rate x time) before it
 //!   goes. RTN and RTP retrain one modem slower (spandsp
@@ -122,6 +125,14 @@ pub struct Capabilities {
     pub mmr: bool,
     /// Error correction mode (T.30 Annex A).
     pub ecm: bool,
+    /// The high-speed modems this station can use; empty means all of
+    /// [`frame::Modem::FALLBACK`]. The answerer's DIS offers only modem
+    /// families these cover (see [`Capabilities::to_dis_fif`]), and the
+    /// caller's DCS and its step-downs use only modems both these and the
+    /// remote's DIS allow. A DIS read by [`Capabilities::from_dis_fif`]
+    /// leaves it empty: [`frame::Modem::permitted_by_dis`] reads the
+    /// modem field.
+    pub modems: Vec<frame::Modem>,
 }
 
 impl Capabilities {
@@ -134,6 +145,7 @@ impl Capabilities {
             mr: true,
             mmr: true,
             ecm: true,
+            modems: Vec::new(),
         }
     }
 
@@ -145,7 +157,14 @@ impl Capabilities {
             mr: false,
             mmr: false,
             ecm: false,
+            modems: Vec::new(),
         }
+    }
+
+    /// Whether this station can use `modem` (every modem when
+    /// [`Capabilities::modems`] is empty).
+    pub fn allows_modem(&self, modem: frame::Modem) -> bool {
+        self.modems.is_empty() || self.modems.contains(&modem)
     }
 
     /// Whether `r` is supported (standard always is).
@@ -709,6 +728,7 @@ mod tests {
             mr,
             mmr,
             ecm,
+            modems: Vec::new(),
         }
     }
 
