@@ -145,6 +145,32 @@ pub fn modulation(modem: Modem) -> u16 {
     }
 }
 
+/// The T.30 modems a Class 1 modem can use, fastest first, given the
+/// modulations its `+FTM=?` (`tx`) and `+FRM=?` (`rx`) listed: those
+/// whose codes appear in both lists. V.17 needs its long-training code
+/// (TCF) and its short-training code (page data, see [`Training`]);
+/// V.29 and V.27 ter have one code each (T.31 Table 4).
+pub fn usable_modems(tx: &[u16], rx: &[u16]) -> Vec<Modem> {
+    Modem::FALLBACK
+        .into_iter()
+        .filter(|&m| {
+            [Training::Long, Training::Short]
+                .into_iter()
+                .map(|t| modulation_code(m, t))
+                .all(|code| tx.contains(&code) && rx.contains(&code))
+        })
+        .collect()
+}
+
+/// Parses a `+FTM=?` / `+FRM=?` answer: numbers separated by commas
+/// (ranges such as `24-48` are not used by fax modems and are skipped).
+fn parse_modulations(info: &[String]) -> Vec<u16> {
+    info.iter()
+        .flat_map(|l| l.split(','))
+        .filter_map(|v| v.trim().parse().ok())
+        .collect()
+}
+
 /// A fax modem in Class 1 on a serial stream.
 pub struct Class1<S> {
     rx: ReadHalf<S>,
@@ -153,6 +179,8 @@ pub struct Class1<S> {
     buf: Vec<u8>,
     /// The `+FTM` modulations the modem listed at [`Class1::init`].
     modulations: Vec<u16>,
+    /// The `+FRM` modulations the modem listed at [`Class1::init`].
+    rx_modulations: Vec<u16>,
     /// The modem's last flow control character was XOFF.
     paused: bool,
     /// Turns the line's XON/XOFF output flow control on and off (a real
@@ -178,6 +206,7 @@ impl<S> std::fmt::Debug for Class1<S> {
         f.debug_struct("Class1")
             .field("buffered", &self.buf.len())
             .field("modulations", &self.modulations)
+            .field("rx_modulations", &self.rx_modulations)
             .finish_non_exhaustive()
     }
 }
@@ -191,6 +220,7 @@ impl<S: AsyncRead + AsyncWrite> Class1<S> {
             tx,
             buf: Vec::with_capacity(4096),
             modulations: Vec::new(),
+            rx_modulations: Vec::new(),
             paused: false,
             flow: None,
         }
@@ -201,8 +231,23 @@ impl<S: AsyncRead + AsyncWrite> Class1<S> {
         &self.modulations
     }
 
+    /// The modulations `+FRM=?` listed (those of `+FTM=?` if the modem
+    /// would not say).
+    pub fn rx_modulations(&self) -> &[u16] {
+        &self.rx_modulations
+    }
+
+    /// The T.30 modems this modem can both send and receive, fastest
+    /// first ([`usable_modems`] of the lists [`Class1::init`] read); empty
+    /// before `init`.
+    pub fn modems(&self) -> Vec<Modem> {
+        usable_modems(&self.modulations, &self.rx_modulations)
+    }
+
     /// Puts the modem in fax Class 1: no echo, verbose result codes, then
-    /// `+FCLASS=1`, and reads the modulations it can send. `setup` are
+    /// `+FCLASS=1`, and reads the modulations it can send (`+FTM=?`) and
+    /// receive (`+FRM=?`; if that gets no list, the send list is taken
+    /// for both). `setup` are
     /// extra commands sent first (without `AT`), for a modem that needs
     /// them.
     pub async fn init(&mut self, setup: &[String]) -> Result<(), ModemError> {
@@ -242,17 +287,28 @@ impl<S: AsyncRead + AsyncWrite> Class1<S> {
             }
         }
         let (info, resp) = self.command("+FTM=?", COMMAND_WAIT).await?;
-        self.modulations = info
-            .iter()
-            .flat_map(|l| l.split(','))
-            .filter_map(|v| v.trim().parse().ok())
-            .collect();
+        self.modulations = parse_modulations(&info);
         if resp != Response::Ok || self.modulations.is_empty() {
             return Err(ModemError::NoClass1 {
                 reason: format!("AT+FTM=? listed no modulations ({info:?}, {resp:?})"),
             });
         }
-        tracing::debug!(modulations = ?self.modulations, "Modem in fax Class 1.");
+        let (info, resp) = self.command("+FRM=?", COMMAND_WAIT).await?;
+        self.rx_modulations = parse_modulations(&info);
+        if resp != Response::Ok || self.rx_modulations.is_empty() {
+            tracing::warn!(
+                ?info,
+                ?resp,
+                "AT+FRM=? listed no modulations; assuming those of AT+FTM=?."
+            );
+            self.rx_modulations = self.modulations.clone();
+        }
+        tracing::debug!(
+            modulations = ?self.modulations,
+            rx_modulations = ?self.rx_modulations,
+            modems = ?self.modems(),
+            "Modem in fax Class 1."
+        );
         Ok(())
     }
 
@@ -856,6 +912,91 @@ mod tests {
         assert_eq!(modulation_code(Modem::V17_14400, Training::Short), 146);
         assert_eq!(modulation_code(Modem::V17_7200, Training::Short), 74);
         assert_eq!(modulation_code(Modem::V29_9600, Training::Short), 96);
+    }
+
+    /// T.31 Table 4 codes to T.30 modems: V.17 needs its long and short
+    /// codes, in both the send and the receive list.
+    #[test]
+    fn usable_modems_follow_both_lists() {
+        use Modem::*;
+        const FULL: &[u16] = &[24, 48, 72, 73, 74, 96, 97, 98, 121, 122, 145, 146];
+        /// Name, `+FTM=?` list, `+FRM=?` list, the modems.
+        type Case = (
+            &'static str,
+            &'static [u16],
+            &'static [u16],
+            &'static [Modem],
+        );
+        let cases: &[Case] = &[
+            ("full", FULL, FULL, &Modem::FALLBACK),
+            (
+                "v29 only",
+                &[24, 48, 72, 96],
+                &[24, 48, 72, 96],
+                &[V29_9600, V29_7200, V27ter4800, V27ter2400],
+            ),
+            (
+                "v17 sent, not received",
+                FULL,
+                &[24, 48, 72, 96],
+                &[V29_9600, V29_7200, V27ter4800, V27ter2400],
+            ),
+            (
+                "v17 long training only",
+                &[24, 48, 72, 73, 96, 97, 121, 145],
+                FULL,
+                &[V29_9600, V29_7200, V27ter4800, V27ter2400],
+            ),
+            (
+                "v17 14400 missing",
+                &[24, 48, 72, 73, 74, 96, 97, 98, 121, 122],
+                FULL,
+                &[
+                    V17_12000, V17_9600, V29_9600, V17_7200, V29_7200, V27ter4800, V27ter2400,
+                ],
+            ),
+            ("v27ter only", &[24, 48], FULL, &[V27ter4800, V27ter2400]),
+            ("none", &[3], &[3], &[]),
+            ("empty", &[], FULL, &[]),
+        ];
+        for (name, tx, rx, want) in cases {
+            assert_eq!(usable_modems(tx, rx), *want, "{name}");
+        }
+        assert_eq!(
+            parse_modulations(&["24,48,72, 96".into(), "145".into()]),
+            [24, 48, 72, 96, 145]
+        );
+    }
+
+    /// `init` reads both lists; a modem that will not list its receive
+    /// modulations is taken to receive what it sends.
+    #[tokio::test]
+    async fn init_reads_ftm_and_frm() {
+        let script = |frm: &'static [u8]| {
+            vec![
+                (&b"AT\r"[..], &b"\r\nOK\r\n"[..]),
+                (b"ATE0V1Q0\r", b"\r\nOK\r\n"),
+                (b"ATH0\r", b"\r\nOK\r\n"),
+                (b"ATS0=0\r", b"\r\nOK\r\n"),
+                (b"AT+FCLASS=1\r", b"\r\nOK\r\n"),
+                (b"AT+FTM=?\r", b"\r\n24,48,72,73,74,96,97,98\r\n\r\nOK\r\n"),
+                (b"AT+FRM=?\r", frm),
+            ]
+        };
+        let mut m = scripted(script(b"\r\n24,48,72,96\r\n\r\nOK\r\n")).await;
+        m.init(&[]).await.unwrap();
+        assert_eq!(m.rx_modulations(), [24, 48, 72, 96]);
+        use Modem::*;
+        assert_eq!(m.modems(), [V29_9600, V29_7200, V27ter4800, V27ter2400]);
+        let mut m = scripted(script(b"\r\nERROR\r\n")).await;
+        m.init(&[]).await.unwrap();
+        assert_eq!(m.rx_modulations(), m.modulations());
+        assert_eq!(
+            m.modems(),
+            [
+                V17_9600, V29_9600, V17_7200, V29_7200, V27ter4800, V27ter2400
+            ]
+        );
     }
 
     #[test]

@@ -153,8 +153,9 @@ pub enum CallError {
 /// which has the form `first` (resolution, scan line width: what T.30
 /// negotiates from), as the caller, taking each page from `doc` when it
 /// is needed. `config` is the engine's caller configuration; its role
-/// and training are set here, and ECM is turned off (see the crate's
-/// limits).
+/// and training are set here, ECM is turned off (see the crate's
+/// limits), and its modems are limited to those the modem has
+/// ([`limit_modems`]).
 pub async fn send<S, D>(
     modem: &mut Class1<S>,
     number: &str,
@@ -175,6 +176,7 @@ where
         document_resolution: first.0,
         document_width: first.1,
     };
+    limit_modems(&mut config.caps, &modem.modems())?;
     // Checked before the call is made, but started once it is answered:
     // T1 (35 s) is for the answerer's DIS, not for the rings.
     engine(config.clone())?;
@@ -188,7 +190,8 @@ where
 
 /// Answers a ringing line and receives a fax, handing each good page to
 /// `store` (whose future finishes once the page is durable: MCF waits
-/// for it).
+/// for it). `config` is set up as for [`send`]: the DIS offers only
+/// modems this modem has.
 pub async fn receive<S, P>(
     modem: &mut Class1<S>,
     mut config: t30::Config,
@@ -199,6 +202,7 @@ where
     P: Pages,
 {
     config.role = t30::Role::Answerer;
+    limit_modems(&mut config.caps, &modem.modems())?;
     engine(config.clone())?;
     modem.answer().await?;
     let t30 = engine(config)?;
@@ -206,6 +210,32 @@ where
     let result = drive(modem, t30, false, &mut Nothing, store).await;
     modem.hangup().await.ok();
     result
+}
+
+/// Limits `caps.modems` to `usable` (what the modem can send and
+/// receive, [`Class1::modems`]): all of `usable` if `caps` allowed every
+/// modem, else the ones both allow, in T.30's fallback order. A modem
+/// with none of T.30's modems, or none `caps` allows, cannot make the
+/// call (an empty list would mean "all").
+pub fn limit_modems(caps: &mut t30::Capabilities, usable: &[Modem]) -> Result<(), CallError> {
+    if usable.is_empty() {
+        return Err(CallError::Unsupported(
+            "the modem lists no V.17, V.29 or V.27 ter modulation it can both send and \
+             receive (AT+FTM=? and AT+FRM=?)",
+        ));
+    }
+    let both: Vec<Modem> = usable
+        .iter()
+        .copied()
+        .filter(|m| caps.allows_modem(*m))
+        .collect();
+    if both.is_empty() {
+        return Err(CallError::Unsupported(
+            "the modem has none of the T.30 modems the configuration allows",
+        ));
+    }
+    caps.modems = both;
+    Ok(())
 }
 
 fn engine(mut config: t30::Config) -> Result<T30, CallError> {
@@ -518,5 +548,41 @@ mod tests {
     fn tcf_is_one_and_a_half_seconds() {
         assert_eq!(tcf_len(Modem::V17_14400), 2700);
         assert_eq!(tcf_len(Modem::V27ter2400), 450);
+    }
+
+    /// The engine's modems are the modem's, narrowed by the config's own
+    /// list when it has one; nothing in common is an error, never the
+    /// empty "all" list.
+    #[test]
+    fn the_modems_are_limited_to_the_modems_the_modem_has() {
+        use Modem::*;
+        const V29: &[Modem] = &[V29_9600, V29_7200, V27ter4800, V27ter2400];
+        /// The config's modems, the modem's, and the result (None: an error).
+        type Case = (&'static [Modem], &'static [Modem], Option<&'static [Modem]>);
+        let cases: &[Case] = &[
+            (&[], V29, Some(V29)),
+            (
+                &[V17_14400, V29_7200, V27ter2400],
+                V29,
+                Some(&[V29_7200, V27ter2400]),
+            ),
+            (&[], &Modem::FALLBACK, Some(&Modem::FALLBACK)),
+            (&[V17_14400], V29, None),
+            (&[], &[], None),
+        ];
+        for (configured, usable, want) in cases {
+            let mut caps = t30::Capabilities {
+                modems: configured.to_vec(),
+                ..t30::Capabilities::minimal()
+            };
+            let got = limit_modems(&mut caps, usable).map(|()| caps.modems);
+            match want {
+                Some(w) => assert_eq!(got.unwrap(), *w, "{configured:?} {usable:?}"),
+                None => assert!(
+                    matches!(got, Err(CallError::Unsupported(_))),
+                    "{configured:?} {usable:?}: {got:?}"
+                ),
+            }
+        }
     }
 }
