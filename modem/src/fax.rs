@@ -64,19 +64,36 @@ pub trait Document {
     fn delivered(&mut self, index: u32) -> impl Future<Output = Result<(), String>> + Send;
 }
 
-/// Pages in memory, as `faxgate modem send` has them.
+/// Pages in memory, as `faxgate modem send` has them, counting those
+/// the receiver confirmed.
 #[derive(Debug)]
-pub struct InMemory<'a>(pub &'a [Page]);
+pub struct InMemory<'a> {
+    /// The pages.
+    pub pages: &'a [Page],
+    /// How many of them the receiver confirmed (MCF), in order.
+    pub delivered: u32,
+}
+
+impl<'a> InMemory<'a> {
+    /// `pages`, none confirmed yet.
+    pub fn new(pages: &'a [Page]) -> Self {
+        InMemory {
+            pages,
+            delivered: 0,
+        }
+    }
+}
 
 impl Document for InMemory<'_> {
     async fn page(&mut self, index: u32) -> Result<Page, String> {
-        self.0
+        self.pages
             .get(index as usize)
             .cloned()
             .ok_or_else(|| format!("no page {}", index + 1))
     }
 
-    async fn delivered(&mut self, _index: u32) -> Result<(), String> {
+    async fn delivered(&mut self, index: u32) -> Result<(), String> {
+        self.delivered = self.delivered.max(index + 1);
         Ok(())
     }
 }

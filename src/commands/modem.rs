@@ -137,10 +137,7 @@ async fn send(args: SendArgs, shutdown: CancellationToken) -> anyhow::Result<()>
     let form = (first.resolution, first.bitmap.width());
     let count = u32::try_from(pages.len()).context("too many pages")?;
     let mut modem = open(&args.line).await?;
-    let mut doc = Counted {
-        pages: &pages,
-        delivered: 0,
-    };
+    let mut doc = fax::InMemory::new(&pages);
     let ended = {
         let call = fax::send(
             &mut modem,
@@ -266,26 +263,6 @@ async fn receive(args: ReceiveArgs, shutdown: CancellationToken) -> anyhow::Resu
 
 /// A received fax as one TIFF-F file: each page is written (atomically,
 /// with the ones before it) before MCF confirms it.
-/// Pages in memory, counting those the receiver confirmed.
-struct Counted<'a> {
-    pages: &'a [Page],
-    delivered: u32,
-}
-
-impl fax::Document for Counted<'_> {
-    async fn page(&mut self, index: u32) -> Result<Page, String> {
-        self.pages
-            .get(index as usize)
-            .cloned()
-            .ok_or_else(|| format!("no page {}", index + 1))
-    }
-
-    async fn delivered(&mut self, index: u32) -> Result<(), String> {
-        self.delivered = self.delivered.max(index + 1);
-        Ok(())
-    }
-}
-
 struct TiffFile {
     path: PathBuf,
     pages: Vec<FaxPage>,
