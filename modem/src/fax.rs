@@ -7,6 +7,12 @@
 //! after it sent CFR, or MCF to an MPS; everything else is frames. A page
 //! listened for that turns out to be frames (`+FCERROR`, the sender
 //! repeating a command) is received as frames.
+//!
+//! With ECM a page goes as blocks of HDLC frames at high speed, framed
+//! here ([`crate::hdlc`]): the answerer also listens for a block after
+//! PPR and CTR, and after MCF or ERR to a PPS or EOR that says the page
+//! goes on (NULL) or another follows (MPS). A block after CTC trains long
+//! (at its new speed); every other page or block trains short.
 
 use std::future::Future;
 use std::time::Duration;
@@ -19,6 +25,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use crate::ModemError;
 use crate::class1::{Class1, Received, Training};
 use crate::dle;
+use crate::hdlc;
 
 /// How long the modem may take to dial and hear the answerer.
 pub const DIAL_WAIT: Duration = Duration::from_secs(90);
@@ -170,8 +177,8 @@ pub enum CallError {
 /// which has the form `first` (resolution, scan line width: what T.30
 /// negotiates from), as the caller, taking each page from `doc` when it
 /// is needed. `config` is the engine's caller configuration; its role
-/// and training are set here, ECM is turned off (see the crate's
-/// limits), and its modems are limited to those the modem has
+/// and training are set here, ECM and MMR are used as `config` allows
+/// them, and its modems are limited to those the modem has
 /// ([`limit_modems`]).
 pub async fn send<S, D>(
     modem: &mut Class1<S>,
@@ -257,8 +264,6 @@ pub fn limit_modems(caps: &mut t30::Capabilities, usable: &[Modem]) -> Result<()
 
 fn engine(mut config: t30::Config) -> Result<T30, CallError> {
     config.training = true;
-    config.caps.ecm = false;
-    config.caps.mmr = false;
     Ok(T30::new(config, std::time::Instant::now())?)
 }
 
@@ -279,6 +284,11 @@ struct Line {
     /// The last thing sent was page data (a post-page command waits 75
     /// ms after it).
     after_image: bool,
+    /// Pages go as ECM blocks (from the last [`Action::Negotiated`]).
+    ecm: bool,
+    /// FCF of the last frame received with a good FCS (caller: CTR means
+    /// the next block trains long, at its new speed).
+    last_got: Option<u8>,
 }
 
 async fn drive<S, D, P>(
@@ -303,6 +313,8 @@ where
         last_ppm: None,
         in_burst: false,
         after_image: false,
+        ecm: false,
+        last_got: None,
     };
     loop {
         let mut sent = false;
@@ -346,10 +358,22 @@ where
                     line.after_image = true;
                     sent = true;
                 }
-                Action::SendEcmFrames(_) => {
-                    return Err(CallError::Unsupported(
-                        "ECM over a Class 1 modem is not supported (the engine chose ECM)",
-                    ));
+                Action::SendEcmFrames(frames) => {
+                    // After CTC the block goes at a new speed, so it
+                    // trains long (T.30 Annex A; spandsp does the same).
+                    let training = if line.last_got == Some(fcf::CTR) {
+                        Training::Long
+                    } else {
+                        Training::Short
+                    };
+                    tracing::debug!(frames = frames.len(), ?training, "ECM block out.");
+                    modem
+                        .send_data(t30.modem(), training, &ecm_block(t30.modem(), &frames))
+                        .await?;
+                    line.last_got = None;
+                    line.received_last = false;
+                    line.after_image = true;
+                    sent = true;
                 }
                 Action::NeedPage { index, params } => {
                     let page = doc
@@ -385,6 +409,7 @@ where
                     t30.handle(Event::PageStored, std::time::Instant::now());
                 }
                 Action::Negotiated(p) => {
+                    line.ecm = p.ecm;
                     tracing::info!(params = ?p, modem = ?t30.modem(), "Negotiated.")
                 }
                 Action::RemoteIdent(id) => {
@@ -415,12 +440,17 @@ where
             continue;
         }
         let deadline = deadline(&t30);
-        let expect_page = !caller
-            && (line.last_sent == Some(fcf::CFR)
-                || (line.last_sent == Some(fcf::MCF)
-                    && matches!(line.last_ppm, Some(fcf::MPS | fcf::PRI_MPS))));
-        if expect_page {
+        if !caller && expects_page(&line) {
             let m = t30.modem();
+            if line.ecm {
+                let training = if line.last_sent == Some(fcf::CTR) {
+                    Training::Long
+                } else {
+                    Training::Short
+                };
+                receive_block(modem, &mut t30, &mut line, m, training, deadline).await?;
+                continue;
+            }
             // A page starts within a second or two of our CFR or MCF; a
             // sender that missed it repeats its command on V.21, which a
             // modem that does not say +FCERROR would never hear under
@@ -466,9 +496,15 @@ where
                 line.in_burst = !frame.is_final();
                 if let Some(f) = frame.bytes.get(2).map(|f| f & 0xFE)
                     && frame.fcs_ok
-                    && [fcf::MPS, fcf::PRI_MPS, fcf::EOP, fcf::EOM].contains(&f)
                 {
-                    line.last_ppm = Some(f);
+                    line.last_got = Some(f);
+                    if [fcf::MPS, fcf::PRI_MPS, fcf::EOP, fcf::EOM].contains(&f) {
+                        line.last_ppm = Some(f);
+                    } else if matches!(f, fcf::PPS | fcf::EOR) {
+                        // ECM: the post-page command is the FIF's first
+                        // octet (NULL within a page).
+                        line.last_ppm = frame.bytes.get(3).map(|p| p & 0xFE);
+                    }
                 }
                 log_frames("T.30 in.", std::slice::from_ref(&frame.bytes));
                 t30.handle(
@@ -489,6 +525,94 @@ where
             }
         }
     }
+}
+
+/// Answerer: whether page data comes next. Without ECM: after CFR, or
+/// after MCF to MPS. With ECM (T.30 Annex A) a block also follows PPR
+/// (the frames asked for again) and CTR, and MCF or ERR to a PPS or EOR
+/// whose post-page command is NULL (the page goes on) or MPS.
+fn expects_page(line: &Line) -> bool {
+    // The post-page command says the page (or the document) goes on.
+    let goes_on = match line.last_ppm {
+        Some(fcf::MPS | fcf::PRI_MPS) => true,
+        Some(fcf::NULL) => line.ecm,
+        _ => false,
+    };
+    match line.last_sent {
+        Some(fcf::CFR) => true,
+        Some(fcf::MCF) => goes_on,
+        Some(fcf::ERR) => line.ecm && goes_on,
+        Some(fcf::PPR | fcf::CTR) => line.ecm,
+        _ => false,
+    }
+}
+
+/// One ECM block as the line carries it at `m`: HDLC flags for
+/// [`ECM_PREAMBLE`] (the receiver's demodulator settles and its decoder
+/// finds the flags), the frames with their FCS, and trailing flags so the
+/// last RCP is clear of the carrier's end.
+fn ecm_block(m: Modem, frames: &[Vec<u8>]) -> Vec<u8> {
+    let mut e = hdlc::Encoder::new();
+    e.flags(one_second(m) * ECM_PREAMBLE.as_millis() as usize / 1000);
+    for f in frames {
+        e.frame(f);
+    }
+    e.flags(ECM_TRAILING_FLAGS);
+    e.finish()
+}
+
+/// Flags before an ECM block's first frame, as time on the line.
+const ECM_PREAMBLE: Duration = Duration::from_millis(200);
+/// Flags after its last frame.
+const ECM_TRAILING_FLAGS: usize = 8;
+
+/// Answerer with ECM: receives one block at `m`, handing each frame the
+/// HDLC decoder finds to the engine (which counts a bad FCS as missing
+/// and answers the PPS that follows with MCF or PPR).
+async fn receive_block<S>(
+    modem: &mut Class1<S>,
+    t30: &mut T30,
+    line: &mut Line,
+    m: Modem,
+    training: Training,
+    deadline: tokio::time::Instant,
+) -> Result<(), ModemError>
+where
+    S: AsyncRead + AsyncWrite,
+{
+    let carrier_by = deadline.min(tokio::time::Instant::now() + Duration::from_secs(4));
+    let mut decoder = hdlc::Decoder::new();
+    let (mut good, mut bad) = (0u32, 0u32);
+    let got = modem
+        .receive_data(m, training, carrier_by, |d| {
+            for f in decoder.push(d) {
+                if f.fcs_ok {
+                    good += 1;
+                } else {
+                    bad += 1;
+                }
+                t30.handle(
+                    Event::EcmFrame {
+                        bytes: f.bytes,
+                        fcs_ok: f.fcs_ok,
+                    },
+                    std::time::Instant::now(),
+                );
+            }
+        })
+        .await?;
+    line.received_last = true;
+    line.last_sent = None;
+    match got {
+        Received::Got(()) => tracing::debug!(good, bad, "ECM block in."),
+        Received::Frames => {}
+        Received::NoCarrier | Received::Timeout => {
+            if tokio::time::Instant::now() >= deadline {
+                expire(t30);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Receives TCF and judges it: good if it holds a run of zeros of at
@@ -560,6 +684,71 @@ fn log_frames(what: &'static str, frames: &[Vec<u8>]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn line(ecm: bool, last_sent: Option<u8>, last_ppm: Option<u8>) -> Line {
+        Line {
+            tx_connected: false,
+            rx_connected: false,
+            received_last: true,
+            last_sent,
+            last_ppm,
+            in_burst: false,
+            after_image: false,
+            ecm,
+            last_got: None,
+        }
+    }
+
+    #[test]
+    fn the_answerer_listens_for_a_page_or_block_when_one_comes() {
+        use fcf::*;
+        let cases = [
+            // (ECM, we sent, post-page command, a page or block next)
+            (false, Some(CFR), None, true),
+            (false, Some(MCF), Some(MPS), true),
+            (false, Some(MCF), Some(PRI_MPS), true),
+            (false, Some(MCF), Some(EOP), false),
+            (false, Some(MCF), Some(EOM), false),
+            (false, Some(RTN), Some(MPS), false),
+            (false, Some(DIS), None, false),
+            (true, Some(CFR), None, true),
+            (true, Some(MCF), Some(NULL), true),
+            (true, Some(MCF), Some(MPS), true),
+            (true, Some(MCF), Some(EOP), false),
+            (true, Some(PPR), Some(EOP), true),
+            (true, Some(CTR), Some(NULL), true),
+            (true, Some(ERR), Some(NULL), true),
+            (true, Some(ERR), Some(EOP), false),
+            (true, Some(RNR), Some(NULL), false),
+            (false, Some(PPR), Some(NULL), false),
+            (true, None, Some(MPS), false),
+        ];
+        for (ecm, sent, ppm, want) in cases {
+            assert_eq!(
+                expects_page(&line(ecm, sent, ppm)),
+                want,
+                "ecm {ecm}, sent {sent:02x?}, ppm {ppm:02x?}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_ecm_block_has_200_ms_of_flags_then_its_frames() {
+        let frames = vec![
+            vec![0xFF, 0x03, 0x06, 0x00, 1, 2, 3],
+            vec![0xFF, 0x03, 0x86],
+        ];
+        let block = ecm_block(Modem::V17_14400, &frames);
+        assert!(block[..360].iter().all(|&b| b == hdlc::FLAG));
+        assert_ne!(block[360], hdlc::FLAG);
+        let got = hdlc::Decoder::new().push(&block);
+        let back: Vec<Vec<u8>> = got.into_iter().map(|f| f.bytes).collect();
+        assert_eq!(back, frames);
+        // At 2400 bit/s, 60 flags.
+        let slow = ecm_block(Modem::V27ter2400, &frames);
+        assert!(slow[..60].iter().all(|&b| b == hdlc::FLAG));
+        assert_ne!(slow[60], hdlc::FLAG);
+    }
 
     #[test]
     fn tcf_is_one_and_a_half_seconds() {

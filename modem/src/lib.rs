@@ -12,14 +12,14 @@
 //! - [`port`]: the serial device, raw and non-blocking, as an async stream.
 //! - [`class1`]: the Class 1 AT commands as async primitives: dial,
 //!   answer, send and receive HDLC frames and high-speed data.
+//! - [`hdlc`]: HDLC framing in software, for ECM blocks (pure).
 //! - [`fax`]: one fax call, sending or receiving, driving the T.30 engine
 //!   over [`class1::Class1`].
 //!
 //! # Limits
 //!
-//! - No ECM over the modem (and so no MMR): Class 1 ECM needs the DTE to
-//!   frame HDLC at high speed, which is not built. Pages go MH or MR with
-//!   RTN and retrain for errors.
+//! - ECM blocks are HDLC-framed here ([`hdlc`]) and sent as high-speed
+//!   data, as HylaFAX does; the modem frames only V.21.
 //! - Class 2/2.0 modems (which run T.30 themselves) are not supported.
 
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
@@ -28,6 +28,7 @@ pub mod class1;
 pub mod dle;
 mod error;
 pub mod fax;
+pub mod hdlc;
 pub mod port;
 
 pub use error::ModemError;

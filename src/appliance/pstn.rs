@@ -391,7 +391,8 @@ impl Pstn {
                 non_standard: None,
                 max_bad_percent: self.fax.max_bad_percent,
                 max_consecutive_bad: self.fax.max_consecutive_bad,
-                // The driver turns training (TCF) on and ECM off.
+                // The driver turns training (TCF) on; ECM and MMR as
+                // [fax] allows them.
                 training: true,
             };
             let mut reception = Reception {

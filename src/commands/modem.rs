@@ -3,7 +3,9 @@
 //!
 //! `send` dials a number and sends files as one fax; `receive` waits for
 //! calls and keeps each fax received as a TIFF-F file. Both run T.30 in
-//! faxgate (the modem only modulates), with TCF training, without ECM.
+//! faxgate (the modem only modulates), with TCF training, and with ECM
+//! (and so MMR) when both ends offer it, framed in faxgate (HDLC at high
+//! speed); `--no-ecm` turns it off.
 
 use std::path::PathBuf;
 use std::time::SystemTime;
@@ -49,6 +51,10 @@ struct LineArgs {
     /// given more than once.
     #[arg(long = "init")]
     init: Vec<String>,
+    /// Neither offer nor use error correction mode (ECM), and so no MMR:
+    /// pages go MH or MR, with retraining for a bad line.
+    #[arg(long)]
+    no_ecm: bool,
 }
 
 #[derive(Debug, Args)]
@@ -86,11 +92,16 @@ pub async fn run(args: ModemArgs, shutdown: CancellationToken) -> anyhow::Result
     }
 }
 
-fn t30_config(ident: &str) -> t30::Config {
+fn t30_config(line: &LineArgs) -> t30::Config {
+    let mut caps = Capabilities::all();
+    if line.no_ecm {
+        caps.ecm = false;
+        caps.mmr = false;
+    }
     t30::Config {
         role: Role::Answerer,
-        ident: ident.to_owned(),
-        caps: Capabilities::all(),
+        ident: line.ident.clone(),
+        caps,
         timers: Timers::default(),
         non_standard: None,
         max_bad_percent: 10,
@@ -142,7 +153,7 @@ async fn send(args: SendArgs, shutdown: CancellationToken) -> anyhow::Result<()>
         let call = fax::send(
             &mut modem,
             &args.to,
-            t30_config(&args.line.ident),
+            t30_config(&args.line),
             count,
             form,
             &mut doc,
@@ -208,7 +219,7 @@ async fn receive(args: ReceiveArgs, shutdown: CancellationToken) -> anyhow::Resu
             pages: Vec::new(),
         };
         let ended = {
-            let call = fax::receive(&mut modem, t30_config(&args.line.ident), &mut store);
+            let call = fax::receive(&mut modem, t30_config(&args.line), &mut store);
             tokio::select! {
                 r = call => Some(r),
                 () = shutdown.cancelled() => None,

@@ -413,6 +413,119 @@ fn efax_faxes_two_pages_to_faxgate_over_a_phone_line() {
     );
 }
 
+/// A page of `rows` rows whose left `noisy` pixels are noise: MMR codes
+/// noise to more than its raw size, so such a page fills several ECM
+/// blocks (64 KiB each).
+fn noise_page(seed: u64, rows: u32, noisy: u32) -> Vec<Vec<bool>> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..rows)
+        .map(|_| {
+            (0..1728u32)
+                .map(|c| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    c < noisy && x.is_multiple_of(3)
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// faxgate to faxgate over the phone line with error correction: both
+/// offer ECM and MMR, so T.30 picks them, and the pages go as blocks of
+/// HDLC frames that faxgate frames and unframes itself at V.17 speed
+/// (the modems only modulate). The second page needs more than one block
+/// (PPS-NULL between them). Both pages arrive pixel-equal, decoded by
+/// libtiff.
+#[test]
+fn faxgate_faxes_to_faxgate_with_ecm_and_mmr_over_a_phone_line() {
+    let line = Line::start();
+    let pages = [page(4, 800), noise_page(9, 260, 1728)];
+    let src = pbm_document(&line, "doc.pbm", &pages);
+    let inbox = line.path("inbox");
+    let rx_log = line.path("receiver.log");
+    let mut rx = Proc(
+        Command::new(faxgate())
+            .args([
+                "modem",
+                "receive",
+                "--device",
+                line.tty(1).to_str().unwrap(),
+            ])
+            .args(["--ident", "+81 6 2222", "--calls", "1", "--out"])
+            .arg(&inbox)
+            .env("RUST_LOG", "faxgate_modem=debug,info")
+            .stdout(std::fs::File::create(line.path("receiver.out")).unwrap())
+            .stderr(std::fs::File::create(&rx_log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for(
+        "faxgate waiting for a call",
+        Duration::from_secs(20),
+        || std::fs::read_to_string(&rx_log).is_ok_and(|t| t.contains("Waiting for calls.")),
+    );
+    std::thread::sleep(Duration::from_secs(6));
+    let out = Command::new(faxgate())
+        .args(["modem", "send", "--device", line.tty(0).to_str().unwrap()])
+        .args(["--to", Line::B_NUMBER, "--ident", "+81 3 1111"])
+        .arg(&src)
+        .env("RUST_LOG", "faxgate_modem=debug,info")
+        .output()
+        .unwrap();
+    let rx_text = || std::fs::read_to_string(&rx_log).unwrap_or_default();
+    let tx_text = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        out.status.success(),
+        "faxgate modem send failed: {}
+{tx_text}
+receiver:
+{}",
+        String::from_utf8_lossy(&out.stdout),
+        rx_text()
+    );
+    let status = wait_exit(&mut rx.0, "faxgate modem receive", Duration::from_secs(60));
+    let said = std::fs::read_to_string(line.path("receiver.out")).unwrap();
+    assert!(
+        status.success(),
+        "receiver: {status}
+{said}
+{}",
+        rx_text()
+    );
+    assert!(
+        said.contains("received 2 page(s) from \"+81 3 1111\""),
+        "{said}\n{}",
+        rx_text()
+    );
+    // Both ends agreed on ECM and MMR, and the pages went as blocks.
+    for (who, log) in [("sender", tx_text.clone()), ("receiver", rx_text())] {
+        assert!(
+            log.contains("coding: Mmr") && log.contains("ecm: true"),
+            "{who} did not negotiate ECM with MMR:\n{log}"
+        );
+    }
+    let blocks = tx_text.matches("ECM block out.").count();
+    assert!(
+        blocks >= 3,
+        "{blocks} ECM blocks sent; the second page needs two or more:\n{tx_text}"
+    );
+    let files: Vec<PathBuf> = std::fs::read_dir(&inbox)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "tif"))
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    let got = tiff_pages(&files[0]);
+    assert_eq!(got.len(), pages.len(), "pages in {}", files[0].display());
+    for (i, (g, w)) in got.iter().zip(&pages).enumerate() {
+        assert_eq!(g.len(), w.len(), "page {}: rows", i + 1);
+        let differing = g.iter().zip(w).filter(|(a, b)| a != b).count();
+        assert_eq!(differing, 0, "page {}: {differing} rows differ", i + 1);
+    }
+}
+
 /// A relay and one appliance ("tokyo") whose `[modem]` is iaxmodem B:
 /// efax on modem A faxes two pages to B's number; the appliance answers,
 /// keeps the fax in its inbox (from "pstn", with efax's TSI) and prints
