@@ -432,15 +432,143 @@ fn noise_page(seed: u64, rows: u32, noisy: u32) -> Vec<Vec<bool>> {
         .collect()
 }
 
+/// A burst of noise between faxgate and its modem: a pty pair whose
+/// slave the sender opens as its modem, copied both ways to iaxmodem's
+/// pty, except that one octet of the first ECM block's data (the first
+/// `AT+FTM=146`, V.17 14400 with short training: TCF goes with long
+/// training) is flipped [`NoisyLine::AT`] octets in, past the preamble.
+/// The modem sends the damaged bits as it got them, so the receiver sees
+/// a bad FCS, as after noise on a real line. iaxmodem cannot add noise
+/// itself; this stands in for it.
+struct NoisyLine {
+    path: PathBuf,
+    flips: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    /// Our own hold on the slave, so the master does not read EIO before
+    /// faxgate opens it; closed on drop, which ends the copying thread.
+    _slave: std::fs::File,
+}
+
+impl NoisyLine {
+    const AT: usize = 4000;
+
+    fn start(modem: &Path) -> NoisyLine {
+        use std::io::{Read, Write};
+        use std::os::fd::FromRawFd;
+        use std::os::unix::fs::OpenOptionsExt;
+        use std::sync::atomic::Ordering;
+        let (mut master, mut slave) = (0, 0);
+        let mut name = [0 as libc::c_char; 128];
+        // SAFETY: openpty writes two descriptors and the name into the
+        // buffers given (128 octets, more than a /dev/pts path).
+        let rc = unsafe {
+            libc::openpty(
+                &mut master,
+                &mut slave,
+                name.as_mut_ptr(),
+                std::ptr::null(),
+                std::ptr::null(),
+            )
+        };
+        assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
+        // SAFETY: both descriptors are new and owned from here on.
+        let (mut to_faxgate, slave) = unsafe {
+            (
+                std::fs::File::from_raw_fd(master),
+                std::fs::File::from_raw_fd(slave),
+            )
+        };
+        // SAFETY: openpty wrote a NUL-terminated path.
+        let path = unsafe { std::ffi::CStr::from_ptr(name.as_ptr()) }
+            .to_str()
+            .unwrap()
+            .to_owned();
+        let mut to_modem = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NOCTTY)
+            .open(modem)
+            .unwrap();
+        for fd in [&slave, &to_modem] {
+            use std::os::fd::AsRawFd;
+            // SAFETY: termios calls on open descriptors with a zeroed,
+            // then filled, struct. Raw: no echo, no XON/XOFF handling
+            // here (the modem's XON/XOFF pass through to faxgate).
+            unsafe {
+                let mut t: libc::termios = std::mem::zeroed();
+                assert_eq!(libc::tcgetattr(fd.as_raw_fd(), &mut t), 0);
+                libc::cfmakeraw(&mut t);
+                assert_eq!(libc::tcsetattr(fd.as_raw_fd(), libc::TCSANOW, &t), 0);
+            }
+        }
+        let flips = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let mut from_faxgate = to_faxgate.try_clone().unwrap();
+        let mut from_modem = to_modem.try_clone().unwrap();
+        let counted = flips.clone();
+        std::thread::spawn(move || {
+            let mut seen: Vec<u8> = Vec::new();
+            // Octets of the first ECM block passed so far (None: not in it).
+            let mut in_block: Option<usize> = None;
+            let mut prev = 0u8;
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = from_faxgate.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                for b in &mut buf[..n] {
+                    if let Some(at) = in_block.as_mut() {
+                        *at += 1;
+                        // Not a DLE, nor the octet after one, nor one
+                        // that would become a DLE: the framing stays.
+                        if *at >= Self::AT && *b != 0x10 && *b ^ 0x08 != 0x10 && prev != 0x10 {
+                            *b ^= 0x08;
+                            counted.fetch_add(1, Ordering::SeqCst);
+                            in_block = None;
+                            seen.clear();
+                        }
+                    } else if counted.load(Ordering::SeqCst) == 0 {
+                        seen.push(*b);
+                        if seen.ends_with(b"AT+FTM=146\r") {
+                            in_block = Some(0);
+                        }
+                        if seen.len() > 64 {
+                            seen.drain(..32);
+                        }
+                    }
+                    prev = *b;
+                }
+                if to_modem.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+        });
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = from_modem.read(&mut buf) {
+                if n == 0 || to_faxgate.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+        });
+        NoisyLine {
+            path: PathBuf::from(path),
+            flips,
+            _slave: slave,
+        }
+    }
+}
+
 /// faxgate to faxgate over the phone line with error correction: both
 /// offer ECM and MMR, so T.30 picks them, and the pages go as blocks of
 /// HDLC frames that faxgate frames and unframes itself at V.17 speed
-/// (the modems only modulate). The second page needs more than one block
+/// (the modems only modulate). A burst of noise ([`NoisyLine`]) damages
+/// a frame of the first block: the receiver asks for it again (PPR) and
+/// the sender sends it again. The second page needs more than one block
 /// (PPS-NULL between them). Both pages arrive pixel-equal, decoded by
 /// libtiff.
 #[test]
-fn faxgate_faxes_to_faxgate_with_ecm_and_mmr_over_a_phone_line() {
+fn faxgate_faxes_to_faxgate_with_ecm_and_mmr_over_a_noisy_phone_line() {
     let line = Line::start();
+    let noisy = NoisyLine::start(&line.tty(0));
     let pages = [page(4, 800), noise_page(9, 260, 1728)];
     let src = pbm_document(&line, "doc.pbm", &pages);
     let inbox = line.path("inbox");
@@ -468,7 +596,7 @@ fn faxgate_faxes_to_faxgate_with_ecm_and_mmr_over_a_phone_line() {
     );
     std::thread::sleep(Duration::from_secs(6));
     let out = Command::new(faxgate())
-        .args(["modem", "send", "--device", line.tty(0).to_str().unwrap()])
+        .args(["modem", "send", "--device", noisy.path.to_str().unwrap()])
         .args(["--to", Line::B_NUMBER, "--ident", "+81 3 1111"])
         .arg(&src)
         .env("RUST_LOG", "faxgate_modem=debug,info")
@@ -506,10 +634,40 @@ receiver:
             "{who} did not negotiate ECM with MMR:\n{log}"
         );
     }
+    // One octet was damaged; the receiver asked for its frame again and
+    // the sender sent it again: a block more than the pages need.
+    assert_eq!(noisy.flips.load(std::sync::atomic::Ordering::SeqCst), 1);
+    let rx_said = rx_text();
+    // One PPR got the frame again, at full speed: no second PPR, no
+    // continue-to-correct (CTR), which would mean the resent frames were
+    // missed and the block crept through at a lower speed instead.
+    let out_frames = |fcf: &str| {
+        rx_said
+            .lines()
+            .filter(|l| l.contains("T.30 out.") && l.contains(fcf))
+            .count()
+    };
+    assert_eq!(
+        out_frames("PPR"),
+        1,
+        "PPRs sent by the receiver:\n{rx_said}"
+    );
+    assert_eq!(
+        out_frames("CTR"),
+        0,
+        "CTRs sent by the receiver:\n{rx_said}"
+    );
+    assert!(
+        tx_text
+            .lines()
+            .any(|l| l.contains("T.30 in.") && l.contains("PPR")),
+        "the sender heard no PPR:\n{tx_text}"
+    );
     let blocks = tx_text.matches("ECM block out.").count();
     assert!(
-        blocks >= 3,
-        "{blocks} ECM blocks sent; the second page needs two or more:\n{tx_text}"
+        blocks >= 4,
+        "{blocks} ECM blocks sent; the second page needs two or more, and \
+         the first a resend:\n{tx_text}"
     );
     let files: Vec<PathBuf> = std::fs::read_dir(&inbox)
         .unwrap()
