@@ -3358,6 +3358,66 @@ fn caller_limited_to_v29_and_v27ter_sends_dcs_at_v29_to_a_v17_dis() {
 /// clear): V.29 alone (bit 11) for a V.29-only modem, V.29 and V.27 ter
 /// (bits 11 and 12) for one with both; and a caller that could use
 /// anything then trains at V.29 9600 and delivers the page.
+/// A caller that ignores our DIS and picks a modem we do not have gets
+/// FTT without a training check (we could not receive its TCF), and a
+/// check once it steps down to one we have.
+#[test]
+fn answerer_answers_ftt_to_a_dcs_at_a_modem_it_does_not_have() {
+    use frame::Modem::*;
+    let now = Instant::now();
+    let mut a = T30::new(
+        with_training(answerer_config(with_modems(&[V29_9600, V29_7200]))),
+        now,
+    )
+    .unwrap();
+    drain(&mut a);
+    let p = Params {
+        resolution: Resolution::Standard,
+        width: 1728,
+        coding: Coding::Mh,
+        ecm: false,
+    };
+    let dcs_at = |m: frame::Modem| {
+        let fif = p.to_dcs_fif_with(frame::PageLength::A4, m, frame::MinScan::Ms0);
+        frame_ev(frame::build(frame::fcf::DCS | 1, &fif, true))
+    };
+    for m in [V17_14400, V27ter4800] {
+        a.handle(dcs_at(m), now);
+        let actions = drain(&mut a);
+        assert_eq!(tcf_checks(&actions), [], "{m:?}: {actions:?}");
+        assert_eq!(fcfs_of(&actions), [frame::Fcf::Ftt], "{m:?}: {actions:?}");
+    }
+    a.handle(dcs_at(V29_9600), now);
+    let actions = drain(&mut a);
+    assert_eq!(tcf_checks(&actions), [V29_9600]);
+    assert_eq!(fcfs_of(&actions), []);
+    a.handle(training_ev(true), now);
+    assert_eq!(fcfs_of(&drain(&mut a)), [frame::Fcf::Cfr]);
+
+    // The FTTs count: a caller that keeps to a modem we lack is given up
+    // on, as after failed checks.
+    let mut a = T30::new(
+        with_training(answerer_config(with_modems(&[V29_9600]))),
+        now,
+    )
+    .unwrap();
+    drain(&mut a);
+    let mut ftts = 0;
+    for _ in 0..20 {
+        a.handle(dcs_at(V17_14400), now);
+        let actions = drain(&mut a);
+        ftts += fcfs_of(&actions)
+            .iter()
+            .filter(|f| **f == frame::Fcf::Ftt)
+            .count();
+        if a.is_finished() {
+            break;
+        }
+    }
+    assert!(a.is_finished(), "still going after {ftts} FTTs");
+    assert!((1..20).contains(&ftts), "{ftts} FTTs");
+}
+
 #[test]
 fn answerer_limited_to_v29_sends_a_dis_without_v17() {
     use frame::Modem::*;

@@ -833,7 +833,14 @@ impl T30 {
         self.rx_data.clear();
         self.rx_fresh = false;
         self.ecm_rx.reset();
-        if self.cfg.training {
+        if self.cfg.training && !self.cfg.caps.allows_modem(self.modem) {
+            // A modem we did not offer (a caller that ignored our DIS):
+            // we cannot receive its TCF, so the check fails, and FTT
+            // sends the caller down to a modem we have (T.30 has no other
+            // answer to a DCS whose modem cannot be used).
+            self.state = State::AnsWaitTraining;
+            self.on_training(false, now);
+        } else if self.cfg.training {
             // TCF follows every DCS: CFR or FTT waits for its check.
             self.actions
                 .push_back(Action::ReceiveTraining { modem: self.modem });
