@@ -3092,16 +3092,8 @@ fn answerer_with_training_answers_cfr_or_ftt_by_the_check() {
     let now = Instant::now();
     let mut a = T30::new(with_training(answerer_config(Capabilities::all())), now).unwrap();
     drain(&mut a);
-    let p = Params {
-        resolution: Resolution::Standard,
-        width: 1728,
-        coding: Coding::Mh,
-        ecm: false,
-    };
-    let dcs_at = |m: frame::Modem| {
-        let fif = p.to_dcs_fif_with(frame::PageLength::A4, m, frame::MinScan::Ms0);
-        frame_ev(frame::build(frame::fcf::DCS | 1, &fif, true))
-    };
+    let p = MH_STANDARD;
+    let dcs_at = |m: frame::Modem| dcs_at(&p, m);
 
     // DCS: the parameters, and a check at its modem; no answer yet.
     a.handle(dcs_at(V17_14400), now);
@@ -3358,6 +3350,20 @@ fn caller_limited_to_v29_and_v27ter_sends_dcs_at_v29_to_a_v17_dis() {
 /// clear): V.29 alone (bit 11) for a V.29-only modem, V.29 and V.27 ter
 /// (bits 11 and 12) for one with both; and a caller that could use
 /// anything then trains at V.29 9600 and delivers the page.
+/// Standard resolution, A4, MH, no ECM: the plainest page parameters.
+const MH_STANDARD: Params = Params {
+    resolution: Resolution::Standard,
+    width: 1728,
+    coding: Coding::Mh,
+    ecm: false,
+};
+
+/// A caller's DCS for `p` at modem `m` (A4, no minimum scan time).
+fn dcs_at(p: &Params, m: frame::Modem) -> Event {
+    let fif = p.to_dcs_fif_with(frame::PageLength::A4, m, frame::MinScan::Ms0);
+    frame_ev(frame::build(frame::fcf::DCS | 1, &fif, true))
+}
+
 /// A caller that ignores our DIS and picks a modem we do not have gets
 /// FTT without a training check (we could not receive its TCF), and a
 /// check once it steps down to one we have.
@@ -3371,16 +3377,8 @@ fn answerer_answers_ftt_to_a_dcs_at_a_modem_it_does_not_have() {
     )
     .unwrap();
     drain(&mut a);
-    let p = Params {
-        resolution: Resolution::Standard,
-        width: 1728,
-        coding: Coding::Mh,
-        ecm: false,
-    };
-    let dcs_at = |m: frame::Modem| {
-        let fif = p.to_dcs_fif_with(frame::PageLength::A4, m, frame::MinScan::Ms0);
-        frame_ev(frame::build(frame::fcf::DCS | 1, &fif, true))
-    };
+    let p = MH_STANDARD;
+    let dcs_at = |m: frame::Modem| dcs_at(&p, m);
     for m in [V17_14400, V27ter4800] {
         a.handle(dcs_at(m), now);
         let actions = drain(&mut a);

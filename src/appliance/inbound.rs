@@ -189,36 +189,34 @@ impl Inbound {
                 .await?;
             return Ok(());
         };
-        if let Some(why) = &reason {
-            self.store
-                .note(
-                    format!("inbox:{}", doc.id),
-                    format!("session from {from} ended: {why}"),
-                )
-                .await?;
-        }
-        let fresh = self
-            .store
-            .inbox_doc(doc.id)
-            .await?
-            .context("the inbox document vanished")?;
-        // EOP for a document we do not have every page of would be a
-        // sender bug; keep it open for a resume rather than print a hole.
-        // Nor print a document without pages: a continuation whose session
-        // only repeated pages of the partial document before it.
-        let state = match (state, fresh.pages_expected) {
-            (InboxState::Complete, Some(n)) if fresh.pages < n => InboxState::Interrupted,
-            (InboxState::Complete | InboxState::Partial, _) if fresh.pages == 0 => {
-                InboxState::Interrupted
-            }
-            (s, _) => s,
+        let ending = Ending {
+            store: &self.store,
+            print: &self.print,
+            bus: &self.bus,
+            hold: !self.inbox.print,
         };
-        let hold = !self.inbox.print;
-        let done = self.store.finish_receive(doc.id, state, hold).await?;
-        match state {
+        let why = reason
+            .as_ref()
+            .map(|r| format!("session from {from} ended: {r}"));
+        let done = ending
+            .close(doc.id, why, |fresh| {
+                // EOP for a document we do not have every page of would
+                // be a sender bug; keep it open for a resume rather than
+                // print a hole. Nor print a document without pages: a
+                // continuation whose session only repeated pages of the
+                // partial document before it.
+                match (state, fresh.pages_expected) {
+                    (InboxState::Complete, Some(n)) if fresh.pages < n => InboxState::Interrupted,
+                    (InboxState::Complete | InboxState::Partial, _) if fresh.pages == 0 => {
+                        InboxState::Interrupted
+                    }
+                    (s, _) => s,
+                }
+            })
+            .await?;
+        match done.state {
             InboxState::Complete | InboxState::Partial => {
-                tracing::info!(doc = done.id, pages = done.pages, state = ?state, "Fax received.");
-                self.print.wake().await;
+                tracing::info!(doc = done.id, pages = done.pages, state = ?done.state, "Fax received.");
             }
             _ => tracing::info!(
                 doc = done.id,
@@ -227,8 +225,47 @@ impl Inbound {
                 "Reception interrupted; waiting for the sender to resume."
             ),
         }
-        self.bus.publish(BusEvent::Inbox(done));
         Ok(())
+    }
+}
+
+/// What ends a reception, relay or telephone alike: the reason noted
+/// against the document, its final state, the output stage woken for a
+/// document that prints, and the bus told.
+pub(super) struct Ending<'a> {
+    pub store: &'a Store,
+    pub print: &'a PrintHandle,
+    pub bus: &'a Bus,
+    /// Keep received documents held (`[inbox] print = false`).
+    pub hold: bool,
+}
+
+impl Ending<'_> {
+    /// Closes document `id`: notes `why` (if the reception did not end
+    /// cleanly) in its history, re-reads it so `state_of` judges the pages
+    /// actually stored, records that state, wakes the output stage if the
+    /// document is complete or partial (both print), and publishes it.
+    pub async fn close(
+        &self,
+        id: i64,
+        why: Option<String>,
+        state_of: impl FnOnce(&InboxDoc) -> InboxState,
+    ) -> anyhow::Result<InboxDoc> {
+        if let Some(why) = why {
+            self.store.note(format!("inbox:{id}"), why).await?;
+        }
+        let fresh = self
+            .store
+            .inbox_doc(id)
+            .await?
+            .context("the inbox document vanished")?;
+        let state = state_of(&fresh);
+        let done = self.store.finish_receive(id, state, self.hold).await?;
+        if matches!(state, InboxState::Complete | InboxState::Partial) {
+            self.print.wake().await;
+        }
+        self.bus.publish(BusEvent::Inbox(done.clone()));
+        Ok(done)
     }
 }
 

@@ -38,6 +38,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
 
+use super::inbound::Ending;
 use super::store::{InboxDoc, InboxState, JobState, Store};
 use super::{Bus, BusEvent, PrintHandle, fax_caps};
 
@@ -464,51 +465,42 @@ impl Pstn {
             .await;
             return Ok(());
         };
-        if let Some(why) = &reason {
-            self.store
-                .note(
-                    format!("inbox:{}", doc.id),
-                    format!("call from {remote:?} on {} ended: {why}", self.modem.device),
-                )
-                .await?;
-        }
-        let fresh = self
-            .store
-            .inbox_doc(doc.id)
-            .await?
-            .context("the inbox document vanished")?;
+        let ending = Ending {
+            store: &self.store,
+            print: &self.print,
+            bus: &self.bus,
+            hold: !self.inbox.print,
+        };
+        let why = reason
+            .as_ref()
+            .map(|r| format!("call from {remote:?} on {} ended: {r}", self.modem.device));
         // The sender cannot resume: whatever pages are here print. A
         // document without pages (its first page could not be stored)
         // stays interrupted and never prints.
-        let state = match (clean, fresh.pages) {
-            (_, 0) => InboxState::Interrupted,
-            (true, _) => InboxState::Complete,
-            (false, _) => InboxState::Partial,
-        };
-        let hold = !self.inbox.print;
-        let done = self.store.finish_receive(doc.id, state, hold).await?;
-        match state {
+        let done = ending
+            .close(doc.id, why, |fresh| match (clean, fresh.pages) {
+                (_, 0) => InboxState::Interrupted,
+                (true, _) => InboxState::Complete,
+                (false, _) => InboxState::Partial,
+            })
+            .await?;
+        match done.state {
             InboxState::Complete => {
                 tracing::info!(doc = done.id, pages = done.pages, remote = %remote, "Fax received.");
-                self.print.wake().await;
             }
-            InboxState::Partial => {
-                tracing::warn!(
-                    doc = done.id,
-                    pages = done.pages,
-                    remote = %remote,
-                    reason = reason.as_deref().unwrap_or(""),
-                    "Fax received in part; the pages received will print."
-                );
-                self.print.wake().await;
-            }
+            InboxState::Partial => tracing::warn!(
+                doc = done.id,
+                pages = done.pages,
+                remote = %remote,
+                reason = reason.as_deref().unwrap_or(""),
+                "Fax received in part; the pages received will print."
+            ),
             _ => tracing::warn!(
                 doc = done.id,
                 reason = reason.as_deref().unwrap_or(""),
                 "Call ended without a stored page."
             ),
         }
-        self.bus.publish(BusEvent::Inbox(done));
         Ok(())
     }
 }

@@ -784,6 +784,33 @@ impl Appliance {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// `faxgate inbox`: the received documents.
+    fn inbox(&self) -> Vec<serde_json::Value> {
+        self.json(&["inbox"])
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// The first inbox document from "pstn" once it is printed (within
+    /// 90 s; else the test fails with the inbox and the log).
+    fn printed_from_pstn(&self) -> serde_json::Value {
+        let done = std::time::Instant::now() + Duration::from_secs(90);
+        while std::time::Instant::now() < done {
+            if let Some(d) = self.inbox().into_iter().find(|d| d["from"] == "pstn")
+                && d["print"] == "printed"
+            {
+                return d;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        panic!(
+            "no printed document from pstn: {:?}\nappliance:\n{}",
+            self.inbox(),
+            self.log_text()
+        );
+    }
+
     /// `faxgate ARGS --json --panel P`, parsed.
     fn json(&self, args: &[&str]) -> serde_json::Value {
         let out = Command::new(faxgate())
@@ -814,29 +841,7 @@ fn efax_faxes_to_the_appliance_which_prints_it() {
         log_text()
     );
 
-    let inbox = || -> Vec<serde_json::Value> {
-        site.json(&["inbox"])
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-    };
-    let mut doc = serde_json::Value::Null;
-    let done = std::time::Instant::now() + Duration::from_secs(60);
-    while std::time::Instant::now() < done {
-        if let Some(d) = inbox().into_iter().find(|d| d["from"] == "pstn")
-            && d["print"] == "printed"
-        {
-            doc = d;
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    assert!(
-        doc["print"] == "printed",
-        "no printed document from pstn: {:?}\nappliance:\n{}",
-        inbox(),
-        log_text()
-    );
+    let doc = site.printed_from_pstn();
     assert_eq!(doc["state"], "complete", "{doc}");
     assert_eq!(doc["pages"], 2, "{doc}");
     assert_eq!(doc["remote_ident"], "+49 30 3333", "{doc}");
@@ -845,7 +850,12 @@ fn efax_faxes_to_the_appliance_which_prints_it() {
         job_id.len() == 16 && job_id.chars().all(|c| c.is_ascii_hexdigit()),
         "job id {job_id:?}"
     );
-    assert_eq!(inbox().len(), 1, "one call, one document: {:?}", inbox());
+    assert_eq!(
+        site.inbox().len(),
+        1,
+        "one call, one document: {:?}",
+        site.inbox()
+    );
 
     // The pages as stored, one TIFF each, and as printed, one TIFF.
     let id = doc["id"].as_i64().unwrap();
@@ -891,29 +901,7 @@ fn a_call_cut_after_the_first_page_leaves_a_partial_fax_that_prints() {
     efax.0.kill().unwrap();
     efax.0.wait().unwrap();
 
-    let inbox = || -> Vec<serde_json::Value> {
-        site.json(&["inbox"])
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-    };
-    let mut doc = serde_json::Value::Null;
-    let done = std::time::Instant::now() + Duration::from_secs(90);
-    while std::time::Instant::now() < done {
-        if let Some(d) = inbox().into_iter().find(|d| d["from"] == "pstn")
-            && d["print"] == "printed"
-        {
-            doc = d;
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    assert!(
-        doc["print"] == "printed",
-        "no printed document from pstn: {:?}\nappliance:\n{}",
-        inbox(),
-        log_text()
-    );
+    let doc = site.printed_from_pstn();
     assert_eq!(doc["state"], "partial", "{doc}");
     assert_eq!(doc["pages"], 1, "{doc}");
     assert_eq!(doc["remote_ident"], "+49 30 3333", "{doc}");
@@ -951,7 +939,7 @@ fn a_call_cut_after_the_first_page_leaves_a_partial_fax_that_prints() {
         "the second call's document",
         Duration::from_secs(60),
         || {
-            inbox()
+            site.inbox()
                 .iter()
                 .any(|d| d["from"] == "pstn" && d["state"] == "complete" && d["pages"] == 1)
         },
