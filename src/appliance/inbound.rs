@@ -189,12 +189,7 @@ impl Inbound {
                 .await?;
             return Ok(());
         };
-        let ending = Ending {
-            store: &self.store,
-            print: &self.print,
-            bus: &self.bus,
-            hold: !self.inbox.print,
-        };
+        let ending = Ending::new(&self.store, &self.print, &self.bus, &self.inbox);
         let why = reason
             .as_ref()
             .map(|r| format!("session from {from} ended: {r}"));
@@ -233,14 +228,30 @@ impl Inbound {
 /// against the document, its final state, the output stage woken for a
 /// document that prints, and the bus told.
 pub(super) struct Ending<'a> {
-    pub store: &'a Store,
-    pub print: &'a PrintHandle,
-    pub bus: &'a Bus,
+    store: &'a Store,
+    print: &'a PrintHandle,
+    bus: &'a Bus,
     /// Keep received documents held (`[inbox] print = false`).
-    pub hold: bool,
+    hold: bool,
 }
 
-impl Ending<'_> {
+impl<'a> Ending<'a> {
+    /// The ending of receptions into `store`, printing through `print`
+    /// unless `inbox` holds documents.
+    pub fn new(
+        store: &'a Store,
+        print: &'a PrintHandle,
+        bus: &'a Bus,
+        inbox: &InboxSection,
+    ) -> Self {
+        Ending {
+            store,
+            print,
+            bus,
+            hold: !inbox.print,
+        }
+    }
+
     /// Closes document `id`: notes `why` (if the reception did not end
     /// cleanly) in its history, re-reads it so `state_of` judges the pages
     /// actually stored, records that state, wakes the output stage if the

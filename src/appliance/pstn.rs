@@ -465,12 +465,7 @@ impl Pstn {
             .await;
             return Ok(());
         };
-        let ending = Ending {
-            store: &self.store,
-            print: &self.print,
-            bus: &self.bus,
-            hold: !self.inbox.print,
-        };
+        let ending = Ending::new(&self.store, &self.print, &self.bus, &self.inbox);
         let why = reason
             .as_ref()
             .map(|r| format!("call from {remote:?} on {} ended: {r}", self.modem.device));

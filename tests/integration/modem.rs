@@ -356,14 +356,13 @@ fn faxgate_faxes_two_pages_to_efax_over_a_phone_line() {
     );
 }
 
-#[test]
-fn efax_faxes_two_pages_to_faxgate_over_a_phone_line() {
-    let line = Line::start();
-    let pages = [page(1, 450), page(2, 700)];
-    let raw = efax_pages(&line, &pages);
+/// `faxgate modem receive` answering one call on modem B as "+81 6 2222",
+/// into the folder `inbox`, its stdout in `NAME.out` and its log in
+/// `NAME.log`; returned once it can take the call.
+fn faxgate_receiving(line: &Line, name: &str) -> (Proc, PathBuf, PathBuf) {
     let inbox = line.path("inbox");
-    let fg_log = line.path("faxgate.log");
-    let mut rx = Proc(
+    let log = line.path(&format!("{name}.log"));
+    let rx = Proc(
         Command::new(faxgate())
             .args([
                 "modem",
@@ -374,8 +373,8 @@ fn efax_faxes_two_pages_to_faxgate_over_a_phone_line() {
             .args(["--ident", "+81 6 2222", "--calls", "1", "--out"])
             .arg(&inbox)
             .env("RUST_LOG", "faxgate_modem=debug,info")
-            .stdout(std::fs::File::create(line.path("faxgate.out")).unwrap())
-            .stderr(std::fs::File::create(&fg_log).unwrap())
+            .stdout(std::fs::File::create(line.path(&format!("{name}.out"))).unwrap())
+            .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap(),
     );
@@ -384,9 +383,18 @@ fn efax_faxes_two_pages_to_faxgate_over_a_phone_line() {
     wait_for(
         "faxgate waiting for a call",
         Duration::from_secs(20),
-        || std::fs::read_to_string(&fg_log).is_ok_and(|t| t.contains("Waiting for calls.")),
+        || std::fs::read_to_string(&log).is_ok_and(|t| t.contains("Waiting for calls.")),
     );
     std::thread::sleep(Duration::from_secs(6));
+    (rx, inbox, log)
+}
+
+#[test]
+fn efax_faxes_two_pages_to_faxgate_over_a_phone_line() {
+    let line = Line::start();
+    let pages = [page(1, 450), page(2, 700)];
+    let raw = efax_pages(&line, &pages);
+    let (mut rx, inbox, fg_log) = faxgate_receiving(&line, "faxgate");
     let out = efax_send(&line, &raw);
     let fg_text = || std::fs::read_to_string(&fg_log).unwrap_or_default();
     assert!(
@@ -575,30 +583,7 @@ fn faxgate_faxes_to_faxgate_with_ecm_and_mmr_over_a_noisy_phone_line() {
     let noisy = NoisyLine::start(&line.tty(0));
     let pages = [page(4, 800), noise_page(9, 260, 1728)];
     let src = pbm_document(&line, "doc.pbm", &pages);
-    let inbox = line.path("inbox");
-    let rx_log = line.path("receiver.log");
-    let mut rx = Proc(
-        Command::new(faxgate())
-            .args([
-                "modem",
-                "receive",
-                "--device",
-                line.tty(1).to_str().unwrap(),
-            ])
-            .args(["--ident", "+81 6 2222", "--calls", "1", "--out"])
-            .arg(&inbox)
-            .env("RUST_LOG", "faxgate_modem=debug,info")
-            .stdout(std::fs::File::create(line.path("receiver.out")).unwrap())
-            .stderr(std::fs::File::create(&rx_log).unwrap())
-            .spawn()
-            .unwrap(),
-    );
-    wait_for(
-        "faxgate waiting for a call",
-        Duration::from_secs(20),
-        || std::fs::read_to_string(&rx_log).is_ok_and(|t| t.contains("Waiting for calls.")),
-    );
-    std::thread::sleep(Duration::from_secs(6));
+    let (mut rx, inbox, rx_log) = faxgate_receiving(&line, "receiver");
     let out = Command::new(faxgate())
         .args(["modem", "send", "--device", noisy.path.to_str().unwrap()])
         .args(["--to", Line::B_NUMBER, "--ident", "+81 3 1111"])
