@@ -682,11 +682,13 @@ receiver:
 /// as TIFF; both stopped when dropped.
 struct Appliance {
     panel: String,
+    cfg: PathBuf,
+    out: PathBuf,
     log: PathBuf,
     state: PathBuf,
     printed: PathBuf,
     _relay: Proc,
-    _appliance: Proc,
+    appliance: Proc,
 }
 
 impl Appliance {
@@ -743,26 +745,82 @@ impl Appliance {
         .unwrap();
         let log = d.join("tokyo.log");
         let out = d.join("tokyo.out");
-        let appliance = Proc(
-            Command::new(faxgate())
-                .args(["appliance", "--config"])
-                .arg(&cfg)
-                .env("RUST_LOG", "info,faxgate=debug,faxgate_modem=debug")
-                .env("NO_COLOR", "1")
-                .stdout(std::fs::File::create(&out).unwrap())
-                .stderr(std::fs::File::create(&log).unwrap())
-                .spawn()
-                .unwrap(),
-        );
-        let panel = read_line_after(&out, "appliance: panel API on http://");
+        let (appliance, panel) = Appliance::spawn(&cfg, &out, &log);
         Appliance {
             panel,
+            cfg,
+            out,
             log,
             state,
             printed,
             _relay: relay,
-            _appliance: appliance,
+            appliance,
         }
+    }
+
+    /// `faxgate appliance --config cfg`, and its panel's address once up.
+    fn spawn(cfg: &Path, out: &Path, log: &Path) -> (Proc, String) {
+        let appliance = Proc(
+            Command::new(faxgate())
+                .args(["appliance", "--config"])
+                .arg(cfg)
+                .env("RUST_LOG", "info,faxgate=debug,faxgate_modem=debug")
+                .env("NO_COLOR", "1")
+                .stdout(std::fs::File::create(out).unwrap())
+                .stderr(
+                    std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(log)
+                        .unwrap(),
+                )
+                .spawn()
+                .unwrap(),
+        );
+        (
+            appliance,
+            read_line_after(out, "appliance: panel API on http://"),
+        )
+    }
+
+    /// Stops the appliance with SIGTERM and returns how it exited (within
+    /// `limit`, else the test fails).
+    fn stop(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let pid = libc::pid_t::try_from(self.appliance.0.id()).unwrap();
+        // SAFETY: kill(2) on our own child, not yet reaped.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        wait_exit(&mut self.appliance.0, "the appliance", limit)
+    }
+
+    /// The files printed so far (TIFF).
+    fn printed_files(&self) -> Vec<PathBuf> {
+        std::fs::read_dir(&self.printed)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "tif" || e == "tiff"))
+            .collect()
+    }
+
+    /// Asserts that the history has a note on inbox document `doc` that
+    /// says `word` (why its reception ended).
+    fn assert_noted(&self, doc: &serde_json::Value, word: &str) {
+        let history = self.json(&["history"]);
+        let subject = format!("inbox:{}", doc["id"]);
+        assert!(
+            history.as_array().is_some_and(|h| h.iter().any(|e| {
+                e["subject"] == subject.as_str()
+                    && e["message"].as_str().is_some_and(|m| m.contains(word))
+            })),
+            "no note saying {word:?} on {subject} in the history: {history}\nappliance:\n{}",
+            self.log_text()
+        );
+    }
+
+    /// Starts the appliance again on the same configuration and state.
+    fn restart(&mut self) {
+        let (appliance, panel) = Appliance::spawn(&self.cfg, &self.out, &self.log);
+        self.appliance = appliance;
+        self.panel = panel;
     }
 
     fn log_text(&self) -> String {
@@ -814,7 +872,7 @@ fn efax_faxes_to_the_appliance_which_prints_it() {
     let pages = [page(4, 520), page(5, 380)];
     let raw = efax_pages(&line, &pages);
     let site = Appliance::start(&line, 1, true);
-    let (state, printed) = (site.state.clone(), site.printed.clone());
+    let state = site.state.clone();
     let log_text = || site.log_text();
 
     let sent = efax_send(&line, &raw);
@@ -848,11 +906,7 @@ fn efax_faxes_to_the_appliance_which_prints_it() {
         .flat_map(|i| tiff_pages(&state.join(format!("inbox/{id}/{i:04}.tif"))))
         .collect();
     assert_efax_pages("stored", &stored, &pages);
-    let files: Vec<PathBuf> = std::fs::read_dir(&printed)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "tif" || e == "tiff"))
-        .collect();
+    let files = site.printed_files();
     assert_eq!(files.len(), 1, "printed: {files:?}");
     assert_efax_pages("printed", &tiff_pages(&files[0]), &pages);
 }
@@ -868,7 +922,6 @@ fn a_call_cut_after_the_first_page_leaves_a_partial_fax_that_prints() {
     let pages = [page(8, 420), page(9, 900), page(10, 900)];
     let raw = efax_pages(&line, &pages);
     let site = Appliance::start(&line, 1, true);
-    let printed = site.printed.clone();
     let log_text = || site.log_text();
 
     let mut efax = Proc(
@@ -890,24 +943,11 @@ fn a_call_cut_after_the_first_page_leaves_a_partial_fax_that_prints() {
     assert_eq!(doc["state"], "partial", "{doc}");
     assert_eq!(doc["pages"], 1, "{doc}");
     assert_eq!(doc["remote_ident"], "+49 30 3333", "{doc}");
-    let files: Vec<PathBuf> = std::fs::read_dir(&printed)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "tif" || e == "tiff"))
-        .collect();
+    let files = site.printed_files();
     assert_eq!(files.len(), 1, "printed: {files:?}");
     assert_efax_pages("printed", &tiff_pages(&files[0]), &pages[..1]);
     // Why it is partial is on record for the operator.
-    let history = site.json(&["history"]);
-    let subject = format!("inbox:{}", doc["id"]);
-    assert!(
-        history
-            .as_array()
-            .is_some_and(|h| h.iter().any(|e| e["subject"] == subject.as_str()
-                && e["message"].as_str().is_some_and(|m| m.contains("ended")))),
-        "no note on the cut call ({subject}) in the history: {history}\nappliance:\n{}",
-        log_text()
-    );
+    site.assert_noted(&doc, "ended");
 
     // The line takes the next call: a whole fax this time. (iaxmodem
     // refuses calls for 5 s after efax's ATZ; efax retries on BUSY.)
@@ -929,6 +969,50 @@ fn a_call_cut_after_the_first_page_leaves_a_partial_fax_that_prints() {
                 .any(|d| d["from"] == "pstn" && d["state"] == "complete" && d["pages"] == 1)
         },
     );
+}
+
+/// The appliance is stopped (SIGTERM) while efax is sending it the second
+/// page of three: it hangs up and exits within its shutdown deadline,
+/// keeping the page it confirmed. Started again, it records the call as
+/// cut by the shutdown and prints that page: nothing confirmed is lost.
+#[test]
+fn stopping_the_appliance_mid_call_hangs_up_and_keeps_the_confirmed_page() {
+    let line = Line::start();
+    let pages = [page(11, 420), page(12, 900), page(13, 900)];
+    let raw = efax_pages(&line, &pages);
+    let mut site = Appliance::start(&line, 1, true);
+    let mut efax = Proc(
+        efax_sender(&line, &raw)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(line.path("efax-stop.log")).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for(
+        "the appliance to receive the first page",
+        Duration::from_secs(90),
+        || site.log_text().contains("Page received. page=1"),
+    );
+    // Into the second page.
+    std::thread::sleep(Duration::from_secs(3));
+    let status = site.stop(Duration::from_secs(30));
+    assert!(
+        status.success(),
+        "the appliance: {status}\n{}",
+        site.log_text()
+    );
+    // efax hears the hangup and gives up.
+    let efax_status = wait_exit(&mut efax.0, "efax", Duration::from_secs(60));
+    assert!(!efax_status.success(), "efax says the cut call succeeded");
+
+    site.restart();
+    let doc = site.printed_from_pstn();
+    assert_eq!(doc["state"], "partial", "{doc}");
+    assert_eq!(doc["pages"], 1, "{doc}");
+    let files = site.printed_files();
+    assert_eq!(files.len(), 1, "printed: {files:?}");
+    assert_efax_pages("printed", &tiff_pages(&files[0]), &pages[..1]);
+    site.assert_noted(&doc, "shutdown");
 }
 
 #[test]
