@@ -3346,10 +3346,6 @@ fn caller_limited_to_v29_and_v27ter_sends_dcs_at_v29_to_a_v17_dis() {
     assert_eq!(c.modem(), V29_9600);
 }
 
-/// An answerer whose modem lacks V.17 offers no V.17 in its DIS (bit 14
-/// clear): V.29 alone (bit 11) for a V.29-only modem, V.29 and V.27 ter
-/// (bits 11 and 12) for one with both; and a caller that could use
-/// anything then trains at V.29 9600 and delivers the page.
 /// Standard resolution, A4, MH, no ECM: the plainest page parameters.
 const MH_STANDARD: Params = Params {
     resolution: Resolution::Standard,
@@ -3362,6 +3358,52 @@ const MH_STANDARD: Params = Params {
 fn dcs_at(p: &Params, m: frame::Modem) -> Event {
     let fif = p.to_dcs_fif_with(frame::PageLength::A4, m, frame::MinScan::Ms0);
     frame_ev(frame::build(frame::fcf::DCS | 1, &fif, true))
+}
+
+/// An ECM answerer keeps waiting while a block comes in, even if every
+/// frame of it is damaged (each bad frame is line activity, as good ones
+/// are), and waits T2 for the PPS from the end of the block's carrier
+/// (`ImageEnd`), even if all three RCPs were lost: then PPR asks for the
+/// frames, where a timeout would have ended the call.
+#[test]
+fn ecm_answerer_waits_for_pps_after_a_damaged_block() {
+    let now = Instant::now();
+    let t2 = Timers::default().t2;
+    let mut a = T30::new(answerer_config(Capabilities::all()), now).unwrap();
+    drain(&mut a);
+    let p = Params {
+        ecm: true,
+        ..MH_STANDARD
+    };
+    a.handle(dcs_at(&p, frame::Modem::V17_14400), now);
+    assert_eq!(fcfs_of(&drain(&mut a)), [frame::Fcf::Cfr]);
+    let mut at = now;
+    for _ in 0..4 {
+        at += t2 / 2;
+        a.handle(
+            Event::EcmFrame {
+                bytes: vec![0xFF, 0x03, 0x06, 0x00, 0x12],
+                fcs_ok: false,
+            },
+            at,
+        );
+        assert_eq!(
+            a.poll_timeout(),
+            Some(at + t2),
+            "T2 runs from the bad frame"
+        );
+    }
+    at += t2 / 2;
+    a.handle(Event::ImageEnd, at);
+    assert_eq!(
+        a.poll_timeout(),
+        Some(at + t2),
+        "T2 runs from the block's end"
+    );
+    assert!(!a.is_finished());
+    let pps = frame::build(frame::fcf::PPS | 1, &[frame::fcf::EOP | 1, 0, 0, 0], true);
+    a.handle(frame_ev(pps), at + t2 / 2);
+    assert_eq!(fcfs_of(&drain(&mut a)), [frame::Fcf::Ppr]);
 }
 
 /// A caller that ignores our DIS and picks a modem we do not have gets
@@ -3416,6 +3458,10 @@ fn answerer_answers_ftt_to_a_dcs_at_a_modem_it_does_not_have() {
     assert!((1..20).contains(&ftts), "{ftts} FTTs");
 }
 
+/// An answerer whose modem lacks V.17 offers no V.17 in its DIS (bit 14
+/// clear): V.29 alone (bit 11) for a V.29-only modem, V.29 and V.27 ter
+/// (bits 11 and 12) for one with both; and a caller that could use
+/// anything then trains at V.29 9600 and delivers the page.
 #[test]
 fn answerer_limited_to_v29_sends_a_dis_without_v17() {
     use frame::Modem::*;

@@ -287,8 +287,13 @@ struct Line {
     /// Pages go as ECM blocks (from the last [`Action::Negotiated`]).
     ecm: bool,
     /// FCF of the last frame received with a good FCS (caller: CTR means
-    /// the next block trains long, at its new speed).
+    /// the next block trains long, at its new speed), if nothing has come
+    /// since (a TCF received clears it).
     last_got: Option<u8>,
+    /// Answerer: PPRs sent for the current block; after
+    /// [`t30::PPRS_BEFORE_CTC`] of them the sender answers with CTC or
+    /// EOR on V.21, not with a block.
+    pprs: u32,
 }
 
 async fn drive<S, D, P>(
@@ -315,6 +320,7 @@ where
         after_image: false,
         ecm: false,
         last_got: None,
+        pprs: 0,
     };
     loop {
         let mut sent = false;
@@ -322,6 +328,19 @@ where
             match action {
                 Action::SendFrames(frames) => {
                     log_frames("T.30 out.", &frames);
+                    let fcf = frames.last().and_then(|f| f.get(2)).map(|f| f & 0xFE);
+                    if !caller && fcf == Some(fcf::FTT) && line.last_got == Some(fcf::DCS) {
+                        // FTT without a check (a DCS at a modem we do not
+                        // have): its TCF is on the line now, and +FRS
+                        // could find its silence in the 75 ms before it.
+                        // Let the TCF pass first.
+                        tokio::time::sleep(TCF_PASSES).await;
+                    }
+                    match fcf {
+                        Some(fcf::PPR) => line.pprs += 1,
+                        Some(fcf::MCF | fcf::CTR | fcf::ERR) => line.pprs = 0,
+                        _ => {}
+                    }
                     if line.received_last && !line.tx_connected {
                         modem.wait_silence().await?;
                     } else if line.after_image {
@@ -334,7 +353,7 @@ where
                     line.tx_connected = false;
                     line.rx_connected = false;
                     line.received_last = false;
-                    line.last_sent = frames.last().and_then(|f| f.get(2)).map(|f| f & 0xFE);
+                    line.last_sent = fcf;
                     sent = true;
                 }
                 Action::SendTraining { modem: m } => {
@@ -348,6 +367,7 @@ where
                     let ok = receive_training(modem, &t30, m).await?;
                     tracing::debug!(modem = ?m, ok, "Training check (TCF).");
                     line.received_last = true;
+                    line.last_got = None;
                     t30.handle(Event::Training { ok }, std::time::Instant::now());
                 }
                 Action::SendImage(data) => {
@@ -529,8 +549,9 @@ where
 
 /// Answerer: whether page data comes next. Without ECM: after CFR, or
 /// after MCF to MPS. With ECM (T.30 Annex A) a block also follows PPR
-/// (the frames asked for again) and CTR, and MCF or ERR to a PPS or EOR
-/// whose post-page command is NULL (the page goes on) or MPS.
+/// (the frames asked for again; but after the fourth PPR in a row the
+/// sender says CTC or EOR) and CTR, and MCF or ERR to a PPS or EOR whose
+/// post-page command is NULL (the page goes on) or MPS.
 fn expects_page(line: &Line) -> bool {
     // The post-page command says the page (or the document) goes on.
     let goes_on = match line.last_ppm {
@@ -542,7 +563,8 @@ fn expects_page(line: &Line) -> bool {
         Some(fcf::CFR) => true,
         Some(fcf::MCF) => goes_on,
         Some(fcf::ERR) => line.ecm && goes_on,
-        Some(fcf::PPR | fcf::CTR) => line.ecm,
+        Some(fcf::PPR) => line.ecm && !line.pprs.is_multiple_of(t30::PPRS_BEFORE_CTC),
+        Some(fcf::CTR) => line.ecm,
         _ => false,
     }
 }
@@ -560,6 +582,10 @@ fn ecm_block(m: Modem, frames: &[Vec<u8>]) -> Vec<u8> {
     e.flags(ECM_TRAILING_FLAGS);
     e.finish()
 }
+
+/// How long an FTT waits after a DCS whose TCF we do not check: the
+/// 75 ms before TCF and its 1.5 s (+10 %).
+const TCF_PASSES: Duration = Duration::from_millis(1_750);
 
 /// Flags before an ECM block's first frame, as time on the line.
 const ECM_PREAMBLE: Duration = Duration::from_millis(200);
@@ -604,7 +630,11 @@ where
     line.received_last = true;
     line.last_sent = None;
     match got {
-        Received::Got(()) => tracing::debug!(good, bad, "ECM block in."),
+        Received::Got(()) => {
+            tracing::debug!(good, bad, "ECM block in.");
+            // T2 for the PPS runs from here, even if the RCPs were lost.
+            t30.handle(Event::ImageEnd, std::time::Instant::now());
+        }
         Received::Frames => {}
         Received::NoCarrier | Received::Timeout => {
             if tokio::time::Instant::now() >= deadline {
@@ -696,6 +726,7 @@ mod tests {
             after_image: false,
             ecm,
             last_got: None,
+            pprs: 1,
         }
     }
 
@@ -729,6 +760,15 @@ mod tests {
                 want,
                 "ecm {ecm}, sent {sent:02x?}, ppm {ppm:02x?}"
             );
+        }
+        // After the fourth PPR for a block comes CTC or EOR, not a block;
+        // after the fifth (following CTR) a block again.
+        for (pprs, want) in [(1, true), (3, true), (4, false), (5, true), (8, false)] {
+            let l = Line {
+                pprs,
+                ..line(true, Some(PPR), Some(NULL))
+            };
+            assert_eq!(expects_page(&l), want, "{pprs} PPRs");
         }
     }
 

@@ -171,7 +171,7 @@ impl Decoder {
 
     fn bit(&mut self, one: bool) {
         if one {
-            self.ones += 1;
+            self.ones = self.ones.saturating_add(1);
             if self.ones == 7 {
                 // Abort (or an idle line): no frame until the next flag.
                 self.synced = false;

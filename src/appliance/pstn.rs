@@ -252,22 +252,23 @@ impl Pstn {
                 if !self.modem.answer {
                     continue;
                 }
+                // Every ring asks again, so a call still ringing when the
+                // inbox gets room is answered; the refusal is noted once
+                // per call.
                 let now = tokio::time::Instant::now();
-                if refused_at.is_some_and(|t| now - t < SAME_CALL) {
-                    refused_at = Some(now);
-                    continue;
-                }
-                refused_at = None;
+                let same_call = refused_at.is_some_and(|t| now - t < SAME_CALL);
                 match self.room().await {
-                    Ok(()) => {}
+                    Ok(()) => refused_at = None,
                     Err(why) => {
-                        tracing::warn!(reason = %why, "Call not answered.");
                         refused_at = Some(now);
-                        self.note(format!(
-                            "a call on {} was not answered: {why}",
-                            self.modem.device
-                        ))
-                        .await;
+                        if !same_call {
+                            tracing::warn!(reason = %why, "Call not answered.");
+                            self.note(format!(
+                                "a call on {} was not answered: {why}",
+                                self.modem.device
+                            ))
+                            .await;
+                        }
                         continue;
                     }
                 }

@@ -26,7 +26,7 @@ const MAX_PAGE_BYTES: usize = 64 << 20;
 
 /// PPRs a T.30 sender sends for one block before it must send CTC or EOR
 /// (T.30 Annex A; spandsp `PPR_LIMIT_BEFORE_CTC_OR_EOR`).
-const PPRS_BEFORE_CTC: u32 = 4;
+pub const PPRS_BEFORE_CTC: u32 = 4;
 
 /// A post-page message; the PRI variants are treated as the plain ones.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -405,6 +405,9 @@ impl T30 {
             Event::EcmFrame { bytes, fcs_ok } => {
                 if fcs_ok {
                     self.on_ecm_frame(&bytes, now);
+                } else if self.state == State::AnsPage {
+                    // A damaged frame is still the block coming in.
+                    self.rearm_t2(now);
                 }
             }
             Event::Page(data) => self.on_page(data, now),
@@ -917,12 +920,19 @@ impl T30 {
         )));
     }
 
+    /// The end of a page's (or, with ECM, a block's) carrier: T2 for the
+    /// command that follows. With ECM the RCPs say the same, but all three
+    /// may be lost, and the PPS still comes.
     fn on_image_end(&mut self, now: Instant) {
-        if self.state != State::AnsPage || self.params.is_none_or(|p| p.ecm) {
+        let Some(params) = self.params.filter(|_| self.state == State::AnsPage) else {
             return;
-        }
-        self.rx_fresh = true;
-        let what = format!("the post-page command after page {}", self.page_index + 1);
+        };
+        let what = if params.ecm {
+            format!("PPS after page {} data", self.page_index + 1)
+        } else {
+            self.rx_fresh = true;
+            format!("the post-page command after page {}", self.page_index + 1)
+        };
         self.set_t2(now, what);
     }
 

@@ -106,7 +106,7 @@ pub mod frame;
 
 use std::time::Duration;
 
-pub use engine::T30;
+pub use engine::{PPRS_BEFORE_CTC, T30};
 
 use crate::{Bitmap, Coding, EncoderOptions, FaxError, Resolution};
 
@@ -334,7 +334,8 @@ pub enum Event {
     },
     /// Non-ECM T.4 page data from the peer, in order, in any chunking.
     ImageData(Vec<u8>),
-    /// The end of that high-speed burst.
+    /// The end of a high-speed burst: a non-ECM page, or an ECM block
+    /// (whose PPS then has T2 to come, even if its RCPs were lost).
     ImageEnd,
     /// One high-speed HDLC frame (ECM FCD or RCP) from the peer.
     EcmFrame {
