@@ -16,11 +16,17 @@
 //! - [`fax`]: one fax call, sending or receiving, driving the T.30 engine
 //!   over [`class1::Class1`].
 //!
+//! ECM (and so MMR) works with any Class 1 modem: its blocks are
+//! HDLC-framed here ([`hdlc`]) and sent as high-speed data, as HylaFAX
+//! does; the modem frames only V.21.
+//!
 //! # Limits
 //!
-//! - ECM blocks are HDLC-framed here ([`hdlc`]) and sent as high-speed
-//!   data, as HylaFAX does; the modem frames only V.21.
 //! - Class 2/2.0 modems (which run T.30 themselves) are not supported.
+//! - No adaptive reception (`+FAR`): the driver says whether it expects
+//!   frames or page data, and falls back after a few seconds.
+//! - Received V.21 frames are taken to carry their FCS octets, as
+//!   spandsp and most modems deliver them.
 
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
