@@ -7,6 +7,11 @@
 # and T.30's fixed pauses, so the ratio shows the driver's overhead
 # (training, silences, the handshakes' timing), not CPU speed.
 #
+# A third sender in each round is faxgate to faxgate (`modem receive` on
+# B): both offer ECM and MMR, so the pages go MMR-coded in ECM blocks;
+# its ratio to efax's time shows what ECM with MMR saves (or costs) on
+# the same document and line.
+#
 # Usage (as root; installs nothing):
 #   cargo build --release && scripts/bench-modem.sh [rounds]
 # Needs iaxmodem, efax (efix) and netpbm on PATH.
@@ -69,8 +74,15 @@ answer() {  # efax answers one call on B
   until grep -q "waiting for activity" "$work/efax-rx.log" 2>/dev/null; do sleep 0.2; done
   sleep 6     # iaxmodem refuses calls for 5 s after the ATZ efax starts with
 }
+receive_fg() {  # faxgate answers one call on B
+  RUST_LOG=info "$faxgate" modem receive --device "$work/ttyb" --calls 1 --out "$work/fgrx" \
+    > "$work/fg-rx.out" 2> "$work/fg-rx.log" &
+  rx=$!
+  until grep -q "Waiting for calls." "$work/fg-rx.log" 2>/dev/null; do sleep 0.2; done
+  sleep 6     # iaxmodem refuses calls for 5 s after the setup's ATH0
+}
 now() { date +%s.%N; }
-fg_times=(); efax_times=()
+fg_times=(); efax_times=(); ecm_times=()
 for r in $(seq 1 "$rounds"); do
   answer
   t0=$(now)
@@ -84,8 +96,17 @@ for r in $(seq 1 "$rounds"); do
   t1=$(now); wait "$rx"
   efax_times+=("$(echo "$t1 - $t0" | bc)")
   sleep 6
-  echo "round $r: faxgate ${fg_times[-1]} s, efax ${efax_times[-1]} s"
+  receive_fg
+  t0=$(now)
+  RUST_LOG=info "$faxgate" modem send --device "$work/ttya" --to 200 "$work/doc.pbm" \
+    > /dev/null 2> "$work/fg-tx.log"
+  t1=$(now); wait "$rx"
+  grep -q "coding: Mmr, ecm: true" "$work/fg-tx.log" || { echo "ECM with MMR was not negotiated" >&2; exit 1; }
+  ecm_times+=("$(echo "$t1 - $t0" | bc)")
+  sleep 6
+  echo "round $r: faxgate ${fg_times[-1]} s, efax ${efax_times[-1]} s, faxgate ECM+MMR ${ecm_times[-1]} s"
 done
 median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
-fg=$(median "${fg_times[@]}"); ef=$(median "${efax_times[@]}")
+fg=$(median "${fg_times[@]}"); ef=$(median "${efax_times[@]}"); ecm=$(median "${ecm_times[@]}")
 echo "median: faxgate $fg s, efax $ef s, ratio (efax time / faxgate time) $(echo "scale=3; $ef / $fg" | bc)"
+echo "median: faxgate ECM+MMR to faxgate $ecm s, ratio (efax time / ECM time) $(echo "scale=3; $ef / $ecm" | bc)"

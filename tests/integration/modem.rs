@@ -273,6 +273,18 @@ fn efax_send(line: &Line, raw: &[PathBuf]) -> std::process::Output {
     efax_sender(line, raw).output().unwrap()
 }
 
+/// [`efax_send`] in the background, its log in the line's folder as
+/// `log`.
+fn efax_spawn(line: &Line, raw: &[PathBuf], log: &str) -> Proc {
+    Proc(
+        efax_sender(line, raw)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(line.path(log)).unwrap())
+            .spawn()
+            .unwrap(),
+    )
+}
+
 /// The efax command of [`efax_send`], to run or spawn.
 fn efax_sender(line: &Line, raw: &[PathBuf]) -> Command {
     need("efax", "efax");
@@ -799,6 +811,16 @@ impl Appliance {
         wait_exit(&mut self.appliance.0, "the appliance", limit)
     }
 
+    /// Waits (up to 90 s) until the modem has received page `n` of a call.
+    fn wait_for_page(&self, n: u32) {
+        let said = format!("Page received. page={n} ");
+        wait_for(
+            &format!("page {n} received"),
+            Duration::from_secs(90),
+            || self.log_text().contains(&said),
+        );
+    }
+
     /// The files printed so far (TIFF).
     fn printed_files(&self) -> Vec<PathBuf> {
         std::fs::read_dir(&self.printed)
@@ -931,18 +953,8 @@ fn a_call_cut_after_the_first_page_leaves_a_partial_fax_that_prints() {
     let site = Appliance::start(&line, 1, true);
     let log_text = || site.log_text();
 
-    let mut efax = Proc(
-        efax_sender(&line, &raw)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(line.path("efax-cut.log")).unwrap())
-            .spawn()
-            .unwrap(),
-    );
-    wait_for(
-        "the appliance to receive the first page",
-        Duration::from_secs(90),
-        || log_text().contains("Page received. page=1"),
-    );
+    let mut efax = efax_spawn(&line, &raw, "efax-cut.log");
+    site.wait_for_page(1);
     efax.0.kill().unwrap();
     efax.0.wait().unwrap();
 
@@ -988,18 +1000,8 @@ fn stopping_the_appliance_mid_call_hangs_up_and_keeps_the_confirmed_page() {
     let pages = [page(11, 420), page(12, 900), page(13, 900)];
     let raw = efax_pages(&line, &pages);
     let mut site = Appliance::start(&line, 1, true);
-    let mut efax = Proc(
-        efax_sender(&line, &raw)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(line.path("efax-stop.log")).unwrap())
-            .spawn()
-            .unwrap(),
-    );
-    wait_for(
-        "the appliance to receive the first page",
-        Duration::from_secs(90),
-        || site.log_text().contains("Page received. page=1"),
-    );
+    let mut efax = efax_spawn(&line, &raw, "efax-stop.log");
+    site.wait_for_page(1);
     // Into the second page.
     std::thread::sleep(Duration::from_secs(3));
     let status = site.stop(Duration::from_secs(30));
@@ -1051,13 +1053,7 @@ fn a_full_inbox_leaves_a_call_ringing_until_a_document_is_released() {
     // The inbox is full: the second call rings and is not answered.
     // (efax waits up to 45 s for an answer: iaxmodem's NO ANSWER.)
     std::thread::sleep(Duration::from_secs(6));
-    let mut efax = Proc(
-        efax_sender(&line, &raw[1..])
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(line.path("efax-full.log")).unwrap())
-            .spawn()
-            .unwrap(),
-    );
+    let mut efax = efax_spawn(&line, &raw[1..], "efax-full.log");
     wait_for(
         "the refusal in the history",
         Duration::from_secs(30),
