@@ -326,13 +326,7 @@ fn faxgate_faxes_two_pages_to_efax_over_a_phone_line() {
     let pages = [page(0, 600), page(3, 500)];
     let src = pbm_document(&line, "doc.pbm", &pages);
     let (mut efax, efax_log) = efax_answering(&line);
-    let out = Command::new(faxgate())
-        .args(["modem", "send", "--device", line.tty(0).to_str().unwrap()])
-        .args(["--to", Line::B_NUMBER, "--ident", "+81 3 1111"])
-        .arg(&src)
-        .env("RUST_LOG", "faxgate_modem=debug,info")
-        .output()
-        .unwrap();
+    let out = faxgate_send(&line.tty(0), &src);
     let efax_text = || std::fs::read_to_string(&efax_log).unwrap_or_default();
     assert!(
         out.status.success(),
@@ -366,6 +360,18 @@ fn faxgate_faxes_two_pages_to_efax_over_a_phone_line() {
         "efax did not see our TSI:\n{}",
         efax_text()
     );
+}
+
+/// `faxgate modem send` of `src` from the modem on `device` to B's number
+/// as "+81 3 1111", with the T.30 frames in its log (stderr).
+fn faxgate_send(device: &Path, src: &Path) -> std::process::Output {
+    Command::new(faxgate())
+        .args(["modem", "send", "--device", device.to_str().unwrap()])
+        .args(["--to", Line::B_NUMBER, "--ident", "+81 3 1111"])
+        .arg(src)
+        .env("RUST_LOG", "faxgate_modem=debug,info")
+        .output()
+        .unwrap()
 }
 
 /// `faxgate modem receive` answering one call on modem B as "+81 6 2222",
@@ -596,13 +602,7 @@ fn faxgate_faxes_to_faxgate_with_ecm_and_mmr_over_a_noisy_phone_line() {
     let pages = [page(4, 800), noise_page(9, 260, 1728)];
     let src = pbm_document(&line, "doc.pbm", &pages);
     let (mut rx, inbox, rx_log) = faxgate_receiving(&line, "receiver");
-    let out = Command::new(faxgate())
-        .args(["modem", "send", "--device", noisy.path.to_str().unwrap()])
-        .args(["--to", Line::B_NUMBER, "--ident", "+81 3 1111"])
-        .arg(&src)
-        .env("RUST_LOG", "faxgate_modem=debug,info")
-        .output()
-        .unwrap();
+    let out = faxgate_send(&noisy.path, &src);
     let rx_text = || std::fs::read_to_string(&rx_log).unwrap_or_default();
     let tx_text = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(
