@@ -821,6 +821,22 @@ impl Appliance {
         );
     }
 
+    /// `faxgate send --no-wait --to tel:NUMBER FILE` through the panel;
+    /// fails the test unless the job was queued.
+    fn send_to_tel(&self, number: &str, file: &Path) {
+        let out = Command::new(faxgate())
+            .args(["send", "--no-wait", "--to", &format!("tel:{number}")])
+            .args(["--panel", &self.panel])
+            .arg(file)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "faxgate send: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// The files printed so far (TIFF).
     fn printed_files(&self) -> Vec<PathBuf> {
         std::fs::read_dir(&self.printed)
@@ -1128,22 +1144,7 @@ fn the_appliance_faxes_a_job_to_a_telephone_number() {
     // The appliance's modem is A and does not answer; efax answers on B.
     let site = Appliance::start(&line, 0, false);
     let (mut efax, efax_log) = efax_answering(&line);
-    let out = Command::new(faxgate())
-        .args([
-            "send",
-            "--no-wait",
-            "--to",
-            &format!("tel:{}", Line::B_NUMBER),
-        ])
-        .args(["--panel", &site.panel])
-        .arg(&doc)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "faxgate send: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    site.send_to_tel(Line::B_NUMBER, &doc);
     // A telephone number that no modem could dial is refused at once.
     let bad = Command::new(faxgate())
         .args([
@@ -1224,23 +1225,7 @@ fn a_missing_modem_leaves_the_appliance_running_and_tel_jobs_retrying() {
     assert!(users.is_array(), "users: {users}");
     let pbm = dir.path().join("p.pbm");
     write_pbm(&pbm, &page(1, 100));
-    let out = Command::new(faxgate())
-        .args([
-            "send",
-            "--no-wait",
-            "--to",
-            "tel:200",
-            "--panel",
-            &site.panel,
-        ])
-        .arg(&pbm)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "faxgate send: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    site.send_to_tel("200", &pbm);
     let mut job = serde_json::Value::Null;
     wait_for("the tel: job retrying", Duration::from_secs(30), || {
         job = site
