@@ -34,6 +34,10 @@ if ((${#missing[@]})); then
 fi
 
 export CARGO_TERM_COLOR=never
+# One build from scratch: incremental caches would only double the disk it
+# takes. Say how much disk there is, in case a build runs out of it.
+export CARGO_INCREMENTAL=0
+df -h . | tail -1
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo test --workspace
