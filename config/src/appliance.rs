@@ -202,6 +202,14 @@ pub struct InboxSection {
     /// "inbox full".
     #[serde(default = "defaults::max_held")]
     pub max_held: usize,
+    /// How long a reception broken off mid-document (the sender's
+    /// session failed, or a restart) waits for the sender to resume it.
+    /// After that its pages print as a partial document; a later resume
+    /// goes to a document of its own with the pages not yet here, so no
+    /// page prints twice. A telephone call, or a caller without
+    /// faxgate's job tag, cannot resume: its pages print at once.
+    #[serde(default = "defaults::resume_window", with = "humantime_serde")]
+    pub resume_window: Duration,
 }
 
 impl Default for InboxSection {
@@ -210,6 +218,7 @@ impl Default for InboxSection {
             print: true,
             archive_dir: None,
             max_held: defaults::max_held(),
+            resume_window: defaults::resume_window(),
         }
     }
 }
@@ -1026,6 +1035,11 @@ mod defaults {
     }
     pub fn max_held() -> usize {
         100
+    }
+    /// Longer than a sender's retries take with the default `[outbox]`
+    /// backoff (5 s doubling to 5 min, 20 attempts: about 75 minutes).
+    pub fn resume_window() -> Duration {
+        Duration::from_secs(2 * 3600)
     }
     pub fn job_timeout() -> Duration {
         Duration::from_secs(300)

@@ -40,10 +40,41 @@ pub(crate) fn parse_toml<T: serde::de::DeserializeOwned>(
     text: &str,
     origin: &str,
 ) -> Result<T, ConfigError> {
-    toml::from_str(text).map_err(|source| ConfigError::Parse {
+    toml::from_str(text).map_err(|e: toml::de::Error| ConfigError::Parse {
         origin: origin.to_owned(),
-        message: source.to_string(),
+        message: parse_message(&e, text),
     })
+}
+
+/// toml's message and where it points, by line and column, without the
+/// quoted source line toml's own Display adds: that line may hold a
+/// password or a key (a misspelt `pasword = "..."` is refused as an
+/// unknown field), and the error goes to the log.
+fn parse_message(e: &toml::de::Error, text: &str) -> String {
+    let at = e
+        .span()
+        .and_then(|s| Some((text.get(..s.start)?, text.get(s.start..)?)))
+        .map(|(before, after)| {
+            let line = before.matches('\n').count() + 1;
+            let start = before.rsplit('\n').next().unwrap_or_default();
+            let column = start.chars().count() + 1;
+            // The key the line sets, if it is a plain `key = value` line
+            // (names are no secret; the value is not shown).
+            let whole = format!("{start}{}", after.split('\n').next().unwrap_or_default());
+            let key = whole
+                .split_once('=')
+                .map(|(k, _)| k.trim())
+                .filter(|k| {
+                    !k.is_empty()
+                        && k.chars()
+                            .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
+                })
+                .map(|k| format!("`{k}`, "))
+                .unwrap_or_default();
+            format!(" ({key}line {line}, column {column})")
+        })
+        .unwrap_or_default();
+    format!("{}{at}", e.message().trim_end())
 }
 
 /// A config type that can check itself after parsing.
@@ -62,9 +93,31 @@ pub(crate) fn load_str<T: Validate>(text: &str) -> Result<T, ConfigError> {
 /// Loading from a file: read, parse and validate, naming the file.
 pub(crate) fn load_file<T: Validate>(path: &Path) -> Result<T, ConfigError> {
     let text = read_file(path)?;
+    warn_if_others_can_read(path, &text);
     let config: T = parse_toml(&text, &path.display().to_string())?;
     config.check().map_err(|e| e.in_file(path))?;
     Ok(config)
+}
+
+/// Warns when a config file that looks like it holds a secret (a
+/// password, key or token) can be read by users other than its owner.
+/// Only a warning: the examples copied as they are must still run.
+fn warn_if_others_can_read(path: &Path, text: &str) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let secret = ["password", "key", "token"]
+            .iter()
+            .any(|w| text.contains(w));
+        let mode = std::fs::metadata(path).map_or(0, |m| m.permissions().mode());
+        if secret && mode & 0o044 != 0 {
+            tracing::warn!(
+                file = %path.display(),
+                mode = format!("{:o}", mode & 0o777),
+                "The config file can be read by other users and may hold passwords or keys; chmod 600 it."
+            );
+        }
+    }
 }
 
 /// Reads a whole config file, naming it in the error.

@@ -62,6 +62,13 @@ pub struct IppFrontSection {
     /// client-error-timeout and its connection is closed.
     #[serde(default = "defaults::ipp_body_stall_timeout", with = "humantime_serde")]
     pub body_stall_timeout: Duration,
+    /// The slowest a request body may arrive on average, in bytes a
+    /// second, once `body_stall_timeout` has passed (0: no minimum). A
+    /// client trickling a byte now and then, never quite stalling, would
+    /// otherwise hold its connection, and enough of them every
+    /// connection the front allows (agents' too). 1 KiB/s is 8 kbit/s.
+    #[serde(default = "defaults::ipp_min_body_rate")]
+    pub min_body_rate: u64,
     /// Connections open at once, both listeners together; more are closed
     /// as soon as they are accepted.
     #[serde(default = "defaults::ipp_max_connections")]
@@ -72,6 +79,15 @@ pub struct IppFrontSection {
     /// Largest document accepted, in bytes.
     #[serde(default = "defaults::max_document")]
     pub max_document: u64,
+    /// Jobs not yet ended that one site holds at once; a new job past it
+    /// is refused with server-error-busy (the client tries later), so
+    /// anonymous clients cannot fill the relay's disk through one site.
+    #[serde(default = "defaults::max_active_jobs")]
+    pub max_active_jobs: usize,
+    /// Bytes of documents of one site's jobs not yet ended; a document
+    /// arriving once they reach it is refused with server-error-busy.
+    #[serde(default = "defaults::max_site_spool")]
+    pub max_site_spool: u64,
     /// How long finished jobs stay visible (Get-Jobs which-jobs=completed).
     #[serde(default = "defaults::job_retention", with = "humantime_serde")]
     pub job_retention: Duration,
@@ -372,8 +388,17 @@ mod defaults {
     pub fn max_document() -> u64 {
         256 << 20
     }
+    pub fn max_active_jobs() -> usize {
+        1000
+    }
+    pub fn max_site_spool() -> u64 {
+        4 << 30
+    }
     pub fn ipp_header_timeout() -> Duration {
         Duration::from_secs(30)
+    }
+    pub fn ipp_min_body_rate() -> u64 {
+        1024
     }
     pub fn ipp_body_stall_timeout() -> Duration {
         Duration::from_secs(30)
@@ -627,6 +652,18 @@ impl RelayServerConfig {
                 format!("{} is outside 1..=1 TiB (in bytes)", ipp.max_document),
             ));
         }
+        if ipp.max_active_jobs == 0 {
+            return Err(invalid("ipp.max_active_jobs", "must be at least 1"));
+        }
+        if ipp.max_site_spool < ipp.max_document {
+            return Err(invalid(
+                "ipp.max_site_spool",
+                format!(
+                    "{} is below ipp.max_document ({}): the largest document could never be taken",
+                    ipp.max_site_spool, ipp.max_document
+                ),
+            ));
+        }
         if let Some(host) = &ipp.public_host {
             // A name or IPv4 address, or an IPv6 address with or without
             // brackets; never a port (the URIs get the listener's).
@@ -716,10 +753,16 @@ impl RelayServerConfig {
                         "must be hex, at least 16 bytes (32 hex digits)",
                     ));
                 }
-                if w.timeout.is_zero() {
+                // The wake mail's command lives as long as the timeout,
+                // and a command mail lives at most 24 h (the replay cache
+                // keeps nonces that long: faxgate_mail::command).
+                if w.timeout.is_zero() || w.timeout > Duration::from_secs(24 * 3600) {
                     return Err(invalid(
                         "ipp.sites.wake.timeout",
-                        "must be greater than zero",
+                        format!(
+                            "{} is outside 1s..=24h (a command mail lives at most 24 h)",
+                            humantime_serde::re::humantime::format_duration(w.timeout)
+                        ),
                     ));
                 }
             }
@@ -887,6 +930,38 @@ mod tests {
         assert!(err.to_string().contains("holdinterval"), "{err}");
     }
 
+    /// A wake-up timeout is at most 24 h: the command mail it sends lives
+    /// that long, and a longer one would be refused by every mailer.
+    #[test]
+    fn a_wake_timeout_over_a_day_is_refused() {
+        let example = include_str!("../examples/relay.toml");
+        assert!(RelayServerConfig::from_str(example).is_ok());
+        for (timeout, ok) in [("24h", true), ("25h", false), ("0s", false)] {
+            let text = example.replace("timeout = \"2m\"", &format!("timeout = \"{timeout}\""));
+            let got = RelayServerConfig::from_str(&text);
+            match (ok, got) {
+                (true, r) => assert!(r.is_ok(), "{timeout}: {r:?}"),
+                (false, r) => {
+                    let e = r.unwrap_err().to_string();
+                    assert!(e.contains("ipp.sites.wake.timeout"), "{timeout}: {e}");
+                }
+            }
+        }
+    }
+
+    /// A misspelt secret is refused by its name and place, and the error
+    /// (which goes to the log) does not quote its value.
+    #[test]
+    fn a_parse_error_names_the_place_but_never_quotes_the_line() {
+        let text = "server = \"relay.example.net:4651\"\nuser = \"tokyo\"\npasword = \"hunter2\"\n";
+        let err = RelayClientConfig::from_str(text).unwrap_err().to_string();
+        assert!(
+            err.contains("pasword") && err.contains("line 3, column 1"),
+            "{err}"
+        );
+        assert!(!err.contains("hunter2"), "{err}");
+    }
+
     #[test]
     fn no_listener_is_rejected() {
         let err = RelayServerConfig::from_str("[relay]\nstate_dir = \"/x\"").unwrap_err();
@@ -1031,6 +1106,11 @@ mod tests {
                 "ipp.public_host",
             ),
             (format!("{ipp}public_host = \"\"\n"), "ipp.public_host"),
+            (format!("{ipp}max_active_jobs = 0\n"), "ipp.max_active_jobs"),
+            (
+                format!("{ipp}max_document = 1000\nmax_site_spool = 999\n"),
+                "ipp.max_site_spool",
+            ),
             (format!("{ipp}max_document = 0\n"), "ipp.max_document"),
             (
                 format!("{ipp}body_stall_timeout = \"0s\"\n"),
