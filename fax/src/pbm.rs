@@ -132,6 +132,20 @@ fn read_one(data: &[u8], pos: usize) -> Result<(Bitmap, usize), FaxError> {
             start + size,
         ))
     } else {
+        // Every pixel is one '0' or '1' character: a header claiming more
+        // pixels than there are bytes left is refused before the bitmap
+        // is allocated (up to 1 GiB for a dozen bytes of header).
+        let pixels = u64::from(width) * u64::from(height);
+        let left = data.len().saturating_sub(p) as u64;
+        if left < pixels {
+            return Err(FaxError::Pbm {
+                reason: format!(
+                    "raster too short for {width}x{height}: needs at least {pixels} \
+                     characters, {left} bytes left"
+                ),
+                offset: p,
+            });
+        }
         let mut bmp = Bitmap::new(width, height);
         let mut p = p;
         for y in 0..height {
@@ -178,5 +192,24 @@ mod tests {
         ] {
             assert!(read_pbm(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn p1_header_without_its_raster_is_refused_before_allocating() {
+        // 65536 x 131072 is 1 GiB of bitmap, within the size limit; the
+        // characters the raster needs are not there, which is what refuses
+        // it (not the truncation found while filling the bitmap).
+        for (bad, pixels) in [
+            (&b"P1 65536 131072 "[..], 65536u64 * 131072),
+            (b"P1 3 2 101", 6),
+        ] {
+            let e = read_pbm(bad).unwrap_err().to_string();
+            assert!(
+                e.contains(&format!("needs at least {pixels} characters")),
+                "{e}"
+            );
+        }
+        // Exactly the pixels, no whitespace, is enough.
+        assert_eq!(read_pbm(b"P1 3 2 101010").unwrap().data(), &[0xA0, 0x40]);
     }
 }

@@ -59,6 +59,8 @@ pub const T4_FILL_BITS: u32 = 4;
 /// Limits that keep a hostile file from making us allocate or loop forever.
 const MAX_PAGES: usize = 100_000;
 const MAX_STRIPS: usize = 1 << 20;
+/// The most of an ASCII tag read (Software, DateTime).
+const MAX_ASCII: u64 = 1024;
 
 /// The TIFF Compression values we handle.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -184,12 +186,8 @@ impl Entry {
         }
     }
 
-    /// Integer values (BYTE, SHORT, LONG).
-    fn uints(&self, b: Bytes<'_>) -> Result<Vec<u64>, FaxError> {
-        self.first_uints(b, usize::MAX)
-    }
-
-    /// The first `limit` integer values (all of them if fewer).
+    /// The first `limit` integer values (BYTE, SHORT, LONG; all of them
+    /// if fewer). Values past `limit` are never read.
     fn first_uints(&self, b: Bytes<'_>, limit: usize) -> Result<Vec<u64>, FaxError> {
         let n = (self.count as usize).min(limit);
         if n > MAX_STRIPS {
@@ -211,8 +209,13 @@ impl Entry {
             .collect()
     }
 
+    /// The value of a scalar tag: its first value only. TIFF 6.0 gives
+    /// these tags a count of 1 (BitsPerSample: one per sample), but a
+    /// larger count is read leniently rather than refused; the values
+    /// past the first are never read, so a count of a million costs no
+    /// more than a count of one.
     fn uint(&self, b: Bytes<'_>) -> Result<u64, FaxError> {
-        self.uints(b)?
+        self.first_uints(b, 1)?
             .first()
             .copied()
             .ok_or_else(|| Bytes::err(self.at, format!("tag {} has no value", self.tag)))
@@ -232,8 +235,11 @@ impl Entry {
         }
     }
 
+    /// An ASCII tag's text, up to its NUL and at most [`MAX_ASCII`]
+    /// bytes: Software and DateTime are short, and a count of megabytes
+    /// (shared by every IFD of the file) must not be scanned per page.
     fn ascii(&self, b: Bytes<'_>) -> Result<String, FaxError> {
-        let raw = b.slice(self.at, u64::from(self.count))?;
+        let raw = b.slice(self.at, u64::from(self.count).min(MAX_ASCII))?;
         let end = raw.iter().position(|&c| c == 0).unwrap_or(raw.len());
         Ok(String::from_utf8_lossy(&raw[..end]).into_owned())
     }
@@ -260,9 +266,32 @@ impl<'a> TiffReader<'a> {
         // table, so a small file could otherwise declare a million strips
         // on each of its pages.
         let mut strips = 0usize;
+        // Strip bytes of all pages together (each strip cut at the end of
+        // the file). Strips that do not overlap fit in the file; ones that
+        // do would make decoding copy the same bytes again for every strip
+        // (a megabyte strip listed for each of 80,000 rows), so they are
+        // refused, within a page and across pages.
+        let mut strip_bytes = 0u64;
+        // IFD entries of all pages together, 12 bytes each: IFDs that do
+        // not overlap fit in the file. Overlapping ones (each starting an
+        // entry further on) would make every page cost a whole table of
+        // up to 65,535 entries, read and searched, from a few bytes each.
+        let mut ifd_entries = 0u64;
         while next != 0 {
             if !seen.insert(next) || pages.len() >= MAX_PAGES {
                 return Err(Bytes::err(next, "IFD chain loops"));
+            }
+            ifd_entries += u64::from(b.u16(next)?);
+            if ifd_entries * 12 > data.len() as u64 {
+                return Err(Bytes::err(
+                    next,
+                    format!(
+                        "IFDs overlap: {ifd_entries} entries in the first {} IFDs \
+                         need more than the {} bytes of the file",
+                        pages.len() + 1,
+                        data.len()
+                    ),
+                ));
             }
             let (page, after) = Self::parse_ifd(b, next, pages.len())?;
             strips += page.strips.len();
@@ -270,6 +299,22 @@ impl<'a> TiffReader<'a> {
                 return Err(FaxError::TiffUnsupported {
                     page: pages.len(),
                     reason: format!("the file has more than {MAX_STRIPS} strips in all"),
+                });
+            }
+            let file_len = data.len() as u64;
+            for &(off, len) in &page.strips {
+                let start = off.min(file_len);
+                strip_bytes =
+                    strip_bytes.saturating_add(off.saturating_add(len).min(file_len) - start);
+            }
+            if strip_bytes > file_len {
+                return Err(FaxError::TiffUnsupported {
+                    page: pages.len(),
+                    reason: format!(
+                        "strips overlap: their byte counts add up to {strip_bytes} \
+                         (this page and those before it), more than the {file_len} \
+                         bytes of the file"
+                    ),
                 });
             }
             pages.push(page);
@@ -377,7 +422,7 @@ impl<'a> TiffReader<'a> {
             (Some(x), Some(y), 3) => Resolution::from_dpi(x * 2.54, y * 2.54),
             _ => None,
         };
-        let page_number = match find(PAGE_NUMBER).map(|e| e.uints(b)).transpose()? {
+        let page_number = match find(PAGE_NUMBER).map(|e| e.first_uints(b, 2)).transpose()? {
             Some(v) if v.len() >= 2 => Some((v[0] as u16, v[1] as u16)),
             _ => None,
         };
@@ -955,18 +1000,22 @@ mod tests {
         // Pages of one row each, chained, all sharing one strip table
         // (a strip per row): 40,000 strips a page, so the 27th page
         // passes the budget of 2^20 strips in all. Every IFD is built by
-        // hand: 10 entries, then the next IFD's offset.
+        // hand: 10 entries, then the next IFD's offset. The strips are
+        // empty (a byte count table of zeros), so that they do not
+        // overlap: only their number is over budget.
         let rows_per_page = 40_000u32;
         let pages = 30u32;
         let table_at = 8u32;
         let table_len = rows_per_page * 4;
+        let counts_at = table_at + table_len;
         let ifd_len = 2 + 10 * 12 + 4;
-        let first_ifd = table_at + table_len;
+        let first_ifd = counts_at + table_len;
         let mut f = b"II*\0".to_vec();
         f.extend(first_ifd.to_le_bytes());
         for i in 0..rows_per_page {
             f.extend((first_ifd + pages * ifd_len + i % 4).to_le_bytes());
         }
+        f.extend(vec![0u8; table_len as usize]);
         for p in 0..pages {
             let next = if p + 1 == pages {
                 0
@@ -988,7 +1037,7 @@ mod tests {
             entry(273, 4, rows_per_page, table_at); // StripOffsets
             entry(277, 3, 1, 1); // SamplesPerPixel
             entry(278, 4, 1, 1); // RowsPerStrip
-            entry(279, 4, rows_per_page, table_at); // StripByteCounts
+            entry(279, 4, rows_per_page, counts_at); // StripByteCounts
             entry(293, 4, 1, 0); // T6Options
             f.extend(next.to_le_bytes());
         }
@@ -1001,6 +1050,191 @@ mod tests {
         let cut = first_ifd as usize + 19 * ifd_len as usize + 2 + 10 * 12;
         f[cut..cut + 4].copy_from_slice(&0u32.to_le_bytes());
         assert_eq!(TiffReader::new(&f).unwrap().pages().len(), 20);
+    }
+
+    /// A one-page little-endian MMR TIFF built by hand: `data` at byte 8,
+    /// then the StripOffsets and StripByteCounts tables, then the IFD.
+    fn hand_made_tiff(height: u32, data: &[u8], strips: &[(u32, u32)]) -> Vec<u8> {
+        let tables_at = 8 + data.len() as u32;
+        let counts_at = tables_at + 4 * strips.len() as u32;
+        let ifd_at = counts_at + 4 * strips.len() as u32;
+        let mut f = b"II*\0".to_vec();
+        f.extend(ifd_at.to_le_bytes());
+        f.extend(data);
+        f.extend(strips.iter().flat_map(|s| s.0.to_le_bytes()));
+        f.extend(strips.iter().flat_map(|s| s.1.to_le_bytes()));
+        let n = strips.len() as u32;
+        // One LONG fits in the entry: the value itself, not a table.
+        let (offsets, counts) = match strips {
+            [(o, c)] => (*o, *c),
+            _ => (tables_at, counts_at),
+        };
+        let entries: [(u16, u16, u32, u32); 7] = [
+            (IMAGE_WIDTH, TYPE_LONG, 1, 1728),
+            (IMAGE_LENGTH, TYPE_LONG, 1, height),
+            (COMPRESSION, TYPE_SHORT, 1, 4),
+            (PHOTOMETRIC, TYPE_SHORT, 1, 0),
+            (STRIP_OFFSETS, TYPE_LONG, n, offsets),
+            (ROWS_PER_STRIP, TYPE_LONG, 1, 1),
+            (STRIP_BYTE_COUNTS, TYPE_LONG, n, counts),
+        ];
+        f.extend((entries.len() as u16).to_le_bytes());
+        for (tag, typ, count, value) in entries {
+            f.extend(tag.to_le_bytes());
+            f.extend(typ.to_le_bytes());
+            f.extend(count.to_le_bytes());
+            f.extend(value.to_le_bytes());
+        }
+        f.extend(0u32.to_le_bytes());
+        f
+    }
+
+    #[test]
+    fn overlapping_strips_are_refused() {
+        // 2,000 rows of one strip each, every strip the same 100 bytes:
+        // decoding would copy those bytes once per row. (At 80,000 rows
+        // and a 10 MB strip that is 800 GB of copying.)
+        let rows = 2_000u32;
+        let data = [0xFFu8; 100];
+        let shared = vec![(8, data.len() as u32); rows as usize];
+        let f = hand_made_tiff(rows, &data, &shared);
+        let Err(e) = TiffReader::new(&f) else {
+            panic!("{rows} strips sharing one range were accepted");
+        };
+        let e = e.to_string();
+        assert!(
+            e.starts_with("TIFF page 0:")
+                && e.contains("strips overlap")
+                && e.contains(&format!("more than the {} bytes", f.len())),
+            "{e}"
+        );
+        // Two pages sharing one strip of more than half the file: each
+        // fits, but not both side by side. Refused at the second page.
+        let big = [0xFFu8; 1000];
+        let one = hand_made_tiff(1, &big, &[(8, big.len() as u32)]);
+        assert_eq!(TiffReader::new(&one).unwrap().pages().len(), 1);
+        let mut two = one.clone();
+        let second_ifd = two.len() as u32;
+        let first_ifd = u32::from_le_bytes([one[4], one[5], one[6], one[7]]) as usize;
+        two.extend_from_slice(&one[first_ifd..]);
+        let next_at = first_ifd + 2 + 7 * 12;
+        two[next_at..next_at + 4].copy_from_slice(&second_ifd.to_le_bytes());
+        let Err(e) = TiffReader::new(&two) else {
+            panic!("two pages sharing one strip were accepted");
+        };
+        assert!(
+            e.to_string().starts_with("TIFF page 1: strips overlap"),
+            "{e}"
+        );
+        // The same rows in strips of their own are read.
+        let own: Vec<(u32, u32)> = (0..100).map(|i| (8 + i, 1)).collect();
+        let f = hand_made_tiff(100, &data, &own);
+        let (bmp, _) = TiffReader::new(&f).unwrap().decode_page(0).unwrap();
+        assert_eq!(bmp.height(), 100);
+    }
+
+    /// `count` IFDs laid over one table of 12-byte entries, IFD k
+    /// starting one entry after IFD k-1 (its entry count sits in the top
+    /// half of the value of the entry before it) and holding one entry
+    /// more, so that each has all seven page tags and a next-IFD offset
+    /// of its own (in the tag and type of an entry the later IFDs skip
+    /// as of unknown type). Every IFD is a valid one-row page.
+    fn overlapping_ifds(count: u32) -> Vec<u8> {
+        let entry = |tag: u16, typ: u16, n: u32, value: u32| {
+            let mut e = [0u8; 12];
+            e[..2].copy_from_slice(&tag.to_le_bytes());
+            e[2..4].copy_from_slice(&typ.to_le_bytes());
+            e[4..8].copy_from_slice(&n.to_le_bytes());
+            e[8..].copy_from_slice(&value.to_le_bytes());
+            e
+        };
+        const DUMMY: u16 = 65_000;
+        let x = 10u32;
+        let m = count + 7;
+        let mut grid = vec![entry(DUMMY, TYPE_LONG, 1, 0); (m + 2 * count - 1) as usize];
+        let real = [
+            entry(IMAGE_WIDTH, TYPE_LONG, 1, 1728),
+            entry(IMAGE_LENGTH, TYPE_LONG, 1, 1),
+            entry(COMPRESSION, TYPE_SHORT, 1, 4),
+            entry(PHOTOMETRIC, TYPE_SHORT, 1, 0),
+            entry(STRIP_OFFSETS, TYPE_LONG, 1, 8),
+            entry(ROWS_PER_STRIP, TYPE_LONG, 1, 1),
+            entry(STRIP_BYTE_COUNTS, TYPE_LONG, 1, 1),
+        ];
+        for (i, e) in real.into_iter().enumerate() {
+            grid[count as usize + i] = e;
+        }
+        for k in 1..count {
+            grid[(k - 1) as usize] = entry(DUMMY, TYPE_LONG, 1, (m + k) << 16);
+        }
+        for k in 0..count {
+            let next = if k + 1 < count { x + 12 * (k + 1) } else { 0 };
+            grid[(m + 2 * k) as usize][..4].copy_from_slice(&next.to_le_bytes());
+        }
+        let mut f = b"II*\0".to_vec();
+        f.extend(x.to_le_bytes());
+        f.extend([0xFF, 0]); // the strip, and a pad byte
+        f.extend((m as u16).to_le_bytes());
+        f.extend(grid.iter().flatten());
+        f
+    }
+
+    #[test]
+    fn overlapping_ifds_are_refused() {
+        let one = overlapping_ifds(1);
+        assert_eq!(TiffReader::new(&one).unwrap().pages().len(), 1);
+        let f = overlapping_ifds(3);
+        let Err(e) = TiffReader::new(&f) else {
+            panic!("3 IFDs over one entry table were accepted");
+        };
+        let e = e.to_string();
+        assert!(
+            e.contains("IFDs overlap: 21 entries in the first 2 IFDs"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn scalar_tags_read_only_their_first_value() {
+        // ImageWidth with a count of 1,000,000 LONGs, of which the file
+        // holds only the first (the last 4 bytes): reading them all would
+        // run off the end (and cost a million reads per IFD).
+        let pages = [page(1)];
+        let mut file = write_tiff(
+            &pages,
+            Coding::Mmr,
+            Resolution::Fine,
+            TiffWriterOptions::default(),
+        )
+        .unwrap();
+        let mut entry = vec![0x00, 0x01, 4, 0, 1, 0, 0, 0];
+        entry.extend(1728u32.to_le_bytes());
+        let at = file
+            .windows(entry.len())
+            .position(|w| w == entry)
+            .expect("the ImageWidth entry");
+        let value_at = file.len() as u32;
+        file.extend(1728u32.to_le_bytes());
+        file[at + 4..at + 8].copy_from_slice(&1_000_000u32.to_le_bytes());
+        file[at + 8..at + 12].copy_from_slice(&value_at.to_le_bytes());
+        let r = TiffReader::new(&file).unwrap();
+        assert_eq!(r.pages()[0].width, 1728);
+        assert_eq!(r.decode_page(0).unwrap().0, pages[0]);
+
+        // An ASCII tag is read up to MAX_ASCII bytes, however long.
+        let long = "x".repeat(5000);
+        let file = write_tiff(
+            &pages,
+            Coding::Mmr,
+            Resolution::Fine,
+            TiffWriterOptions {
+                software: Some(long),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let r = TiffReader::new(&file).unwrap();
+        assert_eq!(r.pages()[0].software.as_deref().map(str::len), Some(1024));
     }
 
     #[test]

@@ -2376,10 +2376,155 @@ fn ecm_receiver_never_answers_rtn() {
     );
 }
 
-/// A caller past DIS and CFR with page 0 sent: returns it, the time, and
-/// the actions of sending the page.
-fn caller_with_page_out(pages: u32, caps: Capabilities) -> (T30, Instant, Vec<Action>) {
+const ECM_MMR: Params = Params {
+    resolution: Resolution::Standard,
+    width: 1728,
+    coding: Coding::Mmr,
+    ecm: true,
+};
+
+/// A page cut short in ECM (MMR has no EOL to resynchronise at) is not
+/// confirmed: MCF would tell the sender that a truncated page was
+/// delivered, and the frames passed their FCS, so sending them again
+/// cannot help. The call ends with BadPageData naming the cause.
+#[test]
+fn ecm_receiver_does_not_confirm_a_truncated_page() {
+    let cases: [(&str, Vec<u8>, &str); 2] = [
+        // 80,008 V0 lines: past the 80,000-line limit (TooLong).
+        ("too long", vec![0xFF; 10_001], "passes 80000 lines"),
+        // One V0 line, then seven zeros and a one: no MMR code (and too
+        // few zeros for EOFB), so line 2 is Undecodable. (Zeros alone to
+        // the end of the data are not: they end it, EndOfData.)
+        (
+            "undecodable",
+            vec![0x80, 0x80, 0, 0],
+            "decoding stops at line 2,",
+        ),
+    ];
+    for (name, data, cause) in cases {
+        let (mut a, now) = answerer_after_dcs(Capabilities::all(), &ECM_MMR);
+        feed_ecm_block(&mut a, &data, now);
+        a.handle(pps_ev(frame::fcf::EOP | 1, 0, 0, &data), now);
+        let actions = drain(&mut a);
+        assert!(
+            !actions
+                .iter()
+                .any(|x| matches!(x, Action::PageReceived { .. })),
+            "{name}: {actions:?}"
+        );
+        assert_eq!(fcfs_of(&actions), vec![frame::Fcf::Dcn], "{name}");
+        let o = outcome_of(&actions);
+        match &o.result {
+            Err(f @ Failure::BadPageData { index: 0, reason }) => {
+                assert!(reason.contains(cause), "{name}: {f}");
+            }
+            other => panic!("{name}: {other:?}"),
+        }
+        assert_eq!(o.pages, 0, "{name}");
+    }
+}
+
+/// An FCD frame without data is malformed: a peer that completes block
+/// after block (PPS-NULL) with one empty frame each adds no image data,
+/// and must not hold the call open on MCFs that restart every loop count.
+#[test]
+fn ecm_empty_frames_do_not_keep_the_answerer_looping() {
+    let (mut a, now) = answerer_after_dcs(Capabilities::all(), &ECM_MH);
+    let mut mcfs = 0;
+    let mut rounds = 0;
+    let mut last = Vec::new();
+    for round in 0..10_000u32 {
+        rounds = round + 1;
+        for bytes in [frame::fcd_frame(0, &[]), frame::rcp_frame()] {
+            a.handle(
+                Event::EcmFrame {
+                    bytes,
+                    fcs_ok: true,
+                },
+                now,
+            );
+        }
+        // Block counter of the next block, as if each MCF took one.
+        a.handle(pps_ev(frame::fcf::NULL, 0, mcfs as u8, &[]), now);
+        last = drain(&mut a);
+        mcfs += fcfs_of(&last)
+            .iter()
+            .filter(|&&f| f == frame::Fcf::Mcf)
+            .count();
+        if a.is_finished() {
+            break;
+        }
+    }
+    assert!(a.is_finished(), "still going after {rounds} rounds");
+    assert_eq!(mcfs, 0, "an empty block was confirmed");
+    assert!(rounds < 100, "{rounds} rounds");
+    let o = outcome_of(&last);
+    assert!(matches!(&o.result, Err(Failure::NoProgress(_))), "{o:?}");
+}
+
+/// RTP answers a post-page command; after PPS-NULL (blocks of the page
+/// still to come) T.30 Annex A allows MCF, PPR or RNR only. The page must
+/// not be reported sent without its later blocks: the call ends instead
+/// (as spandsp does). RTP to the page's last PPS still ends the page.
+#[test]
+fn caller_rtp_to_pps_null_does_not_report_the_page_sent() {
     let now = Instant::now();
+    let caps = Capabilities::all();
+    let start = |pages| {
+        let (mut c, params) = caller_at_page_0(pages, caps.clone(), now);
+        assert!(params.ecm, "{params:?}");
+        // Two blocks: 256 full frames, then 44 more.
+        c.handle(Event::Page(vec![0x55; 300 * 256]), now);
+        let sent = drain(&mut c);
+        assert!(sent.iter().any(|x| matches!(x, Action::SendEcmFrames(_))));
+        c
+    };
+    let page_sent =
+        |actions: &[Action]| actions.iter().any(|x| matches!(x, Action::PageSent { .. }));
+
+    let mut c = start(2);
+    c.handle(simple(frame::fcf::RTP), now);
+    let actions = drain(&mut c);
+    assert!(!page_sent(&actions), "{actions:?}");
+    assert!(c.is_finished(), "{actions:?}");
+    let o = outcome_of(&actions);
+    assert_eq!(o.pages, 0);
+    assert!(
+        matches!(&o.result, Err(Failure::UnexpectedFrame(m)) if m.contains("PPS-NULL")),
+        "{o:?}"
+    );
+
+    // MCF to PPS-NULL sends block 1; RTP to its PPS-MPS ends the page.
+    let mut c = start(2);
+    c.handle(simple(frame::fcf::MCF), now);
+    let actions = drain(&mut c);
+    assert!(!page_sent(&actions), "{actions:?}");
+    assert!(
+        actions
+            .iter()
+            .any(|x| matches!(x, Action::SendEcmFrames(_)))
+    );
+    c.handle(simple(frame::fcf::RTP), now);
+    let actions = drain(&mut c);
+    assert!(page_sent(&actions), "{actions:?}");
+    assert_eq!(fcfs_of(&actions).last(), Some(&frame::Fcf::Dcs));
+}
+
+/// The params of the NeedPage for page 0 among `actions`; panics if the
+/// page was not asked for.
+fn need_page_0(actions: Vec<Action>) -> Params {
+    actions
+        .into_iter()
+        .find_map(|a| match a {
+            Action::NeedPage { index: 0, params } => Some(params),
+            _ => None,
+        })
+        .expect("NeedPage")
+}
+
+/// A caller past DIS and CFR that asked for page 0: returns it and the
+/// page's params.
+fn caller_at_page_0(pages: u32, caps: Capabilities, now: Instant) -> (T30, Params) {
     let mut c = T30::new(
         caller_config(pages, Resolution::Standard, 1728, caps.clone()),
         now,
@@ -2390,13 +2535,15 @@ fn caller_with_page_out(pages: u32, caps: Capabilities) -> (T30, Instant, Vec<Ac
         now,
     );
     c.handle(simple(frame::fcf::CFR), now);
-    let params = drain(&mut c)
-        .into_iter()
-        .find_map(|a| match a {
-            Action::NeedPage { index: 0, params } => Some(params),
-            _ => None,
-        })
-        .expect("NeedPage");
+    let params = need_page_0(drain(&mut c));
+    (c, params)
+}
+
+/// A caller past DIS and CFR with page 0 sent: returns it, the time, and
+/// the actions of sending the page.
+fn caller_with_page_out(pages: u32, caps: Capabilities) -> (T30, Instant, Vec<Action>) {
+    let now = Instant::now();
+    let (mut c, params) = caller_at_page_0(pages, caps, now);
     let data = t30::encode_page(&page(1728, 30, 1), &params).unwrap();
     c.handle(Event::Page(data), now);
     let actions = drain(&mut c);
@@ -3057,13 +3204,7 @@ fn caller_with_training_sends_tcf_after_every_dcs() {
 
     // CFR, page 0, RTN: the retrain DCS has its TCF too.
     c.handle(simple(frame::fcf::CFR), now);
-    let params = drain(&mut c)
-        .into_iter()
-        .find_map(|a| match a {
-            Action::NeedPage { index: 0, params } => Some(params),
-            _ => None,
-        })
-        .expect("NeedPage");
+    let params = need_page_0(drain(&mut c));
     let data = t30::encode_page(&page(1728, 30, 1), &params).unwrap();
     c.handle(Event::Page(data), now);
     assert_eq!(dcs_and_tcf(&drain(&mut c)), []);

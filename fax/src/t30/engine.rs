@@ -17,7 +17,7 @@ use super::frame::{self, EcmFrame, Fcf, Frame, FrameError, MinScan, Modem, PageL
 use super::{
     Action, Capabilities, Config, Event, Failure, Outcome, Params, Role, T30Error, negotiate,
 };
-use crate::{Bitmap, Coding, DecoderOptions, EncoderOptions, Resolution};
+use crate::{Bitmap, Coding, DecoderOptions, EncoderOptions, PageEndReason, Resolution};
 
 /// The most coded data one page may hold before the receiver gives up:
 /// a bound on memory against a peer that never ends its page. A 400 dpi
@@ -995,17 +995,27 @@ impl T30 {
     /// their FCS, so the data is what the sender coded and sending it again
     /// cannot help: a page with any lines is confirmed with its bad-line
     /// count, and one that yields none ends the call with
-    /// [`Failure::BadPageData`].
+    /// [`Failure::BadPageData`]. So does a page cut short, whose lines
+    /// after the cut are lost ([`PageEndReason::Undecodable`] or
+    /// [`PageEndReason::TooLong`], which the decoder says are never
+    /// acceptable for MCF): confirming it would tell the sender that a
+    /// truncated page was delivered.
     ///
     /// `confirm` is the response for a good page once it is stored (MCF,
     /// or ERR after EOR).
     fn end_of_page(&mut self, ppm: Ppm, data: Vec<u8>, params: Params, confirm: u8, now: Instant) {
         let index = self.page_index;
         let decoded = Bitmap::decode(&data, DecoderOptions::wire(params.coding, params.width));
+        let truncated = |s: &crate::PageSummary| {
+            matches!(s.end, PageEndReason::Undecodable | PageEndReason::TooLong)
+        };
         let accept = |s: &crate::PageSummary| {
             s.lines > 0
-                && (params.ecm
-                    || s.acceptable(self.cfg.max_bad_percent, self.cfg.max_consecutive_bad))
+                && if params.ecm {
+                    !truncated(s)
+                } else {
+                    s.acceptable(self.cfg.max_bad_percent, self.cfg.max_consecutive_bad)
+                }
         };
         match decoded {
             Ok((page, s)) if accept(&s) => {
@@ -1022,6 +1032,15 @@ impl T30 {
             }
             other if params.ecm => {
                 let reason = match other {
+                    Ok((_, s)) if s.end == PageEndReason::TooLong => format!(
+                        "it passes {} lines; the rest was not decoded",
+                        crate::MAX_PAGE_LINES
+                    ),
+                    Ok((_, s)) if s.end == PageEndReason::Undecodable => format!(
+                        "decoding stops at line {}, and the coding has no EOL \
+                         to resynchronise at: the rest of the page is lost",
+                        s.lines
+                    ),
                     Ok(_) => "no scan line decodes".to_string(),
                     Err(e) => e.to_string(),
                 };
@@ -1643,6 +1662,22 @@ impl T30 {
                     .unwrap_or_default();
                 self.send_ecm_block(Some(&asked), now);
             }
+            // RTP, RTN and PIN answer a post-page command: after PPS-NULL
+            // (blocks of the page still to come) T.30 Annex A has only MCF,
+            // PPR and RNR, and spandsp (`process_state_iv_pps_null`) hangs
+            // up on anything else. Taking RTP as the end of the page would
+            // report it sent without its later blocks.
+            Fcf::Rtp | Fcf::Rtn | Fcf::Pin if cmd == EcmCmd::Pps && !self.page_ending() => {
+                let block = self.ecm_tx.as_ref().map_or(0, EcmTx::block);
+                let msg = format!(
+                    "{} in answer to PPS-NULL (page {} block {}): a post-page response \
+                     while blocks of the page are still to come",
+                    f.describe(),
+                    self.page_index + 1,
+                    block
+                );
+                self.fail(Failure::UnexpectedFrame(msg));
+            }
             Fcf::Rtp if cmd == EcmCmd::Pps => {
                 self.t5 = None;
                 self.page_sent(true, now);
@@ -1652,6 +1687,12 @@ impl T30 {
             Fcf::Rnr if ecm && cmd != EcmCmd::Ctc => self.page_rnr(now),
             _ => self.unexpected(f),
         }
+    }
+
+    /// Whether the last PPS (or the non-ECM post-page command) ended the
+    /// page: not a PPS-NULL with blocks of the page still to send.
+    fn page_ending(&self) -> bool {
+        self.ecm_tx.as_ref().is_none_or(EcmTx::is_last_block)
     }
 
     /// MCF (or ERR after EOR): the block is done; the next block, or the

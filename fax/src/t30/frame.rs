@@ -1221,11 +1221,16 @@ pub fn parse_ecm_frame(bytes: &[u8]) -> Result<EcmFrame<'_>, FrameError> {
     let f = Frame::parse(bytes)?;
     match f.fcf {
         Fcf::Fcd => match f.fif {
-            [number, data @ ..] if data.len() <= 256 => Ok(EcmFrame::Fcd {
+            // T.4 Annex A frames carry 256 (or 64) octets; only the last
+            // of a page may be shorter, never empty. An empty one would
+            // let a peer complete block after block without sending any
+            // image data, each MCF restarting the answerer's loop counts.
+            [number, data @ ..] if !data.is_empty() && data.len() <= 256 => Ok(EcmFrame::Fcd {
                 number: *number,
                 data,
             }),
             [] => Err(bad_field("FCD", "no frame number")),
+            [_] => Err(bad_field("FCD", "no data octets")),
             _ => Err(bad_field(
                 "FCD",
                 format!("{} data octets; at most 256", f.fif.len() - 1),
@@ -1503,6 +1508,8 @@ mod tests {
         );
         assert_eq!(parse_ecm_frame(&rcp_frame()).unwrap(), EcmFrame::Rcp);
         assert!(parse_ecm_frame(&[0xFF, 0x03, 0x06]).is_err());
+        let empty = parse_ecm_frame(&fcd_frame(0, &[])).unwrap_err();
+        assert!(empty.to_string().contains("no data octets"), "{empty}");
         assert!(parse_ecm_frame(&[0xFF, 0x13, 0x8C]).is_err());
     }
 

@@ -72,18 +72,24 @@
 //!   goes. RTN and RTP retrain one modem slower (spandsp
 //!   `step_fallback_entry`); at the slowest modem a page RTN rejected goes
 //!   again at that speed, within the RTN limit (spandsp gives up there).
+//!   In ECM they count only after the PPS that ends the page: to PPS-NULL
+//!   T.30 Annex A has MCF, PPR and RNR, so RTP, RTN or PIN there ends the
+//!   call ([`Failure::UnexpectedFrame`], as spandsp hangs up) rather than
+//!   report a page sent whose later blocks never went.
 //! - An ECM receiver never answers RTN (not an ECM response): a page
 //!   whose frames all arrived is confirmed with its bad-line count, and
-//!   one that does not decode at all ends the call
-//!   ([`Failure::BadPageData`]).
+//!   one that does not decode at all, or is cut short (an undecodable line
+//!   in coding without EOLs, or past [`crate::MAX_PAGE_LINES`]), ends the
+//!   call ([`Failure::BadPageData`]) rather than confirm a truncated page.
 //! - The answerer caps the loops a peer can drive with commands alone,
 //!   each of which would restart T2 for ever: `retries` RTNs per page,
 //!   `4 x (retries + 1)` PPRs and `retries` CTCs per ECM block, and
 //!   `4 x retries` answers given again (RR, CRP, a repeated command or
 //!   DCS) without new page data. Past a cap it sends DCN
 //!   ([`Failure::PageRejected`], [`Failure::NoProgress`]).
-//! - ECM frames are sent with 256 octets; received frames of any size up
-//!   to 256 are accepted. After 4 PPRs for one block the sender sends
+//! - ECM frames are sent with 256 octets; received frames of any size
+//!   from 1 to 256 are accepted (an FCD frame without data is malformed,
+//!   so it is asked for again with PPR: a block cannot be empty). After 4 PPRs for one block the sender sends
 //!   CTC, one modem slower, if those PPRs confirmed any frame, and EOR if
 //!   not (T.30 Annex A, spandsp `process_rx_ppr`); at most `retries` CTCs
 //!   per block (the answerer's cap), and at the slowest modem CTC keeps
