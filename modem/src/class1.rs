@@ -707,7 +707,15 @@ impl<S: AsyncRead + AsyncWrite> Class1<S> {
     /// OK after an abort). Only a modem that answers nothing at all is an
     /// error.
     async fn abort(&mut self, what: &str) -> Result<(), ModemError> {
-        self.write(b"\r", "aborting a receive command").await?;
+        // DLE ETX first: a transmit command (+FTM, +FTH) cut off mid-data
+        // (a cancel, a shutdown, a stalled write) takes everything but
+        // DLE ETX as more data, `AT` and `ATH0` too, and the line would
+        // stay off-hook. Twice, as the cut may have split a stuffed DLE
+        // pair, whose second DLE the first one would then complete. In
+        // command mode or a receive the bytes are just characters (a
+        // receive takes any as its abort; an idle modem says ERROR).
+        let end = [dle::DLE, dle::ETX, dle::DLE, dle::ETX, b'\r'];
+        self.write(&end, "aborting a command").await?;
         let deadline = Instant::now() + Duration::from_secs(2);
         while let Some(line) = self.line(deadline, what).await? {
             if Response::parse(&line).is_some() {
@@ -778,6 +786,15 @@ impl<S: AsyncRead + AsyncWrite> Class1<S> {
                 what: what.to_owned(),
             }),
             Ok(Ok(n)) => {
+                if self.buf.len() + n > MAX_LINE_BUFFER {
+                    // No modem says this much without a line end: wrong
+                    // speed, or a device that is no modem.
+                    return Err(ModemError::Unexpected {
+                        command: what.to_owned(),
+                        response: format!("{} bytes without a line end", self.buf.len() + n),
+                        expected: "a result code line",
+                    });
+                }
                 self.buf.extend_from_slice(&chunk[..n]);
                 Ok(true)
             }
@@ -801,12 +818,35 @@ impl<S: AsyncRead + AsyncWrite> Class1<S> {
     /// kept for the result code.
     async fn write_paced(&mut self, bytes: &[u8]) -> Result<(), ModemError> {
         let mut off = 0;
-        // An XOFF may have come with the CONNECT.
+        // An XOFF may have come with the CONNECT: in its line, or after
+        // it, still in the buffer.
         let mut paused = self.paused;
+        self.buf.retain(|&b| match b {
+            XOFF => {
+                paused = true;
+                false
+            }
+            XON => {
+                paused = false;
+                false
+            }
+            _ => true,
+        });
         let mut chunk = [0u8; 256];
         // A modem that holds XOFF this long is stuck.
         let stall = Duration::from_secs(30);
         while off < bytes.len() {
+            // A result code while data goes out (ERROR, NO CARRIER: the
+            // line dropped; it may have come with the CONNECT) ends the
+            // write. Result codes come as CR LF code CR LF: the blank
+            // lines before them are skipped.
+            if let Some(r) = first_result(&self.buf) {
+                return Err(ModemError::Unexpected {
+                    command: "page data (+FTM)".into(),
+                    response: format!("{r:?}"),
+                    expected: "to take all the data",
+                });
+            }
             let end = (off + 1024).min(bytes.len());
             tokio::select! {
                 biased;
@@ -821,18 +861,6 @@ impl<S: AsyncRead + AsyncWrite> Class1<S> {
                             XON => paused = false,
                             other => self.buf.push(other),
                         }
-                    }
-                    // A result code while data goes out (ERROR, NO
-                    // CARRIER: the line dropped) ends the write.
-                    if let Some((len, _)) = find_line(&self.buf)
-                        && let Some(r) =
-                            Response::parse(String::from_utf8_lossy(&self.buf[..len]).trim())
-                    {
-                        return Err(ModemError::Unexpected {
-                            command: "page data (+FTM)".into(),
-                            response: format!("{r:?}"),
-                            expected: "to take all the data",
-                        });
                     }
                 }
                 w = self.tx.write(&bytes[off..end]), if !paused => {
@@ -882,6 +910,25 @@ fn data_len_ok(data: &[u8]) -> bool {
 /// The first line in `buf`: (text length, bytes to consume with its one
 /// terminator, CR LF, CR or LF). Nothing past the terminator is taken:
 /// data may follow a CONNECT line directly.
+/// The first result code among the complete lines in `buf` (blank lines
+/// skipped), if the first non-blank line is one.
+fn first_result(buf: &[u8]) -> Option<Response> {
+    let mut rest = buf;
+    while let Some((len, used)) = find_line(rest) {
+        let text = String::from_utf8_lossy(&rest[..len]);
+        let text = text.trim();
+        if !text.is_empty() {
+            return Response::parse(text);
+        }
+        rest = &rest[used..];
+    }
+    None
+}
+
+/// The most the reader keeps while it looks for a line (a result code
+/// is a few bytes; an HDLC frame from +FRH is read elsewhere).
+const MAX_LINE_BUFFER: usize = 64 * 1024;
+
 fn find_line(buf: &[u8]) -> Option<(usize, usize)> {
     let end = buf.iter().position(|&b| b == b'\r' || b == b'\n')?;
     let used = if buf[end] == b'\r' && buf.get(end + 1) == Some(&b'\n') {
@@ -1111,6 +1158,79 @@ mod tests {
         m.send_data(Modem::V29_9600, Training::Short, &[1, 2, 0x10])
             .await
             .unwrap();
+    }
+
+    /// A send cut off mid-data (here while the modem holds XOFF): the
+    /// hang-up ends the data mode with DLE ETX first, so the modem hears
+    /// `ATH0` as a command, not as more page data.
+    #[tokio::test]
+    async fn a_hangup_after_a_cut_off_send_ends_the_data_first() {
+        let mut m = scripted(vec![
+            (b"AT+FTS=8\r", b"\r\nOK\r\n"),
+            (b"AT+FTM=96\r", b"\r\nCONNECT\r\n\x13"),
+            (b"\x10\x03\x10\x03\r", b"\r\nOK\r\n"),
+            (b"ATH0\r", b"\r\nOK\r\n"),
+        ])
+        .await;
+        let cut = tokio::time::timeout(
+            Duration::from_millis(300),
+            m.send_data(Modem::V29_9600, Training::Short, &[0x55; 4096]),
+        )
+        .await;
+        assert!(cut.is_err(), "the send was not cut off: {cut:?}");
+        m.hangup().await.unwrap();
+    }
+
+    /// NO CARRIER while page data goes out (the far end hung up) ends the
+    /// send at once, though the code comes after a blank line.
+    #[tokio::test]
+    async fn no_carrier_during_a_send_ends_it() {
+        let (dte, mut dce) = tokio::io::duplex(1 << 12);
+        // The modem: OK, CONNECT, then at once NO CARRIER; it counts the
+        // data that still comes after that.
+        let modem = tokio::spawn(async move {
+            let mut got = Vec::new();
+            let mut b = [0u8; 4096];
+            for (expect, answer) in [
+                (&b"AT+FTS=8\r"[..], &b"\r\nOK\r\n"[..]),
+                (b"AT+FTM=96\r", b"\r\nCONNECT\r\n\r\nNO CARRIER\r\n"),
+            ] {
+                while !got.ends_with(expect) {
+                    let n = dce.read(&mut b).await.unwrap();
+                    got.extend_from_slice(&b[..n]);
+                }
+                got.clear();
+                dce.write_all(answer).await.unwrap();
+            }
+            let mut after = 0;
+            while let Ok(n) = dce.read(&mut b).await {
+                if n == 0 {
+                    break;
+                }
+                after += n;
+            }
+            after
+        });
+        let mut m = Class1::new(dte);
+        let e = m
+            .send_data(Modem::V29_9600, Training::Short, &vec![0x55; 1 << 20])
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("NoCarrier"), "{e}");
+        drop(m);
+        let after = modem.await.unwrap();
+        assert!(after < 64 * 1024, "{after} bytes of data after NO CARRIER");
+    }
+
+    #[test]
+    fn the_first_result_code_is_found_past_blank_lines() {
+        assert_eq!(
+            first_result(b"\r\nNO CARRIER\r\n"),
+            Some(Response::NoCarrier)
+        );
+        assert_eq!(first_result(b"\r\nERROR\r"), Some(Response::Error));
+        assert_eq!(first_result(b"\r\n24,48\r\nOK\r\n"), None);
+        assert_eq!(first_result(b"\r\nNO CAR"), None);
     }
 
     #[tokio::test]
