@@ -11,8 +11,10 @@
  *   sockmap  sender -> kernel forwarding: a BPF sockmap with a strparser
  *            (parser: the frame length from the DATA header; verdict:
  *            redirect to the peer socket's egress), no user-space copy.
- *            Needs root (CAP_BPF). The programs are hand-assembled, as
- *            there is no clang here.
+ *   verdict  the same without a strparser: a BPF_SK_SKB_VERDICT program
+ *            redirects every skb as it arrives (kernel 5.13 and later).
+ *            Both BPF forwarders need root (CAP_BPF). The programs are
+ *            hand-assembled, as there is no clang here.
  *
  * Build and run:  gcc -O2 -o /tmp/forwarders scripts/forwarders.c -lpthread && /tmp/forwarders
  */
@@ -157,15 +159,40 @@ static int load(struct bpf_insn *ins, int n, int attach) {
 
 #define INSN(c, d, s, o, i) {c, d, s, o, i}
 
-/* Sockmap slot 0: the relay's socket from the sender; slot 1: to the receiver. */
-static int sockmap_setup(void) {
+/* A two-slot sockmap: slot 0 the relay's socket from the sender, slot 1
+ * its socket to the receiver. -1 without CAP_BPF. */
+static int new_sockmap(void) {
     union bpf_attr a;
     memset(&a, 0, sizeof a);
     a.map_type = BPF_MAP_TYPE_SOCKMAP;
     a.key_size = 4;
     a.value_size = 4;
     a.max_entries = 2;
-    int map = bpf(BPF_MAP_CREATE, &a);
+    return bpf(BPF_MAP_CREATE, &a);
+}
+
+static void attach(int map, int prog, int type) {
+    union bpf_attr a;
+    memset(&a, 0, sizeof a);
+    a.target_fd = map;
+    a.attach_bpf_fd = prog;
+    a.attach_type = type;
+    if (bpf(BPF_PROG_ATTACH, &a)) die("attach");
+}
+
+/* The verdict program: every frame (or skb) to slot 1's egress. */
+#define REDIRECT_TO_SLOT_1(map)                                        \
+    {                                                                  \
+        INSN(BPF_LD | BPF_DW | BPF_IMM, 2, BPF_PSEUDO_MAP_FD, 0, map), \
+        INSN(0, 0, 0, 0, 0),                                           \
+        INSN(BPF_ALU64 | BPF_MOV | BPF_K, 3, 0, 0, 1),                 \
+        INSN(BPF_ALU64 | BPF_MOV | BPF_K, 4, 0, 0, 0),                 \
+        INSN(BPF_JMP | BPF_CALL, 0, 0, 0, BPF_FUNC_sk_redirect_map),   \
+        INSN(BPF_JMP | BPF_EXIT, 0, 0, 0, 0),                          \
+    }
+
+static int sockmap_setup(void) {
+    int map = new_sockmap();
     if (map < 0) return -1;
     /* Parser: frame length = 5 + the big-endian u32 after the type byte. */
     struct bpf_insn parser[] = {
@@ -184,29 +211,25 @@ static int sockmap_setup(void) {
         INSN(BPF_ALU64 | BPF_ADD | BPF_K, 0, 0, 0, 5),
         INSN(BPF_JMP | BPF_EXIT, 0, 0, 0, 0),
     };
-    /* Verdict: every frame to slot 1's egress. */
-    struct bpf_insn verdict[] = {
-        INSN(BPF_LD | BPF_DW | BPF_IMM, 2, BPF_PSEUDO_MAP_FD, 0, map),
-        INSN(0, 0, 0, 0, 0),
-        INSN(BPF_ALU64 | BPF_MOV | BPF_K, 3, 0, 0, 1),
-        INSN(BPF_ALU64 | BPF_MOV | BPF_K, 4, 0, 0, 0),
-        INSN(BPF_JMP | BPF_CALL, 0, 0, 0, BPF_FUNC_sk_redirect_map),
-        INSN(BPF_JMP | BPF_EXIT, 0, 0, 0, 0),
-    };
+    struct bpf_insn verdict[] = REDIRECT_TO_SLOT_1(map);
     int p = load(parser, sizeof parser / sizeof parser[0], BPF_SK_SKB_STREAM_PARSER);
     int v = load(verdict, sizeof verdict / sizeof verdict[0], BPF_SK_SKB_STREAM_VERDICT);
-    memset(&a, 0, sizeof a);
-    a.target_fd = map;
-    a.attach_bpf_fd = p;
-    a.attach_type = BPF_SK_SKB_STREAM_PARSER;
-    if (bpf(BPF_PROG_ATTACH, &a)) die("attach parser");
-    a.attach_bpf_fd = v;
-    a.attach_type = BPF_SK_SKB_STREAM_VERDICT;
-    if (bpf(BPF_PROG_ATTACH, &a)) die("attach verdict");
+    attach(map, p, BPF_SK_SKB_STREAM_PARSER);
+    attach(map, v, BPF_SK_SKB_STREAM_VERDICT);
     return map;
 }
 
-enum kind { DIRECT, COPY, SPLICE, SOCKMAP };
+/* Sockmap for the verdict-only forwarder: slots as above, no parser. */
+static int verdictmap = -1;
+static int verdict_setup(void) {
+    int map = new_sockmap();
+    if (map < 0) return -1;
+    struct bpf_insn verdict[] = REDIRECT_TO_SLOT_1(map);
+    attach(map, load(verdict, sizeof verdict / sizeof verdict[0], BPF_SK_SKB_VERDICT),
+           BPF_SK_SKB_VERDICT);
+    return map;
+}
+enum kind { DIRECT, COPY, SPLICE, SOCKMAP, VERDICT };
 
 /* MiB/s for one run of `k`. */
 static double run(enum kind k) {
@@ -223,14 +246,14 @@ static double run(enum kind k) {
         rcv.fd = cb;
         f.from = ra;
         f.to = rb;
-        if (k == SOCKMAP) {
+        if (k == SOCKMAP || k == VERDICT) {
             int big = 4 << 20; /* strparser needs a frame to fit sk_rcvbuf */
             setsockopt(ra, SOL_SOCKET, SO_RCVBUFFORCE, &big, sizeof big);
             int fds[2] = {ra, rb};
             for (int i = 0; i < 2; i++) {
                 union bpf_attr a;
                 memset(&a, 0, sizeof a);
-                a.map_fd = sockmap;
+                a.map_fd = k == SOCKMAP ? sockmap : verdictmap;
                 a.key = (long)&i;
                 a.value = (long)&fds[i];
                 a.flags = BPF_ANY;
@@ -264,13 +287,16 @@ static double run(enum kind k) {
 
 int main(void) {
     sockmap = sockmap_setup();
+    verdictmap = verdict_setup();
     if (sockmap < 0) fprintf(stderr, "no sockmap (not root?): skipping that forwarder\n");
-    for (int r = 0; r < 6; r++) {
+    for (int r = 0; r < 8; r++) {
         double d = run(DIRECT), c = run(COPY), s = run(SPLICE);
         printf("direct %5.0f MiB/s | copy %5.0f (%.2f) | splice %5.0f (%.2f)", d, c, c / d, s, s / d);
         if (sockmap >= 0) {
             double m = run(SOCKMAP);
             printf(" | sockmap %5.0f (%.2f)", m, m / d);
+            double v = run(VERDICT);
+            printf(" | verdict %5.0f (%.2f)", v, v / d);
         }
         printf("\n");
         fflush(stdout);

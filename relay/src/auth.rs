@@ -26,6 +26,8 @@ pub enum AuthFailure {
     Disabled,
     /// A RESUME token did not match a live login of the user.
     BadToken,
+    /// A RESUME token was issued under a password that has changed since.
+    PasswordChanged,
     /// Too many recent failures from this address or for this user.
     RateLimited,
 }
@@ -38,6 +40,7 @@ impl AuthFailure {
             AuthFailure::WrongPassword => "wrong_password",
             AuthFailure::Disabled => "disabled",
             AuthFailure::BadToken => "bad_token",
+            AuthFailure::PasswordChanged => "password_changed",
             AuthFailure::RateLimited => "rate_limited",
         }
     }

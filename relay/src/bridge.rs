@@ -29,6 +29,12 @@
 //! while those bytes keep moving, see `on_kill`), leaving the survivor at
 //! a frame boundary; its own task drops whatever DATA it still sends until
 //! its TERMINATE and RELEASE.
+//!
+//! A side that takes none of the bytes the relay has for it for the
+//! stall period (2.5 hold intervals, the relay's measure of a dead
+//! connection) has stopped reading: it is closed as a dead side. Without
+//! this, a direction blocked on it would never read its source again, so
+//! a source that hung up meanwhile would never be noticed.
 
 use crate::connection::Connection;
 use crate::protocol::{self, Code, Frame, FrameError, FrameType, HEADER_LEN};
@@ -61,6 +67,10 @@ pub enum SideEnd {
     Clean,
     /// The connection is unusable and must be closed.
     Dead(Code),
+    /// The side took none of the bytes the relay had for it for the stall
+    /// period (it stopped reading); it was closed and its peer told
+    /// `TERMINATE(PEER_LOST)`.
+    Stalled,
 }
 
 /// The result of a bridged session.
@@ -100,13 +110,17 @@ struct Scan {
     forward: usize,
     /// The forwarded bytes end with a TERMINATE.
     terminate: bool,
-    /// Bytes at the front to drop (a HOLD).
+    /// Bytes at the front to drop (a HOLD, or a stale ACCEPT or REJECT).
     drop: usize,
 }
 
 /// Finds how much of `buf` can be forwarded. `in_data` carries the unread
-/// payload of a DATA frame across calls.
-fn scan(buf: &[u8], max_data: usize, in_data: &mut usize) -> Result<Scan, FrameError> {
+/// payload of a DATA frame across calls. `fresh` says that nothing has
+/// been forwarded from this side yet: an ACCEPT or REJECT then is the
+/// device's answer to a CONNECT-NOTIFY that crossed its own CONNECT
+/// (PROTOCOL.md), sent before it heard CONNECT-OK and read by the relay
+/// only after the session was bridged, and is dropped like a HOLD.
+fn scan(buf: &[u8], max_data: usize, in_data: &mut usize, fresh: bool) -> Result<Scan, FrameError> {
     let mut off = 0;
     loop {
         if *in_data > 0 {
@@ -167,6 +181,23 @@ fn scan(buf: &[u8], max_data: usize, in_data: &mut usize) -> Result<Scan, FrameE
                     ..Scan::default()
                 });
             }
+            FrameType::Accept | FrameType::Reject if fresh && off == 0 => {
+                let want = if h.kind == FrameType::Accept { 8 } else { 10 };
+                if h.len != want {
+                    return Err(FrameError::Malformed {
+                        kind: h.kind,
+                        what: "ACCEPT payload must be 8 bytes, REJECT 10",
+                    });
+                }
+                return Ok(Scan {
+                    drop: if buf.len() >= HEADER_LEN + h.len {
+                        HEADER_LEN + h.len
+                    } else {
+                        0
+                    },
+                    ..Scan::default()
+                });
+            }
             kind => {
                 return Err(FrameError::Malformed {
                     kind,
@@ -197,6 +228,8 @@ struct Dir {
     terminating: bool,
     dirty: bool,
     done: bool,
+    /// Something (DATA or TERMINATE) has been forwarded from the source.
+    forwarded: bool,
 }
 
 impl Default for Dir {
@@ -208,6 +241,7 @@ impl Default for Dir {
             terminating: false,
             dirty: false,
             done: false,
+            forwarded: false,
         }
     }
 }
@@ -250,7 +284,7 @@ impl Dir {
             if self.terminating {
                 return Poll::Ready(DirEnd::Terminated);
             }
-            match scan(&src.rbuf, src.max_data, &mut self.in_data) {
+            match scan(&src.rbuf, src.max_data, &mut self.in_data, !self.forwarded) {
                 Err(e) => {
                     tracing::warn!(error = %e, "Protocol violation inside a session; closing that side.");
                     return Poll::Ready(DirEnd::SourceDead(e.code()));
@@ -261,6 +295,7 @@ impl Dir {
                 }
                 Ok(s) if s.forward > 0 => {
                     self.fwd = s.forward;
+                    self.forwarded = true;
                     self.terminating = s.terminate;
                     continue;
                 }
@@ -343,15 +378,20 @@ struct SideState<'s, 'a> {
     /// side's TERMINATE was forwarded: it is closed once it has been, or
     /// when its bytes stop moving (see [`on_kill`]).
     leaving: bool,
+    /// It stopped reading: it took none of the bytes waiting for it for
+    /// the stall period.
+    stalled: bool,
 }
 
 /// Bridges `a` and `b` until both have sent TERMINATE or died. After the
 /// first TERMINATE, a side that moves no bytes for `terminate_timeout`
-/// and has not answered with its own is closed.
+/// and has not answered with its own is closed. A side that takes none of
+/// the bytes waiting for it for `stall_timeout` is closed at any time.
 pub async fn run<'a>(
     a: &mut Side<'a>,
     b: &mut Side<'a>,
     terminate_timeout: Duration,
+    stall_timeout: Duration,
 ) -> BridgeOutcome {
     let mut sa = SideState {
         side: a,
@@ -359,6 +399,7 @@ pub async fn run<'a>(
         inject: None,
         farewell: None,
         leaving: false,
+        stalled: false,
     };
     let mut sb = SideState {
         side: b,
@@ -366,6 +407,7 @@ pub async fn run<'a>(
         inject: None,
         farewell: None,
         leaving: false,
+        stalled: false,
     };
     let mut ab = Dir::default();
     let mut ba = Dir::default();
@@ -376,6 +418,8 @@ pub async fn run<'a>(
     let mut deadline: Option<ProgressDeadline> = None;
     let mut farewell_deadline: Option<Pin<Box<tokio::time::Sleep>>> = None;
     let mut leave_deadline: Option<ProgressDeadline> = None;
+    let mut stall_ab: Option<ProgressDeadline> = None;
+    let mut stall_ba: Option<ProgressDeadline> = None;
 
     std::future::poll_fn(|cx| {
         loop {
@@ -422,6 +466,8 @@ pub async fn run<'a>(
                     progressed = true;
                 }
             }
+            progressed |= stall(cx, &ab, &sa, &mut sb, &mut stall_ab, stall_timeout);
+            progressed |= stall(cx, &ba, &sb, &mut sa, &mut stall_ba, stall_timeout);
             progressed |= settle(&mut sa, &mut sb, &mut ab);
             progressed |= settle(&mut sb, &mut sa, &mut ba);
             for s in [&mut sa, &mut sb] {
@@ -516,6 +562,7 @@ pub async fn run<'a>(
 
     let end = |s: &SideState<'_, '_>| match s.dead {
         None => SideEnd::Clean,
+        Some(_) if s.stalled => SideEnd::Stalled,
         Some(code) => SideEnd::Dead(code),
     };
     BridgeOutcome {
@@ -647,6 +694,49 @@ fn step(
     }
 }
 
+/// Watches direction `src -> dst` for a stalled destination: one that
+/// has bytes waiting for it (or a flush) and takes none of them for
+/// `limit`. Such a side has stopped reading; it is marked dead (its
+/// stream is mid-frame, so it is closed without a word), and [`settle`]
+/// then tells its peer `TERMINATE(PEER_LOST)` or closes it. Returns
+/// whether it fired.
+fn stall(
+    cx: &mut Context<'_>,
+    dir: &Dir,
+    src: &SideState<'_, '_>,
+    dst: &mut SideState<'_, '_>,
+    timer: &mut Option<ProgressDeadline>,
+    limit: Duration,
+) -> bool {
+    if dir.done || dst.dead.is_some() || (dir.fwd == 0 && !dir.dirty) {
+        *timer = None;
+        return false;
+    }
+    // Progress is what the destination took: plaintext its stream
+    // accepted, and for TLS the ciphertext it wrote meanwhile (a record
+    // trickling out to a slow reader is progress too).
+    let moved = src
+        .side
+        .sent
+        .load(Ordering::Relaxed)
+        .wrapping_add(dst.side.conn.stream.wire_progress());
+    let t = timer.get_or_insert_with(|| ProgressDeadline::new(limit, None, moved));
+    if t.poll(cx, moved).is_pending() {
+        return false;
+    }
+    *timer = None;
+    tracing::warn!(
+        stalled_peer = ?dst.side.conn.stream.tcp().peer_addr().ok(),
+        waiting = dir.fwd,
+        stall_ms = limit.as_millis() as u64,
+        "A side took no bytes for 2.5 hold intervals; closing it and ending the session."
+    );
+    dst.dead = Some(Code::PeerLost);
+    dst.stalled = true;
+    dst.inject = None;
+    true
+}
+
 /// Once `src` is dead, its direction ends and `dst` is told. The other
 /// direction goes on reading `dst` and dropping the bytes (a dead
 /// destination means discard) until `dst`'s own TERMINATE.
@@ -727,6 +817,7 @@ mod tests {
                 sent: &sent_b,
             },
             Duration::from_secs(30),
+            Duration::from_secs(60),
         )
         .await
     }
@@ -947,6 +1038,7 @@ mod tests {
                     sent: &sent_b,
                 },
                 DEADLINE,
+                Duration::from_secs(60),
             )
             .await;
             let ended = tokio::time::Instant::now();
@@ -1005,7 +1097,7 @@ mod tests {
         buf.extend_from_slice(&[0x81, 0, 0, 0, 2, 0, 0]);
         buf.extend_from_slice(&[0x08, 0, 0, 0, 0]); // RELEASE, not forwarded
         let mut in_data = 0;
-        let s = scan(&buf, 1024, &mut in_data).unwrap();
+        let s = scan(&buf, 1024, &mut in_data, false).unwrap();
         assert_eq!(s.forward, 15);
         assert!(s.terminate);
     }
@@ -1016,10 +1108,10 @@ mod tests {
         let mut buf = Vec::new();
         buf.extend_from_slice(&data_header(10));
         buf.extend_from_slice(b"01234");
-        let s = scan(&buf, 1024, &mut in_data).unwrap();
+        let s = scan(&buf, 1024, &mut in_data, false).unwrap();
         assert_eq!((s.forward, in_data), (10, 5));
         let rest = [b'5', b'6', b'7', b'8', b'9', 0x80, 0, 0];
-        let s = scan(&rest, 1024, &mut in_data).unwrap();
+        let s = scan(&rest, 1024, &mut in_data, false).unwrap();
         assert_eq!((s.forward, in_data), (5, 0), "partial header waits");
     }
 
@@ -1027,14 +1119,32 @@ mod tests {
     fn scan_drops_hold_only_at_front_and_rejects_control_frames() {
         let mut in_data = 0;
         let hold = [0x03, 0, 0, 0, 4, 0, 0, 0, 1];
-        assert_eq!(scan(&hold, 1024, &mut in_data).unwrap().drop, 9);
+        assert_eq!(scan(&hold, 1024, &mut in_data, false).unwrap().drop, 9);
         let mut buf = data_header(1).to_vec();
         buf.push(b'x');
         buf.extend_from_slice(&hold);
-        assert_eq!(scan(&buf, 1024, &mut in_data).unwrap().forward, 6);
+        assert_eq!(scan(&buf, 1024, &mut in_data, false).unwrap().forward, 6);
         let list = [0x04, 0, 0, 0, 0];
-        assert!(scan(&list, 1024, &mut in_data).is_err());
+        assert!(scan(&list, 1024, &mut in_data, false).is_err());
         let big = data_header(5000);
-        assert!(scan(&big, 1024, &mut in_data).is_err());
+        assert!(scan(&big, 1024, &mut in_data, false).is_err());
+    }
+
+    #[test]
+    fn scan_drops_a_stale_answer_only_before_the_first_forward() {
+        let mut in_data = 0;
+        let reject = [0x07, 0, 0, 0, 10, 0, 0, 0, 0, 0, 0, 0, 5, 0, 9];
+        let accept = [0x06, 0, 0, 0, 8, 0, 0, 0, 0, 0, 0, 0, 5];
+        assert_eq!(scan(&reject, 1024, &mut in_data, true).unwrap().drop, 15);
+        assert_eq!(scan(&accept, 1024, &mut in_data, true).unwrap().drop, 13);
+        assert_eq!(
+            scan(&accept[..6], 1024, &mut in_data, true).unwrap(),
+            Scan::default(),
+            "a partial answer waits"
+        );
+        assert!(scan(&reject, 1024, &mut in_data, false).is_err());
+        assert!(scan(&accept, 1024, &mut in_data, false).is_err());
+        let short = [0x06, 0, 0, 0, 2, 0, 0];
+        assert!(scan(&short, 1024, &mut in_data, true).is_err());
     }
 }

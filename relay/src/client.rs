@@ -316,6 +316,10 @@ impl RelayClient {
                     rx.await.unwrap_or(Err(ClientError::NotConnected))
                 }
             }
+            // Every connection carries a session (none came free within
+            // the connect timeout): LOGOUT goes over a connection of its
+            // own, so the relay still closes everything and the token dies.
+            Err(ClientError::NoVacantConnection(_)) => self.logout_on_a_new_connection().await,
             Err(e) => Err(e),
         };
         // Wait for the vacant workers to see their connections close;
@@ -332,6 +336,20 @@ impl RelayClient {
         }
         self.inner.shutdown.cancel();
         result
+    }
+
+    /// LOGOUT over a connection opened for it (RESUME, no password).
+    async fn logout_on_a_new_connection(&self) -> Result<(), ClientError> {
+        let (mut conn, _hold) = open(&self.inner, true).await?;
+        conn.write_frame(&Frame::Logout).await?;
+        match Worker::answer(&mut conn, self.inner.cfg.connect_timeout, None).await {
+            Err(ClientError::Closed {
+                code: Code::LoggedOut,
+                ..
+            }) => Ok(()),
+            Err(e) => Err(e),
+            Ok(f) => Err(unexpected(&f)),
+        }
     }
 }
 
@@ -492,7 +510,7 @@ async fn supervise(inner: Arc<Inner>) {
                 // longest backoff rather than bounce straight back. Every
                 // worker of the kick sets the flag within moments, so it
                 // is cleared only after the wait.
-                let delay = jitter(cfg.reconnect_max, cfg.reconnect_initial);
+                let delay = kicked_delay(cfg.reconnect_max);
                 warn!(
                     retry_ms = delay.as_millis() as u64,
                     "Kicked by the relay admin; waiting before logging in again."
@@ -542,6 +560,16 @@ async fn supervise(inner: Arc<Inner>) {
             _ = notified => {}
         }
     }
+}
+
+/// After a kick: the longest backoff, `reconnect_max` (PROTOCOL.md: "a
+/// device that was kicked waits its longest reconnect backoff"), plus a
+/// random up to half of it, so that devices kicked together do not come
+/// back together. The jitter only adds: a kick is never answered sooner.
+fn kicked_delay(max: Duration) -> Duration {
+    use rand::Rng;
+    let max_ms = max.as_millis() as u64;
+    Duration::from_millis(max_ms + rand::thread_rng().gen_range(0..=max_ms / 2))
 }
 
 /// "Full jitter": a random delay in `[floor/2, backoff]`, so that many

@@ -96,6 +96,9 @@ struct Engine {
     /// Ciphertext not yet written to the socket, from `out_pos` on.
     out: Vec<u8>,
     out_pos: usize,
+    /// Ciphertext written to the socket so far (progress a slow reader
+    /// makes inside a record, which plaintext writes do not show).
+    written: u64,
     /// The peer sent close_notify: reads give EOF once `plain` is drained.
     peer_closed: bool,
     /// We queued our close_notify: no more writes.
@@ -112,6 +115,7 @@ impl Engine {
             plain_pos: 0,
             out: Vec::new(),
             out_pos: 0,
+            written: 0,
             peer_closed: false,
             sent_close: false,
             failed: None,
@@ -261,6 +265,7 @@ impl Engine {
     /// Notes that `n` more bytes of `out` reached the socket; frees `out`
     /// once all of it has.
     fn sent(&mut self, n: usize) {
+        self.written += n as u64;
         self.out_pos += n;
         if self.out_pos >= self.out.len() {
             self.out = Vec::new();
@@ -369,6 +374,14 @@ impl LeanTlsStream {
     /// The TCP socket underneath.
     pub fn tcp(&self) -> &TcpStream {
         &self.tcp
+    }
+
+    /// Ciphertext bytes written to the socket so far. A write of
+    /// plaintext is taken a record's worth (up to 64 KiB) at a time, only
+    /// once the last one's ciphertext is out, so a slow reader shows its
+    /// progress here long before the next plaintext write does.
+    pub fn wire_written(&self) -> u64 {
+        self.engine.written
     }
 
     /// Capacities of the incoming, plaintext and outgoing buffers.
@@ -779,6 +792,13 @@ mod tests {
         let m = server.write_vectored(&bufs).await.unwrap();
         assert_eq!(m, 16 * 1024);
         server.flush().await.unwrap();
+        // Every plaintext byte went out, in records a little larger.
+        let wire = server.wire_written();
+        let plain = (big.len() + m) as u64;
+        assert!(
+            wire > plain && wire < plain + plain / 50,
+            "{wire} for {plain}"
+        );
         let mut got = vec![0u8; big.len() + m];
         client.read_exact(&mut got).await.unwrap();
         assert!(got[..big.len()] == big[..]);

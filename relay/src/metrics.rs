@@ -46,6 +46,8 @@ pub struct Metrics {
     pub connect_rejected: AtomicU64,
     /// Sessions bridged.
     pub sessions: AtomicU64,
+    /// Session sides closed for taking no bytes for 2.5 hold intervals.
+    pub session_stalls: AtomicU64,
     /// Bytes forwarded caller to target.
     pub bytes_up: AtomicU64,
     /// Bytes forwarded target to caller.
@@ -168,6 +170,7 @@ impl Metrics {
             &[
                 ("{reason=\"hold_timeout\"}", g(&self.hold_timeouts)),
                 ("{reason=\"protocol_error\"}", g(&self.protocol_errors)),
+                ("{reason=\"session_stall\"}", g(&self.session_stalls)),
             ],
         );
         out

@@ -77,10 +77,32 @@ struct ConnEntry {
     kill_code: Code,
 }
 
+/// A resume token issued at a password login, with the credential it was
+/// issued under (a hash of the user's stored password hash then), so that
+/// a password change ends it.
+#[derive(Debug, Clone, Copy)]
+pub struct IssuedToken {
+    /// The token's hash.
+    pub token: TokenHash,
+    /// The credential it is bound to.
+    pub credential: TokenHash,
+}
+
+/// Why a RESUME was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResumeRefused {
+    /// No live login of the user issued the token.
+    BadToken,
+    /// The token was issued under a password that has changed since.
+    PasswordChanged,
+    /// The user holds `max_connections_per_user` already.
+    TooManyConnections,
+}
+
 #[derive(Debug)]
 struct Presence {
     groups: Arc<[String]>,
-    tokens: Vec<TokenHash>,
+    tokens: Vec<IssuedToken>,
     conns: Vec<ConnEntry>,
     since: SystemTime,
 }
@@ -285,7 +307,7 @@ impl Registry {
         &self,
         user: &str,
         groups: Vec<String>,
-        token: TokenHash,
+        token: IssuedToken,
         peer: SocketAddr,
         tls: bool,
         max: u16,
@@ -320,31 +342,38 @@ impl Registry {
         self.lock().users.get(user).map_or(0, |p| p.tokens.len())
     }
 
-    /// Adds a spare connection that presented a resume token. Fails with
-    /// AUTH_FAILED if no live login of `user` issued that token.
+    /// Adds a spare connection that presented a resume token. Refused if
+    /// no live login of `user` issued that token, or if it was issued
+    /// under another `credential` than the user's now (the password was
+    /// changed since; such tokens are dropped).
     pub fn add_resume(
         &self,
         user: &str,
         token: &TokenHash,
+        credential: &TokenHash,
         peer: SocketAddr,
         tls: bool,
         max: u16,
-    ) -> Result<ConnTicket, Code> {
+    ) -> Result<ConnTicket, ResumeRefused> {
         let mut st = self.lock();
         let Some(presence) = st.users.get_mut(user) else {
-            return Err(Code::AuthFailed);
+            return Err(ResumeRefused::BadToken);
         };
         // Compare against every token so the time does not depend on
         // which one matched.
-        let matched = presence
-            .tokens
-            .iter()
-            .fold(false, |acc, t| acc | t.matches(token));
+        let (matched, current) = presence.tokens.iter().fold((false, false), |acc, t| {
+            let m = t.token.matches(token);
+            (acc.0 | m, acc.1 | (m & t.credential.matches(credential)))
+        });
         if !matched {
-            return Err(Code::AuthFailed);
+            return Err(ResumeRefused::BadToken);
+        }
+        if !current {
+            presence.tokens.retain(|t| t.credential.matches(credential));
+            return Err(ResumeRefused::PasswordChanged);
         }
         if presence.conns.len() >= usize::from(max) {
-            return Err(Code::TooManyConnections);
+            return Err(ResumeRefused::TooManyConnections);
         }
         Ok(self.push_conn(presence, user, peer, tls))
     }
@@ -380,9 +409,14 @@ impl Registry {
             .map(f)
     }
 
-    /// Parks a vacant connection's demand sender.
+    /// Parks a vacant connection's demand sender. A connection being
+    /// closed (its kill token fired: kick, logout, shutdown) is not
+    /// offered again: the sender is dropped, and its task sees the kill.
     pub fn set_vacant(&self, user: &str, id: u64, demand: oneshot::Sender<Demand>) {
         self.with_conn(user, id, |c| {
+            if c.kill.is_cancelled() {
+                return;
+            }
             c.state = ConnState::Vacant;
             c.since = SystemTime::now();
             c.demand = Some(demand);
@@ -583,6 +617,22 @@ mod tests {
         v.iter().map(|s| s.to_string()).collect()
     }
 
+    /// A registry with the default ACL and users "a" and "b" (both in
+    /// group "x") logged in from `peer` with `issued`: it and their tickets.
+    fn a_and_b_logged_in(
+        issued: IssuedToken,
+        peer: SocketAddr,
+    ) -> (Registry, ConnTicket, ConnTicket) {
+        let reg = Registry::new(Acl::new(&AclConfig::default()), CancellationToken::new());
+        let a = reg
+            .add_login("a", g(&["x"]), issued, peer, false, 4)
+            .unwrap();
+        let b = reg
+            .add_login("b", g(&["x"]), issued, peer, false, 4)
+            .unwrap();
+        (reg, a, b)
+    }
+
     #[test]
     fn acl_same_group_and_rules() {
         let acl = Acl::new(&AclConfig {
@@ -606,11 +656,14 @@ mod tests {
 
     #[test]
     fn reserve_takes_one_vacant_connection_at_a_time() {
-        let reg = Registry::new(Acl::new(&AclConfig::default()), CancellationToken::new());
         let peer: SocketAddr = "127.0.0.1:1".parse().unwrap();
         let tok = TokenHash::of(b"t");
-        let a = reg.add_login("a", g(&["x"]), tok, peer, false, 4).unwrap();
-        let b = reg.add_login("b", g(&["x"]), tok, peer, false, 4).unwrap();
+        let cred = TokenHash::of(b"$argon2id$1");
+        let issued = IssuedToken {
+            token: tok,
+            credential: cred,
+        };
+        let (reg, a, b) = a_and_b_logged_in(issued, peer);
         assert!(matches!(reg.reserve(&a, "b"), Reserve::Refused(Code::Busy)));
         let (tx, _rx) = oneshot::channel();
         reg.set_vacant("b", b.id, tx);
@@ -619,18 +672,36 @@ mod tests {
         assert!(matches!(reg.reserve(&a, "b"), Reserve::Refused(Code::Busy)));
         assert!(matches!(reg.reserve(&a, "nobody"), Reserve::Absent));
         assert!(
-            reg.add_resume("b", &TokenHash::of(b"t"), peer, false, 4)
+            reg.add_resume("b", &TokenHash::of(b"t"), &cred, peer, false, 4)
                 .is_ok()
         );
         assert!(matches!(
-            reg.add_resume("b", &TokenHash::of(b"u"), peer, false, 4),
-            Err(Code::AuthFailed)
+            reg.add_resume("b", &TokenHash::of(b"u"), &cred, peer, false, 4),
+            Err(ResumeRefused::BadToken)
         ));
         assert_eq!(reg.close_user("b", Code::LoggedOut), 2);
         assert!(b.kill.is_cancelled());
         assert!(matches!(
-            reg.add_resume("b", &TokenHash::of(b"t"), peer, false, 4),
-            Err(Code::AuthFailed)
+            reg.add_resume("b", &TokenHash::of(b"t"), &cred, peer, false, 4),
+            Err(ResumeRefused::BadToken)
         ));
+    }
+
+    /// A killed connection coming back from a demand or a CONNECT (the
+    /// kill seen there) is not offered as vacant on its way out, so no
+    /// caller reserves it only to hear BUSY.
+    #[test]
+    fn a_killed_connection_is_not_offered_as_vacant() {
+        let peer: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let issued = IssuedToken {
+            token: TokenHash::of(b"t"),
+            credential: TokenHash::of(b"c"),
+        };
+        let (reg, a, b) = a_and_b_logged_in(issued, peer);
+        reg.close_user("b", Code::Kicked);
+        let (tx, _rx) = oneshot::channel();
+        reg.set_vacant("b", b.id, tx);
+        assert_eq!(reg.counts().2, 0, "a killed connection is vacant");
+        assert!(matches!(reg.reserve(&a, "b"), Reserve::Refused(Code::Busy)));
     }
 }

@@ -13,7 +13,8 @@ use crate::lean_tls;
 use crate::metrics::Metrics;
 use crate::protocol::{Code, Frame};
 use crate::registry::{
-    Acl, ConnState, ConnTicket, Demand, DemandOutcome, Registry, Reserve, SessionInfo,
+    Acl, ConnState, ConnTicket, Demand, DemandOutcome, IssuedToken, Registry, Reserve,
+    ResumeRefused, SessionInfo,
 };
 use crate::store::UserStore;
 use crate::tls::{self, ServerIdentity};
@@ -395,10 +396,14 @@ async fn serve_conn(
             match checked {
                 Ok(record) => {
                     let token = new_token();
+                    let issued = IssuedToken {
+                        token: TokenHash::of(&token),
+                        credential: credential_of(&record),
+                    };
                     match shared.registry.add_login(
                         &user,
                         record.groups,
-                        TokenHash::of(&token),
+                        issued,
                         peer,
                         tls_used,
                         max,
@@ -443,12 +448,40 @@ async fn serve_conn(
                     return;
                 }
             };
+            // The user must still exist, be enabled and have the password
+            // the token was issued under: an admin's `passwd` or `disable`
+            // ends what a stolen token could do.
+            let store = Arc::clone(shared.store());
+            let name = user.clone();
+            let stored = tokio::task::spawn_blocking(move || store.get(&name)).await;
+            let record = match stored {
+                Ok(Ok(r)) => r,
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "User store lookup failed during resume.");
+                    None
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "User store lookup task failed during resume.");
+                    None
+                }
+            };
+            let credential = match record {
+                None => {
+                    login_failed(&shared, &mut conn, &user, AuthFailure::UnknownUser).await;
+                    return;
+                }
+                Some(r) if r.disabled => {
+                    login_failed(&shared, &mut conn, &user, AuthFailure::Disabled).await;
+                    return;
+                }
+                Some(r) => credential_of(&r),
+            };
             let hash = TokenHash::of(token.expose());
             let added = shared
                 .registry
-                .add_resume(&user, &hash, peer, tls_used, max);
-            // A wrong token stays counted as a failure.
-            if !matches!(added, Err(Code::AuthFailed)) {
+                .add_resume(&user, &hash, &credential, peer, tls_used, max);
+            // A refused token stays counted as a failure.
+            if matches!(added, Ok(_) | Err(ResumeRefused::TooManyConnections)) {
                 attempt.succeeded();
             }
             match added {
@@ -457,7 +490,7 @@ async fn serve_conn(
                     info!(%user, conn_id = t.id, "Spare connection logged in with resume token.");
                     (t, None)
                 }
-                Err(Code::TooManyConnections) => {
+                Err(ResumeRefused::TooManyConnections) => {
                     info!(%user, "Resume refused: connection limit reached.");
                     let _ = send(
                         &mut conn,
@@ -470,8 +503,12 @@ async fn serve_conn(
                     .await;
                     return;
                 }
-                Err(_) => {
+                Err(ResumeRefused::BadToken) => {
                     login_failed(&shared, &mut conn, &user, AuthFailure::BadToken).await;
+                    return;
+                }
+                Err(ResumeRefused::PasswordChanged) => {
+                    login_failed(&shared, &mut conn, &user, AuthFailure::PasswordChanged).await;
                     return;
                 }
             }
@@ -517,13 +554,19 @@ async fn serve_conn(
     info!(%user, conn_id = id, connections_left = left, "Connection closed.");
 }
 
+/// What a resume token is bound to: the user's stored password hash (its
+/// salt makes every `passwd` change it, even to the same password).
+fn credential_of(record: &crate::store::UserRecord) -> TokenHash {
+    TokenHash::of(record.hash.as_bytes())
+}
+
 async fn login_failed(shared: &Shared, conn: &mut Connection, user: &str, why: AuthFailure) {
     let m = &shared.metrics;
     Metrics::inc(match why {
         AuthFailure::UnknownUser => &m.fail_unknown_user,
         AuthFailure::WrongPassword => &m.fail_wrong_password,
         AuthFailure::Disabled => &m.fail_disabled,
-        AuthFailure::BadToken => &m.fail_bad_token,
+        AuthFailure::BadToken | AuthFailure::PasswordChanged => &m.fail_bad_token,
         AuthFailure::RateLimited => &m.fail_rate_limited,
     });
     warn!(%user, reason = why.as_str(), "Login failed.");
@@ -827,7 +870,15 @@ impl ConnTask {
                     code,
                 }))) if s == session_id => {
                     info!(session_id, %from, %code, "Demand rejected by the device.");
-                    let _ = reply.send(DemandOutcome::Rejected(Code::Rejected));
+                    // A device that cannot take the notify (it is busy
+                    // with a request of its own) says BUSY, and the caller
+                    // hears BUSY; any other code is a refusal.
+                    let code = if code == Code::Busy {
+                        Code::Busy
+                    } else {
+                        Code::Rejected
+                    };
+                    let _ = reply.send(DemandOutcome::Rejected(code));
                     return Next::Serve(conn);
                 }
                 Wait::Frame(Ok(Some(Frame::Hold { seq }))) => {
@@ -1007,7 +1058,7 @@ impl ConnTask {
                 r = timeout_at(deadline, &mut reply_rx) => break match r {
                     Ok(Ok(o)) => o,
                     Ok(Err(_)) => DemandOutcome::Rejected(Code::Busy),
-                    Err(_) => DemandOutcome::Rejected(Code::Timeout),
+                    Err(_) => answer_overdue(&mut reply_rx),
                 },
                 f = conn.read_frame() => match f {
                     Ok(Some(Frame::Hold { seq })) => {
@@ -1115,20 +1166,38 @@ impl ConnTask {
             kill_code: &peer_kill,
             sent: &down,
         };
-        let outcome = bridge::run(&mut a, &mut b, self.shared.cfg.terminate_timeout).await;
+        // A side that stops reading is as dead as one that stops sending
+        // HOLD outside a session: 2.5 hold intervals.
+        let outcome = bridge::run(
+            &mut a,
+            &mut b,
+            self.shared.cfg.terminate_timeout,
+            self.silence_limit(),
+        )
+        .await;
         let (bytes_up, bytes_down) = (up.load(Ordering::Relaxed), down.load(Ordering::Relaxed));
         m.bytes_up.fetch_add(bytes_up, Ordering::Relaxed);
         m.bytes_down.fetch_add(bytes_down, Ordering::Relaxed);
+        for (who, end) in [("caller", outcome.a), ("target", outcome.b)] {
+            if end == SideEnd::Stalled {
+                Metrics::inc(&m.session_stalls);
+                warn!(
+                    session_id,
+                    side = who,
+                    "A side stopped reading for 2.5 hold intervals; session ended."
+                );
+            }
+        }
         self.shared.registry.end_session(session_id);
         info!(session_id, %target, bytes_up, bytes_down, caller = ?outcome.a, target_end = ?outcome.b, "Session ended.");
         peer.shrink();
         let _ = back.send(match outcome.b {
             SideEnd::Clean => Some(peer),
-            SideEnd::Dead(_) => None,
+            SideEnd::Dead(_) | SideEnd::Stalled => None,
         });
         match outcome.a {
             SideEnd::Clean => Next::Draining(conn),
-            SideEnd::Dead(_) => Next::Gone,
+            SideEnd::Dead(_) | SideEnd::Stalled => Next::Gone,
         }
     }
 
@@ -1160,10 +1229,44 @@ impl ConnTask {
     }
 }
 
+/// The caller's own deadline for a demand passed (the target's task is
+/// stuck writing to its device). The demand is withdrawn as by
+/// [`ConnTask::abandon_demand`]: the channel is closed first, so an ACCEPT
+/// the target reads later is refused back to its task, which sends the
+/// device NOTIFY-CANCEL instead of dropping its connection with the
+/// undelivered answer. An answer that arrived just now is taken.
+fn answer_overdue(reply_rx: &mut oneshot::Receiver<DemandOutcome>) -> DemandOutcome {
+    reply_rx.close();
+    reply_rx
+        .try_recv()
+        .unwrap_or(DemandOutcome::Rejected(Code::Timeout))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::str::FromStr as _;
+
+    /// After the caller's deadline, the target's task can no longer hand
+    /// over an answer (its `send` fails, so it sends NOTIFY-CANCEL); an
+    /// answer that beat the close is kept.
+    #[test]
+    fn an_overdue_demand_is_withdrawn_so_a_late_answer_is_refused() {
+        let (tx, mut rx) = oneshot::channel();
+        assert!(matches!(
+            answer_overdue(&mut rx),
+            DemandOutcome::Rejected(Code::Timeout)
+        ));
+        assert!(tx.is_closed(), "a late ACCEPT would be delivered and lost");
+        assert!(tx.send(DemandOutcome::Rejected(Code::Busy)).is_err());
+
+        let (tx, mut rx) = oneshot::channel();
+        tx.send(DemandOutcome::Rejected(Code::Rejected)).unwrap();
+        assert!(matches!(
+            answer_overdue(&mut rx),
+            DemandOutcome::Rejected(Code::Rejected)
+        ));
+    }
 
     /// One IPv6 /64 is one address for the handshake cap, as for the
     /// login limits: a subscriber's prefix cannot fill the global pool.

@@ -36,21 +36,51 @@ impl Stream {
     pub fn is_tls(&self) -> bool {
         !matches!(self, Stream::Plain(_))
     }
+
+    /// Bytes the stream itself has moved to the socket beyond what its
+    /// writes reported taken: the ciphertext of the relay's TLS
+    /// ([`LeanTlsStream::wire_written`]); 0 where a write is the socket's.
+    pub fn wire_progress(&self) -> u64 {
+        match self {
+            Stream::TlsServer(s) => s.wire_written(),
+            _ => 0,
+        }
+    }
 }
+
+/// Keepalive probes sent before a silent peer is declared dead.
+const KEEPALIVE_RETRIES: u32 = 3;
 
 /// Turns on TCP keepalive so that a peer that vanished without a FIN
 /// (a NAT that forgot us, a relay that leaks half-open sockets) is found
-/// even while a session is quiet. Also disables Nagle: frames are small
-/// and latency matters for T.30.
+/// even while a session is quiet. Keepalive does not probe while sent
+/// data waits for its ACK, so TCP_USER_TIMEOUT (Linux) bounds that case
+/// too, at three hold intervals instead of the ~15 minutes of
+/// `tcp_retries2`: longer than the bridge's stall limit (2.5 holds),
+/// because Linux also applies it to data held back by a zero window, and
+/// a receiver that takes nothing is to be ended by the relay, which tells
+/// the other side (TERMINATE), not by the kernel (and a sender the relay
+/// holds back meanwhile keeps its connection). Also disables Nagle:
+/// frames are small and latency matters for T.30.
 pub fn tune_socket(tcp: &TcpStream, idle: Duration) -> io::Result<()> {
     tcp.set_nodelay(true)?;
     let sock = socket2::SockRef::from(tcp);
     let idle = idle.max(Duration::from_secs(1));
+    let interval = (idle / 3).max(Duration::from_secs(1));
     let ka = socket2::TcpKeepalive::new()
         .with_time(idle)
-        .with_interval((idle / 3).max(Duration::from_secs(1)))
-        .with_retries(3);
-    sock.set_tcp_keepalive(&ka)
+        .with_interval(interval)
+        .with_retries(KEEPALIVE_RETRIES);
+    sock.set_tcp_keepalive(&ka)?;
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    sock.set_tcp_user_timeout(Some(dead_peer_time(idle, interval) + idle))?;
+    Ok(())
+}
+
+/// How long a peer may stay silent (no ACK, no keepalive answer) before
+/// its connection is given up: the keepalive idle time plus its probes.
+fn dead_peer_time(idle: Duration, interval: Duration) -> Duration {
+    idle + interval * KEEPALIVE_RETRIES
 }
 
 macro_rules! dispatch {
@@ -113,5 +143,27 @@ impl AsyncWrite for Stream {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         dispatch!(self, s => s.poll_shutdown(cx))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::TcpListener;
+
+    /// Both ends of a tuned connection give up on unacknowledged data
+    /// after the keepalive's dead-peer time (two hold intervals), not
+    /// after tcp_retries2 (about 15 minutes).
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    #[tokio::test]
+    async fn tuned_sockets_have_a_user_timeout_past_the_stall_limit() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (c, s) = tokio::join!(TcpStream::connect(l.local_addr().unwrap()), l.accept());
+        let (c, s) = (c.unwrap(), s.unwrap().0);
+        for (tcp, hold, want) in [(&c, 30, 90), (&s, 3, 9)] {
+            tune_socket(tcp, Duration::from_secs(hold)).unwrap();
+            let got = socket2::SockRef::from(tcp).tcp_user_timeout().unwrap();
+            assert_eq!(got, Some(Duration::from_secs(want)), "hold {hold} s");
+        }
     }
 }

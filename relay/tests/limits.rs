@@ -151,3 +151,54 @@ async fn resume_tokens_do_not_pile_up_while_a_user_stays_logged_in() {
     let f = spare.recv().await.unwrap();
     assert!(matches!(f, Frame::LoginOk { .. }), "{f:?}");
 }
+
+/// RESUME with `token`; the relay's answer.
+async fn resume(addr: std::net::SocketAddr, user: &str, token: &Secret<[u8; 32]>) -> Frame {
+    let mut spare = Raw::open(addr).await;
+    spare
+        .send(&Frame::Resume {
+            user: user.into(),
+            token: token.clone(),
+        })
+        .await;
+    spare
+        .recv()
+        .await
+        .expect("the relay closed without an answer")
+}
+
+/// A resume token ends with the credentials it was issued under: after
+/// an admin changes the user's password, or disables the user, RESUME
+/// with a token from before fails like a bad login (AUTH_FAILED), while
+/// the user still has a live connection that would keep it alive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_tokens_die_with_a_password_change_or_a_disable() {
+    let r = relay("").await;
+    r.add_user("tokyo", &["b"]);
+    let store = r.server.shared.store();
+    for change in ["passwd", "disable"] {
+        let (_keep, f) = Raw::login(r.addr, "tokyo", PW).await;
+        let Frame::LoginOk { token: Some(t), .. } = f else {
+            panic!("{f:?}");
+        };
+        let ok = resume(r.addr, "tokyo", &t).await;
+        assert!(matches!(ok, Frame::LoginOk { .. }), "{change}: {ok:?}");
+        match change {
+            // The same password: a new hash all the same.
+            "passwd" => store.set_password("tokyo", PW).unwrap(),
+            _ => store.set_disabled("tokyo", true).unwrap(),
+        }
+        let f = resume(r.addr, "tokyo", &t).await;
+        assert!(
+            matches!(
+                f,
+                Frame::Err {
+                    code: Code::AuthFailed,
+                    ..
+                }
+            ),
+            "{change}: an old token still resumes: {f:?}"
+        );
+        store.set_disabled("tokyo", false).unwrap();
+    }
+}

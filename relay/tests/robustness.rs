@@ -498,6 +498,49 @@ async fn a_side_dying_at_a_frame_boundary_gets_its_peer_peer_lost() {
     good_session(&r).await;
 }
 
+/// A receiver that stays connected but stops reading, while its peer
+/// sends bulk data and then hangs up: the relay, blocked writing to the
+/// receiver, would never read the sender again and so never see it go.
+/// After 2.5 hold intervals without progress the bridge ends the session:
+/// the stalled receiver is closed, the sender's connection is freed, and
+/// the registry lists neither the session nor either connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_that_stops_reading_ends_the_session_after_a_stall() {
+    let r = relay("hold_interval = \"200ms\"\n").await;
+    for u in ["tokyo", "osaka"] {
+        r.add_user(u, &["g"]);
+    }
+    let (mut tokyo, osaka) = bridged_raw(&r, "tokyo", "osaka").await;
+    socket2::SockRef::from(osaka.conn.stream.tcp())
+        .set_recv_buffer_size(4096)
+        .unwrap();
+    let frame = {
+        let mut f = faxgate_relay::protocol::data_header(64 * 1024).to_vec();
+        f.extend_from_slice(&pattern(64 * 1024, 9));
+        f
+    };
+    // Until a write blocks (osaka reads nothing, so every buffer on the
+    // way fills); bounded, in case the relay frees tokyo first and then
+    // drains it.
+    for _ in 0..1024 {
+        let w = tokyo.conn.stream.write_all(&frame);
+        if tokio::time::timeout(Duration::from_millis(300), w)
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    drop(tokyo);
+    r.eventually("the session and both connections gone", |r| {
+        let snap = r.server.shared.registry.snapshot();
+        snap.sessions.is_empty() && snap.users.is_empty()
+    })
+    .await;
+    assert_eq!(r.metric(|m| &m.session_stalls), 1);
+    drop(osaka);
+}
+
 /// The caller vanishes (a reset) while its demand waits: the relay, which
 /// reads the caller's connection meanwhile, withdraws the demand at once
 /// (NOTIFY-CANCEL well before the 15 s answer deadline), and the target's
@@ -586,4 +629,102 @@ async fn a_late_answer_to_a_withdrawn_demand_is_ignored() {
         "the stale answers were not ignored"
     );
     assert!(matches!(c2.recv().await, Some(Frame::ConnectOk { .. })));
+}
+
+/// A CONNECT-NOTIFY crosses the device's own CONNECT; the device answers
+/// it REJECT(BUSY) while its CONNECT waits, but the target's ACCEPT wins,
+/// so the REJECT reaches the relay after the session is bridged. The
+/// relay drops it (it answers a demand already refused) instead of
+/// taking it for a bad frame: the session carries the caller's DATA.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reject_for_a_crossed_notify_that_lands_in_the_session_is_dropped() {
+    let r = relay("").await;
+    r.add_user("tokyo", &["b"]);
+    r.add_user("osaka", &["b"]);
+    let (mut osaka_a, _) = Raw::login(r.addr, "osaka", PW).await;
+    let (mut osaka_b, _) = Raw::login(r.addr, "osaka", PW).await;
+    let (mut tokyo, _) = Raw::login(r.addr, "tokyo", PW).await;
+    osaka_a
+        .send(&Frame::Connect {
+            target: "tokyo".into(),
+        })
+        .await;
+    let Some(Frame::ConnectNotify { session_id: s1, .. }) = tokyo.recv().await else {
+        panic!("tokyo got no CONNECT-NOTIFY");
+    };
+    // tokyo's own CONNECT crosses the notify (the relay refuses osaka A
+    // BUSY); osaka B takes it.
+    tokyo
+        .send(&Frame::Connect {
+            target: "osaka".into(),
+        })
+        .await;
+    assert!(
+        matches!(
+            osaka_a.recv().await,
+            Some(Frame::Err {
+                code: Code::Busy,
+                ..
+            })
+        ),
+        "the crossed demand is refused BUSY"
+    );
+    let Some(Frame::ConnectNotify { session_id: s2, .. }) = osaka_b.recv().await else {
+        panic!("osaka B got no CONNECT-NOTIFY");
+    };
+    osaka_b.send(&Frame::Accept { session_id: s2 }).await;
+    assert!(
+        matches!(osaka_b.recv().await, Some(Frame::ConnectOk { session_id, .. }) if session_id == s2)
+    );
+    // Bridged now: tokyo's answer to the crossed notify comes only now.
+    tokyo
+        .send(&Frame::Reject {
+            session_id: s1,
+            code: Code::Busy,
+        })
+        .await;
+    let x = bytes::Bytes::from_static(b"x");
+    tokyo.send(&Frame::Data(x.clone())).await;
+    assert!(
+        matches!(tokyo.recv().await, Some(Frame::ConnectOk { session_id, .. }) if session_id == s2)
+    );
+    assert_eq!(
+        osaka_b.recv().await,
+        Some(Frame::Data(x)),
+        "the stale REJECT broke the session"
+    );
+}
+
+/// The target's REJECT code reaches the caller: REJECT(BUSY) (a device
+/// that cannot take the notify) as BUSY, any other code as REJECTED.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reject_busy_reaches_the_caller_as_busy() {
+    let r = relay("").await;
+    r.add_user("tokyo", &["b"]);
+    r.add_user("osaka", &["b"]);
+    let (mut t, _) = Raw::login(r.addr, "osaka", PW).await;
+    let (mut c, _) = Raw::login(r.addr, "tokyo", PW).await;
+    for (sent, heard) in [
+        (Code::Busy, Code::Busy),
+        (Code::Rejected, Code::Rejected),
+        (Code::Normal, Code::Rejected),
+    ] {
+        c.send(&Frame::Connect {
+            target: "osaka".into(),
+        })
+        .await;
+        let Some(Frame::ConnectNotify { session_id, .. }) = t.recv().await else {
+            panic!("no CONNECT-NOTIFY");
+        };
+        t.send(&Frame::Reject {
+            session_id,
+            code: sent,
+        })
+        .await;
+        let f = c.recv().await;
+        assert!(
+            matches!(f, Some(Frame::Err { code, .. }) if code == heard),
+            "REJECT({sent}) reached the caller as {f:?}"
+        );
+    }
 }

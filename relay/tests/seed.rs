@@ -510,11 +510,7 @@ async fn spare_connections_carry_two_sessions_at_once() {
         // The relay sends CONNECT-OK before it records the session, so a
         // caller can be bridged a moment before the registry says so.
         let osaka_in_session = |r: &common::Relay| {
-            r.server
-                .shared
-                .registry
-                .snapshot()
-                .users
+            r.users()
                 .into_iter()
                 .find(|u| u.user == "osaka")
                 .map_or(0, |u| {
@@ -565,16 +561,7 @@ async fn logout_closes_everything() {
     };
     let token = token.unwrap();
     tokyo.logout().await.unwrap();
-    r.eventually("tokyo gone", |r| {
-        r.server
-            .shared
-            .registry
-            .snapshot()
-            .users
-            .iter()
-            .all(|u| u.user != "tokyo")
-    })
-    .await;
+    r.eventually_gone("tokyo").await;
     // The raw extra connection got BYE(LOGGED_OUT), then the close.
     assert!(matches!(
         raw_spare.recv().await,
@@ -828,4 +815,25 @@ async fn a_side_that_never_terminates_is_closed_and_its_peer_told() {
         sessions == 0 && vacant >= 1
     })
     .await;
+}
+
+/// (22): a device whose every connection carries a session still logs
+/// out: LOGOUT goes over a connection of its own, and the relay closes
+/// everything, the session too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logout_works_while_every_connection_is_in_a_session() {
+    let r = relay("").await;
+    r.add_user("tokyo", &["b"]);
+    r.add_user("osaka", &["b"]);
+    let (tokyo, mut tokyo_in) = r.client("tokyo", 0, 1).await;
+    let (osaka, _o) = r.client("osaka", 0, 2).await;
+    let accept =
+        tokio::spawn(async move { tokyo_in.recv().await.unwrap().accept().await.unwrap() });
+    let mut tokyo_side = osaka.connect("tokyo").await.unwrap();
+    let _tokyo_session = accept.await.unwrap();
+    tokyo.logout().await.unwrap();
+    r.eventually_gone("tokyo").await;
+    let mut buf = Vec::new();
+    let e = tokyo_side.read_to_end(&mut buf).await.unwrap_err();
+    assert!(e.to_string().contains("LOGGED_OUT"), "{e}");
 }

@@ -103,6 +103,20 @@ impl Relay {
         self.server.shared.registry.counts()
     }
 
+    /// The registry's users now, with their connections.
+    pub fn users(&self) -> Vec<faxgate_relay::registry::UserStatus> {
+        self.server.shared.registry.snapshot().users
+    }
+
+    /// Waits (as [`Relay::eventually`]) until the registry no longer
+    /// lists `user`.
+    pub async fn eventually_gone(&self, user: &str) {
+        self.eventually(&format!("{user} gone"), |r| {
+            r.users().iter().all(|u| u.user != user)
+        })
+        .await;
+    }
+
     /// Polls `f` until it holds, for at most 5 s.
     pub async fn eventually(&self, what: &str, f: impl Fn(&Relay) -> bool) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
