@@ -26,6 +26,12 @@ pub const VERSION_LINE: &str = "faxgate-command: 1";
 /// The longest lifetime (expiry minus `now`) a verifier accepts. Nonces
 /// are remembered until expiry, so this bounds the replay cache's memory.
 pub const MAX_LIFETIME: Duration = Duration::from_secs(24 * 60 * 60);
+/// How far the verifier's clock may run ahead of the signer's: a command
+/// is taken until `Expires` plus this (and its nonce remembered as long),
+/// so an agent whose clock is a few minutes fast, or a mail a greylisting
+/// server held back, still wakes the agent instead of being refused as
+/// expired. Kerberos allows the same five minutes.
+pub const CLOCK_SKEW: Duration = Duration::from_secs(5 * 60);
 /// The most job ids one mail may name.
 pub const MAX_JOBS: usize = 64;
 /// The largest raw message read as a possible command mail. A real one
@@ -453,18 +459,18 @@ pub fn parse_and_verify(
             found: command.printer,
         });
     }
-    if command.expires <= now {
+    if command.expires + CLOCK_SKEW <= now {
         return Err(CommandError::Expired {
             expired_at: command.expires,
         });
     }
-    if command.expires > now + MAX_LIFETIME {
+    if command.expires > now + MAX_LIFETIME + CLOCK_SKEW {
         return Err(CommandError::ExpiryTooFar {
             expires: command.expires,
             max_secs: MAX_LIFETIME.as_secs(),
         });
     }
-    seen.remember(&command.nonce, command.expires, now)?;
+    seen.remember(&command.nonce, command.expires + CLOCK_SKEW, now)?;
     Ok(command)
 }
 
@@ -917,7 +923,10 @@ Printer: expp1%abc.com\nJobs: 17,18\nExpires: 2026-11-05T10:10:00Z\nNonce: 00112
         let verifier = signer.verifier();
         let raw = mail(&command(), &signer);
         let mut seen = NonceCache::default();
-        let at_expiry = parse_and_verify(&raw, &verifier, PRINTER, at(T0 + 600), &mut seen);
+        // Expires at T0 + 600; taken up to CLOCK_SKEW later (a verifier
+        // whose clock runs fast), refused from then on.
+        let skew = CLOCK_SKEW.as_secs();
+        let at_expiry = parse_and_verify(&raw, &verifier, PRINTER, at(T0 + 600 + skew), &mut seen);
         assert_eq!(
             at_expiry,
             Err(CommandError::Expired {
@@ -928,9 +937,16 @@ Printer: expp1%abc.com\nJobs: 17,18\nExpires: 2026-11-05T10:10:00Z\nNonce: 00112
             at_expiry.unwrap_err().to_string(),
             "command mail expired at 2026-11-05T10:10:00Z"
         );
-        assert!(parse_and_verify(&raw, &verifier, PRINTER, at(T0 + 599), &mut seen).is_ok());
+        assert!(
+            parse_and_verify(&raw, &verifier, PRINTER, at(T0 + 600 + skew - 1), &mut seen).is_ok()
+        );
+        // Its nonce is kept as long: a replay in the skew is refused.
+        assert!(matches!(
+            parse_and_verify(&raw, &verifier, PRINTER, at(T0 + 600 + skew - 1), &mut seen),
+            Err(CommandError::Replayed { .. })
+        ));
         let mut far = command();
-        far.expires = at(T0 + MAX_LIFETIME.as_secs() + 1);
+        far.expires = at(T0 + MAX_LIFETIME.as_secs() + skew + 1);
         let raw = mail(&far, &signer);
         assert!(matches!(
             verify(&raw, &verifier),

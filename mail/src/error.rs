@@ -296,6 +296,18 @@ pub enum SmtpError {
     },
 }
 
+impl SmtpError {
+    /// Whether trying again cannot help: the order cannot be written as a
+    /// mail, or the server refused it with a 5xx reply.
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            SmtpError::Build(_) | SmtpError::Address { .. } => true,
+            SmtpError::Send(e) => e.is_permanent(),
+            SmtpError::Stalled { .. } => false,
+        }
+    }
+}
+
 /// The mailer has stopped (cancelled, or its task ended), so an order
 /// could not be taken.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

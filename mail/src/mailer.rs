@@ -26,7 +26,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{Instrument as _, debug, error, info, info_span, warn};
 
 use crate::command::{Command, Kind, MAX_LIFETIME, Signer, random_nonce};
-use crate::error::{ConfigError, MailerClosed, SmtpError};
+use crate::error::{ConfigError, MailerClosed};
 use crate::smtp::SmtpSender;
 use crate::watcher::backoff_delay;
 
@@ -364,7 +364,7 @@ async fn deliver(shared: Arc<Shared>, order: MailOrder) {
             Err(e) => e,
         };
         let error = failure.to_string();
-        if is_permanent(&failure) || attempt >= config.max_attempts {
+        if failure.is_permanent() || attempt >= config.max_attempts {
             shared.give_up(order, attempt, error).await;
             return;
         }
@@ -395,16 +395,6 @@ async fn deliver(shared: Arc<Shared>, order: MailOrder) {
             }
             () = tokio::time::sleep(next_in) => {}
         }
-    }
-}
-
-/// Whether trying again cannot help: the order cannot be written as a
-/// mail, or the server refused it with a 5xx reply.
-fn is_permanent(e: &SmtpError) -> bool {
-    match e {
-        SmtpError::Build(_) | SmtpError::Address { .. } => true,
-        SmtpError::Send(e) => e.is_permanent(),
-        SmtpError::Stalled { .. } => false,
     }
 }
 

@@ -19,13 +19,24 @@
 //! [`WatcherError::NonceNotRecorded`], the mail stays in the mailbox, and
 //! it is tried again after a growing delay. A command the owner drops
 //! unacknowledged has its nonce forgotten, also on disk, and is offered
-//! again. Without a nonce file the nonces live in memory, and a command
-//! acknowledged just before a crash can come again after the restart.
+//! again. A shutdown after the hand-over keeps the nonce, as a crash
+//! would: the owner may have acted on the command, so after a restart its
+//! mail is filed as a replay. Without a nonce file the nonces live in
+//! memory, and a command acknowledged just before a crash can come again
+//! after the restart.
+//!
+//! A mail that cannot be filed (the server refuses the move, say the
+//! processed folder is over quota) does not hold up the mails after it:
+//! it stays in the mailbox, is logged once, and its move is tried again
+//! after a delay that grows with each failure and that a reconnect does
+//! not reset.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
+
+use tokio::time::Instant;
 
 use async_imap::extensions::idle::IdleResponse;
 use async_imap::types::UnsolicitedResponse;
@@ -290,6 +301,7 @@ impl WatcherHandle {
             status: status_tx,
             cancel: cancel.clone(),
             decided: HashMap::new(),
+            unfiled: HashMap::new(),
         };
         tokio::spawn(actor.run().instrument(span));
         Ok((
@@ -355,7 +367,28 @@ enum Decision {
 enum Delivery {
     Acked,
     Dropped,
+    /// Stopped before the owner got the command.
     Stopped(Stop),
+    /// Stopped after the owner got the command but before it acknowledged
+    /// it: the owner may have acted on it.
+    StoppedAfterHandOver(Stop),
+}
+
+/// How a pass over the mailbox ended.
+enum Pass {
+    Stopped(Stop),
+    /// Every mail was looked at; `progressed` if one was filed or a
+    /// command acknowledged (so mail may have arrived unannounced).
+    Done {
+        progressed: bool,
+    },
+}
+
+/// A mail whose move failed: when to try again.
+#[derive(Debug, Clone, Copy)]
+struct Unfiled {
+    failures: u32,
+    retry_at: Instant,
 }
 
 /// Server capabilities the watcher cares about.
@@ -379,6 +412,9 @@ struct WatcherActor {
     store_failures: u32,
     /// Keyed by (UIDVALIDITY, UID).
     decided: HashMap<(u32, u32), Decision>,
+    /// Decided mails whose move failed, keyed like `decided`; kept across
+    /// sessions so a reconnect does not retry them early.
+    unfiled: HashMap<(u32, u32), Unfiled>,
 }
 
 impl WatcherActor {
@@ -461,6 +497,7 @@ impl WatcherActor {
         let validity = selected.uid_validity.unwrap_or(0);
         // UIDs of another UIDVALIDITY name other mails (or none) now.
         self.decided.retain(|(v, _), _| *v == validity);
+        self.unfiled.retain(|(v, _), _| *v == validity);
         let using_idle = caps.idle && self.config.use_idle;
         *failures = 0;
         self.status.send_modify(|s| {
@@ -479,20 +516,29 @@ impl WatcherActor {
             info!(poll_interval = ?self.config.poll_interval, "Server has no IDLE; polling.");
         }
         loop {
-            if let Some(stop) = self.process_mailbox(&mut session, validity, caps).await? {
-                logout(session, io).await;
-                return Ok(stop);
-            }
+            let progressed = match self.process_mailbox(&mut session, validity, caps).await? {
+                Pass::Stopped(stop) => {
+                    logout(session, io).await;
+                    return Ok(stop);
+                }
+                Pass::Done { progressed } => progressed,
+            };
             // Mail that arrived while we worked was announced in a reply
             // to one of our commands; IDLE would not announce it again.
-            if new_mail_announced(&session) {
+            // The library keeps only 100 such replies and drops the rest,
+            // and each move adds two, so after a pass that filed anything
+            // the announcement may be lost: search again until a pass
+            // finds nothing to do.
+            if new_mail_announced(&session) || progressed {
                 continue;
             }
+            // A mail whose move failed is tried again at its time.
+            let wake_at = self.unfiled.values().map(|u| u.retry_at).min();
             let cancelled;
             (session, cancelled) = if using_idle {
-                self.idle(session).await?
+                self.idle(session, wake_at).await?
             } else {
-                self.poll(session).await?
+                self.poll(session, wake_at).await?
             };
             if cancelled {
                 logout(session, io).await;
@@ -608,8 +654,9 @@ impl WatcherActor {
         session: &mut ImapSession,
         validity: u32,
         caps: Caps,
-    ) -> Result<Option<Stop>, WatcherError> {
+    ) -> Result<Pass, WatcherError> {
         let io = self.config.io_timeout;
+        let mut progressed = false;
         self.set_state(WatcherState::Processing);
         // Whatever was announced so far is covered by the search below.
         new_mail_announced(session);
@@ -618,9 +665,19 @@ impl WatcherActor {
             .into_iter()
             .collect();
         uids.sort_unstable();
+        // Mails gone meanwhile (another client moved them) need no filing.
+        let present = |(v, u): &(u32, u32)| *v != validity || uids.binary_search(u).is_ok();
+        self.decided.retain(|k, _| present(k));
+        self.unfiled.retain(|k, _| present(k));
         for uid in uids {
-            if let Some(decision) = self.decided.get(&(validity, uid)).copied() {
-                self.file(session, validity, uid, decision, caps).await?;
+            if self.decided.contains_key(&(validity, uid)) {
+                let due = self
+                    .unfiled
+                    .get(&(validity, uid))
+                    .is_none_or(|u| u.retry_at <= Instant::now());
+                if due {
+                    progressed |= self.file_or_defer(session, validity, uid, caps).await?;
+                }
                 continue;
             }
             let verdict = match fetch(session, io, uid).await? {
@@ -656,9 +713,8 @@ impl WatcherActor {
                     match self.deliver(cmd).await {
                         Delivery::Acked => {
                             self.decided.insert((validity, uid), Decision::Processed);
-                            self.file(session, validity, uid, Decision::Processed, caps)
-                                .await?;
-                            self.status.send_modify(|s| s.delivered += 1);
+                            self.file_or_defer(session, validity, uid, caps).await?;
+                            progressed = true;
                         }
                         Delivery::Dropped => {
                             self.forget(uid, &nonce);
@@ -669,7 +725,17 @@ impl WatcherActor {
                         }
                         Delivery::Stopped(stop) => {
                             self.forget(uid, &nonce);
-                            return Ok(Some(stop));
+                            return Ok(Pass::Stopped(stop));
+                        }
+                        Delivery::StoppedAfterHandOver(stop) => {
+                            // The owner may have acted: keep the nonce, so
+                            // the mail is not handed over a second time.
+                            warn!(
+                                uid,
+                                "Stopping with a command handed over but not acknowledged; \
+                                 its mail stays in the mailbox and will not be offered again."
+                            );
+                            return Ok(Pass::Stopped(stop));
                         }
                     }
                     self.set_state(WatcherState::Processing);
@@ -678,15 +744,77 @@ impl WatcherActor {
                     warn!(uid, reason = reason.code(), error = %reason, "Command mail quarantined.");
                     let decision = Decision::Quarantine(reason.code());
                     self.decided.insert((validity, uid), decision);
-                    self.file(session, validity, uid, decision, caps).await?;
-                    self.status.send_modify(|s| s.quarantined += 1);
+                    progressed |= self.file_or_defer(session, validity, uid, caps).await?;
                 }
             }
             if self.cancel.is_cancelled() {
-                return Ok(Some(Stop::Cancelled));
+                return Ok(Pass::Stopped(Stop::Cancelled));
             }
         }
-        Ok(None)
+        Ok(Pass::Done { progressed })
+    }
+
+    /// Files a decided mail. If the server refuses the move, the mail is
+    /// left for a later try (after a delay growing per failure) and the
+    /// pass goes on: `Ok(false)`. Other errors end the session, and the
+    /// mail waits its delay in the next one too. `Ok(true)` once filed.
+    async fn file_or_defer(
+        &mut self,
+        session: &mut ImapSession,
+        validity: u32,
+        uid: u32,
+        caps: Caps,
+    ) -> Result<bool, WatcherError> {
+        let key = (validity, uid);
+        let Some(decision) = self.decided.get(&key).copied() else {
+            return Ok(false);
+        };
+        let e = match self.file(session, uid, decision, caps).await {
+            Ok(()) => {
+                self.decided.remove(&key);
+                if let Some(u) = self.unfiled.remove(&key) {
+                    info!(uid, failures = u.failures, "Mail filed after all.");
+                }
+                self.status.send_modify(|s| match decision {
+                    Decision::Processed => s.delivered += 1,
+                    Decision::Quarantine(_) => s.quarantined += 1,
+                });
+                return Ok(true);
+            }
+            Err(e) => e,
+        };
+        let failures = self.unfiled.get(&key).map_or(0, |u| u.failures);
+        let delay = backoff_delay(
+            failures,
+            self.config.backoff_min,
+            self.config.backoff_max,
+            rand::random::<f64>(),
+        );
+        self.unfiled.insert(
+            key,
+            Unfiled {
+                failures: failures.saturating_add(1),
+                retry_at: Instant::now() + delay,
+            },
+        );
+        if failures == 0 {
+            error!(
+                uid,
+                error = %e,
+                "Cannot file the mail; it stays in the mailbox and is tried again later \
+                 (check the folder's quota and rights)."
+            );
+        } else {
+            debug!(uid, failures, ?delay, error = %e, "Filing the mail failed again.");
+        }
+        let refused = matches!(
+            &e,
+            WatcherError::Imap {
+                source: async_imap::error::Error::No(_) | async_imap::error::Error::Bad(_),
+                ..
+            }
+        );
+        if refused { Ok(false) } else { Err(e) }
     }
 
     /// Forgets the nonce of a command that was not acknowledged, so its
@@ -714,12 +842,14 @@ impl WatcherActor {
                 }
             }
         }
+        // Biased: an acknowledgement already sent wins over a shutdown.
         tokio::select! {
-            () = self.cancel.cancelled() => Delivery::Stopped(Stop::Cancelled),
+            biased;
             r = acked => match r {
                 Ok(()) => Delivery::Acked,
                 Err(_) => Delivery::Dropped,
             },
+            () = self.cancel.cancelled() => Delivery::StoppedAfterHandOver(Stop::Cancelled),
         }
     }
 
@@ -729,7 +859,6 @@ impl WatcherActor {
     async fn file(
         &mut self,
         session: &mut ImapSession,
-        validity: u32,
         uid: u32,
         decision: Decision,
         caps: Caps,
@@ -783,14 +912,19 @@ impl WatcherActor {
                 .await?;
             }
         }
-        self.decided.remove(&(validity, uid));
         debug!(uid, folder = %folder, "Mail filed.");
         Ok(())
     }
 
-    /// IDLE until the server reports a change, `idle_timeout` passes or
-    /// the watcher is cancelled. Returns the session and whether cancelled.
-    async fn idle(&self, session: ImapSession) -> Result<(ImapSession, bool), WatcherError> {
+    /// IDLE until the server reports a change, `idle_timeout` passes (or
+    /// `wake_at`, if sooner) or the watcher is cancelled. Returns the
+    /// session and whether cancelled.
+    async fn idle(
+        &self,
+        session: ImapSession,
+        wake_at: Option<Instant>,
+    ) -> Result<(ImapSession, bool), WatcherError> {
+        let until = wake_limit(self.config.idle_timeout, wake_at);
         let io = self.config.io_timeout;
         let mut handle = session.idle();
         step(io, "IDLE", handle.init()).await?;
@@ -801,7 +935,7 @@ impl WatcherActor {
             let (wait, _interrupt) = handle.wait_with_timeout(self.config.idle_timeout);
             tokio::select! {
                 () = self.cancel.cancelled() => true,
-                () = tokio::time::sleep(self.config.idle_timeout) => false,
+                () = tokio::time::sleep_until(until) => false,
                 r = wait => match r {
                     Ok(IdleResponse::NewData(data)) => {
                         debug!(response = ?data.parsed(), "IDLE: mailbox changed.");
@@ -816,12 +950,18 @@ impl WatcherActor {
         Ok((session, cancelled))
     }
 
-    /// Sleeps one poll interval, then NOOP so the server reports new mail.
-    async fn poll(&self, mut session: ImapSession) -> Result<(ImapSession, bool), WatcherError> {
+    /// Sleeps one poll interval (or until `wake_at`, if sooner), then
+    /// NOOP so the server reports new mail.
+    async fn poll(
+        &self,
+        mut session: ImapSession,
+        wake_at: Option<Instant>,
+    ) -> Result<(ImapSession, bool), WatcherError> {
         self.set_state(WatcherState::Polling);
+        let until = wake_limit(self.config.poll_interval, wake_at);
         tokio::select! {
             () = self.cancel.cancelled() => return Ok((session, true)),
-            () = tokio::time::sleep(self.config.poll_interval) => {}
+            () = tokio::time::sleep_until(until) => {}
         }
         step(self.config.io_timeout, "NOOP", session.noop()).await?;
         Ok((session, false))
@@ -879,6 +1019,12 @@ fn new_mail_announced(session: &ImapSession) -> bool {
         announced |= matches!(response, UnsolicitedResponse::Exists(_));
     }
     announced
+}
+
+/// The end of a wait of `limit` from now, brought forward to `wake_at`.
+fn wake_limit(limit: Duration, wake_at: Option<Instant>) -> Instant {
+    let end = Instant::now() + limit;
+    wake_at.map_or(end, |w| w.min(end))
 }
 
 /// Runs one IMAP step under the I/O deadline, naming it in the error.

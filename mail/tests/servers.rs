@@ -36,6 +36,17 @@ fn wake_until(expires: SystemTime, jobs: Vec<u64>) -> Command {
     Command::new(Kind::Wake, PROXY, PRINTER, jobs, expires, random_nonce())
 }
 
+/// A wake command for `jobs`, signed by `signer` and put in the mailbox
+/// of the Dovecot listening on `imap_port`.
+async fn send_wake(signer: &Signer, imap_port: u16, jobs: Vec<u64>) -> Command {
+    let cmd = wake(jobs);
+    let raw = cmd
+        .to_message(signer, FROM, USER, SystemTime::now())
+        .unwrap();
+    append(imap_port, &raw).await;
+    cmd
+}
+
 /// A wake command for `jobs`, valid for ten minutes.
 fn wake(jobs: Vec<u64>) -> Command {
     wake_until(SystemTime::now() + Duration::from_secs(600), jobs)
@@ -153,7 +164,10 @@ async fn command_mail_through_opensmtpd_reaches_the_idle_watcher_once() {
         .unwrap()
         .replace("Jobs: 7\r\n", "Jobs: 8\r\n");
     smtpd.swaks(FROM, USER, tampered.as_bytes());
-    let expired = wake_until(SystemTime::now() - Duration::from_secs(60), vec![9]);
+    let expired = wake_until(
+        SystemTime::now() - faxgate_mail::command::CLOCK_SKEW - Duration::from_secs(60),
+        vec![9],
+    );
     sender
         .send_command(&expired, &signer, FROM, USER, SystemTime::now())
         .await
@@ -220,22 +234,14 @@ async fn watcher_reconnects_after_dovecot_crashes_and_restarts() {
     );
     assert!(status.last_error.is_some(), "{status:?}");
 
-    let cmd = wake(vec![5]);
-    let raw = cmd
-        .to_message(&signer, FROM, USER, SystemTime::now())
-        .unwrap();
-    append(dovecot.imap_port, &raw).await;
+    let cmd = send_wake(&signer, dovecot.imap_port, vec![5]).await;
     let incoming = next(&mut rx).await;
     assert_eq!(incoming.command, cmd);
     // A second command arrives while the first waits for its ack. The
     // server announces it in its reply to the first one's MOVE, and IDLE
     // would not announce it again: it must still come at once, not after
     // the 60 s idle timeout.
-    let second = wake(vec![6]);
-    let raw = second
-        .to_message(&signer, FROM, USER, SystemTime::now())
-        .unwrap();
-    append(dovecot.imap_port, &raw).await;
+    let second = send_wake(&signer, dovecot.imap_port, vec![6]).await;
     incoming.ack();
     let incoming = next(&mut rx).await;
     assert_eq!(incoming.command, second);
@@ -268,11 +274,7 @@ async fn server_without_idle_or_move_is_polled() {
     })
     .await;
 
-    let cmd = wake(vec![11, 12, 13]);
-    let raw = cmd
-        .to_message(&signer, FROM, USER, SystemTime::now())
-        .unwrap();
-    append(dovecot.imap_port, &raw).await;
+    let cmd = send_wake(&signer, dovecot.imap_port, vec![11, 12, 13]).await;
     // The owner drops the first offer without acknowledging it: the mail
     // must stay and be offered again, not be called a replay.
     let first = next(&mut rx).await;
@@ -325,11 +327,7 @@ async fn implicit_tls_with_pin_and_starttls_with_ca_file() {
         let (handle, mut rx) =
             WatcherHandle::spawn(config, signer.verifier(), CancellationToken::new()).unwrap();
         wait_status(&handle, what, |s| s.state == WatcherState::Idling).await;
-        let cmd = wake(vec![n as u64 + 1]);
-        let raw = cmd
-            .to_message(&signer, FROM, USER, SystemTime::now())
-            .unwrap();
-        append(dovecot.imap_port, &raw).await;
+        let cmd = send_wake(&signer, dovecot.imap_port, vec![n as u64 + 1]).await;
         let incoming = next(&mut rx).await;
         assert_eq!(incoming.command, cmd, "{what}");
         incoming.ack();
@@ -429,11 +427,7 @@ async fn durable_nonces_survive_a_restart_and_an_unwritable_file_keeps_the_mail(
         keywords(dovecot.imap_port, QUARANTINE).await,
         [["$faxgate-replayed"]]
     );
-    let fresh = wake(vec![32]);
-    let raw = fresh
-        .to_message(&signer, FROM, USER, SystemTime::now())
-        .unwrap();
-    append(dovecot.imap_port, &raw).await;
+    let fresh = send_wake(&signer, dovecot.imap_port, vec![32]).await;
     let incoming = next(&mut rx).await;
     assert_eq!(
         incoming.command, fresh,
@@ -618,4 +612,119 @@ async fn mailer_retries_until_opensmtpd_listens_then_sends() {
         (Kind::Wake, vec![7])
     );
     assert!(smtpd.log().contains("result=Ok"), "{}", smtpd.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mail_that_cannot_be_filed_does_not_hold_up_newer_mail() {
+    init_tracing();
+    let dovecot = Dovecot::start(DovecotOptions::default());
+    let signer = Signer::hmac(SECRET).unwrap();
+    let (handle, mut rx) = WatcherHandle::spawn(
+        watcher_config(dovecot.imap_port),
+        signer.verifier(),
+        CancellationToken::new(),
+    )
+    .unwrap();
+    wait_status(&handle, "IDLE", |s| s.state == WatcherState::Idling).await;
+    // The processed folder refuses every move, as one over quota would.
+    dovecot.set_writable(PROCESSED, false);
+    let mail = |cmd: &Command| {
+        cmd.to_message(&signer, FROM, USER, SystemTime::now())
+            .unwrap()
+    };
+    let (first, second) = (wake(vec![41]), wake(vec![42]));
+    append(dovecot.imap_port, &mail(&first)).await;
+    let incoming = next(&mut rx).await;
+    assert_eq!(incoming.command, first);
+    append(dovecot.imap_port, &mail(&second)).await;
+    // Acknowledged, but its move is refused: UID 2 must still come.
+    incoming.ack();
+    let incoming = next(&mut rx).await;
+    assert_eq!(
+        incoming.command, second,
+        "an unfileable mail held up newer mail"
+    );
+    incoming.ack();
+    // Retries back off within the session instead of reconnecting.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let status = handle.status();
+    assert_eq!(status.sessions, 1, "reconnected: {status:?}");
+    assert_eq!(status.delivered, 0, "{status:?}");
+    assert_eq!(dovecot.count("INBOX"), 2);
+
+    // Once the folder takes mail again, both are filed, in that session.
+    dovecot.set_writable(PROCESSED, true);
+    let status = wait_status(&handle, "both filed", |s| s.delivered == 2).await;
+    assert_eq!(status.sessions, 1, "{status:?}");
+    assert_eq!((dovecot.count("INBOX"), dovecot.count(PROCESSED)), (0, 2));
+    assert!(rx.try_recv().is_err(), "a command was handed over twice");
+    stop(handle).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn command_arriving_while_a_backlog_is_filed_is_not_missed() {
+    init_tracing();
+    let dovecot = Dovecot::start(DovecotOptions::default());
+    let signer = Signer::hmac(SECRET).unwrap();
+    // Each move adds two unsolicited responses; the library keeps 100.
+    let mut s = common::imap(dovecot.imap_port).await;
+    for i in 0..150 {
+        let spam = format!("From: a@b.test\r\nSubject: spam {i}\r\n\r\nnot a command\r\n");
+        s.append("INBOX", None, None, spam.as_bytes())
+            .await
+            .unwrap();
+    }
+    s.logout().await.unwrap();
+    let (handle, mut rx) = WatcherHandle::spawn(
+        watcher_config(dovecot.imap_port),
+        signer.verifier(),
+        CancellationToken::new(),
+    )
+    .unwrap();
+    wait_status(&handle, "the backlog half filed", |s| s.quarantined >= 60).await;
+    let cmd = send_wake(&signer, dovecot.imap_port, vec![51]).await;
+    // `next` waits 10 s; the IDLE would last 60 s.
+    let incoming = next(&mut rx).await;
+    assert_eq!(incoming.command, cmd);
+    incoming.ack();
+    let status = wait_status(&handle, "all filed", |s| {
+        s.delivered == 1 && s.quarantined == 150
+    })
+    .await;
+    assert_eq!(status.sessions, 1, "{status:?}");
+    stop(handle).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_handed_over_before_shutdown_is_not_handed_over_again() {
+    init_tracing();
+    let dovecot = Dovecot::start(DovecotOptions::default());
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = watcher_config(dovecot.imap_port);
+    config.nonce_file = Some(dir.path().join("nonces"));
+    let signer = Signer::hmac(SECRET).unwrap();
+    let (handle, mut rx) =
+        WatcherHandle::spawn(config.clone(), signer.verifier(), CancellationToken::new()).unwrap();
+    wait_status(&handle, "IDLE", |s| s.state == WatcherState::Idling).await;
+    send_wake(&signer, dovecot.imap_port, vec![61]).await;
+    // The owner holds the command (it may be acting on it) at shutdown.
+    let held = next(&mut rx).await;
+    stop(handle).await;
+    drop(held);
+    drop(rx);
+
+    let (handle, mut rx) =
+        WatcherHandle::spawn(config, signer.verifier(), CancellationToken::new()).unwrap();
+    eventually(
+        "the mail filed as a replay",
+        Duration::from_secs(10),
+        || dovecot.count(QUARANTINE) == 1,
+    )
+    .await;
+    assert_eq!(
+        keywords(dovecot.imap_port, QUARANTINE).await,
+        [["$faxgate-replayed"]]
+    );
+    assert!(rx.try_recv().is_err(), "the command was handed over twice");
+    stop(handle).await;
 }

@@ -324,6 +324,23 @@ service lmtp {{
             .sum()
     }
 
+    /// Makes `folder` unwritable for Dovecot's mail user (its Maildir
+    /// folders owned by root, mode 0555), so saving into it fails, or
+    /// writable again.
+    pub fn set_writable(&self, folder: &str, writable: bool) {
+        let dir = self.maildir(folder);
+        let (owner, mode) = if writable {
+            (MAIL_UID, 0o700)
+        } else {
+            (0, 0o555)
+        };
+        for sub in ["", "cur", "new", "tmp"] {
+            let path = dir.join(sub);
+            std::os::unix::fs::chown(&path, Some(owner), Some(owner)).unwrap();
+            fs::set_permissions(&path, fs::Permissions::from_mode(mode)).unwrap();
+        }
+    }
+
     /// Dovecot's log, for failure messages.
     pub fn log(&self) -> String {
         fs::read_to_string(self.dir.path().join("dovecot.log")).unwrap_or_default()
