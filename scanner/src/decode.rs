@@ -85,12 +85,20 @@ pub(crate) trait PageSink {
     /// (a fax TIFF). Called before the first page; refusing it stops the
     /// decoding.
     fn page_count(&mut self, pages: usize) -> Result<(), ScanError>;
+    /// Every page's size (width, height), when the format states them
+    /// before the pages (a fax TIFF). Called after `page_count`, before
+    /// the first page; refusing them stops the decoding.
+    fn page_sizes(&mut self, sizes: &[(u32, u32)]) -> Result<(), ScanError>;
     /// The next page. An error stops the decoding.
     fn page(&mut self, page: SourcePage) -> Result<(), ScanError>;
 }
 
 impl PageSink for Vec<SourcePage> {
     fn page_count(&mut self, _pages: usize) -> Result<(), ScanError> {
+        Ok(())
+    }
+
+    fn page_sizes(&mut self, _sizes: &[(u32, u32)]) -> Result<(), ScanError> {
         Ok(())
     }
 
@@ -277,6 +285,8 @@ fn decode_tiff(
 ) -> Result<(), ScanError> {
     if let Ok(reader) = TiffReader::new(data) {
         sink.page_count(reader.pages().len())?;
+        let sizes: Vec<(u32, u32)> = reader.pages().iter().map(|p| (p.width, p.height)).collect();
+        sink.page_sizes(&sizes)?;
         for (i, page) in reader.pages().iter().enumerate() {
             // Before decoding: a fax page's height is bounded only by its
             // data (up to 8 lines a byte), its width by 65536.
@@ -539,5 +549,49 @@ mod tests {
         assert_eq!(over_white(0, 255), 0);
         assert_eq!(over_white(0, 0), 255);
         assert_eq!(over_white(0, 128), 127);
+    }
+
+    /// Records what a decoder hands over, refusing the stated sizes.
+    #[derive(Default)]
+    struct Refusing {
+        sizes: Vec<(u32, u32)>,
+        pages: usize,
+    }
+
+    impl PageSink for Refusing {
+        fn page_count(&mut self, _pages: usize) -> Result<(), ScanError> {
+            Ok(())
+        }
+
+        fn page_sizes(&mut self, sizes: &[(u32, u32)]) -> Result<(), ScanError> {
+            self.sizes = sizes.to_vec();
+            Err(ScanError::NoPages {
+                name: "refused".into(),
+            })
+        }
+
+        fn page(&mut self, _page: SourcePage) -> Result<(), ScanError> {
+            self.pages += 1;
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn fax_tiff_page_sizes_are_stated_before_any_page_is_decoded() {
+        use faxgate_fax::tiff::{TiffWriterOptions, write_tiff};
+        use faxgate_fax::{Coding, Resolution};
+        let pages = [Bitmap::new(1728, 40), Bitmap::new(2048, 30)];
+        let tiff = write_tiff(
+            &pages,
+            Coding::Mmr,
+            Resolution::Fine,
+            TiffWriterOptions::default(),
+        )
+        .unwrap();
+        let mut sink = Refusing::default();
+        let e = decode_into("two.tif", &tiff, &mut sink).unwrap_err();
+        assert!(matches!(e, ScanError::NoPages { .. }), "{e}");
+        assert_eq!(sink.sizes, [(1728, 40), (2048, 30)]);
+        assert_eq!(sink.pages, 0, "no page decoded once the sizes are refused");
     }
 }

@@ -81,6 +81,26 @@ pub enum ScanError {
         /// The most pages allowed.
         limit: usize,
     },
+    /// A document whose pages would take more memory than one document
+    /// may: the pages are kept as bitmaps (one bit a pixel) until the
+    /// document is stored, and a small file can claim huge pages.
+    #[error(
+        "{name}: page {page} ({width}x{height} pels) brings the document to {total} bytes of bitmaps, more than the {limit} allowed in one document (one bit a pixel); send it in parts"
+    )]
+    TooMuchDecoded {
+        /// The document's name.
+        name: String,
+        /// One-based number of the page that crossed the limit.
+        page: usize,
+        /// That page's width in pixels.
+        width: u32,
+        /// That page's height in pixels.
+        height: u32,
+        /// The document's bitmap bytes with that page.
+        total: u64,
+        /// The most bitmap bytes one document may have.
+        limit: u64,
+    },
     /// Reading and converting a document took longer than its deadline.
     #[error("{name}: gave up after {limit:?}: reading and converting the document took too long")]
     DeadlineExceeded {
@@ -154,7 +174,30 @@ fn at_least_prefix(at_least: &bool) -> &'static str {
     if *at_least { "at least " } else { "" }
 }
 
+/// The action of an I/O error creating one of our own temporary folders
+/// (a full or read-only `/tmp`): nothing to do with the document.
+pub(crate) const CREATING_TEMP_FOLDER: &str = "creating a temporary folder";
+
+/// The action of an I/O error writing a file of ours into such a folder.
+pub(crate) const WRITING_TEMP_FILE: &str = "writing a temporary copy";
+
 impl ScanError {
+    /// Whether the failure may pass by itself, so that reading the same
+    /// file again later may work: the deadline ran out (the appliance may
+    /// have been busy), or a temporary folder or file of ours could not
+    /// be made.
+    /// Errors about the document itself (unreadable, too many pages, too
+    /// large) are not: reading it again gives the same answer.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ScanError::DeadlineExceeded { .. } => true,
+            ScanError::Io { action, .. } => {
+                *action == CREATING_TEMP_FOLDER || *action == WRITING_TEMP_FILE
+            }
+            _ => false,
+        }
+    }
+
     /// An I/O error with its path and action.
     pub(crate) fn io(
         path: impl Into<PathBuf>,
@@ -165,6 +208,52 @@ impl ScanError {
             path: path.into(),
             action,
             source,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_failures_that_may_pass_are_transient() {
+        let io = |action| ScanError::io("/tmp", action, std::io::Error::other("full"));
+        let table = [
+            (
+                ScanError::DeadlineExceeded {
+                    name: "a".into(),
+                    limit: Duration::from_secs(1),
+                },
+                true,
+            ),
+            (io(CREATING_TEMP_FOLDER), true),
+            (io(WRITING_TEMP_FILE), true),
+            (io("reading"), false),
+            (
+                ScanError::TooMuchDecoded {
+                    name: "a".into(),
+                    page: 2,
+                    width: 1728,
+                    height: 80_000,
+                    total: 1 << 30,
+                    limit: 512 << 20,
+                },
+                false,
+            ),
+            (
+                ScanError::TooManyPages {
+                    name: "a".into(),
+                    pages: 2,
+                    at_least: false,
+                    limit: 1,
+                },
+                false,
+            ),
+            (ScanError::NoPages { name: "a".into() }, false),
+        ];
+        for (e, want) in table {
+            assert_eq!(e.is_transient(), want, "{e}");
         }
     }
 }

@@ -8,6 +8,8 @@
 //! rendered by poppler's `pdftoppm` to grey PGM pages, up to eight pages
 //! at a time into a private temporary folder, so a long PDF costs the
 //! disk and memory of eight grey pages plus the finished bilevel ones.
+//! The tools read a copy of the bytes that were read and checked, in that
+//! folder, never the file's own path.
 //! `pdfinfo` (same package) gives the page count, checked against
 //! [`FileLoader::max_pages`] before anything is rendered, and each page's
 //! size: a page renders at the target resolution unless that would make
@@ -26,8 +28,10 @@ use tokio::io::AsyncReadExt;
 
 use crate::convert::{ConvertOptions, MAX_PAGE_LINES, MAX_SOURCE_PIXELS};
 use crate::decode::{Format, decode_into, magic_hex};
-use crate::document::{Document, DocumentBuilder, MAX_DOCUMENT_PAGES, Origin, WithDpi};
-use crate::error::ScanError;
+use crate::document::{
+    Document, DocumentBuilder, MAX_DOCUMENT_BYTES, MAX_DOCUMENT_PAGES, Origin, WithDpi,
+};
+use crate::error::{CREATING_TEMP_FOLDER, ScanError, WRITING_TEMP_FILE};
 use crate::tool::{self, ToolInfo};
 
 const POPPLER: ToolInfo = ToolInfo {
@@ -64,6 +68,10 @@ pub struct FileLoader {
     /// Documents with more pages are refused ([`MAX_DOCUMENT_PAGES`] by
     /// default); a PDF's page count is checked before it is rendered.
     pub max_pages: usize,
+    /// Documents whose pages take more bytes as bitmaps (one bit a pixel)
+    /// are refused ([`MAX_DOCUMENT_BYTES`] by default); a fax TIFF's page
+    /// headers are checked before any page is decoded.
+    pub max_decoded_bytes: u64,
 }
 
 impl Default for FileLoader {
@@ -76,6 +84,7 @@ impl Default for FileLoader {
             max_duration: Duration::from_secs(600),
             max_file_bytes: 256 << 20,
             max_pages: MAX_DOCUMENT_PAGES,
+            max_decoded_bytes: MAX_DOCUMENT_BYTES,
         }
     }
 }
@@ -91,24 +100,31 @@ impl FileLoader {
 
     /// Reads, decodes and converts one file into a document.
     pub async fn load(&self, path: &Path) -> Result<Document, ScanError> {
-        self.load_as(path, file_name(path), Origin::File(path.to_path_buf()))
-            .await
+        self.load_as(
+            path,
+            file_name(path),
+            Origin::File(path.to_path_buf()),
+            Links::Follow,
+        )
+        .await
     }
 
     /// As [`FileLoader::load`], recording `origin`. Gives up with
     /// [`ScanError::DeadlineExceeded`] after [`FileLoader::max_duration`]:
     /// a running tool is killed then; a page being converted on the
     /// blocking pool finishes on its own and is thrown away.
-    /// `name` names the document (in errors too).
+    /// `name` names the document (in errors too); `links` says whether a
+    /// symbolic link at `path` is read through.
     pub(crate) async fn load_as(
         &self,
         path: &Path,
         name: String,
         origin: Origin,
+        links: Links,
     ) -> Result<Document, ScanError> {
         match tokio::time::timeout(
             self.max_duration,
-            self.load_inner(path, name.clone(), origin),
+            self.load_inner(path, name.clone(), origin, links),
         )
         .await
         {
@@ -125,8 +141,9 @@ impl FileLoader {
         path: &Path,
         name: String,
         origin: Origin,
+        links: Links,
     ) -> Result<Document, ScanError> {
-        let data = match read_limited(path, self.max_file_bytes, "reading").await? {
+        let data = match read_limited(path, self.max_file_bytes, "reading", links).await? {
             Limited::Data(data) => data,
             Limited::TooLarge(size) => {
                 return Err(ScanError::TooLarge {
@@ -137,15 +154,13 @@ impl FileLoader {
             }
         };
         match Format::sniff(&data) {
-            Some(Format::Pdf) => {
-                drop(data);
-                self.load_pdf(path, name, origin).await
-            }
+            Some(Format::Pdf) => self.load_pdf(data, name, origin).await,
             Some(_) => {
-                let opts = self.convert;
-                let max_pages = self.max_pages;
+                let loader = self.clone();
                 blocking(&name.clone(), move || {
-                    document_from_bytes_limited(&name, origin, &data, &opts, max_pages)
+                    let mut builder = loader.builder(name.clone(), origin);
+                    decode_into(&name, &data, &mut builder)?;
+                    builder.finish()
                 })
                 .await
             }
@@ -178,19 +193,24 @@ impl FileLoader {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
-    /// Renders a PDF with `pdftoppm`, a chunk of pages at a time.
+    /// Renders a PDF with `pdftoppm`, a chunk of pages at a time. The
+    /// tools read a copy of `data` in a private temporary folder, never
+    /// the file's own path: that could be replaced (by a link to another
+    /// file, say) after it was checked and read.
     async fn load_pdf(
         &self,
-        path: &Path,
+        data: Vec<u8>,
         name: String,
         origin: Origin,
     ) -> Result<Document, ScanError> {
-        // A relative path starting with '-' would read as an option.
-        let path = if path.is_relative() {
-            Path::new(".").join(path)
-        } else {
-            path.to_path_buf()
-        };
+        let dir = tempfile::Builder::new()
+            .prefix("faxgate-pdf-")
+            .tempdir()
+            .map_err(|e| ScanError::io(std::env::temp_dir(), CREATING_TEMP_FOLDER, e))?;
+        let path = dir.path().join("document.pdf");
+        tokio::fs::write(&path, data)
+            .await
+            .map_err(|e| ScanError::io(&path, WRITING_TEMP_FILE, e))?;
         let info = self.run_pdfinfo(&path, &name, &[]).await?;
         let pages = parse_pdfinfo_pages(&info).ok_or_else(|| ScanError::ToolFailed {
             tool: self.pdfinfo.display().to_string(),
@@ -198,7 +218,7 @@ impl FileLoader {
             status: "no Pages: line".into(),
             stderr: String::new(),
         })?;
-        let mut builder = DocumentBuilder::new(name.clone(), origin, &self.convert, self.max_pages);
+        let mut builder = self.builder(name.clone(), origin);
         builder.expect_pages(pages)?;
         if pages == 0 {
             return builder.finish();
@@ -230,10 +250,6 @@ impl FileLoader {
                 })?;
             plan.push(dpi);
         }
-        let dir = tempfile::Builder::new()
-            .prefix("faxgate-pdf-")
-            .tempdir()
-            .map_err(|e| ScanError::io(std::env::temp_dir(), "creating a temporary folder", e))?;
         let prefix = dir.path().join("p");
         let mut first = 1;
         while first <= pages {
@@ -276,7 +292,7 @@ impl FileLoader {
             }
             for (k, file) in files.into_iter().enumerate() {
                 let page = first + k;
-                let read = read_limited(&file, MAX_RENDERED_BYTES, "reading").await;
+                let read = read_limited(&file, MAX_RENDERED_BYTES, "reading", Links::Refuse).await;
                 // The rendered file is ours either way; failing to remove
                 // it is not worth failing the document for, and the
                 // temporary folder goes at the end.
@@ -316,6 +332,17 @@ impl FileLoader {
         builder.finish()
     }
 
+    /// A builder with this loader's options and limits.
+    fn builder(&self, name: String, origin: Origin) -> DocumentBuilder {
+        DocumentBuilder::new(
+            name,
+            origin,
+            &self.convert,
+            self.max_pages,
+            self.max_decoded_bytes,
+        )
+    }
+
     /// A pdftoppm failure on this PDF.
     fn render_failed(&self, name: &str, status: String, stderr: String) -> ScanError {
         ScanError::ToolFailed {
@@ -333,25 +360,16 @@ pub async fn load_file(path: &Path, opts: &ConvertOptions) -> Result<Document, S
 }
 
 /// Decodes and converts an image held in memory (any format but PDF), one
-/// page at a time, refusing more than [`MAX_DOCUMENT_PAGES`] pages.
+/// page at a time, refusing more than [`MAX_DOCUMENT_PAGES`] pages and
+/// more than [`MAX_DOCUMENT_BYTES`] of bitmaps.
 pub fn document_from_bytes(
     name: &str,
     origin: Origin,
     data: &[u8],
     opts: &ConvertOptions,
 ) -> Result<Document, ScanError> {
-    document_from_bytes_limited(name, origin, data, opts, MAX_DOCUMENT_PAGES)
-}
-
-/// [`document_from_bytes`] with a page limit.
-pub(crate) fn document_from_bytes_limited(
-    name: &str,
-    origin: Origin,
-    data: &[u8],
-    opts: &ConvertOptions,
-    max_pages: usize,
-) -> Result<Document, ScanError> {
-    let mut builder = DocumentBuilder::new(name, origin, opts, max_pages);
+    let mut builder =
+        DocumentBuilder::new(name, origin, opts, MAX_DOCUMENT_PAGES, MAX_DOCUMENT_BYTES);
     decode_into(name, data, &mut builder)?;
     builder.finish()
 }
@@ -395,31 +413,61 @@ pub(crate) enum Limited {
     TooLarge(u64),
 }
 
+/// Whether a path that is a symbolic link is read through.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Links {
+    /// Read what it points to (a file named by the user, on the command
+    /// line say).
+    Follow,
+    /// Refuse it: a hot folder, where whoever may write the folder could
+    /// otherwise have us read (and fax, or copy to `done/`) any file the
+    /// daemon can read, such as a received fax or the configuration; and
+    /// the pages our tools write, which are never links.
+    Refuse,
+}
+
 /// Reads a regular file of at most `limit` bytes. The path is checked to
 /// be a regular file before it is opened (opening a FIFO waits for a
 /// writer; a device such as /dev/zero never ends), the open file is
 /// checked again, and at most `limit + 1` bytes are read, so a file that
 /// grows while it is read is refused too.
+///
+/// With [`Links::Refuse`] a symbolic link is refused and never opened.
+/// The crate has no `libc` (and forbids `unsafe`), and `O_NOFOLLOW` has
+/// another value on ARM than on x86, so instead of opening with it the
+/// path is checked with `symlink_metadata` and the opened file must be
+/// that very file (same device and inode): a link put in place between
+/// the check and the open is refused rather than read through. The same
+/// check guards the followed path against a file swapped meanwhile.
 pub(crate) async fn read_limited(
     path: &Path,
     limit: u64,
     action: &'static str,
+    links: Links,
 ) -> Result<Limited, ScanError> {
+    use std::os::unix::fs::MetadataExt as _;
     let io = |e: std::io::Error| ScanError::io(path, action, e);
-    let not_regular = || {
-        io(std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            "not a regular file (a folder, device or pipe)",
-        ))
-    };
-    let meta = tokio::fs::metadata(path).await.map_err(io)?;
-    if !meta.is_file() {
-        return Err(not_regular());
+    let refused = |why: &str| io(std::io::Error::new(std::io::ErrorKind::InvalidInput, why));
+    let before = match links {
+        Links::Follow => tokio::fs::metadata(path).await,
+        Links::Refuse => tokio::fs::symlink_metadata(path).await,
+    }
+    .map_err(io)?;
+    if before.file_type().is_symlink() {
+        return Err(refused(NOT_FOLLOWED));
+    }
+    if !before.is_file() {
+        return Err(refused(NOT_REGULAR));
     }
     let file = tokio::fs::File::open(path).await.map_err(io)?;
     let meta = file.metadata().await.map_err(io)?;
     if !meta.is_file() {
-        return Err(not_regular());
+        return Err(refused(NOT_REGULAR));
+    }
+    if (meta.dev(), meta.ino()) != (before.dev(), before.ino()) {
+        return Err(refused(
+            "the file was replaced (by a link or another file) while it was being opened",
+        ));
     }
     if meta.len() > limit {
         return Ok(Limited::TooLarge(meta.len()));
@@ -434,6 +482,13 @@ pub(crate) async fn read_limited(
     }
     Ok(Limited::Data(data))
 }
+
+/// Why a symbolic link is not read.
+pub(crate) const NOT_FOLLOWED: &str =
+    "a symbolic link; only regular files are read here, never what a link points to";
+
+/// Why a folder, device or pipe is not read.
+const NOT_REGULAR: &str = "not a regular file (a folder, device or pipe)";
 
 /// The `Pages:` count from `pdfinfo` output.
 fn parse_pdfinfo_pages(text: &str) -> Option<usize> {
@@ -625,5 +680,89 @@ mod tests {
             .map(|p| file_name(p))
             .collect();
         assert_eq!(got, ["p-1.pgm", "p-2.pgm", "p-10.pgm"]);
+    }
+
+    /// The hot-folder attack: a fax TIFF of 40 pages, each 1728 x 80000
+    /// (17 MB as a bitmap) from 10 kB of MMR. Refused from its page
+    /// headers at the page that crosses 512 MiB, before any page is
+    /// decoded (decoding 31 such pages would take 535 MB; that the sizes
+    /// come before any page is tested in `decode`).
+    #[test]
+    fn a_small_fax_tiff_claiming_gigabytes_of_pages_is_refused_before_decoding() {
+        use faxgate_fax::tiff::{EncodedPage, TiffWriter};
+        use faxgate_fax::{Coding, Resolution};
+        let mut w = TiffWriter::new(Default::default()).unwrap();
+        let mut tiff = Vec::new();
+        for _ in 0..40 {
+            // 10 000 bytes of V0 codes: 80 000 white lines.
+            let page = EncodedPage {
+                width: 1728,
+                height: 80_000,
+                coding: Coding::Mmr,
+                fill_bits: false,
+                rle: false,
+                resolution: Resolution::Fine,
+                data: vec![0xFF; 10_000],
+                damage: None,
+            };
+            tiff.extend(w.add_page(page).unwrap());
+        }
+        tiff.extend(w.finish().unwrap());
+        assert!(tiff.len() < 500_000, "{}", tiff.len());
+        let e = document_from_bytes(
+            "roll.tif",
+            Origin::HotFolder("in/roll.tif".into()),
+            &tiff,
+            &ConvertOptions::default(),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                ScanError::TooMuchDecoded {
+                    page: 32,
+                    width: 1728,
+                    height: 80_000,
+                    limit: MAX_DOCUMENT_BYTES,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        let msg = e.to_string();
+        assert!(
+            msg.starts_with("roll.tif: page 32 (1728x80000 pels)") && msg.contains("536870912"),
+            "{msg}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_symlink_is_read_through_only_when_links_are_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("secret.toml");
+        std::fs::write(&target, b"password = 1").unwrap();
+        let link = dir.path().join("x.tif");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let e = match read_limited(&link, 1000, "reading", Links::Refuse).await {
+            Err(e) => e,
+            Ok(_) => panic!("a link was read through"),
+        };
+        let msg = e.to_string();
+        assert!(msg.contains("x.tif") && msg.contains(NOT_FOLLOWED), "{msg}");
+        let Limited::Data(data) = read_limited(&link, 1000, "reading", Links::Follow)
+            .await
+            .unwrap()
+        else {
+            panic!("too large");
+        };
+        assert_eq!(data, b"password = 1");
+        // A regular file reads either way.
+        let Limited::Data(data) = read_limited(&target, 1000, "reading", Links::Refuse)
+            .await
+            .unwrap()
+        else {
+            panic!("too large");
+        };
+        assert_eq!(data, b"password = 1");
     }
 }

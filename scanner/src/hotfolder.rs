@@ -28,8 +28,15 @@
 //! document at all (it is not a valid fax document, say) calls
 //! [`HotFolderAck::refuse`] with the reason, and the file goes to
 //! `failed/` at once. A file that cannot be read is moved to `failed/`
-//! with `NAME.reason.txt` next to it saying why. Names already taken in
-//! `done/` or `failed/` get a `-N` suffix, so nothing is overwritten.
+//! with `NAME.reason.txt` next to it saying why, unless the failure may
+//! pass by itself (the read ran out of time, or a temporary folder could
+//! not be made: [`ScanError::is_transient`]); such a file stays in
+//! `processing/` and is read again like a document not confirmed, up to
+//! [`HotFolderConfig::max_offers`] attempts in all. Only regular files
+//! are read: a symbolic link, pipe or device is moved to `failed/` as it
+//! is (a link is renamed, never read or copied through) with a reason.
+//! Names already taken in `done/` or `failed/` get a `-N` suffix, so
+//! nothing is overwritten.
 //!
 //! One document is in flight at a time: the actor waits for the
 //! confirmation before it reads the next file, so a slow consumer leaves
@@ -53,7 +60,7 @@ use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::document::{Document, Origin};
 use crate::error::ScanError;
-use crate::files::FileLoader;
+use crate::files::{FileLoader, Links};
 
 /// How the hot folder works.
 #[derive(Clone, Debug, PartialEq)]
@@ -72,7 +79,9 @@ pub struct HotFolderConfig {
     /// How files are read and converted.
     pub loader: FileLoader,
     /// How many times a document is offered without being confirmed as
-    /// stored before its file goes to `failed/` (at least 1).
+    /// stored, or its file read without success for a reason that may
+    /// pass ([`ScanError::is_transient`]), before the file goes to
+    /// `failed/` (at least 1).
     pub max_offers: u32,
     /// The wait before a document that was not confirmed is offered
     /// again; doubled after each further attempt, at most
@@ -348,6 +357,15 @@ fn new_key() -> String {
     format!("{:016x}", rand::random::<u64>())
 }
 
+/// The eligible names in the hot folder, from [`HotFolderActor::list`].
+#[derive(Debug, Default)]
+struct Listing {
+    /// Regular files: (name, size, mtime).
+    files: Vec<(OsString, u64, Option<SystemTime>)>,
+    /// Anything else but folders: (name, what it is).
+    others: Vec<(OsString, &'static str)>,
+}
+
 /// What a pass over the folder asks of the loop.
 #[derive(Debug, PartialEq, Eq)]
 enum Flow {
@@ -412,7 +430,9 @@ impl HotFolderActor {
             }
         };
         self.stuck.retain(|n| {
-            listing.iter().any(|(l, ..)| l == n) || claimed.iter().any(|(c, _)| c == n)
+            listing.files.iter().any(|(l, ..)| l == n)
+                || listing.others.iter().any(|(l, _)| l == n)
+                || claimed.iter().any(|(c, _)| c == n)
         });
         self.claims
             .retain(|n, _| claimed.iter().any(|(c, _)| c == n));
@@ -438,7 +458,9 @@ impl HotFolderActor {
                 return Flow::Stop;
             }
         }
+        self.refuse_others(listing.others).await;
         let listing: Vec<_> = listing
+            .files
             .into_iter()
             .filter(|(n, ..)| !self.stuck.contains(n))
             .collect();
@@ -457,7 +479,9 @@ impl HotFolderActor {
     }
 
     /// The claimed files in processing/: (name there, claim). Names that
-    /// are no claim are left alone.
+    /// are no claim are left alone. A claim that is not a regular file (a
+    /// link claimed by an older version, or put there) is listed too: it
+    /// is refused when read, and so goes to failed/ rather than staying.
     async fn list_claimed(&self) -> std::io::Result<Vec<(OsString, Claim)>> {
         let mut rd = tokio::fs::read_dir(&self.processing).await?;
         let now = Instant::now();
@@ -467,31 +491,56 @@ impl HotFolderActor {
             let Some(claim) = Claim::parse(&name, now) else {
                 continue;
             };
-            if entry.file_type().await.is_ok_and(|t| t.is_file()) {
+            if entry.file_type().await.is_ok_and(|t| !t.is_dir()) {
                 out.push((name, claim));
             }
         }
         Ok(out)
     }
 
-    /// The eligible regular files: (name, size, mtime).
-    async fn list(&self) -> std::io::Result<Vec<(OsString, u64, Option<SystemTime>)>> {
+    /// The eligible names in the folder: regular files as (name, size,
+    /// mtime), and what is neither a regular file nor a folder (a
+    /// symbolic link, a pipe, a device) with what it is. Links are not
+    /// followed; folders (`done/`, `processing/`, ...) are left alone.
+    async fn list(&self) -> std::io::Result<Listing> {
         let mut rd = tokio::fs::read_dir(&self.config.dir).await?;
-        let mut out = Vec::new();
+        let mut out = Listing::default();
         while let Some(entry) = rd.next_entry().await? {
             let name = entry.file_name();
             if !eligible(&name) {
                 continue;
             }
-            // Follows symlinks; a file removed meanwhile is just skipped.
-            let Ok(meta) = tokio::fs::metadata(entry.path()).await else {
+            // A file removed meanwhile is just skipped.
+            let Ok(meta) = tokio::fs::symlink_metadata(entry.path()).await else {
                 continue;
             };
-            if meta.is_file() {
-                out.push((name, meta.len(), meta.modified().ok()));
+            let kind = meta.file_type();
+            if kind.is_file() {
+                out.files.push((name, meta.len(), meta.modified().ok()));
+            } else if kind.is_symlink() {
+                out.others.push((name, "a symbolic link"));
+            } else if !kind.is_dir() {
+                out.others
+                    .push((name, "not a regular file (a pipe, socket or device)"));
             }
         }
         Ok(out)
+    }
+
+    /// Moves what is not a regular file to `failed/` as it is (a link is
+    /// moved, never read or copied through), with a reason.
+    async fn refuse_others(&mut self, others: Vec<(OsString, &'static str)>) {
+        for (name, what) in others {
+            if self.stuck.contains(&name) {
+                continue;
+            }
+            let path = self.config.dir.join(&name);
+            let reason = format!(
+                "{}: {what}; a hot folder takes only regular files and never reads what a link points to: put the file itself into the folder",
+                name.to_string_lossy()
+            );
+            self.fail(&name, &path, &name, &reason).await;
+        }
     }
 
     /// Claims a settled file: a fresh key, renamed to
@@ -533,7 +582,7 @@ impl HotFolderActor {
             ))
         });
         if let Err(e) = renamed {
-            if to.exists() {
+            if std::fs::symlink_metadata(&to).is_ok() {
                 // Renamed, but a folder could not be synced: a crash could
                 // undo the claim, which then happens again. Go on.
                 warn!(%file, error = %e, "Claimed, but a folder cannot be synced.");
@@ -568,10 +617,14 @@ impl HotFolderActor {
         let origin = Origin::HotFolder(self.config.dir.join(&claim.name));
         let result = tokio::select! {
             _ = self.cancel.cancelled() => return Flow::Stop,
-            r = self.config.loader.load_as(&path, file.clone(), origin) => r,
+            r = self.config.loader.load_as(&path, file.clone(), origin, Links::Refuse) => r,
         };
         let doc = match result {
             Ok(doc) => doc,
+            Err(e) if e.is_transient() => {
+                self.not_taken(claimed, &path, &file, Some(e)).await;
+                return Flow::Continue;
+            }
             Err(reason) => {
                 self.claims.remove(claimed);
                 self.fail(claimed, &path, &claim.name, &reason.to_string())
@@ -619,7 +672,7 @@ impl HotFolderActor {
                 return flow;
             }
             None => {
-                self.not_confirmed(claimed, &path, &file).await;
+                self.not_taken(claimed, &path, &file, None).await;
                 return flow;
             }
         }
@@ -637,9 +690,17 @@ impl HotFolderActor {
         flow
     }
 
-    /// A document dropped without confirmation: offered again later, or
-    /// after `max_offers` attempts moved to `failed/`.
-    async fn not_confirmed(&mut self, claimed: &OsStr, path: &Path, file: &str) {
+    /// A document not taken this time: dropped without confirmation
+    /// (`error` is `None`), or not read for a reason that may pass (see
+    /// [`ScanError::is_transient`]). Offered again later, or after
+    /// `max_offers` attempts moved to `failed/`.
+    async fn not_taken(
+        &mut self,
+        claimed: &OsStr,
+        path: &Path,
+        file: &str,
+        error: Option<ScanError>,
+    ) {
         let now = Instant::now();
         let Some(claim) = self.claims.get_mut(claimed) else {
             return;
@@ -649,14 +710,27 @@ impl HotFolderActor {
         if count < self.config.max_offers {
             let delay = retry_delay(self.config.retry_delay, count);
             claim.retry_at = now + delay;
-            warn!(%file, offers = count, max_offers = self.config.max_offers, retry_in_ms = delay.as_millis() as u64, "The consumer did not confirm the document as stored; the file stays in processing/ and is offered again.");
+            let (max_offers, retry_in_ms) = (self.config.max_offers, delay.as_millis() as u64);
+            match &error {
+                None => {
+                    warn!(%file, offers = count, max_offers, retry_in_ms, "The consumer did not confirm the document as stored; the file stays in processing/ and is offered again.");
+                }
+                Some(e) => {
+                    warn!(%file, error = %e, attempts = count, max_offers, retry_in_ms, "The document could not be read this time; the file stays in processing/ and is read again.");
+                }
+            }
             return;
         }
         let name = claim.name.clone();
         self.claims.remove(claimed);
-        let reason = format!(
-            "{file}: offered {count} times but never confirmed as stored by the consumer (see its log); put the file back into the hot folder to try again"
-        );
+        let reason = match error {
+            None => format!(
+                "{file}: offered {count} times but never confirmed as stored by the consumer (see its log); put the file back into the hot folder to try again"
+            ),
+            Some(e) => format!(
+                "{e} (tried {count} times); put the file back into the hot folder to try again"
+            ),
+        };
         self.fail(claimed, path, &name, &reason).await;
     }
 
@@ -813,12 +887,15 @@ async fn move_unique(src: &Path, dir: &Path, name: &OsStr) -> Result<PathBuf, Sc
 /// fsynced under a temporary name, renamed into place and its folder
 /// fsynced before the source is removed), then fsync of both folders.
 fn move_durably(src: &Path, dir: &Path, name: &OsStr) -> Result<PathBuf, ScanError> {
-    let name =
-        unique_name(Path::new(name), |n| dir.join(n).exists()).ok_or_else(|| ScanError::Io {
-            path: dir.to_path_buf(),
-            action: "finding a free name",
-            source: std::io::Error::new(std::io::ErrorKind::AlreadyExists, "no free name"),
-        })?;
+    let name = unique_name(Path::new(name), |n| {
+        // A link there (a refused one, maybe dangling) takes its name too.
+        std::fs::symlink_metadata(dir.join(n)).is_ok()
+    })
+    .ok_or_else(|| ScanError::Io {
+        path: dir.to_path_buf(),
+        action: "finding a free name",
+        source: std::io::Error::new(std::io::ErrorKind::AlreadyExists, "no free name"),
+    })?;
     let dest = dir.join(name);
     let src_dir = parent_dir(src);
     match std::fs::rename(src, &dest) {
@@ -852,19 +929,47 @@ fn move_durably(src: &Path, dir: &Path, name: &OsStr) -> Result<PathBuf, ScanErr
 /// copy is complete and durable once `dest` exists: a temporary file in
 /// `dir`, fsynced, renamed to `dest` without overwriting, `dir` fsynced.
 /// On an error nothing is left in `dir`.
+///
+/// A symbolic link is copied as a link (made anew at `dest`, pointing
+/// where it points), never through; anything else that is not a regular
+/// file is refused. The opened file must be the one `symlink_metadata`
+/// saw (see [`crate::files::read_limited`] for why not `O_NOFOLLOW`).
 fn copy_durably(src: &Path, dir: &Path, dest: &Path) -> Result<(), ScanError> {
+    use std::os::unix::fs::MetadataExt as _;
     let copy_err = |e| ScanError::io(src, "copying across file systems", e);
+    let refused = |why: &str| copy_err(std::io::Error::new(std::io::ErrorKind::InvalidInput, why));
+    let before = std::fs::symlink_metadata(src).map_err(copy_err)?;
+    if before.file_type().is_symlink() {
+        let target = std::fs::read_link(src).map_err(copy_err)?;
+        // Fails rather than overwrites if `dest` exists; a link is made
+        // whole or not at all.
+        std::os::unix::fs::symlink(&target, dest).map_err(copy_err)?;
+        if let Err(e) = sync_dir(dir) {
+            let _ = std::fs::remove_file(dest);
+            return Err(e);
+        }
+        return Ok(());
+    }
+    if !before.is_file() {
+        return Err(refused(
+            "not a regular file (a pipe, socket or device); it cannot be copied",
+        ));
+    }
     let mut input = std::fs::File::open(src).map_err(copy_err)?;
+    let meta = input.metadata().map_err(copy_err)?;
+    if (meta.dev(), meta.ino()) != (before.dev(), before.ino()) {
+        return Err(refused(
+            "the file was replaced (by a link or another file) while it was being opened",
+        ));
+    }
     let mut tmp = tempfile::Builder::new()
         .prefix(".hotfolder-")
         .suffix(".part")
         .tempfile_in(dir)
         .map_err(|e| ScanError::io(dir, "creating a temporary file", e))?;
     std::io::copy(&mut input, tmp.as_file_mut()).map_err(copy_err)?;
-    if let Ok(meta) = input.metadata() {
-        // The temporary file is 0600; keep the source's mode.
-        let _ = tmp.as_file().set_permissions(meta.permissions());
-    }
+    // The temporary file is 0600; keep the source's mode.
+    let _ = tmp.as_file().set_permissions(meta.permissions());
     tmp.as_file()
         .sync_all()
         .map_err(|e| ScanError::io(dest, "syncing the copy", e))?;
@@ -1007,6 +1112,29 @@ mod tests {
             .collect();
         names.sort();
         assert_eq!(names, ["other.png", "scan-1.pdf", "scan.pdf"]);
+    }
+
+    #[test]
+    fn a_link_is_copied_across_file_systems_as_a_link_never_through() {
+        let dir = tempfile::tempdir().unwrap();
+        let failed = dir.path().join("failed");
+        std::fs::create_dir(&failed).unwrap();
+        let secret = dir.path().join("appliance.toml");
+        std::fs::write(&secret, b"secret").unwrap();
+        let link = dir.path().join("x.tif");
+        std::os::unix::fs::symlink(&secret, &link).unwrap();
+        let dest = failed.join("x.tif");
+        copy_durably(&link, &failed, &dest).unwrap();
+        let meta = std::fs::symlink_metadata(&dest).unwrap();
+        assert!(meta.file_type().is_symlink());
+        assert_eq!(std::fs::read_link(&dest).unwrap(), secret);
+        // Never over an existing name, and a dangling link takes its name.
+        assert!(copy_durably(&link, &failed, &dest).is_err());
+        std::fs::remove_file(&secret).unwrap();
+        assert_eq!(
+            move_durably(&link, &failed, OsStr::new("x.tif")).unwrap(),
+            failed.join("x-1.tif")
+        );
     }
 
     #[test]

@@ -46,11 +46,15 @@
 //! limit, never a panic or an allocation it dictates: files are at most
 //! [`FileLoader::max_file_bytes`] and must be regular files; a document
 //! has at most [`FileLoader::max_pages`] pages ([`MAX_DOCUMENT_PAGES`]),
-//! checked against a stated count (PDF, fax TIFF) before decoding; a
-//! source page is at most [`convert::MAX_PAGE_LINES`] tall and
-//! [`convert::MAX_SOURCE_PIXELS`] in all, checked from its header before
-//! it is decoded; a whole file has [`FileLoader::max_duration`]; each tool
-//! run has a deadline and at most 256 MiB of stdout is read from it.
+//! checked against a stated count (PDF, fax TIFF) before decoding; its
+//! pages take at most [`FileLoader::max_decoded_bytes`]
+//! ([`MAX_DOCUMENT_BYTES`]) as bitmaps, one bit a pixel, checked as each
+//! page is added and, for a fax TIFF, from its page headers before
+//! decoding; a source page is at most [`convert::MAX_PAGE_LINES`] tall
+//! and [`convert::MAX_SOURCE_PIXELS`] in all, checked from its header
+//! before it is decoded; a whole file has [`FileLoader::max_duration`];
+//! each tool run has a deadline and at most 256 MiB of stdout is read
+//! from it.
 //! Tools run in the C locale.
 //!
 //! # External tools
@@ -74,7 +78,7 @@ mod tool;
 pub use convert::{
     BlankPolicy, ConvertOptions, GrayPage, Mode, Paper, SourcePage, ThresholdParams,
 };
-pub use document::{Document, MAX_DOCUMENT_PAGES, Origin};
+pub use document::{Document, MAX_DOCUMENT_BYTES, MAX_DOCUMENT_PAGES, Origin};
 pub use error::ScanError;
 pub use files::{FileLoader, load_file};
 pub use hotfolder::{

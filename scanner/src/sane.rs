@@ -14,9 +14,11 @@ use std::time::Duration;
 
 use crate::convert::ConvertOptions;
 use crate::decode::decode_into;
-use crate::document::{Document, DocumentBuilder, MAX_DOCUMENT_PAGES, Origin, WithDpi};
-use crate::error::ScanError;
-use crate::files::{Limited, blocking, on_page, read_limited};
+use crate::document::{
+    Document, DocumentBuilder, MAX_DOCUMENT_BYTES, MAX_DOCUMENT_PAGES, Origin, WithDpi,
+};
+use crate::error::{CREATING_TEMP_FOLDER, ScanError};
+use crate::files::{Limited, Links, blocking, on_page, read_limited};
 use crate::tool::{self, MAX_TOOL_STDOUT, ToolInfo};
 
 const SANE_UTILS: ToolInfo = ToolInfo {
@@ -182,6 +184,13 @@ impl SaneScanner {
         };
         let name = format!("scan from {device}");
         let dpi = f64::from(self.sane.resolution_dpi);
+        let mut builder = DocumentBuilder::new(
+            name.clone(),
+            origin,
+            &self.convert,
+            MAX_DOCUMENT_PAGES,
+            MAX_DOCUMENT_BYTES,
+        );
         match self.sane.pages {
             None => {
                 let args = self.sane.args(None);
@@ -190,8 +199,6 @@ impl SaneScanner {
                 if out.stdout.is_empty() {
                     return Err(self.failed(&subject, "no image data", &out));
                 }
-                let mut builder =
-                    DocumentBuilder::new(name.clone(), origin, &self.convert, MAX_DOCUMENT_PAGES);
                 blocking(&name.clone(), move || {
                     let mut sink = WithDpi {
                         builder: &mut builder,
@@ -206,9 +213,7 @@ impl SaneScanner {
                 let dir = tempfile::Builder::new()
                     .prefix("faxgate-scan-")
                     .tempdir()
-                    .map_err(|e| {
-                        ScanError::io(std::env::temp_dir(), "creating a temporary folder", e)
-                    })?;
+                    .map_err(|e| ScanError::io(std::env::temp_dir(), CREATING_TEMP_FOLDER, e))?;
                 let pattern = dir.path().join("page-%06d.pnm");
                 let args = self.sane.args(Some(&pattern));
                 let out = self.run(&args, &subject).await?;
@@ -223,12 +228,15 @@ impl SaneScanner {
                 if files.is_empty() {
                     return Err(self.failed(&subject, "no pages scanned", &out));
                 }
-                let mut builder =
-                    DocumentBuilder::new(name.clone(), origin, &self.convert, MAX_DOCUMENT_PAGES);
                 builder.expect_pages(files.len())?;
                 for (k, file) in files.into_iter().enumerate() {
-                    let data = match read_limited(&file, MAX_TOOL_STDOUT, "reading a scanned page")
-                        .await?
+                    let data = match read_limited(
+                        &file,
+                        MAX_TOOL_STDOUT,
+                        "reading a scanned page",
+                        Links::Refuse,
+                    )
+                    .await?
                     {
                         Limited::Data(data) => data,
                         Limited::TooLarge(size) => {

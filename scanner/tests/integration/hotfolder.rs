@@ -69,6 +69,16 @@ impl Running {
             .unwrap()
     }
 
+    /// Asserts the counters (retrying, done, failed).
+    async fn assert_counts(&self, retrying: usize, done: u64, failed: u64) {
+        let status = self.status().await;
+        assert_eq!(
+            (status.retrying, status.done, status.failed),
+            (retrying, done, failed),
+            "{status:?}"
+        );
+    }
+
     async fn stop(self) {
         self.cancel.cancel();
         self.tracker.close();
@@ -102,6 +112,17 @@ async fn wait_for(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
     })
     .await
     .unwrap_or_else(|_| panic!("not within {secs} s: {what}"));
+}
+
+/// Waits up to `secs` for `name` to be in failed/ with its reason, and
+/// returns the reason.
+async fn failed_reason(dir: &Path, name: &str, secs: u64) -> String {
+    let reason_path = dir.join("failed").join(format!("{name}.reason.txt"));
+    wait_for(secs, &format!("{name} in failed/ with a reason"), || {
+        reason_path.exists()
+    })
+    .await;
+    std::fs::read_to_string(&reason_path).unwrap()
 }
 
 fn png_bytes() -> Vec<u8> {
@@ -308,12 +329,7 @@ async fn an_unconfirmed_document_stays_in_the_folder_and_is_offered_again() {
     let claim = dir.path().join("processing").join(format!("{key}-fax.png"));
     // The consumer could not store it: it drops the item unconfirmed.
     drop(item);
-    let status = hf.status().await;
-    assert_eq!(
-        (status.retrying, status.done, status.failed),
-        (1, 0, 0),
-        "{status:?}"
-    );
+    hf.assert_counts(1, 0, 0).await;
     assert!(
         claim.exists(),
         "the file of an unconfirmed document left processing/"
@@ -375,12 +391,7 @@ async fn a_document_never_confirmed_goes_to_failed_with_a_reason() {
         "{reason}"
     );
     assert!(names(&dir.path().join("done")).is_empty());
-    let status = hf.status().await;
-    assert_eq!(
-        (status.retrying, status.done, status.failed),
-        (0, 0, 1),
-        "{status:?}"
-    );
+    hf.assert_counts(0, 0, 1).await;
     assert!(matches!(hf.rx.try_recv(), Err(TryRecvError::Empty)));
     hf.stop().await;
 }
@@ -481,24 +492,14 @@ async fn a_refused_document_goes_to_failed_at_once_with_the_consumers_reason() {
     std::fs::write(dir.path().join("wide.png"), png_bytes()).unwrap();
     let item = hf.next().await;
     assert!(item.ack.refuse("page 2 is wider than page 1"));
-    let reason_path = dir.path().join("failed/wide.png.reason.txt");
-    wait_for(5, "wide.png in failed/ with a reason", || {
-        reason_path.exists()
-    })
-    .await;
-    let reason = std::fs::read_to_string(&reason_path).unwrap();
+    let reason = failed_reason(dir.path(), "wide.png", 5).await;
     assert!(
         reason.contains("wide.png") && reason.contains("page 2 is wider than page 1"),
         "{reason}"
     );
     assert!(claimed(dir.path()).is_empty());
     assert!(names(&dir.path().join("done")).is_empty());
-    let status = hf.status().await;
-    assert_eq!(
-        (status.retrying, status.done, status.failed),
-        (0, 0, 1),
-        "{status:?}"
-    );
+    hf.assert_counts(0, 0, 1).await;
     // Not offered again.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(matches!(hf.rx.try_recv(), Err(TryRecvError::Empty)));
@@ -511,16 +512,148 @@ async fn a_name_too_long_to_claim_goes_to_failed_with_a_reason() {
     let mut hf = start(dir.path(), 200).await;
     let long = format!("{}.png", "n".repeat(240));
     std::fs::write(dir.path().join(&long), png_bytes()).unwrap();
-    let reason_path = dir.path().join("failed").join(format!("{long}.reason.txt"));
-    wait_for(5, "the long name in failed/ with a reason", || {
-        reason_path.exists()
-    })
-    .await;
-    let reason = std::fs::read_to_string(&reason_path).unwrap();
+    let reason = failed_reason(dir.path(), &long, 5).await;
     assert!(
         reason.contains("244 bytes") && reason.contains("238"),
         "{reason}"
     );
     assert!(matches!(hf.rx.try_recv(), Err(TryRecvError::Empty)));
+    hf.stop().await;
+}
+
+/// A document whose pages would take more memory than the loader allows
+/// goes to failed/ at once with a reason naming the page and the limit;
+/// it is neither handed over nor left in processing/ to be tried again
+/// (and crash the daemon again) at the next start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_document_over_the_bitmap_limit_goes_to_failed_and_is_not_retried() {
+    use faxgate_fax::{Bitmap, Coding, Resolution};
+    let dir = tempfile::tempdir().unwrap();
+    let mut hf = start_with(dir.path(), 200, |c| {
+        // Three 1728 x 100 pages are 21 600 bytes each.
+        c.loader.max_decoded_bytes = 50_000;
+        c.retry_delay = Duration::from_millis(100);
+        c.max_offers = 5;
+    })
+    .await;
+    let mut page = Bitmap::new(1728, 100);
+    for x in 100..400 {
+        page.set_pixel(x, 50, true);
+    }
+    let tiff = faxgate_fax::tiff::write_tiff(
+        &[page.clone(), page.clone(), page],
+        Coding::Mmr,
+        Resolution::Fine,
+        faxgate_fax::tiff::TiffWriterOptions::default(),
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("roll.tif"), &tiff).unwrap();
+    let reason = failed_reason(dir.path(), "roll.tif", 10).await;
+    assert!(
+        reason.contains("roll.tif: page 3 (1728x100 pels)")
+            && reason.contains("more than the 50000 allowed"),
+        "{reason}"
+    );
+    assert!(claimed(dir.path()).is_empty(), "nothing left to retry");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(matches!(hf.rx.try_recv(), Err(TryRecvError::Empty)));
+    hf.assert_counts(0, 0, 1).await;
+    hf.stop().await;
+}
+
+/// A symbolic link dropped into the hot folder (say to a received fax in
+/// the appliance's state) is never read: no document comes of it, it is
+/// moved to failed/ as a link with a reason, and what it points to is
+/// left as it was, where it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_symlink_goes_to_failed_unread_as_a_link() {
+    let dir = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    let target = outside.path().join("0000.png");
+    let png = png_bytes();
+    std::fs::write(&target, &png).unwrap();
+    std::os::unix::fs::symlink(&target, dir.path().join("x.png")).unwrap();
+    let mut hf = start(dir.path(), 200).await;
+    let reason = failed_reason(dir.path(), "x.png", 5).await;
+    assert!(
+        reason.contains("x.png") && reason.contains("symbolic link"),
+        "{reason}"
+    );
+    let moved = dir.path().join("failed/x.png");
+    assert!(
+        std::fs::symlink_metadata(&moved)
+            .unwrap()
+            .file_type()
+            .is_symlink(),
+        "moved as a link, not copied through"
+    );
+    assert_eq!(std::fs::read_link(&moved).unwrap(), target);
+    assert_eq!(
+        std::fs::read(&target).unwrap(),
+        png,
+        "the target is unchanged"
+    );
+    assert!(claimed(dir.path()).is_empty());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        matches!(hf.rx.try_recv(), Err(TryRecvError::Empty)),
+        "no document from a link"
+    );
+    let status = hf.status().await;
+    assert_eq!((status.done, status.failed), (0, 1), "{status:?}");
+    hf.stop().await;
+}
+
+/// A link that sits in processing/ (claimed by an older version) is not
+/// left there for ever: reading it is refused and it goes to failed/.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claimed_symlink_goes_to_failed_unread() {
+    let dir = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    let target = outside.path().join("appliance.png");
+    std::fs::write(&target, png_bytes()).unwrap();
+    std::fs::create_dir(dir.path().join("processing")).unwrap();
+    std::os::unix::fs::symlink(
+        &target,
+        dir.path().join("processing/0123456789abcdef-y.png"),
+    )
+    .unwrap();
+    let mut hf = start(dir.path(), 200).await;
+    let reason = failed_reason(dir.path(), "y.png", 5).await;
+    assert!(reason.contains("symbolic link"), "{reason}");
+    assert!(
+        std::fs::symlink_metadata(dir.path().join("failed/y.png"))
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    assert!(claimed(dir.path()).is_empty());
+    assert!(matches!(hf.rx.try_recv(), Err(TryRecvError::Empty)));
+    hf.stop().await;
+}
+
+/// A read that runs out of time (the appliance busy) is tried again, up
+/// to max_offers attempts, before the file goes to failed/; the reason
+/// says how often it was tried.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_that_runs_out_of_time_is_retried_before_failing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut hf = start_with(dir.path(), 200, |c| {
+        c.loader.max_duration = Duration::from_nanos(1);
+        c.retry_delay = Duration::from_millis(100);
+        c.max_offers = 3;
+    })
+    .await;
+    std::fs::write(dir.path().join("slow.png"), png_bytes()).unwrap();
+    let reason = failed_reason(dir.path(), "slow.png", 10).await;
+    assert!(
+        reason.contains("slow.png")
+            && reason.contains("gave up after")
+            && reason.contains("tried 3 times"),
+        "{reason}"
+    );
+    assert!(claimed(dir.path()).is_empty());
+    assert!(matches!(hf.rx.try_recv(), Err(TryRecvError::Empty)));
+    hf.assert_counts(0, 0, 1).await;
     hf.stop().await;
 }
