@@ -218,6 +218,35 @@ impl ClientError {
     }
 }
 
+/// `resp` when its status is a success; otherwise the [`ClientError::Ipp`]
+/// that says why (status, `status-message`, unsupported attributes), for
+/// `operation` to `uri`. Public for callers that send over a transport
+/// of their own and still want this client's errors.
+pub fn check_status(
+    uri: &str,
+    operation: &'static str,
+    resp: IppRequestResponse,
+) -> Result<IppRequestResponse, ClientError> {
+    let code = resp.header().operation_or_status as u16;
+    if status::is_success(code) {
+        return Ok(resp);
+    }
+    Err(ClientError::Ipp {
+        uri: uri.to_owned(),
+        operation,
+        status: code,
+        name: status_name(code),
+        message: message::op_attr(&resp, "status-message")
+            .and_then(message::as_str)
+            .map(str::to_owned),
+        unsupported: resp
+            .attributes()
+            .groups_of(DelimiterTag::UnsupportedAttributes)
+            .flat_map(|g| g.attributes().iter().map(|a| a.name().to_string()))
+            .collect(),
+    })
+}
+
 /// The IANA keyword of an IPP status code (RFC 8011 section 4.1.6 and the
 /// IPP registry), for logs and errors.
 pub fn status_name(code: u16) -> &'static str {
@@ -819,24 +848,7 @@ impl IppClient {
         operation: &'static str,
         resp: IppRequestResponse,
     ) -> Result<IppRequestResponse, ClientError> {
-        let code = resp.header().operation_or_status as u16;
-        if status::is_success(code) {
-            return Ok(resp);
-        }
-        Err(ClientError::Ipp {
-            uri: self.inner.uri.clone(),
-            operation,
-            status: code,
-            name: status_name(code),
-            message: message::op_attr(&resp, "status-message")
-                .and_then(message::as_str)
-                .map(str::to_owned),
-            unsupported: resp
-                .attributes()
-                .groups_of(DelimiterTag::UnsupportedAttributes)
-                .flat_map(|g| g.attributes().iter().map(|a| a.name().to_string()))
-                .collect(),
-        })
+        check_status(&self.inner.uri, operation, resp)
     }
 
     fn unparsable(&self, operation: &'static str, e: &dyn std::fmt::Display) -> ClientError {

@@ -382,6 +382,8 @@ struct Wake {
     jobs: Vec<i32>,
     /// When the mail went out; the attach deadline runs from here.
     sent: Option<Instant>,
+    /// A second mail was asked for, half-way to the deadline.
+    resent: bool,
     /// The mailer's last error while it retries.
     error: Option<String>,
 }
@@ -845,20 +847,52 @@ type BodyStream =
 
 /// The request body as a reader, cut off after `limit` bytes (the caller
 /// checks whether the limit was reached). A body that makes no progress
-/// for `stall` ends with a `TimedOut` error (see [`stalled`]).
+/// for `stall`, or that has averaged less than `min_rate` bytes a second
+/// once `stall` has passed (0: no minimum), ends with a `TimedOut` error
+/// (see [`stalled`]).
 fn body_reader(
     body: Incoming,
     limit: u64,
     stall: Duration,
+    min_rate: u64,
 ) -> tokio::io::Take<StreamReader<BodyStream, Bytes>> {
     use futures_util::StreamExt as _;
     let frames = Box::pin(http_body_util::BodyStream::new(body));
-    let stream = futures_util::stream::unfold(Some(frames), move |frames| async move {
-        let mut frames = frames?;
-        match tokio::time::timeout(stall, frames.next()).await {
+    let started = tokio::time::Instant::now();
+    // The state: the frames still to read and the bytes read so far.
+    let stream = futures_util::stream::unfold(Some((frames, 0u64)), move |state| async move {
+        let (mut frames, had) = state?;
+        // When what has come so far falls below the minimum rate.
+        let behind = (min_rate > 0)
+            .then(|| started + stall + Duration::from_secs_f64(had as f64 / min_rate as f64));
+        let stall_at = tokio::time::Instant::now() + stall;
+        let (by, too_slow) = match behind {
+            Some(b) if b < stall_at => (b, true),
+            _ => (stall_at, false),
+        };
+        match tokio::time::timeout_at(by, frames.next()).await {
             Ok(None) => None,
-            Ok(Some(Ok(frame))) => Some((Ok(frame.into_data().unwrap_or_default()), Some(frames))),
-            Ok(Some(Err(e))) => Some((Err(std::io::Error::other(e)), Some(frames))),
+            Ok(Some(Ok(frame))) => {
+                let data = frame.into_data().unwrap_or_default();
+                let had = had + data.len() as u64;
+                Some((Ok(data), Some((frames, had))))
+            }
+            Ok(Some(Err(e))) => Some((Err(std::io::Error::other(e)), Some((frames, had)))),
+            Err(_) if too_slow => {
+                info!(
+                    min_rate,
+                    bytes = had,
+                    "IPP request too slow: its body arrives below the minimum rate; answering client-error-timeout and closing the connection."
+                );
+                let e = std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!(
+                        "{had} bytes of request data in {:.1} s, below the minimum of {min_rate} bytes a second",
+                        started.elapsed().as_secs_f64()
+                    ),
+                );
+                Some((Err(e), None))
+            }
             Err(_) => {
                 info!(timeout = ?stall, "IPP request stalled: no body data within the timeout; answering client-error-timeout and closing the connection.");
                 let e = std::io::Error::new(
@@ -954,7 +988,12 @@ async fn handle(front: Arc<Front>, conn: Arc<Conn>, req: Request<Incoming>) -> R
         .map(str::to_owned);
     let body = req.into_body();
     let limit = MAX_ATTRIBUTE_BYTES + front.cfg.max_document + 1;
-    let mut reader = body_reader(body, limit, front.cfg.body_stall_timeout);
+    let mut reader = body_reader(
+        body,
+        limit,
+        front.cfg.body_stall_timeout,
+        front.cfg.min_body_rate,
+    );
 
     // The header first, so even an unparsable request is answered with its
     // own version and request-id.

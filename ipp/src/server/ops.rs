@@ -199,8 +199,8 @@ impl Front {
             paused: self.store.is_paused(&site.cfg.name).unwrap_or(false),
             queued: self
                 .store
-                .jobs(&site.cfg.name, Some(false))
-                .map(|j| j.len())
+                .active(&site.cfg.name, None)
+                .map(|(n, _)| n)
                 .unwrap_or(0),
             now: unix_now(),
             wake_note,
@@ -226,8 +226,8 @@ impl Front {
             0
         } else {
             self.store
-                .jobs(&site.cfg.name, Some(false))
-                .map(|j| j.iter().filter(|o| o.id < job.id).count())
+                .active(&site.cfg.name, Some(job.id))
+                .map(|(n, _)| n)
                 .unwrap_or(0)
         };
         JobView {
@@ -334,6 +334,7 @@ impl Front {
                 id: wake_id,
                 jobs: waiting.clone(),
                 sent: None,
+                resent: false,
                 error: None,
             });
         }
@@ -408,6 +409,17 @@ impl Front {
                 debug!(site = %site_name, wake, outcome = ?outcome, "Mailer report about a wake-up that is over; ignoring it.");
                 return;
             };
+            if w.sent.is_some() {
+                // About the second mail: the first is out, and its
+                // deadline runs whatever becomes of this one.
+                match outcome {
+                    WakeOutcome::Sent => info!(site = %site_name, "Second wake-up mail sent."),
+                    other => {
+                        debug!(site = %site_name, outcome = ?other, "Second wake-up mail not sent; the first one's deadline runs on.")
+                    }
+                }
+                return;
+            }
             match outcome {
                 WakeOutcome::Sent => {
                     info!(site = %site_name, "Wake-up mail sent; waiting for the agent to attach.");
@@ -482,19 +494,41 @@ impl Front {
         let Some(wake_cfg) = &site.cfg.wake else {
             return;
         };
-        let expired = {
+        let (expired, resend) = {
             let mut st = site.lock();
-            match &st.wake {
-                Some(w)
-                    if st.devices.is_empty()
-                        && w.sent
-                            .is_some_and(|t| now.duration_since(t) >= wake_cfg.timeout) =>
-                {
-                    st.wake.take()
-                }
-                _ => None,
+            let attached = !st.devices.is_empty();
+            match st.wake.as_mut() {
+                Some(w) if !attached => match w.sent.map(|t| now.duration_since(t)) {
+                    Some(waited) if waited >= wake_cfg.timeout => (st.wake.take(), None),
+                    // Half-way and no agent: the mail may be lost (a spam
+                    // filter, a mailbox the agent read just before it
+                    // crashed, so its restart files the mail as a replay).
+                    // A second mail, with a fresh nonce, for the time left.
+                    Some(waited) if waited >= wake_cfg.timeout / 2 && !w.resent => {
+                        w.resent = true;
+                        (
+                            None,
+                            Some((w.id, w.jobs.clone(), wake_cfg.timeout - waited)),
+                        )
+                    }
+                    _ => (None, None),
+                },
+                _ => (None, None),
             }
         };
+        if let (Some((wake, jobs, left)), Some(tx), Some(to)) = (resend, &self.wake, &site.cfg.mail)
+        {
+            info!(site = %site.cfg.name, wake, left = ?left, "The printer agent has not attached; sending the wake-up mail again.");
+            let _ = tx.send(WakeRequest {
+                kind: WakeKind::Wake,
+                wake,
+                site: site.cfg.name.clone(),
+                to: to.clone(),
+                proxy_uri: self.proxy_uri(&site.cfg.name),
+                jobs: jobs.iter().map(|j| *j as u64).collect(),
+                ttl: left,
+            });
+        }
         let Some(w) = expired else { return };
         warn!(site = %site.cfg.name, timeout = ?wake_cfg.timeout, "The printer agent did not attach after the wake-up mail; sending a cancel mail.");
         if let (Some(tx), Some(to)) = (&self.wake, &site.cfg.mail) {
@@ -1049,6 +1083,39 @@ fn initial_reasons(ctx: &Ctx<'_>, site: &Site) -> (Vec<&'static str>, String) {
     }
 }
 
+/// Refuses a new job (`new_job`) or document while the site holds as
+/// many jobs not yet ended, or as many bytes of their documents, as the
+/// front allows (`ipp.max_active_jobs`, `ipp.max_site_spool`): busy, so
+/// that the client tries again once some have printed.
+fn admit(ctx: &Ctx<'_>, site: &Site, new_job: bool) -> Result<(), Refusal> {
+    let (jobs, bytes) =
+        blocking(|| ctx.front.store.active(&site.cfg.name, None)).map_err(store_err)?;
+    let cfg = &ctx.front.cfg;
+    let full = if new_job && jobs >= cfg.max_active_jobs {
+        Some(format!(
+            "{jobs} jobs are waiting or printing (at most {})",
+            cfg.max_active_jobs
+        ))
+    } else if bytes >= cfg.max_site_spool {
+        Some(format!(
+            "the documents of its jobs take {bytes} bytes (at most {})",
+            cfg.max_site_spool
+        ))
+    } else {
+        None
+    };
+    match full {
+        None => Ok(()),
+        Some(why) => {
+            warn!(site = %site.cfg.name, %why, "Site full; refusing a job.");
+            Err(Refusal::new(
+                status::BUSY,
+                format!("the printer is full: {why}; try again later"),
+            ))
+        }
+    }
+}
+
 async fn print_job(ctx: &Ctx<'_>, site: &Arc<Site>, req: &Parsed, doc: Doc<'_>) -> OpResult {
     let Checked {
         format,
@@ -1056,6 +1123,7 @@ async fn print_job(ctx: &Ctx<'_>, site: &Arc<Site>, req: &Parsed, doc: Doc<'_>) 
         ignored,
     } = validate_job(ctx, site, req)?;
     let who = requester(ctx, site, req).await?;
+    admit(ctx, site, true)?;
     let (temp, size) = spool_document(ctx, doc, None).await?;
     let fields = JobFields::of(ctx, req, &who, template);
     let doc_name = op_attr(req, "document-name")
@@ -1097,6 +1165,7 @@ async fn create_job(ctx: &Ctx<'_>, site: &Arc<Site>, req: &Parsed) -> OpResult {
         ignored,
     } = validate_job(ctx, site, req)?;
     let who = requester(ctx, site, req).await?;
+    admit(ctx, site, true)?;
     let fields = JobFields::of(ctx, req, &who, template);
     let new = fields.new_job(&site.cfg.name, &format);
     let job = blocking(|| {
@@ -1183,6 +1252,7 @@ async fn send_document(ctx: &Ctx<'_>, site: &Arc<Site>, req: &Parsed, doc: Doc<'
         return Err(takes_no_more(&job));
     }
     let format = check_job(ctx, site, req)?;
+    admit(ctx, site, false)?;
     // The operation starts: the multiple-operation-time-out counts from
     // here (RFC 8011: it is the time between operations), and again from
     // its end; spool_document keeps it fresh while the document arrives.
@@ -2310,6 +2380,46 @@ async fn fetch_document(ctx: &Ctx<'_>, site: &Arc<Site>, req: &Parsed) -> OpResu
                 ),
             ));
         }
+    }
+    // The spool file is opened before the answer says OK: a document
+    // that is gone (a disk fault, someone cleaning the spool) would
+    // otherwise break every fetch mid-stream, and the Proxy would fetch it
+    // again for ever. A file that is not there cannot print: its job is
+    // aborted, and says why; any other failure to open it is temporary.
+    if let Err(e) = tokio::fs::File::open(&d.path).await {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            // Out of file handles, a disk error: the file may be there;
+            // the Proxy tries again.
+            warn!(site = %site.cfg.name, job_id = job.id, path = %d.path.display(), error = %e, "Cannot open a spooled document now.");
+            return Err(Refusal::new(
+                status::INTERNAL_ERROR,
+                format!(
+                    "document {number} of job {} cannot be read now ({e}); try again",
+                    job.id
+                ),
+            ));
+        }
+        let message = format!(
+            "document {number} of job {} is lost: its spool file cannot be opened ({e})",
+            job.id
+        );
+        warn!(site = %site.cfg.name, job_id = job.id, path = %d.path.display(), error = %e, "A spooled document is lost; aborting its job.");
+        let reasons = ["aborted-by-system".to_owned()];
+        let aborted = blocking(|| {
+            ctx.front.store.set_state(
+                job.id,
+                job_state::ABORTED,
+                &reasons,
+                &message,
+                unix_now(),
+            )?;
+            ctx.front.store.job(job.id)
+        })
+        .map_err(store_err)?;
+        if let Some(j) = aborted {
+            site.publish("job-state-changed", &j);
+        }
+        return Err(Refusal::new(status::NOT_FETCHABLE, message));
     }
     let mut answer = ok(req);
     let ops = DelimiterTag::OperationAttributes;

@@ -384,14 +384,19 @@ fn doc_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DocRow> {
     })
 }
 
-/// fsync a directory so a rename in it is durable.
-pub fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+/// Renames a spooled document to its final name and makes the rename
+/// durable (fsync of the spool folder) before the caller commits the row
+/// that names it: a row committed is a file that survives a power loss,
+/// and a failed fsync rolls the row back, so the client is never told of
+/// a failure for a job that would still print. (A rename that survives
+/// without its row is an orphan that [`JobStore::open`] removes.)
+fn rename_durably(from: &Path, to: &Path) -> rusqlite::Result<()> {
+    let sql = |e: std::io::Error| rusqlite::Error::ToSqlConversionFailure(Box::new(e));
+    std::fs::rename(from, to).map_err(sql)?;
+    let dir = to.parent().unwrap_or(Path::new("."));
     std::fs::File::open(dir)
         .and_then(|d| d.sync_all())
-        .map_err(|source| StoreError::Io {
-            path: dir.to_path_buf(),
-            source,
-        })
+        .map_err(sql)
 }
 
 impl JobStore {
@@ -510,8 +515,7 @@ impl JobStore {
             let id = tx.last_insert_rowid() as i32;
             if let Some((temp, name, size)) = doc {
                 let path = self.spool.join(format!("job-{id}-doc-1"));
-                std::fs::rename(temp, &path)
-                    .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+                rename_durably(temp, &path)?;
                 tx.execute(
                     "INSERT INTO documents (job, number, format, name, path, size) \
                      VALUES (?,1,?,?,?,?)",
@@ -525,9 +529,6 @@ impl JobStore {
             tx.commit()?;
             Ok(id)
         })?;
-        if doc.is_some() {
-            sync_dir(&self.spool)?;
-        }
         self.job(id)?
             .ok_or_else(|| self.db_err(rusqlite::Error::QueryReturnedNoRows))
     }
@@ -576,9 +577,8 @@ impl JobStore {
                 |r| r.get(0),
             )?;
             let path = self.spool.join(format!("job-{id}-doc-{number}"));
-            std::fs::rename(doc.temp, &path)
-                .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
             renamed = Some(path.clone());
+            rename_durably(doc.temp, &path)?;
             tx.execute(
                 "INSERT INTO documents (job, number, format, name, path, size) VALUES (?,?,?,?,?,?)",
                 params![id, number, doc.format, doc.name, path.to_string_lossy(), doc.size],
@@ -597,7 +597,6 @@ impl JobStore {
                 return Err(e);
             }
         }
-        sync_dir(&self.spool)?;
         self.job(id)
     }
 
@@ -1016,6 +1015,20 @@ impl JobStore {
     /// One job.
     pub fn job(&self, id: i32) -> Result<Option<JobRow>, StoreError> {
         self.with(|c| job_in(c, id))
+    }
+
+    /// A site's jobs not yet ended (older than job `before`, if given),
+    /// and the bytes of their documents: counted in the database, for
+    /// the quota checks and queue positions, without loading any job.
+    pub fn active(&self, site: &str, before: Option<i32>) -> Result<(usize, u64), StoreError> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT COUNT(*), COALESCE(SUM(octets), 0) FROM jobs \
+                 WHERE site = ?1 AND state NOT IN (7, 8, 9) AND id < ?2",
+                params![site, before.unwrap_or(i32::MAX)],
+                |r| Ok((r.get::<_, i64>(0)? as usize, r.get::<_, i64>(1)? as u64)),
+            )
+        })
     }
 
     /// The jobs of a site, oldest first (`finished`: None = all,

@@ -402,30 +402,50 @@ async fn collections_nested_too_deep_are_a_bad_request() {
 /// connection and task forever), and the front serves others meanwhile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_body_that_stalls_is_cut_off_and_others_are_served() {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config("1s", "5s", TWO_SITES);
     cfg.body_stall_timeout = Duration::from_secs(3);
     let t = TestFront::start(cfg, dir.path()).await;
-    let mut stalled = tokio::net::TcpStream::connect(t.plain).await.unwrap();
-    let head = format!(
-        "POST /ipp/print/osaka HTTP/1.1\r\nHost: {}\r\nContent-Type: application/ipp\r\n\
-         Content-Length: 4096\r\n\r\n",
-        t.plain
-    );
-    stalled.write_all(head.as_bytes()).await.unwrap();
+    let stalled = post_headers(&t, 4096).await;
     let started = tokio::time::Instant::now();
     still_serving(&t).await;
-    let mut answer = Vec::new();
-    let read = tokio::time::timeout(Duration::from_secs(20), stalled.read_to_end(&mut answer))
-        .await
-        .expect("the stalled request still held its connection after 20 s");
-    read.expect("the stalled connection ends cleanly");
+    let resp = cut_off(stalled, true).await;
     let waited = started.elapsed();
     assert!(
         waited >= Duration::from_millis(2500),
         "cut off after {waited:?}, before the 3 s stall timeout"
     );
+    assert_eq!(resp.status(), status::TIMEOUT, "{}", resp.message());
+    assert!(resp.message().contains("stalled"), "{}", resp.message());
+    still_serving(&t).await;
+}
+
+/// A connection to osaka's site that has sent the headers of a POST of
+/// `length` bytes, and nothing of its body yet.
+async fn post_headers(t: &TestFront, length: usize) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt as _;
+    let mut conn = tokio::net::TcpStream::connect(t.plain).await.unwrap();
+    let head = format!(
+        "POST /ipp/print/osaka HTTP/1.1\r\nHost: {}\r\nContent-Type: application/ipp\r\n\
+         Content-Length: {length}\r\n\r\n",
+        t.plain
+    );
+    conn.write_all(head.as_bytes()).await.unwrap();
+    conn
+}
+
+/// The IPP answer on a connection the front closes after it (within
+/// 20 s), with HTTP 200. `clean`: the close must be clean (a client still
+/// writing may see a reset after the answer instead).
+async fn cut_off(mut conn: impl tokio::io::AsyncRead + Unpin, clean: bool) -> Ipp {
+    use tokio::io::AsyncReadExt as _;
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(20), conn.read_to_end(&mut answer))
+        .await
+        .expect("the request still held its connection after 20 s");
+    if clean {
+        read.expect("the connection ends cleanly");
+    }
     let text = String::from_utf8_lossy(&answer);
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
     let body = answer
@@ -433,9 +453,38 @@ async fn a_request_body_that_stalls_is_cut_off_and_others_are_served() {
         .position(|w| w == b"\r\n\r\n")
         .map(|at| at + 4)
         .unwrap_or_else(|| panic!("no end of the HTTP head: {text}"));
-    let resp = Ipp::parse(&answer[body..]);
+    Ipp::parse(&answer[body..])
+}
+
+/// A body that trickles in (a few bytes every 100 ms: it never stalls)
+/// is cut off once it has averaged less than `ipp.min_body_rate` past
+/// the stall timeout, so trickling clients cannot hold the front's
+/// connections; a request at a normal pace is served meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_trickles_below_the_minimum_rate_is_cut_off() {
+    use tokio::io::AsyncWriteExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config("1s", "5s", TWO_SITES);
+    cfg.body_stall_timeout = Duration::from_secs(1);
+    cfg.min_body_rate = 1000;
+    let t = TestFront::start(cfg, dir.path()).await;
+    let (rd, mut wr) = post_headers(&t, 100_000).await.into_split();
+    let trickle = tokio::spawn(async move {
+        // 10 bytes every 100 ms: 100 bytes a second.
+        while wr.write_all(&[0x02; 10]).await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    still_serving(&t).await;
+    let resp = cut_off(rd, false).await;
+    trickle.abort();
     assert_eq!(resp.status(), status::TIMEOUT, "{}", resp.message());
-    assert!(resp.message().contains("stalled"), "{}", resp.message());
+    assert!(
+        resp.message()
+            .contains("below the minimum of 1000 bytes a second"),
+        "{}",
+        resp.message()
+    );
     still_serving(&t).await;
 }
 
@@ -491,4 +540,57 @@ async fn connections_over_the_per_address_cap_are_closed() {
             .map(|r| assert_eq!(r.ipp().status(), status::OK))
     })
     .await;
+}
+
+/// A site holds at most `max_active_jobs` jobs not yet ended and
+/// `max_site_spool` bytes of their documents: past either, a new job (or
+/// document) is refused busy, saying why, and taken again once a job
+/// ends. Anonymous clients cannot fill the relay's disk through a site.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_site_refuses_new_jobs_busy_until_one_ends() {
+    use faxgate_ipp::message;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config("1s", "10s", TWO_SITES);
+    cfg.max_active_jobs = 3;
+    cfg.max_document = 10_000;
+    cfg.max_site_spool = 12_000;
+    let t = TestFront::start(cfg, dir.path()).await;
+    let print = |doc: Vec<u8>| {
+        let req = t
+            .req(op::PRINT_JOB, "osaka", "alice")
+            .op("job-name", message::name("quota"))
+            .op("document-format", message::mime("application/pdf"));
+        let t = &t;
+        async move { t.client("osaka", &req, &doc).await }
+    };
+    // Bytes: 7 000 and 7 000 go (under 12 000 before each), the next not.
+    let first = print(crate::common::pdf(7_000)).await;
+    assert_eq!(first.status(), status::OK, "{}", first.message());
+    let second = print(crate::common::pdf(7_000)).await;
+    assert_eq!(second.status(), status::OK, "{}", second.message());
+    let full = print(crate::common::pdf(100)).await;
+    assert_eq!(full.status(), status::BUSY, "{}", full.message());
+    assert!(full.message().contains("bytes"), "{}", full.message());
+    // The other site is not affected.
+    let req = t
+        .req(op::PRINT_JOB, "kyoto", "bob")
+        .op("document-format", message::mime("application/pdf"));
+    let other = t.client("kyoto", &req, &crate::common::pdf(100)).await;
+    assert_eq!(other.status(), status::OK, "{}", other.message());
+    // A job ends: there is room again.
+    let id = first.job_int("job-id").unwrap();
+    let cancel = t
+        .req(op::CANCEL_JOB, "osaka", "alice")
+        .op("job-id", ipp::value::IppValue::Integer(id));
+    let c = t.client("osaka", &cancel, &[]).await;
+    assert_eq!(c.status(), status::OK, "{}", c.message());
+    let third = print(crate::common::pdf(100)).await;
+    assert_eq!(third.status(), status::OK, "{}", third.message());
+    // Jobs: the site now holds 2 (7 100 bytes); one more makes 3, the
+    // most it takes, and the next is refused for the count.
+    let fourth = print(crate::common::pdf(100)).await;
+    assert_eq!(fourth.status(), status::OK, "{}", fourth.message());
+    let over = print(crate::common::pdf(100)).await;
+    assert_eq!(over.status(), status::BUSY, "{}", over.message());
+    assert!(over.message().contains("jobs"), "{}", over.message());
 }

@@ -885,6 +885,49 @@ async fn events_name_their_job_by_notify_job_id_and_their_printer() {
     }
 }
 
+/// A spooled document that is gone (a disk fault, a spool cleaned by
+/// hand) is refused before anything is sent, and its job is aborted with
+/// the reason, instead of every fetch breaking mid-stream and the Proxy
+/// fetching it again for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_spool_file_aborts_its_job_instead_of_breaking_every_fetch() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = TestFront::start(config("1s", "10s", TWO_SITES), dir.path()).await;
+    t.register("osaka", OSAKA, DEVICE_A, printer_attrs()).await;
+    let job = t.print("osaka", "alice", &pdf(3_000)).await;
+    acknowledge(&t, DEVICE_A, job).await;
+    let name = format!("job-{job}-doc-1");
+    let spooled: Vec<_> = walk(dir.path())
+        .into_iter()
+        .filter(|p| p.file_name().is_some_and(|n| n == name.as_str()))
+        .collect();
+    assert_eq!(spooled.len(), 1, "{spooled:?}");
+    std::fs::remove_file(&spooled[0]).unwrap();
+    let d = fetch_document(&t, DEVICE_A, job).await;
+    assert_eq!(d.status(), status::NOT_FETCHABLE, "{}", d.message());
+    assert!(d.message().contains("is lost"), "{}", d.message());
+    assert!(d.doc.is_empty());
+    let j = t.job("osaka", job).await;
+    assert_eq!(
+        j.job_attr("job-state").and_then(message::as_int),
+        Some(job_state::ABORTED)
+    );
+}
+
+/// Every file under `dir`.
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
 /// Fetch-Document as ippsample's ippproxy asks for it: compression-accepted
 /// only allows compression, so `gzip` gets the bytes as they are with
 /// `compression` = none; a document-format-accepted without the

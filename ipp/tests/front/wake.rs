@@ -322,3 +322,66 @@ async fn a_site_answers_under_its_account_percent_domain_alias() {
         assert_eq!(resp.printer_strings("printer-name"), ["nara"], "{path}");
     }
 }
+
+/// Half-way to the deadline with no agent, the mail is asked for once
+/// more (a lost mail, or one an agent read just before it crashed, must
+/// not cost the jobs): the same wake-up and jobs, for the time left. What
+/// becomes of that second mail does not move the deadline, which still
+/// runs from the first, nor end the jobs early.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_that_does_not_attach_gets_a_second_mail_half_way() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut t = TestFront::start(config("300ms", "800ms", &sites("6s")), dir.path()).await;
+    let job = t.print("nara", "alice", &pdf(10)).await;
+    let first = t.next_wake(Duration::from_secs(2)).await;
+    assert_eq!(
+        (first.kind, first.jobs.clone()),
+        (WakeKind::Wake, vec![job as u64])
+    );
+    let sent = std::time::Instant::now();
+    t.front()
+        .wake_outcome("nara", WakeKind::Wake, first.wake, WakeOutcome::Sent);
+    let again = t.next_wake(Duration::from_secs(6)).await;
+    let at = sent.elapsed();
+    assert_eq!(again.kind, WakeKind::Wake);
+    assert_eq!(
+        (again.wake, again.jobs.clone()),
+        (first.wake, first.jobs.clone())
+    );
+    assert!(at >= Duration::from_secs(3), "not before half-way: {at:?}");
+    assert!(
+        again.ttl <= Duration::from_secs(3),
+        "valid for the time left: {:?}",
+        again.ttl
+    );
+    // The second mail's fate changes nothing: not the deadline, not the job.
+    t.front().wake_outcome(
+        "nara",
+        WakeKind::Wake,
+        first.wake,
+        WakeOutcome::GaveUp {
+            error: "550 mailbox full".into(),
+        },
+    );
+    assert_eq!(
+        t.job("nara", job).await.job_int("job-state"),
+        Some(job_state::PENDING)
+    );
+    t.front()
+        .wake_outcome("nara", WakeKind::Wake, first.wake, WakeOutcome::Sent);
+    let second_sent = std::time::Instant::now();
+    let cancel = t.next_wake(Duration::from_secs(8)).await;
+    assert_eq!(cancel.kind, WakeKind::Cancel, "one second mail only");
+    // Due 6 s after the first mail, about 3 s from now; a deadline moved
+    // by the second mail would be 6 s from now.
+    assert!(
+        sent.elapsed() >= Duration::from_secs(6),
+        "{:?}",
+        sent.elapsed()
+    );
+    assert!(
+        second_sent.elapsed() < Duration::from_millis(4_500),
+        "the deadline runs from the first mail, not the second: cancel {:?} after it",
+        second_sent.elapsed()
+    );
+}
