@@ -90,9 +90,7 @@ impl Appliance {
             Ok(r) => r,
             Err(e) => {
                 // Let the agent deregister before the error ends the process.
-                agent_shutdown.cancel();
-                tracker.close();
-                let _ = tokio::time::timeout(Duration::from_secs(10), tracker.wait()).await;
+                unwind(&agent_shutdown, &tracker).await;
                 return Err(e);
             }
         };
@@ -113,7 +111,7 @@ impl Appliance {
         let print = PrintHandle::spawn(
             store.clone(),
             printer,
-            cfg.inbox.archive_dir.clone(),
+            &cfg.inbox,
             retry,
             bus.clone(),
             shutdown.child_token(),
@@ -162,29 +160,42 @@ impl Appliance {
                 convert_options(s.resolution, s.paper, &s.mode),
             ))
         });
-        crate::appliance::hotfolder::spawn(
-            &cfg.hot_folders,
-            |h| convert_options(h.resolution, h.paper, &h.mode),
-            &store,
-            &outbox,
-            &shutdown,
-            &tracker,
-        )
-        .await?;
-        let panel_addr = panel::spawn(
-            cfg.panel.listen,
-            PanelState {
-                store: store.clone(),
-                outbox,
-                relay: relay.clone(),
-                print,
-                scanner,
-                agent: agent.clone(),
-            },
-            shutdown.child_token(),
-            &tracker,
-        )
-        .await?;
+        let late = async {
+            crate::appliance::hotfolder::spawn(
+                &cfg.hot_folders,
+                |h| convert_options(h.resolution, h.paper, &h.mode),
+                &store,
+                &outbox,
+                &shutdown,
+                &tracker,
+            )
+            .await?;
+            panel::spawn(
+                cfg.panel.listen,
+                PanelState {
+                    store: store.clone(),
+                    outbox,
+                    relay: relay.clone(),
+                    print,
+                    scanner,
+                    agent: agent.clone(),
+                },
+                shutdown.child_token(),
+                &tracker,
+            )
+            .await
+        };
+        let panel_addr = match late.await {
+            Ok(addr) => addr,
+            Err(e) => {
+                // The actors already running (a session may be under way)
+                // stop at their safe points, as at a shutdown, before the
+                // error ends the process.
+                unwind(&shutdown, &tracker).await;
+                let _ = tokio::time::timeout(Duration::from_secs(5), relay.logout()).await;
+                return Err(e);
+            }
+        };
         Ok(Appliance {
             panel_addr,
             relay,
@@ -223,6 +234,19 @@ impl Appliance {
             Ok(Err(e)) => tracing::debug!(error = %e, "Logout was not clean."),
             Err(_) => tracing::info!("The relay did not answer the logout within 5 s; leaving."),
         }
+    }
+}
+
+/// Stops what `start` has started so far (cancelling `stop`) and waits
+/// up to 10 s for it to reach its safe points.
+async fn unwind(stop: &CancellationToken, tracker: &TaskTracker) {
+    stop.cancel();
+    tracker.close();
+    if tokio::time::timeout(Duration::from_secs(10), tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("Some actors did not stop in time.");
     }
 }
 

@@ -36,6 +36,14 @@
 //!    (following the printer's job rather than sending it again), and
 //!    an owed report is sent after the next registration (a restart
 //!    included) instead of printing the job again.
+//! 9. Never sends a document again while the printer may have it: a
+//!    Print-Job is watched for progress rather than cut at a total
+//!    deadline, and one whose outcome is unknown (broken after it left,
+//!    answer lost, or a crash before its job was recorded) is followed
+//!    by a look at the printer's jobs for it (by a job name unique to
+//!    the site job and document) before the document goes out again. A
+//!    printer job the printer no longer knows counts as printed, as in
+//!    the appliance's own print stage.
 //!
 //! With `attach = "on-mail"` it attaches only when a verified wake-up
 //! command mail for its site arrives (`faxgate_mail::WatcherHandle`), and
@@ -65,7 +73,7 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
 use faxgate_config::appliance::{AgentSection, AgentTransport, AttachMode, MailScheme, MailTls};
-use faxgate_ipp::client::{ClientError, Document, IppClient};
+use faxgate_ipp::client::{ClientError, IppClient};
 use faxgate_ipp::codes::{job_state, op, status};
 use faxgate_mail::{Incoming, Kind, Tls, Trust, Verifier, WatcherConfig, WatcherHandle};
 use ipp::prelude::*;
@@ -75,6 +83,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument as _, debug, error, info, info_span, warn};
+
+use crate::print::conn::{Deadlines, Failure};
 
 use self::proto::{
     Event, FetchedJob, Infra, JobReport, JobState, Plan, PrinterSnapshot, Transport,
@@ -615,22 +625,66 @@ pub mod proto {
         }
     }
 
-    /// The Print-Job for the real printer: the job's name (numbered for a
-    /// multi-document job), its user, the document's format and the
+    /// The longest `job-name` sent (RFC 8011: name(MAX), 255 octets).
+    const MAX_NAME: usize = 255;
+
+    /// The `job-name` of document `document` of site job `site_job` at
+    /// the real printer: the job's name, numbered for a multi-document
+    /// job, then the site job's id and the start of its `job-uuid`, e.g.
+    /// `report.pdf (2/2) [site job 17, 3f2a9c1e]`.
+    ///
+    /// The name is how a Print-Job whose answer was lost is found again
+    /// (Get-Jobs, [`find_local_job`]), so it must not match any other
+    /// job the printer lists: names like `report.pdf` repeat across
+    /// site jobs, and a printer such as CUPS keeps completed jobs for
+    /// days. The site job id makes it unique per site job and document;
+    /// the uuid part keeps it unique if the site's ids start over (a new
+    /// site database). A unique name was chosen over comparing the
+    /// printer's `time-at-creation` with its `printer-up-time` at the
+    /// attempt's start: that needs the up-time kept across a restart of
+    /// the agent, and it means nothing across a reboot of the printer.
+    /// The site's part is shortened (at a character boundary) so that a
+    /// printer that cuts long names does not cut the unique tail.
+    pub fn local_job_name(job: &FetchedJob, site_job: i32, document: i32) -> String {
+        let numbered = if job.documents > 1 {
+            format!(" ({document}/{})", job.documents)
+        } else {
+            String::new()
+        };
+        let uuid = job
+            .uuid
+            .as_deref()
+            .map(|u| u.trim_start_matches("urn:uuid:"))
+            .map(|u| {
+                u.chars()
+                    .filter(char::is_ascii_hexdigit)
+                    .take(8)
+                    .collect::<String>()
+            })
+            .filter(|u| !u.is_empty())
+            .map(|u| format!(", {u}"))
+            .unwrap_or_default();
+        let tail = format!("{numbered} [site job {site_job}{uuid}]");
+        let mut end = job.name.len().min(MAX_NAME.saturating_sub(tail.len()));
+        while !job.name.is_char_boundary(end) {
+            end -= 1;
+        }
+        format!("{}{tail}", &job.name[..end])
+    }
+
+    /// The Print-Job for the real printer: the job's name
+    /// ([`local_job_name`]), its user, the document's format and the
     /// passed template attributes. The document follows unchanged.
     pub fn print_job_request(
         printer_uri: &str,
         job: &FetchedJob,
+        site_job: i32,
         format: &str,
         document: i32,
     ) -> IppRequestResponse {
         let mut req = message::request(op::PRINT_JOB, printer_uri, &job.user, 1);
         let ops = DelimiterTag::OperationAttributes;
-        let title = if job.documents > 1 {
-            format!("{} ({document}/{})", job.name, job.documents)
-        } else {
-            job.name.clone()
-        };
+        let title = local_job_name(job, site_job, document);
         req.attributes_mut()
             .add(ops, attribute("job-name", name(&title)));
         req.attributes_mut()
@@ -700,6 +754,55 @@ pub mod proto {
             );
         }
         req
+    }
+
+    /// Get-Jobs for `user`'s own jobs (`my-jobs`) at the real printer,
+    /// `which` being `not-completed` or `completed`.
+    pub fn my_jobs_request(printer_uri: &str, user: &str, which: &str) -> IppRequestResponse {
+        let mut req = printer_request(op::GET_JOBS, printer_uri, user);
+        let ops = DelimiterTag::OperationAttributes;
+        let attrs = req.attributes_mut();
+        attrs.add(ops, attribute("which-jobs", keyword(which)));
+        attrs.add(ops, attribute("my-jobs", IppValue::Boolean(true)));
+        attrs.add(
+            ops,
+            attribute(
+                "requested-attributes",
+                keywords(&[
+                    "job-id",
+                    "job-name",
+                    "job-originating-user-name",
+                    "job-state",
+                ]),
+            ),
+        );
+        req
+    }
+
+    /// The newest job of a Get-Jobs answer named `job_name`, of `user`
+    /// (when the printer says whose it is), that was not aborted or
+    /// canceled: the job a Print-Job whose outcome is unknown made. An
+    /// aborted job is one made of a document that did not arrive whole
+    /// (the upload broke), a canceled one was stopped: neither is the
+    /// document printed, so the document is sent again. (The same rule
+    /// as the appliance's own print stage, `print::ipp::find_job`.)
+    pub fn find_local_job(resp: &IppRequestResponse, job_name: &str, user: &str) -> Option<i32> {
+        resp.attributes()
+            .groups_of(DelimiterTag::JobAttributes)
+            .filter(|g| g.get("job-name").and_then(|a| as_str(a.value())) == Some(job_name))
+            .filter(|g| {
+                g.get("job-originating-user-name")
+                    .and_then(|a| as_str(a.value()))
+                    .is_none_or(|u| u == user)
+            })
+            .filter(|g| {
+                !matches!(
+                    g.get("job-state").and_then(|a| as_int(a.value())),
+                    Some(job_state::ABORTED | job_state::CANCELED)
+                )
+            })
+            .filter_map(|g| g.get("job-id").and_then(|a| as_int(a.value())))
+            .max()
     }
 
     /// The `job-id` of a Print-Job answer.
@@ -1086,6 +1189,7 @@ impl AgentHandle {
             site,
             printer,
             printer_uri: printer_uri.to_owned(),
+            upload: upload_deadlines(cfg.connect_timeout, cfg.request_timeout),
             infra: Infra {
                 site: cfg.site.clone(),
                 user: cfg.user.clone(),
@@ -1180,6 +1284,8 @@ struct JobCtx {
     site: IppClient,
     printer: IppClient,
     printer_uri: String,
+    /// The inactivity deadlines of a Print-Job ([`upload_deadlines`]).
+    upload: Deadlines,
     infra: Infra,
     spool: PathBuf,
     /// What the agent must remember across retries and restarts.
@@ -1214,6 +1320,14 @@ struct JobRecord {
     impressions: i32,
     /// The document at the printer whose end is not known yet.
     at_printer: Option<AtPrinter>,
+    /// The document a Print-Job is (or was last) being sent for, written
+    /// before the first one goes out and cleared once the printer's job
+    /// is in `at_printer`. Set at a start means the process stopped
+    /// while the printer may have made a job of it (a crash between the
+    /// printer's answer and the record of its job, or a Print-Job whose
+    /// outcome was unknown): the printer's jobs are looked at before the
+    /// document is sent ([`JobRun::find_local`]).
+    submitting: Option<i32>,
     /// A final report the site has not taken yet.
     report: Option<JobReport>,
 }
@@ -1226,8 +1340,15 @@ struct AtPrinter {
     /// The printer's job id.
     local_job: i32,
     /// Cancel-Job was sent on shutdown: if the printer's job ends
-    /// canceled or aborted, the document is printed again.
+    /// canceled or aborted, or the printer no longer knows it, the
+    /// document is printed again.
     canceled: bool,
+    /// The job was found at the printer (Get-Jobs) after a Print-Job
+    /// whose outcome was unknown, not named in a Print-Job answer: if it
+    /// ends aborted (made of a document that did not arrive whole), the
+    /// document is sent again.
+    #[serde(default)]
+    found: bool,
 }
 
 impl JobRecord {
@@ -1378,11 +1499,13 @@ struct Wake {
 }
 
 impl Wake {
-    /// Whether the command (if from a mail) may still be acted on.
+    /// Whether the command (if from a mail) may still be acted on: until
+    /// its expiry plus the clock skew the watcher allowed it
+    /// ([`faxgate_mail::command::CLOCK_SKEW`]).
     fn expired(&self) -> bool {
-        self.incoming
-            .as_ref()
-            .is_some_and(|i| i.command.expires <= SystemTime::now())
+        self.incoming.as_ref().is_some_and(|i| {
+            i.command.expires + faxgate_mail::command::CLOCK_SKEW <= SystemTime::now()
+        })
     }
 }
 
@@ -2362,13 +2485,14 @@ impl JobRun {
                     "The printer took this document before; following its job there."
                 );
                 match self
-                    .watch_document(&job, n, at.local_job, &[], at.canceled)
+                    .watch_document(&job, n, at.local_job, &[], at.canceled, at.found)
                     .await
                 {
                     Printed::Again => {
                         info!(
                             document = n,
-                            "The printer's job was canceled at shutdown; printing the document again."
+                            local_job = at.local_job,
+                            "The printer's job did not print the document; printing it again."
                         );
                         self.record.at_printer = None;
                     }
@@ -2599,6 +2723,25 @@ impl JobRun {
     }
 
     /// Sends document `n` to the printer and watches it to its end.
+    ///
+    /// A Print-Job that failed after the request may have reached the
+    /// printer (a deadline passed, the connection broke, the answer was
+    /// lost: [`SendFailed::Unknown`]) may still have made a job, and
+    /// sending the document again would print it twice. So before the
+    /// document goes out again the printer's jobs are looked at
+    /// ([`JobRun::find_local`]) and a job made of it is followed instead.
+    /// When the record says the document was being submitted when the
+    /// process stopped ([`JobRecord::submitting`]: a crash, a shutdown
+    /// mid-upload), nothing tells whether the printer got all of it: a
+    /// job it made of it may hold part of the document (a printer may
+    /// complete such a job), and following that would lose pages. So a
+    /// job found then is canceled and the document sent again: at least
+    /// once, at worst a second copy, never a page lost. A Print-Job that
+    /// broke while the document was still going out is different: a job
+    /// the printer made of it holds part of the document, so it is
+    /// canceled and the document sent again, never followed. A site
+    /// cancel or a shutdown drops an upload under way; on cancel a job
+    /// made of the part sent is canceled too.
     async fn print_document(
         &mut self,
         job: &FetchedJob,
@@ -2612,80 +2755,242 @@ impl JobRun {
         // as a printer without ipp-attribute-fidelity would substitute.
         let mut job = job.clone();
         let mut left_out: Vec<String> = Vec::new();
-        let local = loop {
-            if self.stop.is_cancelled() {
-                return Printed::End(JobOutcome::HandedBack);
+        // Whether the printer may have a job of this document that the
+        // agent does not know of, made of all of it.
+        let mut look = false;
+        if self.record.submitting == Some(n) {
+            info!(
+                document = n,
+                "The document was being sent to the printer when the agent stopped; canceling any job made of it and sending it again."
+            );
+            self.cancel_found(&job, n).await;
+        }
+        loop {
+            let (local, found) = loop {
+                if self.stop.is_cancelled() {
+                    return Printed::End(JobOutcome::HandedBack);
+                }
+                if self.cancel.is_cancelled() {
+                    if look {
+                        self.cancel_found(&job, n).await;
+                    }
+                    return Printed::End(JobOutcome::Canceled);
+                }
+                if look {
+                    match self.find_local(&job, n).await {
+                        Ok(Some(local)) => {
+                            info!(
+                                document = n,
+                                local_job = local,
+                                "The printer has a job of this document from an earlier try; following it instead of sending the document again."
+                            );
+                            break (local, true);
+                        }
+                        Ok(None) => look = false,
+                        Err(e) if e.is_transient() => {
+                            // Sending now might print the document twice.
+                            debug!(document = n, error = %e, "Cannot list the printer's jobs now; waiting before sending the document.");
+                            self.wait_for_printer(&e.to_string(), &mut told_waiting)
+                                .await;
+                            continue;
+                        }
+                        Err(e) => {
+                            warn!(document = n, error = %e, "Cannot list the printer's jobs; if an earlier Print-Job of this document made a job, it prints twice.");
+                            look = false;
+                        }
+                    }
+                }
+                if self.record.submitting != Some(n) {
+                    self.record.submitting = Some(n);
+                    self.save_record().await;
+                }
+                let req = proto::print_job_request(&ctx.printer_uri, &job, self.job_id, format, n);
+                // The upload may take hours (a slow printer, a large
+                // document): a cancel or shutdown drops it, which closes
+                // the connection mid-document.
+                let sent = tokio::select! {
+                    sent = send_document(&ctx.printer_uri, ctx.upload, req, path) => Some(sent),
+                    () = self.cancel.cancelled() => None,
+                    () = self.stop.cancelled() => None,
+                };
+                let Some(sent) = sent else {
+                    if self.stop.is_cancelled() {
+                        // `submitting` stays set: the next start cancels a
+                        // job made of the part sent, and sends it again.
+                        info!(
+                            document = n,
+                            "Shutting down while the document was going out to the printer; dropped the upload and handing the job back."
+                        );
+                        return Printed::End(JobOutcome::HandedBack);
+                    }
+                    info!(
+                        document = n,
+                        "The site canceled the job while the document was going out to the printer; dropped the upload."
+                    );
+                    // A job the printer made of the part it got would
+                    // print it.
+                    self.cancel_found(&job, n).await;
+                    return Printed::End(JobOutcome::Canceled);
+                };
+                match sent {
+                    Ok(resp) => match proto::created_job_id(&resp) {
+                        Some(local) => break (local, false),
+                        None => {
+                            return Printed::End(JobOutcome::Aborted(
+                                "the printer took the document but gave no job-id".into(),
+                            ));
+                        }
+                    },
+                    Err(SendFailed::Unknown {
+                        reason,
+                        whole: true,
+                    }) => {
+                        warn!(document = n, error = %reason, "The Print-Job's outcome is unknown: the printer may have the document. Looking at its jobs before sending it again.");
+                        look = true;
+                        self.wait_for_printer(&reason, &mut told_waiting).await;
+                    }
+                    Err(SendFailed::Unknown {
+                        reason,
+                        whole: false,
+                    }) => {
+                        // Part of the document went out (the printer
+                        // stopped reading: a jam, no paper). A job it made
+                        // of that part lacks the end, and following it
+                        // could count the document printed with pages
+                        // missing: it is canceled, and the next try sends
+                        // the document whole (as the print stage does,
+                        // `print::ipp::IppPrinter::send`). Best effort: a
+                        // printer that cannot be asked may print the part
+                        // as well.
+                        warn!(document = n, error = %reason, "The Print-Job broke while the document was going out; canceling any job the printer made of part of it and sending it again.");
+                        self.cancel_found(&job, n).await;
+                        look = false;
+                        self.wait_for_printer(&reason, &mut told_waiting).await;
+                    }
+                    Err(SendFailed::Known(e)) if e.is_transient() => {
+                        if !told_waiting {
+                            warn!(document = n, error = %e, "The printer cannot take the document now; waiting.");
+                        }
+                        self.wait_for_printer(&e.to_string(), &mut told_waiting)
+                            .await;
+                    }
+                    Err(SendFailed::Known(e))
+                        if e.ipp_status() == Some(status::ATTRIBUTES_OR_VALUES_NOT_SUPPORTED)
+                            && proto::drop_unsupported(&mut job, e.unsupported()) =>
+                    {
+                        left_out.extend(e.unsupported().iter().cloned());
+                        warn!(document = n, left_out = ?left_out, "The printer does not support some job attributes; printing without them.");
+                    }
+                    Err(SendFailed::Known(e)) => {
+                        warn!(document = n, error = %e, "The printer refused the document.");
+                        return Printed::End(JobOutcome::Aborted(format!(
+                            "the printer refused document {n}: {e}"
+                        )));
+                    }
+                }
+            };
+            if !found {
+                info!(
+                    document = n,
+                    local_job = local,
+                    format,
+                    "Document sent to the printer."
+                );
             }
-            if self.cancel.is_cancelled() {
-                return Printed::End(JobOutcome::Canceled);
-            }
-            let req = proto::print_job_request(&ctx.printer_uri, &job, format, n);
-            match ctx
-                .printer
-                .call(req, Some(Document::File(path.to_owned())))
+            self.record.at_printer = Some(AtPrinter {
+                document: n,
+                local_job: local,
+                canceled: false,
+                found,
+            });
+            self.record.submitting = None;
+            self.save_record().await;
+            match self
+                .watch_document(&job, n, local, &left_out, false, found)
                 .await
             {
-                Ok(resp) => match proto::created_job_id(&resp) {
-                    Some(local) => break local,
-                    None => {
-                        return Printed::End(JobOutcome::Aborted(
-                            "the printer took the document but gave no job-id".into(),
-                        ));
-                    }
-                },
-                Err(e) if e.is_transient() => {
-                    if !told_waiting {
-                        warn!(document = n, error = %e, "The printer cannot take the document now; waiting.");
-                        self.progress(&JobReport::waiting(&format!(
-                            "waiting for the printer: {e}"
-                        )))
-                        .await;
-                        told_waiting = true;
-                    }
-                    tokio::select! {
-                        () = tokio::time::sleep(ctx.printer_retry) => {}
-                        () = self.cancel.cancelled() => {}
-                        () = self.stop.cancelled() => {}
-                    }
-                    if self.site_wants_stop().await {
-                        self.cancel.cancel();
-                    }
+                Printed::Again => {
+                    info!(
+                        document = n,
+                        local_job = local,
+                        "The job found at the printer did not print the document; sending it again."
+                    );
+                    self.record.at_printer = None;
                 }
-                Err(e)
-                    if e.ipp_status() == Some(status::ATTRIBUTES_OR_VALUES_NOT_SUPPORTED)
-                        && proto::drop_unsupported(&mut job, e.unsupported()) =>
-                {
-                    left_out.extend(e.unsupported().iter().cloned());
-                    warn!(document = n, left_out = ?left_out, "The printer does not support some job attributes; printing without them.");
-                }
-                Err(e) => {
-                    warn!(document = n, error = %e, "The printer refused the document.");
-                    return Printed::End(JobOutcome::Aborted(format!(
-                        "the printer refused document {n}: {e}"
-                    )));
-                }
+                printed => return printed,
+            }
+        }
+    }
+
+    /// Tells the site (once) that the job waits for the printer, then
+    /// waits [`JobCtx::printer_retry`] (less on cancel or shutdown) and
+    /// asks the site whether to stop.
+    async fn wait_for_printer(&self, error: &str, told_waiting: &mut bool) {
+        if !*told_waiting {
+            self.progress(&JobReport::waiting(&format!(
+                "waiting for the printer: {error}"
+            )))
+            .await;
+            *told_waiting = true;
+        }
+        tokio::select! {
+            () = tokio::time::sleep(self.ctx.printer_retry) => {}
+            () = self.cancel.cancelled() => {}
+            () = self.stop.cancelled() => {}
+        }
+        if self.site_wants_stop().await {
+            self.cancel.cancel();
+        }
+    }
+
+    /// The printer's job made of document `n` by an earlier Print-Job
+    /// whose outcome is unknown, if it has one: Get-Jobs for the user the
+    /// agent sends as (`my-jobs`), not-completed then completed, by the
+    /// job name that is unique to the site job and document
+    /// ([`proto::local_job_name`]), not aborted or canceled
+    /// ([`proto::find_local_job`]).
+    async fn find_local(&self, job: &FetchedJob, n: i32) -> Result<Option<i32>, ClientError> {
+        let name = proto::local_job_name(job, self.job_id, n);
+        for which in ["not-completed", "completed"] {
+            let req = proto::my_jobs_request(&self.ctx.printer_uri, &job.user, which);
+            let resp = self.ctx.printer.call(req, None).await?;
+            if let Some(local) = proto::find_local_job(&resp, &name, &job.user) {
+                return Ok(Some(local));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The site canceled the job while a Print-Job of document `n` had an
+    /// unknown outcome: cancels the job the printer made of it, if it
+    /// made one (best effort, logged).
+    async fn cancel_found(&self, job: &FetchedJob, n: i32) {
+        let local = match self.find_local(job, n).await {
+            Ok(Some(local)) => local,
+            Ok(None) => return,
+            Err(e) => {
+                warn!(document = n, error = %e, "Cannot list the printer's jobs to cancel one an earlier Print-Job may have made.");
+                return;
             }
         };
-        info!(
-            document = n,
-            local_job = local,
-            format,
-            "Document sent to the printer."
-        );
-        self.record.at_printer = Some(AtPrinter {
-            document: n,
-            local_job: local,
-            canceled: false,
-        });
-        self.save_record().await;
-        self.watch_document(&job, n, local, &left_out, false).await
+        let req = proto::local_job_request(op::CANCEL_JOB, &self.ctx.printer_uri, &job.user, local);
+        match self.ctx.printer.call(req, None).await {
+            Ok(_) => info!(
+                local_job = local,
+                "Canceled the job an earlier Print-Job made at the printer."
+            ),
+            Err(e) => warn!(local_job = local, error = %e, "Cancel-Job at the printer failed."),
+        }
     }
 
     /// Follows document `n`'s job `local` at the printer to its end and
     /// records a completed document, so that no retry or restart prints
     /// it again. `canceled_on_stop`: the agent canceled that job when it
-    /// last shut down; if it ended canceled or aborted, the document is
-    /// to be printed again ([`Printed::Again`]).
+    /// last shut down; if it ended canceled or aborted, or the printer no
+    /// longer knows it, the document is to be printed again
+    /// ([`Printed::Again`]). `found`: the job was found at the printer
+    /// after a Print-Job with an unknown outcome; if it ended aborted
+    /// (made of a document that did not arrive whole), likewise.
     async fn watch_document(
         &mut self,
         job: &FetchedJob,
@@ -2693,6 +2998,7 @@ impl JobRun {
         local: i32,
         left_out: &[String],
         canceled_on_stop: bool,
+        found: bool,
     ) -> Printed {
         self.document_state(n, job_state::PROCESSING).await;
         let done = self.impressions;
@@ -2711,18 +3017,47 @@ impl JobRun {
         })
         .await;
         let end = self.watch_local(&job.user, n, local).await;
-        let not_printed = matches!(
-            end,
-            LocalEnd::Canceled { by_site: false } | LocalEnd::Aborted(_)
-        );
-        if canceled_on_stop && not_printed {
+        let again = match &end {
+            LocalEnd::Aborted(_) => canceled_on_stop || found,
+            LocalEnd::Canceled { by_site: false } => canceled_on_stop,
+            // A job the printer purged after it ended has no state left
+            // to read. One the agent submitted and left alone counts as
+            // printed, as in the appliance's own print stage
+            // (`appliance::printer`): the printer ended it, and a
+            // document that failed there is rare next to the harm of
+            // printing a finished one twice. One the agent canceled on
+            // shutdown is printed again: it was still unfinished when
+            // the cancel went out, so it most likely ended canceled,
+            // and had the printer finished it first `stop_local` would
+            // have seen that and recorded it printed. Printing again
+            // may duplicate it in the rare race where the printer
+            // finished it unseen; counting it printed could lose it.
+            // (One the agent canceled at the site's request never comes
+            // here: `watch_local` ends it canceled.)
+            LocalEnd::Purged(_) => canceled_on_stop,
+            LocalEnd::Completed(_) | LocalEnd::Canceled { by_site: true } => false,
+            LocalEnd::HandedBack => false,
+        };
+        if again {
             return Printed::Again;
         }
+        let end = match end {
+            LocalEnd::Purged(impressions) => {
+                info!(
+                    local_job = local,
+                    "The printer no longer knows its job (purged after it ended); the document counts as printed."
+                );
+                LocalEnd::Completed(impressions)
+            }
+            end => end,
+        };
         let state = match &end {
             LocalEnd::Completed(_) => job_state::COMPLETED,
             LocalEnd::Canceled { .. } => job_state::CANCELED,
             LocalEnd::Aborted(_) => job_state::ABORTED,
-            LocalEnd::HandedBack => return Printed::End(JobOutcome::HandedBack),
+            LocalEnd::HandedBack | LocalEnd::Purged(_) => {
+                return Printed::End(JobOutcome::HandedBack);
+            }
         };
         self.document_state(n, state).await;
         match end {
@@ -2737,7 +3072,7 @@ impl JobRun {
             LocalEnd::Canceled { by_site: true } => Printed::End(JobOutcome::Canceled),
             LocalEnd::Canceled { by_site: false } => Printed::CanceledAtPrinter,
             LocalEnd::Aborted(msg) => Printed::End(JobOutcome::Aborted(msg)),
-            LocalEnd::HandedBack => Printed::End(JobOutcome::HandedBack),
+            LocalEnd::HandedBack | LocalEnd::Purged(_) => Printed::End(JobOutcome::HandedBack),
         }
     }
 
@@ -2754,6 +3089,8 @@ impl JobRun {
         let mut cancel_deadline: Option<Instant> = None;
         let mut next_site_check = Instant::now() + ctx.front_check;
         let mut failures = 0u32;
+        // The job's impressions when last read, for a job purged unseen.
+        let mut impressions = 0;
         loop {
             tokio::select! {
                 () = tokio::time::sleep(ctx.job_poll) => {}
@@ -2783,10 +3120,20 @@ impl JobRun {
                     failures = 0;
                     JobState::from_response(&resp)
                 }
+                // The agent canceled it at the site's request: a printer
+                // that drops canceled jobs at once forgets it, and that is
+                // the cancel, not a job that ended and was purged. (Had
+                // the printer finished it first, the site still asked to
+                // cancel; reporting it canceled prints nothing twice.)
+                Err(e) if e.ipp_status() == Some(status::NOT_FOUND) && cancel_sent => {
+                    info!(
+                        local_job = local,
+                        "The printer no longer knows the job it was asked to cancel; it counts as canceled."
+                    );
+                    return LocalEnd::Canceled { by_site: true };
+                }
                 Err(e) if e.ipp_status() == Some(status::NOT_FOUND) => {
-                    return LocalEnd::Aborted(format!(
-                        "the printer no longer knows its job {local}"
-                    ));
+                    return LocalEnd::Purged(impressions);
                 }
                 Err(e) => {
                     failures += 1;
@@ -2802,6 +3149,7 @@ impl JobRun {
                 }
             };
             if let Some(s) = state {
+                impressions = s.impressions.unwrap_or(impressions);
                 match s.state {
                     job_state::COMPLETED => {
                         return LocalEnd::Completed(s.impressions.unwrap_or(0));
@@ -2853,10 +3201,15 @@ impl JobRun {
     /// canceled or aborted.
     async fn stop_local(&mut self, user: &str, document: i32, local: i32) -> LocalEnd {
         let ctx = Arc::clone(&self.ctx);
+        let found = self
+            .record
+            .at_printer
+            .is_some_and(|a| a.local_job == local && a.found);
         self.record.at_printer = Some(AtPrinter {
             document,
             local_job: local,
             canceled: true,
+            found,
         });
         self.save_record().await;
         let req = proto::local_job_request(op::CANCEL_JOB, &ctx.printer_uri, user, local);
@@ -2915,12 +3268,172 @@ impl JobRun {
     }
 }
 
+/// How a Print-Job with a document failed.
+enum SendFailed {
+    /// The printer answered with an error, or the request never reached
+    /// it (no connection, the document unreadable): this try made no job.
+    Known(ClientError),
+    /// The exchange broke, or a deadline passed, once the request may
+    /// have reached the printer: it may have made a job of it.
+    Unknown {
+        /// What happened.
+        reason: String,
+        /// Whether the whole document had been handed to the connection
+        /// (if not, a job the printer made of it lacks the end, and the
+        /// printer aborts it).
+        whole: bool,
+    },
+}
+
+/// The slowest a printer may take a document on the whole: a Print-Job
+/// with a document of N bytes must be over within the request deadline
+/// plus N at this rate (about 2.8 hours for 40 MB). Within that bound it
+/// is watched for progress instead ([`send_document`]).
+const MIN_UPLOAD_RATE: u64 = 4 * 1024;
+
+/// The inactivity deadlines of a Print-Job with a document, from the
+/// agent's `connect_timeout` and `request_timeout`: the printer may take
+/// none of the document for `request_timeout`, and may take twice that
+/// to answer once it has all of it (the print stage's 60 s and 120 s by
+/// default, `print::conn::Deadlines`).
+fn upload_deadlines(connect: Duration, request: Duration) -> Deadlines {
+    Deadlines {
+        connect,
+        idle: request,
+        answer: request.saturating_mul(2),
+    }
+}
+
+/// Sends a Print-Job with the document at `path` to the printer at
+/// `printer_uri` (`ipp://` or `http://`, as the agent's printer client).
+///
+/// Not through [`IppClient::call`]: its deadline covers the whole
+/// exchange, and a printer that reads the document as it prints takes as
+/// long as the printing takes, so a 40 MB PDF was cut at 60 s, sent
+/// again and cut again, maybe printing a part each time. The exchange
+/// goes through the print stage's [`crate::print::conn::post`] instead,
+/// which watches progress (the bytes the printer has acknowledged, the
+/// answer) with inactivity `deadlines`, and says whether a broken
+/// exchange had sent anything. The whole is bounded by
+/// [`MIN_UPLOAD_RATE`].
+///
+/// A failure once any of the request left is [`SendFailed::Unknown`].
+async fn send_document(
+    printer_uri: &str,
+    deadlines: Deadlines,
+    mut req: IppRequestResponse,
+    path: &Path,
+) -> Result<IppRequestResponse, SendFailed> {
+    use tokio_util::compat::TokioAsyncReadCompatExt as _;
+    const OPERATION: &str = "Print-Job";
+    let bad_uri = |reason: &str| {
+        SendFailed::Known(ClientError::BadUri {
+            uri: printer_uri.to_owned(),
+            reason: reason.to_owned(),
+        })
+    };
+    let parsed: Uri = printer_uri
+        .parse()
+        .map_err(|_| bad_uri("not a scheme://host[:port]/path URI"))?;
+    if !matches!(parsed.scheme_str(), Some("ipp" | "http")) {
+        return Err(bad_uri(
+            "the agent sends documents over ipp:// or http:// only",
+        ));
+    }
+    let host = parsed
+        .host()
+        .filter(|h| !h.is_empty())
+        .ok_or_else(|| bad_uri("no host"))?
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
+    let port = parsed
+        .port_u16()
+        .unwrap_or(faxgate_ipp::client::DEFAULT_PORT);
+    let target = parsed
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_owned();
+    let addr = format!("{host}:{port}");
+
+    let unreadable = |source| {
+        SendFailed::Known(ClientError::Document {
+            path: path.to_owned(),
+            source,
+        })
+    };
+    let file = tokio::fs::File::open(path).await.map_err(unreadable)?;
+    let document = file.metadata().await.map_err(unreadable)?.len();
+    let length = req.to_bytes().len() as u64 + document;
+    *req.payload_mut() = IppPayload::new_async(file.compat());
+    let bound = deadlines
+        .connect
+        .saturating_add(deadlines.answer)
+        .saturating_add(Duration::from_secs(document / MIN_UPLOAD_RATE));
+    let posted = tokio::time::timeout(
+        bound,
+        crate::print::conn::post(
+            &host,
+            port,
+            &target,
+            req.into_async_read(),
+            length,
+            deadlines,
+        ),
+    )
+    .await;
+    let bytes = match posted {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(Failure::NotSent(reason))) => {
+            return Err(SendFailed::Known(ClientError::Unreachable {
+                addr,
+                source: std::io::Error::other(reason),
+            }));
+        }
+        Ok(Err(Failure::Http(status))) => {
+            return Err(SendFailed::Known(ClientError::Http {
+                uri: printer_uri.to_owned(),
+                operation: OPERATION,
+                status,
+            }));
+        }
+        Ok(Err(Failure::Broken { reason, whole })) => {
+            return Err(SendFailed::Unknown {
+                reason: format!("{OPERATION} to {addr}: {reason}"),
+                whole,
+            });
+        }
+        Err(_) => {
+            return Err(SendFailed::Unknown {
+                reason: format!("{OPERATION} to {addr}: not over within {bound:?}"),
+                whole: false,
+            });
+        }
+    };
+    let resp = ipp::parser::AsyncIppParser::new(futures_util::io::Cursor::new(bytes))
+        .parse()
+        .await
+        .map_err(|e| {
+            SendFailed::Known(ClientError::Unparsable {
+                uri: printer_uri.to_owned(),
+                operation: OPERATION,
+                reason: e.to_string(),
+            })
+        })?;
+    faxgate_ipp::client::check_status(printer_uri, OPERATION, resp).map_err(SendFailed::Known)
+}
+
 /// How the printer's job ended.
 enum LocalEnd {
     Completed(i32),
-    Canceled { by_site: bool },
+    Canceled {
+        by_site: bool,
+    },
     Aborted(String),
     HandedBack,
+    /// The printer no longer knows the job (client-error-not-found):
+    /// it ended and was purged. Its impressions when last read.
+    Purged(i32),
 }
 
 enum FetchFailed {
@@ -3193,17 +3706,26 @@ mod tests {
         assert_eq!(job_ids(&jobs), [3, 5]);
     }
 
+    /// Site job 17 as Fetch-Job describes it: alice's report.pdf in
+    /// `documents` PDF documents, with the attributes `more` after.
+    fn job_17(documents: i32, more: Vec<IppAttribute>) -> IppRequestResponse {
+        let mut attrs = vec![
+            attribute("job-id", IppValue::Integer(17)),
+            attribute("job-uuid", message::uri("urn:uuid:abc")),
+            attribute("job-name", message::name("report.pdf")),
+            attribute("job-originating-user-name", message::name("alice")),
+            attribute("document-format", message::mime("application/pdf")),
+            attribute("number-of-documents", IppValue::Integer(documents)),
+        ];
+        attrs.extend(more);
+        response(vec![group(DelimiterTag::JobAttributes, attrs)])
+    }
+
     fn fetched() -> IppRequestResponse {
-        response(vec![group(
-            DelimiterTag::JobAttributes,
+        job_17(
+            2,
             vec![
-                attribute("job-id", IppValue::Integer(17)),
-                attribute("job-uuid", message::uri("urn:uuid:abc")),
-                attribute("job-name", message::name("report.pdf")),
-                attribute("job-originating-user-name", message::name("alice")),
                 attribute("job-state", IppValue::Enum(3)),
-                attribute("document-format", message::mime("application/pdf")),
-                attribute("number-of-documents", IppValue::Integer(2)),
                 attribute("copies", IppValue::Integer(2)),
                 attribute("media", keyword("iso_a4_210x297mm")),
                 attribute("sides", keyword("two-sided-long-edge")),
@@ -3212,7 +3734,7 @@ mod tests {
                 attribute("job-client-addr", text("203.0.113.9")),
                 attribute("job-client-port", IppValue::Integer(50123)),
             ],
-        )])
+        )
     }
 
     #[test]
@@ -3229,6 +3751,7 @@ mod tests {
         let req = print_job_request(
             "ipp://127.0.0.1:8631/ipp/print/local",
             &job,
+            17,
             "application/pdf",
             2,
         );
@@ -3251,7 +3774,10 @@ mod tests {
             Some("ipp://127.0.0.1:8631/ipp/print/local")
         );
         assert_eq!(op_str("requesting-user-name").as_deref(), Some("alice"));
-        assert_eq!(op_str("job-name").as_deref(), Some("report.pdf (2/2)"));
+        assert_eq!(
+            op_str("job-name").as_deref(),
+            Some("report.pdf (2/2) [site job 17, abc]")
+        );
         assert_eq!(
             op_str("document-format").as_deref(),
             Some("application/pdf")
@@ -3355,7 +3881,9 @@ mod tests {
                 document: 2,
                 local_job: 7,
                 canceled: true,
+                found: false,
             }),
+            submitting: None,
             report: None,
         };
         let r = JobRecord::resume(Some(stored.clone()), Some("urn:uuid:a"));
@@ -3387,6 +3915,7 @@ mod tests {
             printed: 2,
             impressions: 5,
             at_printer: None,
+            submitting: Some(3),
             report: Some(JobReport::completed(5)),
         };
         book.save(4, &record).await.unwrap();
@@ -3404,6 +3933,507 @@ mod tests {
         book.remove(4).await;
         assert_eq!(book.load(4).await, None);
         assert_eq!(book.all().await.len(), 1);
+    }
+
+    #[test]
+    fn local_job_names_are_unique_per_site_job_and_document_and_found_by_name() {
+        let mut job = FetchedJob::from_response(&fetched(), 17).unwrap();
+        job.uuid = Some("urn:uuid:3f2a9c1e-0000-4000-8000-000000000000".into());
+        assert_eq!(
+            local_job_name(&job, 17, 2),
+            "report.pdf (2/2) [site job 17, 3f2a9c1e]"
+        );
+        job.documents = 1;
+        job.uuid = None;
+        assert_eq!(local_job_name(&job, 17, 1), "report.pdf [site job 17]");
+        // A long name is cut before the unique tail, at a character.
+        job.name = "é".repeat(200);
+        let long = local_job_name(&job, 17, 1);
+        assert!(long.len() <= 255, "{}", long.len());
+        assert!(long.ends_with("é [site job 17]"), "{long}");
+
+        let ours = "report.pdf [site job 17]";
+        let listed = |jobs: &[(i32, i32, &str, &str)]| {
+            response(
+                jobs.iter()
+                    .map(|(id, state, name, user)| {
+                        group(
+                            DelimiterTag::JobAttributes,
+                            vec![
+                                attribute("job-id", IppValue::Integer(*id)),
+                                attribute("job-state", IppValue::Enum(*state)),
+                                attribute("job-name", message::name(name)),
+                                attribute("job-originating-user-name", message::name(user)),
+                            ],
+                        )
+                    })
+                    .collect(),
+            )
+        };
+        let resp = listed(&[
+            // An older job of another site job with the same name.
+            (3, job_state::COMPLETED, "report.pdf", "alice"),
+            (4, job_state::ABORTED, ours, "alice"),
+            (5, job_state::CANCELED, ours, "alice"),
+            (6, job_state::PROCESSING, ours, "bob"),
+        ]);
+        assert_eq!(find_local_job(&resp, ours, "alice"), None);
+        let resp = listed(&[
+            (7, job_state::PROCESSING, ours, "alice"),
+            (8, job_state::COMPLETED, "report.pdf [site job 1]", "alice"),
+        ]);
+        assert_eq!(find_local_job(&resp, ours, "alice"), Some(7));
+        message::check_request(&my_jobs_request("ipp://p/ipp/print", "alice", "completed"))
+            .unwrap();
+    }
+
+    /// A stand-in IPP printer or site (the print stage's test double).
+    use crate::print::ipp::test_server::{
+        self as stand_in, Answer, Reading, StandIn, attribute_value, named_job,
+    };
+
+    /// Site job 17 as Fetch-Job describes it: one PDF document of alice's.
+    fn site_job() -> IppRequestResponse {
+        job_17(1, vec![])
+    }
+
+    /// The printer's name for site job 17's document.
+    fn local_name() -> String {
+        local_job_name(&FetchedJob::from_response(&site_job(), 17).unwrap(), 17, 1)
+    }
+
+    /// A site that hands out [`site_job`] with a document of `size`
+    /// bytes and takes every report.
+    async fn stand_in_site(size: usize) -> StandIn {
+        stand_in::serve(move |o| match o {
+            op::FETCH_JOB => site_job().to_bytes().to_vec(),
+            op::FETCH_DOCUMENT => {
+                let mut b = response(vec![]).to_bytes().to_vec();
+                b.extend(std::iter::repeat_n(b'x', size));
+                b
+            }
+            _ => response(vec![]).to_bytes().to_vec(),
+        })
+        .await
+    }
+
+    /// Whether an IPP request is about printer job `id`.
+    fn asks_for_job(body: &[u8], id: i32) -> bool {
+        attribute_value(body, "job-id") == Some(String::from_utf8_lossy(&id.to_be_bytes()).into())
+    }
+
+    /// The printer's answer to Get-Job-Attributes: job `id` completed,
+    /// any other aborted.
+    fn only_completed(body: &[u8], id: i32) -> Answer {
+        let state = if asks_for_job(body, id) {
+            job_state::COMPLETED
+        } else {
+            job_state::ABORTED
+        };
+        let (tag, attrs) = stand_in::job(id, state);
+        Answer::Reply(stand_in::response(status::OK, &[(tag, attrs)]))
+    }
+
+    /// A printer that lists job 5, named for site job 17's document 1, as
+    /// ours and processing, and says it completed (Get-Job-Attributes);
+    /// OK to anything else.
+    fn has_job_5(o: u16, body: &[u8]) -> Answer {
+        match o {
+            op::GET_JOBS => Answer::Reply(stand_in::response(
+                status::OK,
+                &[named_job(5, job_state::PROCESSING, &local_name(), "alice")],
+            )),
+            op::GET_JOB_ATTRIBUTES => only_completed(body, 5),
+            _ => Answer::Reply(stand_in::response(status::OK, &[])),
+        }
+    }
+
+    /// A run of site job 17 against `site` and `printer`, the printer's
+    /// request deadline `timeout`, the agent's records in `dir`.
+    fn job_run(site: &StandIn, printer: &StandIn, timeout: Duration, dir: &Path) -> JobRun {
+        std::fs::create_dir_all(dir.join("spool")).unwrap();
+        let ctx = JobCtx {
+            site: IppClient::builder(site.uri.clone()).build().unwrap(),
+            printer: IppClient::builder(printer.uri.clone())
+                .request_timeout(timeout)
+                .build()
+                .unwrap(),
+            printer_uri: printer.uri.clone(),
+            upload: upload_deadlines(Duration::from_secs(5), timeout),
+            infra: Infra {
+                site: site.uri.clone(),
+                user: "osaka".into(),
+                uuid: device_uuid([7; 16]),
+            },
+            spool: dir.join("spool"),
+            book: JobBook {
+                dir: dir.join("agent-jobs"),
+            },
+            front_check: Duration::from_secs(60),
+            job_poll: Duration::from_millis(20),
+            printer_retry: Duration::from_millis(100),
+            grace: Duration::from_secs(5),
+        };
+        JobRun {
+            ctx: Arc::new(ctx),
+            job_id: 17,
+            cancel: CancellationToken::new(),
+            stop: CancellationToken::new(),
+            impressions: 0,
+            record: JobRecord::default(),
+        }
+    }
+
+    /// Runs the job, within a bound: an agent that sends the document
+    /// again and again would never end.
+    async fn run_job(run: JobRun) -> JobOutcome {
+        tokio::time::timeout(Duration::from_secs(30), run.run())
+            .await
+            .expect("the job run did not end")
+            .outcome
+    }
+
+    /// A Print-Job whose outcome is unknown (the printer reads the whole
+    /// request, makes job 5, then drops the connection, or answers only
+    /// after the agent's deadline) is not sent again: the agent finds
+    /// job 5 at the printer by its unique name (not the older
+    /// `report.pdf`, nor an aborted job of the same name) and follows
+    /// it to completion. (Test doubles: a real printer does not lose
+    /// answers on demand.)
+    #[tokio::test]
+    async fn a_print_job_with_an_unknown_outcome_is_found_at_the_printer_not_sent_again() {
+        for hang in [true, false] {
+            let dir = tempfile::tempdir().unwrap();
+            let site = stand_in_site(64 * 1024).await;
+            let made = Arc::new(std::sync::Mutex::new(None::<String>));
+            let m = made.clone();
+            let printer = stand_in::serve_with(Reading::Fast, move |o, body| match o {
+                op::PRINT_JOB => {
+                    *m.lock().unwrap() = attribute_value(body, "job-name");
+                    if hang { Answer::Hang } else { Answer::Silent }
+                }
+                op::GET_JOBS => {
+                    let mut jobs = vec![named_job(3, job_state::COMPLETED, "report.pdf", "alice")];
+                    if let Some(ours) = m.lock().unwrap().clone() {
+                        jobs.push(named_job(4, job_state::ABORTED, &ours, "alice"));
+                        jobs.push(named_job(5, job_state::PROCESSING, &ours, "alice"));
+                    }
+                    Answer::Reply(stand_in::response(status::OK, &jobs))
+                }
+                op::GET_JOB_ATTRIBUTES => only_completed(body, 5),
+                _ => Answer::Reply(stand_in::response(status::OK, &[])),
+            })
+            .await;
+            let run = job_run(&site, &printer, Duration::from_millis(300), dir.path());
+            let book = run.ctx.book.clone();
+            let outcome = run_job(run).await;
+            assert!(
+                matches!(outcome, JobOutcome::Completed),
+                "hang {hang}: {outcome:?}"
+            );
+            assert_eq!(printer.count(op::PRINT_JOB), 1, "hang {hang}: sent again");
+            assert_eq!(made.lock().unwrap().as_deref(), Some(local_name().as_str()));
+            assert!(printer.count(op::GET_JOBS) >= 1);
+            assert_eq!(book.load(17).await, None, "the final report was taken");
+        }
+    }
+
+    /// A printer that reads the document as it prints, slower than the
+    /// request deadline allows for the whole exchange, gets it once: the
+    /// upload is watched for progress, not cut at a total deadline.
+    #[tokio::test]
+    async fn a_large_upload_that_makes_progress_is_not_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let site = stand_in_site(256 * 1024).await;
+        let pace = Reading::Paced {
+            bytes: 4096,
+            every: Duration::from_millis(8),
+        };
+        let printer = stand_in::serve_with(pace, |o, body| match o {
+            op::PRINT_JOB => {
+                let (tag, attrs) = stand_in::job(5, job_state::PENDING);
+                Answer::Reply(stand_in::response(status::OK, &[(tag, attrs)]))
+            }
+            op::GET_JOB_ATTRIBUTES => only_completed(body, 5),
+            _ => Answer::Reply(stand_in::response(status::OK, &[])),
+        })
+        .await;
+        let run = job_run(&site, &printer, Duration::from_millis(300), dir.path());
+        let start = Instant::now();
+        let outcome = run_job(run).await;
+        assert!(matches!(outcome, JobOutcome::Completed), "{outcome:?}");
+        assert_eq!(printer.count(op::PRINT_JOB), 1, "sent again");
+        assert!(
+            start.elapsed() > Duration::from_millis(300),
+            "the printer read faster than the test means: {:?}",
+            start.elapsed()
+        );
+    }
+
+    /// After a restart whose record says the document was being
+    /// submitted (and names no printer job), nothing tells whether the
+    /// printer got all of it: the job it made of it (job 5) may hold part
+    /// of it, so it is canceled, and the document is sent again (job 6)
+    /// and followed to completion. (The CI once caught the other way
+    /// round, following the job, completing a site job whose document
+    /// ippeveprinter had only in part.)
+    #[tokio::test]
+    async fn a_restart_while_submitting_cancels_the_job_found_and_sends_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let site = stand_in_site(1024).await;
+        let printer = stand_in::serve_with(Reading::Fast, |o, body| match o {
+            op::PRINT_JOB => {
+                let (tag, attrs) = stand_in::job(6, job_state::PENDING);
+                Answer::Reply(stand_in::response(status::OK, &[(tag, attrs)]))
+            }
+            op::GET_JOB_ATTRIBUTES => only_completed(body, 6),
+            o => has_job_5(o, body),
+        })
+        .await;
+        let run = job_run(&site, &printer, Duration::from_secs(5), dir.path());
+        let stored = JobRecord {
+            job_uuid: Some("urn:uuid:abc".into()),
+            submitting: Some(1),
+            ..JobRecord::default()
+        };
+        run.ctx.book.save(17, &stored).await.unwrap();
+        let outcome = run_job(run).await;
+        assert!(matches!(outcome, JobOutcome::Completed), "{outcome:?}");
+        assert_eq!(printer.count(op::CANCEL_JOB), 1, "the job found canceled");
+        assert_eq!(printer.count(op::PRINT_JOB), 1, "sent once more");
+    }
+
+    /// A printer job the agent follows after a restart that the printer
+    /// no longer knows (client-error-not-found: it ended and was
+    /// purged) counts as printed; one the agent canceled on shutdown is
+    /// printed again, since it may have ended canceled.
+    #[tokio::test]
+    async fn a_purged_printer_job_counts_as_printed_unless_canceled_on_stop() {
+        for canceled in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let site = stand_in_site(1024).await;
+            let printer = stand_in::serve_with(Reading::Fast, |o, body| match o {
+                op::PRINT_JOB => {
+                    let (tag, attrs) = stand_in::job(8, job_state::PENDING);
+                    Answer::Reply(stand_in::response(status::OK, &[(tag, attrs)]))
+                }
+                op::GET_JOB_ATTRIBUTES if asks_for_job(body, 7) => {
+                    Answer::Reply(stand_in::response(status::NOT_FOUND, &[]))
+                }
+                op::GET_JOB_ATTRIBUTES => only_completed(body, 8),
+                _ => Answer::Reply(stand_in::response(status::OK, &[])),
+            })
+            .await;
+            let run = job_run(&site, &printer, Duration::from_secs(5), dir.path());
+            let stored = JobRecord {
+                job_uuid: Some("urn:uuid:abc".into()),
+                at_printer: Some(AtPrinter {
+                    document: 1,
+                    local_job: 7,
+                    canceled,
+                    found: false,
+                }),
+                ..JobRecord::default()
+            };
+            run.ctx.book.save(17, &stored).await.unwrap();
+            let outcome = run_job(run).await;
+            assert!(
+                matches!(outcome, JobOutcome::Completed),
+                "canceled {canceled}: {outcome:?}"
+            );
+            assert_eq!(
+                printer.count(op::PRINT_JOB),
+                usize::from(canceled),
+                "canceled {canceled}"
+            );
+        }
+    }
+
+    /// Waits (at most 20 s) until `done` holds.
+    async fn until(mut done: impl FnMut() -> bool) {
+        let start = Instant::now();
+        while !done() {
+            assert!(start.elapsed() < Duration::from_secs(20), "waited too long");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// The job's outcome once it ended (within 30 s).
+    async fn outcome_of(task: tokio::task::JoinHandle<JobResult>) -> JobOutcome {
+        tokio::time::timeout(Duration::from_secs(30), task)
+            .await
+            .expect("the job run did not end")
+            .unwrap()
+            .outcome
+    }
+
+    /// The document states the site was told (Update-Document-Status).
+    fn document_states(site: &StandIn) -> Vec<i32> {
+        site.bodies(op::UPDATE_DOCUMENT_STATUS)
+            .iter()
+            .filter_map(|b| attribute_value(b, "output-device-document-state"))
+            .filter_map(|v| Some(i32::from_be_bytes(v.as_bytes().try_into().ok()?)))
+            .collect()
+    }
+
+    /// The site cancels a job whose printer job is being watched, and the
+    /// printer drops a canceled job at once: the next look finds nothing
+    /// (client-error-not-found). That is the agent's own cancel, not a
+    /// job that ended and was purged: the job is canceled, the document
+    /// not printed.
+    #[tokio::test]
+    async fn a_printer_job_gone_after_the_sites_cancel_is_canceled_not_printed() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let dir = tempfile::tempdir().unwrap();
+        let site = stand_in_site(1024).await;
+        let dropped = Arc::new(AtomicBool::new(false));
+        let d = dropped.clone();
+        let printer = stand_in::serve_with(Reading::Fast, move |o, _| match o {
+            op::PRINT_JOB => {
+                let (tag, attrs) = stand_in::job(5, job_state::PENDING);
+                Answer::Reply(stand_in::response(status::OK, &[(tag, attrs)]))
+            }
+            op::GET_JOB_ATTRIBUTES if d.load(Ordering::SeqCst) => {
+                Answer::Reply(stand_in::response(status::NOT_FOUND, &[]))
+            }
+            op::GET_JOB_ATTRIBUTES => {
+                let (tag, attrs) = stand_in::job(5, job_state::PROCESSING);
+                Answer::Reply(stand_in::response(status::OK, &[(tag, attrs)]))
+            }
+            op::CANCEL_JOB => {
+                d.store(true, Ordering::SeqCst);
+                Answer::Reply(stand_in::response(status::OK, &[]))
+            }
+            _ => Answer::Reply(stand_in::response(status::OK, &[])),
+        })
+        .await;
+        let run = job_run(&site, &printer, Duration::from_secs(5), dir.path());
+        let cancel = run.cancel.clone();
+        let task = tokio::spawn(run.run());
+        until(|| printer.count(op::GET_JOB_ATTRIBUTES) >= 2).await;
+        cancel.cancel();
+        let outcome = outcome_of(task).await;
+        assert!(matches!(outcome, JobOutcome::Canceled), "{outcome:?}");
+        assert_eq!(printer.count(op::CANCEL_JOB), 1);
+        let states = document_states(&site);
+        assert!(
+            !states.contains(&job_state::COMPLETED),
+            "printed: {states:?}"
+        );
+        assert_eq!(states.last(), Some(&job_state::CANCELED));
+    }
+
+    /// A Print-Job that broke while the document was going out (the
+    /// printer stopped reading: a jam) leaves a job made of part of it,
+    /// which this printer would end completed: the agent cancels it and
+    /// sends the document again instead of following it. (The stand-in
+    /// takes no document better the second time; the site cancels the
+    /// job once the second try broke too.)
+    #[tokio::test]
+    async fn a_job_made_of_part_of_a_document_is_canceled_not_followed() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let dir = tempfile::tempdir().unwrap();
+        let site = stand_in_site(256 * 1024).await;
+        let canceled = Arc::new(AtomicBool::new(false));
+        let c = canceled.clone();
+        let printer =
+            stand_in::serve_with(Reading::Stops { after: 4096 }, move |o, body| match o {
+                op::GET_JOBS => {
+                    let state = if c.load(Ordering::SeqCst) {
+                        job_state::CANCELED
+                    } else {
+                        job_state::PROCESSING_STOPPED
+                    };
+                    let job = named_job(5, state, &local_name(), "alice");
+                    Answer::Reply(stand_in::response(status::OK, &[job]))
+                }
+                op::CANCEL_JOB => {
+                    c.store(true, Ordering::SeqCst);
+                    Answer::Reply(stand_in::response(status::OK, &[]))
+                }
+                op::GET_JOB_ATTRIBUTES => only_completed(body, 5),
+                _ => Answer::Reply(stand_in::response(status::OK, &[])),
+            })
+            .await;
+        let run = job_run(&site, &printer, Duration::from_millis(300), dir.path());
+        let cancel = run.cancel.clone();
+        let task = tokio::spawn(run.run());
+        // Each broken try is followed by a look (Get-Jobs not-completed,
+        // and completed when that finds nothing): three means the
+        // document went out again and broke again.
+        until(|| task.is_finished() || printer.count(op::GET_JOBS) >= 3).await;
+        cancel.cancel();
+        let outcome = outcome_of(task).await;
+        assert!(matches!(outcome, JobOutcome::Canceled), "{outcome:?}");
+        assert!(
+            printer.count(op::CANCEL_JOB) >= 1,
+            "the partial job canceled"
+        );
+        assert_eq!(printer.count(op::GET_JOB_ATTRIBUTES), 0, "followed");
+        let states = document_states(&site);
+        assert!(
+            !states.contains(&job_state::COMPLETED),
+            "printed: {states:?}"
+        );
+    }
+
+    /// A site cancel, or shutdown, while a slow printer reads a large
+    /// document drops the upload at once instead of waiting for it (it
+    /// would take over a minute here). On cancel the job the printer made
+    /// of part of it is canceled; on shutdown the job is handed back and
+    /// the record still says the document was being submitted, so a
+    /// restart looks at the printer first.
+    #[tokio::test]
+    async fn cancel_or_shutdown_during_an_upload_ends_it_at_once() {
+        for stop in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let site = stand_in_site(1024 * 1024).await;
+            let pace = Reading::Paced {
+                bytes: 4096,
+                every: Duration::from_millis(300),
+            };
+            let printer = stand_in::serve_with(pace, has_job_5).await;
+            let run = job_run(&site, &printer, Duration::from_secs(5), dir.path());
+            let (cancel, shutdown, book) =
+                (run.cancel.clone(), run.stop.clone(), run.ctx.book.clone());
+            let task = tokio::spawn(run.run());
+            let start = Instant::now();
+            loop {
+                let record = book.load(17).await;
+                if record.is_some_and(|r| r.submitting == Some(1)) {
+                    break;
+                }
+                assert!(start.elapsed() < Duration::from_secs(20), "never submitted");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let asked = Instant::now();
+            if stop {
+                shutdown.cancel();
+            } else {
+                cancel.cancel();
+            }
+            let outcome = tokio::time::timeout(Duration::from_secs(10), task)
+                .await
+                .unwrap_or_else(|_| panic!("stop {stop}: the upload went on"))
+                .unwrap()
+                .outcome;
+            assert!(asked.elapsed() < Duration::from_secs(10));
+            assert_eq!(
+                printer.count(op::GET_JOB_ATTRIBUTES),
+                0,
+                "stop {stop}: followed"
+            );
+            if stop {
+                assert!(matches!(outcome, JobOutcome::HandedBack), "{outcome:?}");
+                let record = book.load(17).await.unwrap();
+                assert_eq!(record.submitting, Some(1), "a restart looks first");
+                assert_eq!(record.printed, 0);
+            } else {
+                assert!(matches!(outcome, JobOutcome::Canceled), "{outcome:?}");
+                assert_eq!(printer.count(op::CANCEL_JOB), 1, "the partial job canceled");
+            }
+        }
     }
 
     #[test]

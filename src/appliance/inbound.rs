@@ -205,6 +205,9 @@ impl Inbound {
                     (InboxState::Complete | InboxState::Partial, _) if fresh.pages == 0 => {
                         InboxState::Interrupted
                     }
+                    // A caller without faxgate's job tag cannot resume:
+                    // the pages it sent print now.
+                    (InboxState::Interrupted, None) if fresh.pages > 0 => InboxState::Partial,
                     (s, _) => s,
                 }
             })

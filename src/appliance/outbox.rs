@@ -63,6 +63,7 @@ impl OutboxHandle {
             rx,
             running: HashMap::new(),
             tasks: JoinSet::new(),
+            task_jobs: HashMap::new(),
             holds: LocalHolds::default(),
             shutdown,
         };
@@ -158,6 +159,9 @@ struct OutboxActor {
     rx: mpsc::Receiver<OutboxMsg>,
     running: HashMap<String, RunningJob>,
     tasks: JoinSet<Attempted>,
+    /// The job each attempt's task runs (to free a job whose task
+    /// panicked).
+    task_jobs: HashMap<tokio::task::Id, String>,
     holds: LocalHolds,
     shutdown: CancellationToken,
 }
@@ -189,13 +193,31 @@ impl OutboxActor {
                     }
                     None => break,
                 },
-                Some(done) = self.tasks.join_next(), if !self.tasks.is_empty() => {
-                    if let Ok((id, held)) = done {
-                        self.running.remove(&id);
-                        match held {
-                            Some(delay) => self.holds.failed(id, delay, Instant::now()),
-                            None => self.holds.clear(&id),
+                Some(done) = self.tasks.join_next_with_id(), if !self.tasks.is_empty() => {
+                    let (id, held) = match done {
+                        Ok((task, attempted)) => {
+                            self.task_jobs.remove(&task);
+                            attempted
                         }
+                        // A panic in an attempt: the job goes back to
+                        // retrying after the local-error backoff, and its
+                        // slot is free again.
+                        Err(e) => {
+                            let Some(id) = self.task_jobs.remove(&e.id()) else {
+                                continue;
+                            };
+                            let failures = self.holds.failures(&id);
+                            let delay = backoff(self.fax.retry_initial, self.fax.retry_max, failures);
+                            let error = anyhow::anyhow!("the attempt's task failed: {e}");
+                            tracing::error!(job_id = %id, error = %error, retry_in = ?delay, "Job attempt failed locally.");
+                            after_local_error(&self.store, &self.bus, &id, &error, delay).await;
+                            (id, Some(delay))
+                        }
+                    };
+                    self.running.remove(&id);
+                    match held {
+                        Some(delay) => self.holds.failed(id, delay, Instant::now()),
+                        None => self.holds.clear(&id),
                     }
                 }
                 () = tokio::time::sleep(next) => {}
@@ -238,7 +260,8 @@ impl OutboxActor {
             };
             let failures = self.holds.failures(&job.id);
             let span = tracing::info_span!("job", job_id = %job.id, to = %job.to);
-            self.tasks.spawn(
+            let job_id = job.id.clone();
+            let task = self.tasks.spawn(
                 async move {
                     let id = job.id.clone();
                     let Err(e) = attempt(&ctx, job).await else {
@@ -255,6 +278,7 @@ impl OutboxActor {
                 }
                 .instrument(span),
             );
+            self.task_jobs.insert(task.id(), job_id);
         }
         Ok(())
     }
@@ -374,6 +398,18 @@ async fn attempt(ctx: &SendCtx, job: JobInfo) -> anyhow::Result<()> {
             &job.id,
             JobState::Cancelled,
             Some("cancelled by the user".into()),
+            None,
+        )
+        .await?;
+        return Ok(());
+    }
+    if job.delivered >= job.pages {
+        // Every page had its MCF (the end of the last attempt was cut
+        // short): nothing is sent again.
+        ctx.set(
+            &job.id,
+            JobState::Done,
+            Some("every page was confirmed".into()),
             None,
         )
         .await?;
@@ -558,12 +594,29 @@ async fn record_outcome(
         }
         _ => None,
     };
+    if now.delivered >= now.pages {
+        // Every page has its MCF: the fax is delivered, whatever ended the
+        // call after that (a shutdown or a modem error during DCN and
+        // hangup, a cancel too late to stop anything).
+        let after = match &end {
+            SessionEnd::T30(o) => o.result.as_ref().err().map(|f| format!("T.30: {f}")),
+            SessionEnd::Parked => Some("shutdown".to_owned()),
+            SessionEnd::Error(e) => Some(format!("{e:#}")),
+        };
+        if let Some(why) = after {
+            ctx.store
+                .note(
+                    job.id.clone(),
+                    format!("every page was confirmed; then the call ended: {why}"),
+                )
+                .await?;
+        }
+        tracing::info!(pages = now.delivered, "Job done.");
+        ctx.set(&job.id, JobState::Done, uncorrected, None).await?;
+        return Ok(());
+    }
     match end {
         SessionEnd::T30(outcome) => match outcome.result {
-            Ok(()) if now.delivered >= now.pages => {
-                tracing::info!(pages = now.delivered, "Job done.");
-                ctx.set(&job.id, JobState::Done, uncorrected, None).await?;
-            }
             Ok(()) => {
                 ctx.retry(
                     &now,

@@ -25,6 +25,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context as _;
+use faxgate_config::appliance::InboxSection;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -43,11 +44,13 @@ pub struct PrintHandle {
 
 impl PrintHandle {
     /// Starts the actor. `printer` is `None` when received documents are
-    /// only archived.
+    /// only archived; `inbox` says where the archive is, whether
+    /// documents are held, and how long an interrupted reception waits
+    /// for its sender ([`Store::close_abandoned`]).
     pub fn spawn(
         store: Store,
         printer: Option<Printer>,
-        archive: Option<PathBuf>,
+        inbox: &InboxSection,
         retry: Duration,
         bus: Bus,
         shutdown: CancellationToken,
@@ -58,7 +61,9 @@ impl PrintHandle {
         let actor = PrintActor {
             store,
             printer,
-            archive,
+            archive: inbox.archive_dir.clone(),
+            hold: !inbox.print,
+            resume_window: inbox.resume_window,
             retry,
             bus,
             rx,
@@ -84,6 +89,10 @@ struct PrintActor {
     store: Store,
     printer: Option<Printer>,
     archive: Option<PathBuf>,
+    /// Keep received documents held (`[inbox] print = false`).
+    hold: bool,
+    /// How long an interrupted reception waits for its sender.
+    resume_window: Duration,
     retry: Duration,
     bus: Bus,
     rx: mpsc::Receiver<()>,
@@ -95,6 +104,22 @@ impl PrintActor {
     async fn run(mut self) {
         loop {
             let mut again = false;
+            match self
+                .store
+                .close_abandoned(self.resume_window, self.hold)
+                .await
+            {
+                Ok(closed) => {
+                    for doc in closed {
+                        tracing::warn!(doc = doc.id, pages = doc.pages, from = %doc.from, "An interrupted reception will not be resumed; its pages print as a partial fax.");
+                        self.bus.publish(BusEvent::Inbox(doc));
+                    }
+                }
+                Err(e) => tracing::error!(
+                    error = format!("{e:#}"),
+                    "Cannot close abandoned receptions."
+                ),
+            }
             match self.store.print_queue().await {
                 Ok(queue) => {
                     for doc in queue {
@@ -144,7 +169,24 @@ impl PrintActor {
         {
             return self.follow(doc, job).await;
         }
-        let pages = self.store.inbox_pages(doc.id).await?;
+        let pages = match self.store.inbox_pages(doc.id).await {
+            Ok(pages) => pages,
+            // The store's database failing is not the document's fault:
+            // tried again at the next pass.
+            Err(e) if e.chain().any(|c| c.is::<rusqlite::Error>()) => return Err(e),
+            Err(e) => {
+                // A page file missing or damaged does not mend itself:
+                // the document fails with the reason (`faxgate inbox
+                // release` tries again once someone has looked).
+                let reason = format!("cannot read the received pages: {e:#}");
+                tracing::error!(doc = doc.id, reason = %reason, "Cannot print a received document.");
+                self.store
+                    .set_print_state(doc.id, PrintState::Failed, Some(reason))
+                    .await?;
+                self.publish(doc.id).await?;
+                return Ok(true);
+            }
+        };
         let title = job_name(doc);
         let document = Document { title, pages };
         if doc.archived.is_none() {
@@ -163,6 +205,9 @@ impl PrintActor {
         // A document tried before may have become a job already (a
         // Print-Job whose answer was lost, then a retry or a restart):
         // the printer is asked for it before the document is sent again.
+        // A first try cut by a crash is not marked: the printer may hold
+        // a job of part of it (some complete such a job), and following
+        // that would lose pages; sent again, it prints at least once.
         let sending = async {
             if doc.print_reason.is_some() {
                 printer.resubmit(&document).await
@@ -437,7 +482,7 @@ mod tests {
         let handle = PrintHandle::spawn(
             store.clone(),
             Some(printer),
-            None,
+            &InboxSection::default(),
             retry,
             bus,
             shutdown.clone(),
@@ -527,7 +572,7 @@ mod tests {
         let _handle = PrintHandle::spawn(
             store.clone(),
             Some(Printer::from_uri(&server.uri).unwrap()),
-            None,
+            &InboxSection::default(),
             Duration::from_millis(100),
             Bus::default(),
             shutdown.clone(),
@@ -555,6 +600,21 @@ mod tests {
         tracker.wait().await;
     }
 
+    /// Starts the actor on `store` printing to a new folder `printer`
+    /// in `dir` (returned), with an archive folder, retrying every 100 ms.
+    fn folder_actor(
+        store: &Store,
+        dir: &Path,
+        archive: Option<PathBuf>,
+    ) -> (PathBuf, PrintHandle, CancellationToken, TaskTracker) {
+        let out = dir.join("printer");
+        std::fs::create_dir(&out).unwrap();
+        let uri = format!("dir:{}", out.display());
+        let (handle, shutdown, tracker) =
+            spawn_actor(store, Some(&uri), archive, Duration::from_millis(100));
+        (out, handle, shutdown, tracker)
+    }
+
     /// Starts the actor on `store` with a printer URI, an archive folder
     /// and a retry period.
     fn spawn_actor(
@@ -568,7 +628,10 @@ mod tests {
         let handle = PrintHandle::spawn(
             store.clone(),
             printer.map(|u| Printer::from_uri(u).unwrap()),
-            archive,
+            &InboxSection {
+                archive_dir: archive,
+                ..InboxSection::default()
+            },
             retry,
             Bus::default(),
             shutdown.clone(),
@@ -595,14 +658,8 @@ mod tests {
         let file = dir.path().join("not-a-folder");
         std::fs::write(&file, b"").unwrap();
         let archive = file.join("archive");
-        let out = dir.path().join("printer");
-        std::fs::create_dir(&out).unwrap();
-        let (_handle, shutdown, tracker) = spawn_actor(
-            &store,
-            Some(&format!("dir:{}", out.display())),
-            Some(archive.clone()),
-            Duration::from_millis(100),
-        );
+        let (out, _handle, shutdown, tracker) =
+            folder_actor(&store, dir.path(), Some(archive.clone()));
         let d = wait_doc(&store, id, |d| d.print != PrintState::Pending).await;
         assert_eq!(d.print, PrintState::Printed, "{d:?}");
         assert_eq!(files(&out).len(), 1);
@@ -619,6 +676,42 @@ mod tests {
                 .any(|h| h.message.starts_with("archive failed:")),
             "{history:?}"
         );
+        stop(shutdown, tracker).await;
+    }
+
+    #[tokio::test]
+    async fn a_document_whose_page_cannot_be_read_fails_with_the_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("store")).unwrap();
+        let id = received(&store).await;
+        let tif = dir.path().join(format!("store/inbox/{id}/0000.tif"));
+        std::fs::write(&tif, b"not a TIFF").unwrap();
+        let (out, _handle, shutdown, tracker) = folder_actor(&store, dir.path(), None);
+        let d = wait_doc(&store, id, |d| d.print != PrintState::Pending).await;
+        assert_eq!(d.print, PrintState::Failed, "{d:?}");
+        let reason = d.print_reason.unwrap_or_default();
+        assert!(reason.contains("0000.tif"), "{reason}");
+        assert!(files(&out).is_empty());
+        stop(shutdown, tracker).await;
+    }
+
+    #[tokio::test]
+    async fn a_reception_open_at_a_crash_prints_once_the_actor_starts() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("store")).unwrap();
+        // A telephone call with one confirmed page when the power went.
+        let d = store.begin_receive("pstn", "c9", None, None).await.unwrap();
+        let mut page = Bitmap::new(1728, 60);
+        page.set_pixel(7, 7, true);
+        store
+            .store_page(d.id, 0, page, Resolution::Fine)
+            .await
+            .unwrap();
+        store.recover().await.unwrap();
+        let (out, _handle, shutdown, tracker) = folder_actor(&store, dir.path(), None);
+        let d = wait_doc(&store, d.id, |d| d.print == PrintState::Printed).await;
+        assert_eq!(d.state, InboxState::Partial);
+        assert_eq!(files(&out).len(), 1);
         stop(shutdown, tracker).await;
     }
 
@@ -711,7 +804,7 @@ mod tests {
                         .unwrap()
                         .with_job_timeout(Duration::from_millis(300)),
                 ),
-                None,
+                &InboxSection::default(),
                 Duration::from_millis(100),
                 Bus::default(),
                 shutdown.clone(),
@@ -865,17 +958,20 @@ mod tests {
                     .unwrap()
                     .with_deadlines(Duration::from_millis(500), Duration::from_secs(1)),
             ),
-            None,
+            &InboxSection::default(),
             Duration::from_millis(200),
             Bus::default(),
             shutdown.clone(),
             &tracker,
         );
         let before = ticks.load(Ordering::SeqCst);
-        let d = wait_doc(&store, id, |d| d.print_reason.is_some()).await;
+        let d = wait_doc(&store, id, |d| {
+            d.print_reason
+                .as_deref()
+                .is_some_and(|r| r.contains("is not taking data"))
+        })
+        .await;
         assert_eq!(d.print, PrintState::Pending, "{d:?}");
-        let reason = d.print_reason.unwrap_or_default();
-        assert!(reason.contains("is not taking data"), "{reason}");
         assert!(
             ticks.load(Ordering::SeqCst) > before + 10,
             "the runtime stood still during the write"
@@ -937,6 +1033,53 @@ mod tests {
         ticker.abort();
     }
 
+    /// A printer whose answer to Print-Job is lost (`print`: Hang or
+    /// Silent), which lists the job it made of it as job `id` (Get-Jobs,
+    /// our user and the job-name it got) once `listed` holds, and says
+    /// that job completed. Returns it and the job-name it got.
+    async fn answer_lost(
+        print: crate::print::ipp::test_server::Answer,
+        listed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+        id: i32,
+    ) -> (
+        crate::print::ipp::test_server::StandIn,
+        std::sync::Arc<std::sync::Mutex<String>>,
+    ) {
+        use crate::print::ipp::test_server::{
+            Answer, Reading, attribute_value, idle_pdf_printer, job, named_job, response,
+            serve_with,
+        };
+        use faxgate_ipp::codes::{job_state, op, status};
+        use std::sync::atomic::Ordering;
+        use std::sync::{Arc, Mutex};
+        let name = Arc::new(Mutex::new(String::new()));
+        let n = name.clone();
+        let user = std::env::var("USER").unwrap_or_else(|_| "faxgate".into());
+        let printer = serve_with(Reading::Fast, move |o, body| match o {
+            op::GET_PRINTER_ATTRIBUTES => {
+                Answer::Reply(response(status::OK, &[idle_pdf_printer()]))
+            }
+            op::PRINT_JOB => {
+                *n.lock().unwrap() = attribute_value(body, "job-name").unwrap_or_default();
+                print.clone()
+            }
+            op::GET_JOBS if listed.load(Ordering::SeqCst) => {
+                let ours = n.lock().unwrap().clone();
+                Answer::Reply(response(
+                    status::OK,
+                    &[named_job(id, job_state::PROCESSING, &ours, &user)],
+                ))
+            }
+            op::GET_JOBS => Answer::Reply(response(status::OK, &[])),
+            op::GET_JOB_ATTRIBUTES => {
+                Answer::Reply(response(status::OK, &[job(id, job_state::COMPLETED)]))
+            }
+            _ => Answer::Reply(response(status::NOT_FOUND, &[])),
+        })
+        .await;
+        (printer, name)
+    }
+
     /// A printer that made the job but lost its answer to Print-Job
     /// (closed the connection once it had the whole request) and lists
     /// the job only a moment later: the document stays pending, saying
@@ -947,49 +1090,24 @@ mod tests {
     /// retry sent the document again.)
     #[tokio::test]
     async fn a_lost_print_job_answer_is_looked_for_after_a_restart_not_sent_again() {
-        use crate::print::ipp::test_server::{
-            Answer, Reading, attribute_value, idle_pdf_printer, job, named_job, response,
-            serve_with,
-        };
-        use faxgate_ipp::codes::{job_state, op, status};
+        use crate::print::ipp::test_server::Answer;
+        use std::sync::Arc;
         use std::sync::atomic::{AtomicBool, Ordering};
-        use std::sync::{Arc, Mutex};
         let listed = Arc::new(AtomicBool::new(false));
-        let name = Arc::new(Mutex::new(String::new()));
-        let (l, n) = (listed.clone(), name.clone());
-        let user = std::env::var("USER").unwrap_or_else(|_| "faxgate".into());
-        let printer = serve_with(Reading::Fast, move |o, body| match o {
-            op::GET_PRINTER_ATTRIBUTES => {
-                Answer::Reply(response(status::OK, &[idle_pdf_printer()]))
-            }
-            op::PRINT_JOB => {
-                *n.lock().unwrap() = attribute_value(body, "job-name").unwrap_or_default();
-                Answer::Hang
-            }
-            op::GET_JOBS if l.load(Ordering::SeqCst) => {
-                let ours = n.lock().unwrap().clone();
-                Answer::Reply(response(
-                    status::OK,
-                    &[named_job(4, job_state::PROCESSING, &ours, &user)],
-                ))
-            }
-            op::GET_JOBS => Answer::Reply(response(status::OK, &[])),
-            op::GET_JOB_ATTRIBUTES => {
-                Answer::Reply(response(status::OK, &[job(4, job_state::COMPLETED)]))
-            }
-            _ => Answer::Reply(response(status::NOT_FOUND, &[])),
-        })
-        .await;
+        let (printer, name) = answer_lost(Answer::Hang, listed.clone(), 4).await;
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("store")).unwrap();
         let id = received(&store).await;
         // A long retry: the restart comes first.
         let (_handle, shutdown, tracker) =
             spawn_actor(&store, Some(&printer.uri), None, Duration::from_secs(600));
-        let d = wait_doc(&store, id, |d| d.print_reason.is_some()).await;
+        let d = wait_doc(&store, id, |d| {
+            d.print_reason
+                .as_deref()
+                .is_some_and(|r| r.contains("may have the job"))
+        })
+        .await;
         assert_eq!(d.print, PrintState::Pending, "{d:?}");
-        let reason = d.print_reason.unwrap_or_default();
-        assert!(reason.contains("may have the job"), "{reason}");
         stop(shutdown, tracker).await;
         // The job name carries the document's number and arrival time.
         let sent = name.lock().unwrap().clone();
@@ -999,15 +1117,27 @@ mod tests {
         );
 
         listed.store(true, Ordering::SeqCst);
-        let store = Store::open(&dir.path().join("store")).unwrap();
+        restart_follows(dir.path(), id, &printer, 4).await;
+    }
+
+    /// A restart on the store in `dir`: document `id` is printed by
+    /// following the printer's job `job`; the document was sent once.
+    async fn restart_follows(
+        dir: &Path,
+        id: i64,
+        printer: &crate::print::ipp::test_server::StandIn,
+        job: i32,
+    ) {
+        let store = Store::open(&dir.join("store")).unwrap();
         let (_handle, shutdown, tracker) =
             spawn_actor(&store, Some(&printer.uri), None, Duration::from_secs(600));
         let d = wait_doc(&store, id, |d| d.print == PrintState::Printed).await;
         assert_eq!(
             d.print_reason.as_deref(),
-            Some(format!("{} job 4", printer.uri).as_str())
+            Some(format!("{} job {job}", printer.uri).as_str())
         );
-        assert_eq!(printer.count(op::PRINT_JOB), 1, "sent again");
+        let sent = printer.count(faxgate_ipp::codes::op::PRINT_JOB);
+        assert_eq!(sent, 1, "sent again");
         stop(shutdown, tracker).await;
     }
 }

@@ -235,6 +235,10 @@ impl Pstn {
                             failures += 1;
                             continue 'setup;
                         }
+                        // The modem works: a call (or a cancel) that ended
+                        // with it hung up is no failure, and the backoff
+                        // starts afresh.
+                        failures = 0;
                         tracing::info!("Waiting for calls.");
                         continue;
                     }
@@ -327,16 +331,20 @@ impl Pstn {
                 Ended::Cancelled => (Ok(cut_short(Failure::Cancelled, doc.delivered)), false),
                 Ended::Shutdown => (Err("shutdown; the call was hung up".to_owned()), false),
             };
-            if !modem_ok {
-                // Dropped mid-command: the first command may only end
-                // the modem's data mode.
+            // Dropped mid-command (a cancel, a modem error): once the
+            // modem confirms the hangup it is in command mode and takes
+            // the next call as it is; only one that does not is set up
+            // again (and counts as a failure of the modem). A cancel is
+            // the user's, never the modem's fault.
+            let usable = modem_ok || {
                 let hung_up = modem.hangup().await.is_ok() || modem.hangup().await.is_ok();
                 if !hung_up {
                     tracing::warn!("The modem did not confirm the hangup.");
                 }
-            }
+                hung_up
+            };
             let _ = reply.send(result);
-            modem_ok
+            usable
         }
         .instrument(span)
         .await

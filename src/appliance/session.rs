@@ -300,8 +300,7 @@ where
                     // the check after this loop never sees
                     // `page_boundary`: park here, before asking for the page.
                     if park.is_cancelled() {
-                        stream.write_all(&out).await.ok();
-                        stream.flush().await.ok();
+                        write_out(stream, &out, ends).await.ok();
                         return Ok(SessionEnd::Parked);
                     }
                     tell_peer(hooks, &mut peer).await?;
@@ -345,9 +344,10 @@ where
                     }
                     // What is queued so far (nothing, as the engine waits
                     // for this page) goes out before the store starts.
-                    send(stream, t30, &mut out).await?;
+                    send(stream, t30, &mut out, ends).await?;
                     let store = hooks.page_received(index, params, page);
-                    store_page(stream, t30, &mut input, &mut out, &mut backlog, store).await?;
+                    store_page(stream, t30, &mut input, &mut out, &mut backlog, store, ends)
+                        .await?;
                     t30.handle(Event::PageStored, Instant::now());
                 }
                 Action::PageDiscarded {
@@ -364,13 +364,12 @@ where
                 }
                 Action::Finished(outcome) => {
                     tell_peer(hooks, &mut peer).await.ok();
-                    stream.write_all(&out).await.ok();
-                    stream.flush().await.ok();
+                    write_out(stream, &out, ends).await.ok();
                     return Ok(SessionEnd::T30(outcome));
                 }
             }
         }
-        send(stream, t30, &mut out).await?;
+        send(stream, t30, &mut out, ends).await?;
         if park.is_cancelled() && page_boundary {
             return Ok(SessionEnd::Parked);
         }
@@ -395,21 +394,61 @@ where
 
 /// Writes and flushes what the actions queued, then tells the engine, so
 /// that a command's T4 starts once its burst (a whole page, maybe) is out.
-async fn send<S>(stream: &mut S, t30: &mut T30, out: &mut Vec<u8>) -> anyhow::Result<()>
+async fn send<S>(
+    stream: &mut S,
+    t30: &mut T30,
+    out: &mut Vec<u8>,
+    ends: tokio::time::Instant,
+) -> anyhow::Result<()>
 where
     S: AsyncWrite + Unpin,
 {
     if out.is_empty() {
         return Ok(());
     }
-    stream
-        .write_all(out)
+    write_out(stream, out, ends)
         .await
         .context("while sending T.38 packets")?;
-    stream.flush().await.context("while sending T.38 packets")?;
     out.clear();
     t30.handle(Event::Sent, Instant::now());
     Ok(())
+}
+
+/// How long a write may make no progress: the peer reads nothing (a T.38
+/// gateway to a telephone line reads at the line's rate, a few hundred
+/// bytes a second, never nothing for this long).
+const WRITE_STALL: Duration = Duration::from_secs(60);
+
+/// Writes and flushes `buf`, failing when the peer takes no byte for
+/// [`WRITE_STALL`] or the session's end (`ends`) passes: T.30's timers
+/// only run once a burst is out, so a peer that stops reading would
+/// otherwise hold the session (and its job) for ever.
+async fn write_out<S>(stream: &mut S, buf: &[u8], ends: tokio::time::Instant) -> std::io::Result<()>
+where
+    S: AsyncWrite + Unpin,
+{
+    let by = || (tokio::time::Instant::now() + WRITE_STALL).min(ends);
+    let stalled = || {
+        std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!(
+                "the peer took nothing for {} (or the session reached its time limit)",
+                humantime::format_duration(WRITE_STALL)
+            ),
+        )
+    };
+    let mut pos = 0;
+    while pos < buf.len() {
+        match tokio::time::timeout_at(by(), stream.write(&buf[pos..])).await {
+            Ok(Ok(0)) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(Ok(n)) => pos += n,
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Err(stalled()),
+        }
+    }
+    tokio::time::timeout_at(by(), stream.flush())
+        .await
+        .map_err(|_| stalled())?
 }
 
 /// Awaits `store` (the owner making a received page durable) while the
@@ -428,6 +467,7 @@ async fn store_page<S, F>(
     out: &mut Vec<u8>,
     backlog: &mut VecDeque<Action>,
     store: F,
+    ends: tokio::time::Instant,
 ) -> anyhow::Result<()>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -464,7 +504,7 @@ where
             }
         }
         if failed.is_none()
-            && let Err(e) = send(stream, t30, out).await
+            && let Err(e) = send(stream, t30, out, ends).await
         {
             failed = Some(e);
         }
@@ -1245,22 +1285,21 @@ mod tests {
         }
     }
 
-    /// A page that takes longer than T4 to leave (a slow link) is not
-    /// followed by a repeat of its post-page command as soon as it is out:
-    /// T4 starts when the burst has been written, not when it was queued.
-    #[tokio::test]
-    async fn t4_runs_from_when_a_slow_page_has_left() {
-        let t4 = Duration::from_millis(300);
+    /// A caller session with one page of `page_bytes` (T4 = `t4`) on a
+    /// 1 KiB pipe, past DIS, DCS and CFR: its page is about to go out.
+    async fn caller_after_cfr(
+        t4: Duration,
+        page_bytes: usize,
+    ) -> (tokio::task::JoinHandle<(SessionEnd, TestHooks)>, FakePeer) {
         let role = Role::Caller {
             pages: 1,
             document_resolution: Resolution::Standard,
             document_width: 1728,
         };
         let t30 = T30::new(config(role, Capabilities::minimal(), t4), Instant::now()).unwrap();
-        // 48 KiB read 1 KiB per 15 ms: about 0.7 s on the wire.
         let (ours, theirs) = tokio::io::duplex(1024);
         let hooks = TestHooks {
-            pages: vec![vec![0x55; 48 * 1024]],
+            pages: vec![vec![0x55; page_bytes]],
             ..TestHooks::default()
         };
         let task = spawn_session(ours, t30, true, hooks);
@@ -1273,6 +1312,17 @@ mod tests {
         .await;
         peer.expect(Fcf::Dcs).await;
         peer.command(fcf::CFR).await;
+        (task, peer)
+    }
+
+    /// A page that takes longer than T4 to leave (a slow link) is not
+    /// followed by a repeat of its post-page command as soon as it is out:
+    /// T4 starts when the burst has been written, not when it was queued.
+    #[tokio::test]
+    async fn t4_runs_from_when_a_slow_page_has_left() {
+        let t4 = Duration::from_millis(300);
+        // 48 KiB read 1 KiB per 15 ms: about 0.7 s on the wire.
+        let (task, mut peer) = caller_after_cfr(t4, 48 * 1024).await;
         peer.chunk = 1024;
         peer.pause = Duration::from_millis(15);
         let started = Instant::now();
@@ -1295,6 +1345,32 @@ mod tests {
             SessionEnd::T30(o) => assert_eq!((o.result, o.pages), (Ok(()), 1)),
             other => panic!("{other:?}"),
         }
+    }
+
+    /// A peer that stops reading while a page goes out (it stays
+    /// connected, so no error comes from the socket): the write gives up
+    /// after WRITE_STALL without progress, and the session ends with an
+    /// error saying so instead of holding its job for ever. (Paused
+    /// clock: the minute passes at once.)
+    #[tokio::test(start_paused = true)]
+    async fn a_peer_that_stops_reading_mid_page_ends_the_session() {
+        let (task, peer) = caller_after_cfr(Duration::from_secs(3), 256 * 1024).await;
+        // From here the peer reads nothing, and keeps its end open.
+        let started = tokio::time::Instant::now();
+        let (end, hooks) = tokio::time::timeout(Duration::from_secs(3600), task)
+            .await
+            .expect("the session hung on a peer that stopped reading")
+            .unwrap();
+        assert!(started.elapsed() >= WRITE_STALL, "{:?}", started.elapsed());
+        assert!(hooks.sent.is_empty(), "no page counted as sent");
+        match end {
+            SessionEnd::Error(e) => {
+                let msg = format!("{e:#}");
+                assert!(msg.contains("took nothing for 1m"), "{msg}");
+            }
+            other => panic!("{other:?}"),
+        }
+        drop(peer);
     }
 
     /// A session that speaks only the 1998 ASN.1 of T.38, as a

@@ -409,10 +409,10 @@ fn new_job_id() -> String {
 }
 
 /// Writes a file so that it survives a crash: temp file, fsync, rename,
-/// fsync of the directory (created if missing).
+/// fsync of the directory (created if missing, durably).
 pub(crate) fn write_durable(path: &Path, data: &[u8]) -> anyhow::Result<()> {
     let dir = path.parent().context("a page file has no folder")?;
-    std::fs::create_dir_all(dir).with_context(|| format!("while creating {}", dir.display()))?;
+    create_dir_durable(dir)?;
     let tmp = path.with_extension("tmp");
     let mut f =
         std::fs::File::create(&tmp).with_context(|| format!("while creating {}", tmp.display()))?;
@@ -421,6 +421,31 @@ pub(crate) fn write_durable(path: &Path, data: &[u8]) -> anyhow::Result<()> {
         .with_context(|| format!("while writing {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("while renaming to {}", path.display()))?;
     sync_dir(dir)
+}
+
+/// Creates `dir` and any missing folders above it, syncing the parent of
+/// each one created: a new folder's entry is only durable once its parent
+/// is synced, and the file written into it would be lost with it.
+fn create_dir_durable(dir: &Path) -> anyhow::Result<()> {
+    let mut missing = Vec::new();
+    let mut d = dir;
+    while !d.is_dir() {
+        missing.push(d);
+        match d.parent() {
+            Some(p) => d = p,
+            None => break,
+        }
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("while creating {}", dir.display()))?;
+    for m in missing {
+        if let Some(parent) = m.parent() {
+            sync_dir(parent)?;
+        }
+    }
+    Ok(())
 }
 
 /// Syncs a folder, so that a rename or removal in it survives a crash.
@@ -612,10 +637,28 @@ impl Store {
     }
 
     /// After a restart, jobs that were in a session go back to retrying
-    /// at once, and receptions that were open become interrupted.
+    /// at once, and receptions that were open become interrupted. A job
+    /// whose every page had its MCF is done: the restart only cut short
+    /// the end of its call (DCN, hangup) or the recording of it.
     pub async fn recover(&self) -> anyhow::Result<usize> {
         self.with(|s| {
             let now = now_ms();
+            let done: Vec<String> = {
+                let mut q = s.conn.prepare(
+                    "SELECT id FROM outbox WHERE state IN ('connecting', 'sending')
+                       AND delivered >= pages",
+                )?;
+                q.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?
+            };
+            for id in &done {
+                s.conn.execute(
+                    "UPDATE outbox SET state = 'done', updated = ?2,
+                       reason = 'every page confirmed before a restart'
+                     WHERE id = ?1",
+                    params![id, now],
+                )?;
+                history(&s.conn, id, "done: every page confirmed before a restart")?;
+            }
             let n = s.conn.execute(
                 "UPDATE outbox SET state = 'retrying', next_attempt = ?1, updated = ?1,
                    reason = 'interrupted by a restart'
@@ -868,6 +911,61 @@ impl Store {
         .await
     }
 
+    /// Closes, as partial, the interrupted receptions no sender will
+    /// resume: at once those none can (a telephone call, a caller without
+    /// faxgate's job tag: `pages_expected` unknown), the others once
+    /// untouched for `window`. Each goes to the output stage (held if
+    /// `hold`) with a note saying why; documents without a page stay as
+    /// they are (nothing to print). Returns the documents closed.
+    ///
+    /// A sender that comes back later still loses nothing and prints
+    /// nothing twice: [`Store::begin_receive`] gives the pages not yet
+    /// here a document of their own.
+    pub async fn close_abandoned(
+        &self,
+        window: Duration,
+        hold: bool,
+    ) -> anyhow::Result<Vec<InboxDoc>> {
+        self.with(move |s| {
+            let now = now_ms();
+            let cutoff = now.saturating_sub(i64::try_from(window.as_millis()).unwrap_or(i64::MAX));
+            let tx = s.conn.transaction()?;
+            let due: Vec<(i64, bool)> = {
+                let mut q = tx.prepare(
+                    "SELECT id, pages_expected IS NULL FROM inbox
+                     WHERE state = 'interrupted' AND pages > 0
+                       AND (pages_expected IS NULL OR updated <= ?1)
+                     ORDER BY id",
+                )?;
+                q.query_map([cutoff], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect::<Result<_, _>>()?
+            };
+            for &(id, unresumable) in &due {
+                tx.execute(
+                    "UPDATE inbox SET state = 'partial', updated = ?2,
+                       print_state = CASE WHEN print_state = 'pending' AND ?3 THEN 'held'
+                                          ELSE print_state END
+                     WHERE id = ?1",
+                    params![id, now, hold],
+                )?;
+                let why = if unresumable {
+                    "partial: the sender cannot resume this reception".to_owned()
+                } else {
+                    format!(
+                        "partial: the sender did not resume within {}",
+                        humantime::format_duration(window)
+                    )
+                };
+                history(&tx, &format!("inbox:{id}"), &why)?;
+            }
+            tx.commit()?;
+            due.into_iter()
+                .map(|(id, _)| inbox_row(&s.conn, id)?.context("the inbox document vanished"))
+                .collect()
+        })
+        .await
+    }
+
     /// Received documents, newest first.
     pub async fn inbox(&self, limit: usize) -> anyhow::Result<Vec<InboxDoc>> {
         self.with(move |s| {
@@ -987,21 +1085,41 @@ impl Store {
         .await
     }
 
-    /// Releases a held document to the printer.
+    /// Releases a held (or failed) document to the printer. An
+    /// interrupted one with pages is closed as partial first: the user
+    /// gives up waiting for its sender to resume (pages a resume brings
+    /// later go to a document of their own).
     pub async fn release(&self, id: i64) -> anyhow::Result<InboxDoc> {
         self.with(move |s| {
             let d = inbox_row(&s.conn, id)?.with_context(|| format!("no inbox document {id}"))?;
+            let interrupted = d.state == InboxState::Interrupted;
             anyhow::ensure!(
-                d.print == PrintState::Held || d.print == PrintState::Failed,
+                !interrupted || d.pages > 0,
+                "inbox document {id} is interrupted without a page; there is nothing to print"
+            );
+            anyhow::ensure!(
+                interrupted || d.print == PrintState::Held || d.print == PrintState::Failed,
                 "inbox document {id} is {}, not held",
                 d.print.as_str()
             );
+            anyhow::ensure!(
+                d.state != InboxState::Receiving,
+                "inbox document {id} is still being received"
+            );
             s.conn.execute(
                 "UPDATE inbox SET print_state = 'pending', print_reason = NULL,
-                   printer_job = NULL, printer_job_id = NULL, updated = ?2
+                   printer_job = NULL, printer_job_id = NULL, updated = ?2,
+                   state = CASE WHEN state = 'interrupted' THEN 'partial' ELSE state END
                  WHERE id = ?1",
                 params![id, now_ms()],
             )?;
+            if interrupted {
+                history(
+                    &s.conn,
+                    &format!("inbox:{id}"),
+                    "partial: released before its sender resumed",
+                )?;
+            }
             inbox_row(&s.conn, id)?.context("the inbox document vanished")
         })
         .await
@@ -1299,18 +1417,40 @@ mod tests {
             .await
             .unwrap();
         store.page_delivered(&job.id, 0).await.unwrap();
+        // Another job had every page confirmed when the crash came (in
+        // its DCN, say): it is done, not sent again.
+        let full = store
+            .add_job("osaka", "t", vec![page(1)], Resolution::Fine)
+            .await
+            .unwrap();
+        store
+            .set_job_state(&full.id, JobState::Sending, None, None)
+            .await
+            .unwrap();
+        store.page_delivered(&full.id, 0).await.unwrap();
         drop(store);
         let store = Store::open(dir.path()).unwrap();
-        assert_eq!(store.recover().await.unwrap(), 1);
+        assert_eq!(store.recover().await.unwrap(), 1, "one job to resume");
         let j = store.job(&job.id).await.unwrap().unwrap();
         assert_eq!(
             (j.state, j.delivered, j.attempts),
             (JobState::Retrying, 1, 1)
         );
-        assert_eq!(store.due_jobs(now_ms()).await.unwrap().len(), 1);
+        let due = store.due_jobs(now_ms()).await.unwrap();
+        assert_eq!(due.len(), 1);
+        assert_eq!(due[0].id, job.id);
         let (bmp, res) = store.job_page(&job.id, 1).await.unwrap();
         assert_eq!((bmp, res), (page(2), Resolution::Fine));
         assert!(j.to_string().contains("1 of 2 pages delivered"), "{j}");
+        let f = store.job(&full.id).await.unwrap().unwrap();
+        assert_eq!((f.state, f.delivered), (JobState::Done, 1));
+        let noted = store.history(Some(full.id.clone()), 10).await.unwrap();
+        assert!(
+            noted
+                .iter()
+                .any(|h| h.message.contains("every page confirmed")),
+            "{noted:?}"
+        );
     }
 
     #[tokio::test]
@@ -1356,6 +1496,141 @@ mod tests {
         assert_ne!(other.id, doc.id);
         let pages = store.inbox_pages(doc.id).await.unwrap();
         assert_eq!(pages[0].to_bitmap().unwrap(), page(1));
+    }
+
+    /// An interrupted document with `pages` pages stored, from `from`.
+    async fn interrupted(
+        store: &Store,
+        from: &str,
+        job: &str,
+        expected: Option<u32>,
+        pages: u32,
+    ) -> InboxDoc {
+        let doc = store
+            .begin_receive(from, job, None, expected)
+            .await
+            .unwrap();
+        for i in 0..pages {
+            store
+                .store_page(doc.id, i, page(i + 1), Resolution::Fine)
+                .await
+                .unwrap();
+        }
+        store
+            .finish_receive(doc.id, InboxState::Interrupted, false)
+            .await
+            .unwrap()
+    }
+
+    fn ids(docs: &[InboxDoc]) -> Vec<i64> {
+        docs.iter().map(|d| d.id).collect()
+    }
+
+    #[tokio::test]
+    async fn a_call_open_at_a_crash_prints_its_pages_after_the_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        // A telephone call, two pages confirmed, then the power goes.
+        let call = store.begin_receive("pstn", "c1", None, None).await.unwrap();
+        for i in 0..2 {
+            store
+                .store_page(call.id, i, page(i + 1), Resolution::Fine)
+                .await
+                .unwrap();
+        }
+        drop(store);
+        let store = Store::open(dir.path()).unwrap();
+        store.recover().await.unwrap();
+        let hour = Duration::from_secs(3600);
+        let closed = store.close_abandoned(hour, false).await.unwrap();
+        assert_eq!(ids(&closed), vec![call.id]);
+        assert_eq!(ids(&store.print_queue().await.unwrap()), vec![call.id]);
+        let d = store.inbox_doc(call.id).await.unwrap().unwrap();
+        assert_eq!(
+            (d.state, d.print, d.pages),
+            (InboxState::Partial, PrintState::Pending, 2)
+        );
+        let noted = store
+            .history(Some(format!("inbox:{}", call.id)), 10)
+            .await
+            .unwrap();
+        assert!(
+            noted.iter().any(|h| h.message.contains("cannot resume")),
+            "{noted:?}"
+        );
+        // Closed once: the next pass finds nothing.
+        assert!(store.close_abandoned(hour, false).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_interrupted_job_waits_for_its_sender_until_the_window_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let tagged = interrupted(&store, "tokyo", "00aa", Some(3), 2).await;
+        let empty = interrupted(&store, "tokyo", "00bb", Some(3), 0).await;
+        let untagged = interrupted(&store, "kyoto", "f00d", None, 1).await;
+        let hour = Duration::from_secs(3600);
+        // Within the window only what no sender can resume closes.
+        let closed = store.close_abandoned(hour, true).await.unwrap();
+        assert_eq!(ids(&closed), vec![untagged.id]);
+        assert_eq!(
+            closed[0].print,
+            PrintState::Held,
+            "held, as [inbox] print = false asks"
+        );
+        let d = store.inbox_doc(tagged.id).await.unwrap().unwrap();
+        assert_eq!(d.state, InboxState::Interrupted);
+        // The window over, the tagged job's pages print; a document
+        // without pages has nothing to print and stays.
+        let closed = store.close_abandoned(Duration::ZERO, false).await.unwrap();
+        assert_eq!(ids(&closed), vec![tagged.id]);
+        assert_eq!(
+            (closed[0].state, closed[0].print, closed[0].pages),
+            (InboxState::Partial, PrintState::Pending, 2)
+        );
+        let noted = store
+            .history(Some(format!("inbox:{}", tagged.id)), 10)
+            .await
+            .unwrap();
+        assert!(
+            noted
+                .iter()
+                .any(|h| h.message.contains("did not resume within 0s")),
+            "{noted:?}"
+        );
+        let e = store.inbox_doc(empty.id).await.unwrap().unwrap();
+        assert_eq!(e.state, InboxState::Interrupted);
+        // The sender comes back after all: its pages not yet here go to a
+        // document of their own, and none prints twice.
+        let late = store
+            .begin_receive("tokyo", "00aa", None, Some(3))
+            .await
+            .unwrap();
+        assert_ne!(late.id, tagged.id);
+        assert_eq!((late.first_page, late.pages), (2, 0));
+    }
+
+    #[tokio::test]
+    async fn releasing_an_interrupted_document_prints_what_it_has() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let doc = interrupted(&store, "tokyo", "00cc", Some(5), 1).await;
+        let d = store.release(doc.id).await.unwrap();
+        assert_eq!(
+            (d.state, d.print),
+            (InboxState::Partial, PrintState::Pending)
+        );
+        assert_eq!(ids(&store.print_queue().await.unwrap()), vec![doc.id]);
+        let receiving = store
+            .begin_receive("tokyo", "00dd", None, Some(5))
+            .await
+            .unwrap();
+        store
+            .store_page(receiving.id, 0, page(1), Resolution::Fine)
+            .await
+            .unwrap();
+        let err = store.release(receiving.id).await.unwrap_err();
+        assert!(err.to_string().contains("not held"), "{err}");
     }
 
     #[tokio::test]

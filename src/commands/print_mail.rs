@@ -159,15 +159,48 @@ pub async fn run(
         now + args.attach_timeout,
         nonce,
     );
-    sender
-        .send_command(&wake, &signer, &args.from, address, now)
-        .await
-        .with_context(|| format!("while sending the command mail to {address}"))?;
+    // A server that says "not now" (4xx, greylisting) gets two more
+    // tries; one that cannot be reached or refuses for good leaves the
+    // job canceled at the site rather than waiting for an agent that no
+    // mail will wake.
+    let mut tries = 0;
+    let sent = loop {
+        tries += 1;
+        match sender
+            .send_command(&wake, &signer, &args.from, address, SystemTime::now())
+            .await
+        {
+            Err(e) if !e.is_permanent() && tries < MAIL_TRIES => {
+                let wait = Duration::from_secs(2 << tries);
+                eprintln!("command mail not sent yet ({e}); trying again in {wait:?}");
+                tokio::select! {
+                    () = shutdown.cancelled() => break Err(e),
+                    () = tokio::time::sleep(wait) => {}
+                }
+            }
+            r => break r,
+        }
+    };
+    if let Err(e) = sent {
+        let mut req = message::request(op::CANCEL_JOB, proxy, &args.user, 1);
+        req.attributes_mut().add(
+            ops,
+            attribute("job-id", ipp::value::IppValue::Integer(job_id)),
+        );
+        let canceled = match client.call(req, None).await {
+            Ok(_) => "canceled".to_owned(),
+            Err(c) => format!("not canceled ({c})"),
+        };
+        return Err(anyhow::Error::new(e).context(format!(
+            "while sending the command mail to {address} ({tries} tries); job {job_id} {canceled}"
+        )));
+    }
     println!("command mail sent to {address}");
 
     // 3. Follow the job: fetched within the attach timeout, then final.
     let started = Instant::now();
     let mut fetched = false;
+    let mut held = false;
     loop {
         let mut req = message::request(op::GET_JOB_ATTRIBUTES, proxy, &args.user, 1);
         req.attributes_mut().add(
@@ -190,9 +223,15 @@ pub async fn run(
                 (job_state::PENDING, String::new())
             }
         };
-        if state.0 != job_state::PENDING && !fetched {
+        if picked_up(state.0) && !fetched {
             fetched = true;
             println!("job {job_id} fetched by the printer agent");
+        }
+        if state.0 == job_state::PENDING_HELD && !held {
+            // The site held it (its wake-up timed out with `on_timeout =
+            // hold`): not fetched, so the attach timeout still runs.
+            held = true;
+            println!("job {job_id} held at the site: {}", state.1);
         }
         if job_state::is_final(state.0) {
             println!(
@@ -255,4 +294,28 @@ fn printer_of(uri: &str) -> String {
         .next()
         .unwrap_or(uri)
         .to_owned()
+}
+
+/// Tries at sending the command mail when the server says "not now".
+const MAIL_TRIES: u32 = 3;
+
+/// Whether a job in `state` has been taken by a printer agent: it is
+/// processing (or stopped while processing) or has ended. A job pending,
+/// or held at the site, has not.
+fn picked_up(state: i32) -> bool {
+    !matches!(state, job_state::PENDING | job_state::PENDING_HELD)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_held_job_is_not_taken_for_fetched() {
+        assert!(!picked_up(job_state::PENDING));
+        assert!(!picked_up(job_state::PENDING_HELD));
+        assert!(picked_up(job_state::PROCESSING));
+        assert!(picked_up(job_state::PROCESSING_STOPPED));
+        assert!(picked_up(job_state::COMPLETED));
+    }
 }

@@ -156,11 +156,24 @@ impl PrinterInfo {
             } else {
                 None
             })?;
-        let dpi = if self.pwg_resolutions.contains(&page_dpi) || self.pwg_resolutions.is_empty() {
+        // Resolutions a printer can mean: one that claims 0 or 100 000
+        // dpi (garbage, or spoofed) would have a page squeezed into a dot
+        // or rendered into terabytes. A printer that lists only such
+        // values offers no raster we can make.
+        let usable: Vec<(u32, u32)> = self
+            .pwg_resolutions
+            .iter()
+            .copied()
+            .filter(|r| DPI_RANGE.contains(&r.0) && DPI_RANGE.contains(&r.1))
+            .collect();
+        if usable.is_empty() && !self.pwg_resolutions.is_empty() {
+            return None;
+        }
+        let dpi = if usable.contains(&page_dpi) || usable.is_empty() {
             page_dpi
         } else {
             let need = page_dpi.0.max(page_dpi.1);
-            let mut sorted = self.pwg_resolutions.clone();
+            let mut sorted = usable;
             sorted.sort_by_key(|r| r.0.min(r.1));
             sorted
                 .iter()
@@ -176,6 +189,9 @@ impl PrinterInfo {
         }))
     }
 }
+
+/// The raster resolutions (dpi, each direction) we render at.
+const DPI_RANGE: std::ops::RangeInclusive<u32> = 72..=2400;
 
 impl IppPrinter {
     /// A printer at `ipp://host[:port]/path`; nothing is sent yet.
@@ -397,14 +413,32 @@ impl IppPrinter {
             .await
         {
             Ok(resp) => resp,
+            Err(e @ PrintError::OutcomeUnknown { whole: false, .. }) => {
+                // Part of the document went out (the printer stopped
+                // reading: a jam, no paper). A job it made of that part
+                // would print a partial document, and the next try, which
+                // looks for a job of this title first, would follow it
+                // instead of sending the document whole: it is canceled
+                // now (a canceled job is never followed). Best effort: a
+                // printer that cannot be asked keeps the risk.
+                tracing::warn!(printer = %self.uri, error = %e, "Print-Job broke while the document was going out; canceling any job made of part of it.");
+                if let Ok(Some(partial)) = self.find_job(&doc.title).await {
+                    match self.cancel_job(partial).await {
+                        Ok(()) => {
+                            tracing::info!(printer = %self.uri, job_id = partial, "Canceled the job made of part of the document.");
+                        }
+                        Err(c) => {
+                            tracing::warn!(printer = %self.uri, job_id = partial, error = %c, "Cannot cancel the job made of part of the document; the next try may follow it.");
+                        }
+                    }
+                }
+                return Err(e);
+            }
             Err(e @ PrintError::OutcomeUnknown { whole: true, .. }) => {
                 tracing::warn!(printer = %self.uri, error = %e, "Print-Job broke after the printer had all of it; looking for the job.");
                 // The printer may have made the job: look before anyone
                 // sends the document again. If it is not there (yet), the
-                // next try looks again first. (A Print-Job that broke
-                // while its document was still going out is looked for
-                // only at the next try: the printer has by then aborted a
-                // job it made of the part it got, which is not followed.)
+                // next try looks again first.
                 return match self
                     .found(&doc.title, "a Print-Job whose answer was lost")
                     .await
@@ -469,6 +503,40 @@ impl IppPrinter {
         Ok(Some((job, report)))
     }
 
+    /// An IPP/1.1 request `op` to this printer as our user
+    /// (requesting-user-name), with `attrs` added to its operation
+    /// attributes.
+    fn request_as_us(
+        &self,
+        op: Operation,
+        attrs: impl IntoIterator<Item = IppAttribute>,
+    ) -> Result<IppRequestResponse, PrintError> {
+        let mut req = IppRequestResponse::new(IppVersion::v1_1(), op, Some(self.uri.clone()))
+            .map_err(|e| self.bad_request(&e))?;
+        let ops = DelimiterTag::OperationAttributes;
+        let all = req.attributes_mut();
+        all.add(
+            ops,
+            attribute(
+                "requesting-user-name",
+                faxgate_ipp::message::name(&requesting_user()),
+            ),
+        );
+        for a in attrs {
+            all.add(ops, a);
+        }
+        Ok(req)
+    }
+
+    /// Cancel-Job for job `job_id` of ours.
+    async fn cancel_job(&self, job_id: i32) -> Result<(), PrintError> {
+        let req = self.request_as_us(
+            Operation::CancelJob,
+            [attribute("job-id", IppValue::Integer(job_id))],
+        )?;
+        self.call("Cancel-Job", req, None).await.map(drop)
+    }
+
     /// The newest job of ours (requesting-user-name) named `name` that
     /// was not aborted or canceled (Get-Jobs with my-jobs, not-completed
     /// then completed; an aborted job is one a printer made of a
@@ -479,32 +547,22 @@ impl IppPrinter {
     pub async fn find_job(&self, name: &str) -> Result<Option<i32>, PrintError> {
         let user = requesting_user();
         for which in ["not-completed", "completed"] {
-            let mut req = IppRequestResponse::new(
-                IppVersion::v1_1(),
+            let req = self.request_as_us(
                 Operation::GetJobs,
-                Some(self.uri.clone()),
-            )
-            .map_err(|e| self.bad_request(&e))?;
-            let ops = DelimiterTag::OperationAttributes;
-            let attrs = req.attributes_mut();
-            attrs.add(
-                ops,
-                attribute("requesting-user-name", faxgate_ipp::message::name(&user)),
-            );
-            attrs.add(ops, attribute("which-jobs", keyword(which)));
-            attrs.add(ops, attribute("my-jobs", IppValue::Boolean(true)));
-            attrs.add(
-                ops,
-                attribute(
-                    "requested-attributes",
-                    faxgate_ipp::message::keywords(&[
-                        "job-id",
-                        "job-name",
-                        "job-originating-user-name",
-                        "job-state",
-                    ]),
-                ),
-            );
+                [
+                    attribute("which-jobs", keyword(which)),
+                    attribute("my-jobs", IppValue::Boolean(true)),
+                    attribute(
+                        "requested-attributes",
+                        faxgate_ipp::message::keywords(&[
+                            "job-id",
+                            "job-name",
+                            "job-originating-user-name",
+                            "job-state",
+                        ]),
+                    ),
+                ],
+            )?;
             let resp = match self.call("Get-Jobs", req, None).await {
                 Ok(resp) => resp,
                 Err(e) if e.keeps_job() => return Err(e),
@@ -880,6 +938,7 @@ pub(crate) mod test_server {
     }
 
     /// What a stand-in does with a request.
+    #[derive(Clone)]
     pub(crate) enum Answer {
         /// Sends this IPP response.
         Reply(Vec<u8>),
@@ -1057,6 +1116,22 @@ mod tests {
             info(&["image/pwg-raster"], &["srgb_8"], &[]).choose_format((204, 98), None),
             None
         );
+        // Resolutions no printer means are left out; only those: no raster.
+        let odd = info(&["image/pwg-raster"], &["black_1"], &[(0, 0), (300, 300)]);
+        assert_eq!(
+            odd.choose_format((204, 196), None),
+            Some(DocumentFormat::PwgRaster(PwgOptions {
+                kind: PwgType::Black1,
+                dpi: Some((300, 300)),
+                media: None,
+            }))
+        );
+        let absurd = info(
+            &["image/pwg-raster"],
+            &["black_1"],
+            &[(0, 0), (100_000, 100_000)],
+        );
+        assert_eq!(absurd.choose_format((204, 196), None), None);
     }
 
     /// The paper for an A4 fax: the loaded media it suits best (A4 over
@@ -1515,6 +1590,60 @@ mod tests {
         );
         assert!(e.to_string().contains("no answer 700ms after"), "{e}");
         assert!(start.elapsed() < answer + Duration::from_secs(2));
+    }
+
+    /// A Print-Job that broke while its document was going out (the
+    /// printer stopped reading: a jam) leaves a job made of part of it:
+    /// that job is canceled, and the next try does not follow it but
+    /// sends the document again. (A test double that reads 4 KiB of a
+    /// body, then nothing.)
+    #[tokio::test]
+    async fn a_job_made_of_part_of_a_document_is_canceled_not_followed() {
+        use faxgate_ipp::codes::op;
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use test_server::{Answer, Reading, named_job, response, serve_with};
+        let doc = noisy_doc(300);
+        let title = doc.title.clone();
+        let user = requesting_user();
+        let canceled = Arc::new(AtomicBool::new(false));
+        let c = canceled.clone();
+        let stuck = serve_with(Reading::Stops { after: 4096 }, move |o, _| match o {
+            op::GET_JOBS => {
+                let state = if c.load(Ordering::SeqCst) {
+                    job_state::CANCELED
+                } else {
+                    job_state::PROCESSING_STOPPED
+                };
+                Answer::Reply(response(status::OK, &[named_job(3, state, &title, &user)]))
+            }
+            op::CANCEL_JOB => {
+                c.store(true, Ordering::SeqCst);
+                Answer::Reply(response(status::OK, &[]))
+            }
+            o => Answer::Reply(pdf_printer(o)),
+        })
+        .await;
+        let (idle, answer) = (Duration::from_millis(300), Duration::from_millis(500));
+        let p = IppPrinter::new(&stuck.uri)
+            .unwrap()
+            .with_deadlines(idle, answer);
+        let e = p.submit(&doc).await.unwrap_err();
+        assert!(
+            matches!(e, PrintError::OutcomeUnknown { whole: false, .. }),
+            "{e:?}"
+        );
+        assert_eq!(stuck.count(op::CANCEL_JOB), 1, "the partial job canceled");
+        // The next try looks first, finds only the canceled job, and sends
+        // the document again (which this printer takes no better).
+        let again = p.resubmit(&doc).await.unwrap_err();
+        assert!(
+            matches!(again, PrintError::OutcomeUnknown { whole: false, .. }),
+            "followed the partial job: {again:?}"
+        );
+        // (The stand-in counts a request once it has read all of it, which
+        // a stuck Print-Job never is: the looks are counted instead.)
+        assert!(stuck.count(op::GET_JOBS) >= 2, "looked at each try");
     }
 
     #[test]

@@ -10,6 +10,10 @@
 
 use super::page::FaxPage;
 
+/// The longest side of a sheet we size (ISO A0 is 841 x 1189 mm; wide
+/// roll media are not sheets): a larger claim is not a sheet we render.
+pub const MAX_SHEET_MM: f64 = 1500.0;
+
 /// A sheet size: its PWG 5101.1 name and its dimensions.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Media {
@@ -67,11 +71,15 @@ impl Media {
             return None;
         };
         let (w, h) = dims.split_once('x')?;
+        // Up to MAX_SHEET_MM a side: a printer that claims more (a
+        // garbage or spoofed media-ready) would have us render a sheet of
+        // terabytes.
         let dim = |v: &str| {
             v.parse::<f64>()
                 .ok()
-                .filter(|v| v.is_finite() && *v > 0.0 && *v < 10_000.0)
-                .map(|v| (v * unit).round() as u32)
+                .map(|v| v * unit)
+                .filter(|v| v.is_finite() && *v > 0.0 && *v <= MAX_SHEET_MM * 100.0)
+                .map(|v| v.round() as u32)
         };
         let (w, h) = (dim(w)?, dim(h)?);
         // Portrait, as IPP's media-size is for sheets.
@@ -200,6 +208,7 @@ mod tests {
         assert_eq!(m("na_letter_8.5x11in").size, (21590, 27940));
         assert_eq!(m("na_number-10_4.125x9.5in").size, (10478, 24130));
         assert_eq!(m("om_weird_297x210mm").size, (21000, 29700), "portrait");
+        assert_eq!(m("iso_a0_841x1189mm").size, (84100, 118900));
         for bad in [
             "iso-a4",
             "letter",
@@ -207,6 +216,9 @@ mod tests {
             "roll_max_8x100in",
             "x_ax4mm",
             "",
+            "om_huge_9999x9999in",
+            "om_long_210x1501mm",
+            "om_neg_-210x297mm",
         ] {
             assert_eq!(Media::named(bad), None, "{bad}");
         }

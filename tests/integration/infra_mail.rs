@@ -721,7 +721,10 @@ fn forged_expired_and_replayed_command_mails_do_nothing_and_are_quarantined() {
         WRONG_KEY_HEX,
     );
     let expired = message(
-        &wake_command(&proxy, now - Duration::from_secs(60)),
+        &wake_command(
+            &proxy,
+            now - faxgate_mail::command::CLOCK_SKEW - Duration::from_secs(60),
+        ),
         KEY_HEX,
     );
     block_on(mailsrv::append(dovecot.imap_port, &forged));
@@ -834,19 +837,30 @@ fn wake_timeout_sends_cancel_mail_and_aborts_the_job() {
         message.contains("did not attach"),
         "job-state-message: {message}"
     );
+    // The wake mail, the second one half-way to the deadline (a fresh
+    // command), and the cancel mail.
     until(
-        "the wake and the cancel mail in the mailbox",
+        "the two wake mails and the cancel mail in the mailbox",
         Duration::from_secs(20),
         diag,
-        || dovecot.count("INBOX") == 2,
+        || dovecot.count("INBOX") == 3,
     );
     let inbox = mails(&dovecot, "INBOX");
     let jobs_line = format!("Jobs: {job}\r\n");
-    assert!(
-        inbox
-            .iter()
-            .any(|m| m.contains("Kind: wake\r\n") && m.contains(&jobs_line)),
-        "{inbox:?}"
+    let wakes: Vec<&String> = inbox
+        .iter()
+        .filter(|m| m.contains("Kind: wake\r\n") && m.contains(&jobs_line))
+        .collect();
+    assert_eq!(wakes.len(), 2, "{inbox:?}");
+    let nonce = |m: &str| {
+        m.lines()
+            .find_map(|l| l.strip_prefix("Nonce: "))
+            .map(str::to_owned)
+    };
+    assert_ne!(
+        nonce(wakes[0]),
+        nonce(wakes[1]),
+        "each mail its own command"
     );
     assert!(
         inbox
