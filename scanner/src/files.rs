@@ -432,7 +432,8 @@ pub(crate) enum Links {
 /// checked again, and at most `limit + 1` bytes are read, so a file that
 /// grows while it is read is refused too.
 ///
-/// With [`Links::Refuse`] a symbolic link is refused and never opened.
+/// With [`Links::Refuse`] a symbolic link is refused and never opened,
+/// and a file with more than one name (a hard link) is refused unread.
 /// The crate has no `libc` (and forbids `unsafe`), and `O_NOFOLLOW` has
 /// another value on ARM than on x86, so instead of opening with it the
 /// path is checked with `symlink_metadata` and the opened file must be
@@ -469,6 +470,9 @@ pub(crate) async fn read_limited(
             "the file was replaced (by a link or another file) while it was being opened",
         ));
     }
+    if matches!(links, Links::Refuse) && meta.nlink() > 1 {
+        return Err(refused(HARD_LINKED));
+    }
     if meta.len() > limit {
         return Ok(Limited::TooLarge(meta.len()));
     }
@@ -486,6 +490,14 @@ pub(crate) async fn read_limited(
 /// Why a symbolic link is not read.
 pub(crate) const NOT_FOLLOWED: &str =
     "a symbolic link; only regular files are read here, never what a link points to";
+
+/// Why a file with more than one name is not read where links are
+/// refused: a hard link is a link too. It can make a file that belongs
+/// elsewhere (a received fax in the appliance's state, say) appear in a
+/// hot folder, as a symbolic link can; the kernel's
+/// `fs.protected_hardlinks` stops only links to files the linker could
+/// not read and write.
+pub(crate) const HARD_LINKED: &str = "a hard link (the file has more than one name); only files with one name are read here: put a copy of the file into the folder";
 
 /// Why a folder, device or pipe is not read.
 const NOT_REGULAR: &str = "not a regular file (a folder, device or pipe)";

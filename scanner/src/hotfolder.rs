@@ -499,10 +499,11 @@ impl HotFolderActor {
     }
 
     /// The eligible names in the folder: regular files as (name, size,
-    /// mtime), and what is neither a regular file nor a folder (a
-    /// symbolic link, a pipe, a device) with what it is. Links are not
+    /// mtime), and what is neither a regular file with one name nor a
+    /// folder (a symbolic or hard link, a pipe, a device) with what it is. Links are not
     /// followed; folders (`done/`, `processing/`, ...) are left alone.
     async fn list(&self) -> std::io::Result<Listing> {
+        use std::os::unix::fs::MetadataExt as _;
         let mut rd = tokio::fs::read_dir(&self.config.dir).await?;
         let mut out = Listing::default();
         while let Some(entry) = rd.next_entry().await? {
@@ -515,7 +516,10 @@ impl HotFolderActor {
                 continue;
             };
             let kind = meta.file_type();
-            if kind.is_file() {
+            if kind.is_file() && meta.nlink() > 1 {
+                out.others
+                    .push((name, "a hard link (the file has more than one name)"));
+            } else if kind.is_file() {
                 out.files.push((name, meta.len(), meta.modified().ok()));
             } else if kind.is_symlink() {
                 out.others.push((name, "a symbolic link"));
@@ -536,7 +540,7 @@ impl HotFolderActor {
             }
             let path = self.config.dir.join(&name);
             let reason = format!(
-                "{}: {what}; a hot folder takes only regular files and never reads what a link points to: put the file itself into the folder",
+                "{}: {what}; a hot folder takes only regular files and never reads what a link points to: put a copy of the file into the folder",
                 name.to_string_lossy()
             );
             self.fail(&name, &path, &name, &reason).await;

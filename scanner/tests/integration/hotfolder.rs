@@ -604,6 +604,61 @@ async fn a_symlink_goes_to_failed_unread_as_a_link() {
     hf.stop().await;
 }
 
+/// A hard link dropped into the hot folder is refused like a symbolic
+/// one: it can make a file that belongs elsewhere appear in the folder.
+/// No document comes of it, it goes to failed/ with a reason, and the
+/// file's other name is left as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hard_link_goes_to_failed_unread() {
+    let dir = tempfile::tempdir().unwrap();
+    // Beside the hot folder on the same file system: a hard link cannot
+    // cross file systems.
+    let target = dir.path().join("elsewhere.png");
+    let hot = dir.path().join("hot");
+    std::fs::create_dir(&hot).unwrap();
+    let png = png_bytes();
+    std::fs::write(&target, &png).unwrap();
+    std::fs::hard_link(&target, hot.join("x.png")).unwrap();
+    let mut hf = start(&hot, 200).await;
+    let reason = failed_reason(&hot, "x.png", 5).await;
+    assert!(
+        reason.contains("x.png") && reason.contains("hard link"),
+        "{reason}"
+    );
+    assert_eq!(
+        std::fs::read(&target).unwrap(),
+        png,
+        "the other name is unchanged"
+    );
+    assert!(claimed(&hot).is_empty());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        matches!(hf.rx.try_recv(), Err(TryRecvError::Empty)),
+        "no document from a hard link"
+    );
+    let status = hf.status().await;
+    assert_eq!((status.done, status.failed), (0, 1), "{status:?}");
+    hf.stop().await;
+}
+
+/// A hard link that sits in processing/ (claimed by an older version, or
+/// linked while the file was there) is refused when read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claimed_hard_link_goes_to_failed_unread() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("elsewhere.png");
+    let hot = dir.path().join("hot");
+    std::fs::create_dir_all(hot.join("processing")).unwrap();
+    std::fs::write(&target, png_bytes()).unwrap();
+    std::fs::hard_link(&target, hot.join("processing/0123456789abcdef-y.png")).unwrap();
+    let mut hf = start(&hot, 200).await;
+    let reason = failed_reason(&hot, "y.png", 5).await;
+    assert!(reason.contains("hard link"), "{reason}");
+    assert!(claimed(&hot).is_empty());
+    assert!(matches!(hf.rx.try_recv(), Err(TryRecvError::Empty)));
+    hf.stop().await;
+}
+
 /// A link that sits in processing/ (claimed by an older version) is not
 /// left there for ever: reading it is refused and it goes to failed/.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
