@@ -99,25 +99,52 @@ pub(crate) fn load_file<T: Validate>(path: &Path) -> Result<T, ConfigError> {
     Ok(config)
 }
 
-/// Warns when a config file that looks like it holds a secret (a
-/// password, key or token) can be read by users other than its owner.
-/// Only a warning: the examples copied as they are must still run.
+/// Warns when a config file that holds a secret (a password, key or
+/// token) can be read by users other than its owner. Only a warning: the
+/// examples copied as they are must still run.
 fn warn_if_others_can_read(path: &Path, text: &str) {
+    if let Some(mode) = secret_readable_by_others(path, text) {
+        tracing::warn!(
+            file = %path.display(),
+            mode = format!("{mode:o}"),
+            "The config file can be read by other users and holds passwords or keys; chmod 600 it."
+        );
+    }
+}
+
+/// The file's permission bits when `text` sets a secret-holding key and
+/// the group or others may read the file.
+fn secret_readable_by_others(path: &Path, text: &str) -> Option<u32> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt as _;
-        let secret = ["password", "key", "token"]
-            .iter()
-            .any(|w| text.contains(w));
-        let mode = std::fs::metadata(path).map_or(0, |m| m.permissions().mode());
-        if secret && mode & 0o044 != 0 {
-            tracing::warn!(
-                file = %path.display(),
-                mode = format!("{:o}", mode & 0o777),
-                "The config file can be read by other users and may hold passwords or keys; chmod 600 it."
-            );
-        }
+        let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
+        (holds_secret(text) && mode & 0o044 != 0).then_some(mode)
     }
+    #[cfg(not(unix))]
+    {
+        let _ = (path, text);
+        None
+    }
+}
+
+/// Whether a line of `text` sets a key that holds a secret: `password`,
+/// `key`, a name ending in `_password`, `_key`, `_secret` or `_token`
+/// (`admin_token`). Comments, names that only mention one (`key_file`)
+/// and values that are paths (`[tls] key = "/etc/..."`) do not count.
+fn holds_secret(text: &str) -> bool {
+    text.lines()
+        .map(str::trim_start)
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.trim().trim_matches('"').to_ascii_lowercase(), v.trim()))
+        // `[tls] key` names the file of a private key: a path, no secret.
+        .filter(|(_, v)| !(v.starts_with("\"/") || v.ends_with(".pem\"")))
+        .any(|(k, _)| {
+            ["password", "key", "secret", "token"]
+                .iter()
+                .any(|w| k == *w || k.ends_with(&format!("_{w}")))
+        })
 }
 
 /// Reads a whole config file, naming it in the error.
@@ -225,5 +252,51 @@ pub(crate) fn check_host_port(value: &str) -> Result<(), String> {
         _ => Err(format!(
             "the port `{port}` in `{value}` is not a number in 1..=65535"
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_holding_keys_are_told_from_mentions() {
+        assert!(holds_secret("[relay]\npassword = \"x\"\n"));
+        assert!(holds_secret("  admin_token = \"x\""));
+        assert!(holds_secret("[[command_mail.sender]]\nkey = \"00ff\""));
+        assert!(holds_secret("imap_password=\"x\""));
+        assert!(!holds_secret("# password = \"x\"\nuser = \"a\""));
+        assert!(!holds_secret(
+            "key_file = \"/etc/faxgate/key.pem\"\nmonkey = 1"
+        ));
+        assert!(!holds_secret("name = \"password\""));
+        assert!(!holds_secret("[tls]\nkey = \"/etc/faxgate/relay.key\"\n"));
+        assert!(!holds_secret("[tls]\nkey = \"relay-key.pem\"\n"));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_secret_readable_by_others_is_found_and_a_private_one_is_not() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let path = std::env::temp_dir().join(format!(
+            "faxgate-config-mode-{}-{:?}.toml",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        let secret = "[relay]\npassword = \"change-me\"\n";
+        std::fs::write(&path, secret).unwrap();
+        let set = |mode| std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode));
+        set(0o644).unwrap();
+        assert_eq!(secret_readable_by_others(&path, secret), Some(0o644));
+        set(0o640).unwrap();
+        assert_eq!(secret_readable_by_others(&path, secret), Some(0o640));
+        set(0o600).unwrap();
+        assert_eq!(secret_readable_by_others(&path, secret), None);
+        set(0o644).unwrap();
+        assert_eq!(
+            secret_readable_by_others(&path, "[relay]\nuser = \"a\"\n"),
+            None
+        );
+        std::fs::remove_file(&path).unwrap();
     }
 }
