@@ -32,7 +32,8 @@
 //!
 //! A side that takes none of the bytes the relay has for it for the
 //! stall period (2.5 hold intervals, the relay's measure of a dead
-//! connection) has stopped reading: it is closed as a dead side. Without
+//! connection; what its TCP acknowledges counts as taken, so a slow
+//! reader is not one) has stopped reading: it is closed as a dead side. Without
 //! this, a direction blocked on it would never read its source again, so
 //! a source that hung up meanwhile would never be noticed.
 
@@ -418,8 +419,8 @@ pub async fn run<'a>(
     let mut deadline: Option<ProgressDeadline> = None;
     let mut farewell_deadline: Option<Pin<Box<tokio::time::Sleep>>> = None;
     let mut leave_deadline: Option<ProgressDeadline> = None;
-    let mut stall_ab: Option<ProgressDeadline> = None;
-    let mut stall_ba: Option<ProgressDeadline> = None;
+    let mut stall_ab: Option<StallWatch> = None;
+    let mut stall_ba: Option<StallWatch> = None;
 
     std::future::poll_fn(|cx| {
         loop {
@@ -624,6 +625,30 @@ impl ProgressDeadline {
     }
 }
 
+/// The state of [`stall`]'s watch over one direction.
+struct StallWatch {
+    /// Fires `limit / 2` after the last write of ours, then every
+    /// `limit / 2`.
+    look: ProgressDeadline,
+    /// Our progress counter, and since when the destination has shown no
+    /// progress of either kind.
+    moved: u64,
+    since: tokio::time::Instant,
+    /// The destination socket's `tcpi_bytes_acked` at the last look.
+    acked: Option<u64>,
+}
+
+impl StallWatch {
+    fn new(limit: Duration, moved: u64) -> Self {
+        Self {
+            look: ProgressDeadline::new(limit / 2, None, moved),
+            moved,
+            since: tokio::time::Instant::now(),
+            acked: None,
+        }
+    }
+}
+
 /// `side`'s kill token fired. A LOGOUT (sent on another connection, so
 /// it can overtake this one's last bytes, by as long as a slow peer takes
 /// to read them) lets the side finish what it sends up to its TERMINATE
@@ -700,31 +725,55 @@ fn step(
 /// stream is mid-frame, so it is closed without a word), and [`settle`]
 /// then tells its peer `TERMINATE(PEER_LOST)` or closes it. Returns
 /// whether it fired.
+///
+/// Taking bytes is seen two ways. The relay's own writes: plaintext its
+/// stream accepted, and for TLS the ciphertext it wrote meanwhile (a
+/// record trickling out to a slow reader is progress too). And, because
+/// the kernel wakes a writer to a full socket only once a third of the
+/// buffer has drained (which for a slow but steady reader can take longer
+/// than `limit`), the peer's TCP acknowledgements: every `limit / 2`
+/// without a write, the socket's `tcpi_bytes_acked` is read, and a rise
+/// counts as progress. Neither costs a system call while bytes move.
 fn stall(
     cx: &mut Context<'_>,
     dir: &Dir,
     src: &SideState<'_, '_>,
     dst: &mut SideState<'_, '_>,
-    timer: &mut Option<ProgressDeadline>,
+    watch: &mut Option<StallWatch>,
     limit: Duration,
 ) -> bool {
     if dir.done || dst.dead.is_some() || (dir.fwd == 0 && !dir.dirty) {
-        *timer = None;
+        *watch = None;
         return false;
     }
-    // Progress is what the destination took: plaintext its stream
-    // accepted, and for TLS the ciphertext it wrote meanwhile (a record
-    // trickling out to a slow reader is progress too).
     let moved = src
         .side
         .sent
         .load(Ordering::Relaxed)
         .wrapping_add(dst.side.conn.stream.wire_progress());
-    let t = timer.get_or_insert_with(|| ProgressDeadline::new(limit, None, moved));
-    if t.poll(cx, moved).is_pending() {
-        return false;
+    let w = watch.get_or_insert_with(|| StallWatch::new(limit, moved));
+    if moved != w.moved {
+        w.moved = moved;
+        w.since = tokio::time::Instant::now();
+        w.acked = None;
     }
-    *timer = None;
+    // Each look comes `limit / 2` after our last write or the last look.
+    loop {
+        if w.look.poll(cx, moved).is_pending() {
+            return false;
+        }
+        let now = tokio::time::Instant::now();
+        let acked = crate::transport::bytes_acked(dst.side.conn.stream.tcp());
+        if acked.is_some() && w.acked.is_some() && acked != w.acked {
+            w.since = now;
+        }
+        w.acked = acked;
+        if now.duration_since(w.since) >= limit {
+            break;
+        }
+        w.look.extend(limit / 2);
+    }
+    *watch = None;
     tracing::warn!(
         stalled_peer = ?dst.side.conn.stream.tcp().peer_addr().ok(),
         waiting = dir.fwd,

@@ -48,6 +48,38 @@ impl Stream {
     }
 }
 
+/// How many bytes of what was sent on `tcp` the peer has acknowledged
+/// (Linux's `tcpi_bytes_acked`, kernel 4.1 and later): what the peer's
+/// kernel took, however the writes on our side were batched. `None`
+/// where the kernel does not say.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+pub fn bytes_acked(tcp: &TcpStream) -> Option<u64> {
+    use std::os::fd::AsRawFd as _;
+    // SAFETY: tcp_info holds only integers, for which all zeroes is a
+    // valid value.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: the kernel writes at most `len` bytes into `info`, which is
+    // that large, and stores in `len` how many it wrote.
+    let rc = unsafe {
+        libc::getsockopt(
+            tcp.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&raw mut info).cast(),
+            &mut len,
+        )
+    };
+    let needed = std::mem::offset_of!(libc::tcp_info, tcpi_bytes_acked) + 8;
+    (rc == 0 && len as usize >= needed).then_some(info.tcpi_bytes_acked)
+}
+
+/// Not known here: only the relay's own writes count as progress.
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+pub fn bytes_acked(_tcp: &TcpStream) -> Option<u64> {
+    None
+}
+
 /// Keepalive probes sent before a silent peer is declared dead.
 const KEEPALIVE_RETRIES: u32 = 3;
 

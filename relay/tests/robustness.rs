@@ -6,8 +6,10 @@
 mod common;
 
 use common::{PW, Raw, bridged_raw, pattern, relay};
-use faxgate_config::{ClientTlsConfig, RelayServerConfig};
+use faxgate_config::{ClientTlsConfig, RelayServerConfig, Secret};
+use faxgate_relay::connection::Connection;
 use faxgate_relay::protocol::{Code, Frame};
+use faxgate_relay::transport::Stream;
 use faxgate_relay::{ClientError, RelayClient, RelayServer};
 use std::str::FromStr as _;
 use std::time::Duration;
@@ -289,10 +291,12 @@ async fn a_thousand_idle_connections_do_not_stop_good_clients() {
     good_session(&r).await;
 }
 
-async fn tls_relay() -> (RelayServer, tempfile::TempDir, [u8; 32]) {
+/// A relay on TLS only, with a generated certificate; `extra` goes into
+/// its `[relay]` section.
+async fn tls_relay(extra: &str) -> (RelayServer, tempfile::TempDir, [u8; 32]) {
     let dir = tempfile::tempdir().unwrap();
     let cfg = RelayServerConfig::from_str(&format!(
-        "[relay]\nlisten_tls = \"127.0.0.1:0\"\nstate_dir = {:?}\nargon2_memory_kib = 64\nargon2_iterations = 1\n",
+        "[relay]\nlisten_tls = \"127.0.0.1:0\"\nstate_dir = {:?}\nargon2_memory_kib = 64\nargon2_iterations = 1\n{extra}\n",
         dir.path().display().to_string()
     ))
     .unwrap();
@@ -331,7 +335,7 @@ fn tls_client(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_end_to_end_with_the_generated_certificate() {
-    let (server, _dir, fp) = tls_relay().await;
+    let (server, _dir, fp) = tls_relay("").await;
     let (tokyo, _t) = RelayClient::start(tls_client(&server, "tokyo", &fp))
         .await
         .unwrap();
@@ -365,7 +369,7 @@ async fn tls_end_to_end_with_the_generated_certificate() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_pinned_to_the_wrong_fingerprint_is_refused() {
-    let (server, _dir, mut fp) = tls_relay().await;
+    let (server, _dir, mut fp) = tls_relay("").await;
     fp[0] ^= 0x01;
     let err = RelayClient::start(tls_client(&server, "tokyo", &fp))
         .await
@@ -727,4 +731,104 @@ async fn a_reject_busy_reaches_the_caller_as_busy() {
             "REJECT({sent}) reached the caller as {f:?}"
         );
     }
+}
+
+/// Reads `osaka` slowly but steadily for `secs`: `chunk` bytes every
+/// `every`. Returns the bytes read; panics if the relay closes it.
+async fn read_slowly(osaka: &mut Raw, chunk: usize, every: Duration, secs: u64) -> usize {
+    let end = tokio::time::Instant::now() + Duration::from_secs(secs);
+    let mut buf = vec![0u8; chunk];
+    let mut total = 0;
+    while tokio::time::Instant::now() < end {
+        let n = osaka.conn.stream.read(&mut buf).await.unwrap();
+        assert!(
+            n > 0,
+            "the relay closed a steady reader after {total} bytes"
+        );
+        total += n;
+        tokio::time::sleep(every).await;
+    }
+    total
+}
+
+/// Floods `tokyo` with 64 KiB DATA frames until a write fails (the
+/// session ends) or the task is aborted.
+fn flood(mut tokyo: Raw) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut f = faxgate_relay::protocol::data_header(64 * 1024).to_vec();
+        f.extend_from_slice(&pattern(64 * 1024, 11));
+        while tokyo.conn.stream.write_all(&f).await.is_ok() {}
+    })
+}
+
+/// A receiver that reads slowly but steadily (160 KB/s against a sender
+/// that floods) keeps its session: the stall limit (2.5 hold intervals,
+/// 2.5 s here) ends only a side that takes nothing. The kernel wakes the
+/// relay to write again only once a third of its send buffer (autotuned
+/// to megabytes) has drained, many seconds at this pace, so the relay
+/// also counts the receiver's TCP acknowledgements as progress.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_steady_reader_is_not_taken_for_a_stall() {
+    let r = relay("hold_interval = \"1s\"\n").await;
+    for u in ["tokyo", "osaka"] {
+        r.add_user(u, &["g"]);
+    }
+    let (tokyo, mut osaka) = bridged_raw(&r, "tokyo", "osaka").await;
+    let sender = flood(tokyo);
+    let got = read_slowly(&mut osaka, 8192, Duration::from_millis(50), 6).await;
+    assert_eq!(r.metric(|m| &m.session_stalls), 0, "cut after {got} bytes");
+    assert_eq!(r.server.shared.registry.snapshot().sessions.len(), 1);
+    sender.abort();
+}
+
+/// A raw-frame device on the relay's TLS listener (its generated
+/// certificate pinned), logged in as `user`.
+async fn tls_raw_login(server: &RelayServer, user: &str, pin: &[u8; 32]) -> Raw {
+    let tcp = TcpStream::connect(server.tls_addr.unwrap()).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(faxgate_relay::tls::pinned_client_config(*pin))
+        .connect(
+            faxgate_relay::tls::server_name("faxgate-relay").unwrap(),
+            tcp,
+        )
+        .await
+        .unwrap();
+    let mut conn = Connection::new(
+        Stream::TlsClient(Box::new(tls)),
+        faxgate_relay::protocol::MAX_DATA_PAYLOAD,
+    );
+    conn.stream
+        .write_all(&faxgate_relay::protocol::PREAMBLE)
+        .await
+        .unwrap();
+    let mut raw = Raw { conn };
+    raw.send(&Frame::Login {
+        user: user.into(),
+        password: Secret::new(PW.into()),
+        client: "raw-test".into(),
+    })
+    .await;
+    let answer = raw.recv().await;
+    assert!(matches!(answer, Some(Frame::LoginOk { .. })), "{answer:?}");
+    raw
+}
+
+/// The same over TLS: the relay's TLS takes plaintext a record at a
+/// time, so what a slow reader takes shows first as ciphertext trickling
+/// out and then as the peer's acknowledgements; either keeps the session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_steady_tls_reader_is_not_taken_for_a_stall() {
+    let (server, _dir, fp) = tls_relay("hold_interval = \"1s\"").await;
+    let tokyo = tls_raw_login(&server, "tokyo", &fp).await;
+    let osaka = tls_raw_login(&server, "osaka", &fp).await;
+    let (tokyo, mut osaka) = common::bridge(tokyo, osaka, "osaka").await;
+    let sender = flood(tokyo);
+    let got = read_slowly(&mut osaka, 8192, Duration::from_millis(50), 6).await;
+    let stalls = server
+        .shared
+        .metrics
+        .session_stalls
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(stalls, 0, "cut after {got} bytes");
+    assert_eq!(server.shared.registry.snapshot().sessions.len(), 1);
+    sender.abort();
 }

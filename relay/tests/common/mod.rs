@@ -196,10 +196,16 @@ impl Raw {
 
 /// Two raw devices bridged: `caller` CONNECTs `target`, which ACCEPTs.
 pub async fn bridged_raw(r: &Relay, caller: &str, target: &str) -> (Raw, Raw) {
-    let (mut c, f) = Raw::login(r.addr, caller, PW).await;
+    let (c, f) = Raw::login(r.addr, caller, PW).await;
     assert!(matches!(f, Frame::LoginOk { .. }), "{f:?}");
-    let (mut t, f) = Raw::login(r.addr, target, PW).await;
+    let (t, f) = Raw::login(r.addr, target, PW).await;
     assert!(matches!(f, Frame::LoginOk { .. }), "{f:?}");
+    bridge(c, t, target).await
+}
+
+/// Two logged-in raw devices bridged: `c` CONNECTs `target` (logged in
+/// on `t`), which ACCEPTs.
+pub async fn bridge(mut c: Raw, mut t: Raw, target: &str) -> (Raw, Raw) {
     c.send(&Frame::Connect {
         target: target.into(),
     })
