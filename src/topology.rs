@@ -299,3 +299,70 @@ async fn login(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use faxgate_config::RelayServerConfig;
+    use faxgate_relay::RelayServer;
+    use std::str::FromStr as _;
+
+    /// The panel's port is taken, so `Appliance::start` fails after the
+    /// relay actor has started. The actors already running are stopped
+    /// before the error returns: the device is logged out of the relay
+    /// rather than left holding connections (and taking faxes) for a
+    /// daemon that exits. The error names the address.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_start_that_fails_part_way_logs_the_device_out_of_the_relay() {
+        let dir = tempfile::tempdir().unwrap();
+        let relay_cfg = RelayServerConfig::from_str(&format!(
+            "[relay]\nlisten = \"127.0.0.1:0\"\nstate_dir = {:?}\nargon2_memory_kib = 64\nargon2_iterations = 1\n",
+            dir.path().join("relay").display().to_string()
+        ))
+        .unwrap();
+        let relay = RelayServer::start(relay_cfg, CancellationToken::new())
+            .await
+            .unwrap();
+        relay
+            .shared
+            .store()
+            .add_user("tokyo", "correct horse", &["g".into()])
+            .unwrap();
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let taken_addr = taken.local_addr().unwrap();
+        let cfg = ApplianceConfig::from_str(&format!(
+            "state_dir = {state:?}\n\
+             [relay]\nserver = \"{relay}\"\nuser = \"tokyo\"\npassword = \"correct horse\"\n\
+             [printer]\nuri = \"dir:{printed}\"\n\
+             [panel]\nlisten = \"{taken_addr}\"\n",
+            state = dir.path().join("tokyo").display().to_string(),
+            relay = relay.tcp_addr.unwrap(),
+            printed = dir.path().join("printed").display(),
+        ))
+        .unwrap();
+        let logged_in = || {
+            relay
+                .shared
+                .registry
+                .snapshot()
+                .users
+                .iter()
+                .any(|u| u.user == "tokyo")
+        };
+        let err = match Appliance::start(cfg, CancellationToken::new()).await {
+            Ok(_) => panic!("the appliance started on a taken panel port"),
+            Err(e) => format!("{e:#}"),
+        };
+        assert!(err.contains(&taken_addr.to_string()), "{err}");
+        // Long enough for a relay actor left running to log in (it took
+        // well under a second where it was left running).
+        let until = tokio::time::Instant::now() + Duration::from_secs(3);
+        while tokio::time::Instant::now() < until {
+            assert!(!logged_in(), "tokyo is logged in after the failed start");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        drop(taken);
+        relay.shutdown(Duration::from_secs(5)).await;
+    }
+}
