@@ -52,6 +52,26 @@ fn wake(jobs: Vec<u64>) -> Command {
     wake_until(SystemTime::now() + Duration::from_secs(600), jobs)
 }
 
+/// A watcher on `imap_port` keeping its nonces in `nonce_file`, started
+/// and idling; its config (to start it again) and the commands' signer.
+async fn idling_with_nonces(
+    imap_port: u16,
+    nonce_file: &std::path::Path,
+) -> (
+    WatcherConfig,
+    Signer,
+    WatcherHandle,
+    mpsc::Receiver<Incoming>,
+) {
+    let mut config = watcher_config(imap_port);
+    config.nonce_file = Some(nonce_file.to_owned());
+    let signer = Signer::hmac(SECRET).unwrap();
+    let (handle, rx) =
+        WatcherHandle::spawn(config.clone(), signer.verifier(), CancellationToken::new()).unwrap();
+    wait_status(&handle, "IDLE", |s| s.state == WatcherState::Idling).await;
+    (config, signer, handle, rx)
+}
+
 fn watcher_config(port: u16) -> WatcherConfig {
     let mut c = WatcherConfig::new(
         "127.0.0.1",
@@ -363,12 +383,7 @@ async fn durable_nonces_survive_a_restart_and_an_unwritable_file_keeps_the_mail(
     let dovecot = Dovecot::start(DovecotOptions::default());
     let dir = tempfile::tempdir().unwrap();
     let nonce_file = dir.path().join("nonces");
-    let mut config = watcher_config(dovecot.imap_port);
-    config.nonce_file = Some(nonce_file.clone());
-    let signer = Signer::hmac(SECRET).unwrap();
-    let (handle, mut rx) =
-        WatcherHandle::spawn(config.clone(), signer.verifier(), CancellationToken::new()).unwrap();
-    wait_status(&handle, "IDLE", |s| s.state == WatcherState::Idling).await;
+    let (config, signer, handle, mut rx) = idling_with_nonces(dovecot.imap_port, &nonce_file).await;
     assert!(nonce_file.is_file(), "the nonce file is created at start");
 
     // A folder where the file was: no nonce can be written, so the
@@ -700,12 +715,8 @@ async fn a_command_handed_over_before_shutdown_is_not_handed_over_again() {
     init_tracing();
     let dovecot = Dovecot::start(DovecotOptions::default());
     let dir = tempfile::tempdir().unwrap();
-    let mut config = watcher_config(dovecot.imap_port);
-    config.nonce_file = Some(dir.path().join("nonces"));
-    let signer = Signer::hmac(SECRET).unwrap();
-    let (handle, mut rx) =
-        WatcherHandle::spawn(config.clone(), signer.verifier(), CancellationToken::new()).unwrap();
-    wait_status(&handle, "IDLE", |s| s.state == WatcherState::Idling).await;
+    let (config, signer, handle, mut rx) =
+        idling_with_nonces(dovecot.imap_port, &dir.path().join("nonces")).await;
     send_wake(&signer, dovecot.imap_port, vec![61]).await;
     // The owner holds the command (it may be acting on it) at shutdown.
     let held = next(&mut rx).await;
