@@ -630,10 +630,11 @@ struct StallWatch {
     /// Fires `limit / 2` after the last write of ours, then every
     /// `limit / 2`.
     look: ProgressDeadline,
-    /// Our progress counter, and since when the destination has shown no
-    /// progress of either kind.
+    /// Our progress counter at the last look, and since when the
+    /// destination has shown no progress of either kind (set at the
+    /// first look after a write of ours: `limit / 2` before it).
     moved: u64,
-    since: tokio::time::Instant,
+    since: Option<tokio::time::Instant>,
     /// The destination socket's `tcpi_bytes_acked` at the last look.
     acked: Option<u64>,
 }
@@ -643,7 +644,7 @@ impl StallWatch {
         Self {
             look: ProgressDeadline::new(limit / 2, None, moved),
             moved,
-            since: tokio::time::Instant::now(),
+            since: None,
             acked: None,
         }
     }
@@ -752,23 +753,26 @@ fn stall(
         .load(Ordering::Relaxed)
         .wrapping_add(dst.side.conn.stream.wire_progress());
     let w = watch.get_or_insert_with(|| StallWatch::new(limit, moved));
-    if moved != w.moved {
-        w.moved = moved;
-        w.since = tokio::time::Instant::now();
-        w.acked = None;
-    }
-    // Each look comes `limit / 2` after our last write or the last look.
+    // Each look comes `limit / 2` after our last write (the deadline moves
+    // with `moved`) or after the last look. Nothing here reads the clock
+    // until a look: this runs on every poll of a busy bridge.
     loop {
         if w.look.poll(cx, moved).is_pending() {
             return false;
         }
         let now = tokio::time::Instant::now();
+        if w.since.is_none() || moved != w.moved {
+            w.moved = moved;
+            w.since = Some(now.checked_sub(limit / 2).unwrap_or(now));
+            w.acked = None;
+        }
+        let since = w.since.get_or_insert(now);
         let acked = crate::transport::bytes_acked(dst.side.conn.stream.tcp());
         if acked.is_some() && w.acked.is_some() && acked != w.acked {
-            w.since = now;
+            *since = now;
         }
         w.acked = acked;
-        if now.duration_since(w.since) >= limit {
+        if now.duration_since(*since) >= limit {
             break;
         }
         w.look.extend(limit / 2);
