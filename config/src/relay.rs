@@ -69,6 +69,17 @@ pub struct IppFrontSection {
     /// connection the front allows (agents' too). 1 KiB/s is 8 kbit/s.
     #[serde(default = "defaults::ipp_min_body_rate")]
     pub min_body_rate: u64,
+    /// How long a client may take none of an answer (its TCP window shut,
+    /// or nothing acknowledged) before its connection is dropped: TCP
+    /// user timeout on every accepted connection, with keepalive to find
+    /// clients that vanished. A client that pipelines requests and reads
+    /// no answers would otherwise hold its connection for ever. Longer
+    /// than a printer may pause an agent's Fetch-Document (60 s).
+    #[serde(
+        default = "defaults::ipp_answer_stall_timeout",
+        with = "humantime_serde"
+    )]
+    pub answer_stall_timeout: Duration,
     /// Connections open at once, both listeners together; more are closed
     /// as soon as they are accepted.
     #[serde(default = "defaults::ipp_max_connections")]
@@ -403,6 +414,9 @@ mod defaults {
     pub fn ipp_body_stall_timeout() -> Duration {
         Duration::from_secs(30)
     }
+    pub fn ipp_answer_stall_timeout() -> Duration {
+        Duration::from_secs(120)
+    }
     pub fn ipp_max_connections() -> usize {
         512
     }
@@ -624,6 +638,7 @@ impl RelayServerConfig {
         for (field, d) in [
             ("ipp.header_timeout", ipp.header_timeout),
             ("ipp.body_stall_timeout", ipp.body_stall_timeout),
+            ("ipp.answer_stall_timeout", ipp.answer_stall_timeout),
         ] {
             check_duration(
                 field,

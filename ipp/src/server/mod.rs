@@ -579,6 +579,9 @@ async fn accept_loop(
             }
         };
         let _ = tcp.set_nodelay(true);
+        if let Err(e) = watch_liveness(&tcp, front.cfg.answer_stall_timeout) {
+            debug!(error = %e, "Cannot set keepalive and the user timeout on an IPP connection.");
+        }
         let front = Arc::clone(&front);
         let tls = tls.clone();
         let shutdown = shutdown.clone();
@@ -602,6 +605,28 @@ async fn accept_loop(
             .instrument(span),
         );
     }
+}
+
+/// Makes the kernel end a connection whose client is gone or takes
+/// nothing: keepalive probes after a minute of quiet find a client that
+/// vanished (an agent's long poll whose NAT forgot it), and TCP's user
+/// timeout drops one that takes none of an answer for `answer_stall`
+/// (Linux counts a shut window as well as unacknowledged data), such as a
+/// client pipelining requests and reading no answers. hyper's own
+/// deadlines only cover reading a request.
+fn watch_liveness(tcp: &tokio::net::TcpStream, answer_stall: Duration) -> std::io::Result<()> {
+    let sock = socket2::SockRef::from(tcp);
+    sock.set_tcp_keepalive(
+        &socket2::TcpKeepalive::new()
+            .with_time(Duration::from_secs(60))
+            .with_interval(Duration::from_secs(20))
+            .with_retries(3),
+    )?;
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    sock.set_tcp_user_timeout(Some(answer_stall))?;
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    let _ = answer_stall;
+    Ok(())
 }
 
 async fn serve<S>(

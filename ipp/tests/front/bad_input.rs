@@ -542,6 +542,54 @@ async fn connections_over_the_per_address_cap_are_closed() {
     .await;
 }
 
+/// A client that pipelines requests and reads none of the answers (its
+/// receive window shut) does not hold its connection for ever: after
+/// `ipp.answer_stall_timeout` (2 s here) of taking nothing the kernel
+/// drops it, and its address's only place (the cap is 1 here) serves
+/// again. Without the user timeout the front waited on the write for
+/// ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_reads_no_answers_loses_its_connection() {
+    use tokio::io::AsyncWriteExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config("1s", "5s", TWO_SITES);
+    cfg.max_connections_per_address = 1;
+    cfg.answer_stall_timeout = Duration::from_secs(2);
+    let t = TestFront::start(cfg, dir.path()).await;
+    let body = t.req(op::GET_PRINTER_ATTRIBUTES, "osaka", "tester").bytes();
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    let mut greedy = sock.connect(t.plain).await.unwrap();
+    let mut one = format!(
+        "POST /ipp/print/osaka HTTP/1.1\r\nHost: {}\r\nContent-Type: application/ipp\r\n\
+         Content-Length: {}\r\n\r\n",
+        t.plain,
+        body.len()
+    )
+    .into_bytes();
+    one.extend_from_slice(&body);
+    // Far more answers than the two sockets' buffers hold; the writes
+    // stop counting once the front stops reading.
+    let pipelined = one.repeat(2000);
+    let _ = tokio::time::timeout(Duration::from_secs(2), greedy.write_all(&pipelined)).await;
+    let over = try_post(t.plain, "/ipp/print/osaka", body.clone()).await;
+    assert!(over.is_err(), "the address's one place was free: {over:?}");
+    let tr = &t;
+    let body = &body;
+    eventually(
+        Duration::from_secs(30),
+        "the place held by the greedy client",
+        || async move {
+            try_post(tr.plain, "/ipp/print/osaka", body.clone())
+                .await
+                .ok()
+                .map(|r| assert_eq!(r.ipp().status(), status::OK))
+        },
+    )
+    .await;
+    drop(greedy);
+}
+
 /// A site holds at most `max_active_jobs` jobs not yet ended and
 /// `max_site_spool` bytes of their documents: past either, a new job (or
 /// document) is refused busy, saying why, and taken again once a job
