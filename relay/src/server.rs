@@ -319,7 +319,9 @@ async fn serve_conn(
     guard: PendingGuard,
 ) {
     let hold = shared.cfg.hold_interval;
-    if let Err(e) = tune_socket(&tcp, hold) {
+    if let Err(e) =
+        tune_socket(&tcp, hold).and_then(|()| crate::transport::set_user_timeout(&tcp, hold))
+    {
         debug!(error = %e, "Could not tune the socket.");
     }
     let deadline = Instant::now() + shared.cfg.handshake_timeout;

@@ -85,28 +85,52 @@ const KEEPALIVE_RETRIES: u32 = 3;
 
 /// Turns on TCP keepalive so that a peer that vanished without a FIN
 /// (a NAT that forgot us, a relay that leaks half-open sockets) is found
-/// even while a session is quiet. Keepalive does not probe while sent
-/// data waits for its ACK, so TCP_USER_TIMEOUT (Linux) bounds that case
-/// too, at three hold intervals instead of the ~15 minutes of
-/// `tcp_retries2`: longer than the bridge's stall limit (2.5 holds),
-/// because Linux also applies it to data held back by a zero window, and
-/// a receiver that takes nothing is to be ended by the relay, which tells
-/// the other side (TERMINATE), not by the kernel (and a sender the relay
-/// holds back meanwhile keeps its connection). Also disables Nagle:
-/// frames are small and latency matters for T.30.
+/// even while a session is quiet, and disables Nagle: frames are small
+/// and latency matters for T.30. Both ends do this; the relay also sets
+/// [`set_user_timeout`].
+///
+/// A device sets no TCP user timeout: Linux applies it to a window held
+/// shut as well as to unacknowledged data, and inside a session the relay
+/// holds a sender's window shut for as long as the receiver is slower
+/// (backpressure, which the relay tolerates for a slow but steady
+/// reader), so the device's kernel would end a healthy session. A device
+/// finds a dead relay by its HOLD answers outside a session, by its
+/// application's timers inside one (T.30's are seconds), and, for data
+/// the relay stops acknowledging altogether, by `tcp_retries2`.
 pub fn tune_socket(tcp: &TcpStream, idle: Duration) -> io::Result<()> {
     tcp.set_nodelay(true)?;
     let sock = socket2::SockRef::from(tcp);
-    let idle = idle.max(Duration::from_secs(1));
-    let interval = (idle / 3).max(Duration::from_secs(1));
+    let (idle, interval) = keepalive_times(idle);
     let ka = socket2::TcpKeepalive::new()
         .with_time(idle)
         .with_interval(interval)
         .with_retries(KEEPALIVE_RETRIES);
     sock.set_tcp_keepalive(&ka)?;
-    #[cfg(any(target_os = "linux", target_os = "android"))]
-    sock.set_tcp_user_timeout(Some(dead_peer_time(idle, interval) + idle))?;
     Ok(())
+}
+
+/// The relay's side of [`tune_socket`]: keepalive does not probe while
+/// sent data waits for its ACK, so TCP_USER_TIMEOUT (Linux) bounds that
+/// case too, at three hold intervals instead of the ~15 minutes of
+/// `tcp_retries2`. Longer than the bridge's stall limit (2.5 holds),
+/// because Linux also applies it to data held back by a zero window: a
+/// receiver that takes nothing is ended by the relay, which tells the
+/// other side (TERMINATE), not by the kernel; one that takes a little at a
+/// time opens its window each time.
+pub fn set_user_timeout(tcp: &TcpStream, idle: Duration) -> io::Result<()> {
+    let (idle, interval) = keepalive_times(idle);
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    socket2::SockRef::from(tcp)
+        .set_tcp_user_timeout(Some(dead_peer_time(idle, interval) + idle))?;
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    let _ = (tcp, interval);
+    Ok(())
+}
+
+/// Keepalive's idle time and probe interval for a hold interval of `idle`.
+fn keepalive_times(idle: Duration) -> (Duration, Duration) {
+    let idle = idle.max(Duration::from_secs(1));
+    (idle, (idle / 3).max(Duration::from_secs(1)))
 }
 
 /// How long a peer may stay silent (no ACK, no keepalive answer) before
@@ -183,19 +207,24 @@ mod tests {
     use super::*;
     use tokio::net::TcpListener;
 
-    /// Both ends of a tuned connection give up on unacknowledged data
-    /// after the keepalive's dead-peer time (two hold intervals), not
-    /// after tcp_retries2 (about 15 minutes).
+    /// The relay's end of a connection gives up on unacknowledged data
+    /// after the keepalive's dead-peer time plus a hold interval (three
+    /// hold intervals), not after tcp_retries2 (about 15 minutes); a
+    /// device's end sets none (see [`tune_socket`]).
     #[cfg(any(target_os = "linux", target_os = "android"))]
     #[tokio::test]
-    async fn tuned_sockets_have_a_user_timeout_past_the_stall_limit() {
+    async fn the_relay_sets_a_user_timeout_past_the_stall_limit_and_a_device_none() {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let (c, s) = tokio::join!(TcpStream::connect(l.local_addr().unwrap()), l.accept());
         let (c, s) = (c.unwrap(), s.unwrap().0);
         for (tcp, hold, want) in [(&c, 30, 90), (&s, 3, 9)] {
             tune_socket(tcp, Duration::from_secs(hold)).unwrap();
-            let got = socket2::SockRef::from(tcp).tcp_user_timeout().unwrap();
+            let sock = socket2::SockRef::from(tcp);
+            assert_eq!(sock.tcp_user_timeout().unwrap(), None, "a device's socket");
+            set_user_timeout(tcp, Duration::from_secs(hold)).unwrap();
+            let got = sock.tcp_user_timeout().unwrap();
             assert_eq!(got, Some(Duration::from_secs(want)), "hold {hold} s");
+            assert!(sock.keepalive().unwrap());
         }
     }
 }

@@ -752,21 +752,33 @@ async fn read_slowly(osaka: &mut Raw, chunk: usize, every: Duration, secs: u64) 
 }
 
 /// Floods `tokyo` with 64 KiB DATA frames until a write fails (the
-/// session ends) or the task is aborted.
-fn flood(mut tokyo: Raw) -> tokio::task::JoinHandle<()> {
+/// session ends, or its kernel gave up on the relay) or the task is
+/// aborted. Its socket is tuned as a device's is (`tune_socket` for
+/// `hold`).
+fn flood(tokyo: Raw, hold: Duration) -> tokio::task::JoinHandle<std::io::Error> {
+    faxgate_relay::transport::tune_socket(tokyo.conn.stream.tcp(), hold).unwrap();
+    let mut tokyo = tokyo;
     tokio::spawn(async move {
         let mut f = faxgate_relay::protocol::data_header(64 * 1024).to_vec();
         f.extend_from_slice(&pattern(64 * 1024, 11));
-        while tokyo.conn.stream.write_all(&f).await.is_ok() {}
+        loop {
+            if let Err(e) = tokyo.conn.stream.write_all(&f).await {
+                return e;
+            }
+        }
     })
 }
 
 /// A receiver that reads slowly but steadily (160 KB/s against a sender
 /// that floods) keeps its session: the stall limit (2.5 hold intervals,
-/// 2.5 s here) ends only a side that takes nothing. The kernel wakes the
-/// relay to write again only once a third of its send buffer (autotuned
-/// to megabytes) has drained, many seconds at this pace, so the relay
-/// also counts the receiver's TCP acknowledgements as progress.
+/// 2.5 s here) ends only a side that takes nothing. The kernel wakes a
+/// writer to a full socket only once a third of its send buffer
+/// (autotuned to megabytes) has drained, many seconds at this pace, so
+/// the relay counts the receiver's TCP acknowledgements as progress.
+/// Meanwhile the relay reads nothing from the sender, whose window stays
+/// shut for seconds: the sender's connection must outlast that (a TCP user
+/// timeout on a device's socket, which Linux applies to a shut window,
+/// ended it after 5 s).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_steady_reader_is_not_taken_for_a_stall() {
     let r = relay("hold_interval = \"1s\"\n").await;
@@ -774,10 +786,17 @@ async fn a_slow_steady_reader_is_not_taken_for_a_stall() {
         r.add_user(u, &["g"]);
     }
     let (tokyo, mut osaka) = bridged_raw(&r, "tokyo", "osaka").await;
-    let sender = flood(tokyo);
-    let got = read_slowly(&mut osaka, 8192, Duration::from_millis(50), 6).await;
+    let sender = flood(tokyo, Duration::from_secs(1));
+    let got = read_slowly(&mut osaka, 8192, Duration::from_millis(50), 8).await;
     assert_eq!(r.metric(|m| &m.session_stalls), 0, "cut after {got} bytes");
     assert_eq!(r.server.shared.registry.snapshot().sessions.len(), 1);
+    // And the sender's own kernel kept its connection through the
+    // backpressure.
+    assert!(
+        !sender.is_finished(),
+        "the sender's writes failed: {:?}",
+        sender.await
+    );
     sender.abort();
 }
 
@@ -821,7 +840,7 @@ async fn a_slow_steady_tls_reader_is_not_taken_for_a_stall() {
     let tokyo = tls_raw_login(&server, "tokyo", &fp).await;
     let osaka = tls_raw_login(&server, "osaka", &fp).await;
     let (tokyo, mut osaka) = common::bridge(tokyo, osaka, "osaka").await;
-    let sender = flood(tokyo);
+    let sender = flood(tokyo, Duration::from_secs(1));
     let got = read_slowly(&mut osaka, 8192, Duration::from_millis(50), 6).await;
     let stalls = server
         .shared
