@@ -684,7 +684,7 @@ impl ConnTask {
                     let _ = send(&mut conn, &bye, Duration::from_secs(1)).await;
                     return;
                 }
-                Event::Demand(d) => Box::pin(self.answer_demand(conn, d)).await,
+                Event::Demand(d) => Box::pin(self.answer_demand(conn, d, &mut demand_rx)).await,
                 Event::Frame(Err(e)) => {
                     match e.protocol_error() {
                         Some((code, message)) => {
@@ -798,7 +798,12 @@ impl ConnTask {
     }
 
     /// Seed (7)-(8): tell the device who wants it; wait for its answer.
-    async fn answer_demand(&self, mut conn: Connection, d: Demand) -> Next {
+    async fn answer_demand(
+        &self,
+        mut conn: Connection,
+        d: Demand,
+        demand_rx: &mut Option<oneshot::Receiver<Demand>>,
+    ) -> Next {
         let Demand {
             session_id,
             from,
@@ -880,6 +885,13 @@ impl ConnTask {
                     } else {
                         Code::Rejected
                     };
+                    // Vacant again before the caller hears the refusal: a
+                    // CONNECT it sends at once must find this connection.
+                    let (tx, rx) = oneshot::channel();
+                    self.shared
+                        .registry
+                        .set_vacant(self.user(), self.ticket.id, tx);
+                    *demand_rx = Some(rx);
                     let _ = reply.send(DemandOutcome::Rejected(code));
                     return Next::Serve(conn);
                 }
