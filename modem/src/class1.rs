@@ -33,6 +33,13 @@ const MAX_FRAME: usize = 300;
 /// carrier (it reports the carrier's end with DLE ETX and NO CARRIER).
 pub const DATA_STALL: Duration = Duration::from_secs(10);
 
+/// How long an HDLC frame may take once it has started: the longest
+/// accepted ([`MAX_FRAME`] and its FCS) at V.21's 300 bit/s, with a bit
+/// stuffed after every five ones (at most a fifth more) and the closing
+/// flags, is 9.7 s. (HylaFAX allows 5 s, which cuts a frame over about
+/// 180 octets, a long NSF among them.)
+const FRAME_TIME: Duration = Duration::from_secs(10);
+
 /// How long an ordinary command may take to be answered.
 const COMMAND_WAIT: Duration = Duration::from_secs(5);
 
@@ -681,8 +688,8 @@ impl<S: AsyncRead + AsyncWrite> Class1<S> {
             }
         }
         // The deadline (T2, T4) is for the frame to start; once it has,
-        // it may take its time at 300 bit/s (HylaFAX gives it 5 s too).
-        let deadline = deadline.max(Instant::now() + Duration::from_secs(5));
+        // it may take its time at 300 bit/s.
+        let deadline = deadline.max(Instant::now() + FRAME_TIME);
         let mut u = Unstuffer::new();
         loop {
             let used = u.feed(&self.buf, out);
@@ -1080,6 +1087,53 @@ mod tests {
             while dce.read(&mut b).await.unwrap_or(0) > 0 {}
         });
         Class1::new(dte)
+    }
+
+    /// A long frame (250 octets with its FCS, as a vendor's NSF may be)
+    /// takes about 7 s at V.21's 300 bit/s, and once it has started it is
+    /// received whole, though the deadline for it to start is sooner.
+    #[tokio::test(start_paused = true)]
+    async fn a_long_frame_at_300_bit_per_second_is_received_whole() {
+        let (dte, mut dce) = tokio::io::duplex(1 << 16);
+        let mut frame = vec![0xff, 0x13, 0x20];
+        frame.extend((0..245u32).map(|i| 0x20 + (i % 0xc0) as u8));
+        frame.extend([0xaa, 0xbb]);
+        let sent = frame.clone();
+        tokio::spawn(async move {
+            let mut b = [0u8; 64];
+            let mut got = Vec::new();
+            while !got.ends_with(b"AT+FRH=3\r") {
+                let n = dce.read(&mut b).await.unwrap();
+                assert!(n > 0);
+                got.extend_from_slice(&b[..n]);
+            }
+            dce.write_all(b"\r\nCONNECT\r\n").await.unwrap();
+            for chunk in sent.chunks(25) {
+                dce.write_all(chunk).await.unwrap();
+                // 25 octets at 300 bit/s.
+                tokio::time::sleep(Duration::from_millis(667)).await;
+            }
+            dce.write_all(b"\x10\x03\r\nOK\r\n").await.unwrap();
+            while dce.read(&mut b).await.unwrap_or(0) > 0 {}
+        });
+        let mut m = Class1::new(dte);
+        let started = Instant::now();
+        let got = m
+            .receive_frame(Instant::now() + Duration::from_secs(3), false)
+            .await
+            .unwrap();
+        assert!(
+            started.elapsed() > Duration::from_secs(6),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(
+            got,
+            Received::Got(RxFrame {
+                bytes: frame[..frame.len() - 2].to_vec(),
+                fcs_ok: true
+            })
+        );
     }
 
     #[tokio::test]
