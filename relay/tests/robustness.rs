@@ -6,7 +6,7 @@
 mod common;
 
 use common::{PW, Raw, bridged_raw, pattern, relay};
-use faxgate_config::{ClientTlsConfig, RelayServerConfig, Secret};
+use faxgate_config::{ClientTlsConfig, RelayServerConfig};
 use faxgate_relay::connection::Connection;
 use faxgate_relay::protocol::{Code, Frame};
 use faxgate_relay::transport::Stream;
@@ -819,15 +819,8 @@ async fn tls_raw_login(server: &RelayServer, user: &str, pin: &[u8; 32]) -> Raw 
         .write_all(&faxgate_relay::protocol::PREAMBLE)
         .await
         .unwrap();
-    let mut raw = Raw { conn };
-    raw.send(&Frame::Login {
-        user: user.into(),
-        password: Secret::new(PW.into()),
-        client: "raw-test".into(),
-    })
-    .await;
-    let answer = raw.recv().await;
-    assert!(matches!(answer, Some(Frame::LoginOk { .. })), "{answer:?}");
+    let (raw, answer) = Raw { conn }.log_in(user, PW).await;
+    assert!(matches!(answer, Frame::LoginOk { .. }), "{answer:?}");
     raw
 }
 

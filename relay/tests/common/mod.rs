@@ -166,18 +166,22 @@ impl Raw {
         user: &str,
         pw: &str,
     ) -> (Raw, Frame) {
-        let mut r = Raw::open_from(addr, from).await;
-        r.send(&Frame::Login {
+        Raw::open_from(addr, from).await.log_in(user, pw).await
+    }
+
+    /// LOGIN on this opened connection; the relay's answer.
+    pub async fn log_in(mut self, user: &str, pw: &str) -> (Raw, Frame) {
+        self.send(&Frame::Login {
             user: user.into(),
             password: Secret::new(pw.into()),
             client: "raw-test".into(),
         })
         .await;
-        let f = r
+        let f = self
             .recv()
             .await
             .expect("relay closed instead of answering LOGIN");
-        (r, f)
+        (self, f)
     }
 
     pub async fn send(&mut self, f: &Frame) {
